@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages cvmd's demo, tests and benchmark use.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The packaged registry service would hold port 5000 with its own config;
+# our demo and tests start private instances instead.
+systemctl disable --now docker-registry.service >/dev/null 2>&1 || true

@@ -1,0 +1,63 @@
+//! cvmd: the workspace supervisor. Thin: each subcommand is a module of
+//! `cvmd::cli`.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use cvmd::cli;
+use cvmd::config::{self, Settings};
+
+#[derive(Parser)]
+#[command(name = "cvmd", version, about = "Supervisor of a container-based virtual machine workspace", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main job: pull the workspace image (boot comes with the launch work).
+    Run,
+    /// Pull IMAGE into the content store, with progress; prints the resolved digest.
+    Pull(cli::pull::PullArgs),
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().args(config::args()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let settings = match Settings::resolve(&matches, &|k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            for line in &e.problems {
+                eprintln!("cvmd: {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    cli::logging::init(&settings);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cvmd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => cli::run::run(&settings).await,
+            Command::Pull(args) => cli::pull::pull(&settings, &args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` puts the whole context chain on one line.
+            eprintln!("cvmd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The subcommands of the `cvmd` binary, one module each; the binary only
+//! parses and dispatches.
+
+pub mod logging;
+pub mod pull;
+pub mod run;

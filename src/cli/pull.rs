@@ -1,0 +1,57 @@
+//! `cvmd pull IMAGE`.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::progress::{JsonLines, PlainLines, TerminalBars};
+use crate::pull::{ProgressSink, PulledImage, Puller};
+use crate::registry::{Reference, RegistryClient};
+use crate::store::ContentStore;
+
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// Image reference (defaults to the image setting).
+    pub image: Option<String>,
+    /// One JSON object per event on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn pull(settings: &Settings, args: &PullArgs) -> anyhow::Result<()> {
+    let image = args
+        .image
+        .clone()
+        .or_else(|| settings.image.clone())
+        .context("no image: give one as an argument or set CVMD_IMAGE")?;
+    let progress: Box<dyn ProgressSink> = if args.json {
+        Box::new(JsonLines)
+    } else if std::io::stderr().is_terminal() {
+        Box::new(TerminalBars::default())
+    } else {
+        Box::new(PlainLines)
+    };
+    let pulled = pull_image(settings, &image, progress.as_ref()).await?;
+    if !args.json {
+        println!("{}", pulled.reference);
+    }
+    Ok(())
+}
+
+/// Pulls `image` with the settings' registry options into the settings'
+/// store; shared by `pull` and `run`.
+pub async fn pull_image(settings: &Settings, image: &str, progress: &dyn ProgressSink) -> anyhow::Result<PulledImage> {
+    let reference: Reference = image.parse()?;
+    let options = settings.client_options()?;
+    let client = RegistryClient::new(options)?;
+    let store = ContentStore::open(&settings.cache_dir)?;
+    let puller = Puller {
+        client: Arc::new(client),
+        store,
+        platform: settings.platform.clone(),
+        concurrency: settings.pull_concurrency,
+    };
+    Ok(puller.pull(&reference, progress).await?)
+}

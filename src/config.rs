@@ -1,0 +1,408 @@
+//! Settings: each is a flag, a `CVMD_*` environment variable, an envbox
+//! `CODER_*` alias where envbox has the same setting, and a key of the
+//! optional TOML file, in that order of precedence. One table below is the
+//! single source of the flags, the help text and the validation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use clap::{Arg, ArgMatches};
+
+use crate::registry::client::{ClientOptions, RetryPolicy};
+use crate::registry::credentials::{CredentialSource, Keychain};
+use crate::registry::manifest::Platform;
+
+pub struct Spec {
+    /// The TOML key; the flag is the same with '-' for '_'.
+    pub key: &'static str,
+    pub env: &'static str,
+    pub envbox: Option<&'static str>,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+pub const SETTINGS: &[Spec] = &[
+    Spec { key: "config", env: "CVMD_CONFIG", envbox: None, default: None, help: "TOML file with settings (keys as the flags, '_' for '-')" },
+    Spec { key: "image", env: "CVMD_IMAGE", envbox: Some("CODER_INNER_IMAGE"), default: None, help: "workspace image reference" },
+    Spec { key: "cache_dir", env: "CVMD_CACHE_DIR", envbox: None, default: Some("/var/lib/cvmd"), help: "node-wide content store and layer cache" },
+    Spec { key: "state_dir", env: "CVMD_STATE_DIR", envbox: None, default: Some("/run/cvmd"), help: "this workspace's state (bundle, upper dir)" },
+    Spec { key: "pull_secret", env: "CVMD_PULL_SECRET", envbox: Some("CODER_IMAGE_PULL_SECRET"), default: None, help: "registry credentials: path to, or inline, .dockerconfigjson / .dockercfg" },
+    Spec { key: "docker_config", env: "CVMD_DOCKER_CONFIG", envbox: None, default: None, help: "docker config.json with auths/credHelpers/credsStore [default: $DOCKER_CONFIG/config.json, ~/.docker/config.json]" },
+    Spec { key: "extra_certs", env: "CVMD_EXTRA_CERTS", envbox: Some("CODER_EXTRA_CERTS_PATH"), default: None, help: "CA certificates (PEM files or folders, comma-separated) trusted beside the system roots" },
+    Spec { key: "insecure_registries", env: "CVMD_INSECURE_REGISTRIES", envbox: None, default: None, help: "registries (host[:port], comma-separated) reached over plain HTTP" },
+    Spec { key: "mirrors", env: "CVMD_MIRRORS", envbox: None, default: None, help: "registry mirrors tried in order before the origin: REGISTRY=MIRROR[,REGISTRY=MIRROR...]" },
+    Spec { key: "platform", env: "CVMD_PLATFORM", envbox: None, default: None, help: "os/arch[/variant] to pick from multi-platform images [default: this machine's]" },
+    Spec { key: "pull_concurrency", env: "CVMD_PULL_CONCURRENCY", envbox: None, default: Some("4"), help: "layers downloaded at once (1-64)" },
+    Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
+    Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
+    Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
+];
+
+/// Clap arguments for every setting, global to all subcommands.
+pub fn args() -> Vec<Arg> {
+    SETTINGS
+        .iter()
+        .map(|s| {
+            let mut help = format!("{} [env: {}", s.help, s.env);
+            if let Some(alias) = s.envbox {
+                help.push_str(&format!(", {alias}"));
+            }
+            help.push(']');
+            if let Some(d) = s.default {
+                help.push_str(&format!(" [default: {d}]"));
+            }
+            Arg::new(s.key)
+                .long(s.key.replace('_', "-"))
+                .value_name(s.key.to_uppercase())
+                .global(true)
+                .help(help)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub image: Option<String>,
+    pub cache_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub pull_secret: Option<String>,
+    pub docker_config: PathBuf,
+    pub extra_certs: Vec<PathBuf>,
+    pub insecure_registries: Vec<String>,
+    pub mirrors: HashMap<String, Vec<String>>,
+    pub platform: Platform,
+    pub pull_concurrency: usize,
+    pub pull_retries: u32,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// Every bad value, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Origin {
+    Flag,
+    Env(&'static str),
+    File(PathBuf),
+    Default,
+}
+
+impl Origin {
+    fn describe(&self, spec: &Spec) -> String {
+        match self {
+            Origin::Flag => format!("--{}", spec.key.replace('_', "-")),
+            Origin::Env(name) => (*name).to_string(),
+            Origin::File(p) => format!("{} in {}", spec.key, p.display()),
+            Origin::Default => format!("the default of {}", spec.key),
+        }
+    }
+}
+
+impl Settings {
+    /// Resolves settings from parsed flags, an environment (a function so
+    /// tests need not touch the process's), and the TOML file if one is named.
+    pub fn resolve(matches: &ArgMatches, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let flag = |key: &str| matches.try_get_one::<String>(key).ok().flatten().cloned();
+        let from_env = |spec: &Spec| {
+            let get = |name: &'static str| env(name).filter(|v| !v.is_empty()).map(|v| (v, Origin::Env(name)));
+            get(spec.env).or_else(|| spec.envbox.and_then(get))
+        };
+        let config_spec = spec("config");
+        let file_path = flag("config").or_else(|| from_env(config_spec).map(|(v, _)| v));
+        let file = match &file_path {
+            Some(p) => match load_file(p) {
+                Ok(f) => f,
+                Err(e) => {
+                    problems.push(e);
+                    BTreeMap::new()
+                }
+            },
+            None => BTreeMap::new(),
+        };
+        let raw = |key: &str| -> Option<(String, Origin)> {
+            let s = spec(key);
+            flag(key)
+                .map(|v| (v, Origin::Flag))
+                .or_else(|| from_env(s))
+                .or_else(|| {
+                    file.get(key)
+                        .map(|v| (v.clone(), Origin::File(PathBuf::from(file_path.clone().unwrap_or_default()))))
+                })
+                .or_else(|| s.default.map(|d| (d.to_string(), Origin::Default)))
+        };
+        let mut parse = |key: &str, check: &dyn Fn(&str) -> Result<(), String>| -> Option<String> {
+            let (value, origin) = raw(key)?;
+            match check(&value) {
+                Ok(()) => Some(value),
+                Err(why) => {
+                    problems.push(format!("invalid {}: {why}", origin.describe(spec(key))));
+                    None
+                }
+            }
+        };
+        let any = |_: &str| Ok(());
+        let image = parse("image", &|v| {
+            v.parse::<crate::registry::Reference>().map(|_| ()).map_err(|e| e.to_string())
+        });
+        let cache_dir = parse("cache_dir", &absolute).unwrap_or_default();
+        let state_dir = parse("state_dir", &absolute).unwrap_or_default();
+        let pull_secret = parse("pull_secret", &any);
+        let docker_config = parse("docker_config", &any)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| default_docker_config(env));
+        let extra_certs = parse("extra_certs", &|v| {
+            for p in list(v) {
+                if !std::path::Path::new(&p).exists() {
+                    return Err(format!("{p} does not exist"));
+                }
+            }
+            Ok(())
+        })
+        .map(|v| list(&v).into_iter().map(PathBuf::from).collect())
+        .unwrap_or_default();
+        let insecure_registries = parse("insecure_registries", &any).map(|v| list(&v)).unwrap_or_default();
+        let mirrors = parse("mirrors", &|v| parse_mirrors(v).map(|_| ()))
+            .map(|v| parse_mirrors(&v).unwrap_or_default())
+            .unwrap_or_default();
+        let platform = parse("platform", &|v| v.parse::<Platform>().map(|_| ()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(Platform::host);
+        let pull_concurrency = parse("pull_concurrency", &|v| in_range(v, 1, 64))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        let pull_retries = parse("pull_retries", &|v| in_range(v, 1, 100))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        let log_level = parse("log_level", &|v| {
+            tracing_subscriber::EnvFilter::try_new(v).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|| "info".into());
+        let log_format = match parse("log_format", &|v| match v {
+            "auto" | "text" | "json" => Ok(()),
+            _ => Err(format!("{v:?} is not one of text, json, auto")),
+        })
+        .as_deref()
+        {
+            Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            _ => LogFormat::Auto,
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Settings {
+            image,
+            cache_dir: cache_dir.into(),
+            state_dir: state_dir.into(),
+            pull_secret,
+            docker_config,
+            extra_certs,
+            insecure_registries,
+            mirrors,
+            platform,
+            pull_concurrency,
+            pull_retries,
+            log_level,
+            log_format,
+        })
+    }
+
+    /// Registry client options, with the credential sources in the order
+    /// they are consulted: the pull secret first, then the docker config.
+    pub fn client_options(&self) -> Result<ClientOptions, crate::registry::credentials::CredentialError> {
+        let mut sources = Vec::new();
+        if let Some(secret) = &self.pull_secret {
+            sources.push(CredentialSource::from_pull_secret(secret)?);
+        }
+        sources.push(CredentialSource::from_docker_config(&self.docker_config)?);
+        Ok(ClientOptions {
+            insecure_registries: self.insecure_registries.clone(),
+            extra_ca_paths: self.extra_certs.clone(),
+            mirrors: self.mirrors.clone(),
+            keychain: Keychain {
+                sources,
+                helper_path: None,
+            },
+            retry: RetryPolicy {
+                attempts: self.pull_retries,
+                ..RetryPolicy::default()
+            },
+        })
+    }
+}
+
+fn spec(key: &str) -> &'static Spec {
+    SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .unwrap_or_else(|| panic!("setting {key} is not in SETTINGS"))
+}
+
+fn default_docker_config(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(dir) = env("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("config.json");
+    }
+    let home = env("HOME").filter(|h| !h.is_empty()).unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".docker").join("config.json")
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+fn absolute(v: &str) -> Result<(), String> {
+    if v.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!("{v:?} is not an absolute path"))
+    }
+}
+
+fn in_range(v: &str, lo: u64, hi: u64) -> Result<(), String> {
+    match v.parse::<u64>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(()),
+        _ => Err(format!("{v:?} is not a whole number from {lo} to {hi}")),
+    }
+}
+
+fn parse_mirrors(v: &str) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for entry in list(v) {
+        let (registry, mirror) = entry
+            .split_once('=')
+            .filter(|(r, m)| !r.is_empty() && !m.is_empty())
+            .ok_or_else(|| format!("{entry:?} is not REGISTRY=MIRROR"))?;
+        out.entry(registry.trim().to_string()).or_default().push(mirror.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// The TOML file as key -> value string; lists are joined with ','.
+fn load_file(path: &str) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {path}: {e}"))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("config file {path}: {}", e.message()))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        if key == "config" || !SETTINGS.iter().any(|s| s.key == key) {
+            let known: Vec<&str> = SETTINGS.iter().map(|s| s.key).filter(|k| *k != "config").collect();
+            return Err(format!("config file {path}: unknown setting {key:?} (known: {})", known.join(", ")));
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|i| match i {
+                    toml::Value::String(s) => Ok(s),
+                    other => Err(format!("config file {path}: {key} must list strings, found {other}")),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            other => return Err(format!("config file {path}: {key} has an unsupported value {other}")),
+        };
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(argv: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let cmd = clap::Command::new("cvmd").args(args());
+        let matches = cmd.try_get_matches_from(std::iter::once("cvmd").chain(argv.iter().copied())).unwrap();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::resolve(&matches, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let s = resolve(&[], &[]).unwrap();
+        assert_eq!(s.cache_dir, PathBuf::from("/var/lib/cvmd"));
+        assert_eq!(s.pull_concurrency, 4);
+        assert_eq!(s.docker_config, PathBuf::from("/root/.docker/config.json"));
+        assert_eq!(s.platform, Platform::host());
+    }
+
+    #[test]
+    fn flag_beats_cvmd_env_beats_envbox_alias() {
+        let env = [("CVMD_IMAGE", "a:1"), ("CODER_INNER_IMAGE", "b:1")];
+        assert_eq!(resolve(&[], &env).unwrap().image.as_deref(), Some("a:1"));
+        assert_eq!(resolve(&[], &env[1..]).unwrap().image.as_deref(), Some("b:1"));
+        assert_eq!(resolve(&["--image", "c:1"], &env).unwrap().image.as_deref(), Some("c:1"));
+    }
+
+    #[test]
+    fn file_values_are_below_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cvmd.toml");
+        std::fs::write(&path, "image = \"f:1\"\ninsecure_registries = [\"a:5000\", \"b\"]\npull_concurrency = 8\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = resolve(&["--config", p], &[]).unwrap();
+        assert_eq!(s.image.as_deref(), Some("f:1"));
+        assert_eq!(s.insecure_registries, ["a:5000", "b"]);
+        assert_eq!(s.pull_concurrency, 8);
+        let s = resolve(&[], &[("CVMD_CONFIG", p), ("CVMD_IMAGE", "e:1")]).unwrap();
+        assert_eq!(s.image.as_deref(), Some("e:1"));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_once_with_its_origin() {
+        let e = resolve(
+            &["--pull-concurrency", "0"],
+            &[("CVMD_CACHE_DIR", "relative"), ("CODER_INNER_IMAGE", "Bad Image"), ("CVMD_MIRRORS", "nomirror"), ("CVMD_LOG_FORMAT", "xml")],
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.problems.len(), 5, "{text}");
+        assert!(text.contains("invalid --pull-concurrency: \"0\" is not a whole number from 1 to 64"), "{text}");
+        assert!(text.contains("invalid CVMD_CACHE_DIR: \"relative\" is not an absolute path"), "{text}");
+        assert!(text.contains("invalid CODER_INNER_IMAGE"), "{text}");
+        assert!(text.contains("\"nomirror\" is not REGISTRY=MIRROR"), "{text}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "imagee = \"x\"\n").unwrap();
+        let e = resolve(&["--config", path.to_str().unwrap()], &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown setting \"imagee\""), "{e}");
+    }
+
+    #[test]
+    fn mirrors_keep_their_order() {
+        let s = resolve(&[], &[("CVMD_MIRRORS", "docker.io=m1:5000, docker.io=https://m2,quay.io=m3")]).unwrap();
+        assert_eq!(s.mirrors["docker.io"], ["m1:5000", "https://m2"]);
+        assert_eq!(s.mirrors["quay.io"], ["m3"]);
+    }
+
+    #[test]
+    fn every_setting_has_a_flag_and_an_env_var() {
+        let help = clap::Command::new("cvmd").args(args()).render_long_help().to_string();
+        for s in SETTINGS {
+            assert!(help.contains(s.env), "{}", s.env);
+            assert!(help.contains(&format!("--{}", s.key.replace('_', "-"))), "{}", s.key);
+            if let Some(a) = s.envbox {
+                assert!(help.contains(a), "{a}");
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! cvmd: the supervisor of a container-based virtual machine workspace.
+//! See DESIGN.md for the data path; each stage is a module here.
+
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod progress;
+pub mod pull;
+pub mod registry;
+pub mod store;
+pub mod unpack;

@@ -1,0 +1,402 @@
+//! Applying one tar entry: decide (pure helpers in `kind`, `path`,
+//! `whiteout`), resolve its parent beneath the root, create, set metadata.
+
+use std::ffi::OsStr;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::FileType;
+use rustix::io::Errno;
+
+use super::fsops::{self, Existing, ResolveError, Root, Slot, WriteError};
+use super::kind::{kind_of, Kind};
+use super::meta::{self, Meta, MetaError, Object, SkippedXattr};
+use super::path::{CleanPath, PathError};
+use super::whiteout::{classify, Whiteout};
+use super::{UnpackError, UnpackOptions, UnpackStats};
+
+const COPY_BUF: usize = 64 << 10;
+
+/// A directory whose mode and times wait until its children are written
+/// (creating a child updates the parent's mtime; a 0555 mode would block
+/// an unprivileged unpack from writing the children).
+struct DeferredDir {
+    path: CleanPath,
+    /// (st_dev, st_ino) when created, so the final pass never applies the
+    /// metadata to whatever a later entry put at that name.
+    id: (u64, u64),
+    meta: Meta,
+}
+
+pub(super) struct Unpacker<'o> {
+    root: Root,
+    opts: &'o UnpackOptions,
+    stats: UnpackStats,
+    dirs: Vec<DeferredDir>,
+    /// All entry data read so far (files and any payload of other entries),
+    /// metered against `max_unpacked_bytes`.
+    data_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl<'o> Unpacker<'o> {
+    pub(super) fn new(root: Root, opts: &'o UnpackOptions) -> Self {
+        Self {
+            root,
+            opts,
+            stats: UnpackStats::default(),
+            dirs: Vec::new(),
+            data_bytes: 0,
+            buf: vec![0; COPY_BUF],
+        }
+    }
+
+    fn budget(&self) -> u64 {
+        match self.opts.max_unpacked_bytes {
+            0 => u64::MAX,
+            max => max.saturating_sub(self.data_bytes),
+        }
+    }
+
+    fn too_large(&self, name: &str) -> UnpackError {
+        fail!(self.opts.image, name, TooLarge, limit: self.opts.max_unpacked_bytes)
+    }
+
+    pub(super) fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        let opts = self.opts;
+        let img = opts.image.as_str();
+        self.stats.entries += 1;
+        let raw = entry.path_bytes().into_owned();
+        let kind = kind_of(entry.header().entry_type().as_byte(), &raw);
+        if kind == Kind::Ignore {
+            return Ok(());
+        }
+        let path = CleanPath::parse(&raw).map_err(|e| match e {
+            PathError::Escapes => fail!(img, name, Escapes),
+            PathError::Invalid => fail!(img, name, InvalidName),
+        })?;
+        // OCI: a whiteout is recognised by name whatever its type flag.
+        match classify(&path).map_err(|_| fail!(img, name, BadWhiteout))? {
+            Whiteout::Opaque => return self.opaque(&path, name),
+            Whiteout::Remove(target) => return self.whiteout(&path, target, name),
+            Whiteout::None => {}
+        }
+        if let Kind::Unsupported(flag) = kind {
+            return Err(fail!(img, name, UnsupportedType, kind: char::from(flag)));
+        }
+        let meta = read_meta(entry).map_err(|e| fail!(img, name, Header, source: e))?;
+        for xattr in &meta.dropped {
+            let xattr = String::from_utf8_lossy(xattr);
+            tracing::warn!(entry = name, xattr = %xattr, "overlay xattr in layer tar dropped");
+            self.stats.skipped_xattrs += 1;
+        }
+
+        let (parent, leaf) = match path.split_last() {
+            Some((parents, leaf)) => (self.parent(parents, name)?, leaf),
+            None if kind == Kind::Dir => (self.parent(&[], name)?, OsStr::new(".")),
+            None => return Err(fail!(img, name, RootNotDirectory)),
+        };
+        let dir = parent.as_fd();
+
+        if kind == Kind::Hardlink {
+            return self.hardlink(entry, &path, &parent, leaf, name);
+        }
+        let slot = fsops::clear_slot(dir, leaf, kind == Kind::Dir)
+            .map_err(|e| fail!(img, name, Replace, source: e))?;
+        let chown = self.opts.preserve_ownership;
+        let mut skipped = Vec::new();
+        let applied = match kind {
+            Kind::File => {
+                if entry.size() > self.budget() {
+                    return Err(self.too_large(name));
+                }
+                let (file, n) = fsops::write_file(dir, leaf, entry, self.budget(), &mut self.buf)
+                    .map_err(|e| match e {
+                    WriteError::Create(e) => fail!(img, name, CreateFile, source: e),
+                    WriteError::Write(e) => fail!(img, name, WriteFile, source: e),
+                    WriteError::Read(e) => UnpackError::Read {
+                        after: name.to_string(),
+                        image: img.to_string(),
+                        source: e,
+                    },
+                    WriteError::TooLarge => self.too_large(name),
+                })?;
+                self.data_bytes += n;
+                self.stats.file_bytes += n;
+                self.stats.files += 1;
+                meta::apply_file(&file, &meta, chown, &mut skipped)
+            }
+            Kind::Dir => {
+                if slot != Slot::KeptDir {
+                    fsops::mkdir(dir, leaf).map_err(|e| fail!(img, name, CreateDir, source: e))?;
+                }
+                if slot == Slot::ReplacedWhiteout {
+                    // The same layer whited out and recreated this dir: lower
+                    // content must stay hidden (OCI "Whiteouts").
+                    self.set_opaque_child(&parent, leaf, name)?;
+                }
+                let id = fsops::dir_identity(dir, leaf)
+                    .map_err(|e| fail!(img, name, CreateDir, source: e))?;
+                self.dirs.push(DeferredDir {
+                    path: path.clone(),
+                    id,
+                    meta: meta.clone(),
+                });
+                self.stats.dirs += 1;
+                meta::apply_at(dir, leaf, Object::Dir, &meta, chown, &mut skipped)
+            }
+            Kind::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| fail!(img, name, MissingLinkName))?;
+                fsops::symlink(&target, dir, leaf)
+                    .map_err(|e| fail!(img, name, CreateSymlink, source: e))?;
+                self.stats.symlinks += 1;
+                meta::apply_at(dir, leaf, Object::Symlink, &meta, chown, &mut skipped)
+            }
+            Kind::CharDevice | Kind::BlockDevice | Kind::Fifo => {
+                let file_type = match kind {
+                    Kind::CharDevice => FileType::CharacterDevice,
+                    Kind::BlockDevice => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let header = entry.header();
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                match fsops::mknod(dir, leaf, file_type, major, minor) {
+                    Ok(()) => {}
+                    // Without CAP_MKNOD (rootless, user namespaces) device
+                    // nodes cannot exist; runtimes bind-mount the needed ones.
+                    Err(Errno::PERM) => {
+                        tracing::warn!(entry = name, "mknod not permitted, device skipped");
+                        self.stats.skipped_devices += 1;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(fail!(img, name, CreateNode, source: e.into())),
+                }
+                self.stats.nodes += 1;
+                meta::apply_at(dir, leaf, Object::Node, &meta, chown, &mut skipped)
+            }
+            Kind::Hardlink | Kind::Ignore | Kind::Unsupported(_) => unreachable!("handled above"),
+        };
+        self.meta_result(applied, skipped, name)
+    }
+
+    fn parent(&self, comps: &[Vec<u8>], name: &str) -> Result<OwnedFd, UnpackError> {
+        self.root
+            .open_dir_create(comps)
+            .map_err(|e| resolve_error(&self.opts.image, name, e))
+    }
+
+    /// Hardlink targets are member names of this same layer (tar semantics):
+    /// cleaned like entry names, so `/etc/passwd` means the layer's own
+    /// `etc/passwd`, which must already exist. The target's parent is
+    /// resolved beneath the root; its final component is linked, never
+    /// followed. Metadata comes from the target inode, as with GNU tar.
+    fn hardlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        path: &CleanPath,
+        parent: &OwnedFd,
+        leaf: &OsStr,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        let opts = self.opts;
+        let img = opts.image.as_str();
+        let raw = entry
+            .link_name_bytes()
+            .ok_or_else(|| fail!(img, name, MissingLinkName))?;
+        let target_name = String::from_utf8_lossy(&raw).into_owned();
+        let escapes = || fail!(img, name, HardlinkEscapes, target: target_name.clone());
+        let missing = || fail!(img, name, HardlinkTargetMissing, target: target_name.clone());
+        let target = match CleanPath::parse(&raw) {
+            Ok(t) => t,
+            Err(PathError::Escapes) => return Err(escapes()),
+            Err(PathError::Invalid) => return Err(fail!(img, name, InvalidName)),
+        };
+        if &target == path {
+            // Some archivers record a file linked to itself; nothing to do.
+            return Ok(());
+        }
+        let (target_parents, target_leaf) = target.split_last().ok_or_else(missing)?;
+        let from = match self.root.open_dir(target_parents) {
+            Ok(fd) => fd,
+            Err(ResolveError::Outside | ResolveError::Loop) => return Err(escapes()),
+            Err(ResolveError::Missing | ResolveError::NotDir) => return Err(missing()),
+            Err(ResolveError::Io(e)) => return Err(fail!(img, name, Resolve, source: e)),
+        };
+        fsops::clear_slot(parent.as_fd(), leaf, false)
+            .map_err(|e| fail!(img, name, Replace, source: e))?;
+        match fsops::hardlink(from.as_fd(), target_leaf, parent.as_fd(), leaf) {
+            Ok(()) => {}
+            // EPERM: the target is a directory.
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::PERM) => return Err(missing()),
+            Err(e) => return Err(fail!(img, name, CreateHardlink, source: e.into())),
+        }
+        self.stats.hardlinks += 1;
+        Ok(())
+    }
+
+    /// `DIR/.wh.NAME`: NAME in lower layers is deleted. Same-layer content
+    /// is not affected by a whiteout (OCI "Whiteouts"): an existing dir
+    /// becomes opaque, which hides exactly the lower content, and an
+    /// existing non-dir already hides the lower NAME.
+    fn whiteout(
+        &mut self,
+        path: &CleanPath,
+        target: &OsStr,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        let opts = self.opts;
+        let img = opts.image.as_str();
+        let parent = self.parent(path.parent().components(), name)?;
+        let dir = parent.as_fd();
+        match fsops::existing(dir, target)
+            .map_err(|e| fail!(img, name, CreateWhiteout, source: e))?
+        {
+            Existing::Nothing => {
+                fsops::mknod(dir, target, FileType::CharacterDevice, 0, 0)
+                    .map_err(|e| fail!(img, name, CreateWhiteout, source: e.into()))?;
+                self.stats.whiteouts += 1;
+            }
+            Existing::Dir => self.set_opaque_child(&parent, target, name)?,
+            Existing::Other => {}
+        }
+        Ok(())
+    }
+
+    /// `DIR/.wh..wh..opq`: DIR (created if this layer lacks it) hides all
+    /// lower content.
+    fn opaque(&mut self, path: &CleanPath, name: &str) -> Result<(), UnpackError> {
+        let dir = self.parent(path.parent().components(), name)?;
+        meta::set_opaque(dir.as_fd())
+            .map_err(|e| fail!(self.opts.image, name, SetOpaque, source: e))?;
+        self.stats.opaque_dirs += 1;
+        Ok(())
+    }
+
+    fn set_opaque_child(
+        &mut self,
+        parent: &OwnedFd,
+        leaf: &OsStr,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        let opts = self.opts;
+        let img = opts.image.as_str();
+        let child = fsops::open_child_dir(parent.as_fd(), leaf)
+            .map_err(|e| fail!(img, name, SetOpaque, source: e))?;
+        meta::set_opaque(child.as_fd()).map_err(|e| fail!(img, name, SetOpaque, source: e))?;
+        self.stats.opaque_dirs += 1;
+        Ok(())
+    }
+
+    fn meta_result(
+        &mut self,
+        applied: Result<(), MetaError>,
+        skipped: Vec<SkippedXattr>,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        for s in skipped {
+            let xattr = String::from_utf8_lossy(&s.name);
+            tracing::warn!(entry = name, xattr = %xattr, error = %s.error, "xattr not set");
+            self.stats.skipped_xattrs += 1;
+        }
+        applied.map_err(|e| meta_error(&self.opts.image, name, e))
+    }
+
+    /// Reads whatever data the entry still has (a payload on a non-file
+    /// entry), metered like file contents, so the next header is in place.
+    pub(super) fn drain_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        let budget = self.budget();
+        let n = io::copy(&mut entry.take(budget.saturating_add(1)), &mut io::sink()).map_err(
+            |source| UnpackError::Read {
+                after: name.to_string(),
+                image: self.opts.image.clone(),
+                source,
+            },
+        )?;
+        if n > budget {
+            return Err(self.too_large(name));
+        }
+        self.data_bytes += n;
+        Ok(())
+    }
+
+    /// Applies the deferred directory modes and times in archive order (any
+    /// order works: setting a dir's times does not touch its parent's).
+    pub(super) fn finish(mut self) -> Result<UnpackStats, UnpackError> {
+        let opts = self.opts;
+        let img = opts.image.as_str();
+        for d in std::mem::take(&mut self.dirs) {
+            let entry = String::from_utf8_lossy(&d.path.to_relative()).into_owned();
+            let (parent, leaf) = match d.path.split_last() {
+                Some((parents, leaf)) => (self.root.open_dir(parents), leaf),
+                None => (self.root.open_dir(&[]), OsStr::new(".")),
+            };
+            // Gone or replaced by a later entry: its metadata died with it.
+            let Ok(parent) = parent else { continue };
+            let Ok(dir) = fsops::open_dir_nofollow(parent.as_fd(), leaf) else {
+                continue;
+            };
+            if fsops::identity(&dir).ok() != Some(d.id) {
+                continue;
+            }
+            meta::finish_dir(&dir, &d.meta).map_err(|e| meta_error(img, &entry, e))?;
+        }
+        Ok(self.stats)
+    }
+}
+
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
+    let header = entry.header();
+    let old = header.as_old();
+    let uid = blank_is_zero(&old.uid, header.uid())?;
+    let gid = blank_is_zero(&old.gid, header.gid())?;
+    let mode = blank_is_zero(&old.mode, header.mode())?;
+    let mtime = blank_is_zero(&old.mtime, header.mtime())?;
+    let mut pax = Vec::new();
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            pax.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
+        }
+    }
+    let fields = pax.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
+    meta::parse(uid, gid, mode, mtime, fields).map_err(io::Error::other)
+}
+
+/// Go's archive/tar (docker, containerd) reads an all-NUL or all-space
+/// numeric field as 0; some producers leave uid/gid/mtime empty.
+fn blank_is_zero<T: Default>(field: &[u8], parsed: io::Result<T>) -> io::Result<T> {
+    match parsed {
+        Err(_) if field.iter().all(|&b| b == 0 || b == b' ') => Ok(T::default()),
+        other => other,
+    }
+}
+
+fn resolve_error(image: &str, name: &str, e: ResolveError) -> UnpackError {
+    match e {
+        ResolveError::Outside => fail!(image, name, ParentOutside),
+        ResolveError::Loop => fail!(image, name, ParentLoop),
+        ResolveError::NotDir | ResolveError::Missing => fail!(image, name, ParentNotDirectory),
+        ResolveError::Io(source) => fail!(image, name, Resolve, source: source),
+    }
+}
+
+fn meta_error(image: &str, name: &str, e: MetaError) -> UnpackError {
+    match e {
+        MetaError::Owner(source) => fail!(image, name, SetOwner, source: source),
+        MetaError::Mode(source) => fail!(image, name, SetMode, source: source),
+        MetaError::Xattr(xattr, source) => fail!(image, name, SetXattr,
+            name: String::from_utf8_lossy(&xattr).into_owned(), source: source),
+        MetaError::Times(source) => fail!(image, name, SetTimes, source: source),
+    }
+}

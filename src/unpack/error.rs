@@ -1,0 +1,216 @@
+//! Errors of the unpack stage: one variant per failure site, each naming the
+//! layer entry and the image so the user can find the offending layer.
+
+use std::io;
+
+/// Why a layer could not be unpacked. `entry` is the member name as written in
+/// the tar (lossy UTF-8), `image` the reference from [`super::UnpackOptions`].
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("cannot open layer destination {dest:?} for image {image:?}: {source}")]
+    OpenDest {
+        dest: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "layer of image {image:?} is not a readable tar stream (after entry {after:?}): {source}; \
+         the blob may be corrupt or not a layer"
+    )]
+    Read {
+        after: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "layer of image {image:?} has an extension header (long name or PAX record) over \
+         {limit} bytes after entry {after:?}; refusing it as hostile"
+    )]
+    HeaderTooLarge {
+        after: String,
+        image: String,
+        limit: u64,
+    },
+    #[error("layer entry {entry:?} of image {image:?} has an empty or NUL-containing name")]
+    InvalidName { entry: String, image: String },
+    #[error("layer entry {entry:?} of image {image:?} escapes the layer root")]
+    Escapes { entry: String, image: String },
+    #[error(
+        "layer entry {entry:?} of image {image:?} goes through a symlink that leads outside \
+         the layer root (absolute or `..` target); refusing to follow it"
+    )]
+    ParentOutside { entry: String, image: String },
+    #[error(
+        "layer entry {entry:?} of image {image:?} goes through a symlink loop or too many \
+         symlinks"
+    )]
+    ParentLoop { entry: String, image: String },
+    #[error(
+        "layer entry {entry:?} of image {image:?} has a parent that is not a directory \
+         (a file, device or dangling symlink written earlier in the layer)"
+    )]
+    ParentNotDirectory { entry: String, image: String },
+    #[error("cannot resolve the parent of layer entry {entry:?} of image {image:?}: {source}")]
+    Resolve {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "layer entry {entry:?} of image {image:?} names the layer root but is not a directory"
+    )]
+    RootNotDirectory { entry: String, image: String },
+    #[error("layer entry {entry:?} of image {image:?} has unsupported tar type {kind:?}")]
+    UnsupportedType {
+        entry: String,
+        image: String,
+        kind: char,
+    },
+    #[error(
+        "layer entry {entry:?} of image {image:?} is a malformed whiteout (its name after \
+         `.wh.` is empty, `.`, `..` or contains `/`)"
+    )]
+    BadWhiteout { entry: String, image: String },
+    #[error(
+        "layer entry {entry:?} of image {image:?} is a hardlink to {target:?}, which escapes \
+         the layer root"
+    )]
+    HardlinkEscapes {
+        entry: String,
+        target: String,
+        image: String,
+    },
+    #[error(
+        "layer entry {entry:?} of image {image:?} is a hardlink to {target:?}, which does not \
+         exist earlier in this layer (or is a directory)"
+    )]
+    HardlinkTargetMissing {
+        entry: String,
+        target: String,
+        image: String,
+    },
+    #[error("layer entry {entry:?} of image {image:?} is a link without a target name")]
+    MissingLinkName { entry: String, image: String },
+    #[error(
+        "layer of image {image:?} unpacks to more than {limit} bytes (at entry {entry:?}); \
+         raise max_unpacked_bytes if the image is trusted"
+    )]
+    TooLarge {
+        entry: String,
+        image: String,
+        limit: u64,
+    },
+    #[error("layer entry {entry:?} of image {image:?}: bad header field: {source}")]
+    Header {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remove {entry:?} of image {image:?} to replace it: {source}")]
+    Replace {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create file {entry:?} of image {image:?}: {source}")]
+    CreateFile {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write file {entry:?} of image {image:?}: {source}")]
+    WriteFile {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create directory {entry:?} of image {image:?}: {source}")]
+    CreateDir {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create symlink {entry:?} of image {image:?}: {source}")]
+    CreateSymlink {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create hardlink {entry:?} of image {image:?}: {source}")]
+    CreateHardlink {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create device or fifo {entry:?} of image {image:?}: {source}")]
+    CreateNode {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot create overlay whiteout {entry:?} of image {image:?}: {source}; the layer \
+         cache needs a filesystem and privileges that allow 0:0 character devices"
+    )]
+    CreateWhiteout {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot mark directory {entry:?} of image {image:?} opaque (trusted.overlay.opaque): \
+         {source}; the layer cache needs root and a filesystem with trusted xattrs"
+    )]
+    SetOpaque {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set owner of {entry:?} of image {image:?}: {source}")]
+    SetOwner {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set mode of {entry:?} of image {image:?}: {source}")]
+    SetMode {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set xattr {name:?} on {entry:?} of image {image:?}: {source}")]
+    SetXattr {
+        entry: String,
+        name: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set times of {entry:?} of image {image:?}: {source}")]
+    SetTimes {
+        entry: String,
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "layer of image {image:?} has more than {limit} bytes after its end-of-archive \
+         marker; refusing it as hostile"
+    )]
+    TrailingData { image: String, limit: u64 },
+}

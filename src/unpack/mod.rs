@@ -1,0 +1,185 @@
+//! Layer tar -> directory in overlayfs form, treating the tar as hostile.
+//!
+//! One layer is unpacked alone into its own (empty, caller-owned) directory,
+//! which later becomes an overlay lowerdir. The guarantees:
+//! - nothing is created, changed or followed outside `dest` (see `fsops`
+//!   for how parents are resolved and `path` for which names are accepted);
+//! - OCI whiteouts become overlay whiteouts and opaque xattrs (`whiteout`);
+//! - file contents are streamed through a fixed buffer and metered against
+//!   [`UnpackOptions::max_unpacked_bytes`]; extension headers are metered by
+//!   `guard`; after the archive ends the reader is drained to EOF so the
+//!   caller's digest covers every byte.
+//!
+//! Decisions, for reviewers:
+//! - names: leading `/` stripped; `..` cleaned lexically and accepted while
+//!   it stays inside (`a/../b` is `b`), refused once it climbs out (`../x`,
+//!   `/../x`);
+//! - parents through symlinks written earlier in the layer are followed while
+//!   they stay beneath the root (`l -> sub`, `l/x` writes `sub/x`); absolute
+//!   symlinks and `..` escapes in a parent are refused (RESOLVE_BENEATH), not
+//!   re-rooted;
+//! - hardlink targets are member names of this layer (`/etc/passwd` means the
+//!   layer's own `etc/passwd`) and must already exist; the link takes the
+//!   target inode's metadata;
+//! - later entries replace earlier ones at the same name, except dir over dir;
+//!   whiteouts never delete same-layer content (OCI), they make a same-layer
+//!   dir opaque instead;
+//! - `trusted.overlay.*` xattrs inside the tar are dropped: overlayfs would
+//!   obey them on a lowerdir.
+
+mod error;
+mod fsops;
+mod guard;
+mod kind;
+mod meta;
+mod path;
+mod whiteout;
+
+/// Builds an [`UnpackError`] variant that carries `entry` and `image`.
+macro_rules! fail {
+    ($image:expr, $entry:expr, $variant:ident $(, $field:ident : $value:expr)* $(,)?) => {
+        $crate::unpack::UnpackError::$variant {
+            entry: $entry.to_string(),
+            image: $image.to_string(),
+            $($field: $value,)*
+        }
+    };
+}
+
+mod entry;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Read};
+use std::path::Path;
+use std::time::Instant;
+
+pub use error::UnpackError;
+
+/// Caps a single GNU long name / PAX header set (plus the header blocks and
+/// padding read with it). Real ones are a few KiB; xattrs are at most 64 KiB
+/// each (XATTR_SIZE_MAX).
+const HEADER_BUDGET: u64 = 8 << 20;
+
+/// How to unpack one layer.
+#[derive(Debug, Clone)]
+pub struct UnpackOptions {
+    /// Reference of the image being unpacked, used in error messages.
+    pub image: String,
+    /// Abort when the layer's unpacked file contents exceed this many bytes
+    /// (gzip-bomb bound). 0 = unlimited. Also bounds data after the
+    /// end-of-archive marker.
+    pub max_unpacked_bytes: u64,
+    /// Apply ownership from the tar headers (true when root).
+    pub preserve_ownership: bool,
+}
+
+/// What an unpack did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnpackStats {
+    /// Tar entries read (extension headers not counted).
+    pub entries: u64,
+    /// Bytes of regular file contents written.
+    pub file_bytes: u64,
+    /// Device nodes not created because mknod was not permitted.
+    pub skipped_devices: u64,
+    /// Xattrs the host refused (EPERM / EOPNOTSUPP), each logged.
+    pub skipped_xattrs: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// Devices and fifos created.
+    pub nodes: u64,
+    /// Whiteout devices created.
+    pub whiteouts: u64,
+    /// Directories marked opaque.
+    pub opaque_dirs: u64,
+    /// Bytes drained after the end-of-archive marker.
+    pub trailing_bytes: u64,
+}
+
+/// Unpacks the decompressed layer `tar_stream` into `dest`, an existing
+/// empty directory, in overlayfs form. On error `dest` holds a partial layer
+/// that the caller must discard.
+pub fn unpack_layer<R: Read>(
+    tar_stream: R,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
+    let span = tracing::info_span!("unpack", image = %opts.image, dest = %dest.display());
+    let _enter = span.enter();
+    let started = Instant::now();
+
+    let root = fsops::Root::open(dest).map_err(|source| UnpackError::OpenDest {
+        dest: dest.display().to_string(),
+        image: opts.image.clone(),
+        source,
+    })?;
+    let (guarded, budget) = guard::Guarded::new(tar_stream);
+    let mut archive = tar::Archive::new(guarded);
+    let mut unpacker = entry::Unpacker::new(root, opts);
+    let read_err = |after: &str, source| UnpackError::Read {
+        after: after.to_string(),
+        image: opts.image.clone(),
+        source,
+    };
+
+    let mut last = String::new();
+    // `entries` borrows the archive, which must be free again to drain.
+    {
+        let mut entries = archive.entries().map_err(|e| read_err(&last, e))?;
+        loop {
+            budget.set(HEADER_BUDGET);
+            let next = entries.next();
+            budget.set(u64::MAX);
+            let mut entry = match next {
+                None => break,
+                Some(Ok(entry)) => entry,
+                Some(Err(_)) if budget.tripped() => {
+                    return Err(UnpackError::HeaderTooLarge {
+                        after: last,
+                        image: opts.image.clone(),
+                        limit: HEADER_BUDGET,
+                    })
+                }
+                Some(Err(e)) => return Err(read_err(&last, e)),
+            };
+            last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            unpacker.entry(&mut entry, &last)?;
+            unpacker.drain_entry(&mut entry, &last)?;
+        }
+    }
+    let mut stats = unpacker.finish()?;
+
+    // The caller hashes the stream as it passes; the tar crate stops at the
+    // first zero block, so the rest (second zero block, record padding)
+    // must still be read.
+    budget.set(match opts.max_unpacked_bytes {
+        0 => u64::MAX,
+        n => n,
+    });
+    let mut rest = archive.into_inner();
+    stats.trailing_bytes = match io::copy(&mut rest, &mut io::sink()) {
+        Ok(n) => n,
+        Err(_) if budget.tripped() => {
+            return Err(UnpackError::TrailingData {
+                image: opts.image.clone(),
+                limit: opts.max_unpacked_bytes,
+            })
+        }
+        Err(e) => return Err(read_err(&last, e)),
+    };
+
+    tracing::info!(
+        entries = stats.entries,
+        file_bytes = stats.file_bytes,
+        skipped_devices = stats.skipped_devices,
+        skipped_xattrs = stats.skipped_xattrs,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "layer unpacked"
+    );
+    Ok(stats)
+}

@@ -1,0 +1,116 @@
+//! Integration-test harness: real `docker-registry` instances, a token server,
+//! an image builder/pusher and a fault-injecting proxy.
+//!
+//! Self-contained so the folder can be copied to `tests/common/` and pulled in
+//! with `mod common;`.
+
+// Each integration-test binary compiles this module and uses only part of it.
+#![allow(dead_code, unused_imports)]
+
+pub mod cred;
+pub mod image;
+pub mod pki;
+pub mod proxy;
+pub mod push;
+pub mod registry;
+pub mod server;
+pub mod token;
+
+pub use cred::cred_helper;
+pub use registry::{require_registry, Registry};
+
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on 127.0.0.1.
+///
+/// Racy by nature (another process may grab it before we bind), but the
+/// window is tiny and the registry binary cannot be handed a listening socket.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local_addr")
+        .port()
+}
+
+/// Polls `pred` every 20 ms until it returns true or `timeout` elapses.
+/// Returns whether it became true.
+pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if pred() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a future to completion on a fresh runtime in a scoped thread.
+///
+/// A fresh thread makes this callable from plain `#[test]`s and from inside
+/// `#[tokio::test]` alike (nesting runtimes on one thread panics).
+pub fn block_on<F>(fut: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(fut)
+        })
+        .join()
+        .expect("block_on thread panicked")
+    })
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A reqwest client that trusts `ca` (if given) and never follows redirects,
+/// so tests see exactly what the server said.
+pub fn http_client(ca: Option<&Path>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).expect("read CA pem");
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("parse CA pem");
+        b = b.tls_certs_only(certs);
+    }
+    b.build().expect("reqwest client")
+}
+
+/// Path of the `cvmd` binary; pass `env!("CARGO_BIN_EXE_cvmd")`, which only
+/// the main crate's integration tests can expand.
+pub fn cvmd_bin(cargo_bin_exe: &str) -> PathBuf {
+    let p = PathBuf::from(cargo_bin_exe);
+    assert!(p.exists(), "cvmd binary missing at {}", p.display());
+    p
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (for query
+/// values; reqwest 0.13 without its `query` feature has no `.query()`).
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
