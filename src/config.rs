@@ -113,11 +113,18 @@ impl Origin {
 impl Settings {
     /// Resolves settings from parsed flags, an environment (a function so
     /// tests need not touch the process's), and the TOML file if one is named.
-    pub fn resolve(matches: &ArgMatches, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn resolve(
+        matches: &ArgMatches,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let flag = |key: &str| matches.try_get_one::<String>(key).ok().flatten().cloned();
         let from_env = |spec: &Spec| {
-            let get = |name: &'static str| env(name).filter(|v| !v.is_empty()).map(|v| (v, Origin::Env(name)));
+            let get = |name: &'static str| {
+                env(name)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (v, Origin::Env(name)))
+            };
             get(spec.env).or_else(|| spec.envbox.and_then(get))
         };
         let config_spec = spec("config");
@@ -138,8 +145,12 @@ impl Settings {
                 .map(|v| (v, Origin::Flag))
                 .or_else(|| from_env(s))
                 .or_else(|| {
-                    file.get(key)
-                        .map(|v| (v.clone(), Origin::File(PathBuf::from(file_path.clone().unwrap_or_default()))))
+                    file.get(key).map(|v| {
+                        (
+                            v.clone(),
+                            Origin::File(PathBuf::from(file_path.clone().unwrap_or_default())),
+                        )
+                    })
                 })
                 .or_else(|| s.default.map(|d| (d.to_string(), Origin::Default)))
         };
@@ -155,7 +166,9 @@ impl Settings {
         };
         let any = |_: &str| Ok(());
         let image = parse("image", &|v| {
-            v.parse::<crate::registry::Reference>().map(|_| ()).map_err(|e| e.to_string())
+            v.parse::<crate::registry::Reference>()
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         });
         let cache_dir = parse("cache_dir", &absolute).unwrap_or_default();
         let state_dir = parse("state_dir", &absolute).unwrap_or_default();
@@ -173,7 +186,9 @@ impl Settings {
         })
         .map(|v| list(&v).into_iter().map(PathBuf::from).collect())
         .unwrap_or_default();
-        let insecure_registries = parse("insecure_registries", &any).map(|v| list(&v)).unwrap_or_default();
+        let insecure_registries = parse("insecure_registries", &any)
+            .map(|v| list(&v))
+            .unwrap_or_default();
         let mirrors = parse("mirrors", &|v| parse_mirrors(v).map(|_| ()))
             .map(|v| parse_mirrors(&v).unwrap_or_default())
             .unwrap_or_default();
@@ -187,7 +202,9 @@ impl Settings {
             .and_then(|v| v.parse().ok())
             .unwrap_or(5);
         let log_level = parse("log_level", &|v| {
-            tracing_subscriber::EnvFilter::try_new(v).map(|_| ()).map_err(|e| e.to_string())
+            tracing_subscriber::EnvFilter::try_new(v)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
         .unwrap_or_else(|| "info".into());
         let log_format = match parse("log_format", &|v| match v {
@@ -222,7 +239,9 @@ impl Settings {
 
     /// Registry client options, with the credential sources in the order
     /// they are consulted: the pull secret first, then the docker config.
-    pub fn client_options(&self) -> Result<ClientOptions, crate::registry::credentials::CredentialError> {
+    pub fn client_options(
+        &self,
+    ) -> Result<ClientOptions, crate::registry::credentials::CredentialError> {
         let mut sources = Vec::new();
         if let Some(secret) = &self.pull_secret {
             sources.push(CredentialSource::from_pull_secret(secret)?);
@@ -255,12 +274,18 @@ fn default_docker_config(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
     if let Some(dir) = env("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("config.json");
     }
-    let home = env("HOME").filter(|h| !h.is_empty()).unwrap_or_else(|| "/root".into());
+    let home = env("HOME")
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/root".into());
     PathBuf::from(home).join(".docker").join("config.json")
 }
 
 fn list(v: &str) -> Vec<String> {
-    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn absolute(v: &str) -> Result<(), String> {
@@ -285,22 +310,32 @@ fn parse_mirrors(v: &str) -> Result<HashMap<String, Vec<String>>, String> {
             .split_once('=')
             .filter(|(r, m)| !r.is_empty() && !m.is_empty())
             .ok_or_else(|| format!("{entry:?} is not REGISTRY=MIRROR"))?;
-        out.entry(registry.trim().to_string()).or_default().push(mirror.trim().to_string());
+        out.entry(registry.trim().to_string())
+            .or_default()
+            .push(mirror.trim().to_string());
     }
     Ok(out)
 }
 
 /// The TOML file as key -> value string; lists are joined with ','.
 fn load_file(path: &str) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {path}: {e}"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {path}: {e}"))?;
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| format!("config file {path}: {}", e.message()))?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
         if key == "config" || !SETTINGS.iter().any(|s| s.key == key) {
-            let known: Vec<&str> = SETTINGS.iter().map(|s| s.key).filter(|k| *k != "config").collect();
-            return Err(format!("config file {path}: unknown setting {key:?} (known: {})", known.join(", ")));
+            let known: Vec<&str> = SETTINGS
+                .iter()
+                .map(|s| s.key)
+                .filter(|k| *k != "config")
+                .collect();
+            return Err(format!(
+                "config file {path}: unknown setting {key:?} (known: {})",
+                known.join(", ")
+            ));
         }
         let text = match value {
             toml::Value::String(s) => s,
@@ -310,11 +345,17 @@ fn load_file(path: &str) -> Result<BTreeMap<String, String>, String> {
                 .into_iter()
                 .map(|i| match i {
                     toml::Value::String(s) => Ok(s),
-                    other => Err(format!("config file {path}: {key} must list strings, found {other}")),
+                    other => Err(format!(
+                        "config file {path}: {key} must list strings, found {other}"
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?
                 .join(","),
-            other => return Err(format!("config file {path}: {key} has an unsupported value {other}")),
+            other => {
+                return Err(format!(
+                    "config file {path}: {key} has an unsupported value {other}"
+                ))
+            }
         };
         out.insert(key, text);
     }
@@ -327,8 +368,13 @@ mod tests {
 
     fn resolve(argv: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let cmd = clap::Command::new("cvmd").args(args());
-        let matches = cmd.try_get_matches_from(std::iter::once("cvmd").chain(argv.iter().copied())).unwrap();
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let matches = cmd
+            .try_get_matches_from(std::iter::once("cvmd").chain(argv.iter().copied()))
+            .unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::resolve(&matches, &|k| env.get(k).cloned())
     }
 
@@ -345,15 +391,25 @@ mod tests {
     fn flag_beats_cvmd_env_beats_envbox_alias() {
         let env = [("CVMD_IMAGE", "a:1"), ("CODER_INNER_IMAGE", "b:1")];
         assert_eq!(resolve(&[], &env).unwrap().image.as_deref(), Some("a:1"));
-        assert_eq!(resolve(&[], &env[1..]).unwrap().image.as_deref(), Some("b:1"));
-        assert_eq!(resolve(&["--image", "c:1"], &env).unwrap().image.as_deref(), Some("c:1"));
+        assert_eq!(
+            resolve(&[], &env[1..]).unwrap().image.as_deref(),
+            Some("b:1")
+        );
+        assert_eq!(
+            resolve(&["--image", "c:1"], &env).unwrap().image.as_deref(),
+            Some("c:1")
+        );
     }
 
     #[test]
     fn file_values_are_below_env() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cvmd.toml");
-        std::fs::write(&path, "image = \"f:1\"\ninsecure_registries = [\"a:5000\", \"b\"]\npull_concurrency = 8\n").unwrap();
+        std::fs::write(
+            &path,
+            "image = \"f:1\"\ninsecure_registries = [\"a:5000\", \"b\"]\npull_concurrency = 8\n",
+        )
+        .unwrap();
         let p = path.to_str().unwrap();
         let s = resolve(&["--config", p], &[]).unwrap();
         assert_eq!(s.image.as_deref(), Some("f:1"));
@@ -367,15 +423,29 @@ mod tests {
     fn every_bad_value_is_reported_once_with_its_origin() {
         let e = resolve(
             &["--pull-concurrency", "0"],
-            &[("CVMD_CACHE_DIR", "relative"), ("CODER_INNER_IMAGE", "Bad Image"), ("CVMD_MIRRORS", "nomirror"), ("CVMD_LOG_FORMAT", "xml")],
+            &[
+                ("CVMD_CACHE_DIR", "relative"),
+                ("CODER_INNER_IMAGE", "Bad Image"),
+                ("CVMD_MIRRORS", "nomirror"),
+                ("CVMD_LOG_FORMAT", "xml"),
+            ],
         )
         .unwrap_err();
         let text = e.to_string();
         assert_eq!(e.problems.len(), 5, "{text}");
-        assert!(text.contains("invalid --pull-concurrency: \"0\" is not a whole number from 1 to 64"), "{text}");
-        assert!(text.contains("invalid CVMD_CACHE_DIR: \"relative\" is not an absolute path"), "{text}");
+        assert!(
+            text.contains("invalid --pull-concurrency: \"0\" is not a whole number from 1 to 64"),
+            "{text}"
+        );
+        assert!(
+            text.contains("invalid CVMD_CACHE_DIR: \"relative\" is not an absolute path"),
+            "{text}"
+        );
         assert!(text.contains("invalid CODER_INNER_IMAGE"), "{text}");
-        assert!(text.contains("\"nomirror\" is not REGISTRY=MIRROR"), "{text}");
+        assert!(
+            text.contains("\"nomirror\" is not REGISTRY=MIRROR"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -383,23 +453,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "imagee = \"x\"\n").unwrap();
-        let e = resolve(&["--config", path.to_str().unwrap()], &[]).unwrap_err().to_string();
+        let e = resolve(&["--config", path.to_str().unwrap()], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown setting \"imagee\""), "{e}");
     }
 
     #[test]
     fn mirrors_keep_their_order() {
-        let s = resolve(&[], &[("CVMD_MIRRORS", "docker.io=m1:5000, docker.io=https://m2,quay.io=m3")]).unwrap();
+        let s = resolve(
+            &[],
+            &[(
+                "CVMD_MIRRORS",
+                "docker.io=m1:5000, docker.io=https://m2,quay.io=m3",
+            )],
+        )
+        .unwrap();
         assert_eq!(s.mirrors["docker.io"], ["m1:5000", "https://m2"]);
         assert_eq!(s.mirrors["quay.io"], ["m3"]);
     }
 
     #[test]
     fn every_setting_has_a_flag_and_an_env_var() {
-        let help = clap::Command::new("cvmd").args(args()).render_long_help().to_string();
+        let help = clap::Command::new("cvmd")
+            .args(args())
+            .render_long_help()
+            .to_string();
         for s in SETTINGS {
             assert!(help.contains(s.env), "{}", s.env);
-            assert!(help.contains(&format!("--{}", s.key.replace('_', "-"))), "{}", s.key);
+            assert!(
+                help.contains(&format!("--{}", s.key.replace('_', "-"))),
+                "{}",
+                s.key
+            );
             if let Some(a) = s.envbox {
                 assert!(help.contains(a), "{a}");
             }

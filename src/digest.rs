@@ -126,7 +126,10 @@ mod tests {
             "sha256:../../../../etc/passwd0000000000000000000000000000000000000000",
             ":e3b0",
         ] {
-            assert!(matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))),
+                "{bad}"
+            );
         }
         assert_eq!(
             "sha512:abcd".parse::<Digest>(),

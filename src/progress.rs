@@ -37,17 +37,50 @@ impl ProgressSink for PlainLines {
 /// The line a person reads for an event; None for the ones too frequent to print.
 fn plain_line(event: &PullEvent) -> Option<String> {
     Some(match event {
-        PullEvent::Resolved { reference, digest, platform, layers, bytes } => {
-            format!("{reference}: {digest} ({platform}, {layers} layers, {})", human_bytes(*bytes))
+        PullEvent::Resolved {
+            reference,
+            digest,
+            platform,
+            layers,
+            bytes,
+        } => {
+            format!(
+                "{reference}: {digest} ({platform}, {layers} layers, {})",
+                human_bytes(*bytes)
+            )
         }
-        PullEvent::LayerWaiting { digest } => format!("{}: another process is downloading it, waiting", digest.short()),
-        PullEvent::LayerStarted { digest, size, resumed_from } if *resumed_from > 0 => {
-            format!("{}: resuming at {} of {}", digest.short(), human_bytes(*resumed_from), human_bytes(*size))
+        PullEvent::LayerWaiting { digest } => format!(
+            "{}: another process is downloading it, waiting",
+            digest.short()
+        ),
+        PullEvent::LayerStarted {
+            digest,
+            size,
+            resumed_from,
+        } if *resumed_from > 0 => {
+            format!(
+                "{}: resuming at {} of {}",
+                digest.short(),
+                human_bytes(*resumed_from),
+                human_bytes(*size)
+            )
         }
-        PullEvent::LayerStarted { digest, size, .. } => format!("{}: downloading {}", digest.short(), human_bytes(*size)),
-        PullEvent::LayerRetry { digest, attempt, error } => format!("{}: retry {attempt}: {error}", digest.short()),
-        PullEvent::LayerDone { digest, cached: true, .. } => format!("{}: already in the store", digest.short()),
-        PullEvent::LayerDone { digest, size, .. } => format!("{}: done ({})", digest.short(), human_bytes(*size)),
+        PullEvent::LayerStarted { digest, size, .. } => {
+            format!("{}: downloading {}", digest.short(), human_bytes(*size))
+        }
+        PullEvent::LayerRetry {
+            digest,
+            attempt,
+            error,
+        } => format!("{}: retry {attempt}: {error}", digest.short()),
+        PullEvent::LayerDone {
+            digest,
+            cached: true,
+            ..
+        } => format!("{}: already in the store", digest.short()),
+        PullEvent::LayerDone { digest, size, .. } => {
+            format!("{}: done ({})", digest.short(), human_bytes(*size))
+        }
         PullEvent::LayerProgress { .. } | PullEvent::Done { .. } => return None,
     })
 }
@@ -74,9 +107,11 @@ impl TerminalBars {
             .or_insert_with(|| {
                 let bar = self.multi.add(ProgressBar::new(size));
                 bar.set_style(
-                    ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-                        .expect("static template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
                 );
                 bar.set_prefix(digest.short());
                 bar
@@ -91,16 +126,32 @@ impl ProgressSink for TerminalBars {
             PullEvent::Resolved { .. } => {
                 let _ = self.multi.println(plain_line(&event).unwrap_or_default());
             }
-            PullEvent::LayerWaiting { digest } => self.bar(&digest, 0).set_message("waiting for another process"),
-            PullEvent::LayerStarted { digest, size, resumed_from } => {
+            PullEvent::LayerWaiting { digest } => self
+                .bar(&digest, 0)
+                .set_message("waiting for another process"),
+            PullEvent::LayerStarted {
+                digest,
+                size,
+                resumed_from,
+            } => {
                 let bar = self.bar(&digest, size);
                 bar.set_length(size);
                 bar.set_position(resumed_from);
                 bar.set_message(if resumed_from > 0 { "resumed" } else { "" });
             }
-            PullEvent::LayerProgress { digest, done, total } => self.bar(&digest, total).set_position(done),
-            PullEvent::LayerRetry { digest, attempt, .. } => self.bar(&digest, 0).set_message(format!("retry {attempt}")),
-            PullEvent::LayerDone { digest, size, cached } => {
+            PullEvent::LayerProgress {
+                digest,
+                done,
+                total,
+            } => self.bar(&digest, total).set_position(done),
+            PullEvent::LayerRetry {
+                digest, attempt, ..
+            } => self.bar(&digest, 0).set_message(format!("retry {attempt}")),
+            PullEvent::LayerDone {
+                digest,
+                size,
+                cached,
+            } => {
                 let bar = self.bar(&digest, size);
                 bar.set_length(size);
                 bar.set_position(size);

@@ -100,7 +100,11 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 impl Puller {
     #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
-    pub async fn pull(&self, reference: &Reference, progress: &dyn ProgressSink) -> Result<PulledImage, PullError> {
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        progress: &dyn ProgressSink,
+    ) -> Result<PulledImage, PullError> {
         let started = Instant::now();
         let (manifest_digest, manifest) = self.resolve(reference).await?;
         let pinned = reference.with_digest(manifest_digest.clone());
@@ -112,10 +116,15 @@ impl Puller {
             layers: manifest.layers.len(),
             bytes: manifest.layers.iter().map(|l| l.size).sum(),
         });
-        futures_util::stream::iter(manifest.layers.iter().map(|layer| self.fetch_layer(&pinned, layer, progress)))
-            .buffer_unordered(self.concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        futures_util::stream::iter(
+            manifest
+                .layers
+                .iter()
+                .map(|layer| self.fetch_layer(&pinned, layer, progress)),
+        )
+        .buffer_unordered(self.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
         let elapsed = started.elapsed();
         tracing::info!(digest = %manifest_digest, elapsed_ms = elapsed.as_millis() as u64, "pulled");
         progress.event(PullEvent::Done {
@@ -135,7 +144,10 @@ impl Puller {
     /// by digest is checked against that digest and stored.
     async fn resolve(&self, reference: &Reference) -> Result<(Digest, ImageManifest), PullError> {
         let what = reference.to_string();
-        let raw = self.client.get_manifest(reference, &reference.manifest_key()).await?;
+        let raw = self
+            .client
+            .get_manifest(reference, &reference.manifest_key())
+            .await?;
         if let Some(pinned) = &reference.digest {
             check_digest(&raw.digest, pinned, &what)?;
         }
@@ -147,7 +159,10 @@ impl Puller {
                 let entry = manifest::select_platform(&entries, &self.platform, &what)?;
                 let child_ref = reference.with_digest(entry.digest.clone());
                 let what = format!("{what} ({})", self.platform);
-                let child = self.client.get_manifest(&child_ref, &entry.digest.to_string()).await?;
+                let child = self
+                    .client
+                    .get_manifest(&child_ref, &entry.digest.to_string())
+                    .await?;
                 check_digest(&child.digest, &entry.digest, &what)?;
                 match manifest::parse(&child.bytes, child.media_type.as_deref(), &what)? {
                     Manifest::Image(m) => {
@@ -164,20 +179,34 @@ impl Puller {
         }
     }
 
-    async fn config(&self, reference: &Reference, manifest: &ImageManifest) -> Result<ImageConfigHead, PullError> {
+    async fn config(
+        &self,
+        reference: &Reference,
+        manifest: &ImageManifest,
+    ) -> Result<ImageConfigHead, PullError> {
         let digest = &manifest.config.digest;
         let bytes = if self.store.has_blob(digest) {
             self.store.read_blob(digest)?
         } else {
             let bytes = self.client.get_small_blob(reference, digest).await?;
-            self.store.put_small(digest, &bytes, &format!("config of {reference}"))?;
+            self.store
+                .put_small(digest, &bytes, &format!("config of {reference}"))?;
             bytes.to_vec()
         };
-        Ok(manifest::parse_config(&bytes, manifest, &reference.to_string())?)
+        Ok(manifest::parse_config(
+            &bytes,
+            manifest,
+            &reference.to_string(),
+        )?)
     }
 
     #[tracing::instrument(name = "layer", skip_all, fields(digest = %layer.digest, size = layer.size))]
-    async fn fetch_layer(&self, reference: &Reference, layer: &Layer, progress: &dyn ProgressSink) -> Result<(), PullError> {
+    async fn fetch_layer(
+        &self,
+        reference: &Reference,
+        layer: &Layer,
+        progress: &dyn ProgressSink,
+    ) -> Result<(), PullError> {
         let digest = &layer.digest;
         let done = |cached| PullEvent::LayerDone {
             digest: digest.clone(),
@@ -193,7 +222,11 @@ impl Puller {
         for round in 0..2 {
             let guard = self
                 .store
-                .lock_ingest(digest, || progress.event(PullEvent::LayerWaiting { digest: digest.clone() }))
+                .lock_ingest(digest, || {
+                    progress.event(PullEvent::LayerWaiting {
+                        digest: digest.clone(),
+                    })
+                })
                 .await?;
             if guard.already_stored() {
                 progress.event(done(true));
@@ -341,7 +374,9 @@ fn check_digest(actual: &Digest, expected: &Digest, what: &str) -> Result<(), Re
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, PullError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PullError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| PullError::Internal(e.to_string()))

@@ -3,7 +3,6 @@
 mod common;
 
 use base64::Engine;
-use futures_util::StreamExt;
 use common::image::{
     Compression, Format, ImageBuilder, IndexBuilder, Layer, LayerBuilder, Platform,
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
@@ -12,6 +11,7 @@ use common::proxy::FaultProxy;
 use common::push::{parse_challenge, RegistryClient};
 use common::token::{Grant, TokenConfig};
 use common::{cred_helper, http_client, require_registry, sha256_digest, Registry};
+use futures_util::StreamExt;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -46,11 +46,7 @@ fn busy_layer(c: Compression) -> Layer {
         .build(c)
 }
 
-fn sample_image(
-    format: Format,
-    platform: Platform,
-    c: Compression,
-) -> common::image::Image {
+fn sample_image(format: Format, platform: Platform, c: Compression) -> common::image::Image {
     ImageBuilder::new(format)
         .platform(platform)
         .layer(busy_layer(c))
@@ -556,8 +552,5 @@ fn credential_helper_script() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("credentials not found in native keychain")
     );
-    assert_eq!(
-        common::cred::cred_helper_calls(dir.path(), "fake").len(),
-        2
-    );
+    assert_eq!(common::cred::cred_helper_calls(dir.path(), "fake").len(), 2);
 }

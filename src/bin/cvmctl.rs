@@ -4,7 +4,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "cvmctl", version, about = "Inspect and steer the workspace cvmd supervises")]
+#[command(
+    name = "cvmctl",
+    version,
+    about = "Inspect and steer the workspace cvmd supervises"
+)]
 struct Cli {}
 
 fn main() {

@@ -42,7 +42,11 @@ pub async fn pull(settings: &Settings, args: &PullArgs) -> anyhow::Result<()> {
 
 /// Pulls `image` with the settings' registry options into the settings'
 /// store; shared by `pull` and `run`.
-pub async fn pull_image(settings: &Settings, image: &str, progress: &dyn ProgressSink) -> anyhow::Result<PulledImage> {
+pub async fn pull_image(
+    settings: &Settings,
+    image: &str,
+    progress: &dyn ProgressSink,
+) -> anyhow::Result<PulledImage> {
     let reference: Reference = image.parse()?;
     let options = settings.client_options()?;
     let client = RegistryClient::new(options)?;

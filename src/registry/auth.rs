@@ -47,7 +47,8 @@ fn parse_params(s: &str) -> HashMap<String, String> {
         while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
             chars.next();
         }
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
         if key.is_empty() {
             break;
         }
@@ -139,7 +140,10 @@ impl Authenticator {
             Some((Credential::Basic { username, password }, _)) => {
                 use base64::Engine as _;
                 let raw = format!("{username}:{}", password.expose());
-                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ))
             }
             Some((Credential::RegistryToken(t), _)) => Some(format!("Bearer {}", t.expose())),
             _ => None,
@@ -159,7 +163,10 @@ impl Authenticator {
             Challenge::Basic => {
                 let header = self.basic_header(host)?;
                 if header.is_some() {
-                    self.basic_hosts.lock().unwrap().insert(host.to_string(), ());
+                    self.basic_hosts
+                        .lock()
+                        .unwrap()
+                        .insert(host.to_string(), ());
                 }
                 Ok(header)
             }
@@ -247,16 +254,20 @@ async fn fetch_token(
             }
         }
     };
-    let response = request
-        .send()
-        .await
-        .map_err(|e| TokenFailure::Other(format!("cannot reach the token endpoint: {}", super::client::describe(&e))))?;
+    let response = request.send().await.map_err(|e| {
+        TokenFailure::Other(format!(
+            "cannot reach the token endpoint: {}",
+            super::client::describe(&e)
+        ))
+    })?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(TokenFailure::Refused);
     }
     if !status.is_success() {
-        return Err(TokenFailure::Other(format!("the token endpoint answered {status}")));
+        return Err(TokenFailure::Other(format!(
+            "the token endpoint answered {status}"
+        )));
     }
     let body = super::client::read_limited(response, 1 << 20)
         .await
@@ -269,9 +280,14 @@ async fn fetch_token(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| TokenFailure::Other("the token endpoint's answer has no token".into()))?;
     if token.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(TokenFailure::Other("the token endpoint's token is not a valid header value".into()));
+        return Err(TokenFailure::Other(
+            "the token endpoint's token is not a valid header value".into(),
+        ));
     }
-    Ok((token, parsed.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).max(1)))
+    Ok((
+        token,
+        parsed.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).max(1),
+    ))
 }
 
 #[cfg(test)]
@@ -292,10 +308,19 @@ mod tests {
             })
         );
         let c = parse_challenge(r#"bearer realm=http://t/x, error="invalid_token""#).unwrap();
-        assert!(matches!(c, Challenge::Bearer { realm, service: None, .. } if realm == "http://t/x"));
-        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert!(
+            matches!(c, Challenge::Bearer { realm, service: None, .. } if realm == "http://t/x")
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate abc"), None);
-        assert_eq!(parse_challenge("Bearer service=x"), None, "a realm is required");
+        assert_eq!(
+            parse_challenge("Bearer service=x"),
+            None,
+            "a realm is required"
+        );
         assert_eq!(parse_challenge(""), None);
     }
 

@@ -147,7 +147,11 @@ impl RegistryClient {
     }
 
     /// Fetches a manifest by tag or digest, trying each endpoint in turn.
-    pub async fn get_manifest(&self, r: &Reference, key: &str) -> Result<RawManifest, RegistryError> {
+    pub async fn get_manifest(
+        &self,
+        r: &Reference,
+        key: &str,
+    ) -> Result<RawManifest, RegistryError> {
         let path = format!("v2/{}/manifests/{key}", r.repository);
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(ACCEPTED_MANIFEST_TYPES));
@@ -156,9 +160,11 @@ impl RegistryClient {
             .first_success(r, Method::GET, &path, headers, &what)
             .await
             .map_err(|e| match e {
-                RegistryError::Http { status: 404, message, .. } => {
-                    not_found(r, key, message.as_deref())
-                }
+                RegistryError::Http {
+                    status: 404,
+                    message,
+                    ..
+                } => not_found(r, key, message.as_deref()),
                 e => e,
             })?;
         let media_type = response
@@ -177,7 +183,11 @@ impl RegistryClient {
     }
 
     /// A small blob (an image config) read whole and verified.
-    pub async fn get_small_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError> {
+    pub async fn get_small_blob(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+    ) -> Result<Bytes, RegistryError> {
         let what = format!("blob {digest} of {r}");
         let blob = self.get_blob(r, digest, 0).await?;
         let bytes = read_limited(blob.response, MAX_MANIFEST_BYTES)
@@ -196,18 +206,28 @@ impl RegistryClient {
 
     /// Opens a blob at `offset` (a Range request when > 0). The answer's
     /// `offset` is 0 when the registry ignored the range.
-    pub async fn get_blob(&self, r: &Reference, digest: &Digest, offset: u64) -> Result<BlobResponse, RegistryError> {
+    pub async fn get_blob(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobResponse, RegistryError> {
         let path = format!("v2/{}/blobs/{digest}", r.repository);
         let mut headers = HeaderMap::new();
         if offset > 0 {
-            headers.insert(RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"));
+            headers.insert(
+                RANGE,
+                HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"),
+            );
         }
         let what = format!("blob {digest} of {r}");
         let (response, ep) = self
             .first_success(r, Method::GET, &path, headers, &what)
             .await
             .map_err(|e| match e {
-                RegistryError::Http { status: 404, host, .. } => RegistryError::BlobNotFound {
+                RegistryError::Http {
+                    status: 404, host, ..
+                } => RegistryError::BlobNotFound {
                     registry: host,
                     repository: r.repository.clone(),
                     digest: digest.clone(),
@@ -247,7 +267,17 @@ impl RegistryClient {
         let endpoints = self.endpoints(r);
         let mut last = None;
         for (i, ep) in endpoints.iter().enumerate() {
-            match self.request(ep, &r.repository, method.clone(), path, headers.clone(), what).await {
+            match self
+                .request(
+                    ep,
+                    &r.repository,
+                    method.clone(),
+                    path,
+                    headers.clone(),
+                    what,
+                )
+                .await
+            {
                 Ok(resp) => return Ok((resp, ep.clone())),
                 Err(e) if i + 1 < endpoints.len() => {
                     tracing::warn!(mirror = %ep.host, error = %e, "mirror failed, trying the next endpoint");
@@ -280,7 +310,9 @@ impl RegistryClient {
         let policy = &self.options.retry;
         let mut attempt = 0;
         loop {
-            let result = self.authorized_send(ep, &scope, &method, &url, &headers, what).await;
+            let result = self
+                .authorized_send(ep, &scope, &method, &url, &headers, what)
+                .await;
             match result {
                 Err(e) if e.is_transient() && attempt + 1 < policy.attempts => {
                     let delay = policy.delay(attempt);
@@ -303,7 +335,10 @@ impl RegistryClient {
         what: &str,
     ) -> Result<Response, RegistryError> {
         let send = |auth: Option<String>| {
-            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if let Some(a) = auth {
                 req = req.header(AUTHORIZATION, a);
             }
@@ -323,7 +358,9 @@ impl RegistryClient {
                 None => None,
             };
             if let Some(header) = header {
-                response = send(Some(header)).await.map_err(|e| classify(&ep.host, &e))?;
+                response = send(Some(header))
+                    .await
+                    .map_err(|e| classify(&ep.host, &e))?;
             }
         }
         let status = response.status();
@@ -339,7 +376,10 @@ impl RegistryClient {
             },
             StatusCode::FORBIDDEN => RegistryError::Denied {
                 registry: ep.host.clone(),
-                repository: scope.trim_start_matches("repository:").trim_end_matches(":pull").to_string(),
+                repository: scope
+                    .trim_start_matches("repository:")
+                    .trim_end_matches(":pull")
+                    .to_string(),
                 credential_source,
             },
             _ => RegistryError::Http {
@@ -449,13 +489,20 @@ pub fn classify(host: &str, e: &reqwest::Error) -> RegistryError {
     let text = describe(e);
     let lower = text.to_ascii_lowercase();
     let host = host.to_string();
-    if lower.contains("dns error") || lower.contains("failed to lookup address") || lower.contains("name or service not known") {
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+    {
         RegistryError::UnknownHost { host }
     } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
         RegistryError::UnknownAuthority { host }
-    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") || lower.contains("wrong version number") {
+    } else if lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+        || lower.contains("wrong version number")
+    {
         RegistryError::NotHttps { host }
-    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
         RegistryError::Tls { host, why: text }
     } else if e.is_body() || e.is_decode() {
         RegistryError::Transfer {
@@ -518,13 +565,22 @@ mod tests {
             insecure_registries: vec!["m1:5000".into(), "reg:5000".into()],
             ..Default::default()
         };
-        opts.mirrors.insert("reg:5000".into(), vec!["m1:5000".into(), "https://m2.io/".into()]);
+        opts.mirrors.insert(
+            "reg:5000".into(),
+            vec!["m1:5000".into(), "https://m2.io/".into()],
+        );
         let c = client(opts);
         let r: Reference = "reg:5000/a/b".parse().unwrap();
         let eps: Vec<String> = c.endpoints(&r).iter().map(|e| e.base.to_string()).collect();
-        assert_eq!(eps, ["http://m1:5000/", "https://m2.io/", "http://reg:5000/"]);
+        assert_eq!(
+            eps,
+            ["http://m1:5000/", "https://m2.io/", "http://reg:5000/"]
+        );
         let hub: Reference = "ubuntu".parse().unwrap();
-        assert_eq!(c.endpoints(&hub)[0].base.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(
+            c.endpoints(&hub)[0].base.as_str(),
+            "https://registry-1.docker.io/"
+        );
     }
 
     #[test]

@@ -39,10 +39,16 @@ impl fmt::Debug for Secret {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
-    Basic { username: String, password: Secret },
+    Basic {
+        username: String,
+        password: Secret,
+    },
     /// An OAuth2 refresh token (docker's `identitytoken`), exchanged at the
     /// token realm with `grant_type=refresh_token`.
-    IdentityToken { username: String, token: Secret },
+    IdentityToken {
+        username: String,
+        token: Secret,
+    },
     /// A bearer token to send as it is (docker's `registrytoken`).
     RegistryToken(Secret),
 }
@@ -126,8 +132,13 @@ impl CredentialSource {
             })?
         };
         // Never echo the JSON: it is the secret.
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| CredentialError::PullSecret(format!("not valid JSON (line {}, column {})", e.line(), e.column())))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            CredentialError::PullSecret(format!(
+                "not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
         let json = unwrap_kubernetes_secret(json)?;
         let auths_value = match json.get("auths") {
             Some(a) => a.clone(),
@@ -162,7 +173,11 @@ impl CredentialSource {
         let file: DockerConfigFile =
             serde_json::from_str(&text).map_err(|e| CredentialError::DockerConfig {
                 path: path.into(),
-                why: format!("not a docker config (line {}, column {})", e.line(), e.column()),
+                why: format!(
+                    "not a docker config (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
             })?;
         Ok(CredentialSource {
             name: path.display().to_string(),
@@ -204,7 +219,11 @@ fn unwrap_kubernetes_secret(json: serde_json::Value) -> Result<serde_json::Value
     let encoded = data
         .and_then(|d| d.get(".dockerconfigjson").or_else(|| d.get(".dockercfg")))
         .and_then(|v| v.as_str())
-        .ok_or_else(|| CredentialError::PullSecret("Secret has no data.\".dockerconfigjson\" or data.\".dockercfg\"".into()))?;
+        .ok_or_else(|| {
+            CredentialError::PullSecret(
+                "Secret has no data.\".dockerconfigjson\" or data.\".dockercfg\"".into(),
+            )
+        })?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .map_err(|_| CredentialError::PullSecret("Secret data is not base64".into()))?;
@@ -219,7 +238,11 @@ fn normalise_host(key: &str) -> String {
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
         .unwrap_or(key);
-    let host = no_scheme.split('/').next().unwrap_or(no_scheme).to_ascii_lowercase();
+    let host = no_scheme
+        .split('/')
+        .next()
+        .unwrap_or(no_scheme)
+        .to_ascii_lowercase();
     match host.as_str() {
         "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
             super::reference::DOCKER_HUB.to_string()
@@ -246,10 +269,14 @@ fn entry_credential(entry: &AuthEntry, host: &str) -> Result<Option<Credential>,
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| {
-                CredentialError::PullSecret(format!("the \"auth\" field for {host} is not base64 of user:password"))
+                CredentialError::PullSecret(format!(
+                    "the \"auth\" field for {host} is not base64 of user:password"
+                ))
             })?;
         let (u, p) = decoded.split_once(':').ok_or_else(|| {
-            CredentialError::PullSecret(format!("the \"auth\" field for {host} has no ':' between user and password"))
+            CredentialError::PullSecret(format!(
+                "the \"auth\" field for {host} has no ':' between user and password"
+            ))
         })?;
         username = Some(u.to_string());
         password = Some(Secret(p.to_string()));
@@ -316,7 +343,13 @@ fn run_helper(
         if said.contains("credentials not found") {
             return Ok(None);
         }
-        let first_line = said.lines().next().unwrap_or("").chars().take(200).collect::<String>();
+        let first_line = said
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect::<String>();
         return Err(err(format!("exited with {}: {first_line}", out.status)));
     }
     let answer: HelperAnswer = serde_json::from_slice(&out.stdout)
@@ -371,23 +404,38 @@ mod tests {
 
     #[test]
     fn dockerconfigjson_inline_with_auth_field() {
-        let json = format!(r#"{{"auths":{{"reg.io:5000":{{"auth":"{}"}}}}}}"#, b64("bob:pa:ss"));
+        let json = format!(
+            r#"{{"auths":{{"reg.io:5000":{{"auth":"{}"}}}}}}"#,
+            b64("bob:pa:ss")
+        );
         let src = CredentialSource::from_pull_secret(&json).unwrap();
-        assert_eq!(src.lookup("reg.io:5000", None).unwrap(), Some(basic("bob", "pa:ss")));
+        assert_eq!(
+            src.lookup("reg.io:5000", None).unwrap(),
+            Some(basic("bob", "pa:ss"))
+        );
         assert_eq!(src.lookup("other.io", None).unwrap(), None);
     }
 
     #[test]
     fn legacy_dockercfg_and_hub_aliases() {
-        let json = format!(r#"{{"https://index.docker.io/v1/":{{"auth":"{}","email":"x@y"}}}}"#, b64("u:p"));
+        let json = format!(
+            r#"{{"https://index.docker.io/v1/":{{"auth":"{}","email":"x@y"}}}}"#,
+            b64("u:p")
+        );
         let src = CredentialSource::from_pull_secret(&json).unwrap();
-        assert_eq!(src.lookup("docker.io", None).unwrap(), Some(basic("u", "p")));
+        assert_eq!(
+            src.lookup("docker.io", None).unwrap(),
+            Some(basic("u", "p"))
+        );
     }
 
     #[test]
     fn kubernetes_secret_object_is_unwrapped() {
         let inner = r#"{"auths":{"r.io":{"username":"a","password":"b"}}}"#;
-        let json = format!(r#"{{"apiVersion":"v1","kind":"Secret","type":"kubernetes.io/dockerconfigjson","data":{{".dockerconfigjson":"{}"}}}}"#, b64(inner));
+        let json = format!(
+            r#"{{"apiVersion":"v1","kind":"Secret","type":"kubernetes.io/dockerconfigjson","data":{{".dockerconfigjson":"{}"}}}}"#,
+            b64(inner)
+        );
         let src = CredentialSource::from_pull_secret(&json).unwrap();
         assert_eq!(src.lookup("r.io", None).unwrap(), Some(basic("a", "b")));
     }
@@ -396,13 +444,25 @@ mod tests {
     fn pull_secret_from_file_and_errors_never_echo_the_secret() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret.json");
-        std::fs::write(&path, r#"{"auths":{"http://r.io/v2/":{"identitytoken":"tok"}}}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"auths":{"http://r.io/v2/":{"identitytoken":"tok"}}}"#,
+        )
+        .unwrap();
         let src = CredentialSource::from_pull_secret(path.to_str().unwrap()).unwrap();
-        assert!(matches!(src.lookup("r.io", None).unwrap(), Some(Credential::IdentityToken { .. })));
+        assert!(matches!(
+            src.lookup("r.io", None).unwrap(),
+            Some(Credential::IdentityToken { .. })
+        ));
 
-        let e = CredentialSource::from_pull_secret(r#"{"auths": {"r.io": {"auth": "hunter2-not-b64!"}}"#).unwrap_err();
+        let e = CredentialSource::from_pull_secret(
+            r#"{"auths": {"r.io": {"auth": "hunter2-not-b64!"}}"#,
+        )
+        .unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
-        let src = CredentialSource::from_pull_secret(r#"{"auths":{"r.io":{"auth":"hunter2-not-b64!"}}}"#).unwrap();
+        let src =
+            CredentialSource::from_pull_secret(r#"{"auths":{"r.io":{"auth":"hunter2-not-b64!"}}}"#)
+                .unwrap();
         let e = src.lookup("r.io", None).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(e.to_string().contains("r.io"), "{e}");
@@ -416,10 +476,17 @@ mod tests {
 
     #[test]
     fn a_source_without_the_host_does_not_hide_another() {
-        let secret = CredentialSource::from_pull_secret(r#"{"auths":{"elsewhere.io":{"username":"x","password":"y"}}}"#).unwrap();
+        let secret = CredentialSource::from_pull_secret(
+            r#"{"auths":{"elsewhere.io":{"username":"x","password":"y"}}}"#,
+        )
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config.json");
-        std::fs::write(&cfg, r#"{"auths":{"r.io":{"username":"a","password":"b"}}}"#).unwrap();
+        std::fs::write(
+            &cfg,
+            r#"{"auths":{"r.io":{"username":"a","password":"b"}}}"#,
+        )
+        .unwrap();
         let empty_cfg = dir.path().join("empty.json");
         std::fs::write(&empty_cfg, r#"{"auths":{}}"#).unwrap();
         let chain = Keychain {
@@ -446,17 +513,36 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         };
-        script("one", r#"echo "{\"ServerURL\":\"$host\",\"Username\":\"helper-user\",\"Secret\":\"s1\"}""#);
-        script("store", r#"if [ "$host" = "s.io" ]; then echo '{"Username":"<token>","Secret":"refresh"}'; else echo "credentials not found in native keychain"; exit 1; fi"#);
+        script(
+            "one",
+            r#"echo "{\"ServerURL\":\"$host\",\"Username\":\"helper-user\",\"Secret\":\"s1\"}""#,
+        );
+        script(
+            "store",
+            r#"if [ "$host" = "s.io" ]; then echo '{"Username":"<token>","Secret":"refresh"}'; else echo "credentials not found in native keychain"; exit 1; fi"#,
+        );
         script("broken", "echo boom >&2; exit 3");
         let cfg = dir.path().join("config.json");
         std::fs::write(&cfg, r#"{"credHelpers":{"h.io":"one","b.io":"broken"},"credsStore":"store","auths":{"a.io":{"auth":""}}}"#).unwrap();
         let src = CredentialSource::from_docker_config(&cfg).unwrap();
         let p = Some(dir.path());
-        assert_eq!(src.lookup("h.io", p).unwrap(), Some(basic("helper-user", "s1")));
-        assert!(matches!(src.lookup("s.io", p).unwrap(), Some(Credential::IdentityToken { .. })));
-        assert_eq!(src.lookup("a.io", p).unwrap(), None, "not found in the store is no entry");
+        assert_eq!(
+            src.lookup("h.io", p).unwrap(),
+            Some(basic("helper-user", "s1"))
+        );
+        assert!(matches!(
+            src.lookup("s.io", p).unwrap(),
+            Some(Credential::IdentityToken { .. })
+        ));
+        assert_eq!(
+            src.lookup("a.io", p).unwrap(),
+            None,
+            "not found in the store is no entry"
+        );
         let e = src.lookup("b.io", p).unwrap_err().to_string();
-        assert!(e.contains("docker-credential-broken") && e.contains("boom"), "{e}");
+        assert!(
+            e.contains("docker-credential-broken") && e.contains("boom"),
+            "{e}"
+        );
     }
 }

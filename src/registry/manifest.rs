@@ -59,9 +59,12 @@ impl std::str::FromStr for Platform {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('/').collect();
-        let valid = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid =
+            |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(valid) {
-            return Err(format!("platform {s:?} is not os/arch[/variant], e.g. linux/amd64"));
+            return Err(format!(
+                "platform {s:?} is not os/arch[/variant], e.g. linux/amd64"
+            ));
         }
         Ok(Platform {
             os: parts[0].to_string(),
@@ -148,14 +151,21 @@ const MAX_INDEX_ENTRIES: usize = 4096;
 
 /// Parses a manifest, deciding its kind from the Content-Type the registry
 /// sent or, failing that, from the document's own `mediaType`.
-pub fn parse(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<Manifest, RegistryError> {
+pub fn parse(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    what: &str,
+) -> Result<Manifest, RegistryError> {
     let invalid = |why: String| RegistryError::Invalid {
         what: what.to_string(),
         why,
     };
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON ({e})")))?;
-    let declared = value.get("mediaType").and_then(|m| m.as_str()).map(str::to_string);
+    let declared = value
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .map(str::to_string);
     let media_type = match (content_type, declared.as_deref()) {
         // Registries answer "application/json" or "text/plain" for OCI
         // documents that omit mediaType; the body's shape decides then.
@@ -170,7 +180,10 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<Man
             let raw: RawIndex =
                 serde_json::from_value(value).map_err(|e| invalid(format!("bad index ({e})")))?;
             if raw.schema_version != 2 {
-                return Err(invalid(format!("schemaVersion {} (expected 2)", raw.schema_version)));
+                return Err(invalid(format!(
+                    "schemaVersion {} (expected 2)",
+                    raw.schema_version
+                )));
             }
             if raw.manifests.len() > MAX_INDEX_ENTRIES {
                 return Err(invalid(format!("{} index entries", raw.manifests.len())));
@@ -181,15 +194,23 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<Man
             let raw: RawImageManifest = serde_json::from_value(value)
                 .map_err(|e| invalid(format!("bad image manifest ({e})")))?;
             if raw.schema_version != 2 {
-                return Err(invalid(format!("schemaVersion {} (expected 2)", raw.schema_version)));
+                return Err(invalid(format!(
+                    "schemaVersion {} (expected 2)",
+                    raw.schema_version
+                )));
             }
             if let Some(m) = &raw.media_type {
                 if m != &media_type && is_known(m) {
-                    return Err(invalid(format!("Content-Type {media_type} but mediaType {m}")));
+                    return Err(invalid(format!(
+                        "Content-Type {media_type} but mediaType {m}"
+                    )));
                 }
             }
             if raw.layers.len() > MAX_LAYERS {
-                return Err(invalid(format!("{} layers (at most {MAX_LAYERS})", raw.layers.len())));
+                return Err(invalid(format!(
+                    "{} layers (at most {MAX_LAYERS})",
+                    raw.layers.len()
+                )));
             }
             if !matches!(raw.config.media_type.as_str(), OCI_CONFIG | DOCKER_CONFIG) {
                 return Err(RegistryError::UnsupportedMediaType {
@@ -216,7 +237,10 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<Man
 }
 
 fn is_known(media_type: &str) -> bool {
-    matches!(media_type, OCI_INDEX | DOCKER_LIST | OCI_MANIFEST | DOCKER_MANIFEST)
+    matches!(
+        media_type,
+        OCI_INDEX | DOCKER_LIST | OCI_MANIFEST | DOCKER_MANIFEST
+    )
 }
 
 fn layer(d: Descriptor, what: &str) -> Result<Layer, RegistryError> {
@@ -270,7 +294,11 @@ pub fn select_platform<'a>(
             RegistryError::NoPlatform {
                 reference: reference.to_string(),
                 wanted: wanted.to_string(),
-                available: if available.is_empty() { "no platforms".into() } else { available.join(", ") },
+                available: if available.is_empty() {
+                    "no platforms".into()
+                } else {
+                    available.join(", ")
+                },
             }
         })
 }
@@ -294,11 +322,16 @@ pub struct RootFs {
 }
 
 /// Reads and checks an image config against its manifest.
-pub fn parse_config(bytes: &[u8], manifest: &ImageManifest, what: &str) -> Result<ImageConfigHead, RegistryError> {
-    let config: ImageConfigHead = serde_json::from_slice(bytes).map_err(|e| RegistryError::Invalid {
-        what: format!("image config of {what}"),
-        why: e.to_string(),
-    })?;
+pub fn parse_config(
+    bytes: &[u8],
+    manifest: &ImageManifest,
+    what: &str,
+) -> Result<ImageConfigHead, RegistryError> {
+    let config: ImageConfigHead =
+        serde_json::from_slice(bytes).map_err(|e| RegistryError::Invalid {
+            what: format!("image config of {what}"),
+            why: e.to_string(),
+        })?;
     if config.rootfs.kind != "layers" || config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(RegistryError::Invalid {
             what: format!("image config of {what}"),
@@ -321,31 +354,74 @@ mod tests {
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
     fn manifest(mt: &str, layer_mt: &str) -> String {
-        format!(r#"{{"schemaVersion":2,"mediaType":"{mt}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{D1}","size":10}},"layers":[{{"mediaType":"{layer_mt}","digest":"{D2}","size":20}}]}}"#)
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{mt}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{D1}","size":10}},"layers":[{{"mediaType":"{layer_mt}","digest":"{D2}","size":20}}]}}"#
+        )
     }
 
     #[test]
     fn oci_and_docker_manifests_parse() {
-        let m = parse(manifest(OCI_MANIFEST, "application/vnd.oci.image.layer.v1.tar+zstd").as_bytes(), Some(OCI_MANIFEST), "x").unwrap();
+        let m = parse(
+            manifest(OCI_MANIFEST, "application/vnd.oci.image.layer.v1.tar+zstd").as_bytes(),
+            Some(OCI_MANIFEST),
+            "x",
+        )
+        .unwrap();
         let Manifest::Image(m) = m else { panic!() };
         assert_eq!(m.layers[0].compression, Compression::Zstd);
-        let m = parse(manifest(DOCKER_MANIFEST, "application/vnd.docker.image.rootfs.diff.tar.gzip").as_bytes(), None, "x").unwrap();
-        assert!(matches!(m, Manifest::Image(ImageManifest { ref layers, .. }) if layers[0].compression == Compression::Gzip));
+        let m = parse(
+            manifest(
+                DOCKER_MANIFEST,
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            )
+            .as_bytes(),
+            None,
+            "x",
+        )
+        .unwrap();
+        assert!(
+            matches!(m, Manifest::Image(ImageManifest { ref layers, .. }) if layers[0].compression == Compression::Gzip)
+        );
     }
 
     #[test]
     fn unsupported_media_types_are_named() {
-        let e = parse(manifest(OCI_MANIFEST, "application/vnd.oci.image.layer.v1.tar+gzip+encrypted").as_bytes(), None, "img").unwrap_err();
-        assert!(e.to_string().contains("encrypted layers are not supported"), "{e}");
-        let e = parse(br#"{"schemaVersion":1,"name":"x"}"#, Some("application/vnd.docker.distribution.manifest.v1+prettyjws"), "img").unwrap_err();
+        let e = parse(
+            manifest(
+                OCI_MANIFEST,
+                "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+            )
+            .as_bytes(),
+            None,
+            "img",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("encrypted layers are not supported"),
+            "{e}"
+        );
+        let e = parse(
+            br#"{"schemaVersion":1,"name":"x"}"#,
+            Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+            "img",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("schema 1"), "{e}");
         let e = parse(b"{}", Some("application/vnd.example.thing"), "img").unwrap_err();
-        assert!(matches!(e, RegistryError::UnsupportedMediaType { .. }), "{e}");
+        assert!(
+            matches!(e, RegistryError::UnsupportedMediaType { .. }),
+            "{e}"
+        );
     }
 
     #[test]
     fn content_type_and_body_must_agree() {
-        let e = parse(manifest(DOCKER_MANIFEST, "application/vnd.oci.image.layer.v1.tar").as_bytes(), Some(OCI_MANIFEST), "x").unwrap_err();
+        let e = parse(
+            manifest(DOCKER_MANIFEST, "application/vnd.oci.image.layer.v1.tar").as_bytes(),
+            Some(OCI_MANIFEST),
+            "x",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("but mediaType"), "{e}");
     }
 
@@ -361,13 +437,31 @@ mod tests {
 
     #[test]
     fn platform_selection_prefers_exact_variant() {
-        let entries = vec![entry("linux/arm/v6"), entry("linux/arm/v7"), entry("linux/amd64"), entry("linux/arm64/v8")];
-        let pick = |p: &str| select_platform(&entries, &p.parse().unwrap(), "r").unwrap().platform.clone().unwrap().to_string();
+        let entries = vec![
+            entry("linux/arm/v6"),
+            entry("linux/arm/v7"),
+            entry("linux/amd64"),
+            entry("linux/arm64/v8"),
+        ];
+        let pick = |p: &str| {
+            select_platform(&entries, &p.parse().unwrap(), "r")
+                .unwrap()
+                .platform
+                .clone()
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(pick("linux/arm/v7"), "linux/arm/v7");
         assert_eq!(pick("linux/amd64"), "linux/amd64");
         assert_eq!(pick("linux/arm64"), "linux/arm64/v8");
-        let e = select_platform(&entries, &"linux/s390x".parse().unwrap(), "r").unwrap_err().to_string();
-        assert!(e.contains("linux/s390x") && e.contains("linux/arm/v6, linux/arm/v7, linux/amd64, linux/arm64/v8"), "{e}");
+        let e = select_platform(&entries, &"linux/s390x".parse().unwrap(), "r")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("linux/s390x")
+                && e.contains("linux/arm/v6, linux/arm/v7, linux/amd64, linux/arm64/v8"),
+            "{e}"
+        );
     }
 
     #[test]

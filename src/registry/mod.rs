@@ -47,7 +47,9 @@ pub enum RegistryError {
         repository: String,
         digest: Digest,
     },
-    #[error("cannot resolve registry host {host}: check the image reference and this machine's DNS")]
+    #[error(
+        "cannot resolve registry host {host}: check the image reference and this machine's DNS"
+    )]
     UnknownHost { host: String },
     #[error("cannot connect to registry {host}: {why}")]
     Connect { host: String, why: String },
@@ -80,7 +82,10 @@ pub enum RegistryError {
     },
     #[error("{what} is larger than the {limit} bytes cvmd accepts")]
     TooLarge { what: String, limit: u64 },
-    #[error("unsupported media type {media_type:?} for {what}{}", hint_for_media_type(media_type))]
+    #[error(
+        "unsupported media type {media_type:?} for {what}{}",
+        hint_for_media_type(media_type)
+    )]
     UnsupportedMediaType { what: String, media_type: String },
     #[error("invalid {what}: {why}")]
     Invalid { what: String, why: String },
@@ -101,7 +106,9 @@ impl RegistryError {
     /// answer (401, 404, bad content).
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Http { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            RegistryError::Http { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
             RegistryError::Connect { .. } | RegistryError::Transfer { .. } => true,
             _ => false,
         }

@@ -92,7 +92,9 @@ impl FromStr for Reference {
         };
         if let Some(tag) = &tag {
             if !valid_tag(tag) {
-                return Err(err("the tag must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"));
+                return Err(err(
+                    "the tag must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'",
+                ));
             }
         }
         let (registry, repository) = match name.split_once('/') {
@@ -133,7 +135,8 @@ fn valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
 fn valid_host(host: &str) -> bool {
@@ -141,7 +144,8 @@ fn valid_host(host: &str) -> bool {
         Some((n, p)) if !n.contains(']') || n.ends_with(']') => (n, Some(p)),
         _ => (host, None),
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
     let name_ok = if let Some(ip6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
         ip6.parse::<std::net::Ipv6Addr>().is_ok()
     } else {
@@ -150,7 +154,9 @@ fn valid_host(host: &str) -> bool {
                 !label.is_empty()
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                    && label
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-')
             })
     };
     port_ok && name_ok
@@ -215,11 +221,17 @@ mod tests {
     #[test]
     fn docker_hub_names_are_normalised() {
         let r = parse("ubuntu");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/ubuntu"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/ubuntu")
+        );
         assert_eq!(r.tag, None);
         assert_eq!(r.to_string(), "docker.io/library/ubuntu:latest");
         assert_eq!(r.api_host(), "registry-1.docker.io");
-        assert_eq!(parse("ubuntu:22.04").to_string(), "docker.io/library/ubuntu:22.04");
+        assert_eq!(
+            parse("ubuntu:22.04").to_string(),
+            "docker.io/library/ubuntu:22.04"
+        );
         assert_eq!(parse("coder/envbox").repository, "coder/envbox");
         assert_eq!(parse("docker.io/ubuntu").repository, "library/ubuntu");
     }
@@ -231,10 +243,20 @@ mod tests {
         assert_eq!(r.repository, "team/img");
         assert_eq!(r.manifest_key(), D);
         let r = parse(&format!("localhost/img:v1@{D}"));
-        assert_eq!((r.registry.as_str(), r.tag.as_deref()), ("localhost", Some("v1")));
-        assert_eq!(r.manifest_key(), D, "the digest pins even when a tag is given");
+        assert_eq!(
+            (r.registry.as_str(), r.tag.as_deref()),
+            ("localhost", Some("v1"))
+        );
+        assert_eq!(
+            r.manifest_key(),
+            D,
+            "the digest pins even when a tag is given"
+        );
         let r = parse("127.0.0.1:5000/a/b/c:tag-1.0_x");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("127.0.0.1:5000", "a/b/c"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("127.0.0.1:5000", "a/b/c")
+        );
         assert_eq!(parse("[::1]:5000/x").registry, "[::1]:5000");
     }
 
@@ -253,7 +275,10 @@ mod tests {
             "img:tag with space",
             "a/../b",
         ] {
-            assert!(bad.parse::<Reference>().is_err(), "{bad:?} should be refused");
+            assert!(
+                bad.parse::<Reference>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
         assert_eq!(
             "UPPER".parse::<Reference>().unwrap_err().to_string(),

@@ -22,7 +22,13 @@ pub struct IngestGuard {
 }
 
 impl IngestGuard {
-    pub(super) fn new(lock: File, partial: PathBuf, target: PathBuf, blobs_dir: PathBuf, digest: Digest) -> Self {
+    pub(super) fn new(
+        lock: File,
+        partial: PathBuf,
+        target: PathBuf,
+        blobs_dir: PathBuf,
+        digest: Digest,
+    ) -> Self {
         IngestGuard {
             _lock: lock,
             partial,
@@ -64,7 +70,8 @@ impl IngestGuard {
                 offset += n as u64;
             }
         }
-        file.seek(SeekFrom::Start(offset)).map_err(io_err(&self.partial))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(io_err(&self.partial))?;
         Ok(BlobWriter {
             guard: self,
             file,
@@ -111,7 +118,9 @@ impl BlobWriter {
                 actual,
             });
         }
-        self.file.write_all(chunk).map_err(io_err(&self.guard.partial))?;
+        self.file
+            .write_all(chunk)
+            .map_err(io_err(&self.guard.partial))?;
         self.hasher.update(chunk);
         self.offset = end;
         Ok(())
@@ -121,7 +130,9 @@ impl BlobWriter {
     /// resumed prefix turned out bad).
     pub fn restart(&mut self) -> Result<(), StoreError> {
         self.file.set_len(0).map_err(io_err(&self.guard.partial))?;
-        self.file.seek(SeekFrom::Start(0)).map_err(io_err(&self.guard.partial))?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(io_err(&self.guard.partial))?;
         self.hasher = Sha256::new();
         self.offset = 0;
         self.resumed_from = 0;
@@ -207,7 +218,10 @@ mod tests {
         assert!(matches!(w.commit(), Err(StoreError::DigestMismatch { .. })));
         let mut w = writer(&store, content).await;
         assert_eq!(w.offset(), 0, "the bad partial was removed");
-        assert!(matches!(w.write(b"good content and more"), Err(StoreError::SizeMismatch { .. })));
+        assert!(matches!(
+            w.write(b"good content and more"),
+            Err(StoreError::SizeMismatch { .. })
+        ));
         drop(w); // shadowing would keep the lock held
         let w = writer(&store, content).await;
         assert!(matches!(w.commit(), Err(StoreError::SizeMismatch { .. })));
@@ -224,8 +238,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ContentStore::open(dir.path()).unwrap();
         let d = Digest::of(b"abc");
-        std::fs::write(dir.path().join("ingest").join(format!("{}.partial", d.hex())), b"abcdef").unwrap();
-        let w = store.lock_ingest(&d, || {}).await.unwrap().writer(3, "b").unwrap();
+        std::fs::write(
+            dir.path()
+                .join("ingest")
+                .join(format!("{}.partial", d.hex())),
+            b"abcdef",
+        )
+        .unwrap();
+        let w = store
+            .lock_ingest(&d, || {})
+            .await
+            .unwrap()
+            .writer(3, "b")
+            .unwrap();
         assert_eq!(w.offset(), 0);
     }
 }

@@ -4,7 +4,7 @@
 
 mod ingest;
 
-pub use ingest::{IngestGuard, BlobWriter};
+pub use ingest::{BlobWriter, IngestGuard};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -122,7 +122,11 @@ impl ContentStore {
     /// Takes the node-wide lock on one blob's download, waiting (polling,
     /// so the async runtime is not blocked) while another process holds it.
     /// `on_wait` is called once if we had to wait.
-    pub async fn lock_ingest(&self, digest: &Digest, on_wait: impl FnOnce()) -> Result<IngestGuard, StoreError> {
+    pub async fn lock_ingest(
+        &self,
+        digest: &Digest,
+        on_wait: impl FnOnce(),
+    ) -> Result<IngestGuard, StoreError> {
         let lock_path = self.ingest_dir().join(format!("{}.lock", digest.hex()));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -171,7 +175,9 @@ mod tests {
         assert!(!store.has_blob(&d));
         store.put_small(&d, b"hello", "config").unwrap();
         assert_eq!(store.read_blob(&d).unwrap(), b"hello");
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("ingest")).unwrap().collect();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
