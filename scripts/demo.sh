@@ -36,3 +36,4 @@ skopeo copy -q --dest-tls-verify=false "oci:$work/oci:demo" "docker://127.0.0.1:
   --insecure-registries "127.0.0.1:$port" \
   --cache-dir "$work/cache" \
   "127.0.0.1:$port/demo/busybox:latest"
+find "$work/cache/layers/sha256" -maxdepth 3 | head

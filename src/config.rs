@@ -34,6 +34,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "platform", env: "CVMD_PLATFORM", envbox: None, default: None, help: "os/arch[/variant] to pick from multi-platform images [default: this machine's]" },
     Spec { key: "pull_concurrency", env: "CVMD_PULL_CONCURRENCY", envbox: None, default: Some("4"), help: "layers downloaded at once (1-64)" },
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
+    Spec { key: "max_layer_size", env: "CVMD_MAX_LAYER_SIZE", envbox: None, default: Some("64GiB"), help: "refuse a layer whose unpacked files exceed this (bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
 ];
@@ -80,6 +81,7 @@ pub struct Settings {
     pub platform: Platform,
     pub pull_concurrency: usize,
     pub pull_retries: u32,
+    pub max_layer_size: u64,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -201,6 +203,9 @@ impl Settings {
         let pull_retries = parse("pull_retries", &|v| in_range(v, 1, 100))
             .and_then(|v| v.parse().ok())
             .unwrap_or(5);
+        let max_layer_size = parse("max_layer_size", &|v| parse_size(v).map(|_| ()))
+            .and_then(|v| parse_size(&v).ok())
+            .unwrap_or(64 << 30);
         let log_level = parse("log_level", &|v| {
             tracing_subscriber::EnvFilter::try_new(v)
                 .map(|_| ())
@@ -232,6 +237,7 @@ impl Settings {
             platform,
             pull_concurrency,
             pull_retries,
+            max_layer_size,
             log_level,
             log_format,
         })
@@ -301,6 +307,25 @@ fn in_range(v: &str, lo: u64, hi: u64) -> Result<(), String> {
         Ok(n) if (lo..=hi).contains(&n) => Ok(()),
         _ => Err(format!("{v:?} is not a whole number from {lo} to {hi}")),
     }
+}
+
+/// `123`, `10MiB`, `64GiB` (binary units; `K`/`M`/`G`/`T` too).
+fn parse_size(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return Err(format!("{v:?} is not a size like 1048576, 512MiB or 64GiB")),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{v:?} is not a size like 1048576, 512MiB or 64GiB"))
 }
 
 fn parse_mirrors(v: &str) -> Result<HashMap<String, Vec<String>>, String> {
@@ -457,6 +482,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown setting \"imagee\""), "{e}");
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("64G"), Ok(64 << 30));
+        assert!(parse_size("1.5GiB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        assert!(parse_size("").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::progress::{JsonLines, PlainLines, TerminalBars};
 use crate::pull::{ProgressSink, PulledImage, Puller};
 use crate::registry::{Reference, RegistryClient};
+use crate::store::layers::LayerCache;
 use crate::store::ContentStore;
 
 #[derive(clap::Args)]
@@ -51,9 +52,13 @@ pub async fn pull_image(
     let options = settings.client_options()?;
     let client = RegistryClient::new(options)?;
     let store = ContentStore::open(&settings.cache_dir)?;
+    let layers = LayerCache::open(&settings.cache_dir)?;
     let puller = Puller {
         client: Arc::new(client),
         store,
+        layers,
+        max_layer_bytes: settings.max_layer_size,
+        preserve_ownership: nix::unistd::geteuid().is_root(),
         platform: settings.platform.clone(),
         concurrency: settings.pull_concurrency,
     };

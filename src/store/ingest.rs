@@ -105,6 +105,16 @@ impl BlobWriter {
         self.resumed_from
     }
 
+    /// What an interrupted download left on disk, to be read again by
+    /// whoever consumes the whole stream (the unpacker); None when fresh.
+    pub fn prefix(&self) -> Result<Option<std::io::Take<File>>, StoreError> {
+        if self.resumed_from == 0 {
+            return Ok(None);
+        }
+        let file = File::open(&self.guard.partial).map_err(io_err(&self.guard.partial))?;
+        Ok(Some(file.take(self.resumed_from)))
+    }
+
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         let end = self.offset + chunk.len() as u64;
         if end > self.expected_size {

@@ -2,12 +2,14 @@
 //! downloads in progress under `<cache>/ingest/`, shared by every cvmd on the
 //! node through file locks.
 
+pub mod images;
 mod ingest;
+pub mod layers;
+pub mod lock;
 
 pub use ingest::{BlobWriter, IngestGuard};
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::digest::Digest;
 
@@ -33,7 +35,7 @@ pub enum StoreError {
     },
 }
 
-pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
@@ -51,7 +53,11 @@ impl ContentStore {
         let store = ContentStore {
             root: cache_dir.to_path_buf(),
         };
-        for dir in [store.blobs_dir(), store.ingest_dir()] {
+        for dir in [
+            store.blobs_dir(),
+            store.ingest_dir(),
+            store.root.join("images"),
+        ] {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         Ok(store)
@@ -59,6 +65,11 @@ impl ContentStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The records of pulled images, beside the blobs.
+    pub fn images(&self) -> images::ImageIndex {
+        images::ImageIndex::open(&self.root).expect("created by open")
     }
 
     fn blobs_dir(&self) -> PathBuf {
@@ -128,25 +139,7 @@ impl ContentStore {
         on_wait: impl FnOnce(),
     ) -> Result<IngestGuard, StoreError> {
         let lock_path = self.ingest_dir().join(format!("{}.lock", digest.hex()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        let mut on_wait = Some(on_wait);
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    if let Some(f) = on_wait.take() {
-                        f();
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
-            }
-        }
+        let file = lock::lock_file(&lock_path, on_wait).await?;
         Ok(IngestGuard::new(
             file,
             self.ingest_dir().join(format!("{}.partial", digest.hex())),
@@ -180,6 +173,8 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
+
+    use std::time::Duration;
 
     #[tokio::test]
     async fn a_second_locker_waits_for_the_first() {

@@ -1,0 +1,227 @@
+//! Pulling an image into the content store: resolve the manifest (index ->
+//! platform), fetch the config, and stream every layer to disk in parallel,
+//! verified, resumable, once per node.
+
+mod layer;
+mod sink;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::registry::manifest::{self, ImageConfigHead, ImageManifest, Manifest, Platform};
+use crate::registry::{Reference, RegistryClient, RegistryError};
+use crate::store::images::ImageRecord;
+use crate::store::layers::LayerCache;
+use crate::store::{ContentStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Layer(#[from] sink::SinkError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a pull reports as it goes; one JSON object each with `--json`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullEvent {
+    Resolved {
+        reference: String,
+        digest: Digest,
+        platform: String,
+        layers: usize,
+        bytes: u64,
+    },
+    LayerWaiting {
+        digest: Digest,
+    },
+    LayerStarted {
+        digest: Digest,
+        size: u64,
+        resumed_from: u64,
+    },
+    LayerProgress {
+        digest: Digest,
+        done: u64,
+        total: u64,
+    },
+    LayerRetry {
+        digest: Digest,
+        attempt: u32,
+        error: String,
+    },
+    LayerDone {
+        digest: Digest,
+        size: u64,
+        cached: bool,
+    },
+    Done {
+        reference: String,
+        digest: Digest,
+        elapsed_ms: u64,
+    },
+}
+
+pub trait ProgressSink: Send + Sync {
+    fn event(&self, event: PullEvent);
+}
+
+/// Drops every event.
+pub struct NoProgress;
+impl ProgressSink for NoProgress {
+    fn event(&self, _: PullEvent) {}
+}
+
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    /// The reference pinned to the manifest digest that was pulled.
+    pub reference: Reference,
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub config: ImageConfigHead,
+}
+
+pub struct Puller {
+    pub client: Arc<RegistryClient>,
+    pub store: ContentStore,
+    pub layers: LayerCache,
+    pub platform: Platform,
+    /// Layers fetched and unpacked at once.
+    pub concurrency: usize,
+    /// Bound on one layer's unpacked size (a gzip bomb stops here); 0: none.
+    pub max_layer_bytes: u64,
+    /// Apply the layers' file owners (needs root).
+    pub preserve_ownership: bool,
+}
+
+impl Puller {
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        progress: &dyn ProgressSink,
+    ) -> Result<PulledImage, PullError> {
+        let started = Instant::now();
+        let (manifest_digest, manifest) = self.resolve(reference).await?;
+        let pinned = reference.with_digest(manifest_digest.clone());
+        let config = self.config(&pinned, &manifest).await?;
+        progress.event(PullEvent::Resolved {
+            reference: reference.to_string(),
+            digest: manifest_digest.clone(),
+            platform: format!("{}/{}", config.os, config.architecture),
+            layers: manifest.layers.len(),
+            bytes: manifest.layers.iter().map(|l| l.size).sum(),
+        });
+        let layers = manifest.layers.iter().zip(&config.rootfs.diff_ids);
+        futures_util::stream::iter(
+            layers.map(|(layer, diff_id)| self.fetch_layer(&pinned, layer, diff_id, progress)),
+        )
+        .buffer_unordered(self.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+        let record = ImageRecord::new(reference, &manifest_digest, &manifest, &config);
+        self.store.images().save(&record)?;
+        let elapsed = started.elapsed();
+        tracing::info!(digest = %manifest_digest, elapsed_ms = elapsed.as_millis() as u64, "pulled");
+        progress.event(PullEvent::Done {
+            reference: reference.to_string(),
+            digest: manifest_digest.clone(),
+            elapsed_ms: elapsed.as_millis() as u64,
+        });
+        Ok(PulledImage {
+            reference: pinned,
+            manifest_digest,
+            manifest,
+            config,
+        })
+    }
+
+    /// Follows an index to this platform's manifest; every manifest fetched
+    /// by digest is checked against that digest and stored.
+    async fn resolve(&self, reference: &Reference) -> Result<(Digest, ImageManifest), PullError> {
+        let what = reference.to_string();
+        let raw = self
+            .client
+            .get_manifest(reference, &reference.manifest_key())
+            .await?;
+        if let Some(pinned) = &reference.digest {
+            check_digest(&raw.digest, pinned, &what)?;
+        }
+        let parsed = manifest::parse(&raw.bytes, raw.media_type.as_deref(), &what)?;
+        self.store.put_small(&raw.digest, &raw.bytes, &what)?;
+        match parsed {
+            Manifest::Image(m) => Ok((raw.digest, m)),
+            Manifest::Index(entries) => {
+                let entry = manifest::select_platform(&entries, &self.platform, &what)?;
+                let child_ref = reference.with_digest(entry.digest.clone());
+                let what = format!("{what} ({})", self.platform);
+                let child = self
+                    .client
+                    .get_manifest(&child_ref, &entry.digest.to_string())
+                    .await?;
+                check_digest(&child.digest, &entry.digest, &what)?;
+                match manifest::parse(&child.bytes, child.media_type.as_deref(), &what)? {
+                    Manifest::Image(m) => {
+                        self.store.put_small(&child.digest, &child.bytes, &what)?;
+                        Ok((child.digest, m))
+                    }
+                    Manifest::Index(_) => Err(RegistryError::Invalid {
+                        what,
+                        why: "an index entry points at another index".into(),
+                    }
+                    .into()),
+                }
+            }
+        }
+    }
+
+    async fn config(
+        &self,
+        reference: &Reference,
+        manifest: &ImageManifest,
+    ) -> Result<ImageConfigHead, PullError> {
+        let digest = &manifest.config.digest;
+        let bytes = if self.store.has_blob(digest) {
+            self.store.read_blob(digest)?
+        } else {
+            let bytes = self.client.get_small_blob(reference, digest).await?;
+            self.store
+                .put_small(digest, &bytes, &format!("config of {reference}"))?;
+            bytes.to_vec()
+        };
+        Ok(manifest::parse_config(
+            &bytes,
+            manifest,
+            &reference.to_string(),
+        )?)
+    }
+}
+
+fn check_digest(actual: &Digest, expected: &Digest, what: &str) -> Result<(), RegistryError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(RegistryError::DigestMismatch {
+            what: format!("manifest of {what}"),
+            expected: expected.clone(),
+            actual: actual.clone(),
+        })
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PullError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PullError::Internal(e.to_string()))
+}
