@@ -35,6 +35,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "pull_concurrency", env: "CVMD_PULL_CONCURRENCY", envbox: None, default: Some("4"), help: "layers downloaded at once (1-64)" },
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
     Spec { key: "max_layer_size", env: "CVMD_MAX_LAYER_SIZE", envbox: None, default: Some("64GiB"), help: "refuse a layer whose unpacked files exceed this (bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
+    Spec { key: "cache_budget", env: "CVMD_CACHE_BUDGET", envbox: None, default: None, help: "after a pull, drop least recently used images until the cache is under this size (e.g. 100GiB)" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
 ];
@@ -82,6 +83,7 @@ pub struct Settings {
     pub pull_concurrency: usize,
     pub pull_retries: u32,
     pub max_layer_size: u64,
+    pub cache_budget: Option<u64>,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -206,6 +208,8 @@ impl Settings {
         let max_layer_size = parse("max_layer_size", &|v| parse_size(v).map(|_| ()))
             .and_then(|v| parse_size(&v).ok())
             .unwrap_or(64 << 30);
+        let cache_budget =
+            parse("cache_budget", &|v| parse_size(v).map(|_| ())).and_then(|v| parse_size(&v).ok());
         let log_level = parse("log_level", &|v| {
             tracing_subscriber::EnvFilter::try_new(v)
                 .map(|_| ())
@@ -238,6 +242,7 @@ impl Settings {
             pull_concurrency,
             pull_retries,
             max_layer_size,
+            cache_budget,
             log_level,
             log_format,
         })
@@ -310,7 +315,7 @@ fn in_range(v: &str, lo: u64, hi: u64) -> Result<(), String> {
 }
 
 /// `123`, `10MiB`, `64GiB` (binary units; `K`/`M`/`G`/`T` too).
-fn parse_size(v: &str) -> Result<u64, String> {
+pub fn parse_size(v: &str) -> Result<u64, String> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);

@@ -49,6 +49,7 @@ pub async fn pull_image(
     progress: &dyn ProgressSink,
 ) -> anyhow::Result<PulledImage> {
     let reference: Reference = image.parse()?;
+    crate::store::fs_check::check(&settings.cache_dir)?;
     let options = settings.client_options()?;
     let client = RegistryClient::new(options)?;
     let store = ContentStore::open(&settings.cache_dir)?;
@@ -62,5 +63,9 @@ pub async fn pull_image(
         platform: settings.platform.clone(),
         concurrency: settings.pull_concurrency,
     };
-    Ok(puller.pull(&reference, progress).await?)
+    let pulled = puller.pull(&reference, progress).await?;
+    if let Some(budget) = settings.cache_budget {
+        crate::store::gc::collect(&settings.cache_dir, Some(budget)).await?;
+    }
+    Ok(pulled)
 }

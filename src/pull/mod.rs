@@ -111,6 +111,8 @@ impl Puller {
         progress: &dyn ProgressSink,
     ) -> Result<PulledImage, PullError> {
         let started = Instant::now();
+        // Held until the image record names everything this pull stores.
+        let _no_gc = crate::store::lease::pull_lock(self.store.root()).await?;
         let (manifest_digest, manifest) = self.resolve(reference).await?;
         let pinned = reference.with_digest(manifest_digest.clone());
         let config = self.config(&pinned, &manifest).await?;

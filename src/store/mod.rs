@@ -2,9 +2,12 @@
 //! downloads in progress under `<cache>/ingest/`, shared by every cvmd on the
 //! node through file locks.
 
+pub mod fs_check;
+pub mod gc;
 pub mod images;
 mod ingest;
 pub mod layers;
+pub mod lease;
 pub mod lock;
 
 pub use ingest::{BlobWriter, IngestGuard};

@@ -1,0 +1,44 @@
+//! `cvmd gc`: remove blobs and layers no image needs, oldest images first
+//! beyond a disk budget; never what a running workspace mounts.
+
+use crate::config::Settings;
+use crate::progress::human_bytes;
+use crate::store::gc;
+
+#[derive(clap::Args)]
+pub struct GcArgs {
+    /// Also drop least recently used images until the cache is under this
+    /// size (e.g. 50GiB); defaults to the cache_budget setting.
+    #[arg(long)]
+    pub budget: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn gc(settings: &Settings, args: &GcArgs) -> anyhow::Result<()> {
+    let budget = match &args.budget {
+        Some(b) => {
+            Some(crate::config::parse_size(b).map_err(|e| anyhow::anyhow!("--budget: {e}"))?)
+        }
+        None => settings.cache_budget,
+    };
+    let report = gc::collect(&settings.cache_dir, budget).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for image in &report.removed_images {
+            println!("removed image {image}");
+        }
+        println!(
+            "removed {} layers, {} blobs, {} partial downloads; freed {}; {} layers kept in use; cache now {}",
+            report.removed_layers,
+            report.removed_blobs,
+            report.removed_partials,
+            human_bytes(report.freed_bytes),
+            report.kept_in_use,
+            human_bytes(report.used_bytes)
+        );
+    }
+    Ok(())
+}
