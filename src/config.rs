@@ -32,6 +32,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "insecure_registries", env: "CVMD_INSECURE_REGISTRIES", envbox: None, default: None, help: "registries (host[:port], comma-separated) reached over plain HTTP" },
     Spec { key: "mirrors", env: "CVMD_MIRRORS", envbox: None, default: None, help: "registry mirrors tried in order before the origin: REGISTRY=MIRROR[,REGISTRY=MIRROR...]" },
     Spec { key: "platform", env: "CVMD_PLATFORM", envbox: None, default: None, help: "os/arch[/variant] to pick from multi-platform images [default: this machine's]" },
+    Spec { key: "pull_policy", env: "CVMD_PULL_POLICY", envbox: None, default: Some("IfNotPresent"), help: "when to ask the registry before starting: Always, IfNotPresent (start from the node cache when it has the image), Never" },
     Spec { key: "pull_concurrency", env: "CVMD_PULL_CONCURRENCY", envbox: None, default: Some("4"), help: "layers downloaded at once (1-64)" },
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
     Spec { key: "max_layer_size", env: "CVMD_MAX_LAYER_SIZE", envbox: None, default: Some("64GiB"), help: "refuse a layer whose unpacked files exceed this (bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
@@ -80,6 +81,7 @@ pub struct Settings {
     pub insecure_registries: Vec<String>,
     pub mirrors: HashMap<String, Vec<String>>,
     pub platform: Platform,
+    pub pull_policy: crate::image::PullPolicy,
     pub pull_concurrency: usize,
     pub pull_retries: u32,
     pub max_layer_size: u64,
@@ -199,6 +201,11 @@ impl Settings {
         let platform = parse("platform", &|v| v.parse::<Platform>().map(|_| ()))
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(Platform::host);
+        let pull_policy = parse("pull_policy", &|v| {
+            v.parse::<crate::image::PullPolicy>().map(|_| ())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::image::PullPolicy::IfNotPresent);
         let pull_concurrency = parse("pull_concurrency", &|v| in_range(v, 1, 64))
             .and_then(|v| v.parse().ok())
             .unwrap_or(4);
@@ -239,6 +246,7 @@ impl Settings {
             insecure_registries,
             mirrors,
             platform,
+            pull_policy,
             pull_concurrency,
             pull_retries,
             max_layer_size,

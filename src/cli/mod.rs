@@ -3,5 +3,6 @@
 
 pub mod gc;
 pub mod logging;
+pub mod prefetch;
 pub mod pull;
 pub mod run;

@@ -1,16 +1,13 @@
 //! `cvmd pull IMAGE`.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::config::Settings;
 use crate::progress::{JsonLines, PlainLines, TerminalBars};
-use crate::pull::{ProgressSink, PulledImage, Puller};
-use crate::registry::{Reference, RegistryClient};
-use crate::store::layers::LayerCache;
-use crate::store::ContentStore;
+use crate::pull::{ProgressSink, PulledImage};
+use crate::registry::Reference;
 
 #[derive(clap::Args)]
 pub struct PullArgs {
@@ -41,29 +38,16 @@ pub async fn pull(settings: &Settings, args: &PullArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pulls `image` with the settings' registry options into the settings'
-/// store; shared by `pull` and `run`.
+/// Pulls `image` (always asking the registry) into the node cache.
 pub async fn pull_image(
     settings: &Settings,
     image: &str,
     progress: &dyn ProgressSink,
 ) -> anyhow::Result<PulledImage> {
     let reference: Reference = image.parse()?;
-    crate::store::fs_check::check(&settings.cache_dir)?;
-    let options = settings.client_options()?;
-    let client = RegistryClient::new(options)?;
-    let store = ContentStore::open(&settings.cache_dir)?;
-    let layers = LayerCache::open(&settings.cache_dir)?;
-    let puller = Puller {
-        client: Arc::new(client),
-        store,
-        layers,
-        max_layer_bytes: settings.max_layer_size,
-        preserve_ownership: nix::unistd::geteuid().is_root(),
-        platform: settings.platform.clone(),
-        concurrency: settings.pull_concurrency,
-    };
-    let pulled = puller.pull(&reference, progress).await?;
+    let pulled = crate::image::puller(settings)?
+        .pull(&reference, progress)
+        .await?;
     if let Some(budget) = settings.cache_budget {
         crate::store::gc::collect(&settings.cache_dir, Some(budget)).await?;
     }

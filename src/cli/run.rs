@@ -11,7 +11,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         .image
         .as_deref()
         .context("no workspace image: set CVMD_IMAGE (or CODER_INNER_IMAGE)")?;
-    let pulled = super::pull::pull_image(settings, image, &PlainLines).await?;
-    tracing::info!(image = %pulled.reference, "image ready; booting the workspace is not implemented yet");
+    let reference: crate::registry::Reference = image.parse()?;
+    let ready =
+        crate::image::ensure(settings, &reference, settings.pull_policy, &PlainLines).await?;
+    tracing::info!(image = %reference, digest = %ready.record.manifest, pulled = ready.pulled, "image ready; booting the workspace is not implemented yet");
     Ok(())
 }
