@@ -2,7 +2,6 @@
 //! TLS roots, auth challenges answered once per scope, retries with backoff.
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -156,7 +155,7 @@ impl RegistryClient {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(ACCEPTED_MANIFEST_TYPES));
         let what = format!("manifest {key:?} of {r}");
-        let (response, ep) = self
+        let (response, _) = self
             .first_success(r, Method::GET, &path, headers, &what)
             .await
             .map_err(|e| match e {
@@ -174,7 +173,7 @@ impl RegistryClient {
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
         let bytes = read_limited(response, MAX_MANIFEST_BYTES)
             .await
-            .map_err(|e| with_what(e, &what, &ep.host))?;
+            .map_err(|e| with_what(e, &what))?;
         Ok(RawManifest {
             digest: Digest::of(&bytes),
             bytes,
@@ -192,7 +191,7 @@ impl RegistryClient {
         let blob = self.get_blob(r, digest, 0).await?;
         let bytes = read_limited(blob.response, MAX_MANIFEST_BYTES)
             .await
-            .map_err(|e| with_what(e, &what, &blob.host))?;
+            .map_err(|e| with_what(e, &what))?;
         let actual = Digest::of(&bytes);
         if &actual != digest {
             return Err(RegistryError::DigestMismatch {
@@ -455,7 +454,7 @@ pub async fn read_limited(response: Response, limit: u64) -> Result<Bytes, Regis
     Ok(out.into())
 }
 
-fn with_what(e: RegistryError, what: &str, _host: &str) -> RegistryError {
+fn with_what(e: RegistryError, what: &str) -> RegistryError {
     match e {
         RegistryError::TooLarge { limit, .. } => RegistryError::TooLarge {
             what: what.to_string(),
@@ -511,7 +510,6 @@ pub fn classify(host: &str, e: &reqwest::Error) -> RegistryError {
         }
     } else {
         // Refused, reset, timed out: all worth a retry.
-        let _ = e.source();
         RegistryError::Connect { host, why: text }
     }
 }
