@@ -23,6 +23,10 @@ use crate::digest::Digest;
 struct LeaseFile {
     reference: String,
     layers: Vec<Digest>,
+    /// Where the rootfs is mounted: a lease outlives its process while
+    /// this is still a mount point (`cvmd rootfs` leaves its mount behind).
+    #[serde(default)]
+    target: Option<PathBuf>,
 }
 
 /// Held while a workspace uses its layers; released (and removed) on drop.
@@ -42,6 +46,7 @@ impl Lease {
         name: &str,
         reference: &str,
         layers: &[Digest],
+        target: Option<&Path>,
     ) -> Result<Self, StoreError> {
         let dir = leases_dir(cache_dir);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -70,6 +75,7 @@ impl Lease {
         let json = serde_json::to_vec(&LeaseFile {
             reference: reference.to_string(),
             layers: layers.to_vec(),
+            target: target.map(Path::to_path_buf),
         })
         .expect("plain struct");
         file.set_len(0)
@@ -79,10 +85,53 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Keeps the lease file after this process ends; it stays in force while
+    /// its target is mounted.
+    pub fn keep_while_mounted(self) {
+        std::mem::forget(self);
+    }
+
+    /// Removes the lease `name` whatever holds it (after an unmount).
+    pub fn release(cache_dir: &Path, name: &str) {
+        let _ =
+            std::fs::remove_file(leases_dir(cache_dir).join(format!("{}.lease", safe_name(name))));
+    }
+}
+
+fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Mount points in this mount namespace (field 5 of mountinfo, with the
+/// kernel's octal escapes for space, tab, newline and backslash undone).
+fn mount_points() -> BTreeSet<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| {
+            PathBuf::from(
+                p.replace("\\040", " ")
+                    .replace("\\011", "\t")
+                    .replace("\\012", "\n")
+                    .replace("\\134", "\\"),
+            )
+        })
+        .collect()
 }
 
 /// Layers named by leases that are held right now; stale lease files are
@@ -155,9 +204,10 @@ mod tests {
     fn held_leases_count_and_stale_ones_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let d = Digest::of(b"l1");
-        let lease = Lease::acquire(dir.path(), "ws/1", "r", std::slice::from_ref(&d)).unwrap();
+        let lease =
+            Lease::acquire(dir.path(), "ws/1", "r", std::slice::from_ref(&d), None).unwrap();
         assert!(
-            Lease::acquire(dir.path(), "ws/1", "r", &[]).is_err(),
+            Lease::acquire(dir.path(), "ws/1", "r", &[], None).is_err(),
             "one holder per name"
         );
         assert_eq!(layers_in_use(dir.path()).unwrap(), BTreeSet::from([d]));
@@ -165,6 +215,34 @@ mod tests {
         layers_in_use(dir.path()).unwrap();
         assert!(!leases_dir(dir.path()).join("crashed.lease").exists());
         drop(lease);
+        assert!(layers_in_use(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_kept_lease_lasts_while_its_target_is_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"l1");
+        // "/" is always a mount point; a temp dir is not.
+        Lease::acquire(
+            dir.path(),
+            "mounted",
+            "r",
+            std::slice::from_ref(&d),
+            Some(Path::new("/")),
+        )
+        .unwrap()
+        .keep_while_mounted();
+        Lease::acquire(
+            dir.path(),
+            "gone",
+            "r",
+            &[Digest::of(b"l2")],
+            Some(dir.path()),
+        )
+        .unwrap()
+        .keep_while_mounted();
+        assert_eq!(layers_in_use(dir.path()).unwrap(), BTreeSet::from([d]));
+        Lease::release(dir.path(), "mounted");
         assert!(layers_in_use(dir.path()).unwrap().is_empty());
     }
 }
