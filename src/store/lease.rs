@@ -144,24 +144,28 @@ pub fn layers_in_use(cache_dir: &Path) -> Result<BTreeSet<Digest>, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(io_err(&dir)(e)),
     };
+    let mounts = mount_points();
     for entry in entries {
         let path = entry.map_err(io_err(&dir))?.path();
-        if !super::lock::is_held(&path) {
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        match serde_json::from_slice::<LeaseFile>(&bytes) {
-            Ok(lease) => out.extend(lease.layers),
-            // Held but unreadable: being written right now. Treat as "in
-            // use, unknown" by refusing to guess.
-            Err(_) => {
+        let held = super::lock::is_held(&path);
+        let parsed = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LeaseFile>(&b).ok());
+        let mounted = parsed
+            .as_ref()
+            .and_then(|l| l.target.as_ref())
+            .is_some_and(|t| mounts.contains(t));
+        match parsed {
+            Some(lease) if held || mounted => out.extend(lease.layers),
+            // Held but unreadable: being written right now; refuse to guess.
+            None if held => {
                 return Err(StoreError::Io {
                     path,
                     source: std::io::Error::other("a lease is being written; run gc again"),
                 })
+            }
+            _ => {
+                let _ = std::fs::remove_file(&path);
             }
         }
     }
