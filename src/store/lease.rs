@@ -226,26 +226,25 @@ mod tests {
     fn a_kept_lease_lasts_while_its_target_is_mounted() {
         let dir = tempfile::tempdir().unwrap();
         let d = Digest::of(b"l1");
+        // What a `cvmd rootfs` that exited leaves: lease files nobody locks.
         // "/" is always a mount point; a temp dir is not.
-        Lease::acquire(
-            dir.path(),
-            "mounted",
-            "r",
-            std::slice::from_ref(&d),
-            Some(Path::new("/")),
-        )
-        .unwrap()
-        .keep_while_mounted();
-        Lease::acquire(
-            dir.path(),
-            "gone",
-            "r",
-            &[Digest::of(b"l2")],
-            Some(dir.path()),
-        )
-        .unwrap()
-        .keep_while_mounted();
+        let write = |name: &str, layer: &Digest, target: &Path| {
+            let lease = LeaseFile {
+                reference: "r".into(),
+                layers: vec![layer.clone()],
+                target: Some(target.to_path_buf()),
+            };
+            std::fs::create_dir_all(leases_dir(dir.path())).unwrap();
+            std::fs::write(
+                leases_dir(dir.path()).join(format!("{name}.lease")),
+                serde_json::to_vec(&lease).unwrap(),
+            )
+            .unwrap();
+        };
+        write("mounted", &d, Path::new("/"));
+        write("gone", &Digest::of(b"l2"), dir.path());
         assert_eq!(layers_in_use(dir.path()).unwrap(), BTreeSet::from([d]));
+        assert!(!leases_dir(dir.path()).join("gone.lease").exists());
         Lease::release(dir.path(), "mounted");
         assert!(layers_in_use(dir.path()).unwrap().is_empty());
     }
