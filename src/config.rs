@@ -540,3 +540,16 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod readme {
+    /// The README's settings table is the reference users read: it must
+    /// name every setting.
+    #[test]
+    fn readme_lists_every_setting() {
+        let readme = include_str!("../README.md");
+        for s in super::SETTINGS.iter().filter(|s| s.key != "config") {
+            assert!(readme.contains(&format!("`{}`", s.env)), "README lacks {}", s.env);
+        }
+    }
+}
