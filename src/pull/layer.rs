@@ -143,8 +143,9 @@ impl Puller {
         )))
     }
 
-    /// Streams the blob from `offset` into `tx`, resuming with Range
-    /// requests after cuts and retrying transient failures with backoff.
+    /// Streams the blob from `offset` into `tx`. A body cut short is resumed
+    /// with a Range request, up to the retry budget; failed requests are
+    /// retried by the client itself.
     async fn download(
         &self,
         reference: &Reference,
@@ -201,7 +202,9 @@ impl Puller {
                         },
                     }
                 }
-                Err(e) => e,
+                // The client already spent its attempts on this request:
+                // retrying here too would multiply them.
+                Err(e) => return Err(e.into()),
             };
             if !failure.is_transient() || attempt + 1 >= policy.attempts {
                 return Err(failure.into());
