@@ -549,7 +549,11 @@ mod readme {
     fn readme_lists_every_setting() {
         let readme = include_str!("../README.md");
         for s in super::SETTINGS.iter().filter(|s| s.key != "config") {
-            assert!(readme.contains(&format!("`{}`", s.env)), "README lacks {}", s.env);
+            assert!(
+                readme.contains(&format!("`{}`", s.env)),
+                "README lacks {}",
+                s.env
+            );
         }
     }
 }

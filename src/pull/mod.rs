@@ -123,13 +123,16 @@ impl Puller {
             layers: manifest.layers.len(),
             bytes: manifest.layers.iter().map(|l| l.size).sum(),
         });
-        let layers = manifest.layers.iter().zip(&config.rootfs.diff_ids);
-        futures_util::stream::iter(
-            layers.map(|(layer, diff_id)| self.fetch_layer(&pinned, layer, diff_id, progress)),
-        )
-        .buffer_unordered(self.concurrency.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+        // Collected first: a closure inside the stream would make this
+        // future !Send (rustc cannot prove the closure general enough).
+        let mut fetches = Vec::with_capacity(manifest.layers.len());
+        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            fetches.push(self.fetch_layer(&pinned, layer, diff_id, progress));
+        }
+        futures_util::stream::iter(fetches)
+            .buffer_unordered(self.concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
         let record = ImageRecord::new(reference, &manifest_digest, &manifest, &config);
         self.store.images().save(&record)?;
         let elapsed = started.elapsed();

@@ -155,17 +155,24 @@ impl RegistryClient {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(ACCEPTED_MANIFEST_TYPES));
         let what = format!("manifest {key:?} of {r}");
-        let (response, _) = self
+        let (response, _) = match self
             .first_success(r, Method::GET, &path, headers, &what)
             .await
-            .map_err(|e| match e {
-                RegistryError::Http {
-                    status: 404,
-                    message,
-                    ..
-                } => not_found(r, key, message.as_deref()),
-                e => e,
-            })?;
+        {
+            Ok(found) => found,
+            Err(RegistryError::Http {
+                status: 404,
+                message,
+                ..
+            }) => {
+                let repository_known = match message.as_deref() {
+                    Some(m) if m.starts_with("NAME_UNKNOWN") => false,
+                    _ => self.repository_known(r).await,
+                };
+                return Err(not_found(r, key, repository_known));
+            }
+            Err(e) => return Err(e),
+        };
         let media_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -179,6 +186,20 @@ impl RegistryClient {
             bytes,
             media_type,
         })
+    }
+
+    /// Whether the registry knows the repository, asked after a manifest 404:
+    /// distribution answers MANIFEST_UNKNOWN for a tag of a repository that
+    /// does not exist, and only the tags list says NAME_UNKNOWN. Anything but
+    /// a NAME_UNKNOWN answer counts as known, so the message stays the
+    /// manifest's.
+    async fn repository_known(&self, r: &Reference) -> bool {
+        let path = format!("v2/{}/tags/list", r.repository);
+        let what = format!("tags of {r}");
+        !matches!(
+            self.first_success(r, Method::GET, &path, HeaderMap::new(), &what).await,
+            Err(RegistryError::Http { status: 404, message: Some(m), .. }) if m.starts_with("NAME_UNKNOWN")
+        )
     }
 
     /// A small blob (an image config) read whole and verified.
@@ -391,8 +412,8 @@ impl RegistryClient {
     }
 }
 
-fn not_found(r: &Reference, key: &str, message: Option<&str>) -> RegistryError {
-    if message.is_some_and(|m| m.starts_with("NAME_UNKNOWN")) {
+fn not_found(r: &Reference, key: &str, repository_known: bool) -> RegistryError {
+    if !repository_known {
         RegistryError::RepositoryNotFound {
             reference: r.to_string(),
             registry: r.registry.clone(),

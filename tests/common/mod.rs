@@ -7,6 +7,7 @@
 // Each integration-test binary compiles this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod cli;
 pub mod cred;
 pub mod image;
 pub mod pki;

@@ -1,0 +1,468 @@
+//! `cvmd pull` against real registries through every way of authenticating:
+//! anonymous, HTTP Basic over HTTPS with a test CA, and the distribution
+//! token flow, with credentials from each source cvmd reads.
+
+mod common;
+
+use base64::Engine;
+use common::cli::{small_image, Cvmd, Run};
+use common::cred::cred_helper_calls;
+use common::image::{pseudo_random, Compression, Format, Image, ImageBuilder, LayerBuilder};
+use common::proxy::FaultProxy;
+use common::token::{Grant, TokenConfig};
+use common::{block_on, cred_helper, require_registry, Registry};
+use serde_json::json;
+
+const CVMD: &str = env!("CARGO_BIN_EXE_cvmd");
+const USER: &str = "alice";
+const PASS: &str = "pw-Zq81-never-shown";
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn push(reg: &Registry, repo: &str, tag: &str, img: &Image) {
+    let c = reg.client();
+    block_on(c.push_image(repo, tag, img)).expect("push");
+}
+
+/// What a successful pull prints and stores.
+fn assert_pulled(run: &Run, cvmd: &Cvmd, host: &str, repo: &str, img: &Image) {
+    run.assert_ok();
+    assert_eq!(
+        run.stdout,
+        format!("{host}/{repo}:v1@{}\n", img.manifest_digest),
+        "{run}"
+    );
+    cvmd.assert_stored(img, &img.manifest_digest);
+    run.assert_never_shows(PASS);
+}
+
+/// An HTTPS registry with Basic auth holding `team/app:v1`.
+struct Tls {
+    reg: Registry,
+    img: Image,
+    image: String,
+}
+
+fn tls() -> Tls {
+    let reg = Registry::tls_basic(USER, PASS).expect("registry");
+    let img = small_image(Format::Oci, 11);
+    push(&reg, "team/app", "v1", &img);
+    let image = format!("{}/team/app:v1", reg.host());
+    Tls { reg, img, image }
+}
+
+impl Tls {
+    fn ca(&self) -> String {
+        self.reg.ca_pem_path().unwrap().display().to_string()
+    }
+    fn check(&self, run: &Run, cvmd: &Cvmd) {
+        assert_pulled(run, cvmd, &self.reg.host(), "team/app", &self.img);
+    }
+    fn dockerconfigjson(&self) -> String {
+        json!({"auths": {self.reg.host(): {"auth": b64(&format!("{USER}:{PASS}"))}}}).to_string()
+    }
+}
+
+#[test]
+fn anonymous_pull_from_a_plain_registry() {
+    if !require_registry() {
+        return;
+    }
+    let reg = Registry::plain().unwrap();
+    let img = small_image(Format::Oci, 1);
+    push(&reg, "lib/anon", "v1", &img);
+    let cvmd = Cvmd::new(CVMD);
+    let run = cvmd.pull(
+        &format!("{}/lib/anon:v1", reg.host()),
+        &["--insecure-registries", &reg.host()],
+    );
+    assert_pulled(&run, &cvmd, &reg.host(), "lib/anon", &img);
+}
+
+#[test]
+fn basic_over_tls_with_ca_file_and_config_json_auth_field() {
+    if !require_registry() {
+        return;
+    }
+    let t = tls();
+    let cvmd = Cvmd::new(CVMD);
+    cvmd.write_docker_config(
+        &json!({"auths": {t.reg.host(): {"auth": b64(&format!("{USER}:{PASS}"))}}}),
+    );
+    let run = cvmd.pull(&t.image, &["--extra-certs", &t.ca()]);
+    t.check(&run, &cvmd);
+}
+
+#[test]
+fn basic_over_tls_with_ca_folder_and_config_json_username_password() {
+    if !require_registry() {
+        return;
+    }
+    let t = tls();
+    let cvmd = Cvmd::new(CVMD);
+    let pem = std::fs::read(t.reg.ca_pem_path().unwrap()).unwrap();
+    cvmd.write_file("certs/registry-ca.crt", pem);
+    // The key as `docker login` writes it for a URL, scheme and path included.
+    cvmd.write_docker_config(&json!({"auths": {
+        format!("https://{}/v2/", t.reg.host()): {"username": USER, "password": PASS}
+    }}));
+    let folder = cvmd.home.path().join("certs");
+    let run = cvmd.pull(&t.image, &["--extra-certs", folder.to_str().unwrap()]);
+    t.check(&run, &cvmd);
+}
+
+#[test]
+fn basic_over_tls_with_inline_dockerconfigjson_pull_secret() {
+    if !require_registry() {
+        return;
+    }
+    let t = tls();
+    let mut cvmd = Cvmd::new(CVMD);
+    cvmd.env("CVMD_PULL_SECRET", t.dockerconfigjson())
+        .env("CVMD_EXTRA_CERTS", t.ca());
+    let run = cvmd.pull(&t.image, &[]);
+    t.check(&run, &cvmd);
+}
+
+#[test]
+fn basic_over_tls_with_pull_secret_file() {
+    if !require_registry() {
+        return;
+    }
+    let t = tls();
+    let cvmd = Cvmd::new(CVMD);
+    let secret = cvmd.write_file("secret/.dockerconfigjson", t.dockerconfigjson());
+    let run = cvmd.pull(
+        &t.image,
+        &[
+            "--pull-secret",
+            secret.to_str().unwrap(),
+            "--extra-certs",
+            &t.ca(),
+        ],
+    );
+    t.check(&run, &cvmd);
+}
+
+#[test]
+fn basic_over_tls_with_legacy_dockercfg_pull_secret() {
+    if !require_registry() {
+        return;
+    }
+    let t = tls();
+    let cvmd = Cvmd::new(CVMD);
+    let legacy = json!({
+        format!("https://{}", t.reg.host()): {
+            "auth": b64(&format!("{USER}:{PASS}")),
+            "email": "alice@example.com"
+        }
+    });
+    let secret = cvmd.write_file(".dockercfg", legacy.to_string());
+    let run = cvmd.pull(
+        &t.image,
+        &[
+            "--pull-secret",
+            secret.to_str().unwrap(),
+            "--extra-certs",
+            &t.ca(),
+        ],
+    );
+    t.check(&run, &cvmd);
+}
+
+#[test]
+fn basic_over_tls_with_kubernetes_secret_object() {
+    if !require_registry() {
+        return;
+    }
+    let t = tls();
+    let cvmd = Cvmd::new(CVMD);
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "regcred", "namespace": "coder"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": b64(&t.dockerconfigjson())}
+    });
+    let secret = cvmd.write_file("regcred.json", object.to_string());
+    let run = cvmd.pull(
+        &t.image,
+        &[
+            "--pull-secret",
+            secret.to_str().unwrap(),
+            "--extra-certs",
+            &t.ca(),
+        ],
+    );
+    t.check(&run, &cvmd);
+}
+
+#[test]
+fn envbox_aliases_coder_image_pull_secret_and_coder_extra_certs_path() {
+    if !require_registry() {
+        return;
+    }
+    let t = tls();
+    let mut cvmd = Cvmd::new(CVMD);
+    let pem = std::fs::read(t.reg.ca_pem_path().unwrap()).unwrap();
+    cvmd.write_file("coder-certs/ca.pem", pem);
+    let folder = cvmd.home.path().join("coder-certs");
+    cvmd.env("CODER_IMAGE_PULL_SECRET", t.dockerconfigjson())
+        .env("CODER_EXTRA_CERTS_PATH", &folder);
+    let run = cvmd.pull(&t.image, &[]);
+    t.check(&run, &cvmd);
+}
+
+#[test]
+fn a_secret_without_the_host_does_not_hide_config_json_credentials() {
+    if !require_registry() {
+        return;
+    }
+    let t = tls();
+    let cvmd = Cvmd::new(CVMD);
+    let other = json!({"auths": {"other.example:5000": {"username": "x", "password": "y"}}});
+    cvmd.write_docker_config(
+        &json!({"auths": {t.reg.host(): {"username": USER, "password": PASS}}}),
+    );
+    let run = cvmd.pull(
+        &t.image,
+        &[
+            "--pull-secret",
+            &other.to_string(),
+            "--extra-certs",
+            &t.ca(),
+        ],
+    );
+    t.check(&run, &cvmd);
+}
+
+#[test]
+fn a_config_json_without_the_host_does_not_hide_pull_secret_credentials() {
+    if !require_registry() {
+        return;
+    }
+    let t = tls();
+    let cvmd = Cvmd::new(CVMD);
+    // Exists, parses, and names other hosts only (a credsStore-less file).
+    cvmd.write_docker_config(&json!({
+        "auths": {"other.example:5000": {"username": "x", "password": "y"}},
+        "credHelpers": {"elsewhere.example": "missing-helper"}
+    }));
+    let run = cvmd.pull(
+        &t.image,
+        &[
+            "--pull-secret",
+            &t.dockerconfigjson(),
+            "--extra-certs",
+            &t.ca(),
+        ],
+    );
+    t.check(&run, &cvmd);
+}
+
+/// A token-auth registry (plain HTTP) with `team/app:v1` of three layers.
+fn token_registry(cfg: TokenConfig, repo: &str) -> (Registry, Image) {
+    let reg = Registry::token(cfg).expect("registry");
+    let mut b = ImageBuilder::new(Format::Docker);
+    for i in 0..3u64 {
+        b = b.layer(
+            LayerBuilder::new()
+                .file(&format!("f{i}"), &pseudo_random(16 << 10, 100 + i), 0o644)
+                .build(Compression::Gzip),
+        );
+    }
+    let img = b.build();
+    push(&reg, repo, "v1", &img);
+    (reg, img)
+}
+
+#[test]
+fn bearer_token_with_basic_credentials_is_fetched_once_and_reused() {
+    if !require_registry() {
+        return;
+    }
+    let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
+    let ts = reg.token_server().unwrap();
+    let before = ts.request_count();
+    let cvmd = Cvmd::new(CVMD);
+    cvmd.write_docker_config(&json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}));
+    let run = cvmd.pull(
+        &format!("{}/team/app:v1", reg.host()),
+        &["--insecure-registries", &reg.host()],
+    );
+    assert_pulled(&run, &cvmd, &reg.host(), "team/app", &img);
+    // Manifest, config and three layers share the pull scope: one token.
+    let ours = &ts.requests()[before..];
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0].grant, Grant::Basic(USER.into()));
+    assert_eq!(ours[0].scopes, ["repository:team/app:pull"]);
+}
+
+#[test]
+fn anonymous_bearer_token_on_a_public_repository() {
+    if !require_registry() {
+        return;
+    }
+    let cfg = TokenConfig::new().user(USER, PASS).public_repo("pub/img");
+    let (reg, img) = token_registry(cfg, "pub/img");
+    let ts = reg.token_server().unwrap();
+    let before = ts.request_count();
+    let cvmd = Cvmd::new(CVMD);
+    let run = cvmd.pull(
+        &format!("{}/pub/img:v1", reg.host()),
+        &["--insecure-registries", &reg.host()],
+    );
+    assert_pulled(&run, &cvmd, &reg.host(), "pub/img", &img);
+    let ours = &ts.requests()[before..];
+    assert!(!ours.is_empty() && ours.len() <= 2, "{ours:?}");
+    assert!(ours.iter().all(|r| r.grant == Grant::Anonymous), "{ours:?}");
+}
+
+/// A refresh token from the token server's password grant, as `docker
+/// login` stores it in `identitytoken`.
+fn refresh_token(reg: &Registry) -> String {
+    let ts = reg.token_server().unwrap();
+    let body = format!(
+        "grant_type=password&username={USER}&password={PASS}&service={}&client_id=test&access_type=offline&scope=repository%3Ateam%2Fapp%3Apull",
+        ts.config().service
+    );
+    let http = common::http_client(None);
+    let realm = ts.realm();
+    let v: serde_json::Value = block_on(async move {
+        let r = http
+            .post(realm)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    });
+    v["refresh_token"]
+        .as_str()
+        .expect("refresh_token")
+        .to_string()
+}
+
+#[test]
+fn identity_token_from_config_json_uses_the_refresh_token_grant() {
+    if !require_registry() {
+        return;
+    }
+    let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
+    let ts = reg.token_server().unwrap();
+    let rt = refresh_token(&reg);
+    let before = ts.request_count();
+    let cvmd = Cvmd::new(CVMD);
+    cvmd.write_docker_config(&json!({"auths": {reg.host(): {"auth": "", "identitytoken": rt}}}));
+    let run = cvmd.pull(
+        &format!("{}/team/app:v1", reg.host()),
+        &["--insecure-registries", &reg.host()],
+    );
+    assert_pulled(&run, &cvmd, &reg.host(), "team/app", &img);
+    run.assert_never_shows(&rt);
+    let ours = &ts.requests()[before..];
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0].method, "POST");
+    assert_eq!(ours[0].grant, Grant::RefreshToken(USER.into()));
+}
+
+#[test]
+fn cred_helpers_entry_is_run_from_path() {
+    if !require_registry() {
+        return;
+    }
+    let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
+    let helpers = tempfile::tempdir().unwrap();
+    cred_helper(helpers.path(), "fake", &reg.host(), USER, PASS);
+    let mut cvmd = Cvmd::new(CVMD);
+    cvmd.path_prefix(helpers.path());
+    cvmd.write_docker_config(&json!({"credHelpers": {reg.host(): "fake"}}));
+    let run = cvmd.pull(
+        &format!("{}/team/app:v1", reg.host()),
+        &["--insecure-registries", &reg.host()],
+    );
+    assert_pulled(&run, &cvmd, &reg.host(), "team/app", &img);
+    let calls = cred_helper_calls(helpers.path(), "fake");
+    assert_eq!(
+        calls,
+        [format!("get {}", reg.host())],
+        "looked up once per host"
+    );
+    let ts = reg.token_server().unwrap();
+    assert_eq!(
+        ts.requests().last().unwrap().grant,
+        Grant::Basic(USER.into())
+    );
+}
+
+#[test]
+fn creds_store_helper_is_run_from_path() {
+    if !require_registry() {
+        return;
+    }
+    let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
+    let helpers = tempfile::tempdir().unwrap();
+    cred_helper(helpers.path(), "teststore", &reg.host(), USER, PASS);
+    let mut cvmd = Cvmd::new(CVMD);
+    cvmd.path_prefix(helpers.path());
+    cvmd.write_docker_config(&json!({"auths": {reg.host(): {}}, "credsStore": "teststore"}));
+    let run = cvmd.pull(
+        &format!("{}/team/app:v1", reg.host()),
+        &["--insecure-registries", &reg.host()],
+    );
+    assert_pulled(&run, &cvmd, &reg.host(), "team/app", &img);
+    assert_eq!(cred_helper_calls(helpers.path(), "teststore").len(), 1);
+}
+
+#[test]
+fn a_token_that_expires_mid_pull_is_renewed() {
+    if !require_registry() {
+        return;
+    }
+    // The registry rejects each token 2 s after it is issued.
+    let cfg = TokenConfig::new()
+        .user(USER, PASS)
+        .expires_in(2)
+        .enforce_expiry(true);
+    let reg = Registry::token(cfg).expect("registry");
+    // A 1 MiB layer that takes ~2.6 s through the throttled proxy, then a
+    // small one whose request comes after the first token has expired.
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(common::image::Layer::random("big", 1, 5, Compression::None))
+        .layer(
+            LayerBuilder::new()
+                .file("small", b"small", 0o644)
+                .build(Compression::Gzip),
+        )
+        .build();
+    push(&reg, "team/app", "v1", &img);
+    let proxy = FaultProxy::start(&reg.url());
+    let ts = reg.token_server().unwrap();
+    let before = ts.request_count();
+    proxy.throttle_blobs(400 << 10);
+    let cvmd = Cvmd::new(CVMD);
+    cvmd.write_docker_config(
+        &json!({"auths": {proxy.host(): {"username": USER, "password": PASS}}}),
+    );
+    let run = cvmd.pull(
+        &format!("{}/team/app:v1", proxy.host()),
+        &[
+            "--insecure-registries",
+            &proxy.host(),
+            "--pull-concurrency",
+            "1",
+        ],
+    );
+    assert_pulled(&run, &cvmd, &proxy.host(), "team/app", &img);
+    let ours = &ts.requests()[before..];
+    assert!(ours.len() >= 2, "the token was never renewed: {ours:?}");
+    assert!(
+        ours.iter()
+            .all(|r| r.status == 200 && r.grant == Grant::Basic(USER.into())),
+        "{ours:?}"
+    );
+}
