@@ -7,5 +7,6 @@ pub mod digest;
 pub mod progress;
 pub mod pull;
 pub mod registry;
+pub mod rootfs;
 pub mod store;
 pub mod unpack;
