@@ -143,12 +143,12 @@ fn idmapped_layers_go_by_fd_then_by_helper_path_then_classic() {
     let helper = |n: &str| ws.path().join("idmapped").join(n).display().to_string();
     assert_eq!(calls[4..7], ["attach 2", "attach 1", "attach 0"]);
     assert_eq!(
-        calls[6],
+        calls[7],
         format!("fsconfig {} {} {}", helper("2"), helper("1"), helper("0"))
     );
     // Helpers are detached right after the overlay is up.
     assert_eq!(
-        calls[7..],
+        calls[8..],
         ["umount 2 true", "umount 1 true", "umount 0 true"]
     );
 
