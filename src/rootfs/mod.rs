@@ -134,10 +134,6 @@ pub fn assemble_with(ops: &dyn MountOps, req: &Request) -> Result<Assembled, Roo
         path: req.workspace_dir.clone(),
         source,
     })?;
-    workspace::prepare(ops, &ws)?;
-    if req.reset {
-        workspace::discard_disk(&ws)?;
-    }
     std::fs::create_dir_all(&req.target).map_err(|source| RootfsError::Prepare {
         path: req.target.clone(),
         source,
@@ -146,8 +142,14 @@ pub fn assemble_with(ops: &dyn MountOps, req: &Request) -> Result<Assembled, Roo
         path: req.target.clone(),
         source,
     })?;
+    // Checked before touching the workspace: a reset under a live mount
+    // would pull the disk out from under a running workspace.
     if !mounts_under(&target)?.is_empty() {
         return Err(RootfsError::TargetBusy { path: target });
+    }
+    workspace::prepare(ops, &ws)?;
+    if req.reset {
+        workspace::discard_disk(&ws)?;
     }
     let facts = plan::Facts {
         workspace_on_overlay: sys::fs_magic(&ws).is_ok_and(|m| m == plan::OVERLAYFS_SUPER_MAGIC),

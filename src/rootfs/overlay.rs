@@ -106,6 +106,7 @@ pub fn mount(
         Err(e) => Err(overlay_err(target, e)),
     };
     detach_helpers(ops, &helpers);
+    let _ = std::fs::remove_dir(ws.join(HELPERS_DIR));
     result
 }
 

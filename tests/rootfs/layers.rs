@@ -208,7 +208,7 @@ fn walk(
         gid: m.gid(),
         rdev: m.rdev(),
         content,
-        mtime: (!ft.is_dir()).then(|| (m.mtime(), m.mtime_nsec())),
+        mtime: (!rel.is_empty()).then(|| (m.mtime(), m.mtime_nsec())),
         xattrs,
         link_of,
     };

@@ -1,17 +1,16 @@
 //! Rootfs assembly against the real kernel. Every test needs root (mounts,
 //! chown, device nodes, trusted.* xattrs) and says so when it cannot run.
 
+mod idmap;
 mod layers;
+mod wrap;
 
-use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cvmd::rootfs::{
-    self, assemble, assemble_with, teardown, IdMap, IdMapMode, Kernel, Lower, Mode, ModePreference,
-    MountOps, Request, StepError,
+    self, assemble, assemble_with, teardown, IdMap, IdMapMode, Mode, ModePreference, Request,
 };
 
 fn root_or_skip(test: &str) -> bool {
@@ -251,156 +250,6 @@ fn upper_persists_and_reset_discards_it_needs_root() {
 }
 
 #[test]
-fn idmapped_overlay_shows_host_ids_needs_root() {
-    if !root_or_skip("idmapped_overlay_shows_host_ids_needs_root") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let layers = layers::sample(tmp.path());
-    let mut req = request(tmp.path(), layers.clone(), "ws", ModePreference::Overlay);
-    req.idmap = Some(MAP);
-    let a = assemble(&req).unwrap();
-    let _g = Mounted(a.target.clone());
-    assert_eq!(
-        (a.mode, a.idmap_mode),
-        (Mode::Overlay, IdMapMode::IdMappedMount)
-    );
-    let meta = |p: &str| std::fs::symlink_metadata(a.target.join(p)).unwrap();
-    assert_eq!(
-        (meta("etc/passwd").uid(), meta("etc/passwd").gid()),
-        (100000, 100000)
-    );
-    assert_eq!(
-        (meta("home/user/file").uid(), meta("hl/a").gid()),
-        (101000, 100004)
-    );
-    assert_eq!(
-        meta(".").uid(),
-        100000,
-        "the upper dir (overlay root) is owned by the mapped root"
-    );
-    // Copy-up through the ID-mapped layers writes mapped owners to the disk.
-    std::fs::write(a.target.join("etc/passwd"), "changed").unwrap();
-    let up = std::fs::metadata(tmp.path().join("ws/upper/etc/passwd")).unwrap();
-    assert_eq!(up.uid(), 100000);
-    // The shared layer dirs are untouched.
-    let l = std::fs::metadata(layers[1].join("etc/passwd")).unwrap();
-    assert_eq!((l.uid(), l.gid()), (0, 0));
-    teardown(&a.target).unwrap();
-    assert!(
-        mounted_under(tmp.path()).is_empty(),
-        "{:?}",
-        mounted_under(tmp.path())
-    );
-    assert!(!tmp.path().join("ws/idmapped").exists());
-}
-
-#[test]
-fn idmapped_flat_bind_shows_host_ids_needs_root() {
-    if !root_or_skip("idmapped_flat_bind_shows_host_ids_needs_root") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let mut req = request(
-        tmp.path(),
-        layers::sample(tmp.path()),
-        "ws",
-        ModePreference::Flat,
-    );
-    req.idmap = Some(MAP);
-    let a = assemble(&req).unwrap();
-    let _g = Mounted(a.target.clone());
-    assert_eq!(
-        (a.mode, a.idmap_mode),
-        (Mode::Flat, IdMapMode::IdMappedMount)
-    );
-    assert_eq!(
-        std::fs::metadata(a.target.join("home/user/file"))
-            .unwrap()
-            .uid(),
-        101000
-    );
-    assert_eq!(
-        std::fs::metadata(tmp.path().join("ws/flat/home/user/file"))
-            .unwrap()
-            .uid(),
-        1000
-    );
-}
-
-/// The real kernel, except that ID-mapped mounts are "unsupported".
-struct NoIdmap;
-
-impl MountOps for NoIdmap {
-    fn overlay_fsconfig(
-        &self,
-        l: &[Lower<'_>],
-        u: &Path,
-        w: &Path,
-        t: &Path,
-    ) -> Result<(), StepError> {
-        Kernel.overlay_fsconfig(l, u, w, t)
-    }
-    fn overlay_classic(&self, cwd: &Path, data: &str, t: &Path) -> io::Result<()> {
-        Kernel.overlay_classic(cwd, data, t)
-    }
-    fn idmapped_tree(&self, _p: &Path, _ns: BorrowedFd<'_>) -> Result<OwnedFd, StepError> {
-        Err(StepError {
-            step: "mount_setattr(MOUNT_ATTR_IDMAP)",
-            error: io::Error::from_raw_os_error(libc::EINVAL),
-            log: String::new(),
-        })
-    }
-    fn attach(&self, tree: BorrowedFd<'_>, at: &Path) -> io::Result<()> {
-        Kernel.attach(tree, at)
-    }
-    fn bind(&self, from: &Path, to: &Path) -> io::Result<()> {
-        Kernel.bind(from, to)
-    }
-    fn unmount(&self, path: &Path, detach: bool) -> io::Result<()> {
-        Kernel.unmount(path, detach)
-    }
-}
-
-#[test]
-fn chowned_copy_shifts_owners_and_acls_needs_root() {
-    if !root_or_skip("chowned_copy_shifts_owners_and_acls_needs_root") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let mut req = request(
-        tmp.path(),
-        layers::sample(tmp.path()),
-        "ws",
-        ModePreference::Auto,
-    );
-    req.idmap = Some(MAP);
-    let a = assemble_with(&NoIdmap, &req).unwrap();
-    let _g = Mounted(a.target.clone());
-    assert_eq!((a.mode, a.idmap_mode), (Mode::Flat, IdMapMode::ChownedCopy));
-    let snap = layers::snapshot(&a.target);
-    assert_eq!((snap["etc/passwd"].uid, snap["hl/b"].gid), (100000, 100004));
-    assert_eq!(
-        (snap["home/user/file"].uid, snap["home/user/file"].gid),
-        (101000, 101000)
-    );
-    assert_eq!(snap["usr/bin/su"].mode, 0o4755, "setuid survives the chown");
-    let journal = &snap["var/log/journal"];
-    for name in ["system.posix_acl_access", "system.posix_acl_default"] {
-        let v = &journal.xattrs.iter().find(|(n, _)| n == name).unwrap().1;
-        assert_eq!(v, &layers::acl(101000, 100004), "{name}");
-    }
-    teardown(&a.target).unwrap();
-    // A plain request on the same (shifted) disk is refused, not double-mapped.
-    req.idmap = None;
-    assert!(matches!(
-        assemble(&req),
-        Err(rootfs::RootfsError::FlatMismatch { .. })
-    ));
-    assert!(mounted_under(tmp.path()).is_empty());
-}
-
-#[test]
 fn nested_overlay_falls_back_to_flat_and_empty_image_mounts_needs_root() {
     if !root_or_skip("nested_overlay_falls_back_to_flat_and_empty_image_mounts_needs_root") {
         return;
@@ -432,6 +281,83 @@ fn nested_overlay_falls_back_to_flat_and_empty_image_mounts_needs_root() {
     assert_eq!(std::fs::read_dir(&e.target).unwrap().count(), 0);
     teardown(&e.target).unwrap();
     teardown(&o.target).unwrap();
+    assert!(
+        mounted_under(tmp.path()).is_empty(),
+        "{:?}",
+        mounted_under(tmp.path())
+    );
+}
+
+#[test]
+fn classic_mount_fallback_with_short_links_needs_root() {
+    if !root_or_skip("classic_mount_fallback_with_short_links_needs_root") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = tmp
+        .path()
+        .join("a-rather-long-directory-name-for-the-workspace-cache-xxxxxxxxxxxx");
+    let ops = wrap::Wrapped {
+        refuse_lowerdir_plus: true,
+        ..Default::default()
+    };
+    let req = request(
+        &deep,
+        many_layers(&deep, 200),
+        "ws",
+        ModePreference::Overlay,
+    );
+    let a = assemble_with(&ops, &req).unwrap();
+    let _g = Mounted(a.target.clone());
+    assert_eq!(
+        std::fs::read_to_string(a.target.join("top")).unwrap(),
+        "199"
+    );
+    assert_eq!(
+        std::fs::read_dir(a.target.join("layers")).unwrap().count(),
+        200
+    );
+    teardown(&a.target).unwrap();
+
+    // ID-mapped layers when fds are refused: helper mounts by path, then
+    // (lowerdir+ refused too) classic mount naming them `idmapped/N`.
+    let layers = layers::sample(tmp.path());
+    for ops in [
+        wrap::Wrapped {
+            refuse_fd_lowers: true,
+            ..Default::default()
+        },
+        wrap::Wrapped {
+            refuse_fd_lowers: true,
+            refuse_lowerdir_plus: true,
+            ..Default::default()
+        },
+    ] {
+        let mut req = request(tmp.path(), layers.clone(), "idm", ModePreference::Overlay);
+        req.idmap = Some(MAP);
+        req.reset = true;
+        let a = assemble_with(&ops, &req).unwrap();
+        let _g = Mounted(a.target.clone());
+        assert_eq!(a.idmap_mode, IdMapMode::IdMappedMount);
+        assert_eq!(
+            std::fs::metadata(a.target.join("home/user/file"))
+                .unwrap()
+                .uid(),
+            101000
+        );
+        // Helper mounts were detached once the overlay held its layers.
+        let helpers = tmp.path().join("idm/idmapped");
+        let points: Vec<String> = mounted_under(tmp.path())
+            .iter()
+            .map(|l| l.split(' ').nth(4).unwrap().to_string())
+            .collect();
+        assert!(
+            points.iter().all(|p| !p.contains("/idm/idmapped")),
+            "{points:?}"
+        );
+        assert!(std::fs::read_dir(&helpers).map(|d| d.count()).unwrap_or(0) == 0);
+        teardown(&a.target).unwrap();
+    }
     assert!(
         mounted_under(tmp.path()).is_empty(),
         "{:?}",
