@@ -8,5 +8,6 @@ pub mod image;
 pub mod progress;
 pub mod pull;
 pub mod registry;
+pub mod rootfs;
 pub mod store;
 pub mod unpack;
