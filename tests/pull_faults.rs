@@ -131,14 +131,10 @@ fn server_errors_past_the_retry_limit_fail_with_one_line() {
     assert!(!cvmd.has_blob(layer));
 }
 
-/// `--pull-retries` is "attempts per request", but a layer GET that keeps
-/// failing is retried by the registry client and again by the puller's
-/// download loop, so N attempts become N*N requests (25 by default, about
-/// 20 s of backoff before the error). Fix: in src/pull.rs `download`, an
-/// error from `client.get_blob` is final (the client already spent the
-/// attempts); only a body cut goes round the loop again.
+/// `--pull-retries` is "attempts per request": a layer GET that keeps
+/// failing is retried by the registry client only, not again by the
+/// puller's download loop (that made N attempts N*N requests).
 #[test]
-#[ignore = "bug in src/pull.rs: layer GETs are retried attempts*attempts times"]
 fn pull_retries_counts_attempts_per_request() {
     if !require_registry() {
         return;
