@@ -8,7 +8,12 @@ cargo build --release --locked --bins
 
 work=$(mktemp -d /tmp/cvmd-demo.XXXXXX)
 port=${CVMD_DEMO_PORT:-5055}
-cleanup() { [[ -n "${reg_pid:-}" ]] && kill "$reg_pid" 2>/dev/null; rm -rf "$work"; }
+cvmd=./target/release/cvmd
+cleanup() {
+  "$cvmd" --cache-dir "$work/cache" rootfs --unmount "$work/rootfs" >/dev/null 2>&1 || true
+  [[ -n "${reg_pid:-}" ]] && kill "$reg_pid" 2>/dev/null
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 cat > "$work/registry.yml" <<YML
@@ -32,8 +37,10 @@ umoci repack --image "$work/oci:demo" "$work/bundle" >/dev/null
 umoci config --image "$work/oci:demo" --config.cmd /bin/sh >/dev/null
 skopeo copy -q --dest-tls-verify=false "oci:$work/oci:demo" "docker://127.0.0.1:$port/demo/busybox:latest"
 
-./target/release/cvmd pull \
-  --insecure-registries "127.0.0.1:$port" \
-  --cache-dir "$work/cache" \
-  "127.0.0.1:$port/demo/busybox:latest"
-find "$work/cache/layers/sha256" -maxdepth 3 | head
+common=(--insecure-registries "127.0.0.1:$port" --cache-dir "$work/cache" --state-dir "$work/state")
+image="127.0.0.1:$port/demo/busybox:latest"
+echo "== cvmd pull (cold: download, verify, unpack into the layer cache)"
+"$cvmd" "${common[@]}" pull "$image"
+echo "== cvmd rootfs (warm: everything cached, an overlay mount)"
+"$cvmd" "${common[@]}" rootfs "$image" "$work/rootfs"
+ls "$work/rootfs/bin"

@@ -21,6 +21,8 @@ enum Command {
     Run,
     /// Pull IMAGE into the content store, with progress; prints the resolved digest.
     Pull(cli::pull::PullArgs),
+    /// Assemble a workspace rootfs at DIR from the node cache, for inspection.
+    Rootfs(cli::rootfs::RootfsArgs),
     /// Pull images into the node cache ahead of the workspaces that use them.
     Prefetch(cli::prefetch::PrefetchArgs),
     /// Remove cached blobs and layers no image needs (never ones in use).
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => cli::run::run(&settings).await,
             Command::Pull(args) => cli::pull::pull(&settings, &args).await,
+            Command::Rootfs(args) => cli::rootfs::rootfs(&settings, &args).await,
             Command::Prefetch(args) => cli::prefetch::prefetch(&settings, &args).await,
             Command::Gc(args) => cli::gc::gc(&settings, &args).await,
         }

@@ -5,4 +5,5 @@ pub mod gc;
 pub mod logging;
 pub mod prefetch;
 pub mod pull;
+pub mod rootfs;
 pub mod run;

@@ -12,6 +12,8 @@ use crate::registry::Reference;
 #[derive(clap::Args)]
 pub struct PullArgs {
     /// Image reference (defaults to the image setting).
+    // Its own id: "image" is the global setting's.
+    #[arg(id = "image_ref", value_name = "IMAGE")]
     pub image: Option<String>,
     /// One JSON object per event on stdout.
     #[arg(long)]

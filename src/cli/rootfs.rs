@@ -1,0 +1,203 @@
+//! `cvmd rootfs IMAGE DIR`: assemble a workspace rootfs for inspection, from
+//! the node cache (pulling what is missing), and say how and how fast.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::digest::Digest;
+use crate::progress::PlainLines;
+use crate::registry::Reference;
+use crate::rootfs::{self, IdMap, IdMapMode, Mode, ModePreference, Request};
+use crate::store::layers::LayerCache;
+use crate::store::lease::Lease;
+
+#[derive(clap::Args)]
+pub struct RootfsArgs {
+    /// Image reference (defaults to the image setting).
+    // Its own id: "image" is the global setting's.
+    #[arg(id = "image_ref", value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Where the rootfs appears.
+    pub dir: Option<PathBuf>,
+    /// overlay, flat, or auto (overlay, falling back to a flat copy).
+    #[arg(long, default_value = "auto", value_parser = parse_mode)]
+    pub mode: ModePreference,
+    /// Shift owners for a user namespace: HOST_UID[:HOST_GID[:SIZE]]
+    /// (container ID 0 maps to HOST_UID; SIZE defaults to 65536).
+    #[arg(long, value_parser = parse_idmap)]
+    pub idmap: Option<IdMap>,
+    /// Discard the workspace's disk (its upper dir) first.
+    #[arg(long)]
+    pub reset: bool,
+    /// The workspace whose disk this is [default: derived from DIR].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Unmount DIR (and release its layers) instead.
+    #[arg(long, conflicts_with_all = ["mode", "idmap", "reset"])]
+    pub unmount: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_mode(s: &str) -> Result<ModePreference, String> {
+    match s {
+        "auto" => Ok(ModePreference::Auto),
+        "overlay" => Ok(ModePreference::Overlay),
+        "flat" => Ok(ModePreference::Flat),
+        _ => Err(format!("{s:?} is not one of auto, overlay, flat")),
+    }
+}
+
+pub fn parse_idmap(s: &str) -> Result<IdMap, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let num = |p: &str| {
+        p.parse::<u32>()
+            .map_err(|_| format!("{s:?} is not HOST_UID[:HOST_GID[:SIZE]]"))
+    };
+    let host_uid = num(parts[0])?;
+    let host_gid = parts.get(1).map_or(Ok(host_uid), |p| num(p))?;
+    let size = parts.get(2).map_or(Ok(65536), |p| num(p))?;
+    if parts.len() > 3 {
+        return Err(format!("{s:?} is not HOST_UID[:HOST_GID[:SIZE]]"));
+    }
+    Ok(IdMap {
+        host_uid,
+        host_gid,
+        size,
+    })
+}
+
+/// A workspace's state lives under the state dir by name; an unnamed
+/// rootfs is named after where it is mounted, so the same DIR gets the same
+/// disk back.
+fn workspace_name(args: &RootfsArgs, dir: &Path) -> String {
+    args.name.clone().unwrap_or_else(|| {
+        format!(
+            "rootfs-{}",
+            &Digest::of(dir.as_os_str().as_encoded_bytes()).hex()[..16]
+        )
+    })
+}
+
+pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // With --unmount the only positional is the DIR.
+    let (image, dir) = match (args.unmount, &args.image, &args.dir) {
+        (true, _, Some(d)) => (None, d.clone()),
+        (true, Some(d), None) => (None, PathBuf::from(d)),
+        (false, Some(i), Some(d)) => (Some(i.clone()), d.clone()),
+        (false, Some(d), None) if settings.image.is_some() => {
+            (settings.image.clone(), PathBuf::from(d))
+        }
+        _ => anyhow::bail!("usage: cvmd rootfs IMAGE DIR (or cvmd rootfs --unmount DIR)"),
+    };
+    let dir = std::path::absolute(&dir).with_context(|| format!("rootfs dir {}", dir.display()))?;
+    let name = workspace_name(args, &dir);
+    if args.unmount {
+        rootfs::teardown(&dir)?;
+        Lease::release(&settings.cache_dir, &name);
+        println!("unmounted {}", dir.display());
+        return Ok(());
+    }
+    let image = image.context("no image: give one as an argument or set CVMD_IMAGE")?;
+    let reference: Reference = image.parse()?;
+    let ready =
+        crate::image::ensure(settings, &reference, settings.pull_policy, &PlainLines).await?;
+    let resolved = started.elapsed();
+
+    let layers = LayerCache::open(&settings.cache_dir)?;
+    let diff_ids: Vec<Digest> = ready
+        .record
+        .layers
+        .iter()
+        .map(|l| l.diff_id.clone())
+        .collect();
+    let lease = Lease::acquire(
+        &settings.cache_dir,
+        &name,
+        &ready.record.reference,
+        &diff_ids,
+        Some(&dir),
+    )?;
+    let request = Request {
+        layers: diff_ids.iter().map(|d| layers.tree(d)).collect(),
+        workspace_dir: settings.state_dir.join("workspaces").join(&name),
+        target: dir.clone(),
+        mode: args.mode,
+        idmap: args.idmap,
+        reset: args.reset,
+    };
+    let assembled = rootfs::assemble(&request)?;
+    // The mount outlives this command; so must the layers' protection.
+    lease.keep_while_mounted();
+    let total = started.elapsed();
+
+    let mode = match assembled.mode {
+        Mode::Overlay => "overlay",
+        Mode::Flat => "flat",
+    };
+    let idmap = match assembled.idmap_mode {
+        IdMapMode::None => "none",
+        IdMapMode::IdMappedMount => "id-mapped mount",
+        IdMapMode::ChownedCopy => "chowned copy",
+    };
+    let mut phases: Vec<(&str, Duration)> = vec![("image", resolved)];
+    phases.extend(assembled.phases.iter().copied());
+    if args.json {
+        let json = serde_json::json!({
+            "image": ready.record.reference,
+            "digest": ready.record.manifest,
+            "dir": dir,
+            "workspace": name,
+            "mode": mode,
+            "idmap": idmap,
+            "pulled": ready.pulled,
+            "phases_ms": phases.iter().map(|(p, d)| (p.to_string(), serde_json::json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
+            "total_ms": total.as_secs_f64() * 1e3,
+        });
+        println!("{json}");
+    } else {
+        let timings: Vec<String> = phases
+            .iter()
+            .map(|(p, d)| format!("{p} {:.1} ms", d.as_secs_f64() * 1e3))
+            .collect();
+        println!(
+            "{} at {}: mode {mode}, id mapping {idmap}; {}; total {:.1} ms",
+            ready.record.reference,
+            dir.display(),
+            timings.join(", "),
+            total.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idmap_forms() {
+        assert_eq!(
+            parse_idmap("100000").unwrap(),
+            IdMap {
+                host_uid: 100000,
+                host_gid: 100000,
+                size: 65536
+            }
+        );
+        assert_eq!(
+            parse_idmap("1:2:70000").unwrap(),
+            IdMap {
+                host_uid: 1,
+                host_gid: 2,
+                size: 70000
+            }
+        );
+        assert!(parse_idmap("x").is_err() && parse_idmap("1:2:3:4").is_err());
+    }
+}
