@@ -16,7 +16,7 @@ use layers_support::*;
 
 /// Enough that unpacking takes a while (seconds in a debug build), few
 /// enough to keep the suite quick.
-const FILES: usize = 10_000;
+const FILES: usize = 5_000;
 
 fn content(i: usize) -> Vec<u8> {
     format!("file {i} of the many-files layer\n").into_bytes()
