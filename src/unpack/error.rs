@@ -96,7 +96,8 @@ pub enum UnpackError {
     MissingLinkName { entry: String, image: String },
     #[error(
         "layer of image {image:?} unpacks to more than {limit} bytes (at entry {entry:?}); \
-         raise max_unpacked_bytes if the image is trusted"
+         raise the max_layer_size setting (--max-layer-size, CVMD_MAX_LAYER_SIZE) if the \
+         image is trusted"
     )]
     TooLarge {
         entry: String,
