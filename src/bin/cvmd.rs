@@ -64,8 +64,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` puts the whole context chain on one line.
-            eprintln!("cvmd: error: {e:#}");
+            eprintln!("cvmd: error: {}", cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -19,7 +19,7 @@ pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Resul
             Ok(pulled) => println!("{}", pulled.reference),
             // One bad image must not keep the others from the node.
             Err(e) => {
-                eprintln!("cvmd: prefetch {image}: {e:#}");
+                eprintln!("cvmd: prefetch {image}: {}", super::error_line(&e));
                 failed.push(image.as_str());
             }
         }

@@ -138,6 +138,31 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Why a layer did not unpack. A stream that does not decode may have been
+/// damaged on the way: the rest is read so the blob's digest can say so
+/// (the more useful message). Either way the download is not kept: its
+/// content is bad, not merely incomplete.
+fn classify_failure(mut feed: Feed, e: UnpackError) -> SinkError {
+    let Some(mut writer) = feed.writer.take() else {
+        return e.into();
+    };
+    if matches!(e, UnpackError::Read { .. }) {
+        feed.writer = Some(writer);
+        let drained = io::copy(&mut feed, &mut io::sink());
+        if let Some(f) = feed.failure.take() {
+            return f;
+        }
+        writer = feed.writer.take().expect("put back above");
+        if drained.is_ok() {
+            if let Err(mismatch @ StoreError::DigestMismatch { .. }) = writer.verify() {
+                return mismatch.into();
+            }
+        }
+    }
+    writer.abandon();
+    e.into()
+}
+
 pub struct Unpacked {
     pub stats: UnpackStats,
     /// The blob writer, for the caller to verify and commit.
@@ -181,7 +206,10 @@ pub fn unpack(
     if let Some(f) = feed.failure.take() {
         return Err(f);
     }
-    let (stats, diff_id) = result?;
+    let (stats, diff_id) = match result {
+        Ok(v) => v,
+        Err(e) => return Err(classify_failure(feed, e)),
+    };
     // Whatever follows the compressed stream still belongs to the blob and
     // its digest.
     io::copy(&mut feed, &mut io::sink()).map_err(|source| SinkError::Read {

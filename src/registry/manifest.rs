@@ -245,8 +245,11 @@ fn is_known(media_type: &str) -> bool {
 
 fn layer(d: Descriptor, what: &str) -> Result<Layer, RegistryError> {
     let compression = match d.media_type.as_str() {
+        // Docker's uncompressed layer type: not in the schema 2 spec, but
+        // written by some tools and accepted by containerd.
         "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Compression::None,
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
         "application/vnd.oci.image.layer.v1.tar+gzip"
         | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
         | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Compression::Gzip,

@@ -149,6 +149,29 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Checks the digest of what was written so far against the blob's,
+    /// when all of it arrived; a mismatch discards the partial file.
+    pub fn verify(&mut self) -> Result<(), StoreError> {
+        if self.offset != self.expected_size {
+            return Ok(());
+        }
+        let actual = Digest::from_hasher(self.hasher.clone());
+        if actual == self.guard.digest {
+            return Ok(());
+        }
+        self.discard();
+        Err(StoreError::DigestMismatch {
+            what: self.what.clone(),
+            expected: self.guard.digest.clone(),
+            actual,
+        })
+    }
+
+    /// Gives up on this download and removes what it wrote.
+    pub fn abandon(mut self) {
+        self.discard();
+    }
+
     /// Keeps what was written for a later resume.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.file.sync_data().map_err(io_err(&self.guard.partial))
