@@ -197,11 +197,12 @@ fn check_against_umoci(reg: &Registry, repo: &str, img: &Image) {
     let bundle = umoci_rootfs(&reference, work.path());
     let want = snapshot(&bundle.join("rootfs"), Xattrs::NoOverlay);
 
-    let view = merged_view(&sandbox.cache(), &reference);
-    let got = snapshot(&view.target, Xattrs::NoOverlay);
-    assert_no_whiteouts(&got);
-    assert_same_tree(&format!("{repo}: cvmd overlay vs umoci"), &got, &want);
-    drop(view);
+    for mode in ["overlay", "flat"] {
+        let view = merged_view(&sandbox.cache(), &reference, mode);
+        let got = snapshot(&view.target, Xattrs::NoOverlay);
+        assert_no_whiteouts(&got);
+        assert_same_tree(&format!("{repo}: cvmd {mode} vs umoci"), &got, &want);
+    }
     sandbox.assert_outside_untouched();
     assert!(staging(&sandbox.cache()).is_empty());
 }
@@ -220,7 +221,7 @@ fn layers_merged_view_matches_umoci_for_a_system_image() {
     let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
     let reference = push(&reg, "oracle/system", "again", &img);
     cvmd.pull_ok(&reference);
-    let view = merged_view(&sandbox.cache(), &reference);
+    let view = merged_view(&sandbox.cache(), &reference, "overlay");
     let t = snapshot(&view.target, Xattrs::NoOverlay);
     for gone in [
         "etc/shadow",

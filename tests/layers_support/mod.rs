@@ -412,62 +412,60 @@ pub fn assert_same_tree(what: &str, got: &BTreeMap<String, Node>, want: &BTreeMa
 /// `lowerdir`) with a throwaway upper/work dir; unmounted on drop.
 pub struct MergedView {
     pub target: PathBuf,
-    _scratch: tempfile::TempDir,
+    cache: PathBuf,
+    scratch: tempfile::TempDir,
+}
+
+impl MergedView {
+    fn cvmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--state-dir")
+            .arg(self.scratch.path().join("state"))
+            .args(["--pull-policy", "Never", "--log-level", "warn"]);
+        c
+    }
 }
 
 impl Drop for MergedView {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.target).status();
+        let _ = self
+            .cvmd()
+            .args(["rootfs", "--unmount"])
+            .arg(&self.target)
+            .output();
     }
 }
 
-/// Mounts the layers named by the image record of `reference`.
-// TODO: switch to `cvmd rootfs` once it exists.
-pub fn merged_view(cache: &Path, reference: &str) -> MergedView {
-    let (record, _) = image_record(cache, reference);
-    let lowers: Vec<String> = record["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .rev()
-        .map(|l| {
-            let dir = layer_dir(cache, l["diff_id"].as_str().unwrap());
-            assert!(
-                dir.join("layer.json").is_file(),
-                "{} unpublished",
-                dir.display()
-            );
-            dir.join("root").display().to_string()
-        })
-        .collect();
+/// The rootfs `cvmd rootfs` assembles from the cached layers of
+/// `reference`, in `mode` (overlay or flat), without asking the registry.
+pub fn merged_view(cache: &Path, reference: &str, mode: &str) -> MergedView {
     let scratch = tempfile::Builder::new()
         .prefix("cvmd-merged-")
         .tempdir()
         .unwrap();
-    let (upper, work, target) = (
-        scratch.path().join("upper"),
-        scratch.path().join("work"),
-        scratch.path().join("merged"),
-    );
-    for d in [&upper, &work, &target] {
-        std::fs::create_dir(d).unwrap();
-    }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        upper.display(),
-        work.display()
-    );
-    let out = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&target)
+    let view = MergedView {
+        target: scratch.path().join("merged"),
+        cache: cache.to_path_buf(),
+        scratch,
+    };
+    let out = view
+        .cvmd()
+        .args(["rootfs", reference])
+        .arg(&view.target)
+        .args(["--mode", mode])
         .output()
-        .expect("run mount");
-    assert_success(&out, "mount -t overlay");
-    MergedView {
-        target,
-        _scratch: scratch,
-    }
+        .expect("run cvmd rootfs");
+    assert_success(&out, "cvmd rootfs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("mode {mode}")),
+        "cvmd rootfs said: {said}"
+    );
+    view
 }
 
 /// What umoci makes of `reference`: `skopeo copy` into an OCI layout, then
