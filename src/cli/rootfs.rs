@@ -25,10 +25,11 @@ pub struct RootfsArgs {
     /// overlay, flat, or auto (overlay, falling back to a flat copy).
     #[arg(long, default_value = "auto", value_parser = parse_mode)]
     pub mode: ModePreference,
-    /// Shift owners for a user namespace: HOST_UID[:HOST_GID[:SIZE]]
-    /// (container ID 0 maps to HOST_UID; SIZE defaults to 65536).
-    #[arg(long, value_parser = parse_idmap)]
-    pub idmap: Option<IdMap>,
+    /// Shift owners for a user namespace: `auto` (this workspace's own
+    /// range on the node) or HOST_UID[:HOST_GID[:SIZE]] (container ID 0 maps
+    /// to HOST_UID; SIZE defaults to 65536).
+    #[arg(long)]
+    pub idmap: Option<String>,
     /// Discard the workspace's disk (its upper dir) first.
     #[arg(long)]
     pub reset: bool,
@@ -123,12 +124,17 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
         &diff_ids,
         Some(&dir),
     )?;
+    let idmap = match args.idmap.as_deref() {
+        None => None,
+        Some("auto") => Some(crate::store::idranges::allocate(&settings.cache_dir, &name).await?),
+        Some(explicit) => Some(parse_idmap(explicit).map_err(|e| anyhow::anyhow!("--idmap: {e}"))?),
+    };
     let request = Request {
         layers: diff_ids.iter().map(|d| layers.tree(d)).collect(),
         workspace_dir: settings.state_dir.join("workspaces").join(&name),
         target: dir.clone(),
         mode: args.mode,
-        idmap: args.idmap,
+        idmap,
         reset: args.reset,
     };
     let assembled = rootfs::assemble(&request)?;
@@ -140,7 +146,7 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
         Mode::Overlay => "overlay",
         Mode::Flat => "flat",
     };
-    let idmap = match assembled.idmap_mode {
+    let idmap_mode = match assembled.idmap_mode {
         IdMapMode::None => "none",
         IdMapMode::IdMappedMount => "id-mapped mount",
         IdMapMode::ChownedCopy => "chowned copy",
@@ -154,7 +160,8 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
             "dir": dir,
             "workspace": name,
             "mode": mode,
-            "idmap": idmap,
+            "idmap": idmap_mode,
+            "host_id": request.idmap.map(|m| m.host_uid),
             "pulled": ready.pulled,
             "phases_ms": phases.iter().map(|(p, d)| (p.to_string(), serde_json::json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
             "total_ms": total.as_secs_f64() * 1e3,
@@ -166,7 +173,7 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
             .map(|(p, d)| format!("{p} {:.1} ms", d.as_secs_f64() * 1e3))
             .collect();
         println!(
-            "{} at {}: mode {mode}, id mapping {idmap}; {}; total {:.1} ms",
+            "{} at {}: mode {mode}, id mapping {idmap_mode}; {}; total {:.1} ms",
             ready.record.reference,
             dir.display(),
             timings.join(", "),

@@ -4,6 +4,7 @@
 
 pub mod fs_check;
 pub mod gc;
+pub mod idranges;
 pub mod images;
 mod ingest;
 pub mod layers;
