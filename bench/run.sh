@@ -13,8 +13,8 @@
 # Images and the registry's storage are cached in bench/.cache/ (gitignored).
 # Results: a table on stdout, bench/results/latest.{md,json}.
 #
-# Phases (each run is cold: the tool's cache/store is emptied before it; the
-# page cache is left alone):
+# Phases (each run is cold: the tool's cache/store is emptied before it, then
+# `sync` flushes earlier runs' writeback, untimed; the page cache is kept):
 #   pull    content only: cvmd pull  vs  skopeo copy docker:// -> oci:
 #   unpack  pull + unpack: skopeo copy + umoci unpack  vs  ctr images pull
 #           (private containerd, overlayfs snapshotter)  vs  cvmd rootfs
@@ -119,12 +119,13 @@ CTRD=$WORK/containerd
 SOCK=$CTRD/c.sock
 CTR=(ctr --address "$SOCK" -n bench)
 
+CTRD_DATA=$CTRD/data-0
 start_containerd() {
-  mkdir -p "$CTRD/root" "$CTRD/state"
+  mkdir -p "$CTRD_DATA/root" "$CTRD_DATA/state"
   cat >"$CTRD/config.toml" <<TOML
 version = 2
-root = "$CTRD/root"
-state = "$CTRD/state"
+root = "$CTRD_DATA/root"
+state = "$CTRD_DATA/state"
 disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.devmapper"]
@@ -136,7 +137,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
   address = ""
   level = "warn"
 [plugins."io.containerd.internal.v1.opt"]
-  path = "$CTRD/opt"
+  path = "$CTRD_DATA/opt"
 TOML
   containerd --config "$CTRD/config.toml" >>"$WORK/logs/containerd.log" 2>&1 &
   CTRD_PID=$!
@@ -153,8 +154,15 @@ stop_containerd() {
   unmount_under "$CTRD"
 }
 
-# A fresh containerd with an empty root: the cold state for ctr.
-reset_containerd() { stop_containerd; rm -rf "$CTRD/root" "$CTRD/state" "$CTRD/opt"; start_containerd; }
+# A fresh containerd with an empty root (at a new path, see FRESH PATHS
+# below): the cold state for ctr.
+CTRD_SEQ=0
+reset_containerd() {
+  stop_containerd
+  rm -rf "$CTRD_DATA"
+  CTRD_SEQ=$((CTRD_SEQ + 1)); CTRD_DATA=$CTRD/data-$CTRD_SEQ
+  start_containerd
+}
 
 # --------------------------------------------------------------- images
 
@@ -194,42 +202,47 @@ PY
 
 # ------------------------------------------------------ tools per phase
 # Each PHASE_TOOL_* function gets the image name as $1. REF is the image's
-# reference in the bench registry.
+# reference in the bench registry; R is a directory new to each run, removed
+# (after unmounting what is under it) once the run is done.
+#
+# FRESH PATHS: every run writes under a path never used before. On this
+# machine's ext4 (mounted with `discard`), unpacking a tree at the very path
+# of one just deleted costs ~5x the kernel time (umoci unpack of `big`: 4.5 s
+# of sys time at a new path, 23 s at the deleted one's), which swamped every
+# difference between the tools. Fresh paths keep that artefact out for all.
 
-cvmd_args() { CVMD_=("$CVMD" --cache-dir "$WORK/cvmd-cache" --state-dir "$WORK/cvmd-state"
-  --insecure-registries "$REG" --log-level warn --log-format text); }
+cvmd_with() {  # cvmd_with CACHE_DIR ARGS...
+  local cache=$1; shift
+  "$CVMD" --cache-dir "$cache" --state-dir "$cache.state" --insecure-registries "$REG" \
+    --log-level warn --log-format text "$@"
+}
+timed_cvmd() {  # like cvmd_with, but timed (GNU time needs a program, not a function)
+  local cache=$1; shift
+  timed "$CVMD" --cache-dir "$cache" --state-dir "$cache.state" --insecure-registries "$REG" \
+    --log-level warn --log-format text "$@"
+}
 cvmd_has_rootfs() { "$CVMD" rootfs --help >/dev/null 2>&1; }
 umount_if_mounted() { while mountpoint -q "$1" 2>/dev/null; do umount "$1" || return 1; done; }
+have_blobs() {  # have_blobs IMAGE DIR: every blob of IMAGE is DIR/<hex>
+  local d
+  for d in $(layer_digests "$1"); do
+    [[ -f $2/$d ]] || { echo "blob $d missing from $2" >&2; return 1; }
+  done
+}
 
 # --- pull: content only
-pull_cvmd_prepare() { rm -rf "$WORK/cvmd-cache" "$WORK/cvmd-state"; }
-pull_cvmd_run() { timed "${CVMD_[@]}" pull "$REF"; }
-pull_cvmd_check() {  # every blob landed where cvmd says it keeps them
-  local d
-  for d in $(layer_digests "$1"); do
-    [[ -f $WORK/cvmd-cache/blobs/sha256/$d ]] || { echo "cvmd pull: blob $d missing from the cache" >&2; return 1; }
-  done
-}
-pull_cvmd_cleanup() { rm -rf "$WORK/cvmd-cache" "$WORK/cvmd-state"; }
+pull_cvmd_run() { timed_cvmd "$R/cvmd-cache" pull "$REF"; }
+pull_cvmd_check() { have_blobs "$1" "$R/cvmd-cache/blobs/sha256"; }
 
-pull_skopeo_prepare() { rm -rf "$WORK/skopeo-oci"; }
-pull_skopeo_run() { timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$WORK/skopeo-oci:latest"; }
-pull_skopeo_check() {
-  local d
-  for d in $(layer_digests "$1"); do
-    [[ -f $WORK/skopeo-oci/blobs/sha256/$d ]] || { echo "skopeo: blob $d missing" >&2; return 1; }
-  done
-}
-pull_skopeo_cleanup() { rm -rf "$WORK/skopeo-oci"; }
+pull_skopeo_run() { timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$R/oci:latest"; }
+pull_skopeo_check() { have_blobs "$1" "$R/oci/blobs/sha256"; }
 
 # --- unpack: pull + unpack, cold
-unpack_umoci_prepare() { rm -rf "$WORK/skopeo-oci" "$WORK/umoci-bundle"; }
 unpack_umoci_run() {
-  timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$WORK/skopeo-oci:latest" &&
-    timed umoci unpack --image "$WORK/skopeo-oci:latest" "$WORK/umoci-bundle"
+  timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$R/oci:latest" &&
+    timed umoci unpack --image "$R/oci:latest" "$R/bundle"
 }
-unpack_umoci_check() { [[ -d $WORK/umoci-bundle/rootfs/usr ]] || { echo "umoci: no rootfs/usr" >&2; return 1; }; }
-unpack_umoci_cleanup() { rm -rf "$WORK/skopeo-oci" "$WORK/umoci-bundle"; }
+unpack_umoci_check() { [[ -d $R/bundle/rootfs/usr ]] || { echo "umoci: no rootfs/usr" >&2; return 1; }; }
 
 unpack_ctr_prepare() { reset_containerd; }
 unpack_ctr_run() {
@@ -244,35 +257,41 @@ unpack_ctr_check() {
 }
 
 unpack_cvmd_available() { cvmd_has_rootfs; }
-unpack_cvmd_prepare() { umount_if_mounted "$WORK/cvmd-rootfs"; rm -rf "$WORK/cvmd-cache" "$WORK/cvmd-state" "$WORK/cvmd-rootfs"; mkdir -p "$WORK/cvmd-rootfs"; }
-unpack_cvmd_run() { timed "${CVMD_[@]}" rootfs "$REF" "$WORK/cvmd-rootfs"; }
-unpack_cvmd_check() { [[ -d $WORK/cvmd-rootfs/usr ]] || { echo "cvmd rootfs: no usr/ in the rootfs" >&2; return 1; }; }
-unpack_cvmd_cleanup() { umount_if_mounted "$WORK/cvmd-rootfs"; rm -rf "$WORK/cvmd-rootfs"; }
+unpack_cvmd_prepare() { mkdir -p "$R/rootfs"; }
+unpack_cvmd_run() { timed_cvmd "$R/cvmd-cache" rootfs "$REF" "$R/rootfs"; }
+unpack_cvmd_check() { [[ -d $R/rootfs/usr ]] || { echo "cvmd rootfs: no usr/ in the rootfs" >&2; return 1; }; }
+unpack_cvmd_cleanup() { umount_if_mounted "$R/rootfs"; }
 
 # --- warm: everything cached, assemble a rootfs (with its mount)
 warm_ctr_setup() {
-  # The image pulled and unpacked once, untimed.
-  reset_containerd
-  "${CTR[@]}" images pull --plain-http "$REF" >"$WORK/logs/$1-warm-ctr-setup.log" 2>&1
+  # The image pulled and unpacked, untimed: the unpack phase's last run left
+  # it in the running containerd, else pull it now.
+  if ! "${CTR[@]}" images ls -q 2>/dev/null | grep -qxF "$REF"; then
+    reset_containerd
+    "${CTR[@]}" images pull --plain-http "$REF" >"$WORK/logs/$1-warm-ctr-setup.log" 2>&1 || return 1
+  fi
   CHAIN=$(stat_of "$1" chain_id)
-  mkdir -p "$WORK/ctr-mnt"
 }
+warm_ctr_prepare() { mkdir -p "$R/mnt"; }
 warm_ctr_run() {
   local cmd
-  cmd=$(timed "${CTR[@]}" snapshots prepare --target "$WORK/ctr-mnt" "bench-rootfs-$RUN" "$CHAIN") || return 1
+  cmd=$(timed "${CTR[@]}" snapshots prepare --target "$R/mnt" "bench-rootfs-$SEQ" "$CHAIN") || return 1
   timed sh -c "$cmd"
 }
-warm_ctr_check() { [[ -d $WORK/ctr-mnt/usr ]] || { echo "ctr: mounted snapshot has no usr/" >&2; return 1; }; }
-warm_ctr_cleanup() { umount_if_mounted "$WORK/ctr-mnt"; "${CTR[@]}" snapshots rm "bench-rootfs-$RUN" >/dev/null 2>&1 || true; }
+warm_ctr_check() { [[ -d $R/mnt/usr ]] || { echo "ctr: mounted snapshot has no usr/" >&2; return 1; }; }
+warm_ctr_cleanup() { umount_if_mounted "$R/mnt"; "${CTR[@]}" snapshots rm "bench-rootfs-$SEQ" >/dev/null 2>&1 || true; }
 
 warm_cvmd_available() { cvmd_has_rootfs; }
 warm_cvmd_setup() {
-  unpack_cvmd_prepare
-  "${CVMD_[@]}" rootfs "$REF" "$WORK/cvmd-rootfs" >"$WORK/logs/$1-warm-cvmd-setup.log" 2>&1
-  unpack_cvmd_cleanup
+  WARM_CACHE=$WORK/cvmd-warm-$1
+  mkdir -p "$WORK/cvmd-warm-rootfs"
+  cvmd_with "$WARM_CACHE" rootfs "$REF" "$WORK/cvmd-warm-rootfs" >"$WORK/logs/$1-warm-cvmd-setup.log" 2>&1
+  local rc=$?
+  umount_if_mounted "$WORK/cvmd-warm-rootfs"
+  return $rc
 }
-warm_cvmd_prepare() { umount_if_mounted "$WORK/cvmd-rootfs"; rm -rf "$WORK/cvmd-rootfs"; mkdir -p "$WORK/cvmd-rootfs"; }
-warm_cvmd_run() { timed "${CVMD_[@]}" rootfs "$REF" "$WORK/cvmd-rootfs"; }
+warm_cvmd_prepare() { mkdir -p "$R/rootfs"; }
+warm_cvmd_run() { timed_cvmd "$WARM_CACHE" rootfs "$REF" "$R/rootfs"; }
 warm_cvmd_check() { unpack_cvmd_check "$@"; }
 warm_cvmd_cleanup() { unpack_cvmd_cleanup; }
 
@@ -295,6 +314,13 @@ declare -A TOOL_LABEL=(
 # ------------------------------------------------------------- measuring
 
 has_fn() { declare -F "$1" >/dev/null; }
+SEQ=0
+
+run_cleanup() {  # the tool's own cleanup, then away with the run's directory
+  if has_fn "${2}_cleanup"; then "${2}_cleanup" "$1" >>"$3" 2>&1 || true; fi
+  unmount_under "$R"
+  rm -rf "$R"
+}
 
 # measure IMAGE PHASE TOOL: RUNS cold runs, one results line per run.
 measure() {
@@ -314,25 +340,30 @@ measure() {
     log=$WORK/logs/$img-$base-$RUN.log
     RSS_FILE=$WORK/rss
     : >"$RSS_FILE"
+    SEQ=$((SEQ + 1)); R=$WORK/r$SEQ; mkdir -p "$R"
     if has_fn "${base}_prepare"; then "${base}_prepare" "$img" >>"$log" 2>&1; fi
+    # Write back what earlier runs and their cleanup left dirty (untimed), so
+    # a run does not pay for its predecessor's writeback and discards.
+    sync
     t0=$(date +%s%N)
     if ! "${base}_run" "$img" >>"$log" 2>&1; then
       note "${TOOL_LABEL[$base]}: run $RUN FAILED; its log:"; tail -n 15 "$log" | sed 's/^/      /'
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$img" "$phase" "$tool" "$RUN" FAIL NA >>"$RESULTS"
-      if has_fn "${base}_cleanup"; then "${base}_cleanup" "$img" >>"$log" 2>&1 || true; fi
+      run_cleanup "$img" "$base" "$log"
       return 0
     fi
     t1=$(date +%s%N)
     if [[ $RUN == 1 ]] && has_fn "${base}_check" && ! "${base}_check" "$img" >>"$log" 2>&1; then
       note "${TOOL_LABEL[$base]}: output check FAILED:"; tail -n 5 "$log" | sed 's/^/      /'
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$img" "$phase" "$tool" "$RUN" FAIL NA >>"$RESULTS"
+      run_cleanup "$img" "$base" "$log"
       return 0
     fi
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
     rss=$(grep -E '^[0-9]+$' "$RSS_FILE" | sort -n | tail -n 1)
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$img" "$phase" "$tool" "$RUN" "$secs" "${rss:-NA}" >>"$RESULTS"
     times+=("$secs")
-    if has_fn "${base}_cleanup"; then "${base}_cleanup" "$img" >>"$log" 2>&1 || true; fi
+    run_cleanup "$img" "$base" "$log"
   done
   note "$(printf '%-32s %s s' "${TOOL_LABEL[$base]}" "${times[*]}")"
 }
@@ -340,7 +371,6 @@ measure() {
 # ------------------------------------------------------------------ main
 
 start_registry
-cvmd_args
 echo "== registry at $REG (storage $CACHE/registry)"
 for img in "${SELECTED[@]}"; do ensure_image "$img"; done
 start_containerd
@@ -355,7 +385,7 @@ for img in "${SELECTED[@]}"; do
     echo " -- $phase"
     for tool in ${PHASE_TOOLS[$phase]}; do measure "$img" "$phase" "$tool"; done
   done
-  stop_containerd && start_containerd
+  reset_containerd  # frees the disk the last image took
 done
 elapsed=$(( $(date +%s) - started ))
 
