@@ -13,8 +13,8 @@
 # Images and the registry's storage are cached in bench/.cache/ (gitignored).
 # Results: a table on stdout, bench/results/latest.{md,json}.
 #
-# Phases (each run is cold: the tool's cache/store is emptied before it, then
-# `sync` flushes earlier runs' writeback, untimed; the page cache is kept):
+# Phases (each run is cold: the tool starts from an empty cache/store at a new
+# path, after an untimed `sync`; the page cache is kept):
 #   pull    content only: cvmd pull  vs  skopeo copy docker:// -> oci:
 #   unpack  pull + unpack: skopeo copy + umoci unpack  vs  ctr images pull
 #           (private containerd, overlayfs snapshotter)  vs  cvmd rootfs
@@ -158,8 +158,7 @@ stop_containerd() {
 # below): the cold state for ctr.
 CTRD_SEQ=0
 reset_containerd() {
-  stop_containerd
-  rm -rf "$CTRD_DATA"
+  stop_containerd  # its old root stays until the end (see FRESH PATHS)
   CTRD_SEQ=$((CTRD_SEQ + 1)); CTRD_DATA=$CTRD/data-$CTRD_SEQ
   start_containerd
 }
@@ -205,11 +204,13 @@ PY
 # reference in the bench registry; R is a directory new to each run, removed
 # (after unmounting what is under it) once the run is done.
 #
-# FRESH PATHS: every run writes under a path never used before. On this
-# machine's ext4 (mounted with `discard`), unpacking a tree at the very path
-# of one just deleted costs ~5x the kernel time (umoci unpack of `big`: 4.5 s
-# of sys time at a new path, 23 s at the deleted one's), which swamped every
-# difference between the tools. Fresh paths keep that artefact out for all.
+# FRESH PATHS, DEFERRED DELETION: every run writes under a path never used
+# before, and nothing a run wrote is deleted before the benchmark ends (the
+# trap removes it all). On this machine's ext4 (mounted with `discard`),
+# creating many files soon after deleting a big tree costs several times the
+# kernel time (umoci unpack of `big`: ~4.5 s of sys time on an undisturbed
+# file system, ~23 s after `rm -rf` of the previous unpack), which swamped
+# the differences between the tools. Needs free disk: ~12 GB for all images.
 
 cvmd_with() {  # cvmd_with CACHE_DIR ARGS...
   local cache=$1; shift
@@ -316,10 +317,9 @@ declare -A TOOL_LABEL=(
 has_fn() { declare -F "$1" >/dev/null; }
 SEQ=0
 
-run_cleanup() {  # the tool's own cleanup, then away with the run's directory
+run_cleanup() {  # the tool's own cleanup and unmounts; R itself stays (see FRESH PATHS)
   if has_fn "${2}_cleanup"; then "${2}_cleanup" "$1" >>"$3" 2>&1 || true; fi
   unmount_under "$R"
-  rm -rf "$R"
 }
 
 # measure IMAGE PHASE TOOL: RUNS cold runs, one results line per run.
@@ -342,8 +342,8 @@ measure() {
     : >"$RSS_FILE"
     SEQ=$((SEQ + 1)); R=$WORK/r$SEQ; mkdir -p "$R"
     if has_fn "${base}_prepare"; then "${base}_prepare" "$img" >>"$log" 2>&1; fi
-    # Write back what earlier runs and their cleanup left dirty (untimed), so
-    # a run does not pay for its predecessor's writeback and discards.
+    # Write back what earlier runs left dirty (untimed), so a run does not
+    # pay for its predecessor's writeback.
     sync
     t0=$(date +%s%N)
     if ! "${base}_run" "$img" >>"$log" 2>&1; then
@@ -385,7 +385,7 @@ for img in "${SELECTED[@]}"; do
     echo " -- $phase"
     for tool in ${PHASE_TOOLS[$phase]}; do measure "$img" "$phase" "$tool"; done
   done
-  reset_containerd  # frees the disk the last image took
+  reset_containerd
 done
 elapsed=$(( $(date +%s) - started ))
 
