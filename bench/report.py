@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--cvmd", required=True)
     ap.add_argument("--root", required=True)
     ap.add_argument("--selected", required=True)
+    ap.add_argument("--load", default="")
     a = ap.parse_args()
 
     runs = load(a.results)
@@ -101,6 +102,7 @@ def main():
         "skopeo": sh("skopeo", "--version"),
         "umoci": sh("umoci", "--version"),
         "containerd": sh("containerd", "--version"),
+        "load_average": a.load,
         "runs": a.runs,
         "elapsed_s": a.elapsed,
     }
@@ -137,7 +139,8 @@ def main():
     lines_txt, lines_md = [], []
     lines_md += ["# cvmd benchmark: latest results", "",
                  "Made by `bench/run.sh` on this machine; medians of "
-                 f"{a.runs} cold runs (the tool's cache/store emptied before each run, page cache kept).", ""]
+                 f"{a.runs} cold runs, the tools interleaved (each run starts from an empty cache/store "
+                 "at a new path after an untimed `sync`; page cache kept).", ""]
     lines_md += [f"- {k}: {v}" for k, v in env.items()] + [""]
     lines_md += ["Ratios are cvmd's median time over the peer's: below 1 means cvmd is faster.", ""]
 
@@ -161,7 +164,8 @@ def main():
                 ratio_txt.append(f"{img:<7} {PHASE_TITLES[phase]:<26} {name:<14} {val:>6}")
                 ratio_md.append(f"| {img} | {PHASE_TITLES[phase]} | {name} | {val} |")
     lines_txt += ["", "ratios (time of first / time of second; < 1: first is faster)"] + ratio_txt
-    lines_txt += ["", f"{a.runs} cold runs each; whole run took {a.elapsed} s; "
+    lines_txt += ["", f"load average {a.load}",
+                  f"{a.runs} cold runs each; whole run took {a.elapsed} s; "
                   f"results in {os.path.relpath(a.out, os.getcwd())}/latest.md and latest.json"]
 
     lines_md += ratio_md

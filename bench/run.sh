@@ -62,7 +62,7 @@ if [[ $BUILD == 1 ]]; then
   echo "== cargo build --release"
   (cd "$ROOT" && cargo build --release --locked --bins 2>&1 | tail -n 2)
 fi
-CVMD=$ROOT/target/release/cvmd
+CVMD=${CVMD_BIN:-$ROOT/target/release/cvmd}  # CVMD_BIN: try another build
 [[ -x $CVMD ]] || { echo "no $CVMD: build it first" >&2; exit 2; }
 
 mkdir -p "$CACHE/images" "$CACHE/registry"
@@ -322,50 +322,60 @@ run_cleanup() {  # the tool's own cleanup and unmounts; R itself stays (see FRES
   unmount_under "$R"
 }
 
-# measure IMAGE PHASE TOOL: RUNS cold runs, one results line per run.
-measure() {
-  local img=$1 phase=$2 tool=$3 base=${2}_${3} t0 t1 secs rss log
-  if has_fn "${base}_available" && ! "${base}_available"; then
-    note "$(printf '%-32s not yet available (cvmd rootfs --help fails); skipped' "${TOOL_LABEL[$base]}")"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$img" "$phase" "$tool" 0 NA NA >>"$RESULTS"
-    return 0
-  fi
-  if has_fn "${base}_setup" && ! "${base}_setup" "$img"; then
-    note "${TOOL_LABEL[$base]}: setup failed (logs in $WORK/logs, kept only during the run)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$img" "$phase" "$tool" 0 FAIL NA >>"$RESULTS"
-    return 0
-  fi
-  local times=()
-  for RUN in $(seq "$RUNS"); do
-    log=$WORK/logs/$img-$base-$RUN.log
-    RSS_FILE=$WORK/rss
-    : >"$RSS_FILE"
-    SEQ=$((SEQ + 1)); R=$WORK/r$SEQ; mkdir -p "$R"
-    if has_fn "${base}_prepare"; then "${base}_prepare" "$img" >>"$log" 2>&1; fi
-    # Write back what earlier runs left dirty (untimed), so a run does not
-    # pay for its predecessor's writeback.
-    sync
-    t0=$(date +%s%N)
-    if ! "${base}_run" "$img" >>"$log" 2>&1; then
-      note "${TOOL_LABEL[$base]}: run $RUN FAILED; its log:"; tail -n 15 "$log" | sed 's/^/      /'
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$img" "$phase" "$tool" "$RUN" FAIL NA >>"$RESULTS"
-      run_cleanup "$img" "$base" "$log"
-      return 0
+# measure_phase IMAGE PHASE: RUNS cold runs of each of the phase's tools,
+# interleaved (A B C A B C ...) so that a change in the machine's background
+# load hits every tool alike. One results line per run.
+result() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+measure_phase() {
+  local img=$1 phase=$2 tool base t0 t1 secs rss log
+  local -A TIMES=() DEAD=()
+  local tools=()
+  for tool in ${PHASE_TOOLS[$phase]}; do
+    base=${phase}_${tool}
+    if has_fn "${base}_available" && ! "${base}_available"; then
+      note "$(printf '%-32s not yet available (cvmd rootfs --help fails); skipped' "${TOOL_LABEL[$base]}")"
+      result "$img" "$phase" "$tool" 0 NA NA
+    elif has_fn "${base}_setup" && ! "${base}_setup" "$img"; then
+      note "${TOOL_LABEL[$base]}: setup failed; skipped"
+      result "$img" "$phase" "$tool" 0 FAIL NA
+    else
+      tools+=("$tool")
     fi
-    t1=$(date +%s%N)
-    if [[ $RUN == 1 ]] && has_fn "${base}_check" && ! "${base}_check" "$img" >>"$log" 2>&1; then
-      note "${TOOL_LABEL[$base]}: output check FAILED:"; tail -n 5 "$log" | sed 's/^/      /'
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$img" "$phase" "$tool" "$RUN" FAIL NA >>"$RESULTS"
-      run_cleanup "$img" "$base" "$log"
-      return 0
-    fi
-    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
-    rss=$(grep -E '^[0-9]+$' "$RSS_FILE" | sort -n | tail -n 1)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$img" "$phase" "$tool" "$RUN" "$secs" "${rss:-NA}" >>"$RESULTS"
-    times+=("$secs")
-    run_cleanup "$img" "$base" "$log"
   done
-  note "$(printf '%-32s %s s' "${TOOL_LABEL[$base]}" "${times[*]}")"
+  for RUN in $(seq "$RUNS"); do
+    for tool in "${tools[@]}"; do
+      [[ -z ${DEAD[$tool]:-} ]] || continue
+      base=${phase}_${tool}
+      log=$WORK/logs/$img-$base-$RUN.log
+      RSS_FILE=$WORK/rss
+      : >"$RSS_FILE"
+      SEQ=$((SEQ + 1)); R=$WORK/r$SEQ; mkdir -p "$R"
+      if has_fn "${base}_prepare"; then "${base}_prepare" "$img" >>"$log" 2>&1; fi
+      # Write back what earlier runs left dirty (untimed), so a run does not
+      # pay for its predecessor's writeback.
+      sync
+      t0=$(date +%s%N)
+      if ! "${base}_run" "$img" >>"$log" 2>&1; then
+        note "${TOOL_LABEL[$base]}: run $RUN FAILED; its log:"; tail -n 15 "$log" | sed 's/^/      /'
+        result "$img" "$phase" "$tool" "$RUN" FAIL NA
+        DEAD[$tool]=1; run_cleanup "$img" "$base" "$log"; continue
+      fi
+      t1=$(date +%s%N)
+      if [[ $RUN == 1 ]] && has_fn "${base}_check" && ! "${base}_check" "$img" >>"$log" 2>&1; then
+        note "${TOOL_LABEL[$base]}: output check FAILED:"; tail -n 5 "$log" | sed 's/^/      /'
+        result "$img" "$phase" "$tool" "$RUN" FAIL NA
+        DEAD[$tool]=1; run_cleanup "$img" "$base" "$log"; continue
+      fi
+      secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
+      rss=$(grep -E '^[0-9]+$' "$RSS_FILE" | sort -n | tail -n 1)
+      result "$img" "$phase" "$tool" "$RUN" "$secs" "${rss:-NA}"
+      TIMES[$tool]+="$secs "
+      run_cleanup "$img" "$base" "$log"
+    done
+  done
+  for tool in "${tools[@]}"; do
+    [[ -n ${DEAD[$tool]:-} ]] || note "$(printf '%-32s %s s' "${TOOL_LABEL[${phase}_${tool}]}" "${TIMES[$tool]% }")"
+  done
 }
 
 # ------------------------------------------------------------------ main
@@ -376,6 +386,7 @@ for img in "${SELECTED[@]}"; do ensure_image "$img"; done
 start_containerd
 
 started=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 for img in "${SELECTED[@]}"; do
   REF=$REG/bench/$img:latest
   echo "== $img: $(stat_of "$img" layers) layers, $(stat_of "$img" files) files," \
@@ -383,12 +394,14 @@ for img in "${SELECTED[@]}"; do
     "$(( $(stat_of "$img" compressed_bytes) / 1000000 )) MB gzip; $RUNS cold runs each"
   for phase in "${PHASES[@]}"; do
     echo " -- $phase"
-    for tool in ${PHASE_TOOLS[$phase]}; do measure "$img" "$phase" "$tool"; done
+    measure_phase "$img" "$phase"
   done
   reset_containerd
 done
 elapsed=$(( $(date +%s) - started ))
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 mkdir -p "$BENCH/results"
 python3 "$BENCH/report.py" --results "$RESULTS" --images "$CACHE/images" --out "$BENCH/results" \
-  --runs "$RUNS" --elapsed "$elapsed" --cvmd "$CVMD" --root "$ROOT" --selected "${SELECTED[*]}"
+  --runs "$RUNS" --elapsed "$elapsed" --cvmd "$CVMD" --root "$ROOT" --selected "${SELECTED[*]}" \
+  --load "start $load_start, end $load_end (1/5/15 min; 2 cores)"
