@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# cvmd benchmark: cvmd side by side with its peers (skopeo, umoci, containerd)
+# on images built on the spot, served by a private docker-registry.
+#
+#   bench/run.sh                 # small, medium and big images, 3 runs each
+#   bench/run.sh --quick         # small + medium only
+#   bench/run.sh --image big     # one image (repeatable)
+#   bench/run.sh --runs 5        # more runs (median is reported)
+#   bench/run.sh --no-build      # use target/release/cvmd as it is
+#
+# Needs root (umoci unpack as root, containerd, overlay mounts) and Debian's
+# docker-registry, skopeo, umoci, containerd, time, python3.
+# Images and the registry's storage are cached in bench/.cache/ (gitignored).
+# Results: a table on stdout, bench/results/latest.{md,json}.
+#
+# Phases (each run is cold: the tool starts from an empty cache/store at a new
+# path, after an untimed `sync`; the page cache is kept):
+#   pull    content only: cvmd pull  vs  skopeo copy docker:// -> oci:
+#   unpack  pull + unpack: skopeo copy + umoci unpack  vs  ctr images pull
+#           (private containerd, overlayfs snapshotter)  vs  cvmd rootfs
+#   warm    everything cached, make a rootfs: ctr snapshots prepare of the
+#           image's chain ID + its mount  vs  cvmd rootfs
+#
+# Adding a tool or phase: define PHASE_TOOL_run (timed; wrap each process in
+# `timed` so its peak RSS is kept), and optionally PHASE_TOOL_available
+# (non-zero: skipped with a note), _setup (once per image, untimed),
+# _prepare (before each run, untimed), _check (after the first run, untimed),
+# _cleanup (after each run, untimed); then list TOOL in PHASE_TOOLS[PHASE].
+set -euo pipefail
+
+BENCH=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$BENCH")
+CACHE=$BENCH/.cache
+RUNS=3
+BUILD=1
+SELECTED=()
+ALL_IMAGES=(small medium big)
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --quick) SELECTED=(small medium) ;;
+    --image) SELECTED+=("$2"); shift ;;
+    --runs) RUNS=$2; shift ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) usage 0 ;;
+    *) echo "unknown argument: $1" >&2; usage 2 ;;
+  esac
+  shift
+done
+[[ ${#SELECTED[@]} -gt 0 ]] || SELECTED=("${ALL_IMAGES[@]}")
+for img in "${SELECTED[@]}"; do
+  [[ " ${ALL_IMAGES[*]} " == *" $img "* ]] || { echo "unknown image: $img (known: ${ALL_IMAGES[*]})" >&2; exit 2; }
+done
+[[ $(id -u) == 0 ]] || { echo "bench/run.sh needs root (umoci unpack, containerd, mounts)" >&2; exit 2; }
+for tool in docker-registry skopeo umoci containerd ctr python3 curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install docker-registry skopeo umoci containerd time python3 curl)" >&2; exit 2; }
+done
+[[ -x /usr/bin/time ]] || { echo "missing GNU time (apt-get install time)" >&2; exit 2; }
+
+if [[ $BUILD == 1 ]]; then
+  echo "== cargo build --release"
+  (cd "$ROOT" && cargo build --release --locked --bins 2>&1 | tail -n 2)
+fi
+CVMD=${CVMD_BIN:-$ROOT/target/release/cvmd}  # CVMD_BIN: try another build
+[[ -x $CVMD ]] || { echo "no $CVMD: build it first" >&2; exit 2; }
+
+mkdir -p "$CACHE/images" "$CACHE/registry"
+WORK=$(mktemp -d "$CACHE/work.XXXXXX")
+mkdir -p "$WORK/tmp" "$WORK/logs"
+export TMPDIR=$WORK/tmp        # nothing goes to /tmp
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+REG_PID=
+CTRD_PID=
+
+# ---------------------------------------------------------------- plumbing
+
+unmount_under() {  # every mount under $1, deepest first
+  local dir=$1 m
+  for m in $(awk -v d="$dir/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r); do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done
+}
+
+cleanup() {
+  set +e
+  stop_containerd
+  if [[ -n $REG_PID ]]; then kill "$REG_PID" 2>/dev/null; wait "$REG_PID" 2>/dev/null; fi
+  unmount_under "$WORK"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+note() { printf '   %s\n' "$*"; }
+
+# timed CMD...: runs CMD with GNU time, appending its peak RSS (KiB) to $RSS_FILE.
+timed() { /usr/bin/time -f %M -a -o "$RSS_FILE" "$@"; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_registry() {
+  local port; port=$(free_port)
+  REG=127.0.0.1:$port
+  cat >"$WORK/registry.yml" <<YML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $CACHE/registry}}
+http: {addr: $REG}
+YML
+  docker-registry serve "$WORK/registry.yml" >"$WORK/logs/registry.log" 2>&1 &
+  REG_PID=$!
+  for _ in $(seq 100); do curl -fs "http://$REG/v2/" >/dev/null && return 0; sleep 0.1; done
+  echo "docker-registry did not start:" >&2; cat "$WORK/logs/registry.log" >&2; exit 1
+}
+
+CTRD=$WORK/containerd
+SOCK=$CTRD/c.sock
+CTR=(ctr --address "$SOCK" -n bench)
+
+CTRD_DATA=$CTRD/data-0
+start_containerd() {
+  mkdir -p "$CTRD_DATA/root" "$CTRD_DATA/state"
+  cat >"$CTRD/config.toml" <<TOML
+version = 2
+root = "$CTRD_DATA/root"
+state = "$CTRD_DATA/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+[debug]
+  address = ""
+  level = "warn"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$CTRD_DATA/opt"
+TOML
+  containerd --config "$CTRD/config.toml" >>"$WORK/logs/containerd.log" 2>&1 &
+  CTRD_PID=$!
+  for _ in $(seq 100); do ctr --address "$SOCK" version >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "containerd did not start:" >&2; tail "$WORK/logs/containerd.log" >&2; exit 1
+}
+
+stop_containerd() {
+  if [[ -n $CTRD_PID ]]; then
+    kill "$CTRD_PID" 2>/dev/null
+    wait "$CTRD_PID" 2>/dev/null
+    CTRD_PID=
+  fi
+  unmount_under "$CTRD"
+}
+
+# A fresh containerd with an empty root (at a new path, see FRESH PATHS
+# below): the cold state for ctr.
+CTRD_SEQ=0
+reset_containerd() {
+  stop_containerd  # its old root stays until the end (see FRESH PATHS)
+  CTRD_SEQ=$((CTRD_SEQ + 1)); CTRD_DATA=$CTRD/data-$CTRD_SEQ
+  start_containerd
+}
+
+# --------------------------------------------------------------- images
+
+# Builds (once; cached by generator stamp) and pushes (once; the registry's
+# storage is cached too) bench/NAME:latest.
+ensure_image() {
+  local img=$1 dir=$CACHE/images/$1 stamp digest have
+  stamp=$(python3 "$BENCH/gen_image.py" --stamp "$img")
+  if [[ ! -f $dir/.stamp || $(cat "$dir/.stamp") != "$stamp" ]]; then
+    echo "== generating image $img (once, cached in bench/.cache)"
+    rm -rf "$dir" "$dir.tmp"
+    python3 "$BENCH/gen_image.py" "$img" "$dir.tmp" >/dev/null
+    echo "$stamp" >"$dir.tmp/.stamp"
+    mv "$dir.tmp" "$dir"
+  fi
+  digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifest"])' "$dir/bench-stats.json")
+  have=$(curl -fsI -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    "http://$REG/v2/bench/$img/manifests/latest" 2>/dev/null | tr -d '\r' |
+    awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}' || true)
+  if [[ $have != "$digest" ]]; then
+    echo "== pushing $img to the bench registry (once, cached in bench/.cache)"
+    skopeo copy -q --dest-tls-verify=false "oci:$dir:latest" "docker://$REG/bench/$img:latest"
+  fi
+}
+
+stat_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$CACHE/images/$1/bench-stats.json" "$2"; }
+layer_digests() {
+  python3 - "$CACHE/images/$1" <<'PY'
+import json, sys, os
+d = sys.argv[1]
+m = json.load(open(os.path.join(d, "index.json")))["manifests"][0]["digest"].split(":")[1]
+man = json.load(open(os.path.join(d, "blobs/sha256", m)))
+for l in [man["config"]] + man["layers"]:
+    print(l["digest"].split(":")[1])
+PY
+}
+
+# ------------------------------------------------------ tools per phase
+# Each PHASE_TOOL_* function gets the image name as $1. REF is the image's
+# reference in the bench registry; R is a directory new to each run, removed
+# (after unmounting what is under it) once the run is done.
+#
+# FRESH PATHS, DEFERRED DELETION: every run writes under a path never used
+# before, and nothing a run wrote is deleted before the benchmark ends (the
+# trap removes it all). On this machine's ext4 (mounted with `discard`),
+# creating many files soon after deleting a big tree costs several times the
+# kernel time (umoci unpack of `big`: ~4.5 s of sys time on an undisturbed
+# file system, ~23 s after `rm -rf` of the previous unpack), which swamped
+# the differences between the tools. Needs free disk: ~12 GB for all images.
+
+cvmd_with() {  # cvmd_with CACHE_DIR ARGS...
+  local cache=$1; shift
+  "$CVMD" --cache-dir "$cache" --state-dir "$cache.state" --insecure-registries "$REG" \
+    --log-level warn --log-format text "$@"
+}
+timed_cvmd() {  # like cvmd_with, but timed (GNU time needs a program, not a function)
+  local cache=$1; shift
+  timed "$CVMD" --cache-dir "$cache" --state-dir "$cache.state" --insecure-registries "$REG" \
+    --log-level warn --log-format text "$@"
+}
+cvmd_has_rootfs() { "$CVMD" rootfs --help >/dev/null 2>&1; }
+umount_if_mounted() { while mountpoint -q "$1" 2>/dev/null; do umount "$1" || return 1; done; }
+have_blobs() {  # have_blobs IMAGE DIR: every blob of IMAGE is DIR/<hex>
+  local d
+  for d in $(layer_digests "$1"); do
+    [[ -f $2/$d ]] || { echo "blob $d missing from $2" >&2; return 1; }
+  done
+}
+
+# --- pull: content only
+pull_cvmd_run() { timed_cvmd "$R/cvmd-cache" pull "$REF"; }
+pull_cvmd_check() { have_blobs "$1" "$R/cvmd-cache/blobs/sha256"; }
+
+pull_skopeo_run() { timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$R/oci:latest"; }
+pull_skopeo_check() { have_blobs "$1" "$R/oci/blobs/sha256"; }
+
+# --- unpack: pull + unpack, cold
+unpack_umoci_run() {
+  timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$R/oci:latest" &&
+    timed umoci unpack --image "$R/oci:latest" "$R/bundle"
+}
+unpack_umoci_check() { [[ -d $R/bundle/rootfs/usr ]] || { echo "umoci: no rootfs/usr" >&2; return 1; }; }
+
+unpack_ctr_prepare() { reset_containerd; }
+unpack_ctr_run() {
+  timed "${CTR[@]}" images pull --plain-http "$REF" || return 1
+  # The work happens in the daemon (fresh for this run): keep its peak RSS.
+  awk '/^VmHWM:/ {print $2}' "/proc/$CTRD_PID/status" >>"$RSS_FILE"
+}
+unpack_ctr_check() {
+  local want n; want=$(stat_of "$1" layers)
+  n=$("${CTR[@]}" snapshots ls | tail -n +2 | grep -c Committed || true)
+  [[ $n == "$want" ]] || { echo "ctr: $n committed snapshots, want $want" >&2; return 1; }
+}
+
+unpack_cvmd_available() { cvmd_has_rootfs; }
+unpack_cvmd_prepare() { mkdir -p "$R/rootfs"; }
+unpack_cvmd_run() { timed_cvmd "$R/cvmd-cache" rootfs "$REF" "$R/rootfs"; }
+unpack_cvmd_check() { [[ -d $R/rootfs/usr ]] || { echo "cvmd rootfs: no usr/ in the rootfs" >&2; return 1; }; }
+unpack_cvmd_cleanup() { umount_if_mounted "$R/rootfs"; }
+
+# --- warm: everything cached, assemble a rootfs (with its mount)
+warm_ctr_setup() {
+  # The image pulled and unpacked, untimed: the unpack phase's last run left
+  # it in the running containerd, else pull it now.
+  if ! "${CTR[@]}" images ls -q 2>/dev/null | grep -qxF "$REF"; then
+    reset_containerd
+    "${CTR[@]}" images pull --plain-http "$REF" >"$WORK/logs/$1-warm-ctr-setup.log" 2>&1 || return 1
+  fi
+  CHAIN=$(stat_of "$1" chain_id)
+}
+warm_ctr_prepare() { mkdir -p "$R/mnt"; }
+warm_ctr_run() {
+  local cmd
+  cmd=$(timed "${CTR[@]}" snapshots prepare --target "$R/mnt" "bench-rootfs-$SEQ" "$CHAIN") || return 1
+  timed sh -c "$cmd"
+}
+warm_ctr_check() { [[ -d $R/mnt/usr ]] || { echo "ctr: mounted snapshot has no usr/" >&2; return 1; }; }
+warm_ctr_cleanup() { umount_if_mounted "$R/mnt"; "${CTR[@]}" snapshots rm "bench-rootfs-$SEQ" >/dev/null 2>&1 || true; }
+
+warm_cvmd_available() { cvmd_has_rootfs; }
+warm_cvmd_setup() {
+  WARM_CACHE=$WORK/cvmd-warm-$1
+  mkdir -p "$WORK/cvmd-warm-rootfs"
+  cvmd_with "$WARM_CACHE" rootfs "$REF" "$WORK/cvmd-warm-rootfs" >"$WORK/logs/$1-warm-cvmd-setup.log" 2>&1
+  local rc=$?
+  umount_if_mounted "$WORK/cvmd-warm-rootfs"
+  return $rc
+}
+warm_cvmd_prepare() { mkdir -p "$R/rootfs"; }
+warm_cvmd_run() { timed_cvmd "$WARM_CACHE" rootfs "$REF" "$R/rootfs"; }
+warm_cvmd_check() { unpack_cvmd_check "$@"; }
+warm_cvmd_cleanup() { unpack_cvmd_cleanup; }
+
+PHASES=(pull unpack warm)
+declare -A PHASE_TOOLS=(
+  [pull]="cvmd skopeo"
+  [unpack]="umoci ctr cvmd"
+  [warm]="ctr cvmd"
+)
+declare -A TOOL_LABEL=(
+  [pull_cvmd]="cvmd pull"
+  [pull_skopeo]="skopeo copy"
+  [unpack_umoci]="skopeo copy + umoci unpack"
+  [unpack_ctr]="ctr images pull (containerd)"
+  [unpack_cvmd]="cvmd rootfs (cold)"
+  [warm_ctr]="ctr snapshots prepare + mount"
+  [warm_cvmd]="cvmd rootfs (warm)"
+)
+
+# ------------------------------------------------------------- measuring
+
+has_fn() { declare -F "$1" >/dev/null; }
+SEQ=0
+
+run_cleanup() {  # the tool's own cleanup and unmounts; R itself stays (see FRESH PATHS)
+  if has_fn "${2}_cleanup"; then "${2}_cleanup" "$1" >>"$3" 2>&1 || true; fi
+  unmount_under "$R"
+}
+
+# measure_phase IMAGE PHASE: RUNS cold runs of each of the phase's tools,
+# interleaved (A B C A B C ...) so that a change in the machine's background
+# load hits every tool alike. One results line per run.
+result() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+measure_phase() {
+  local img=$1 phase=$2 tool base t0 t1 secs rss log
+  local -A TIMES=() DEAD=()
+  local tools=()
+  for tool in ${PHASE_TOOLS[$phase]}; do
+    base=${phase}_${tool}
+    if has_fn "${base}_available" && ! "${base}_available"; then
+      note "$(printf '%-32s not yet available (cvmd rootfs --help fails); skipped' "${TOOL_LABEL[$base]}")"
+      result "$img" "$phase" "$tool" 0 NA NA
+    elif has_fn "${base}_setup" && ! "${base}_setup" "$img"; then
+      note "${TOOL_LABEL[$base]}: setup failed; skipped"
+      result "$img" "$phase" "$tool" 0 FAIL NA
+    else
+      tools+=("$tool")
+    fi
+  done
+  for RUN in $(seq "$RUNS"); do
+    for tool in "${tools[@]}"; do
+      [[ -z ${DEAD[$tool]:-} ]] || continue
+      base=${phase}_${tool}
+      log=$WORK/logs/$img-$base-$RUN.log
+      RSS_FILE=$WORK/rss
+      : >"$RSS_FILE"
+      SEQ=$((SEQ + 1)); R=$WORK/r$SEQ; mkdir -p "$R"
+      if has_fn "${base}_prepare"; then "${base}_prepare" "$img" >>"$log" 2>&1; fi
+      # Write back what earlier runs left dirty (untimed), so a run does not
+      # pay for its predecessor's writeback.
+      sync
+      t0=$(date +%s%N)
+      if ! "${base}_run" "$img" >>"$log" 2>&1; then
+        note "${TOOL_LABEL[$base]}: run $RUN FAILED; its log:"; tail -n 15 "$log" | sed 's/^/      /'
+        result "$img" "$phase" "$tool" "$RUN" FAIL NA
+        DEAD[$tool]=1; run_cleanup "$img" "$base" "$log"; continue
+      fi
+      t1=$(date +%s%N)
+      if [[ $RUN == 1 ]] && has_fn "${base}_check" && ! "${base}_check" "$img" >>"$log" 2>&1; then
+        note "${TOOL_LABEL[$base]}: output check FAILED:"; tail -n 5 "$log" | sed 's/^/      /'
+        result "$img" "$phase" "$tool" "$RUN" FAIL NA
+        DEAD[$tool]=1; run_cleanup "$img" "$base" "$log"; continue
+      fi
+      secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
+      rss=$(grep -E '^[0-9]+$' "$RSS_FILE" | sort -n | tail -n 1)
+      result "$img" "$phase" "$tool" "$RUN" "$secs" "${rss:-NA}"
+      TIMES[$tool]+="$secs "
+      run_cleanup "$img" "$base" "$log"
+    done
+  done
+  for tool in "${tools[@]}"; do
+    [[ -n ${DEAD[$tool]:-} ]] || note "$(printf '%-32s %s s' "${TOOL_LABEL[${phase}_${tool}]}" "${TIMES[$tool]% }")"
+  done
+}
+
+# ------------------------------------------------------------------ main
+
+start_registry
+echo "== registry at $REG (storage $CACHE/registry)"
+for img in "${SELECTED[@]}"; do ensure_image "$img"; done
+start_containerd
+
+started=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+for img in "${SELECTED[@]}"; do
+  REF=$REG/bench/$img:latest
+  echo "== $img: $(stat_of "$img" layers) layers, $(stat_of "$img" files) files," \
+    "$(( $(stat_of "$img" uncompressed_bytes) / 1000000 )) MB unpacked," \
+    "$(( $(stat_of "$img" compressed_bytes) / 1000000 )) MB gzip; $RUNS cold runs each"
+  for phase in "${PHASES[@]}"; do
+    echo " -- $phase"
+    measure_phase "$img" "$phase"
+  done
+  reset_containerd
+done
+elapsed=$(( $(date +%s) - started ))
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+mkdir -p "$BENCH/results"
+python3 "$BENCH/report.py" --results "$RESULTS" --images "$CACHE/images" --out "$BENCH/results" \
+  --runs "$RUNS" --elapsed "$elapsed" --cvmd "$CVMD" --root "$ROOT" --selected "${SELECTED[*]}" \
+  --load "start $load_start, end $load_end (1/5/15 min; 2 cores)"
