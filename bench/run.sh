@@ -15,7 +15,8 @@
 #
 # Phases (each run is cold: the tool starts from an empty cache/store at a new
 # path, after an untimed `sync`; the page cache is kept):
-#   pull    content only: cvmd pull  vs  skopeo copy docker:// -> oci:
+#   pull    cvmd pull (downloads and unpacks into its layer cache: it has no
+#           content-only mode)  vs  skopeo copy docker:// -> oci: (content only)
 #   unpack  pull + unpack: skopeo copy + umoci unpack  vs  ctr images pull
 #           (private containerd, overlayfs snapshotter)  vs  cvmd rootfs
 #   warm    everything cached, make a rootfs: ctr snapshots prepare of the
@@ -303,7 +304,7 @@ declare -A PHASE_TOOLS=(
   [warm]="ctr cvmd"
 )
 declare -A TOOL_LABEL=(
-  [pull_cvmd]="cvmd pull"
+  [pull_cvmd]="cvmd pull (also unpacks)"
   [pull_skopeo]="skopeo copy"
   [unpack_umoci]="skopeo copy + umoci unpack"
   [unpack_ctr]="ctr images pull (containerd)"
