@@ -169,6 +169,12 @@ struct Call {
 
 impl Call {
     fn failed(&self, exit: Exit, message: String) -> RuntimeError {
+        // runc wraps its reason as "runc create failed: ..."; we say that already.
+        let ours = format!(" {} failed: ", self.verb);
+        let message = match message.split_once(&ours) {
+            Some((who, rest)) if !who.contains(' ') && !rest.is_empty() => rest.to_string(),
+            _ => message,
+        };
         RuntimeError::Failed {
             runtime: self.runtime.clone(),
             verb: self.verb,

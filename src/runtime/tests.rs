@@ -321,3 +321,15 @@ fn state_parses_stopped_and_unknown() {
     assert_eq!(s.status, Status::Other("weird".into()));
     assert_eq!(s.pid, 0);
 }
+
+#[tokio::test]
+async fn runtimes_own_prefix_is_not_repeated() {
+    let f = fixture();
+    std::fs::write(
+        f.dir.join("fail"),
+        "{\"level\":\"error\",\"msg\":\"fake-runc start failed: boom\"}\n",
+    )
+    .unwrap();
+    let err = f.rt.start("ws1").await.unwrap_err();
+    assert_eq!(err.to_string(), "fake-runc start ws1 failed: boom");
+}
