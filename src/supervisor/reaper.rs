@@ -291,7 +291,8 @@ impl Reaper {
 
     /// Spawns `cmd` and subscribes to its exit before the reap loop can see
     /// it: the loop reaps under the same lock that is held from fork to
-    /// registration.
+    /// registration. The lock also covers std's own `waitpid(pid)` on a
+    /// child whose exec failed, which would panic if the loop took it first.
     pub fn spawn(&self, mut cmd: Command) -> Result<Spawned, ReaperError> {
         let mut table = self.lock();
         let mut child = cmd.spawn().map_err(|source| ReaperError::Spawn {
