@@ -9,5 +9,7 @@ pub mod progress;
 pub mod pull;
 pub mod registry;
 pub mod rootfs;
+pub mod runtime;
 pub mod store;
+pub mod supervisor;
 pub mod unpack;
