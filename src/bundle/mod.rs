@@ -29,7 +29,9 @@ pub use error::BundleError;
 pub use init::{detect_init, InitVerdict, NoInit, INIT_PATH};
 pub use limits::{outer_limits, parse_cpus, read_limits, Limits};
 pub use mounts::{choose_lib_dir, parse_mount, parse_mounts, Device, UserMount};
-pub use process::{parse_signal, passthrough_env, ImageRun, Overrides, ProcessPlan};
+pub use process::{
+    parse_signal, passthrough_env, sysbox_accepts, ImageRun, Overrides, ProcessPlan, SYSBOX_KNOBS,
+};
 pub use spec::{build_spec, validate_idmap, HostFiles, SpecInput};
 pub use user::{resolve_user, ResolvedUser};
 

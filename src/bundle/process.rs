@@ -133,6 +133,13 @@ pub fn plan(
         set("container", "oci");
     }
     let mut env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if flavor == RuntimeFlavor::Sysbox {
+        let dropped = drop_bad_sysbox_env(&mut env);
+        if !dropped.is_empty() {
+            tracing::warn!(image = image_name, dropped = ?dropped,
+                "dropping SYSBOX_* variables sysbox-runc would refuse (it knows {:?})", SYSBOX_KNOBS);
+        }
+    }
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
@@ -167,6 +174,47 @@ pub fn plan(
         user,
         stop_signal,
     })
+}
+
+/// The per-container knobs sysbox-runc accepts as `SYSBOX_*` variables
+/// (sysbox-runc `getSysboxEnvVarConfigs`, v0.6-0.7); any other `SYSBOX_*`
+/// name, a boolean knob not `TRUE`/`FALSE`, or a value holding `=` makes
+/// it refuse the container. `true` marks the boolean ones.
+pub const SYSBOX_KNOBS: &[(&str, bool)] = &[
+    ("SYSBOX_IGNORE_SYSFS_CHOWN", true),
+    ("SYSBOX_ALLOW_TRUSTED_XATTR", true),
+    ("SYSBOX_HONOR_CAPS", true),
+    ("SYSBOX_SYSCONT_MODE", true),
+    ("SYSBOX_SKIP_UID_SHIFT", false),
+];
+
+/// Whether sysbox-runc accepts this `NAME=VALUE` entry.
+pub fn sysbox_accepts(entry: &str) -> bool {
+    if !entry.starts_with("SYSBOX_") {
+        return true;
+    }
+    let Some((name, value)) = entry.split_once('=') else {
+        return false;
+    };
+    match SYSBOX_KNOBS.iter().find(|(k, _)| *k == name) {
+        None => false,
+        Some(_) if value.contains('=') => false,
+        Some((_, true)) => value == "TRUE" || value == "FALSE",
+        Some((_, false)) => true,
+    }
+}
+
+/// Removes the entries sysbox-runc would refuse; returns their names.
+pub fn drop_bad_sysbox_env(env: &mut Vec<String>) -> Vec<String> {
+    let mut dropped = Vec::new();
+    env.retain(|e| {
+        let ok = sysbox_accepts(e);
+        if !ok {
+            dropped.push(e.split('=').next().unwrap_or(e).to_string());
+        }
+        ok
+    });
+    dropped
 }
 
 /// A signal by name (`SIGTERM`, `TERM`, `SIGRTMIN+3`, `RTMAX-1`, any case)
@@ -325,6 +373,48 @@ mod tests {
         assert!(p.env[0].starts_with("PATH=/usr/local/sbin"));
         let e = go(&img, &Overrides::default(), false, false).unwrap_err();
         assert!(e.to_string().contains("nothing to run"), "{e}");
+    }
+
+    #[test]
+    fn sysbox_env_knobs() {
+        let mut env: Vec<String> = [
+            "SYSBOX_HONOR_CAPS=TRUE",
+            "SYSBOX_HONOR_CAPS=yes",
+            "SYSBOX_FOO=1",
+            "SYSBOX_SKIP_UID_SHIFT=/a,/b",
+            "SYSBOX_SKIP_UID_SHIFT=a=b",
+            "A=SYSBOX_X",
+        ]
+        .map(String::from)
+        .to_vec();
+        let dropped = drop_bad_sysbox_env(&mut env);
+        assert_eq!(
+            env,
+            vec![
+                "SYSBOX_HONOR_CAPS=TRUE",
+                "SYSBOX_SKIP_UID_SHIFT=/a,/b",
+                "A=SYSBOX_X"
+            ]
+        );
+        assert_eq!(dropped.len(), 3);
+        let img = ImageRun {
+            env: vec!["SYSBOX_BAD=1".into()],
+            ..image()
+        };
+        let p = plan(
+            "i",
+            &img,
+            &Overrides::default(),
+            RuntimeFlavor::Sysbox,
+            false,
+            true,
+            bob(),
+            &[],
+        )
+        .unwrap();
+        assert!(!p.env.iter().any(|e| e.starts_with("SYSBOX_")));
+        let p = go(&img, &Overrides::default(), false, true).unwrap();
+        assert!(p.env.contains(&"SYSBOX_BAD=1".to_string()));
     }
 
     #[test]
