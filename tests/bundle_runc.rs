@@ -170,3 +170,68 @@ fn runc_keepalive_stops_on_sigterm_needs_root() {
     // `trap exit TERM` exits with the interrupted wait's status, 128+15.
     assert_eq!(status.code(), Some(143));
 }
+
+/// Shifts every owner under `dir` by `by` (the rootfs of a mapped container).
+fn chown_tree(dir: &Path, by: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).unwrap();
+    std::os::unix::fs::lchown(dir, Some(meta.uid() + by), Some(meta.gid() + by)).unwrap();
+    if meta.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            chown_tree(&e.unwrap().path(), by);
+        }
+    }
+}
+
+#[test]
+fn runc_runs_a_mapped_bundle_in_a_user_namespace_needs_root() {
+    let Some((runc, busybox)) = tools("runc_runs_a_mapped_bundle_in_a_user_namespace_needs_root")
+    else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    // The mapped root must be able to reach the rootfs.
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let rootfs = t.path().join("rootfs");
+    busybox_rootfs(&rootfs, &busybox);
+    chown_tree(&rootfs, 100000);
+    let mut input = BundleInput::new("test/busybox", &rootfs, RuntimeFlavor::Runc);
+    input.idmap = Some(cvmd::rootfs::IdMap {
+        host_uid: 100000,
+        host_gid: 100000,
+        size: 65536,
+    });
+    input.image_run.cmd = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "id -u; cat /proc/self/uid_map; exit 0".into(),
+    ];
+    let bundle = t.path().join("bundle");
+    write_bundle(&bundle, &input).unwrap();
+    let r = Runc {
+        bin: runc,
+        root: t.path().join("runc-root"),
+        id: format!("cvmd-bundle-{}-c", std::process::id()),
+    };
+    let out = r
+        .cmd()
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(&r.id)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(words, vec!["0", "0", "100000", "65536"], "{stdout}");
+}
