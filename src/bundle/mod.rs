@@ -8,12 +8,14 @@
 //! [`write_bundle`] strings them together.
 
 mod caps;
+mod env;
 mod error;
 mod init;
 mod inroot;
 mod limits;
 mod mounts;
 mod process;
+mod signal;
 mod spec;
 mod user;
 
@@ -25,13 +27,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use caps::{own_bounding_set, parse_capbnd};
+pub use env::{passthrough_env, sysbox_accepts, SYSBOX_KNOBS};
 pub use error::BundleError;
 pub use init::{detect_init, InitVerdict, NoInit, INIT_PATH};
 pub use limits::{outer_limits, parse_cpus, read_limits, Limits};
 pub use mounts::{choose_lib_dir, parse_mount, parse_mounts, Device, UserMount};
-pub use process::{
-    parse_signal, passthrough_env, sysbox_accepts, ImageRun, Overrides, ProcessPlan, SYSBOX_KNOBS,
-};
+pub use process::{ImageRun, Overrides, ProcessPlan};
+pub use signal::{parse_signal, SYSTEMD_STOP_SIGNAL};
 pub use spec::{build_spec, validate_idmap, HostFiles, SpecInput};
 pub use user::{resolve_user, ResolvedUser};
 

@@ -2,17 +2,10 @@
 //! otherwise the image's Entrypoint + Cmd, otherwise a keep-alive shell;
 //! with which environment, working dir, user and stop signal.
 
-use std::collections::BTreeMap;
-
+use super::env::{drop_bad_sysbox_env, SYSBOX_KNOBS};
+use super::signal::{parse_signal, SYSTEMD_STOP_SIGNAL};
 use super::user::ResolvedUser;
 use super::{BundleError, RuntimeFlavor, INIT_PATH};
-
-/// Glibc's SIGRTMIN: the kernel's 32 plus the two glibc keeps for itself.
-/// Docker, sysbox and systemd's documentation all count from here, so
-/// `SIGRTMIN+3` is 37 (systemd's "halt", what `kill 37` sends).
-pub const SIGRTMIN: i32 = 34;
-pub const SIGRTMAX: i32 = 64;
-pub const SYSTEMD_STOP_SIGNAL: i32 = SIGRTMIN + 3;
 
 /// What the image config says about running it (OCI image config `config`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,7 +77,7 @@ pub fn boots_init(ov: &Overrides, init_present: bool) -> bool {
 }
 
 /// Decides args, env, cwd and stop signal. `user` is already resolved
-/// (see [`user_value`]); `passthrough` comes from [`passthrough_env`].
+/// (see [`user_value`]); `passthrough` comes from [`super::passthrough_env`].
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     image_name: &str,
@@ -174,105 +167,6 @@ pub fn plan(
         user,
         stop_signal,
     })
-}
-
-/// The per-container knobs sysbox-runc accepts as `SYSBOX_*` variables
-/// (sysbox-runc `getSysboxEnvVarConfigs`, v0.6-0.7); any other `SYSBOX_*`
-/// name, a boolean knob not `TRUE`/`FALSE`, or a value holding `=` makes
-/// it refuse the container. `true` marks the boolean ones.
-pub const SYSBOX_KNOBS: &[(&str, bool)] = &[
-    ("SYSBOX_IGNORE_SYSFS_CHOWN", true),
-    ("SYSBOX_ALLOW_TRUSTED_XATTR", true),
-    ("SYSBOX_HONOR_CAPS", true),
-    ("SYSBOX_SYSCONT_MODE", true),
-    ("SYSBOX_SKIP_UID_SHIFT", false),
-];
-
-/// Whether sysbox-runc accepts this `NAME=VALUE` entry.
-pub fn sysbox_accepts(entry: &str) -> bool {
-    if !entry.starts_with("SYSBOX_") {
-        return true;
-    }
-    let Some((name, value)) = entry.split_once('=') else {
-        return false;
-    };
-    match SYSBOX_KNOBS.iter().find(|(k, _)| *k == name) {
-        None => false,
-        Some(_) if value.contains('=') => false,
-        Some((_, true)) => value == "TRUE" || value == "FALSE",
-        Some((_, false)) => true,
-    }
-}
-
-/// Removes the entries sysbox-runc would refuse; returns their names.
-pub fn drop_bad_sysbox_env(env: &mut Vec<String>) -> Vec<String> {
-    let mut dropped = Vec::new();
-    env.retain(|e| {
-        let ok = sysbox_accepts(e);
-        if !ok {
-            dropped.push(e.split('=').next().unwrap_or(e).to_string());
-        }
-        ok
-    });
-    dropped
-}
-
-/// A signal by name (`SIGTERM`, `TERM`, `SIGRTMIN+3`, `RTMAX-1`, any case)
-/// or number (1-64).
-pub fn parse_signal(s: &str) -> Option<i32> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=SIGRTMAX).contains(&n).then_some(n);
-    }
-    let up = s.to_ascii_uppercase();
-    let name = up.strip_prefix("SIG").unwrap_or(&up);
-    let rt = |base: i32, rest: &str| -> Option<i32> {
-        let n = if rest.is_empty() {
-            base
-        } else if let Some(d) = rest.strip_prefix('+') {
-            base + d.parse::<i32>().ok()?
-        } else if let Some(d) = rest.strip_prefix('-') {
-            base - d.parse::<i32>().ok()?
-        } else {
-            return None;
-        };
-        (SIGRTMIN..=SIGRTMAX).contains(&n).then_some(n)
-    };
-    if let Some(rest) = name.strip_prefix("RTMIN") {
-        return rt(SIGRTMIN, rest);
-    }
-    if let Some(rest) = name.strip_prefix("RTMAX") {
-        return rt(SIGRTMAX, rest);
-    }
-    format!("SIG{name}")
-        .parse::<nix::sys::signal::Signal>()
-        .ok()
-        .map(|s| s as i32)
-}
-
-/// Names that never pass through, whatever the patterns say: cvmd's and
-/// envbox's own settings, which hold the pull secret and other credentials.
-const NEVER_PASS: &[&str] = &["CVMD_", "CODER_"];
-
-/// The outer environment's variables whose names match a pattern: an exact
-/// name, or a prefix ending in `*` (`NVIDIA_*`). Sorted by name.
-pub fn passthrough_env(
-    patterns: &[String],
-    outer: &BTreeMap<String, String>,
-) -> Vec<(String, String)> {
-    let matches = |name: &str| {
-        patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => name == p,
-        })
-    };
-    outer
-        .iter()
-        .filter(|(k, _)| !NEVER_PASS.iter().any(|n| k.starts_with(n)))
-        .filter(|(k, _)| !k.is_empty() && !k.contains('='))
-        .filter(|(k, _)| matches(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }
 
 #[cfg(test)]
@@ -377,26 +271,6 @@ mod tests {
 
     #[test]
     fn sysbox_env_knobs() {
-        let mut env: Vec<String> = [
-            "SYSBOX_HONOR_CAPS=TRUE",
-            "SYSBOX_HONOR_CAPS=yes",
-            "SYSBOX_FOO=1",
-            "SYSBOX_SKIP_UID_SHIFT=/a,/b",
-            "SYSBOX_SKIP_UID_SHIFT=a=b",
-            "A=SYSBOX_X",
-        ]
-        .map(String::from)
-        .to_vec();
-        let dropped = drop_bad_sysbox_env(&mut env);
-        assert_eq!(
-            env,
-            vec![
-                "SYSBOX_HONOR_CAPS=TRUE",
-                "SYSBOX_SKIP_UID_SHIFT=/a,/b",
-                "A=SYSBOX_X"
-            ]
-        );
-        assert_eq!(dropped.len(), 3);
         let img = ImageRun {
             env: vec!["SYSBOX_BAD=1".into()],
             ..image()
@@ -419,21 +293,6 @@ mod tests {
 
     #[test]
     fn stop_signals() {
-        for (s, n) in [
-            ("SIGTERM", 15),
-            ("TERM", 15),
-            ("sigkill", 9),
-            ("SIGRTMIN+3", 37),
-            ("RTMIN", 34),
-            ("SIGRTMAX-2", 62),
-            ("37", 37),
-            ("SIGWINCH", 28),
-        ] {
-            assert_eq!(parse_signal(s), Some(n), "{s}");
-        }
-        for s in ["", "0", "65", "SIGNOPE", "SIGRTMIN+31", "RTMIN3", "-1"] {
-            assert_eq!(parse_signal(s), None, "{s}");
-        }
         let img = ImageRun {
             stop_signal: Some("SIGUSR1".into()),
             ..image()
@@ -455,40 +314,8 @@ mod tests {
     }
 
     #[test]
-    fn env_wildcards_and_secrets() {
-        let outer: BTreeMap<String, String> = [
-            ("NVIDIA_VISIBLE_DEVICES", "all"),
-            ("NVIDIA_DRIVER_CAPABILITIES", "compute"),
-            ("LANG", "C.UTF-8"),
-            ("LANGUAGE", "en"),
-            ("CVMD_PULL_SECRET", "s3cret"),
-            ("CODER_IMAGE_PULL_SECRET", "s3cret"),
-            ("CODER_AGENT_TOKEN", "tok"),
-            ("HOME", "/root"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let pats: Vec<String> = vec![
-            "NVIDIA_*".into(),
-            "LANG".into(),
-            "CODER_*".into(),
-            "CVMD_PULL_SECRET".into(),
-        ];
-        let got = passthrough_env(&pats, &outer);
-        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            names,
-            vec![
-                "LANG",
-                "NVIDIA_DRIVER_CAPABILITIES",
-                "NVIDIA_VISIBLE_DEVICES"
-            ]
-        );
-        let all = passthrough_env(&["*".into()], &outer);
-        assert!(all
-            .iter()
-            .all(|(k, _)| !k.starts_with("CVMD_") && !k.starts_with("CODER_")));
+    fn passthrough_wins_over_the_image() {
+        let got = vec![("NVIDIA_VISIBLE_DEVICES".to_string(), "all".to_string())];
         // Passthrough replaces the image's value of the same name.
         let p = plan(
             "i",
