@@ -22,6 +22,7 @@ fn systemd_rootfs(dir: &Path) {
     };
     exe("usr/lib/systemd/systemd");
     exe("usr/bin/sh");
+    exe("usr/bin/sleep");
     std::fs::create_dir_all(dir.join("usr/sbin")).unwrap();
     std::fs::create_dir_all(dir.join("usr/lib/x86_64-linux-gnu")).unwrap();
     std::fs::create_dir_all(dir.join("usr/lib/aarch64-linux-gnu")).unwrap();
@@ -371,6 +372,26 @@ fn write_bundle_is_atomic_and_complete() {
     assert_eq!(names, vec![std::ffi::OsString::from("config.json")]);
     let spec = oci_spec::runtime::Spec::load(&info.config).unwrap();
     assert_eq!(spec.root().as_ref().unwrap().path(), &rootfs);
+}
+
+#[test]
+fn keepalive_needs_a_shell_and_sleep() {
+    let t = tempfile::tempdir().unwrap();
+    systemd_rootfs(t.path());
+    std::fs::remove_file(t.path().join("usr/sbin/init")).unwrap();
+    let mut input = BundleInput::new("img", t.path(), RuntimeFlavor::Runc);
+    input.bounding = Some(u64::MAX);
+    let (_, info) = plan_bundle(&input).unwrap();
+    assert_eq!(info.args[0], "/bin/sh");
+    assert!(!info.init);
+    assert!(
+        info.init_verdict.to_string().contains("no /sbin/init"),
+        "{}",
+        info.init_verdict
+    );
+    std::fs::remove_file(t.path().join("usr/bin/sleep")).unwrap();
+    let e = plan_bundle(&input).unwrap_err();
+    assert!(matches!(e, BundleError::NothingToRun { .. }), "{e}");
 }
 
 #[test]

@@ -41,7 +41,7 @@ pub enum BundleError {
     UnknownGroup { image: String, group: String },
     #[error(
         "image {image} has nothing to run: no /sbin/init, no Entrypoint or Cmd, and no /bin/sh \
-         for a keep-alive; set a command (CVMD_COMMAND) or use an image with a shell"
+         and sleep for a keep-alive; set a command (CVMD_COMMAND) or use an image with a shell"
     )]
     NothingToRun { image: String },
     #[error("invalid stop signal {value:?} of image {image}; use a name like SIGTERM or SIGRTMIN+3, or a number 1-64")]

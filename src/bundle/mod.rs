@@ -156,7 +156,9 @@ pub fn plan_bundle(
     let user_value =
         process::user_value(&input.image_run, &input.overrides, init).unwrap_or_default();
     let user = user::resolve_in_rootfs(&rootfs, &input.image, &user_value)?;
-    let has_sh = init::executable_in(&rootfs, Path::new("/bin/sh"))?.is_present();
+    // The keep-alive needs a shell and `sleep` (without it the loop would spin).
+    let runs = |p: &str| init::executable_in(&rootfs, Path::new(p)).map(|v| v.is_present());
+    let has_sh = runs("/bin/sh")? && (runs("/bin/sleep")? || runs("/usr/bin/sleep")?);
     let passthrough = passthrough_env(&input.env_passthrough, &input.outer_env);
     let plan = process::plan(
         &input.image,
