@@ -37,6 +37,22 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
     Spec { key: "max_layer_size", env: "CVMD_MAX_LAYER_SIZE", envbox: None, default: Some("64GiB"), help: "refuse a layer whose unpacked files exceed this (bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
     Spec { key: "cache_budget", env: "CVMD_CACHE_BUDGET", envbox: None, default: None, help: "after a pull, drop least recently used images until the cache is under this size (e.g. 100GiB)" },
+    Spec { key: "workspace", env: "CVMD_WORKSPACE", envbox: None, default: Some("workspace"), help: "this workspace's name: its state dir, container id, lease and ID range" },
+    Spec { key: "runtime", env: "CVMD_RUNTIME", envbox: None, default: Some("sysbox-runc"), help: "OCI runtime binary (name on PATH or path): sysbox-runc, or runc where Sysbox is absent" },
+    Spec { key: "runtime_root", env: "CVMD_RUNTIME_ROOT", envbox: None, default: None, help: "the runtime's --root [default: STATE_DIR/runtime]" },
+    Spec { key: "rootfs_mode", env: "CVMD_ROOTFS_MODE", envbox: None, default: Some("auto"), help: "overlay, flat, or auto (overlay, else a flat copy)" },
+    Spec { key: "idmap", env: "CVMD_IDMAP", envbox: None, default: Some("none"), help: "user namespace ID mapping: none (sysbox allocates), auto (this workspace's own range), or HOST_UID[:HOST_GID[:SIZE]]" },
+    Spec { key: "command", env: "CVMD_COMMAND", envbox: None, default: None, help: "run this instead of the image's init or entrypoint: a JSON array or space-separated words" },
+    Spec { key: "user", env: "CVMD_USER", envbox: None, default: None, help: "user[:group] to run the command as (not for /sbin/init)" },
+    Spec { key: "workdir", env: "CVMD_WORKDIR", envbox: None, default: None, help: "working directory of the command" },
+    Spec { key: "hostname", env: "CVMD_HOSTNAME", envbox: Some("CODER_INNER_HOSTNAME"), default: None, help: "the workspace's hostname [default: the workspace name]" },
+    Spec { key: "mounts", env: "CVMD_MOUNTS", envbox: Some("CODER_MOUNTS"), default: None, help: "outer paths mounted into the workspace: SRC:DST[:ro],..." },
+    Spec { key: "envs", env: "CVMD_ENVS", envbox: Some("CODER_INNER_ENVS"), default: None, help: "outer environment variables passed in, by name or PREFIX* (comma-separated)" },
+    Spec { key: "cpus", env: "CVMD_CPUS", envbox: Some("CODER_CPUS"), default: None, help: "CPU limit (e.g. 2 or 1.5) [default: the outer container's]" },
+    Spec { key: "memory", env: "CVMD_MEMORY", envbox: Some("CODER_MEMORY"), default: None, help: "memory limit (bytes or 4GiB) [default: the outer container's]" },
+    Spec { key: "add_tun", env: "CVMD_ADD_TUN", envbox: Some("CODER_ADD_TUN"), default: Some("false"), help: "give the workspace /dev/net/tun" },
+    Spec { key: "add_fuse", env: "CVMD_ADD_FUSE", envbox: Some("CODER_ADD_FUSE"), default: Some("false"), help: "give the workspace /dev/fuse" },
+    Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
 ];
@@ -88,6 +104,29 @@ pub struct Settings {
     pub cache_budget: Option<u64>,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub workspace: String,
+    pub runtime: String,
+    pub runtime_root: Option<PathBuf>,
+    pub rootfs_mode: crate::rootfs::ModePreference,
+    pub idmap: IdMapSetting,
+    pub command: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub hostname: Option<String>,
+    pub mounts: Option<String>,
+    pub envs: Vec<String>,
+    pub cpus: Option<f64>,
+    pub memory: Option<u64>,
+    pub add_tun: bool,
+    pub add_fuse: bool,
+    pub stop_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdMapSetting {
+    None,
+    Auto,
+    Explicit(crate::rootfs::IdMap),
 }
 
 /// Every bad value, one line each.
@@ -233,6 +272,79 @@ impl Settings {
             Some("json") => LogFormat::Json,
             _ => LogFormat::Auto,
         };
+        let workspace = parse("workspace", &|v| {
+            let ok = !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && !v.starts_with('.');
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{v:?} must be 1-64 of [A-Za-z0-9._-], not starting with '.'"
+                ))
+            }
+        })
+        .unwrap_or_else(|| "workspace".into());
+        let runtime = parse("runtime", &any).unwrap_or_else(|| "sysbox-runc".into());
+        let runtime_root = parse("runtime_root", &absolute).map(PathBuf::from);
+        let rootfs_mode = match parse("rootfs_mode", &|v| match v {
+            "auto" | "overlay" | "flat" => Ok(()),
+            _ => Err(format!("{v:?} is not one of auto, overlay, flat")),
+        })
+        .as_deref()
+        {
+            Some("overlay") => crate::rootfs::ModePreference::Overlay,
+            Some("flat") => crate::rootfs::ModePreference::Flat,
+            _ => crate::rootfs::ModePreference::Auto,
+        };
+        let idmap = parse("idmap", &|v| parse_idmap_setting(v).map(|_| ()))
+            .and_then(|v| parse_idmap_setting(&v).ok())
+            .unwrap_or(IdMapSetting::None);
+        let command = parse("command", &|v| parse_command(v).map(|_| ()))
+            .and_then(|v| parse_command(&v).ok());
+        let user = parse("user", &any);
+        let workdir = parse("workdir", &|v| {
+            if v.starts_with('/') {
+                Ok(())
+            } else {
+                Err(format!("{v:?} is not an absolute path"))
+            }
+        });
+        let hostname = parse("hostname", &|v| {
+            let ok = !v.is_empty()
+                && v.len() <= 63
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !v.starts_with('-');
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{v:?} is not a valid hostname (1-63 of [A-Za-z0-9-])"
+                ))
+            }
+        });
+        let mounts = parse("mounts", &any);
+        let envs = parse("envs", &any).map(|v| list(&v)).unwrap_or_default();
+        let cpus = parse("cpus", &|v| {
+            crate::bundle::parse_cpus(v)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|v| crate::bundle::parse_cpus(&v).ok());
+        let memory =
+            parse("memory", &|v| parse_size(v).map(|_| ())).and_then(|v| parse_size(&v).ok());
+        let add_tun = parse("add_tun", &|v| parse_bool(v).map(|_| ()))
+            .and_then(|v| parse_bool(&v).ok())
+            .unwrap_or(false);
+        let add_fuse = parse("add_fuse", &|v| parse_bool(v).map(|_| ()))
+            .and_then(|v| parse_bool(&v).ok())
+            .unwrap_or(false);
+        let stop_timeout = parse("stop_timeout", &|v| in_range(v, 1, 3600))
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(std::time::Duration::from_secs(25));
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -253,6 +365,22 @@ impl Settings {
             cache_budget,
             log_level,
             log_format,
+            workspace,
+            runtime,
+            runtime_root,
+            rootfs_mode,
+            idmap,
+            command,
+            user,
+            workdir,
+            hostname,
+            mounts,
+            envs,
+            cpus,
+            memory,
+            add_tun,
+            add_fuse,
+            stop_timeout,
         })
     }
 
@@ -319,6 +447,35 @@ fn in_range(v: &str, lo: u64, hi: u64) -> Result<(), String> {
     match v.parse::<u64>() {
         Ok(n) if (lo..=hi).contains(&n) => Ok(()),
         _ => Err(format!("{v:?} is not a whole number from {lo} to {hi}")),
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(format!("{v:?} is not true or false")),
+    }
+}
+
+/// A JSON array of strings, or words separated by spaces.
+fn parse_command(v: &str) -> Result<Vec<String>, String> {
+    let words: Vec<String> = if v.trim_start().starts_with('[') {
+        serde_json::from_str(v).map_err(|_| format!("{v:?} is not a JSON array of strings"))?
+    } else {
+        v.split_whitespace().map(String::from).collect()
+    };
+    if words.is_empty() {
+        return Err("the command is empty".into());
+    }
+    Ok(words)
+}
+
+fn parse_idmap_setting(v: &str) -> Result<IdMapSetting, String> {
+    match v {
+        "none" => Ok(IdMapSetting::None),
+        "auto" => Ok(IdMapSetting::Auto),
+        explicit => crate::cli::rootfs::parse_idmap(explicit).map(IdMapSetting::Explicit),
     }
 }
 

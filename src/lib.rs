@@ -14,3 +14,4 @@ pub mod runtime;
 pub mod store;
 pub mod supervisor;
 pub mod unpack;
+pub mod workspace;

@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The main job: pull the workspace image (boot comes with the launch work).
+    /// The main job: image, rootfs, bundle, boot through the OCI runtime,
+    /// supervise; exits with the workspace's status.
     Run,
     /// Pull IMAGE into the content store, with progress; prints the resolved digest.
     Pull(cli::pull::PullArgs),
@@ -52,17 +53,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The workspace's exit code becomes cvmd's; other commands exit 0 on success.
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => cli::run::run(&settings).await,
-            Command::Pull(args) => cli::pull::pull(&settings, &args).await,
-            Command::Rootfs(args) => cli::rootfs::rootfs(&settings, &args).await,
-            Command::Prefetch(args) => cli::prefetch::prefetch(&settings, &args).await,
-            Command::Gc(args) => cli::gc::gc(&settings, &args).await,
+            Command::Pull(args) => cli::pull::pull(&settings, &args).await.map(|()| 0),
+            Command::Rootfs(args) => cli::rootfs::rootfs(&settings, &args).await.map(|()| 0),
+            Command::Prefetch(args) => cli::prefetch::prefetch(&settings, &args).await.map(|()| 0),
+            Command::Gc(args) => cli::gc::gc(&settings, &args).await.map(|()| 0),
         }
     });
+    // Tasks still reading the workspace's pipes must not hold the exit.
+    runtime.shutdown_background();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
             eprintln!("cvmd: error: {}", cli::error_line(&e));
             ExitCode::FAILURE

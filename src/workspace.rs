@@ -1,0 +1,267 @@
+//! `cvmd run`'s data path, stage by stage: image -> rootfs -> bundle ->
+//! runtime create/start -> supervise -> delete, unmount, exit code.
+//!
+//! Order matters for PID 1: the reaper starts only after the image is ready
+//! and the rootfs is mounted, because pulling (credential helpers) and ID
+//! mapping (a user-namespace child waited with __WCLONE) wait for their own
+//! children, and a `waitpid(-1)` reaper running then would steal those
+//! statuses. From the reaper's start on, every child goes through it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::io::AsyncBufReadExt;
+
+use crate::bundle::{self, BundleInput, HostFiles, ImageRun, Limits, Overrides, RuntimeFlavor};
+use crate::config::{IdMapSetting, Settings};
+use crate::progress::PlainLines;
+use crate::registry::Reference;
+use crate::rootfs::{self, Request};
+use crate::runtime::{ContainerIo, Runtime};
+use crate::store::lease::Lease;
+use crate::store::ContentStore;
+use crate::supervisor::reaper::Reaper;
+use crate::supervisor::signals::{self, StopPolicy};
+
+/// One phase's duration, for the log and (later) the status API.
+#[derive(Debug, Default)]
+pub struct Timeline(Vec<(&'static str, std::time::Duration)>);
+
+impl Timeline {
+    fn time<T>(&mut self, phase: &'static str, started: Instant, value: T) -> T {
+        let took = started.elapsed();
+        tracing::info!(phase, elapsed_ms = took.as_secs_f64() * 1e3, "phase done");
+        self.0.push((phase, took));
+        value
+    }
+}
+
+/// Runs the workspace to its end; returns the exit code cvmd should exit
+/// with (the workspace's, 128+signal when signalled).
+pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
+    let mut timeline = Timeline::default();
+    let image = settings
+        .image
+        .as_deref()
+        .context("no workspace image: set CVMD_IMAGE (or CODER_INNER_IMAGE)")?;
+    let reference: Reference = image.parse()?;
+    let ws_dir = settings
+        .state_dir
+        .join("workspaces")
+        .join(&settings.workspace);
+    std::fs::create_dir_all(&ws_dir)
+        .with_context(|| format!("workspace state dir {}", ws_dir.display()))?;
+
+    let t = Instant::now();
+    let ready =
+        crate::image::ensure(settings, &reference, settings.pull_policy, &PlainLines).await?;
+    timeline.time("image", t, ());
+
+    let t = Instant::now();
+    let layers = crate::store::layers::LayerCache::open(&settings.cache_dir)?;
+    let diff_ids: Vec<_> = ready
+        .record
+        .layers
+        .iter()
+        .map(|l| l.diff_id.clone())
+        .collect();
+    let target = ws_dir.join("rootfs");
+    let _lease = Lease::acquire(
+        &settings.cache_dir,
+        &settings.workspace,
+        &ready.record.reference,
+        &diff_ids,
+        Some(&target),
+    )?;
+    let idmap = match settings.idmap {
+        IdMapSetting::None => None,
+        IdMapSetting::Auto => {
+            Some(crate::store::idranges::allocate(&settings.cache_dir, &settings.workspace).await?)
+        }
+        IdMapSetting::Explicit(m) => Some(m),
+    };
+    // A crashed earlier run may have left its mount.
+    rootfs::teardown(&target)?;
+    let assembled = rootfs::assemble(&Request {
+        layers: diff_ids.iter().map(|d| layers.tree(d)).collect(),
+        workspace_dir: ws_dir.join("disk"),
+        target: target.clone(),
+        mode: settings.rootfs_mode,
+        idmap,
+        reset: false,
+    })?;
+    tracing::info!(mode = ?assembled.mode, idmap = ?assembled.idmap_mode, "rootfs ready");
+    timeline.time("rootfs", t, ());
+
+    let result = boot(
+        settings,
+        &ready.record,
+        &ws_dir,
+        &target,
+        idmap,
+        &mut timeline,
+    )
+    .await;
+    if let Err(e) = rootfs::teardown(&target) {
+        tracing::warn!(error = %e, "cannot unmount the workspace rootfs");
+    }
+    result
+}
+
+async fn boot(
+    settings: &Settings,
+    record: &crate::store::images::ImageRecord,
+    ws_dir: &Path,
+    rootfs_dir: &Path,
+    idmap: Option<rootfs::IdMap>,
+    timeline: &mut Timeline,
+) -> anyhow::Result<i32> {
+    let t = Instant::now();
+    let flavor = RuntimeFlavor::of_runtime(&settings.runtime);
+    let store = ContentStore::open(&settings.cache_dir)?;
+    let config: oci_spec::image::ImageConfiguration =
+        serde_json::from_slice(&store.read_blob(&record.config)?)
+            .with_context(|| format!("image config of {}", record.reference))?;
+    let hostname = settings
+        .hostname
+        .clone()
+        .unwrap_or_else(|| settings.workspace.clone());
+    let host_files = host_files(ws_dir, &hostname)?;
+    let mut input = BundleInput::new(&record.reference, rootfs_dir, flavor);
+    input.image_run = ImageRun::from_oci(&config);
+    input.overrides = Overrides {
+        command: settings.command.clone(),
+        user: settings.user.clone(),
+        working_dir: settings.workdir.clone(),
+        hostname: None,
+    };
+    input.hostname = hostname;
+    input.env_passthrough = settings.envs.clone();
+    input.outer_env = std::env::vars().collect::<BTreeMap<_, _>>();
+    input.idmap = idmap;
+    input.host_files = host_files;
+    input.mounts = match &settings.mounts {
+        Some(m) => bundle::parse_mounts(m, flavor)?,
+        None => Vec::new(),
+    };
+    input.tun = settings.add_tun;
+    input.fuse = settings.add_fuse;
+    input.limits = Limits {
+        cpus: settings.cpus,
+        memory: settings.memory,
+    }
+    .or(bundle::outer_limits());
+    let bundle_dir = ws_dir.join("bundle");
+    let info = bundle::write_bundle(&bundle_dir, &input)?;
+    tracing::info!(init = info.init, verdict = ?info.init_verdict, args = ?info.args, "bundle written");
+    timeline.time("bundle", t, ());
+
+    let reaper = Reaper::start()?;
+    let runtime_root = settings
+        .runtime_root
+        .clone()
+        .unwrap_or_else(|| settings.state_dir.join("runtime"));
+    let log_dir = ws_dir.join("logs");
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("runtime log dir {}", log_dir.display()))?;
+    let runtime = Runtime::new(
+        resolve_runtime(&settings.runtime)?,
+        &log_dir,
+        Arc::new(reaper.clone()),
+    )
+    .with_root(&runtime_root);
+    let id = settings.workspace.as_str();
+    // sysbox-runc's rule: always delete, also what a crash left behind.
+    let _ = runtime.delete(id, true).await;
+
+    let t = Instant::now();
+    let pid_file = ws_dir.join("init.pid");
+    let created = runtime
+        .create(
+            id,
+            &bundle_dir,
+            &pid_file,
+            ContainerIo::Pipes { stdin: false },
+        )
+        .await?;
+    timeline.time("create", t, ());
+    let exit = match reaper.watch(created.pid) {
+        Ok(exit) => exit,
+        Err(e) => {
+            let _ = runtime.delete(id, true).await;
+            return Err(e.into());
+        }
+    };
+    for (stream, pipe) in [("stdout", created.io.stdout), ("stderr", created.io.stderr)] {
+        if let Some(pipe) = pipe {
+            tokio::spawn(log_lines(stream, pipe));
+        }
+    }
+    let signals = signals::listen()?;
+    let t = Instant::now();
+    if let Err(e) = runtime.start(id).await {
+        let _ = runtime.delete(id, true).await;
+        return Err(e.into());
+    }
+    timeline.time("start", t, ());
+    tracing::info!(id, pid = created.pid, "workspace running");
+    let outcome = signals::supervise(
+        &runtime,
+        id,
+        exit,
+        StopPolicy {
+            stop_signal: info.stop_signal,
+            grace: settings.stop_timeout,
+        },
+        signals,
+    )
+    .await?;
+    if let Err(e) = &outcome.deleted {
+        tracing::warn!(error = %e, "the runtime could not delete the workspace container");
+    }
+    tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
+    Ok(outcome.code)
+}
+
+/// The workspace's resolv.conf (the outer one), hostname and hosts files.
+fn host_files(ws_dir: &Path, hostname: &str) -> anyhow::Result<HostFiles> {
+    let write = |name: &str, content: &[u8]| -> anyhow::Result<PathBuf> {
+        let path = ws_dir.join(name);
+        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    Ok(HostFiles {
+        resolv_conf: Some(write("resolv.conf", &resolv)?),
+        hostname: Some(write("hostname", format!("{hostname}\n").as_bytes())?),
+        hosts: Some(write(
+            "hosts",
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n").as_bytes(),
+        )?),
+    })
+}
+
+/// A name on PATH or a path, as the runtime setting allows.
+fn resolve_runtime(runtime: &str) -> anyhow::Result<PathBuf> {
+    if runtime.contains('/') {
+        return Ok(PathBuf::from(runtime));
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(runtime))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("OCI runtime {runtime:?} not found on PATH: install it, or set CVMD_RUNTIME to runc where Sysbox is absent")
+        })
+}
+
+async fn log_lines(stream: &'static str, pipe: tokio::net::unix::pipe::Receiver) {
+    let mut lines = tokio::io::BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "workspace", stream, "{line}");
+    }
+}

@@ -1,0 +1,229 @@
+//! `cvmd run` end to end under real runc (standing in for sysbox-runc): an
+//! image without init runs its entrypoint and its exit code becomes cvmd's;
+//! SIGTERM stops a workspace within the grace period; nothing is left
+//! mounted or registered with the runtime afterwards.
+//!
+//! Needs root, runc and docker-registry; skips with a reason otherwise.
+
+mod common;
+mod layers_support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::image::{Compression, Format, ImageBuilder, LayerBuilder};
+use common::Registry;
+use layers_support::*;
+
+fn runc_present() -> bool {
+    let found = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if !found {
+        eprintln!("skipping: runc is not installed (apt-get install runc)");
+    }
+    found
+}
+
+/// busybox-static as the image's only content, with `entrypoint`.
+fn busybox_image(entrypoint: &[&str]) -> common::image::Image {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut layer = LayerBuilder::new()
+        .dir("bin", 0o755)
+        .file("bin/busybox", &busybox, 0o755);
+    for app in ["sh", "sleep", "echo", "cat", "ls"] {
+        layer = layer.symlink(&format!("bin/{app}"), "busybox");
+    }
+    ImageBuilder::new(Format::Oci)
+        .layer(layer.build(Compression::Gzip))
+        .entrypoint(entrypoint)
+        .build()
+}
+
+fn cvmd_run(cvmd: &Cvmd, state: &Path, reference: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &cvmd.cache)
+        .arg("--cache-dir")
+        .arg(&cvmd.cache)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--insecure-registries", &cvmd.registry])
+        .args(["--image", reference, "--workspace", "ws-test"])
+        .args(["--log-format", "text", "--log-level", "info"])
+        .args(extra)
+        .args(if extra.contains(&"--runtime") {
+            &[][..]
+        } else {
+            &["--runtime", "runc"][..]
+        })
+        .arg("run")
+        .stdin(Stdio::null());
+    c
+}
+
+fn assert_clean(state: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains(state.to_str().unwrap()),
+        "a mount under {} is left",
+        state.display()
+    );
+    let runtime_root = state.join("runtime");
+    let left: Vec<_> = std::fs::read_dir(&runtime_root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime state left: {left:?}");
+}
+
+#[test]
+fn run_entrypoint_exit_code_becomes_cvmds() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let reference = push(
+        &reg,
+        "run/exit",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "echo hello from the workspace; exit 7"]),
+    );
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let out = cvmd_run(&cvmd, state.path(), &reference, &[])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains("hello from the workspace"),
+        "the workspace's output is logged: {stderr}"
+    );
+    assert_clean(state.path());
+    sandbox.assert_outside_untouched();
+}
+
+#[test]
+fn run_command_override_and_no_init() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let reference = push(
+        &reg,
+        "run/override",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "exit 1"]),
+    );
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let out = cvmd_run(
+        &cvmd,
+        state.path(),
+        &reference,
+        &[
+            "--command",
+            r#"["/bin/sh","-c","echo overridden in $(cat /etc/hostname); exit 0"]"#,
+            "--hostname",
+            "devbox",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("overridden in devbox"), "{stderr}");
+    assert!(
+        stderr.contains("init=false"),
+        "no /sbin/init in busybox: {stderr}"
+    );
+    assert_clean(state.path());
+}
+
+#[test]
+fn run_sigterm_stops_the_workspace_within_the_grace_period() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    // sleep as PID 1 ignores SIGTERM: the grace period must end it.
+    let reference = push(
+        &reg,
+        "run/stop",
+        "v1",
+        &busybox_image(&["/bin/sleep", "1000"]),
+    );
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let child = cvmd_run(&cvmd, state.path(), &reference, &["--stop-timeout", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid_file = state.path().join("workspaces/ws-test/init.pid");
+    assert!(
+        common::wait_until(Duration::from_secs(30), || pid_file.exists()),
+        "the workspace never started"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "SIGKILL after the grace period: {stderr}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "took {took:?}: {stderr}"
+    );
+    assert_clean(state.path());
+}
+
+#[test]
+fn run_with_a_failing_runtime_says_why_and_cleans_up() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "run/badruntime", "v1", &busybox_image(&["/bin/sh"]));
+    let script = state.path().join("broken-runc");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nlog=\nwhile [ $# -gt 0 ]; do [ \"$1\" = --log ] && log=$2; shift; done\n\
+         [ -n \"$log\" ] && echo '{\"level\":\"error\",\"msg\":\"broken runtime: cgroup v9 not supported\"}' > \"$log\"\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let out = cvmd_run(
+        &cvmd,
+        state.path(),
+        &reference,
+        &["--runtime", script.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(
+        line.contains("broken runtime: cgroup v9 not supported"),
+        "the runtime's own message: {line}"
+    );
+    assert_clean(state.path());
+}
