@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Runs every check and test. Needs root (the tests start a real registry and
-# unpack with real ownership and device nodes).
+# Runs every check and test. Needs root (the tests start a real registry,
+# real runc containers, and unpack with real ownership and device nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --all-targets --locked --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"
