@@ -471,11 +471,11 @@ fn parse_command(v: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-fn parse_idmap_setting(v: &str) -> Result<IdMapSetting, String> {
+pub fn parse_idmap_setting(v: &str) -> Result<IdMapSetting, String> {
     match v {
         "none" => Ok(IdMapSetting::None),
         "auto" => Ok(IdMapSetting::Auto),
-        explicit => crate::cli::rootfs::parse_idmap(explicit).map(IdMapSetting::Explicit),
+        explicit => explicit.parse().map(IdMapSetting::Explicit),
     }
 }
 

@@ -76,13 +76,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         &diff_ids,
         Some(&target),
     )?;
-    let idmap = match settings.idmap {
-        IdMapSetting::None => None,
-        IdMapSetting::Auto => {
-            Some(crate::store::idranges::allocate(&settings.cache_dir, &settings.workspace).await?)
-        }
-        IdMapSetting::Explicit(m) => Some(m),
-    };
+    let idmap = idmap_for(settings.idmap, &settings.cache_dir, &settings.workspace).await?;
     // A crashed earlier run may have left its mount.
     rootfs::teardown(&target)?;
     let assembled = rootfs::assemble(&Request {
@@ -224,6 +218,20 @@ async fn boot(
     }
     tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
     Ok(outcome.code)
+}
+
+/// The ID mapping a setting asks for; `auto` is the workspace's own range
+/// on the node.
+pub async fn idmap_for(
+    setting: IdMapSetting,
+    cache_dir: &Path,
+    workspace: &str,
+) -> Result<Option<rootfs::IdMap>, crate::store::StoreError> {
+    Ok(match setting {
+        IdMapSetting::None => None,
+        IdMapSetting::Auto => Some(crate::store::idranges::allocate(cache_dir, workspace).await?),
+        IdMapSetting::Explicit(m) => Some(m),
+    })
 }
 
 /// The workspace's resolv.conf (the outer one), hostname and hosts files.

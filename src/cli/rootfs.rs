@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::digest::Digest;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
-use crate::rootfs::{self, IdMap, IdMapMode, Mode, ModePreference, Request};
+use crate::rootfs::{self, IdMapMode, Mode, ModePreference, Request};
 use crate::store::layers::LayerCache;
 use crate::store::lease::Lease;
 
@@ -25,7 +25,7 @@ pub struct RootfsArgs {
     /// overlay, flat, or auto (overlay, falling back to a flat copy).
     #[arg(long, default_value = "auto", value_parser = parse_mode)]
     pub mode: ModePreference,
-    /// Shift owners for a user namespace: `auto` (this workspace's own
+    /// Shift owners for a user namespace: `none`, `auto` (this workspace's own
     /// range on the node) or HOST_UID[:HOST_GID[:SIZE]] (container ID 0 maps
     /// to HOST_UID; SIZE defaults to 65536).
     #[arg(long)]
@@ -51,25 +51,6 @@ fn parse_mode(s: &str) -> Result<ModePreference, String> {
         "flat" => Ok(ModePreference::Flat),
         _ => Err(format!("{s:?} is not one of auto, overlay, flat")),
     }
-}
-
-pub fn parse_idmap(s: &str) -> Result<IdMap, String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let num = |p: &str| {
-        p.parse::<u32>()
-            .map_err(|_| format!("{s:?} is not HOST_UID[:HOST_GID[:SIZE]]"))
-    };
-    let host_uid = num(parts[0])?;
-    let host_gid = parts.get(1).map_or(Ok(host_uid), |p| num(p))?;
-    let size = parts.get(2).map_or(Ok(65536), |p| num(p))?;
-    if parts.len() > 3 {
-        return Err(format!("{s:?} is not HOST_UID[:HOST_GID[:SIZE]]"));
-    }
-    Ok(IdMap {
-        host_uid,
-        host_gid,
-        size,
-    })
 }
 
 /// A workspace's state lives under the state dir by name; an unnamed
@@ -126,8 +107,11 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
     )?;
     let idmap = match args.idmap.as_deref() {
         None => None,
-        Some("auto") => Some(crate::store::idranges::allocate(&settings.cache_dir, &name).await?),
-        Some(explicit) => Some(parse_idmap(explicit).map_err(|e| anyhow::anyhow!("--idmap: {e}"))?),
+        Some(v) => {
+            let setting = crate::config::parse_idmap_setting(v)
+                .map_err(|e| anyhow::anyhow!("--idmap: {e}"))?;
+            crate::workspace::idmap_for(setting, &settings.cache_dir, &name).await?
+        }
     };
     let request = Request {
         layers: diff_ids.iter().map(|d| layers.tree(d)).collect(),
@@ -181,30 +165,4 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn idmap_forms() {
-        assert_eq!(
-            parse_idmap("100000").unwrap(),
-            IdMap {
-                host_uid: 100000,
-                host_gid: 100000,
-                size: 65536
-            }
-        );
-        assert_eq!(
-            parse_idmap("1:2:70000").unwrap(),
-            IdMap {
-                host_uid: 1,
-                host_gid: 2,
-                size: 70000
-            }
-        );
-        assert!(parse_idmap("x").is_err() && parse_idmap("1:2:3:4").is_err());
-    }
 }

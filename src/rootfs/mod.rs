@@ -56,6 +56,53 @@ pub struct IdMap {
     pub size: u32,
 }
 
+/// `HOST_UID[:HOST_GID[:SIZE]]`, SIZE 65536 by default.
+impl std::str::FromStr for IdMap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not HOST_UID[:HOST_GID[:SIZE]]");
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() > 3 {
+            return Err(bad());
+        }
+        let num = |p: &str| p.parse::<u32>().map_err(|_| bad());
+        let host_uid = num(parts[0])?;
+        let host_gid = parts.get(1).map_or(Ok(host_uid), |p| num(p))?;
+        let size = parts.get(2).map_or(Ok(65536), |p| num(p))?;
+        Ok(IdMap {
+            host_uid,
+            host_gid,
+            size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod idmap_parse_tests {
+    use super::IdMap;
+
+    #[test]
+    fn idmap_forms() {
+        assert_eq!(
+            "100000".parse::<IdMap>().unwrap(),
+            IdMap {
+                host_uid: 100000,
+                host_gid: 100000,
+                size: 65536
+            }
+        );
+        assert_eq!(
+            "1:2:70000".parse::<IdMap>().unwrap(),
+            IdMap {
+                host_uid: 1,
+                host_gid: 2,
+                size: 70000
+            }
+        );
+        assert!("x".parse::<IdMap>().is_err() && "1:2:3:4".parse::<IdMap>().is_err());
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdMapMode {
     None,
