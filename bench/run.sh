@@ -15,8 +15,7 @@
 #
 # Phases (each run is cold: the tool starts from an empty cache/store at a new
 # path, after an untimed `sync`; the page cache is kept):
-#   pull    cvmd pull (downloads and unpacks into its layer cache: it has no
-#           content-only mode)  vs  skopeo copy docker:// -> oci: (content only)
+#   pull    content only: cvmd pull --no-unpack  vs  skopeo copy docker:// -> oci:
 #   unpack  pull + unpack: skopeo copy + umoci unpack  vs  ctr images pull
 #           (private containerd, overlayfs snapshotter)  vs  cvmd rootfs
 #   warm    everything cached, make a rootfs: ctr snapshots prepare of the
@@ -233,7 +232,7 @@ have_blobs() {  # have_blobs IMAGE DIR: every blob of IMAGE is DIR/<hex>
 }
 
 # --- pull: content only
-pull_cvmd_run() { timed_cvmd "$R/cvmd-cache" pull "$REF"; }
+pull_cvmd_run() { timed_cvmd "$R/cvmd-cache" pull --no-unpack "$REF"; }
 pull_cvmd_check() { have_blobs "$1" "$R/cvmd-cache/blobs/sha256"; }
 
 pull_skopeo_run() { timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$R/oci:latest"; }
@@ -304,7 +303,7 @@ declare -A PHASE_TOOLS=(
   [warm]="ctr cvmd"
 )
 declare -A TOOL_LABEL=(
-  [pull_cvmd]="cvmd pull (also unpacks)"
+  [pull_cvmd]="cvmd pull --no-unpack"
   [pull_skopeo]="skopeo copy"
   [unpack_umoci]="skopeo copy + umoci unpack"
   [unpack_ctr]="ctr images pull (containerd)"

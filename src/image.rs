@@ -66,6 +66,7 @@ pub fn puller(settings: &Settings) -> Result<Puller, ImageError> {
         preserve_ownership: nix::unistd::geteuid().is_root(),
         platform: settings.platform.clone(),
         concurrency: settings.pull_concurrency,
+        unpack: true,
     })
 }
 

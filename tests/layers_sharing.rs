@@ -129,3 +129,47 @@ fn layers_concurrent_pulls_unpack_each_layer_once() {
     assert_eq!(dir_names(&sandbox.cache().join("images")).len(), 1);
     sandbox.assert_outside_untouched();
 }
+
+#[test]
+fn layers_content_only_pull_then_unpack_from_the_store() {
+    if !can_run() {
+        return;
+    }
+    let reg = Registry::plain().unwrap();
+    let proxy = FaultProxy::start(&reg.url());
+    let img = image_on_base(Layer::random("app/c.bin", 1, 12, Compression::Gzip));
+    push(&reg, "share/c", "v1", &img);
+    let sandbox = Sandbox::new();
+    let cvmd = Cvmd::new(&sandbox.cache(), &proxy.host());
+    let reference = format!("{}/share/c:v1", proxy.host());
+
+    let out = cvmd.pull(&reference, &["--no-unpack"]);
+    assert_success(&out, "pull --no-unpack");
+    for l in &img.layers {
+        assert!(
+            blob_path(&sandbox.cache(), &l.digest).is_file(),
+            "blob {} stored",
+            l.digest
+        );
+    }
+    assert!(
+        published(&sandbox.cache()).is_empty(),
+        "--no-unpack unpacks nothing"
+    );
+
+    proxy.clear_requests();
+    let out = cvmd.pull(&reference, &["--json"]);
+    assert_success(&out, "pull");
+    assert_eq!(
+        published(&sandbox.cache()).len(),
+        img.layers.len(),
+        "every layer unpacked"
+    );
+    for l in &img.layers {
+        assert_eq!(
+            proxy.blob_gets(&l.digest),
+            0,
+            "unpacked from the stored blob, not downloaded again"
+        );
+    }
+}

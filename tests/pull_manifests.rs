@@ -289,6 +289,7 @@ fn library_puller_fetches_each_blob_once_per_store() {
         layers: cvmd::store::layers::LayerCache::open(cache.path()).unwrap(),
         max_layer_bytes: 0,
         preserve_ownership: true,
+        unpack: true,
         platform: "linux/amd64".parse().unwrap(),
         concurrency: 2,
     };

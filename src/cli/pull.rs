@@ -18,6 +18,9 @@ pub struct PullArgs {
     /// One JSON object per event on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Only store the verified blobs; do not unpack layers into the cache.
+    #[arg(long)]
+    pub no_unpack: bool,
 }
 
 pub async fn pull(settings: &Settings, args: &PullArgs) -> anyhow::Result<()> {
@@ -33,7 +36,13 @@ pub async fn pull(settings: &Settings, args: &PullArgs) -> anyhow::Result<()> {
     } else {
         Box::new(PlainLines)
     };
-    let pulled = pull_image(settings, &image, progress.as_ref()).await?;
+    let reference: Reference = image.parse()?;
+    let mut puller = crate::image::puller(settings)?;
+    puller.unpack = !args.no_unpack;
+    let pulled = puller.pull(&reference, progress.as_ref()).await?;
+    if let Some(budget) = settings.cache_budget {
+        crate::store::gc::collect(&settings.cache_dir, Some(budget)).await?;
+    }
     if !args.json {
         println!("{}", pulled.reference);
     }

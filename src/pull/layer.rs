@@ -22,6 +22,77 @@ const CHANNEL_CHUNKS: usize = 16;
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Puller {
+    /// The content-only pull (`cvmd pull --no-unpack`): the blob into the
+    /// store, verified and resumable, and nothing unpacked.
+    #[tracing::instrument(name = "blob", skip_all, fields(digest = %layer.digest, size = layer.size))]
+    pub(super) async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        layer: &Layer,
+        progress: &dyn ProgressSink,
+    ) -> Result<(), PullError> {
+        let digest = &layer.digest;
+        let done = |cached| PullEvent::LayerDone {
+            digest: digest.clone(),
+            size: layer.size,
+            cached,
+        };
+        if self.store.has_blob(digest) {
+            progress.event(done(true));
+            return Ok(());
+        }
+        let what = format!("layer {digest} of {reference}");
+        for round in 0..2 {
+            let guard = self
+                .store
+                .lock_ingest(digest, || {
+                    progress.event(PullEvent::LayerWaiting {
+                        digest: digest.clone(),
+                    })
+                })
+                .await?;
+            if guard.already_stored() {
+                progress.event(done(true));
+                return Ok(());
+            }
+            let (size, w) = (layer.size, what.clone());
+            let writer = blocking(move || guard.writer(size, &w)).await??;
+            progress.event(PullEvent::LayerStarted {
+                digest: digest.clone(),
+                size: layer.size,
+                resumed_from: writer.resumed_from(),
+            });
+            let (offset, resumed) = (writer.offset(), writer.resumed_from() > 0);
+            let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+            // No prefix: nothing reads the stream but the blob writer, which
+            // already hashed what is on disk.
+            let disk = tokio::task::spawn_blocking(move || {
+                sink::store_only(Feed::download(writer, None, rx))
+            });
+            let net = self.download(reference, layer, offset, tx, progress).await;
+            let disk = disk.await.map_err(|e| PullError::Internal(e.to_string()))?;
+            let writer = match (net, disk) {
+                (Err(e), _) if !matches!(e, PullError::Internal(_)) => return Err(e),
+                (_, Err(SinkError::Restarted)) if round == 0 => continue,
+                (_, Err(e)) => return Err(e.into()),
+                (_, Ok(writer)) => writer,
+            };
+            match blocking(move || writer.commit()).await? {
+                Ok(()) => {
+                    progress.event(done(false));
+                    return Ok(());
+                }
+                Err(crate::store::StoreError::DigestMismatch { .. }) if resumed && round == 0 => {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PullError::Internal(format!(
+            "{what}: gave up after two attempts from the start"
+        )))
+    }
+
     #[tracing::instrument(name = "layer", skip_all, fields(digest = %layer.digest, size = layer.size))]
     pub(super) async fn fetch_layer(
         &self,

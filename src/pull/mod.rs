@@ -101,6 +101,8 @@ pub struct Puller {
     pub max_layer_bytes: u64,
     /// Apply the layers' file owners (needs root).
     pub preserve_ownership: bool,
+    /// Unpack layers into the layer cache (else only store their blobs).
+    pub unpack: bool,
 }
 
 impl Puller {
@@ -126,8 +128,16 @@ impl Puller {
         // Collected first: a closure inside the stream would make this
         // future !Send (rustc cannot prove the closure general enough).
         let mut fetches = Vec::with_capacity(manifest.layers.len());
+        let pinned_ref = &pinned;
         for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-            fetches.push(self.fetch_layer(&pinned, layer, diff_id, progress));
+            let pinned = pinned_ref;
+            fetches.push(async move {
+                if self.unpack {
+                    self.fetch_layer(pinned, layer, diff_id, progress).await
+                } else {
+                    self.fetch_blob(pinned, layer, progress).await
+                }
+            });
         }
         futures_util::stream::iter(fetches)
             .buffer_unordered(self.concurrency.max(1))

@@ -138,6 +138,19 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Drains `feed` into its blob writer only (a content-only pull).
+pub fn store_only(mut feed: Feed) -> Result<BlobWriter, SinkError> {
+    let drained = io::copy(&mut feed, &mut io::sink());
+    if let Some(f) = feed.failure.take() {
+        return Err(f);
+    }
+    drained.map_err(|source| SinkError::Read {
+        what: "the layer's download".into(),
+        source,
+    })?;
+    Ok(feed.writer.take().expect("a download feed has a writer"))
+}
+
 /// Why a layer did not unpack. A stream that does not decode may have been
 /// damaged on the way: the rest is read so the blob's digest can say so
 /// (the more useful message). Either way the download is not kept: its
