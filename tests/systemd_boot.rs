@@ -179,7 +179,10 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         .parse()
         .unwrap();
     let cgroups = cgroup_dirs(pid);
-    assert!(!cgroups.is_empty(), "init {pid} has no cgroup dirs");
+    assert!(
+        cgroups.iter().any(|d| d.is_dir()),
+        "init {pid}'s cgroup dirs are not where expected: {cgroups:?}"
+    );
 
     let sent = Instant::now();
     nix::sys::signal::kill(

@@ -104,6 +104,18 @@ fn build(dir: &Path, path: &Path) {
         .arg(&mirror)
         .output()
         .expect("run debootstrap");
+    // debootstrap mounts /proc, /sys and (in a container) binds /dev
+    // entries into the target and unmounts them through an exit trap; if
+    // it died without running it, deleting the build dir would descend into
+    // the host's /dev. Detach whatever is left first.
+    let left = unmount_under(&root);
+    if !left.is_empty() {
+        let kept = work.keep();
+        panic!(
+            "mounts left under {} after debootstrap: {left:?}; unmount them and remove the dir by hand",
+            kept.display()
+        );
+    }
     assert!(
         out.status.success(),
         "debootstrap failed ({}): {}\n{}",
@@ -127,6 +139,26 @@ fn build(dir: &Path, path: &Path) {
     drop(out);
     std::fs::rename(&tmp, path).expect("publish the layer tar");
     eprintln!("built {VERSION} in {:?}", started.elapsed());
+}
+
+/// Lazily unmounts every mount at or below `dir`, deepest first; returns
+/// those still there.
+fn unmount_under(dir: &Path) -> Vec<PathBuf> {
+    let mounted = || -> Vec<PathBuf> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut v: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(PathBuf::from)
+            .filter(|p| p.starts_with(dir))
+            .collect();
+        v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        v
+    };
+    for p in mounted() {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+    mounted()
 }
 
 /// The `URIs:` (deb822) or `deb URL` (one-line) entry apt uses for the
