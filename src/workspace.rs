@@ -209,6 +209,7 @@ async fn boot(
         StopPolicy {
             stop_signal: info.stop_signal,
             grace: settings.stop_timeout,
+            system_init: info.init,
         },
         signals,
     )

@@ -190,6 +190,7 @@ async fn runc_sleep_stopped_by_term_then_kill_needs_root() {
     let policy = StopPolicy {
         stop_signal: libc::SIGTERM,
         grace: Duration::from_secs(2),
+        system_init: false,
     };
     let began = Instant::now();
     tx.send(libc::SIGTERM).await.unwrap();

@@ -5,8 +5,9 @@
 //! `runtime kill`, then after the grace period SIGKILL, and once the init
 //! has exited `runtime delete --force` (always delete: DESIGN.md, "The
 //! sysbox-runc contract"). cvmd then exits with the container's status,
-//! 128 + signal when a signal killed it. SIGHUP, SIGUSR1 and SIGUSR2 are
-//! forwarded as they are.
+//! 128 + signal when a signal killed it, except that a system init ended by
+//! its own halt/poweroff counts as 0 ([`exit_code`]). SIGHUP, SIGUSR1 and
+//! SIGUSR2 are forwarded as they are.
 //!
 //! [`Stopper`] decides, as a pure state machine; [`supervise`] is the thin
 //! loop that feeds it events and carries out its actions.
@@ -33,6 +34,26 @@ pub struct StopPolicy {
     pub stop_signal: i32,
     /// How long the container has to exit before SIGKILL.
     pub grace: Duration,
+    /// The container's process is a system init (`/sbin/init`): see
+    /// [`exit_code`].
+    pub system_init: bool,
+}
+
+/// What cvmd exits with when the container's init ended with `exit`.
+///
+/// A system init that halts or powers off calls reboot(2); in a PID
+/// namespace other than the host's the kernel does not stop the machine but
+/// ends the namespace's init as if killed by SIGINT (SIGHUP for a restart):
+/// pid_namespaces(7), `reboot_pid_ns` in kernel/pid_namespace.c. systemd
+/// does exactly that on its stop signal SIGRTMIN+3 when it holds
+/// CAP_SYS_BOOT, so "killed by SIGINT" is its clean shutdown: 0, as
+/// systemd-nspawn reports it. A restart stays 129 (cvmd does not restart
+/// workspaces), and for any other process SIGINT keeps its shell meaning.
+pub fn exit_code(exit: Exit, system_init: bool) -> i32 {
+    if system_init && exit.signal == Some(libc::SIGINT) {
+        return 0;
+    }
+    exit.as_shell_code()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +133,10 @@ impl Stopper {
             return Vec::new();
         }
         self.phase = Phase::Exited;
-        vec![Action::Delete, Action::Exit(exit.as_shell_code())]
+        vec![
+            Action::Delete,
+            Action::Exit(exit_code(exit, self.policy.system_init)),
+        ]
     }
 }
 
@@ -222,7 +246,26 @@ mod tests {
         StopPolicy {
             stop_signal: SIGRTMIN_PLUS_3,
             grace: Duration::from_secs(10),
+            system_init: true,
         }
+    }
+
+    #[test]
+    fn a_system_inits_halt_is_a_clean_exit() {
+        // reboot(2) with HALT/POWER_OFF in a PID namespace: init "killed by SIGINT".
+        assert_eq!(exit_code(Exit::signal(libc::SIGINT), true), 0);
+        // RESTART: SIGHUP; not a shutdown, keeps 128 + 1.
+        assert_eq!(exit_code(Exit::signal(libc::SIGHUP), true), 129);
+        assert_eq!(exit_code(Exit::signal(libc::SIGKILL), true), 137);
+        assert_eq!(exit_code(Exit::code(3), true), 3);
+        // An application killed by SIGINT keeps the shell's 130.
+        assert_eq!(exit_code(Exit::signal(libc::SIGINT), false), 130);
+        let mut s = Stopper::new(policy());
+        s.on_signal(libc::SIGTERM);
+        assert_eq!(
+            s.on_exit(Exit::signal(libc::SIGINT)),
+            vec![Action::Delete, Action::Exit(0)]
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod cred;
+pub mod debootstrap;
 pub mod image;
 pub mod pki;
 pub mod proxy;

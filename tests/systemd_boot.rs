@@ -1,0 +1,224 @@
+//! systemd as the workspace's PID 1 under real runc (standing in for
+//! sysbox-runc): `cvmd run` of a debootstrap'd Debian bookworm boots to
+//! `running` (or `degraded`), and SIGTERM to cvmd halts it through the
+//! image's stop signal (SIGRTMIN+3) well within the grace period, cvmd
+//! exits 0, and no mount, runtime container or cgroup is left behind.
+//!
+//! Needs root, runc, docker-registry and debootstrap with a reachable
+//! Debian mirror (the image is built once and cached, see
+//! `common::debootstrap`); skips with a reason otherwise.
+
+mod common;
+mod layers_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{debootstrap, Registry};
+use layers_support::*;
+
+const RUNC: &str = "/usr/sbin/runc";
+const WORKSPACE: &str = "ws-systemd";
+/// Grace period cvmd gives the stop signal before SIGKILL.
+const GRACE: Duration = Duration::from_secs(20);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn runc() -> Option<PathBuf> {
+    let found = [RUNC, "/usr/bin/runc"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        eprintln!("skipping: runc is not installed (apt-get install runc)");
+    }
+    found
+}
+
+fn runc_at(runc: &Path, root: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(runc)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runc")
+}
+
+/// `systemctl is-system-running` inside the workspace, or why not.
+fn system_state(runc: &Path, root: &Path) -> String {
+    let out = runc_at(
+        runc,
+        root,
+        &["exec", WORKSPACE, "systemctl", "is-system-running"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if stdout.is_empty() {
+        format!(
+            "(no answer: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    } else {
+        stdout
+    }
+}
+
+/// The workspace's cgroup directories (v1 controllers and unified) as host
+/// paths: those of its init, less the `init.scope` systemd moves itself to.
+fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let dir = match ctrl {
+                "" => "unified".to_string(),
+                c => c
+                    .strip_prefix("name=")
+                    .unwrap_or(c)
+                    .split(',')
+                    .next()?
+                    .to_string(),
+            };
+            let path = path.trim_end_matches("/init.scope");
+            let base = Path::new("/sys/fs/cgroup").join(dir);
+            base.exists()
+                .then(|| base.join(path.trim_start_matches('/')))
+        })
+        .collect()
+}
+
+#[test]
+fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
+    if !can_run() {
+        return;
+    }
+    let Some(runc) = runc() else { return };
+    if !debootstrap::available() {
+        return;
+    }
+    let started = Instant::now();
+    let image = debootstrap::systemd_image();
+    eprintln!("image ready after {:?}", started.elapsed());
+
+    let sandbox = Sandbox::new();
+    let state = tempfile::tempdir().unwrap();
+    let runtime_root = state.path().join("runtime");
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "systemd/bookworm", "v1", &image);
+    drop(image);
+    eprintln!("pushed after {:?}", started.elapsed());
+
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cvmd"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &cvmd.cache)
+        .arg("--cache-dir")
+        .arg(&cvmd.cache)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--insecure-registries", &cvmd.registry])
+        .args(["--image", &reference, "--workspace", WORKSPACE])
+        .args(["--runtime", "runc"])
+        .args(["--stop-timeout", &GRACE.as_secs().to_string()])
+        .args(["--log-format", "text", "--log-level", "info"])
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain stderr on a thread so a chatty boot never blocks cvmd on a full
+    // pipe; the text comes back for the assertion messages.
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+
+    let pid_file = state
+        .path()
+        .join(format!("workspaces/{WORKSPACE}/init.pid"));
+    let mut last = String::new();
+    let booted = common::wait_until(BOOT_TIMEOUT, || {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        if !pid_file.exists() {
+            return false;
+        }
+        last = system_state(&runc, &runtime_root);
+        if last == "running" || last == "degraded" {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        false
+    });
+    if !booted || !(last == "running" || last == "degraded") {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+        let _ = runc_at(&runc, &runtime_root, &["delete", "--force", WORKSPACE]);
+        panic!(
+            "systemd did not reach running/degraded within {BOOT_TIMEOUT:?} (last answer {last:?}):\n{}",
+            log.join().unwrap()
+        );
+    }
+    eprintln!("systemd is {last} after {:?}", started.elapsed());
+    if last == "degraded" {
+        let failed = runc_at(
+            &runc,
+            &runtime_root,
+            &["exec", WORKSPACE, "systemctl", "--failed", "--no-legend"],
+        );
+        eprintln!("failed units:\n{}", String::from_utf8_lossy(&failed.stdout));
+    }
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cgroups = cgroup_dirs(pid);
+    assert!(
+        cgroups.iter().any(|d| d.is_dir()),
+        "init {pid}'s cgroup dirs are not where expected: {cgroups:?}"
+    );
+
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    let log = log.join().unwrap();
+    eprintln!("cvmd exited {status} {took:?} after SIGTERM");
+    assert!(
+        took < GRACE,
+        "systemd took {took:?}, not within the {GRACE:?} grace period: it was SIGKILLed\n{log}"
+    );
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "systemd halted by SIGRTMIN+3 exits 0, and so does cvmd\n{log}"
+    );
+
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let state_str = state.path().to_str().unwrap();
+    let left: Vec<_> = info.lines().filter(|l| l.contains(state_str)).collect();
+    assert!(
+        left.is_empty(),
+        "mounts left under the state dir: {left:#?}"
+    );
+    let list = runc_at(&runc, &runtime_root, &["list", "-q"]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).trim().is_empty(),
+        "runc still lists: {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+    let cg_left: Vec<_> = cgroups.iter().filter(|d| d.exists()).collect();
+    assert!(cg_left.is_empty(), "cgroups left: {cg_left:?}");
+    sandbox.assert_outside_untouched();
+    eprintln!("whole test took {:?}", started.elapsed());
+}
