@@ -8,7 +8,7 @@ mod sink;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::digest::Digest;
@@ -139,10 +139,14 @@ impl Puller {
                 }
             });
         }
-        futures_util::stream::iter(fetches)
+        // Every layer runs to its end even when one fails: dropping a layer's
+        // future mid-unpack would leave its blocking unpacker writing into a
+        // staging dir being removed. The good layers stay cached.
+        let results: Vec<Result<(), PullError>> = futures_util::stream::iter(fetches)
             .buffer_unordered(self.concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
         let record = ImageRecord::new(reference, &manifest_digest, &manifest, &config);
         self.store.images().save(&record)?;
         let elapsed = started.elapsed();
