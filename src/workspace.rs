@@ -55,9 +55,17 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&ws_dir)
         .with_context(|| format!("workspace state dir {}", ws_dir.display()))?;
 
+    // Listening from the start: PID 1 ignores signals it has no handler
+    // for, and a stop asked for during a long pull must be honoured.
+    let mut signals = signals::listen()?;
     let t = Instant::now();
-    let ready =
-        crate::image::ensure(settings, &reference, settings.pull_policy, &PlainLines).await?;
+    let ready = tokio::select! {
+        ready = crate::image::ensure(settings, &reference, settings.pull_policy, &PlainLines) => ready?,
+        signal = stop_requested(&mut signals) => {
+            tracing::info!(signal, "stop requested before the workspace booted");
+            return Ok(128 + signal);
+        }
+    };
     timeline.time("image", t, ());
 
     let t = Instant::now();
@@ -96,6 +104,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         &ws_dir,
         &target,
         idmap,
+        signals,
         &mut timeline,
     )
     .await;
@@ -111,6 +120,7 @@ async fn boot(
     ws_dir: &Path,
     rootfs_dir: &Path,
     idmap: Option<rootfs::IdMap>,
+    signals: tokio::sync::mpsc::Receiver<i32>,
     timeline: &mut Timeline,
 ) -> anyhow::Result<i32> {
     let t = Instant::now();
@@ -194,7 +204,6 @@ async fn boot(
             tokio::spawn(log_lines(stream, pipe));
         }
     }
-    let signals = signals::listen()?;
     let t = Instant::now();
     if let Err(e) = runtime.start(id).await {
         let _ = runtime.delete(id, true).await;
@@ -219,6 +228,18 @@ async fn boot(
     }
     tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
     Ok(outcome.code)
+}
+
+/// Resolves at the first stop request (SIGTERM, SIGINT); other signals
+/// have no container to go to yet.
+async fn stop_requested(signals: &mut tokio::sync::mpsc::Receiver<i32>) -> i32 {
+    loop {
+        match signals.recv().await {
+            Some(s) if signals::STOP_REQUESTS.contains(&s) => return s,
+            Some(_) => {}
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 /// The ID mapping a setting asks for; `auto` is the workspace's own range

@@ -227,3 +227,65 @@ fn run_with_a_failing_runtime_says_why_and_cleans_up() {
     );
     assert_clean(state.path());
 }
+
+#[test]
+fn run_sigterm_during_the_pull_stops_at_once() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let proxy = common::proxy::FaultProxy::start(&reg.url());
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(common::image::Layer::random(
+            "big.bin",
+            8,
+            3,
+            Compression::Gzip,
+        ))
+        .entrypoint(&["/bin/sh"])
+        .build();
+    push(&reg, "run/slow", "v1", &img);
+    // 8 MiB at 256 KiB/s: the pull takes half a minute unless stopped.
+    proxy.throttle_blobs(256 << 10);
+    let cvmd = Cvmd::new(&sandbox.cache(), &proxy.host());
+    let reference = format!("{}/run/slow:v1", proxy.host());
+    let child = cvmd_run(&cvmd, state.path(), &reference, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ingest = sandbox.cache().join("ingest");
+    let downloading = || {
+        std::fs::read_dir(&ingest)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), downloading),
+        "the pull never started"
+    );
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "128+SIGTERM: {stderr}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert!(
+        stderr.contains("stop requested before the workspace booted"),
+        "{stderr}"
+    );
+    assert_clean(state.path());
+}
