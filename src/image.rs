@@ -55,7 +55,7 @@ pub struct ReadyImage {
 }
 
 /// A puller configured from the settings.
-pub fn puller(settings: &Settings) -> Result<Puller, ImageError> {
+fn puller(settings: &Settings) -> Result<Puller, ImageError> {
     crate::store::fs_check::check(&settings.cache_dir)?;
     let client = RegistryClient::new(settings.client_options()?)?;
     Ok(Puller {
@@ -68,6 +68,24 @@ pub fn puller(settings: &Settings) -> Result<Puller, ImageError> {
         concurrency: settings.pull_concurrency,
         unpack: true,
     })
+}
+
+/// Pulls `reference` from its registry into the node cache (unpacking its
+/// layers unless `unpack` is false), then keeps the cache within its budget.
+/// The one pull path of `pull`, `prefetch` and `run`.
+pub async fn pull(
+    settings: &Settings,
+    reference: &Reference,
+    unpack: bool,
+    progress: &dyn ProgressSink,
+) -> Result<crate::pull::PulledImage, ImageError> {
+    let mut puller = puller(settings)?;
+    puller.unpack = unpack;
+    let pulled = puller.pull(reference, progress).await?;
+    if let Some(budget) = settings.cache_budget {
+        crate::store::gc::collect(&settings.cache_dir, Some(budget)).await?;
+    }
+    Ok(pulled)
 }
 
 /// The cached record of `reference` if every layer it names is unpacked.
@@ -104,10 +122,7 @@ pub async fn ensure(
             return Err(ImageError::NotCached(reference.to_string()));
         }
     }
-    let pulled = puller(settings)?.pull(reference, progress).await?;
-    if let Some(budget) = settings.cache_budget {
-        crate::store::gc::collect(&settings.cache_dir, Some(budget)).await?;
-    }
+    let pulled = pull(settings, reference, true, progress).await?;
     let record = ImageRecord::new(
         reference,
         &pulled.manifest_digest,

@@ -15,7 +15,13 @@ pub struct PrefetchArgs {
 pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for image in &args.images {
-        match super::pull::pull_image(settings, image, &PlainLines).await {
+        let pulled = match image.parse() {
+            Ok(reference) => crate::image::pull(settings, &reference, true, &PlainLines)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::Error::from(e)),
+        };
+        match pulled {
             Ok(pulled) => println!("{}", pulled.reference),
             // One bad image must not keep the others from the node.
             Err(e) => {

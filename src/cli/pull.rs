@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::progress::{JsonLines, PlainLines, TerminalBars};
-use crate::pull::{ProgressSink, PulledImage};
+use crate::pull::ProgressSink;
 use crate::registry::Reference;
 
 #[derive(clap::Args)]
@@ -37,30 +37,10 @@ pub async fn pull(settings: &Settings, args: &PullArgs) -> anyhow::Result<()> {
         Box::new(PlainLines)
     };
     let reference: Reference = image.parse()?;
-    let mut puller = crate::image::puller(settings)?;
-    puller.unpack = !args.no_unpack;
-    let pulled = puller.pull(&reference, progress.as_ref()).await?;
-    if let Some(budget) = settings.cache_budget {
-        crate::store::gc::collect(&settings.cache_dir, Some(budget)).await?;
-    }
+    let pulled =
+        crate::image::pull(settings, &reference, !args.no_unpack, progress.as_ref()).await?;
     if !args.json {
         println!("{}", pulled.reference);
     }
     Ok(())
-}
-
-/// Pulls `image` (always asking the registry) into the node cache.
-pub async fn pull_image(
-    settings: &Settings,
-    image: &str,
-    progress: &dyn ProgressSink,
-) -> anyhow::Result<PulledImage> {
-    let reference: Reference = image.parse()?;
-    let pulled = crate::image::puller(settings)?
-        .pull(&reference, progress)
-        .await?;
-    if let Some(budget) = settings.cache_budget {
-        crate::store::gc::collect(&settings.cache_dir, Some(budget)).await?;
-    }
-    Ok(pulled)
 }
