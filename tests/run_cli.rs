@@ -51,7 +51,7 @@ fn cvmd_run(cvmd: &Cvmd, state: &Path, reference: &str, extra: &[&str]) -> Comma
         .arg("--state-dir")
         .arg(state)
         .args(["--insecure-registries", &cvmd.registry])
-        .args(["--image", reference, "--workspace", "ws-test"])
+        .args(["--image", reference, "--workspace", &workspace_name(state)])
         .args(["--log-format", "text", "--log-level", "info"])
         .args(extra)
         .args(if extra.contains(&"--runtime") {
@@ -62,6 +62,13 @@ fn cvmd_run(cvmd: &Cvmd, state: &Path, reference: &str, extra: &[&str]) -> Comma
         .arg("run")
         .stdin(Stdio::null());
     c
+}
+
+/// Unique per test and per checkout: runc names the container's cgroup
+/// after it, and tests run in parallel.
+fn workspace_name(state: &Path) -> String {
+    let dir = state.file_name().unwrap().to_string_lossy();
+    format!("ws-{}", dir.trim_start_matches('.'))
 }
 
 fn assert_clean(state: &Path) {
@@ -165,7 +172,11 @@ fn run_sigterm_stops_the_workspace_within_the_grace_period() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid_file = state.path().join("workspaces/ws-test/init.pid");
+    let pid_file = state
+        .path()
+        .join("workspaces")
+        .join(workspace_name(state.path()))
+        .join("init.pid");
     assert!(
         common::wait_until(Duration::from_secs(30), || pid_file.exists()),
         "the workspace never started"

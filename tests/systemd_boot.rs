@@ -19,7 +19,10 @@ use common::{debootstrap, Registry};
 use layers_support::*;
 
 const RUNC: &str = "/usr/sbin/runc";
-const WORKSPACE: &str = "ws-systemd";
+/// Unique per run: runc names the container's cgroup after it, and other
+/// checkouts may run this test at the same time.
+static WORKSPACE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("ws-systemd-{}", std::process::id()));
 /// Grace period cvmd gives the stop signal before SIGKILL.
 const GRACE: Duration = Duration::from_secs(20);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,7 +53,7 @@ fn system_state(runc: &Path, root: &Path) -> String {
     let out = runc_at(
         runc,
         root,
-        &["exec", WORKSPACE, "systemctl", "is-system-running"],
+        &["exec", &WORKSPACE, "systemctl", "is-system-running"],
     );
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if stdout.is_empty() {
@@ -119,7 +122,7 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         .arg("--state-dir")
         .arg(state.path())
         .args(["--insecure-registries", &cvmd.registry])
-        .args(["--image", &reference, "--workspace", WORKSPACE])
+        .args(["--image", &reference, "--workspace", &WORKSPACE])
         .args(["--runtime", "runc"])
         .args(["--stop-timeout", &GRACE.as_secs().to_string()])
         .args(["--log-format", "text", "--log-level", "info"])
@@ -136,7 +139,7 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
 
     let pid_file = state
         .path()
-        .join(format!("workspaces/{WORKSPACE}/init.pid"));
+        .join(format!("workspaces/{}/init.pid", *WORKSPACE));
     let mut last = String::new();
     let booted = common::wait_until(BOOT_TIMEOUT, || {
         if child.try_wait().unwrap().is_some() {
@@ -158,7 +161,7 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = child.wait();
-        let _ = runc_at(&runc, &runtime_root, &["delete", "--force", WORKSPACE]);
+        let _ = runc_at(&runc, &runtime_root, &["delete", "--force", &WORKSPACE]);
         panic!(
             "systemd did not reach running/degraded within {BOOT_TIMEOUT:?} (last answer {last:?}):\n{}",
             log.join().unwrap()
@@ -169,7 +172,7 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         let failed = runc_at(
             &runc,
             &runtime_root,
-            &["exec", WORKSPACE, "systemctl", "--failed", "--no-legend"],
+            &["exec", &WORKSPACE, "systemctl", "--failed", "--no-legend"],
         );
         eprintln!("failed units:\n{}", String::from_utf8_lossy(&failed.stdout));
     }
