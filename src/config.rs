@@ -53,6 +53,8 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "add_tun", env: "CVMD_ADD_TUN", envbox: Some("CODER_ADD_TUN"), default: Some("false"), help: "give the workspace /dev/net/tun" },
     Spec { key: "add_fuse", env: "CVMD_ADD_FUSE", envbox: Some("CODER_ADD_FUSE"), default: Some("false"), help: "give the workspace /dev/fuse" },
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
+    Spec { key: "socket", env: "CVMD_SOCKET", envbox: None, default: Some("/run/cvmd/cvmd.sock"), help: "unix socket of the control API (cvmctl); never mounted into the workspace" },
+    Spec { key: "admin_group", env: "CVMD_ADMIN_GROUP", envbox: None, default: None, help: "group (name or gid) whose members may use the control API besides root; makes the socket 0660 [default: root only, 0600]" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
 ];
@@ -120,6 +122,8 @@ pub struct Settings {
     pub add_tun: bool,
     pub add_fuse: bool,
     pub stop_timeout: std::time::Duration,
+    pub socket: PathBuf,
+    pub admin_group: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +349,12 @@ impl Settings {
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_secs)
             .unwrap_or(std::time::Duration::from_secs(25));
+        let socket = parse("socket", &absolute)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/run/cvmd/cvmd.sock"));
+        let admin_group = parse("admin_group", &|v| {
+            crate::api::peer::resolve_group(v).map(|_| ())
+        });
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -381,6 +391,8 @@ impl Settings {
             add_tun,
             add_fuse,
             stop_timeout,
+            socket,
+            admin_group,
         })
     }
 

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use tokio::io::AsyncBufReadExt;
@@ -24,25 +23,50 @@ use crate::runtime::{ContainerIo, Runtime};
 use crate::store::lease::Lease;
 use crate::store::ContentStore;
 use crate::supervisor::reaper::Reaper;
+use crate::supervisor::lifecycle::Phase;
+use crate::supervisor::logbook::{LogBook, Source};
 use crate::supervisor::signals::{self, StopPolicy};
-
-/// One phase's duration, for the log and (later) the status API.
-#[derive(Debug, Default)]
-pub struct Timeline(Vec<(&'static str, std::time::Duration)>);
-
-impl Timeline {
-    fn time<T>(&mut self, phase: &'static str, started: Instant, value: T) -> T {
-        let took = started.elapsed();
-        tracing::info!(phase, elapsed_ms = took.as_secs_f64() * 1e3, "phase done");
-        self.0.push((phase, took));
-        value
-    }
-}
+use crate::supervisor::state::{Container, StateHandle, Tee};
 
 /// Runs the workspace to its end; returns the exit code cvmd should exit
-/// with (the workspace's, 128+signal when signalled).
+/// with (the workspace's, 128+signal when signalled). The control API
+/// serves on `settings.socket` from the start to the end.
 pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
-    let mut timeline = Timeline::default();
+    // Listening from the start: PID 1 ignores signals it has no handler
+    // for, and a stop asked for during a long pull must be honoured. The
+    // API's Stop and Restart feed the same channel as the OS signals.
+    let mut os_signals = signals::listen()?;
+    let (signal_tx, mut signals) = tokio::sync::mpsc::channel(16);
+    let state = StateHandle::new(&settings.workspace, &settings.runtime, signal_tx.clone());
+    let forward = state.clone();
+    tokio::spawn(async move {
+        while let Some(signal) = os_signals.recv().await {
+            if signals::STOP_REQUESTS.contains(&signal) {
+                forward.stop_signalled();
+            }
+            if signal_tx.send(signal).await.is_err() {
+                break;
+            }
+        }
+    });
+    let _server = crate::api::server::serve(
+        &settings.socket,
+        settings.admin_group.as_deref(),
+        state.clone(),
+    )?;
+    let result = run_with(settings, &state, &mut signals).await;
+    match &result {
+        Ok(_) => state.enter(Phase::Exited),
+        Err(e) => state.fail(&crate::cli::error_line(e)),
+    }
+    result
+}
+
+async fn run_with(
+    settings: &Settings,
+    state: &StateHandle,
+    signals: &mut tokio::sync::mpsc::Receiver<i32>,
+) -> anyhow::Result<i32> {
     let image = settings
         .image
         .as_deref()
@@ -55,20 +79,20 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&ws_dir)
         .with_context(|| format!("workspace state dir {}", ws_dir.display()))?;
 
-    // Listening from the start: PID 1 ignores signals it has no handler
-    // for, and a stop asked for during a long pull must be honoured.
-    let mut signals = signals::listen()?;
-    let t = Instant::now();
+    // preflight: wired at merge (the preflight engine runs here).
+    state.enter(Phase::Pull);
+    state.set_image(&reference.to_string(), "");
+    let progress = Tee(state, &PlainLines);
     let ready = tokio::select! {
-        ready = crate::image::ensure(settings, &reference, settings.pull_policy, &PlainLines) => ready?,
-        signal = stop_requested(&mut signals) => {
+        ready = crate::image::ensure(settings, &reference, settings.pull_policy, &progress) => ready?,
+        signal = stop_requested(signals) => {
             tracing::info!(signal, "stop requested before the workspace booted");
             return Ok(128 + signal);
         }
     };
-    timeline.time("image", t, ());
+    state.set_image(&ready.record.reference, &ready.record.manifest.to_string());
 
-    let t = Instant::now();
+    state.enter(Phase::Rootfs);
     let layers = crate::store::layers::LayerCache::open(&settings.cache_dir)?;
     let diff_ids: Vec<_> = ready
         .record
@@ -96,7 +120,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         reset: false,
     })?;
     tracing::info!(mode = ?assembled.mode, idmap = ?assembled.idmap_mode, "rootfs ready");
-    timeline.time("rootfs", t, ());
+    state.set_rootfs(
+        rootfs_mode_name(assembled.mode),
+        idmap_mode_name(assembled.idmap_mode),
+    );
 
     let result = boot(
         settings,
@@ -105,7 +132,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         &target,
         idmap,
         signals,
-        &mut timeline,
+        state,
     )
     .await;
     if let Err(e) = rootfs::teardown(&target) {
@@ -120,10 +147,106 @@ async fn boot(
     ws_dir: &Path,
     rootfs_dir: &Path,
     idmap: Option<rootfs::IdMap>,
-    signals: tokio::sync::mpsc::Receiver<i32>,
-    timeline: &mut Timeline,
+    signals: &mut tokio::sync::mpsc::Receiver<i32>,
+    state: &StateHandle,
 ) -> anyhow::Result<i32> {
-    let t = Instant::now();
+    let reaper = Reaper::start()?;
+    let runtime_root = settings
+        .runtime_root
+        .clone()
+        .unwrap_or_else(|| settings.state_dir.join("runtime"));
+    let log_dir = ws_dir.join("logs");
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("runtime log dir {}", log_dir.display()))?;
+    let runtime = Runtime::new(
+        resolve_runtime(&settings.runtime)?,
+        &log_dir,
+        Arc::new(reaper.clone()),
+    )
+    .with_root(&runtime_root);
+    let id = settings.workspace.as_str();
+    // One pass per boot: a Restart through the API stops the container and
+    // comes back here, on the same rootfs.
+    loop {
+        state.enter(Phase::Bundle);
+        let bundle_dir = ws_dir.join("bundle");
+        let info = write_bundle(settings, record, ws_dir, rootfs_dir, idmap, &bundle_dir)?;
+        tracing::info!(init = info.init, verdict = ?info.init_verdict, args = ?info.args, "bundle written");
+        // sysbox-runc's rule: always delete, also what a crash left behind.
+        let _ = runtime.delete(id, true).await;
+
+        state.enter(Phase::Create);
+        let pid_file = ws_dir.join("init.pid");
+        let created = runtime
+            .create(
+                id,
+                &bundle_dir,
+                &pid_file,
+                ContainerIo::Pipes { stdin: false },
+            )
+            .await?;
+        let exit = match reaper.watch(created.pid) {
+            Ok(exit) => exit,
+            Err(e) => {
+                let _ = runtime.delete(id, true).await;
+                return Err(e.into());
+            }
+        };
+        for (source, pipe) in [
+            (Source::Stdout, created.io.stdout),
+            (Source::Stderr, created.io.stderr),
+        ] {
+            if let Some(pipe) = pipe {
+                tokio::spawn(log_lines(source, pipe, state.logs().clone()));
+            }
+        }
+        state.enter(Phase::Start);
+        if let Err(e) = runtime.start(id).await {
+            let _ = runtime.delete(id, true).await;
+            return Err(e.into());
+        }
+        state.set_container(
+            Container {
+                runtime: runtime.clone(),
+                id: id.to_string(),
+            },
+            created.pid,
+        );
+        state.enter(Phase::Running);
+        tracing::info!(id, pid = created.pid, "workspace running");
+        let outcome = signals::supervise(
+            &runtime,
+            id,
+            exit,
+            StopPolicy {
+                stop_signal: info.stop_signal,
+                grace: settings.stop_timeout,
+                system_init: info.init,
+            },
+            signals,
+        )
+        .await?;
+        if let Err(e) = &outcome.deleted {
+            tracing::warn!(error = %e, "the runtime could not delete the workspace container");
+        }
+        tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
+        state.set_exited(outcome.code);
+        if !state.take_restart() {
+            return Ok(outcome.code);
+        }
+        tracing::info!("restarting the workspace");
+    }
+}
+
+/// The OCI bundle for this boot, from the image config and the settings.
+fn write_bundle(
+    settings: &Settings,
+    record: &crate::store::images::ImageRecord,
+    ws_dir: &Path,
+    rootfs_dir: &Path,
+    idmap: Option<rootfs::IdMap>,
+    bundle_dir: &Path,
+) -> anyhow::Result<bundle::BundleInfo> {
     let flavor = RuntimeFlavor::of_runtime(&settings.runtime);
     let store = ContentStore::open(&settings.cache_dir)?;
     let config: oci_spec::image::ImageConfiguration =
@@ -158,76 +281,22 @@ async fn boot(
         memory: settings.memory,
     }
     .or(bundle::outer_limits());
-    let bundle_dir = ws_dir.join("bundle");
-    let info = bundle::write_bundle(&bundle_dir, &input)?;
-    tracing::info!(init = info.init, verdict = ?info.init_verdict, args = ?info.args, "bundle written");
-    timeline.time("bundle", t, ());
+    Ok(bundle::write_bundle(bundle_dir, &input)?)
+}
 
-    let reaper = Reaper::start()?;
-    let runtime_root = settings
-        .runtime_root
-        .clone()
-        .unwrap_or_else(|| settings.state_dir.join("runtime"));
-    let log_dir = ws_dir.join("logs");
-    std::fs::create_dir_all(&log_dir)
-        .with_context(|| format!("runtime log dir {}", log_dir.display()))?;
-    let runtime = Runtime::new(
-        resolve_runtime(&settings.runtime)?,
-        &log_dir,
-        Arc::new(reaper.clone()),
-    )
-    .with_root(&runtime_root);
-    let id = settings.workspace.as_str();
-    // sysbox-runc's rule: always delete, also what a crash left behind.
-    let _ = runtime.delete(id, true).await;
+fn rootfs_mode_name(mode: rootfs::Mode) -> &'static str {
+    match mode {
+        rootfs::Mode::Overlay => "overlay",
+        rootfs::Mode::Flat => "flat",
+    }
+}
 
-    let t = Instant::now();
-    let pid_file = ws_dir.join("init.pid");
-    let created = runtime
-        .create(
-            id,
-            &bundle_dir,
-            &pid_file,
-            ContainerIo::Pipes { stdin: false },
-        )
-        .await?;
-    timeline.time("create", t, ());
-    let exit = match reaper.watch(created.pid) {
-        Ok(exit) => exit,
-        Err(e) => {
-            let _ = runtime.delete(id, true).await;
-            return Err(e.into());
-        }
-    };
-    for (stream, pipe) in [("stdout", created.io.stdout), ("stderr", created.io.stderr)] {
-        if let Some(pipe) = pipe {
-            tokio::spawn(log_lines(stream, pipe));
-        }
+fn idmap_mode_name(mode: rootfs::IdMapMode) -> &'static str {
+    match mode {
+        rootfs::IdMapMode::None => "none",
+        rootfs::IdMapMode::IdMappedMount => "idmapped-mount",
+        rootfs::IdMapMode::ChownedCopy => "chowned-copy",
     }
-    let t = Instant::now();
-    if let Err(e) = runtime.start(id).await {
-        let _ = runtime.delete(id, true).await;
-        return Err(e.into());
-    }
-    timeline.time("start", t, ());
-    tracing::info!(id, pid = created.pid, "workspace running");
-    let outcome = signals::supervise(
-        &runtime,
-        id,
-        exit,
-        StopPolicy {
-            stop_signal: info.stop_signal,
-            grace: settings.stop_timeout,
-            system_init: info.init,
-        },
-        signals,
-    )
-    .await?;
-    if let Err(e) = &outcome.deleted {
-        tracing::warn!(error = %e, "the runtime could not delete the workspace container");
-    }
-    tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
-    Ok(outcome.code)
 }
 
 /// Resolves at the first stop request (SIGTERM, SIGINT); other signals
@@ -289,9 +358,14 @@ fn resolve_runtime(runtime: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
-async fn log_lines(stream: &'static str, pipe: tokio::net::unix::pipe::Receiver) {
+/// The workspace's output into cvmd's log and the log book (`cvmctl logs`).
+async fn log_lines(source: Source, pipe: tokio::net::unix::pipe::Receiver, book: Arc<LogBook>) {
+    let stream = source.as_str();
     let mut lines = tokio::io::BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        // The target is what keeps the log book's tracing layer from
+        // recording the line a second time as cvmd's own.
         tracing::info!(target: "workspace", stream, "{line}");
+        book.push(source, tracing::Level::INFO, &line);
     }
 }
