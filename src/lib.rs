@@ -5,6 +5,7 @@ pub mod api;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod digest;
 pub mod image;
 pub mod progress;

@@ -22,9 +22,9 @@ use crate::rootfs::{self, Request};
 use crate::runtime::{ContainerIo, Runtime};
 use crate::store::lease::Lease;
 use crate::store::ContentStore;
-use crate::supervisor::reaper::Reaper;
 use crate::supervisor::lifecycle::Phase;
 use crate::supervisor::logbook::{LogBook, Source};
+use crate::supervisor::reaper::Reaper;
 use crate::supervisor::signals::{self, StopPolicy};
 use crate::supervisor::state::{Container, StateHandle, Tee};
 

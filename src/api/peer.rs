@@ -21,7 +21,11 @@ pub enum Verdict {
 
 /// The decision, from plain values. `groups` is only consulted when the
 /// uid and primary gid did not already decide.
-pub fn authorize(peer: &Peer, admin_gid: Option<u32>, groups: impl FnOnce() -> Vec<u32>) -> Verdict {
+pub fn authorize(
+    peer: &Peer,
+    admin_gid: Option<u32>,
+    groups: impl FnOnce() -> Vec<u32>,
+) -> Verdict {
     if peer.uid == 0 {
         return Verdict::Allowed;
     }
@@ -45,7 +49,11 @@ pub fn parse_groups(status: &str) -> Vec<u32> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -67,7 +75,9 @@ pub fn resolve_group(name: &str) -> Result<u32, String> {
     }
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
-        Ok(None) => Err(format!("group {name:?} does not exist: create it or give a numeric gid")),
+        Ok(None) => Err(format!(
+            "group {name:?} does not exist: create it or give a numeric gid"
+        )),
         Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
     }
 }
@@ -77,7 +87,11 @@ mod tests {
     use super::*;
 
     fn peer(uid: u32, gid: u32) -> Peer {
-        Peer { uid, gid, pid: Some(1) }
+        Peer {
+            uid,
+            gid,
+            pid: Some(1),
+        }
     }
 
     #[test]
@@ -98,7 +112,10 @@ mod tests {
 
     #[test]
     fn admin_group_as_primary_or_supplementary() {
-        assert_eq!(authorize(&peer(1000, 50), Some(50), Vec::new), Verdict::Allowed);
+        assert_eq!(
+            authorize(&peer(1000, 50), Some(50), Vec::new),
+            Verdict::Allowed
+        );
         assert_eq!(
             authorize(&peer(1000, 100), Some(50), || vec![4, 50]),
             Verdict::Allowed
@@ -131,6 +148,8 @@ mod tests {
     fn numeric_groups_need_no_lookup() {
         assert_eq!(resolve_group("4242"), Ok(4242));
         assert_eq!(resolve_group("root"), Ok(0));
-        assert!(resolve_group("no-such-group-cvmd").unwrap_err().contains("does not exist"));
+        assert!(resolve_group("no-such-group-cvmd")
+            .unwrap_err()
+            .contains("does not exist"));
     }
 }

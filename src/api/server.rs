@@ -6,13 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
-use tonic::codegen::http;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::codegen::http;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
-use super::peer::{self, Peer, Verdict};
 use super::pb::control_server::ControlServer;
+use super::peer::{self, Peer, Verdict};
 use super::service::ControlService;
 use crate::supervisor::state::StateHandle;
 

@@ -206,6 +206,9 @@ mod tests {
         }
         assert!(allowed(Phase::Create, Phase::Failed));
         assert!(allowed(Phase::Running, Phase::Exited), "ended on its own");
-        assert!(!allowed(Phase::Pull, Phase::Exited), "only through stopping");
+        assert!(
+            !allowed(Phase::Pull, Phase::Exited),
+            "only through stopping"
+        );
     }
 }

@@ -218,7 +218,8 @@ impl tracing::field::Visit for LineVisitor {
         if field.name() == "message" {
             self.message = format!("{value:?}");
         } else {
-            self.fields.push_str(&format!(" {}={value:?}", field.name()));
+            self.fields
+                .push_str(&format!(" {}={value:?}", field.name()));
         }
     }
 
