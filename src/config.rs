@@ -53,7 +53,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "add_tun", env: "CVMD_ADD_TUN", envbox: Some("CODER_ADD_TUN"), default: Some("false"), help: "give the workspace /dev/net/tun" },
     Spec { key: "add_fuse", env: "CVMD_ADD_FUSE", envbox: Some("CODER_ADD_FUSE"), default: Some("false"), help: "give the workspace /dev/fuse" },
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
-    Spec { key: "socket", env: "CVMD_SOCKET", envbox: None, default: Some("/run/cvmd/cvmd.sock"), help: "unix socket of the control API (cvmctl); never mounted into the workspace" },
+    Spec { key: "socket", env: "CVMD_SOCKET", envbox: None, default: None, help: "unix socket of the control API (cvmctl); never mounted into the workspace [default: STATE_DIR/cvmd.sock, so /run/cvmd/cvmd.sock]" },
     Spec { key: "admin_group", env: "CVMD_ADMIN_GROUP", envbox: None, default: None, help: "group (name or gid) whose members may use the control API besides root; makes the socket 0660 [default: root only, 0600]" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
@@ -349,9 +349,10 @@ impl Settings {
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_secs)
             .unwrap_or(std::time::Duration::from_secs(25));
+        // Beside the state: one socket per state dir, as runtime_root.
         let socket = parse("socket", &absolute)
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/run/cvmd/cvmd.sock"));
+            .unwrap_or_else(|| PathBuf::from(&state_dir).join("cvmd.sock"));
         let admin_group = parse("admin_group", &|v| {
             crate::api::peer::resolve_group(v).map(|_| ())
         });
@@ -592,6 +593,18 @@ mod tests {
         assert_eq!(s.pull_concurrency, 4);
         assert_eq!(s.docker_config, PathBuf::from("/root/.docker/config.json"));
         assert_eq!(s.platform, Platform::host());
+        assert_eq!(s.socket, PathBuf::from("/run/cvmd/cvmd.sock"));
+        assert_eq!(s.admin_group, None);
+    }
+
+    #[test]
+    fn the_socket_follows_the_state_dir_and_the_admin_group_must_exist() {
+        let s = resolve(&[], &[("CVMD_STATE_DIR", "/tmp/x")]).unwrap();
+        assert_eq!(s.socket, PathBuf::from("/tmp/x/cvmd.sock"));
+        let e = resolve(&[], &[("CVMD_ADMIN_GROUP", "no-such-group-cvmd")]).unwrap_err();
+        assert!(e.problems[0].contains("CVMD_ADMIN_GROUP"), "{e}");
+        let s = resolve(&[], &[("CVMD_ADMIN_GROUP", "4242")]).unwrap();
+        assert_eq!(s.admin_group.as_deref(), Some("4242"));
     }
 
     #[test]

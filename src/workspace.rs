@@ -49,7 +49,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
             }
         }
     });
-    let _server = crate::api::server::serve(
+    let server = crate::api::server::serve(
         &settings.socket,
         settings.admin_group.as_deref(),
         state.clone(),
@@ -59,6 +59,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         Ok(_) => state.enter(Phase::Exited),
         Err(e) => state.fail(&crate::cli::error_line(e)),
     }
+    server.shutdown().await;
     result
 }
 

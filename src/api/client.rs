@@ -70,7 +70,6 @@ pub async fn connect(path: &Path) -> Result<ControlClient<Channel>, ConnectError
             path: path.into(),
             source,
         })?;
-    Ok(ControlClient::new(channel)
-        .max_decoding_message_size(super::server::MAX_RESPONSE)
-        .max_encoding_message_size(super::server::MAX_REQUEST))
+    // No encoding limit here: cvmd judges what is too large.
+    Ok(ControlClient::new(channel).max_decoding_message_size(super::server::MAX_RESPONSE))
 }

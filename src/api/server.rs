@@ -80,7 +80,12 @@ pub fn probe(path: &Path) -> Claim {
 pub struct Server {
     path: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
+
+/// How long [`Server::shutdown`] lets streams deliver their last messages
+/// (the final phase to `cvmctl events -f`) before cvmd exits anyway.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -92,6 +97,15 @@ impl Drop for Server {
 impl Server {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Stops accepting calls and gives the open ones up to [`DRAIN`] to
+    /// end (a follower's stream never does on its own).
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(DRAIN, &mut self.task).await;
     }
 }
 
@@ -143,11 +157,14 @@ pub fn serve(
     });
     let incoming = UnixListenerStream::new(listener);
     let socket = path.display().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(out_of_range_is_invalid))
             .add_service(guarded)
-            .serve_with_incoming(incoming)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
             .await;
         if let Err(e) = result {
             tracing::error!(socket, error = %e, "the control API stopped");
@@ -157,6 +174,7 @@ pub fn serve(
     Ok(Server {
         path: path.into(),
         task,
+        stop: Some(stop),
     })
 }
 

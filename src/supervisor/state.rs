@@ -170,9 +170,6 @@ impl StateHandle {
             Phase::Stopping | Phase::Exited | Phase::Failed => inner.running_since = None,
             _ => {}
         }
-        if phase == Phase::Bundle {
-            inner.exit_status = None;
-        }
         // Under the lock: subscribers see phases in order.
         let _ = self.0.events.send(Event {
             time: SystemTime::now(),

@@ -1,0 +1,464 @@
+//! The control API end to end: a real `cvmd run` of a busybox workspace
+//! pulled from the harness registry under real runc, driven by the real
+//! `cvmctl` over the real unix socket: status through the phases (and
+//! `--ready`), pull progress, events, logs with tail and follow, exec,
+//! restart, stop; a non-root peer refused; garbage on the socket harmless.
+//!
+//! Needs root, runc and docker-registry; skips with a reason otherwise.
+
+mod common;
+mod layers_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::image::{Compression, Format, ImageBuilder, LayerBuilder};
+use common::Registry;
+use layers_support::*;
+
+fn runc_present() -> bool {
+    let found = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if !found {
+        eprintln!("skipping: runc is not installed (apt-get install runc)");
+    }
+    found
+}
+
+/// A workspace that prints a numbered line every 200 ms and exits 3 on
+/// SIGTERM (sh as PID 1 gets the signal because it traps it).
+fn chatty_image() -> common::image::Image {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut layer = LayerBuilder::new()
+        .dir("bin", 0o755)
+        .file("bin/busybox", &busybox, 0o755);
+    for app in ["sh", "sleep", "echo", "cat"] {
+        layer = layer.symlink(&format!("bin/{app}"), "busybox");
+    }
+    ImageBuilder::new(Format::Oci)
+        .layer(layer.build(Compression::Gzip))
+        .entrypoint(&[
+            "/bin/sh",
+            "-c",
+            "trap 'echo bye; exit 3' TERM; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done",
+        ])
+        .build()
+}
+
+struct Running {
+    child: Child,
+    state: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
+    let state = tempfile::Builder::new()
+        .prefix("cvmd-api-")
+        .tempdir()
+        .unwrap();
+    // Reachable for the non-root peer of the permission test; the socket's
+    // own mode is what guards it.
+    std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = state.path().join("cvmd.sock");
+    let dir = state.path().file_name().unwrap().to_string_lossy();
+    let workspace = format!("ws-{}", dir.trim_start_matches('.'));
+    let child = Command::new(env!("CARGO_BIN_EXE_cvmd"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &cvmd.cache)
+        .arg("--cache-dir")
+        .arg(&cvmd.cache)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--insecure-registries", &cvmd.registry])
+        .args(["--image", reference, "--workspace", &workspace])
+        .args(["--runtime", "runc", "--stop-timeout", "5"])
+        .args(["--log-format", "text", "--log-level", "info"])
+        .args(extra)
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || socket.exists()),
+        "cvmd never opened its socket"
+    );
+    Running {
+        child,
+        state,
+        socket,
+    }
+}
+
+impl Running {
+    fn ctl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmctl"));
+        c.env_clear()
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.ctl(args).output().unwrap()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.run(&["status", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn wait_for(
+        &self,
+        what: &str,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ends cvmd (SIGTERM) if a test left it running, and returns its output.
+    fn finish(mut self) -> (Option<i32>, String) {
+        if self.child.try_wait().unwrap().is_none() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let out = self.child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_clean(self.state.path());
+        (out.status.code(), stderr)
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn assert_clean(state: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains(state.to_str().unwrap()),
+        "a mount under {} is left",
+        state.display()
+    );
+    let left: Vec<_> = std::fs::read_dir(state.join("runtime"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime state left: {left:?}");
+    assert!(
+        !state.join("cvmd.sock").exists(),
+        "the socket is removed at exit"
+    );
+}
+
+fn line_number(line: &str) -> Option<u64> {
+    line.trim().strip_prefix("line ")?.parse().ok()
+}
+
+#[test]
+fn control_api_through_a_workspaces_life() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let proxy = common::proxy::FaultProxy::start(&reg.url());
+    push(&reg, "api/life", "v1", &chatty_image());
+    // Slow enough that the pull phase can be watched.
+    proxy.throttle_blobs(512 << 10);
+    let cvmd = Cvmd::new(&sandbox.cache(), &proxy.host());
+    let reference = format!("{}/api/life:v1", proxy.host());
+    let ws = start_cvmd(&cvmd, &reference, &[]);
+
+    // Before running: not ready, and the pull's progress can be followed.
+    let early = ws.status();
+    if early["phase"] != "running" {
+        let ready = ws.run(&["status", "--ready"]);
+        assert_eq!(ready.status.code(), Some(4), "{}", text(&ready));
+    }
+    let events = ws
+        .ctl(&["events", "-f", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pull = ws.run(&["pull"]);
+    assert_eq!(pull.status.code(), Some(0), "{}", text(&pull));
+    let pull_err = String::from_utf8_lossy(&pull.stderr);
+    assert!(
+        pull_err.contains("done") || pull_err.contains("already in the store"),
+        "a line per finished layer: {pull_err}"
+    );
+
+    let s = ws.wait_for("running", |s| s["phase"] == "running");
+    assert!(s["init_pid"].as_i64().unwrap() > 1, "{s}");
+    assert_eq!(s["runtime"], "runc");
+    assert_eq!(s["image"]["reference"], reference);
+    assert!(s["image"]["digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert!(
+        ["overlay", "flat"].contains(&s["rootfs_mode"].as_str().unwrap()),
+        "{s}"
+    );
+    assert_eq!(s["idmap_mode"], "none");
+    let names: Vec<&str> = s["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "preflight",
+            "pull",
+            "rootfs",
+            "bundle",
+            "create",
+            "start",
+            "running"
+        ]
+    );
+    let pull_ms = s["timeline"][1]["duration_ms"].as_u64().unwrap();
+    assert!(pull_ms >= 500, "the throttled pull took {pull_ms} ms");
+    let ready = ws.run(&["status", "--ready"]);
+    assert_eq!(ready.status.code(), Some(0), "{}", text(&ready));
+    let human = ws.ctl(&["status"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("\"phase\":\"running\""),
+        "not a terminal: JSON"
+    );
+
+    // Logs: the tail, then followed lines after it.
+    std::thread::sleep(Duration::from_millis(800));
+    let tail = ws.run(&["logs", "--tail", "3", "--source", "workspace"]);
+    assert_eq!(tail.status.code(), Some(0), "{}", text(&tail));
+    let lines: Vec<u64> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(|l| line_number(l).unwrap_or_else(|| panic!("not a workspace line: {l:?}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.windows(2).all(|w| w[1] == w[0] + 1), "{lines:?}");
+    let mut follow = ws
+        .ctl(&["logs", "-f", "--tail", "1", "--source", "workspace"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(follow.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let mut l = String::new();
+        assert!(reader.read_line(&mut l).unwrap() > 0, "follow ended early");
+        seen.push(line_number(&l).unwrap());
+    }
+    assert!(
+        seen[3] > lines[2],
+        "new lines arrive: {seen:?} after {lines:?}"
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let own = ws.run(&["logs", "--tail", "500", "--source", "cvmd"]);
+    assert!(
+        String::from_utf8_lossy(&own.stdout).contains("workspace running"),
+        "cvmd's own log: {}",
+        text(&own)
+    );
+
+    // Exec: output, stderr, exit code, stdin.
+    let out = ws.run(&[
+        "exec",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo out; echo err >&2; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    let mut cat = ws
+        .ctl(&["exec", "-i", "--", "/bin/cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cat.stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+
+    // Restart: a new init, running again.
+    let old_pid = s["init_pid"].as_i64().unwrap();
+    let out = ws.run(&["restart"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = ws.wait_for("running again", |s| {
+        s["phase"] == "running" && s["boots"] == 2
+    });
+    assert_ne!(s["init_pid"].as_i64().unwrap(), old_pid, "{s}");
+    assert_eq!(s["exit_status"], 3, "the first boot's status: {s}");
+
+    // Stop: cvmd exits with the workspace's code, nothing left.
+    let out = ws.run(&["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events_out = events.wait_with_output().unwrap();
+    let phases: Vec<String> = String::from_utf8_lossy(&events_out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "phase")
+        .map(|e| e["phase"].as_str().unwrap().to_string())
+        .collect();
+    let tail_of: Vec<&str> = phases.iter().map(String::as_str).rev().take(7).collect();
+    assert_eq!(
+        tail_of,
+        ["exited", "stopping", "running", "start", "create", "bundle", "stopping"],
+        "events end with the restart and the stop (newest first): {phases:?}"
+    );
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(3), "the workspace's trap code: {stderr}");
+    assert!(
+        stderr.contains("stop requested through the control API"),
+        "{stderr}"
+    );
+}
+
+/// Runs `cvmctl` as uid 65534 with the given gid and supplementary groups.
+fn as_nobody(cmd: &mut Command, gid: u32, groups: &[u32]) {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (setgroups, setgid, setuid), and `groups` was allocated before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn control_api_refuses_other_peers_and_survives_garbage() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "api/guard", "v1", &chatty_image());
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let ws = start_cvmd(&cvmd, &reference, &["--admin-group", "65534"]);
+    ws.wait_for("running", |s| s["phase"] == "running");
+    let mode = std::fs::metadata(&ws.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "the admin group makes the socket 0660");
+
+    // Members of the admin group get in, by primary or supplementary gid.
+    for (gid, groups) in [(65534, vec![]), (65533, vec![65534])] {
+        let mut c = ws.ctl(&["status", "--ready"]);
+        as_nobody(&mut c, gid, &groups);
+        let out = c.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "gid {gid} {groups:?}: {}",
+            text(&out)
+        );
+    }
+    // Others: the socket's mode stops them...
+    let mut c = ws.ctl(&["status"]);
+    as_nobody(&mut c, 65533, &[]);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out)
+    );
+    // ...and when the mode is loosened, the peer check still does.
+    std::fs::set_permissions(&ws.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut c = ws.ctl(&["stop"]);
+    as_nobody(&mut c, 65533, &[]);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied: uid 65534"), "{err}");
+
+    // Garbage, a half-open connection and an idle one do not harm cvmd.
+    let mut garbage = std::os::unix::net::UnixStream::connect(&ws.socket).unwrap();
+    // cvmd may hang up before all of it is written.
+    let _ = garbage.write_all(&common::image::pseudo_random(64 << 10, 7));
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = garbage.read_to_end(&mut sink);
+    let mut half = std::os::unix::net::UnixStream::connect(&ws.socket).unwrap();
+    let _ = half.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04");
+    let _ = half.shutdown(std::net::Shutdown::Write);
+    let _idle = std::os::unix::net::UnixStream::connect(&ws.socket).unwrap();
+    let s = ws.status();
+    assert_eq!(s["phase"], "running", "{s}");
+
+    // Malformed and oversized requests: InvalidArgument, cvmd unharmed.
+    common::block_on(async {
+        use cvmd::api::pb;
+        let mut client = cvmd::api::client::connect(&ws.socket).await.unwrap();
+        let e = client
+            .logs(pb::LogsRequest {
+                source: "../etc/shadow".into(),
+                tail: 1,
+                follow: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let not_start = pb::ExecRequest {
+            msg: Some(pb::exec_request::Msg::Stdin(b"x".to_vec())),
+        };
+        let e = client
+            .exec(tokio_stream::iter(vec![not_start]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    });
+    let big = "x".repeat(100 << 10);
+    let out = ws.run(&["exec", "--", &big, &big, &big]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid request"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(ws.status()["phase"], "running");
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(3), "{stderr}");
+}
