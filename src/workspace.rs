@@ -275,6 +275,18 @@ fn write_bundle(
         Some(m) => bundle::parse_mounts(m, flavor)?,
         None => Vec::new(),
     };
+    // The control socket stays in the outer container (DESIGN.md).
+    if let Some(m) = input
+        .mounts
+        .iter()
+        .find(|m| crate::api::server::exposes(&m.source, &settings.socket))
+    {
+        anyhow::bail!(
+            "CVMD_MOUNTS entry {} would put cvmd's control socket {} into the workspace: mount a narrower directory, or move the socket with CVMD_SOCKET",
+            m.source.display(),
+            settings.socket.display()
+        );
+    }
     input.tun = settings.add_tun;
     input.fuse = settings.add_fuse;
     input.limits = Limits {

@@ -191,6 +191,20 @@ fn restrict(path: &Path, admin_gid: Option<u32>) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// Whether bind-mounting `source` into the workspace would make the
+/// socket reachable from it (the source is the socket or one of its
+/// directories). Symlinks are resolved where the paths exist, so a link to
+/// the socket's directory counts too.
+pub fn exposes(source: &Path, socket: &Path) -> bool {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let socket_dir = socket.parent().map(real).unwrap_or_default();
+    let socket = match socket.file_name() {
+        Some(name) => socket_dir.join(name),
+        None => socket.to_path_buf(),
+    };
+    socket.starts_with(real(source))
+}
+
 /// tonic answers a request over the size limit with OutOfRange; to the
 /// caller it is a malformed request, InvalidArgument. No handler here
 /// returns OutOfRange, so the rewrite cannot hide anything else.
@@ -230,6 +244,22 @@ fn check_peer(req: Request<()>, admin_gid: Option<u32>) -> Result<Request<()>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_that_would_expose_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run/cvmd");
+        std::fs::create_dir_all(&run).unwrap();
+        let socket = run.join("cvmd.sock");
+        assert!(exposes(&run, &socket));
+        assert!(exposes(&dir.path().join("run"), &socket));
+        assert!(exposes(&socket, &socket));
+        assert!(!exposes(&dir.path().join("home"), &socket));
+        assert!(!exposes(&run.join("cvmd.sock.d"), &socket));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&run, &link).unwrap();
+        assert!(exposes(&link, &socket), "through a symlink");
+    }
 
     #[test]
     fn probe_tells_free_stale_busy_and_not_a_socket() {
