@@ -67,6 +67,8 @@ fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
     let socket = state.path().join("cvmd.sock");
     let dir = state.path().file_name().unwrap().to_string_lossy();
     let workspace = format!("ws-{}", dir.trim_start_matches('.'));
+    // What a crashed cvmd leaves: a socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     let child = Command::new(env!("CARGO_BIN_EXE_cvmd"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -86,15 +88,18 @@ fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(
-        common::wait_until(Duration::from_secs(20), || socket.exists()),
-        "cvmd never opened its socket"
-    );
-    Running {
+    let running = Running {
         child,
         state,
         socket,
-    }
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), || {
+            running.run(&["status"]).status.code() == Some(0)
+        }),
+        "cvmd never answered on its socket (a stale one must be replaced)"
+    );
+    running
 }
 
 impl Running {
@@ -381,6 +386,38 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
     let mode = std::fs::metadata(&ws.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "the admin group makes the socket 0660");
 
+    // A second cvmd on the same socket refuses to start.
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cvmd"))
+        .env_clear()
+        .arg("--state-dir")
+        .arg(other.path())
+        .arg("--socket")
+        .arg(&ws.socket)
+        .args(["--image", &reference, "--runtime", "runc", "run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another cvmd already serves"),
+        "{}",
+        text(&out)
+    );
+    // No socket: exit 3 and a line saying so.
+    let out = Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        .arg("--socket")
+        .arg(other.path().join("none.sock"))
+        .args(["status", "--ready"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cvmd socket at"));
+
+    let events = ws
+        .ctl(&["events", "-f", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     // Members of the admin group get in, by primary or supplementary gid.
     for (gid, groups) in [(65534, vec![]), (65533, vec![65534])] {
         let mut c = ws.ctl(&["status", "--ready"]);
@@ -411,6 +448,11 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied: uid 65534"), "{err}");
+    assert_eq!(
+        ws.status()["phase"],
+        "running",
+        "the refused stop did nothing"
+    );
 
     // Garbage, a half-open connection and an idle one do not harm cvmd.
     let mut garbage = std::os::unix::net::UnixStream::connect(&ws.socket).unwrap();
@@ -461,4 +503,17 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
     assert_eq!(ws.status()["phase"], "running");
     let (code, stderr) = ws.finish();
     assert_eq!(code, Some(3), "{stderr}");
+    let warnings: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &serde_json::Value| e["kind"] == "warning")
+            .collect();
+    assert!(
+        warnings.iter().any(|w| w["message"]
+            .as_str()
+            .unwrap()
+            .contains("control API call refused")),
+        "the refused call is a warning event: {warnings:?}"
+    );
 }

@@ -57,15 +57,26 @@ pub fn parse_groups(status: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The peer's supplementary groups; none when its process is gone (then
-/// only its uid and primary gid count, which fails closed).
-pub fn groups_of(proc_root: &Path, pid: Option<i32>) -> Vec<u32> {
-    let Some(pid) = pid.filter(|p| *p > 0) else {
+/// The effective uid in a /proc/PID/status text (`Uid:` real, effective, ...).
+pub fn parse_euid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|u| u.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+}
+
+/// The peer's supplementary groups; none when its process is gone or its
+/// pid now belongs to a process of another user (pid reuse after the peer
+/// exited): then only the uid and primary gid count, which fails closed.
+pub fn groups_of(proc_root: &Path, peer: &Peer) -> Vec<u32> {
+    let Some(pid) = peer.pid.filter(|p| *p > 0) else {
         return Vec::new();
     };
-    std::fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
-        .map(|s| parse_groups(&s))
-        .unwrap_or_default()
+    match std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")) {
+        Ok(s) if parse_euid(&s) == Some(peer.uid) => parse_groups(&s),
+        _ => Vec::new(),
+    }
 }
 
 /// The admin group setting: a name from /etc/group or a number.
@@ -135,13 +146,26 @@ mod tests {
     }
 
     #[test]
-    fn a_vanished_peer_has_no_groups() {
+    fn a_vanished_or_replaced_peer_has_no_groups() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(groups_of(dir.path(), Some(12345)).is_empty());
-        assert!(groups_of(dir.path(), None).is_empty());
+        let p = |pid| Peer {
+            uid: 1000,
+            gid: 1000,
+            pid,
+        };
+        assert!(groups_of(dir.path(), &p(Some(12345))).is_empty());
+        assert!(groups_of(dir.path(), &p(None)).is_empty());
         std::fs::create_dir(dir.path().join("7")).unwrap();
-        std::fs::write(dir.path().join("7/status"), "Groups:\t9 10\n").unwrap();
-        assert_eq!(groups_of(dir.path(), Some(7)), vec![9, 10]);
+        let status = "Uid:\t1000\t1000\t1000\t1000\nGroups:\t9 10\n";
+        std::fs::write(dir.path().join("7/status"), status).unwrap();
+        assert_eq!(groups_of(dir.path(), &p(Some(7))), vec![9, 10]);
+        // The pid now belongs to another user's process.
+        std::fs::write(
+            dir.path().join("7/status"),
+            "Uid:\t0\t0\t0\t0\nGroups:\t9\n",
+        )
+        .unwrap();
+        assert!(groups_of(dir.path(), &p(Some(7))).is_empty());
     }
 
     #[test]

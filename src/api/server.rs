@@ -231,7 +231,7 @@ fn check_peer(req: Request<()>, admin_gid: Option<u32>) -> Result<Request<()>, S
         pid: cred.pid(),
     };
     match peer::authorize(&peer, admin_gid, || {
-        peer::groups_of(Path::new("/proc"), peer.pid)
+        peer::groups_of(Path::new("/proc"), &peer)
     }) {
         Verdict::Allowed => Ok(req),
         Verdict::Denied(why) => {
