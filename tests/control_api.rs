@@ -483,6 +483,15 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let e = client
+            .logs(pb::LogsRequest {
+                source: "x".repeat(1 << 20),
+                tail: 1,
+                follow: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "oversized: {e}");
         let not_start = pb::ExecRequest {
             msg: Some(pb::exec_request::Msg::Stdin(b"x".to_vec())),
         };

@@ -225,8 +225,19 @@ impl pb::control_server::Control for ControlService {
             if !req.follow {
                 return;
             }
-            while let Some(l) = next(&mut rx).await {
-                if filter.wants(l.source) && tx.send(Ok(line_of(&l))).await.is_err() {
+            loop {
+                let line = match rx.recv().await {
+                    Ok(l) if filter.wants(l.source) => line_of(&l),
+                    Ok(_) => continue,
+                    // Say so rather than leave a silent hole in the log.
+                    Err(broadcast::error::RecvError::Lagged(n)) => pb::LogLine {
+                        time_ms: epoch_ms(SystemTime::now()),
+                        source: Source::Cvmd.as_str().into(),
+                        line: format!("({n} lines skipped: this reader fell behind)"),
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(line)).await.is_err() {
                     return;
                 }
             }
