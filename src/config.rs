@@ -351,16 +351,22 @@ impl Settings {
             .map(std::time::Duration::from_secs)
             .unwrap_or(std::time::Duration::from_secs(25));
         let network = crate::network::NetworkSettings {
-            mode: parse("network", &|v| v.parse::<crate::network::Mode>().map(|_| ()))
-                .and_then(|v| v.parse().ok()),
-            subnet: parse("subnet", &|v| v.parse::<crate::network::Subnet>().map(|_| ()))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_default(),
+            mode: parse("network", &|v| {
+                v.parse::<crate::network::Mode>().map(|_| ())
+            })
+            .and_then(|v| v.parse().ok()),
+            subnet: parse("subnet", &|v| {
+                v.parse::<crate::network::Subnet>().map(|_| ())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
             mtu: parse("mtu", &|v| crate::network::plan::parse_mtu(v).map(|_| ()))
                 .and_then(|v| crate::network::plan::parse_mtu(&v).ok()),
-            ports: parse("ports", &|v| crate::network::plan::parse_ports(v).map(|_| ()))
-                .and_then(|v| crate::network::plan::parse_ports(&v).ok())
-                .unwrap_or_default(),
+            ports: parse("ports", &|v| {
+                crate::network::plan::parse_ports(v).map(|_| ())
+            })
+            .and_then(|v| crate::network::plan::parse_ports(&v).ok())
+            .unwrap_or_default(),
         };
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -716,7 +722,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.problems.len(), 3, "{e}");
-        assert!(e.to_string().contains("invalid CVMD_NETWORK: \"host\" is not one of veth, none"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("invalid CVMD_NETWORK: \"host\" is not one of veth, none"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -127,13 +127,19 @@ mod tests {
             let c = choose(stub, upstream);
             assert_eq!(c.content, stub);
             let w = c.warning.unwrap();
-            assert!(w.contains("127.0.0.53") && w.contains(RESOLVED_UPSTREAM), "{w}");
+            assert!(
+                w.contains("127.0.0.53") && w.contains(RESOLVED_UPSTREAM),
+                "{w}"
+            );
         }
     }
 
     #[test]
     fn nameserver_lines_parse_with_zones_and_ignore_the_rest() {
-        assert_eq!(nameserver("nameserver fe80::1%eth0"), "fe80::1".parse().ok());
+        assert_eq!(
+            nameserver("nameserver fe80::1%eth0"),
+            "fe80::1".parse().ok()
+        );
         assert_eq!(nameserver("# nameserver 127.0.0.1"), None);
         assert_eq!(nameserver("nameserver"), None);
     }

@@ -20,9 +20,9 @@ fn failed(what: impl Into<String>, e: rtnetlink::Error) -> NetError {
             let errno = -m.raw_code();
             let io = m.to_io();
             match errno {
-                libc::EPERM | libc::EACCES => format!(
-                    "{io}: the outer container must be privileged (CAP_NET_ADMIN)"
-                ),
+                libc::EPERM | libc::EACCES => {
+                    format!("{io}: the outer container must be privileged (CAP_NET_ADMIN)")
+                }
                 libc::EOPNOTSUPP if what.contains("veth") => {
                     format!("{io}: the kernel lacks veth support (CONFIG_VETH)")
                 }
@@ -37,7 +37,8 @@ fn failed(what: impl Into<String>, e: rtnetlink::Error) -> NetError {
 /// A netlink connection in the calling thread's netns, served by a task of
 /// the current tokio runtime.
 pub fn connect() -> Result<Handle, NetError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::Socket { source })?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|source| NetError::Socket { source })?;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -71,9 +72,15 @@ pub async fn default_route_mtu(handle: &Handle) -> Result<Option<u32>, NetError>
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute();
     let mut oif = None;
-    while let Some(r) = routes.try_next().await.map_err(|e| failed("list routes", e))? {
+    while let Some(r) = routes
+        .try_next()
+        .await
+        .map_err(|e| failed("list routes", e))?
+    {
         let main = r.header.table == RouteHeader::RT_TABLE_MAIN
-            || r.attributes.contains(&RouteAttribute::Table(u32::from(RouteHeader::RT_TABLE_MAIN)));
+            || r.attributes.contains(&RouteAttribute::Table(u32::from(
+                RouteHeader::RT_TABLE_MAIN,
+            )));
         if r.header.destination_prefix_length != 0 || !main {
             continue;
         }
@@ -87,7 +94,10 @@ pub async fn default_route_mtu(handle: &Handle) -> Result<Option<u32>, NetError>
     }
     let Some(oif) = oif else { return Ok(None) };
     let mut links = handle.link().get().match_index(oif).execute();
-    let link = links.try_next().await.map_err(|e| failed("read the default route's interface", e))?;
+    let link = links
+        .try_next()
+        .await
+        .map_err(|e| failed("read the default route's interface", e))?;
     Ok(link.and_then(|l| {
         l.attributes.iter().find_map(|a| match a {
             LinkAttribute::Mtu(m) => Some(*m),
@@ -98,7 +108,12 @@ pub async fn default_route_mtu(handle: &Handle) -> Result<Option<u32>, NetError>
 
 /// Creates the pair, moves the peer into the workspace's netns (`netns`)
 /// and brings the outer end up with its address.
-pub async fn create_pair(handle: &Handle, plan: &Plan, mtu: u32, netns: &OwnedFd) -> Result<(), NetError> {
+pub async fn create_pair(
+    handle: &Handle,
+    plan: &Plan,
+    mtu: u32,
+    netns: &OwnedFd,
+) -> Result<(), NetError> {
     let (outer, peer) = (&plan.outer_if, &plan.peer_if);
     handle
         .link()
@@ -106,10 +121,12 @@ pub async fn create_pair(handle: &Handle, plan: &Plan, mtu: u32, netns: &OwnedFd
         .execute()
         .await
         .map_err(|e| failed(format!("create veth {outer}"), e))?;
-    let peer_index = index_of(handle, peer).await?.ok_or_else(|| NetError::Netlink {
-        what: format!("find the new veth end {peer}"),
-        reason: "it vanished right after its creation".into(),
-    })?;
+    let peer_index = index_of(handle, peer)
+        .await?
+        .ok_or_else(|| NetError::Netlink {
+            what: format!("find the new veth end {peer}"),
+            reason: "it vanished right after its creation".into(),
+        })?;
     handle
         .link()
         .set(
@@ -119,17 +136,37 @@ pub async fn create_pair(handle: &Handle, plan: &Plan, mtu: u32, netns: &OwnedFd
         )
         .execute()
         .await
-        .map_err(|e| failed(format!("move veth {peer} into the workspace's network namespace"), e))?;
-    let outer_index = index_of(handle, outer).await?.ok_or_else(|| NetError::Netlink {
-        what: format!("find the new veth end {outer}"),
-        reason: "it vanished right after its creation".into(),
-    })?;
+        .map_err(|e| {
+            failed(
+                format!("move veth {peer} into the workspace's network namespace"),
+                e,
+            )
+        })?;
+    let outer_index = index_of(handle, outer)
+        .await?
+        .ok_or_else(|| NetError::Netlink {
+            what: format!("find the new veth end {outer}"),
+            reason: "it vanished right after its creation".into(),
+        })?;
     handle
         .address()
-        .add(outer_index, IpAddr::V4(plan.subnet.outer()), plan.subnet.prefix())
+        .add(
+            outer_index,
+            IpAddr::V4(plan.subnet.outer()),
+            plan.subnet.prefix(),
+        )
         .execute()
         .await
-        .map_err(|e| failed(format!("add {}/{} to {outer}", plan.subnet.outer(), plan.subnet.prefix()), e))?;
+        .map_err(|e| {
+            failed(
+                format!(
+                    "add {}/{} to {outer}",
+                    plan.subnet.outer(),
+                    plan.subnet.prefix()
+                ),
+                e,
+            )
+        })?;
     set_up(handle, outer_index, outer).await
 }
 
@@ -146,22 +183,31 @@ async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetError>
 /// its MTU, address and the default route through the outer end.
 pub async fn configure_inside(plan: &Plan, mtu: Option<u32>) -> Result<(), NetError> {
     let handle = connect()?;
-    let lo = index_of(&handle, "lo").await?.ok_or_else(|| NetError::Netlink {
-        what: "find lo in the workspace".into(),
-        reason: "the network namespace has no loopback interface".into(),
-    })?;
+    let lo = index_of(&handle, "lo")
+        .await?
+        .ok_or_else(|| NetError::Netlink {
+            what: "find lo in the workspace".into(),
+            reason: "the network namespace has no loopback interface".into(),
+        })?;
     set_up(&handle, lo, "lo").await?;
     let Some(mtu) = mtu else { return Ok(()) };
     let peer = &plan.peer_if;
-    let index = index_of(&handle, peer).await?.ok_or_else(|| NetError::Netlink {
-        what: format!("find veth {peer} in the workspace"),
-        reason: "it did not arrive in the workspace's network namespace".into(),
-    })?;
+    let index = index_of(&handle, peer)
+        .await?
+        .ok_or_else(|| NetError::Netlink {
+            what: format!("find veth {peer} in the workspace"),
+            reason: "it did not arrive in the workspace's network namespace".into(),
+        })?;
     // A link is renamed while down (the kernel refuses to rename an up
     // one), so up comes after.
     handle
         .link()
-        .set(LinkUnspec::new_with_index(index).name(INNER_IF).mtu(mtu).build())
+        .set(
+            LinkUnspec::new_with_index(index)
+                .name(INNER_IF)
+                .mtu(mtu)
+                .build(),
+        )
         .execute()
         .await
         .map_err(|e| failed(format!("rename {peer} to {INNER_IF} with MTU {mtu}"), e))?;
@@ -170,7 +216,16 @@ pub async fn configure_inside(plan: &Plan, mtu: Option<u32>) -> Result<(), NetEr
         .add(index, IpAddr::V4(plan.subnet.inner()), plan.subnet.prefix())
         .execute()
         .await
-        .map_err(|e| failed(format!("add {}/{} to {INNER_IF}", plan.subnet.inner(), plan.subnet.prefix()), e))?;
+        .map_err(|e| {
+            failed(
+                format!(
+                    "add {}/{} to {INNER_IF}",
+                    plan.subnet.inner(),
+                    plan.subnet.prefix()
+                ),
+                e,
+            )
+        })?;
     set_up(&handle, index, INNER_IF).await?;
     handle
         .route()
@@ -182,7 +237,12 @@ pub async fn configure_inside(plan: &Plan, mtu: Option<u32>) -> Result<(), NetEr
         )
         .execute()
         .await
-        .map_err(|e| failed(format!("add the default route via {}", plan.subnet.outer()), e))
+        .map_err(|e| {
+            failed(
+                format!("add the default route via {}", plan.subnet.outer()),
+                e,
+            )
+        })
 }
 
 /// Runs [`configure_inside`] on a thread of its own that joins the

@@ -32,13 +32,19 @@ pub enum NetError {
     #[error("cannot open a netlink socket: {source}")]
     Socket { source: std::io::Error },
     #[error("cannot open the workspace's network namespace {path}: {source}: the workspace's init is gone")]
-    OpenNetns { path: PathBuf, source: std::io::Error },
+    OpenNetns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot enter the workspace's network namespace: {source}: the outer container must be privileged (CAP_SYS_ADMIN)")]
     EnterNetns { source: std::io::Error },
     #[error("cannot run the workspace network thread: {source}")]
     Thread { source: std::io::Error },
     #[error("cannot set {} to 1: {source}: the outer container must be privileged (writable /proc/sys)", path.display())]
-    Sysctl { path: PathBuf, source: std::io::Error },
+    Sysctl {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("iptables not found on PATH: install it in the outer container's image (Debian: apt-get install iptables), or set CVMD_NETWORK=none")]
     IptablesMissing,
     #[error("iptables {args} failed: {reason}")]
@@ -96,7 +102,9 @@ impl Active {
             // Lets loopback-sourced connections (to 127.0.0.1:PORT) be
             // DNAT'd out through the veth; the kernel drops them as
             // martians otherwise.
-            nat::enable(format!("/proc/sys/net/ipv4/conf/{}/route_localnet", plan.outer_if).as_ref())?;
+            nat::enable(
+                format!("/proc/sys/net/ipv4/conf/{}/route_localnet", plan.outer_if).as_ref(),
+            )?;
         }
         nat::add_rules(self.spawner.as_ref(), plan).await?;
         tracing::info!(

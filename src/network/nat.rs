@@ -86,7 +86,11 @@ pub async fn delete_rules(spawner: &dyn Spawner, plan: &Plan) -> Result<usize, N
     let tag = plan.tag();
     let mut deleted = 0;
     for table in Table::ALL {
-        let listing = iptables(spawner, &["-w", "-t", table.as_str(), "-S"].map(String::from)).await?;
+        let listing = iptables(
+            spawner,
+            &["-w", "-t", table.as_str(), "-S"].map(String::from),
+        )
+        .await?;
         for args in deletions(table, &listing, &tag) {
             iptables(spawner, &args).await?;
             deleted += 1;

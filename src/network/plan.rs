@@ -120,7 +120,9 @@ pub struct PortForward {
 pub fn parse_ports(v: &str) -> Result<Vec<PortForward>, String> {
     let mut out: Vec<PortForward> = Vec::new();
     for entry in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let bad = |why: &str| format!("{entry:?} {why} (ports are OUTER:INNER[/tcp|/udp], e.g. 8080:80,5353:53/udp)");
+        let bad = |why: &str| {
+            format!("{entry:?} {why} (ports are OUTER:INNER[/tcp|/udp], e.g. 8080:80,5353:53/udp)")
+        };
         let (ports, proto) = match entry.split_once('/') {
             Some((p, "tcp")) => (p, Proto::Tcp),
             Some((p, "udp")) => (p, Proto::Udp),
@@ -238,8 +240,22 @@ impl Plan {
             ),
             // First in FORWARD, ahead of a DROP policy or rule (Docker's)
             // the outer container may carry.
-            Rule::new(Table::Filter, "FORWARD", &["-i", out_if], &tag, &["-j", "ACCEPT"]).first(),
-            Rule::new(Table::Filter, "FORWARD", &["-o", out_if], &tag, &["-j", "ACCEPT"]).first(),
+            Rule::new(
+                Table::Filter,
+                "FORWARD",
+                &["-i", out_if],
+                &tag,
+                &["-j", "ACCEPT"],
+            )
+            .first(),
+            Rule::new(
+                Table::Filter,
+                "FORWARD",
+                &["-o", out_if],
+                &tag,
+                &["-j", "ACCEPT"],
+            )
+            .first(),
         ];
         if self.ports.is_empty() {
             return rules;
@@ -265,7 +281,19 @@ impl Plan {
             rules.push(Rule::new(
                 Table::Nat,
                 "PREROUTING",
-                &["!", "-i", out_if, "-p", proto, "--dport", &dport, "-m", "addrtype", "--dst-type", "LOCAL"],
+                &[
+                    "!",
+                    "-i",
+                    out_if,
+                    "-p",
+                    proto,
+                    "--dport",
+                    &dport,
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                ],
                 &tag,
                 &target,
             ));
@@ -273,7 +301,16 @@ impl Plan {
             rules.push(Rule::new(
                 Table::Nat,
                 "OUTPUT",
-                &["-p", proto, "--dport", &dport, "-m", "addrtype", "--dst-type", "LOCAL"],
+                &[
+                    "-p",
+                    proto,
+                    "--dport",
+                    &dport,
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                ],
                 &tag,
                 &target,
             ));
@@ -308,7 +345,13 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn new(table: Table, chain: &'static str, matches: &[&str], tag: &str, target: &[&str]) -> Rule {
+    fn new(
+        table: Table,
+        chain: &'static str,
+        matches: &[&str],
+        tag: &str,
+        target: &[&str],
+    ) -> Rule {
         let mut spec: Vec<String> = matches.iter().map(|s| s.to_string()).collect();
         spec.extend(["-m", "comment", "--comment", tag].map(String::from));
         spec.extend(target.iter().map(|s| s.to_string()));
@@ -349,11 +392,10 @@ pub fn deletions(table: Table, listing: &str, tag: &str) -> Vec<Vec<String>> {
             if first != "-A" {
                 return None;
             }
-            let tagged = rest
-                .windows(2)
-                .any(|w| w[0] == "--comment" && w[1] == tag);
+            let tagged = rest.windows(2).any(|w| w[0] == "--comment" && w[1] == tag);
             tagged.then(|| {
-                let mut args: Vec<String> = ["-w", "-t", table.as_str(), "-D"].map(String::from).into();
+                let mut args: Vec<String> =
+                    ["-w", "-t", table.as_str(), "-D"].map(String::from).into();
                 args.extend(rest.iter().cloned());
                 args
             })

@@ -7,7 +7,14 @@ fn subnet_default_is_envboxs_and_derives_both_ends() {
     assert_eq!(s.outer(), Ipv4Addr::new(172, 19, 0, 1));
     assert_eq!(s.inner(), Ipv4Addr::new(172, 19, 0, 2));
     let s: Subnet = "10.200.0.0/24".parse().unwrap();
-    assert_eq!((s.outer(), s.inner(), s.prefix()), ("10.200.0.1".parse().unwrap(), "10.200.0.2".parse().unwrap(), 24));
+    assert_eq!(
+        (s.outer(), s.inner(), s.prefix()),
+        (
+            "10.200.0.1".parse().unwrap(),
+            "10.200.0.2".parse().unwrap(),
+            24
+        )
+    );
 }
 
 #[test]
@@ -32,9 +39,21 @@ fn ports_parse_with_protocol_and_shorthand() {
     assert_eq!(
         p,
         [
-            PortForward { outer: 8080, inner: 80, proto: Proto::Tcp },
-            PortForward { outer: 5353, inner: 53, proto: Proto::Udp },
-            PortForward { outer: 2222, inner: 2222, proto: Proto::Tcp },
+            PortForward {
+                outer: 8080,
+                inner: 80,
+                proto: Proto::Tcp
+            },
+            PortForward {
+                outer: 5353,
+                inner: 53,
+                proto: Proto::Udp
+            },
+            PortForward {
+                outer: 2222,
+                inner: 2222,
+                proto: Proto::Tcp
+            },
         ]
     );
     assert_eq!(parse_ports("").unwrap(), []);
@@ -86,7 +105,11 @@ fn interface_names_fit_ifnamsiz_and_differ_per_workspace() {
     }
     assert_ne!(a.outer_if, b.outer_if);
     assert_ne!(a.outer_if, a.peer_if);
-    assert_eq!(a.outer_if, Plan::new(&long, &NetworkSettings::default()).outer_if, "stable across runs");
+    assert_eq!(
+        a.outer_if,
+        Plan::new(&long, &NetworkSettings::default()).outer_if,
+        "stable across runs"
+    );
 }
 
 #[test]
@@ -103,16 +126,27 @@ fn rules_nat_the_subnet_and_tag_each_with_the_workspace() {
             format!("-w -t filter -I FORWARD -o {o} -m comment --comment cvmd:ws1 -j ACCEPT"),
         ]
     );
-    let none = NetworkSettings { mode: Some(Mode::None), ..Default::default() };
+    let none = NetworkSettings {
+        mode: Some(Mode::None),
+        ..Default::default()
+    };
     assert!(Plan::new("ws1", &none).rules().is_empty());
 }
 
 #[test]
 fn port_forwards_dnat_from_outside_and_from_the_outer_container() {
-    let s = NetworkSettings { ports: parse_ports("8080:80,5353:53/udp").unwrap(), ..Default::default() };
+    let s = NetworkSettings {
+        ports: parse_ports("8080:80,5353:53/udp").unwrap(),
+        ..Default::default()
+    };
     let plan = Plan::new("ws1", &s);
     let o = &plan.outer_if;
-    let args: Vec<String> = plan.rules().iter().skip(3).map(|r| r.add_args().join(" ")).collect();
+    let args: Vec<String> = plan
+        .rules()
+        .iter()
+        .skip(3)
+        .map(|r| r.add_args().join(" "))
+        .collect();
     assert_eq!(
         args,
         [
@@ -134,7 +168,10 @@ fn deletions_take_exactly_this_workspaces_rules() {
 -A POSTROUTING -s 172.19.0.0/30 ! -d 172.19.0.0/30 -m comment --comment "cvmd:ws10" -j MASQUERADE
 -A POSTROUTING -s 10.0.0.0/8 -m comment --comment "someone else's rule" -j MASQUERADE
 -A POSTROUTING -s 172.19.0.0/30 ! -d 172.19.0.0/30 -m comment --comment cvmd:ws1 -j MASQUERADE"#;
-    let d: Vec<String> = deletions(Table::Nat, listing, "cvmd:ws1").iter().map(|a| a.join(" ")).collect();
+    let d: Vec<String> = deletions(Table::Nat, listing, "cvmd:ws1")
+        .iter()
+        .map(|a| a.join(" "))
+        .collect();
     assert_eq!(
         d,
         [
