@@ -69,7 +69,12 @@ impl Netns {
 
     /// `nsenter --net=NS PROGRAM ARGS`.
     fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
+        // By path: a test runs cvmd with a PATH that lacks tools.
+        let nsenter = ["/usr/bin/nsenter", "/bin/nsenter"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nsenter");
+        let mut c = Command::new(nsenter);
         c.arg(format!("--net={}", self.path())).arg(program);
         c
     }
@@ -202,7 +207,12 @@ impl Setup {
             .arg("--state-dir")
             .arg(self.state.path())
             .args(["--image", &self.reference, "--workspace", &self.workspace()])
-            .args(["--pull-policy", "Never", "--runtime", "runc"])
+            .args(["--pull-policy", "Never"])
+            .args(if extra.contains(&"--runtime") {
+                &[][..]
+            } else {
+                &["--runtime", "runc"][..]
+            })
             .args(["--stop-timeout", "5"])
             .args(["--log-format", "text", "--log-level", "info"])
             .args(extra)
@@ -383,4 +393,41 @@ fn network_bad_ports_are_refused_before_anything_runs() {
         log.contains("invalid --ports: \"8080:80/sctp\" has a protocol other than tcp or udp"),
         "{log}"
     );
+}
+
+#[test]
+fn network_failure_after_create_says_why_and_leaves_nothing() {
+    if !can_run() || !tools_present() {
+        return;
+    }
+    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap();
+    let setup = Setup::new("net/fail", "exit 0");
+    let outer = Netns::new();
+    outer.sh("ip link add up0 type veth peer name up1 && ip addr add 10.98.0.1/24 dev up0 && ip link set up0 up && ip route add default via 10.98.0.2");
+    // No iptables on PATH: the veth is up by then and must go again.
+    let empty = tempfile::tempdir().unwrap();
+    let out = setup
+        .run(&outer, &["--runtime", runc])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    let log = log_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("iptables not found on PATH: install it"),
+        "{log}"
+    );
+    let plan = cvmd::network::Plan::new(&setup.workspace(), &Default::default());
+    let after = outer.sh("ip -o link");
+    assert!(!after.contains(&plan.outer_if), "the veth is gone: {after}");
+    let runtime_root = setup.state.path().join("runtime");
+    let left: Vec<_> = std::fs::read_dir(&runtime_root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime state left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(setup.state.path().to_str().unwrap()));
 }
