@@ -368,6 +368,12 @@ impl Settings {
             .and_then(|v| crate::network::plan::parse_ports(&v).ok())
             .unwrap_or_default(),
         };
+        if network.mode() == crate::network::Mode::None && !network.ports.is_empty() {
+            problems.push(
+                "ports are forwarded to the workspace's veth: they need network veth, not none"
+                    .into(),
+            );
+        }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -708,11 +714,11 @@ mod tests {
         assert_eq!(s.network.mode(), crate::network::Mode::Veth);
         assert_eq!(s.network.subnet.to_string(), "172.19.0.0/30");
         let s = resolve(
-            &["--network", "none", "--mtu", "1400"],
+            &["--network", "veth", "--mtu", "1400"],
             &[("CVMD_SUBNET", "10.1.0.0/29"), ("CVMD_PORTS", "8080:80")],
         )
         .unwrap();
-        assert_eq!(s.network.mode(), crate::network::Mode::None);
+        assert_eq!(s.network.mode(), crate::network::Mode::Veth);
         assert_eq!(s.network.mtu, Some(1400));
         assert_eq!(s.network.subnet.inner().to_string(), "10.1.0.2");
         assert_eq!(s.network.ports.len(), 1);
@@ -727,6 +733,8 @@ mod tests {
                 .contains("invalid CVMD_NETWORK: \"host\" is not one of veth, none"),
             "{e}"
         );
+        let e = resolve(&["--network", "none", "--ports", "80"], &[]).unwrap_err();
+        assert!(e.to_string().contains("need network veth"), "{e}");
     }
 
     #[test]

@@ -431,3 +431,22 @@ fn network_failure_after_create_says_why_and_leaves_nothing() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(setup.state.path().to_str().unwrap()));
 }
+
+#[test]
+fn network_subnet_overlapping_the_outer_network_is_refused() {
+    if !can_run() || !tools_present() {
+        return;
+    }
+    let setup = Setup::new("net/overlap", "exit 0");
+    let outer = Netns::new();
+    outer.sh("ip link add up0 type veth peer name up1 && ip addr add 172.19.3.4/16 dev up0 && ip link set up0 up");
+    let out = setup.run(&outer, &[]).output().unwrap();
+    let log = log_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("the workspace subnet 172.19.0.0/30 overlaps 172.19.3.4/16 of the outer container: set CVMD_SUBNET"),
+        "{log}"
+    );
+    let plan = cvmd::network::Plan::new(&setup.workspace(), &Default::default());
+    assert!(!outer.sh("ip -o link").contains(&plan.outer_if));
+}

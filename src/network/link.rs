@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteHeader};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -104,6 +105,24 @@ pub async fn default_route_mtu(handle: &Handle) -> Result<Option<u32>, NetError>
             _ => None,
         })
     }))
+}
+
+/// The IPv4 addresses of the current netns, with their prefix lengths.
+pub async fn ipv4_addresses(handle: &Handle) -> Result<Vec<(Ipv4Addr, u8)>, NetError> {
+    let mut addrs = handle.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(a) = addrs
+        .try_next()
+        .await
+        .map_err(|e| failed("list addresses", e))?
+    {
+        for attr in &a.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                out.push((*ip, a.header.prefix_len));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Creates the pair, moves the peer into the workspace's netns (`netns`)

@@ -21,6 +21,8 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 pub use plan::{Mode, NetworkSettings, Plan, PortForward, Subnet};
 
 use crate::runtime::Spawner;
@@ -44,6 +46,12 @@ pub enum NetError {
     Sysctl {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("the workspace subnet {subnet} overlaps {addr}/{prefix} of the outer container: set CVMD_SUBNET to a free private range")]
+    SubnetConflict {
+        subnet: Subnet,
+        addr: std::net::Ipv4Addr,
+        prefix: u8,
     },
     #[error("iptables not found on PATH: install it in the outer container's image (Debian: apt-get install iptables), or set CVMD_NETWORK=none")]
     IptablesMissing,
@@ -75,7 +83,8 @@ pub async fn setup(plan: &Plan, pid: i32, spawner: Arc<dyn Spawner>) -> Result<A
     let netns: OwnedFd = std::fs::File::open(&path)
         .map_err(|source| NetError::OpenNetns { path, source })?
         .into();
-    if let Err(e) = active.build(netns).await {
+    let span = tracing::info_span!("network", mode = ?plan.mode, interface = %plan.outer_if);
+    if let Err(e) = active.build(netns).instrument(span).await {
         active.teardown().await;
         return Err(e);
     }
@@ -90,6 +99,14 @@ impl Active {
             return link::in_workspace(netns, plan.clone(), None).await;
         }
         let handle = link::connect()?;
+        let outer = link::ipv4_addresses(&handle).await?;
+        if let Some((addr, prefix)) = plan::conflict(&plan.subnet, &outer) {
+            return Err(NetError::SubnetConflict {
+                subnet: plan.subnet,
+                addr,
+                prefix,
+            });
+        }
         let outer_mtu = link::default_route_mtu(&handle).await?;
         if outer_mtu.is_none() && plan.mtu.is_none() {
             tracing::warn!(mtu = plan::FALLBACK_MTU, "the outer container has no IPv4 default route to take the MTU from: using 1500 (set CVMD_MTU to override)");

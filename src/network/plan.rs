@@ -47,6 +47,23 @@ impl Subnet {
     pub fn inner(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network) + 2)
     }
+
+    /// Whether `addr/prefix`'s network and this one share an address: two
+    /// CIDRs overlap iff they agree under the shorter prefix.
+    pub fn overlaps(&self, addr: Ipv4Addr, prefix: u8) -> bool {
+        let shorter = self.prefix.min(prefix);
+        let mask = u32::MAX.checked_shl(32 - u32::from(shorter)).unwrap_or(0);
+        u32::from(self.network) & mask == u32::from(addr) & mask
+    }
+}
+
+/// The first outer address whose network overlaps the subnet: routes to
+/// the workspace and to that network would collide.
+pub fn conflict(subnet: &Subnet, outer: &[(Ipv4Addr, u8)]) -> Option<(Ipv4Addr, u8)> {
+    outer
+        .iter()
+        .copied()
+        .find(|(addr, prefix)| subnet.overlaps(*addr, *prefix))
 }
 
 impl Default for Subnet {
@@ -82,8 +99,14 @@ impl FromStr for Subnet {
                 "{v} has fewer than 2 usable host addresses: use a prefix of /30 or shorter"
             ));
         }
-        let mask = u32::MAX << (32 - prefix);
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
         let network = Ipv4Addr::from(u32::from(addr) & mask);
+        if network.is_unspecified() || network.is_loopback() || network.is_multicast() || prefix < 8
+        {
+            return Err(format!(
+                "{v} is not a usable private network: use a small private range like 172.19.0.0/30"
+            ));
+        }
         if network != addr {
             return Err(format!(
                 "{v} has host bits set: did you mean {network}/{prefix}?"

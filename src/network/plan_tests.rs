@@ -27,6 +27,9 @@ fn subnet_refuses_what_cannot_hold_the_pair() {
         ("172.19.0.0/31", "fewer than 2 usable host addresses"),
         ("172.19.0.0/32", "fewer than 2 usable host addresses"),
         ("172.19.0.1/30", "did you mean 172.19.0.0/30?"),
+        ("0.0.0.0/0", "not a usable private network"),
+        ("127.0.0.0/30", "not a usable private network"),
+        ("224.0.0.0/30", "not a usable private network"),
     ] {
         let e = v.parse::<Subnet>().unwrap_err();
         assert!(e.contains(why), "{v}: {e}");
@@ -188,4 +191,23 @@ fn split_words_handles_quotes_and_escapes() {
         ["-A", "X", "--comment", "a b \"c\"", "-j", "Y"]
     );
     assert_eq!(split_words(r#"--comment """#), ["--comment", ""]);
+}
+
+#[test]
+fn subnet_conflicts_with_overlapping_outer_networks_only() {
+    let s = Subnet::default();
+    let a = |v: &str| -> (Ipv4Addr, u8) {
+        let (ip, p) = v.split_once('/').unwrap();
+        (ip.parse().unwrap(), p.parse().unwrap())
+    };
+    assert_eq!(conflict(&s, &[a("127.0.0.1/8"), a("10.0.0.5/24")]), None);
+    assert_eq!(
+        conflict(&s, &[a("10.0.0.5/24"), a("172.16.3.4/12")]),
+        Some(a("172.16.3.4/12"))
+    );
+    assert_eq!(
+        conflict(&s, &[a("172.19.0.3/32")]),
+        Some(a("172.19.0.3/32"))
+    );
+    assert_eq!(conflict(&s, &[a("172.19.0.4/30")]), None);
 }
