@@ -198,9 +198,10 @@ async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetError>
         .map_err(|e| failed(format!("bring {name} up"), e))
 }
 
-/// Inside the workspace: lo up, and with a veth the peer renamed `eth0`,
-/// its MTU, address and the default route through the outer end.
-pub async fn configure_inside(plan: &Plan, mtu: Option<u32>) -> Result<(), NetError> {
+/// Inside the workspace: lo up, and when `eth0_mtu` is given (a veth was
+/// moved in) the peer renamed `eth0` with that MTU, its address and the
+/// default route through the outer end.
+pub async fn configure_inside(plan: &Plan, eth0_mtu: Option<u32>) -> Result<(), NetError> {
     let handle = connect()?;
     let lo = index_of(&handle, "lo")
         .await?
@@ -209,7 +210,7 @@ pub async fn configure_inside(plan: &Plan, mtu: Option<u32>) -> Result<(), NetEr
             reason: "the network namespace has no loopback interface".into(),
         })?;
     set_up(&handle, lo, "lo").await?;
-    let Some(mtu) = mtu else { return Ok(()) };
+    let Some(mtu) = eth0_mtu else { return Ok(()) };
     let peer = &plan.peer_if;
     let index = index_of(&handle, peer)
         .await?
@@ -268,7 +269,11 @@ pub async fn configure_inside(plan: &Plan, mtu: Option<u32>) -> Result<(), NetEr
 /// workspace's netns: setns changes only the calling thread's, and a
 /// runtime worker must never be left in another namespace. The thread ends
 /// with the work, and its namespace with it.
-pub async fn in_workspace(netns: OwnedFd, plan: Plan, mtu: Option<u32>) -> Result<(), NetError> {
+pub async fn in_workspace(
+    netns: OwnedFd,
+    plan: Plan,
+    eth0_mtu: Option<u32>,
+) -> Result<(), NetError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("cvmd-netns".into())
@@ -280,7 +285,7 @@ pub async fn in_workspace(netns: OwnedFd, plan: Plan, mtu: Option<u32>) -> Resul
                     .enable_io()
                     .build()
                     .map_err(|source| NetError::Thread { source })?;
-                rt.block_on(configure_inside(&plan, mtu))
+                rt.block_on(configure_inside(&plan, eth0_mtu))
             })();
             let _ = tx.send(result);
         })
