@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 # protobuf-compiler: build.rs compiles the control API with protoc.
-pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time protobuf-compiler)
+pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time iptables iproute2 protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

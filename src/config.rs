@@ -52,6 +52,10 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "memory", env: "CVMD_MEMORY", envbox: Some("CODER_MEMORY"), default: None, help: "memory limit (bytes or 4GiB) [default: the outer container's]" },
     Spec { key: "add_tun", env: "CVMD_ADD_TUN", envbox: Some("CODER_ADD_TUN"), default: Some("false"), help: "give the workspace /dev/net/tun" },
     Spec { key: "add_fuse", env: "CVMD_ADD_FUSE", envbox: Some("CODER_ADD_FUSE"), default: Some("false"), help: "give the workspace /dev/fuse" },
+    Spec { key: "network", env: "CVMD_NETWORK", envbox: None, default: Some("veth"), help: "the workspace's network: veth (a veth pair to the outer container, NAT to what it reaches) or none (loopback only)" },
+    Spec { key: "subnet", env: "CVMD_SUBNET", envbox: None, default: Some("172.19.0.0/30"), help: "IPv4 subnet of the veth pair (at least 2 usable hosts): the outer end takes the first, the workspace the second" },
+    Spec { key: "mtu", env: "CVMD_MTU", envbox: None, default: None, help: "MTU of the workspace's eth0 [default: the outer container's default-route interface's]" },
+    Spec { key: "ports", env: "CVMD_PORTS", envbox: None, default: None, help: "ports of the outer container forwarded to the workspace: OUTER:INNER[/tcp|/udp],... (e.g. 8080:80,5353:53/udp)" },
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
     Spec { key: "socket", env: "CVMD_SOCKET", envbox: None, default: None, help: "unix socket of the control API (cvmctl); never mounted into the workspace [default: STATE_DIR/cvmd.sock, so /run/cvmd/cvmd.sock]" },
     Spec { key: "admin_group", env: "CVMD_ADMIN_GROUP", envbox: None, default: None, help: "group (name or gid) whose members may use the control API besides root; makes the socket 0660 [default: root only, 0600]" },
@@ -124,6 +128,7 @@ pub struct Settings {
     pub stop_timeout: std::time::Duration,
     pub socket: PathBuf,
     pub admin_group: Option<String>,
+    pub network: crate::network::NetworkSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,6 +361,30 @@ impl Settings {
         let admin_group = parse("admin_group", &|v| {
             crate::api::peer::resolve_group(v).map(|_| ())
         });
+        let network = crate::network::NetworkSettings {
+            mode: parse("network", &|v| {
+                v.parse::<crate::network::Mode>().map(|_| ())
+            })
+            .and_then(|v| v.parse().ok()),
+            subnet: parse("subnet", &|v| {
+                v.parse::<crate::network::Subnet>().map(|_| ())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
+            mtu: parse("mtu", &|v| crate::network::plan::parse_mtu(v).map(|_| ()))
+                .and_then(|v| crate::network::plan::parse_mtu(&v).ok()),
+            ports: parse("ports", &|v| {
+                crate::network::plan::parse_ports(v).map(|_| ())
+            })
+            .and_then(|v| crate::network::plan::parse_ports(&v).ok())
+            .unwrap_or_default(),
+        };
+        if network.mode() == crate::network::Mode::None && !network.ports.is_empty() {
+            problems.push(
+                "ports are forwarded to the workspace's veth: they need network veth, not none"
+                    .into(),
+            );
+        }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -394,6 +423,7 @@ impl Settings {
             stop_timeout,
             socket,
             admin_group,
+            network,
         })
     }
 
@@ -701,6 +731,35 @@ mod tests {
         .unwrap();
         assert_eq!(s.mirrors["docker.io"], ["m1:5000", "https://m2"]);
         assert_eq!(s.mirrors["quay.io"], ["m3"]);
+    }
+
+    #[test]
+    fn network_settings_resolve_and_report_bad_values() {
+        let s = resolve(&[], &[]).unwrap();
+        assert_eq!(s.network.mode(), crate::network::Mode::Veth);
+        assert_eq!(s.network.subnet.to_string(), "172.19.0.0/30");
+        let s = resolve(
+            &["--network", "veth", "--mtu", "1400"],
+            &[("CVMD_SUBNET", "10.1.0.0/29"), ("CVMD_PORTS", "8080:80")],
+        )
+        .unwrap();
+        assert_eq!(s.network.mode(), crate::network::Mode::Veth);
+        assert_eq!(s.network.mtu, Some(1400));
+        assert_eq!(s.network.subnet.inner().to_string(), "10.1.0.2");
+        assert_eq!(s.network.ports.len(), 1);
+        let e = resolve(
+            &["--subnet", "10.1.0.0/31", "--ports", "80:0"],
+            &[("CVMD_NETWORK", "host")],
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+        assert!(
+            e.to_string()
+                .contains("invalid CVMD_NETWORK: \"host\" is not one of veth, none"),
+            "{e}"
+        );
+        let e = resolve(&["--network", "none", "--ports", "80"], &[]).unwrap_err();
+        assert!(e.to_string().contains("need network veth"), "{e}");
     }
 
     #[test]

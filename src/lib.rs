@@ -8,6 +8,7 @@ pub mod config;
 pub mod ctl;
 pub mod digest;
 pub mod image;
+pub mod network;
 pub mod progress;
 pub mod pull;
 pub mod registry;

@@ -50,10 +50,36 @@ fn chatty_image() -> common::image::Image {
         .build()
 }
 
+/// A running `cvmd run`. Dropped without [`Running::finish`] (a failed
+/// assertion), it stops cvmd before its state dir is removed: a live
+/// workspace's mount and runtime state must not be deleted under it.
 struct Running {
-    child: Child,
+    child: Option<Child>,
     state: tempfile::TempDir,
     socket: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = stop(child);
+        }
+    }
+}
+
+/// SIGTERM to cvmd, SIGKILL if it has not ended after the stop timeout
+/// and some; returns its output.
+fn stop(mut child: Child) -> Output {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    if child.try_wait().unwrap().is_none() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+    }
+    child.wait_with_output().unwrap()
 }
 
 fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
@@ -80,6 +106,9 @@ fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
         .args(["--insecure-registries", &cvmd.registry])
         .args(["--image", reference, "--workspace", &workspace])
         .args(["--runtime", "runc", "--stop-timeout", "5"])
+        // In the host's netns: a veth and NAT rules there would touch the
+        // host (tests/network.rs covers the network).
+        .args(["--network", "none"])
         .args(["--log-format", "text", "--log-level", "info"])
         .args(extra)
         .arg("run")
@@ -89,7 +118,7 @@ fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
         .spawn()
         .unwrap();
     let running = Running {
-        child,
+        child: Some(child),
         state,
         socket,
     };
@@ -139,15 +168,10 @@ impl Running {
         }
     }
 
-    /// Ends cvmd (SIGTERM) if a test left it running, and returns its output.
+    /// Ends cvmd (SIGTERM) if the test left it running, checks it left
+    /// nothing behind, and returns its exit code and stderr.
     fn finish(mut self) -> (Option<i32>, String) {
-        if self.child.try_wait().unwrap().is_none() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let out = self.child.wait_with_output().unwrap();
+        let out = stop(self.child.take().unwrap());
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_clean(self.state.path());
         (out.status.code(), stderr)
@@ -245,6 +269,7 @@ fn control_api_through_a_workspaces_life() {
             "rootfs",
             "bundle",
             "create",
+            "network",
             "start",
             "running"
         ]
@@ -340,10 +365,10 @@ fn control_api_through_a_workspaces_life() {
         .filter(|e| e["kind"] == "phase")
         .map(|e| e["phase"].as_str().unwrap().to_string())
         .collect();
-    let tail_of: Vec<&str> = phases.iter().map(String::as_str).rev().take(7).collect();
+    let tail_of: Vec<&str> = phases.iter().map(String::as_str).rev().take(8).collect();
     assert_eq!(
         tail_of,
-        ["exited", "stopping", "running", "start", "create", "bundle", "stopping"],
+        ["exited", "stopping", "running", "start", "network", "create", "bundle", "stopping"],
         "events end with the restart and the stop (newest first): {phases:?}"
     );
     let (code, stderr) = ws.finish();

@@ -14,6 +14,7 @@ pub enum Phase {
     Rootfs,
     Bundle,
     Create,
+    Network,
     Start,
     Running,
     Stopping,
@@ -29,6 +30,7 @@ impl Phase {
             Phase::Rootfs => "rootfs",
             Phase::Bundle => "bundle",
             Phase::Create => "create",
+            Phase::Network => "network",
             Phase::Start => "start",
             Phase::Running => "running",
             Phase::Stopping => "stopping",
@@ -64,7 +66,8 @@ pub fn allowed(from: Phase, to: Phase) -> bool {
             | (Pull, Rootfs)
             | (Rootfs, Bundle)
             | (Bundle, Create)
-            | (Create, Start)
+            | (Create, Network)
+            | (Network, Start)
             | (Start, Running)
             | (Running, Exited)
             | (Stopping, Bundle)
@@ -151,6 +154,7 @@ mod tests {
             Phase::Rootfs,
             Phase::Bundle,
             Phase::Create,
+            Phase::Network,
             Phase::Start,
             Phase::Running,
             Phase::Stopping,
@@ -161,13 +165,13 @@ mod tests {
         }
         assert_eq!(l.phase(), Phase::Exited);
         let t = l.timeline();
-        assert_eq!(t.len(), 9);
+        assert_eq!(t.len(), 10);
         assert_eq!(t[0].phase, Phase::Preflight);
         assert_eq!(t[0].duration, Some(ms(10)));
-        assert_eq!(t[6].phase, Phase::Running);
-        assert_eq!(t[6].start, ms(60));
-        assert_eq!(t[6].duration, Some(ms(10)));
-        assert_eq!(t[8].duration, Some(Duration::ZERO));
+        assert_eq!(t[7].phase, Phase::Running);
+        assert_eq!(t[7].start, ms(70));
+        assert_eq!(t[7].duration, Some(ms(10)));
+        assert_eq!(t[9].duration, Some(Duration::ZERO));
     }
 
     #[test]

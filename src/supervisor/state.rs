@@ -390,6 +390,7 @@ mod tests {
             Phase::Rootfs,
             Phase::Bundle,
             Phase::Create,
+            Phase::Network,
             Phase::Start,
             Phase::Running,
         ] {
@@ -398,12 +399,12 @@ mod tests {
         let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
             .map(|e| e.phase)
             .collect();
-        assert_eq!(seen.len(), 6);
-        assert_eq!(seen[5], Phase::Running);
+        assert_eq!(seen.len(), 7);
+        assert_eq!(seen[6], Phase::Running);
         let snap = s.snapshot();
         assert!(snap.uptime.is_some());
         assert_eq!(snap.boots, 1);
-        assert_eq!(snap.timeline.len(), 7);
+        assert_eq!(snap.timeline.len(), 8);
         s.enter(Phase::Stopping);
         assert!(s.snapshot().uptime.is_none());
     }
@@ -430,6 +431,7 @@ mod tests {
             Phase::Rootfs,
             Phase::Bundle,
             Phase::Create,
+            Phase::Network,
             Phase::Start,
             Phase::Running,
         ] {
