@@ -153,21 +153,7 @@ async fn boot(
     input.tun = settings.add_tun;
     input.fuse = settings.add_fuse;
     if settings.add_gpu {
-        let lib_dir = settings
-            .usr_lib_dir
-            .clone()
-            .unwrap_or_else(launch::gpu::default_lib_dir);
-        let gpus = launch::gpu::discover(&settings.gpu_dev_dir, &lib_dir)?;
-        tracing::info!(
-            devices = gpus.devices.len(),
-            libs = gpus.libs.len(),
-            "GPUs passed on"
-        );
-        input.gpus = gpus.devices;
-        input.gpu_libs = gpus.libs;
-        input
-            .env_passthrough
-            .push(launch::gpu::ENV_PATTERN.to_string());
+        add_gpus(settings, &mut input)?;
     }
     input.limits = Limits {
         cpus: settings.cpus,
@@ -292,6 +278,27 @@ fn user_mounts(
         tracing::info!(destination = %m.destination.display(), mapped = ?how, "user mount");
     }
     Ok(staged.into_iter().map(|(m, _)| m).collect())
+}
+
+/// The outer container's NVIDIA nodes, driver libraries and `NVIDIA_*`
+/// variables into the bundle (see `launch::gpu`).
+fn add_gpus(settings: &Settings, input: &mut BundleInput) -> anyhow::Result<()> {
+    let lib_dir = settings
+        .usr_lib_dir
+        .clone()
+        .unwrap_or_else(launch::gpu::default_lib_dir);
+    let gpus = launch::gpu::discover(&settings.gpu_dev_dir, &lib_dir)?;
+    tracing::info!(
+        devices = gpus.devices.len(),
+        libs = gpus.libs.len(),
+        "GPUs passed on"
+    );
+    input.gpus = gpus.devices;
+    input.gpu_libs = gpus.libs;
+    input
+        .env_passthrough
+        .push(launch::gpu::ENV_PATTERN.to_string());
+    Ok(())
 }
 
 fn sysbox_config(settings: &Settings) -> launch::sysbox::Config {
