@@ -226,6 +226,12 @@ async fn boot(
     }
     timeline.time("start", t, ());
     tracing::info!(id, pid = created.pid, "workspace running");
+    // From here on `died` below watches the daemons; one that died during
+    // create or start is reported now.
+    if let Err(death) = daemons.check() {
+        end_now(&runtime, id).await;
+        return Err(death.into());
+    }
     if let Some(script) = settings.bootstrap_script.clone() {
         let (runtime, id) = (runtime.clone(), id.to_string());
         tokio::spawn(async move { launch::bootstrap::run(&runtime, &id, &script).await });
@@ -244,9 +250,7 @@ async fn boot(
     let outcome = tokio::select! {
         outcome = supervised => outcome?,
         death = daemons.died() => {
-            // Containers break without their daemons: end this one now.
-            let _ = runtime.kill(id, libc::SIGKILL).await;
-            let _ = runtime.delete(id, true).await;
+            end_now(&runtime, id).await;
             return Err(death.into());
         }
     };
@@ -256,6 +260,13 @@ async fn boot(
     }
     tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
     Ok(outcome.code)
+}
+
+/// Kills and deletes the workspace container: a container breaks without
+/// the Sysbox daemons, so one's death ends it at once.
+async fn end_now(runtime: &Runtime, id: &str) {
+    let _ = runtime.kill(id, libc::SIGKILL).await;
+    let _ = runtime.delete(id, true).await;
 }
 
 /// The user mounts, staged as ID-mapped mounts when the workspace has an

@@ -87,6 +87,30 @@ pub struct HostFacts {
     /// The kernel release's major and minor.
     pub kernel: (u32, u32),
     pub release: String,
+    /// The file system under sysbox's data root when it is one Sysbox
+    /// cannot use (overlayfs, tmpfs, NFS).
+    pub bad_data_root: Option<&'static str>,
+}
+
+/// Sysbox's data root (sysbox-mgr's default).
+pub const DATA_ROOT: &str = "/var/lib/sysbox";
+
+/// The name of a file system type Sysbox's data root cannot be on.
+pub fn unusable_fs(magic: i64) -> Option<&'static str> {
+    match magic {
+        0x794c_7630 => Some("overlayfs"),
+        0x0102_1994 => Some("tmpfs"),
+        0x6969 => Some("NFS"),
+        _ => None,
+    }
+}
+
+/// The file system type of `path` or, while it does not exist yet, of its
+/// nearest existing parent (where sysbox-mgr would create it).
+fn fs_magic_of(path: &Path) -> Option<i64> {
+    path.ancestors()
+        .find_map(|p| rustix::fs::statfs(p).ok())
+        .map(|s| i64::from(s.f_type))
 }
 
 impl HostFacts {
@@ -99,6 +123,7 @@ impl HostFacts {
             privileged: cap_sys_admin(&status),
             kernel: kernel_version(&release),
             release,
+            bad_data_root: fs_magic_of(Path::new(DATA_ROOT)).and_then(unusable_fs),
         }
     }
 }
@@ -131,6 +156,11 @@ pub fn likely_cause(facts: &HostFacts) -> String {
         return format!(
             "the kernel {} is older than 5.5, the oldest Sysbox runs on",
             facts.release
+        );
+    }
+    if let Some(fs) = facts.bad_data_root {
+        return format!(
+            "{DATA_ROOT} is on {fs}, which Sysbox cannot use: mount a volume there (ext4 or btrfs)"
         );
     }
     "see its output; Sysbox needs a privileged outer container, kernel 5.5 or newer, \
@@ -204,6 +234,14 @@ impl Daemons {
         match self.deaths.recv().await {
             Some(e) => e,
             None => std::future::pending().await,
+        }
+    }
+
+    /// A death already reported, without waiting.
+    pub fn check(&mut self) -> Result<(), SysboxError> {
+        match self.deaths.try_recv() {
+            Ok(e) => Err(e),
+            Err(_) => Ok(()),
         }
     }
 
@@ -380,6 +418,14 @@ mod tests {
     }
 
     #[test]
+    fn data_root_file_systems() {
+        assert_eq!(unusable_fs(0x794c7630), Some("overlayfs"));
+        assert_eq!(unusable_fs(0x01021994), Some("tmpfs"));
+        assert_eq!(unusable_fs(0xEF53), None); // ext4
+        assert!(fs_magic_of(Path::new("/nonexistent/below/root")).is_some());
+    }
+
+    #[test]
     fn kernel_versions() {
         assert_eq!(kernel_version("6.18.44-fc-v669"), (6, 18));
         assert_eq!(kernel_version("5.4.0-150-generic"), (5, 4));
@@ -392,6 +438,7 @@ mod tests {
             privileged: false,
             kernel: (4, 19),
             release: "4.19.0".into(),
+            bad_data_root: Some("overlayfs"),
         };
         assert!(likely_cause(&facts).contains("not privileged"));
         let old = HostFacts {
@@ -399,9 +446,14 @@ mod tests {
             ..facts.clone()
         };
         assert!(likely_cause(&old).contains("4.19.0 is older than 5.5"));
-        let fine = HostFacts {
+        let overlay = HostFacts {
             kernel: (6, 1),
             ..old
+        };
+        assert!(likely_cause(&overlay).contains("/var/lib/sysbox is on overlayfs"));
+        let fine = HostFacts {
+            bad_data_root: None,
+            ..overlay
         };
         let c = likely_cause(&fine);
         assert!(c.contains("rsync, modprobe and iptables"), "{c}");

@@ -60,7 +60,10 @@ fn launch_gpu_nodes_libs_and_env_inside() {
     std::fs::write(lib.join("libnvidia-ml.so.535.104.05"), "fake nvml").unwrap();
     std::fs::write(lib.join("libfoo.so.1"), "not a driver lib").unwrap();
 
+    // Opening a node the device cgroup allows reaches the (absent) driver:
+    // ENXIO, "No such device or address"; a denied one fails with EPERM.
     let check = "stat -c 'node %n %F %t:%T %a' /dev/nvidia0 /dev/nvidiactl /dev/nvidia-caps/nvidia-cap1; \
+                 cat /dev/nvidia0 2>&1 | sed 's/^/open /'; \
                  for f in /usr/lib/x86_64-linux-gnu/*; do stat -c 'lib %n %s %a' $f; done; \
                  cat /usr/lib/x86_64-linux-gnu/libcuda.so.1; echo; \
                  touch /usr/lib/x86_64-linux-gnu/libcuda.so.1 2>/dev/null && echo lib-writable || echo lib-readonly; \
@@ -94,6 +97,7 @@ fn launch_gpu_nodes_libs_and_env_inside() {
         "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.104.05 9 644",
         "fake cuda",
         "lib-readonly",
+        "No such device or address",
         "env NV=all OTHER=",
     ] {
         assert!(log.contains(want), "inside lacks {want:?}:\n{log}");

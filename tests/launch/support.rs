@@ -35,7 +35,7 @@ pub fn busybox_image(entrypoint: &[&str]) -> common::image::Image {
         .dir("usr/lib/x86_64-linux-gnu", 0o755)
         .file("bin/busybox", &busybox, 0o755);
     for app in [
-        "sh", "sleep", "echo", "cat", "ls", "id", "stat", "touch", "test", "true", "false",
+        "sh", "sleep", "echo", "cat", "ls", "id", "stat", "touch", "test", "true", "false", "sed",
     ] {
         layer = layer.symlink(&format!("bin/{app}"), "busybox");
     }
