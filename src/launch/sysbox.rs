@@ -109,8 +109,7 @@ pub fn unusable_fs(magic: i64) -> Option<&'static str> {
 /// nearest existing parent (where sysbox-mgr would create it).
 fn fs_magic_of(path: &Path) -> Option<i64> {
     path.ancestors()
-        .find_map(|p| rustix::fs::statfs(p).ok())
-        .map(|s| i64::from(s.f_type))
+        .find_map(|p| crate::rootfs::fs_magic(p).ok())
 }
 
 impl HostFacts {

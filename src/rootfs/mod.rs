@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 pub use error::RootfsError;
 pub use idshift::shift as shift_id;
-pub use sys::{idmapped_clone, Kernel, Lower, MountOps, StepError};
+pub use sys::{fs_magic, idmapped_clone, Kernel, Lower, MountOps, StepError};
 pub use userns::userns_fd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
