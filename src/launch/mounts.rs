@@ -56,8 +56,23 @@ pub fn prepare(
     map: &IdMap,
     stage_dir: &Path,
 ) -> Result<Vec<(UserMount, Mapped)>, MountError> {
-    teardown(stage_dir);
     let userns = crate::rootfs::userns_fd(map);
+    let idmap = |source: &Path, stage: &Path| match &userns {
+        Ok(ns) => idmapped(source, stage, ns.as_fd()),
+        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+    };
+    prepare_with(mounts, map, stage_dir, &idmap)
+}
+
+/// [`prepare`] with the ID-mapped mount step as a seam: `idmap(source,
+/// stage)` attaches an ID-mapped clone of `source` at `stage`.
+pub fn prepare_with(
+    mounts: &[UserMount],
+    map: &IdMap,
+    stage_dir: &Path,
+    idmap: &dyn Fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<Vec<(UserMount, Mapped)>, MountError> {
+    teardown(stage_dir);
     let mut out = Vec::new();
     for (i, m) in mounts.iter().enumerate() {
         let meta = std::fs::metadata(&m.source).map_err(|source| MountError::Source {
@@ -70,11 +85,7 @@ pub fn prepare(
             stage: stage.clone(),
             source,
         })?;
-        let staged = match &userns {
-            Ok(ns) => idmapped(&m.source, &stage, ns.as_fd()),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        };
-        match staged {
+        match idmap(&m.source, &stage) {
             Ok(()) => out.push((
                 UserMount {
                     source: stage,
@@ -190,6 +201,97 @@ fn chown_tree(root: &Path, map: &IdMap) -> Result<(), MountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAP: IdMap = IdMap {
+        host_uid: 300000,
+        host_gid: 400000,
+        size: 65536,
+    };
+
+    fn mount(source: &Path, destination: &str) -> UserMount {
+        UserMount {
+            source: source.to_path_buf(),
+            destination: destination.into(),
+            readonly: false,
+        }
+    }
+
+    #[test]
+    fn idmapped_mounts_replace_the_source_with_the_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        let stage = dir.path().join("stage");
+        let calls = std::cell::RefCell::new(Vec::new());
+        let out = prepare_with(
+            &[mount(&src, "/a"), mount(&dir.path().join("file"), "/b")],
+            &MAP,
+            &stage,
+            &|s, st| {
+                calls.borrow_mut().push((s.to_path_buf(), st.to_path_buf()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].0.source, stage.join("0"));
+        assert_eq!(out[1].0.source, stage.join("1"));
+        assert_eq!(out[0].0.destination, Path::new("/a"));
+        assert!(out.iter().all(|(_, how)| *how == Mapped::IdMapped));
+        // A dir is staged on a dir, a file on a file.
+        assert!(stage.join("0").is_dir() && stage.join("1").is_file());
+        assert_eq!(calls.borrow()[0], (src.clone(), stage.join("0")));
+        teardown(&stage);
+        assert!(!stage.exists());
+        let e = prepare_with(
+            &[mount(&dir.path().join("absent"), "/c")],
+            &MAP,
+            &stage,
+            &|_, _| Ok(()),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("check CVMD_MOUNTS"), "{e}");
+    }
+
+    #[test]
+    fn chown_fallback_when_idmapping_is_impossible_needs_root() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/user-file"), "x").unwrap();
+        std::os::unix::fs::lchown(src.join("sub/user-file"), Some(1000), Some(1000)).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "not ours").unwrap();
+        std::os::unix::fs::symlink(&outside, src.join("link")).unwrap();
+        let stage = dir.path().join("stage");
+        let out = prepare_with(&[mount(&src, "/a")], &MAP, &stage, &|_, _| {
+            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+        })
+        .unwrap();
+        assert_eq!(out[0], (mount(&src, "/a"), Mapped::Chowned));
+        let owner = |p: &Path| {
+            let m = std::fs::symlink_metadata(p).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner(&src), (300000, 400000));
+        assert_eq!(owner(&src.join("sub")), (300000, 400000));
+        assert_eq!(owner(&src.join("sub/user-file")), (301000, 401000));
+        assert_eq!(owner(&src.join("link")), (300000, 400000));
+        // The link was not followed out of the tree.
+        assert_eq!(owner(&outside), (0, 0));
+        // A second run changes nothing.
+        prepare_with(&[mount(&src, "/a")], &MAP, &stage, &|_, _| {
+            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+        })
+        .unwrap();
+        assert_eq!(owner(&src.join("sub/user-file")), (301000, 401000));
+        teardown(&stage);
+    }
 
     #[test]
     fn chown_fallback_ids() {
