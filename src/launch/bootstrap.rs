@@ -1,7 +1,9 @@
 //! The bootstrap script (`CVMD_BOOTSTRAP_SCRIPT`, envbox's
 //! `CODER_BOOTSTRAP_SCRIPT`): run once inside the started workspace through
 //! `runtime exec`, as the workspace's process user, fed to `/bin/sh -s` on
-//! stdin (so no file of it lands in the rootfs and no argv holds it). Its
+//! stdin (so no file of it lands in the rootfs and no argv holds it: the
+//! script envbox users pass carries the Coder agent's token, which must
+//! not show in `ps` or the log; the script text is never logged). Its
 //! output is logged line by line and its exit status at the end; a failure
 //! is a warning, not the workspace's end, as with envbox (the workspace
 //! stays usable and the user can rerun the script).
