@@ -243,7 +243,14 @@ fn launch_as_pid1_reaps_orphaned_zombies() {
     let reference = world.push("launch/zombies", &busybox_image(UNTIL_TERM));
     // cvmd as PID 1 of its own PID (and mount) namespace, as in a pod.
     let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--"]);
+    // --kill-child: a test that fails half-way stops cvmd through unshare.
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child=SIGTERM",
+        "--",
+    ]);
     let inner = world.cvmd(&reference, &[]);
     cmd.arg(inner.get_program());
     cmd.args(inner.get_args());

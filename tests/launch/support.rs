@@ -124,7 +124,23 @@ impl World {
 pub struct Running {
     pub child: Child,
     log: Arc<Mutex<String>>,
-    reader: std::thread::JoinHandle<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    /// A test that failed half-way must not leave cvmd running (with its
+    /// container and mounts): SIGTERM lets it clean up, SIGKILL follows.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+            if !common::wait_until(Duration::from_secs(30), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
 }
 
 impl Running {
@@ -144,7 +160,11 @@ impl Running {
                 l.push('\n');
             }
         });
-        Running { child, log, reader }
+        Running {
+            child,
+            log,
+            reader: Some(reader),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -179,9 +199,10 @@ impl Running {
             let _ = self.child.kill();
         }
         let status = self.child.wait().unwrap();
-        let _ = self.reader.join();
-        let log = self.log.lock().unwrap().clone();
-        (status, log)
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.log())
     }
 }
 
