@@ -56,6 +56,16 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "subnet", env: "CVMD_SUBNET", envbox: None, default: Some("172.19.0.0/30"), help: "IPv4 subnet of the veth pair (at least 2 usable hosts): the outer end takes the first, the workspace the second" },
     Spec { key: "mtu", env: "CVMD_MTU", envbox: None, default: None, help: "MTU of the workspace's eth0 [default: the outer container's default-route interface's]" },
     Spec { key: "ports", env: "CVMD_PORTS", envbox: None, default: None, help: "ports of the outer container forwarded to the workspace: OUTER:INNER[/tcp|/udp],... (e.g. 8080:80,5353:53/udp)" },
+    Spec { key: "add_gpu", env: "CVMD_ADD_GPU", envbox: Some("CODER_ADD_GPU"), default: Some("false"), help: "give the workspace the outer container's /dev/nvidia* devices, NVIDIA driver libraries and NVIDIA_* variables" },
+    Spec { key: "usr_lib_dir", env: "CVMD_USR_LIB_DIR", envbox: Some("CODER_USR_LIB_DIR"), default: None, help: "outer dir holding the NVIDIA driver libraries [default: /usr/lib/<multiarch triplet>]" },
+    Spec { key: "gpu_dev_dir", env: "CVMD_GPU_DEV_DIR", envbox: None, default: Some("/dev"), help: "where to find the outer nvidia* device nodes (a test seam; they appear under /dev inside)" },
+    Spec { key: "bootstrap_script", env: "CVMD_BOOTSTRAP_SCRIPT", envbox: Some("CODER_BOOTSTRAP_SCRIPT"), default: None, help: "shell script (the text) run inside the workspace as its user after start; a failure is only a warning" },
+    Spec { key: "runtime_timeout", env: "CVMD_RUNTIME_TIMEOUT", envbox: None, default: Some("120"), help: "seconds each runtime create/start/kill/delete/state call may take before cvmd gives up on it" },
+    Spec { key: "sysbox_mgr", env: "CVMD_SYSBOX_MGR", envbox: None, default: Some("sysbox-mgr"), help: "sysbox-mgr binary (name on PATH or path), started when the runtime is sysbox-runc" },
+    Spec { key: "sysbox_fs", env: "CVMD_SYSBOX_FS", envbox: None, default: Some("sysbox-fs"), help: "sysbox-fs binary (name on PATH or path), started after sysbox-mgr" },
+    Spec { key: "sysbox_run_dir", env: "CVMD_SYSBOX_RUN_DIR", envbox: None, default: Some("/run/sysbox"), help: "where sysbox-mgr and sysbox-fs put their sockets (sysmgr.sock, sysfs.sock)" },
+    Spec { key: "sysbox_timeout", env: "CVMD_SYSBOX_TIMEOUT", envbox: None, default: Some("30"), help: "seconds to wait for each sysbox daemon's socket" },
+    Spec { key: "termination_log", env: "CVMD_TERMINATION_LOG", envbox: None, default: Some("/dev/termination-log"), help: "a fatal error's message is written here when the file exists (Kubernetes shows it)" },
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
@@ -125,6 +135,16 @@ pub struct Settings {
     pub add_fuse: bool,
     pub stop_timeout: std::time::Duration,
     pub network: crate::network::NetworkSettings,
+    pub add_gpu: bool,
+    pub usr_lib_dir: Option<PathBuf>,
+    pub gpu_dev_dir: PathBuf,
+    pub bootstrap_script: Option<String>,
+    pub runtime_timeout: std::time::Duration,
+    pub sysbox_mgr: String,
+    pub sysbox_fs: String,
+    pub sysbox_run_dir: PathBuf,
+    pub sysbox_timeout: std::time::Duration,
+    pub termination_log: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,6 +388,26 @@ impl Settings {
             .and_then(|v| crate::network::plan::parse_ports(&v).ok())
             .unwrap_or_default(),
         };
+        let add_gpu = parse("add_gpu", &|v| parse_bool(v).map(|_| ()))
+            .and_then(|v| parse_bool(&v).ok())
+            .unwrap_or(false);
+        let usr_lib_dir = parse("usr_lib_dir", &absolute).map(PathBuf::from);
+        let gpu_dev_dir = parse("gpu_dev_dir", &absolute).unwrap_or_else(|| "/dev".into());
+        let bootstrap_script = parse("bootstrap_script", &any).filter(|s| !s.trim().is_empty());
+        let runtime_timeout = parse("runtime_timeout", &|v| in_range(v, 1, 3600))
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(std::time::Duration::from_secs(120));
+        let sysbox_mgr = parse("sysbox_mgr", &any).unwrap_or_else(|| "sysbox-mgr".into());
+        let sysbox_fs = parse("sysbox_fs", &any).unwrap_or_else(|| "sysbox-fs".into());
+        let sysbox_run_dir =
+            parse("sysbox_run_dir", &absolute).unwrap_or_else(|| "/run/sysbox".into());
+        let sysbox_timeout = parse("sysbox_timeout", &|v| in_range(v, 1, 3600))
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(std::time::Duration::from_secs(30));
+        let termination_log =
+            parse("termination_log", &absolute).unwrap_or_else(|| "/dev/termination-log".into());
         if network.mode() == crate::network::Mode::None && !network.ports.is_empty() {
             problems.push(
                 "ports are forwarded to the workspace's veth: they need network veth, not none"
@@ -411,6 +451,16 @@ impl Settings {
             add_fuse,
             stop_timeout,
             network,
+            add_gpu,
+            usr_lib_dir,
+            gpu_dev_dir: gpu_dev_dir.into(),
+            bootstrap_script,
+            runtime_timeout,
+            sysbox_mgr,
+            sysbox_fs,
+            sysbox_run_dir: sysbox_run_dir.into(),
+            sysbox_timeout,
+            termination_log: termination_log.into(),
         })
     }
 

@@ -17,6 +17,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::bundle::{self, BundleInput, HostFiles, ImageRun, Limits, Overrides, RuntimeFlavor};
 use crate::config::{IdMapSetting, Settings};
+use crate::launch;
 use crate::network;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
@@ -109,6 +110,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         &mut timeline,
     )
     .await;
+    launch::mounts::teardown(&ws_dir.join("mounts"));
     if let Err(e) = rootfs::teardown(&target) {
         tracing::warn!(error = %e, "cannot unmount the workspace rootfs");
     }
@@ -148,12 +150,12 @@ async fn boot(
     input.outer_env = std::env::vars().collect::<BTreeMap<_, _>>();
     input.idmap = idmap;
     input.host_files = host_files;
-    input.mounts = match &settings.mounts {
-        Some(m) => bundle::parse_mounts(m, flavor)?,
-        None => Vec::new(),
-    };
+    input.mounts = user_mounts(settings, flavor, idmap, ws_dir)?;
     input.tun = settings.add_tun;
     input.fuse = settings.add_fuse;
+    if settings.add_gpu {
+        add_gpus(settings, &mut input)?;
+    }
     input.limits = Limits {
         cpus: settings.cpus,
         memory: settings.memory,
@@ -177,21 +179,34 @@ async fn boot(
         &log_dir,
         Arc::new(reaper.clone()),
     )
-    .with_root(&runtime_root);
+    .with_root(&runtime_root)
+    .with_timeout(settings.runtime_timeout);
+    let mut daemons = match flavor {
+        RuntimeFlavor::Sysbox => launch::sysbox::start(&reaper, &sysbox_config(settings)).await?,
+        RuntimeFlavor::Runc => launch::sysbox::Daemons::none(),
+    };
     let id = settings.workspace.as_str();
     // sysbox-runc's rule: always delete, also what a crash left behind.
     let _ = runtime.delete(id, true).await;
 
     let t = Instant::now();
     let pid_file = ws_dir.join("init.pid");
-    let created = runtime
+    let created = match runtime
         .create(
             id,
             &bundle_dir,
             &pid_file,
             ContainerIo::Pipes { stdin: false },
         )
-        .await?;
+        .await
+    {
+        Ok(created) => created,
+        Err(e) => {
+            // A create that timed out may have left a half-made container.
+            let _ = runtime.delete(id, true).await;
+            return Err(e.into());
+        }
+    };
     timeline.time("create", t, ());
     let exit = match reaper.watch(created.pid) {
         Ok(exit) => exit,
@@ -225,7 +240,17 @@ async fn boot(
         }
         timeline.time("start", t, ());
         tracing::info!(id, pid = created.pid, "workspace running");
-        Ok(signals::supervise(
+        // From here on `died` below watches the daemons; one that died during
+        // create or start is reported now.
+        if let Err(death) = daemons.check() {
+            end_now(&runtime, id).await;
+            return Err(death.into());
+        }
+        if let Some(script) = settings.bootstrap_script.clone() {
+            let (runtime, id) = (runtime.clone(), id.to_string());
+            tokio::spawn(async move { launch::bootstrap::run(&runtime, &id, &script).await });
+        }
+        let supervised = signals::supervise(
             &runtime,
             id,
             exit,
@@ -235,17 +260,83 @@ async fn boot(
                 system_init: info.init,
             },
             signals,
-        )
-        .await?)
+        );
+        tokio::select! {
+            outcome = supervised => Ok(outcome?),
+            death = daemons.died() => {
+                end_now(&runtime, id).await;
+                Err(death.into())
+            }
+        }
     }
     .await;
     net.teardown().await;
     let outcome = outcome?;
+    daemons.stop().await;
     if let Err(e) = &outcome.deleted {
         tracing::warn!(error = %e, "the runtime could not delete the workspace container");
     }
     tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
     Ok(outcome.code)
+}
+
+/// Kills and deletes the workspace container: a container breaks without
+/// the Sysbox daemons, so one's death ends it at once.
+async fn end_now(runtime: &Runtime, id: &str) {
+    let _ = runtime.kill(id, libc::SIGKILL).await;
+    let _ = runtime.delete(id, true).await;
+}
+
+/// The user mounts, staged as ID-mapped mounts when the workspace has an
+/// ID range (see `launch::mounts`).
+fn user_mounts(
+    settings: &Settings,
+    flavor: RuntimeFlavor,
+    idmap: Option<rootfs::IdMap>,
+    ws_dir: &Path,
+) -> anyhow::Result<Vec<bundle::UserMount>> {
+    let mounts = match &settings.mounts {
+        Some(m) => bundle::parse_mounts(m, flavor)?,
+        None => return Ok(Vec::new()),
+    };
+    let Some(map) = idmap else {
+        return Ok(mounts);
+    };
+    let staged = launch::mounts::prepare(&mounts, &map, &ws_dir.join("mounts"))?;
+    for (m, how) in &staged {
+        tracing::info!(destination = %m.destination.display(), mapped = ?how, "user mount");
+    }
+    Ok(staged.into_iter().map(|(m, _)| m).collect())
+}
+
+/// The outer container's NVIDIA nodes, driver libraries and `NVIDIA_*`
+/// variables into the bundle (see `launch::gpu`).
+fn add_gpus(settings: &Settings, input: &mut BundleInput) -> anyhow::Result<()> {
+    let lib_dir = settings
+        .usr_lib_dir
+        .clone()
+        .unwrap_or_else(launch::gpu::default_lib_dir);
+    let gpus = launch::gpu::discover(&settings.gpu_dev_dir, &lib_dir)?;
+    tracing::info!(
+        devices = gpus.devices.len(),
+        libs = gpus.libs.len(),
+        "GPUs passed on"
+    );
+    input.gpus = gpus.devices;
+    input.gpu_libs = gpus.libs;
+    input
+        .env_passthrough
+        .push(launch::gpu::ENV_PATTERN.to_string());
+    Ok(())
+}
+
+fn sysbox_config(settings: &Settings) -> launch::sysbox::Config {
+    launch::sysbox::Config {
+        mgr: settings.sysbox_mgr.clone(),
+        fs: settings.sysbox_fs.clone(),
+        run_dir: settings.sysbox_run_dir.clone(),
+        timeout: settings.sysbox_timeout,
+    }
 }
 
 /// Resolves at the first stop request (SIGTERM, SIGINT); other signals

@@ -31,7 +31,7 @@ pub use env::{passthrough_env, sysbox_accepts, SYSBOX_KNOBS};
 pub use error::BundleError;
 pub use init::{detect_init, InitVerdict, NoInit, INIT_PATH};
 pub use limits::{outer_limits, parse_cpus, read_limits, Limits};
-pub use mounts::{choose_lib_dir, parse_mount, parse_mounts, Device, UserMount};
+pub use mounts::{choose_lib_dir, multiarch_triplet, parse_mount, parse_mounts, Device, UserMount};
 pub use process::{ImageRun, Overrides, ProcessPlan};
 pub use signal::{parse_signal, SYSTEMD_STOP_SIGNAL};
 pub use spec::{build_spec, validate_idmap, HostFiles, SpecInput};

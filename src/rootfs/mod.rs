@@ -32,7 +32,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use error::RootfsError;
-pub use sys::{Kernel, Lower, MountOps, StepError};
+pub use idshift::shift as shift_id;
+pub use sys::{fs_magic, idmapped_clone, Kernel, Lower, MountOps, StepError};
+pub use userns::userns_fd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModePreference {

@@ -28,6 +28,16 @@ pub enum RuntimeError {
         exit: Exit,
         message: String,
     },
+    #[error(
+        "{runtime} {verb} {id} did not finish within {after:?} and was killed; \
+         the runtime may be stuck (check its daemons and mounts), or raise CVMD_RUNTIME_TIMEOUT"
+    )]
+    Timeout {
+        runtime: String,
+        verb: &'static str,
+        id: String,
+        after: std::time::Duration,
+    },
     #[error("cannot prepare the runtime log {path:?}: {source}; check CVMD_STATE_DIR")]
     Log {
         path: PathBuf,

@@ -16,6 +16,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,7 +146,14 @@ pub struct Runtime {
     /// Where each call's JSON log goes: `<id>-<verb>.log`.
     pub log_dir: PathBuf,
     pub spawner: Arc<dyn Spawner>,
+    /// How long `create`, `start`, `kill`, `delete` and `state` may take: a
+    /// runtime stuck on a hung mount or daemon must not hang PID 1.
+    pub timeout: Duration,
 }
+
+/// The default of [`Runtime::timeout`]: generous, since sysbox-runc's
+/// `create` may chown a large rootfs where ID-mapped mounts are missing.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,6 +162,7 @@ impl std::fmt::Debug for Runtime {
             .field("root", &self.root)
             .field("systemd_cgroup", &self.systemd_cgroup)
             .field("log_dir", &self.log_dir)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -193,6 +202,23 @@ impl Call {
         }
     }
 
+    /// Kills the runtime process that overran `after` (only while its exit
+    /// has not been seen, so the pid cannot have been reused) and names it.
+    fn timed_out(&self, pid: i32, exited: &AtomicBool, after: Duration) -> RuntimeError {
+        if !exited.load(Ordering::SeqCst) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        RuntimeError::Timeout {
+            runtime: self.runtime.clone(),
+            verb: self.verb,
+            id: self.id.clone(),
+            after,
+        }
+    }
+
     fn output_error(&self, source: std::io::Error) -> RuntimeError {
         RuntimeError::Output {
             runtime: self.runtime.clone(),
@@ -215,7 +241,13 @@ impl Runtime {
             systemd_cgroup: false,
             log_dir: log_dir.into(),
             spawner,
+            timeout: DEFAULT_CALL_TIMEOUT,
         }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Runtime {
+        self.timeout = timeout;
+        self
     }
 
     pub fn with_root(mut self, root: impl Into<PathBuf>) -> Runtime {
@@ -287,9 +319,19 @@ impl Runtime {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let spawned = self.spawn(cmd, &call)?;
+        let pid = spawned.pid;
+        let exited = AtomicBool::new(false);
         let out = read_all(spawned.stdout.map(OwnedFd::from));
         let err = read_all(spawned.stderr.map(OwnedFd::from));
-        let (out, err, exit) = tokio::join!(out, err, spawned.exit);
+        let exit = watch_exit(spawned.exit, &exited);
+        let (out, err, exit) = match tokio::time::timeout(self.timeout, async {
+            tokio::join!(out, err, exit)
+        })
+        .await
+        {
+            Ok(all) => all,
+            Err(_) => return Err(call.timed_out(pid, &exited, self.timeout)),
+        };
         let exit = exit.map_err(|source| call.wait_error(source))?;
         let out = out.map_err(|e| call.output_error(e))?;
         let err = err.unwrap_or_default();
@@ -337,10 +379,12 @@ impl Runtime {
         let spawned = self.spawn(cmd, &call)?;
         // `cmd` is gone: the runtime and, after it, the container hold the
         // only write ends, so our reads end when the container's output does.
-        let exit = spawned
-            .exit
-            .await
-            .map_err(|source| call.wait_error(source))?;
+        let exited = AtomicBool::new(false);
+        let exit = match tokio::time::timeout(self.timeout, watch_exit(spawned.exit, &exited)).await
+        {
+            Ok(exit) => exit.map_err(|source| call.wait_error(source))?,
+            Err(_) => return Err(call.timed_out(spawned.pid, &exited, self.timeout)),
+        };
         if !exit.success() {
             // With pipes, the runtime's stderr is our pipe; it has exited and
             // killed the half-made init, so the pipe drains to its end.
@@ -435,6 +479,16 @@ impl Runtime {
             exit: spawned.exit,
         })
     }
+}
+
+/// Awaits an exit and records that it came, for [`Call::timed_out`].
+async fn watch_exit(
+    exit: ExitWaiter,
+    exited: &AtomicBool,
+) -> Result<Exit, crate::supervisor::reaper::ReaperError> {
+    let result = exit.await;
+    exited.store(true, Ordering::SeqCst);
+    result
 }
 
 /// Points the command's stdio where `io` says; returns cvmd's pipe ends.

@@ -23,6 +23,9 @@ if [ -f "$dir/fail" ]; then
   echo "stderr says something else" >&2
   exit 1
 fi
+if [ -f "$dir/hang" ]; then
+  exec sleep 1000
+fi
 if [ -f "$dir/fail-stderr" ]; then
   echo "only on stderr" >&2
   exit 2
@@ -332,4 +335,46 @@ async fn runtimes_own_prefix_is_not_repeated() {
     .unwrap();
     let err = f.rt.start("ws1").await.unwrap_err();
     assert_eq!(err.to_string(), "fake-runc start ws1 failed: boom");
+}
+
+#[tokio::test]
+async fn a_hanging_call_times_out_naming_its_verb() {
+    let f = fixture();
+    std::fs::write(f.dir.join("hang"), "").unwrap();
+    let rt =
+        f.rt.clone()
+            .with_timeout(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    for (verb, result) in [
+        ("start", rt.start("ws1").await.map(drop)),
+        ("kill", rt.kill("ws1", 15).await.map(drop)),
+        ("delete", rt.delete("ws1", true).await.map(drop)),
+        ("state", rt.state("ws1").await.map(drop)),
+        (
+            "create",
+            rt.create(
+                "ws1",
+                Path::new("/b"),
+                &f.dir.join("pid"),
+                ContainerIo::Pipes { stdin: false },
+            )
+            .await
+            .map(drop),
+        ),
+    ] {
+        let e = result.unwrap_err();
+        assert!(
+            matches!(e, RuntimeError::Timeout { verb: v, .. } if v == verb),
+            "{verb}: {e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("fake-runc {verb} ws1 did not finish within 300ms")),
+            "{text}"
+        );
+        assert!(text.contains("CVMD_RUNTIME_TIMEOUT"), "{text}");
+    }
+    // Five calls, each cut at its timeout: the hung runtimes were killed,
+    // not waited for.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
