@@ -9,6 +9,7 @@
 //! process-wide reaper.
 
 mod error;
+mod exec;
 mod spawner;
 
 use std::ffi::OsString;
@@ -25,6 +26,7 @@ use tokio::net::unix::pipe;
 use tracing::Instrument;
 
 pub use error::{error_from_log, failure_message, RuntimeError};
+pub use exec::Detached;
 pub use spawner::{DirectSpawner, Spawner};
 
 use crate::supervisor::reaper::{Exit, ExitWaiter, Spawned};
@@ -244,6 +246,18 @@ impl Runtime {
         args: impl IntoIterator<Item = OsString>,
     ) -> Result<(Command, Call), RuntimeError> {
         let log = self.log_dir.join(format!("{id}-{verb}.log"));
+        self.command_logged(verb, id, log, args)
+    }
+
+    /// [`Self::command`] with the log at `log`: for calls that may run
+    /// concurrently for one container (exec), each with its own log.
+    fn command_logged(
+        &self,
+        verb: &'static str,
+        id: &str,
+        log: PathBuf,
+        args: impl IntoIterator<Item = OsString>,
+    ) -> Result<(Command, Call), RuntimeError> {
         std::fs::create_dir_all(&self.log_dir)
             .and_then(|()| File::create(&log))
             .map_err(|source| RuntimeError::Log {
@@ -357,6 +371,7 @@ impl Runtime {
         }
         let pid = read_pid_file(pid_file).map_err(|reason| RuntimeError::PidFile {
             runtime: call.runtime.clone(),
+            verb: call.verb,
             id: id.to_string(),
             path: pid_file.to_path_buf(),
             reason,
