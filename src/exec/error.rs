@@ -21,7 +21,7 @@ pub enum ExecError {
     State {
         id: String,
         #[source]
-        source: RuntimeError,
+        source: Box<RuntimeError>,
     },
     #[error(
         "workspace {id} is {status}, not running; start it (or wait for it to boot) before exec"
@@ -68,7 +68,7 @@ pub enum ExecError {
     Runtime {
         id: String,
         #[source]
-        source: RuntimeError,
+        source: Box<RuntimeError>,
     },
     #[error("cannot follow the exec'd process {pid} in workspace {id}: {source}")]
     Watch {

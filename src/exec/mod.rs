@@ -111,7 +111,7 @@ pub async fn spawn(
     plan::validate(&spec)?;
     let state = runtime.state(id).await.map_err(|source| ExecError::State {
         id: id.into(),
-        source,
+        source: Box::new(source),
     })?;
     if state.status != Status::Running {
         let status = match state.status {
@@ -329,7 +329,7 @@ fn start_error(id: &str, command: &str, e: RuntimeError) -> ExecError {
         }
         source => ExecError::Runtime {
             id: id.into(),
-            source,
+            source: Box::new(source),
         },
     }
 }
@@ -349,7 +349,6 @@ impl Scratch {
         let make = |dir: &Path| -> Result<PathBuf, ExecError> {
             let template = dir.join("exec-XXXXXX");
             std::fs::create_dir_all(dir)
-                .map_err(std::io::Error::from)
                 .and_then(|()| nix::unistd::mkdtemp(&template).map_err(std::io::Error::from))
                 .map_err(|source| ExecError::Scratch {
                     path: template.clone(),

@@ -1,0 +1,471 @@
+//! `cvmd::exec` against a real workspace: a busybox image pushed to the real
+//! `docker-registry`, assembled by `cvmd rootfs`, written as a bundle by
+//! `cvmd::bundle::write_bundle` and running under the real `runc`; every
+//! exec goes through `exec::spawn` with the process-wide reaper.
+//!
+//! Every process in this test binary is spawned through the one reaper
+//! (a `Command::output()` here would race its `waitpid(-1)`). Needs root,
+//! runc, busybox-static and docker-registry; skips with a reason otherwise.
+
+mod common;
+mod layers_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::image::{Compression, Format, ImageBuilder, LayerBuilder};
+use common::Registry;
+use cvmd::bundle::{write_bundle, BundleInput, RuntimeFlavor};
+use cvmd::exec::{self, ExecError, ExecSession, ExecSpec};
+use cvmd::runtime::{ContainerIo, Runtime};
+use cvmd::supervisor::reaper::{Exit, Reaper};
+use layers_support::{can_run, Cvmd};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "id", "pwd", "tty", "stty", "sleep", "env", "true", "kill", "ls",
+];
+
+fn tools(test: &str) -> Option<PathBuf> {
+    if !can_run() {
+        return None;
+    }
+    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    let why = match (&runc, Path::new("/bin/busybox").exists()) {
+        (Some(_), true) => return runc,
+        (None, _) => "runc is not installed (apt-get install runc)",
+        (_, false) => "busybox is not installed (apt-get install busybox-static)",
+    };
+    eprintln!("skipping {test}: {why}");
+    None
+}
+
+/// busybox-static with a user `bob` (1000, member of `wheel`) whose home
+/// exists, and a /tmp.
+fn busybox_image() -> common::image::Image {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut layer = LayerBuilder::new()
+        .dir("bin", 0o755)
+        .file("bin/busybox", &busybox, 0o755)
+        .dir("etc", 0o755)
+        .file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000:Bob:/home/bob:/bin/sh\n",
+            0o644,
+        )
+        .file(
+            "etc/group",
+            b"root:x:0:\nwheel:x:10:bob\nbob:x:1000:\n",
+            0o644,
+        )
+        .dir("root", 0o700)
+        .dir("tmp", 0o1777)
+        .dir("home", 0o755)
+        .dir("home/bob", 0o755);
+    for app in APPLETS {
+        layer = layer.symlink(&format!("bin/{app}"), "busybox");
+    }
+    ImageBuilder::new(Format::Oci)
+        .layer(layer.build(Compression::Gzip))
+        .build()
+}
+
+/// Runs `cmd` through the reaper; its status and output.
+async fn output(mut cmd: Command) -> (Exit, String, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let spawned = Reaper::start().unwrap().spawn(cmd).unwrap();
+    let read = |fd: std::os::fd::OwnedFd| async move {
+        let mut s = String::new();
+        pipe::Receiver::from_owned_fd(fd)
+            .unwrap()
+            .read_to_string(&mut s)
+            .await
+            .unwrap();
+        s
+    };
+    let (out, err) = tokio::join!(
+        read(spawned.stdout.unwrap().into()),
+        read(spawned.stderr.unwrap().into())
+    );
+    (spawned.exit.await.unwrap(), out, err)
+}
+
+/// A running busybox workspace; deleted (with `--force`) and its rootfs
+/// unmounted when dropped, so that a failing test leaves nothing behind.
+struct Workspace {
+    rt: Runtime,
+    id: String,
+    runc: PathBuf,
+    root: PathBuf,
+    cvmd: Cvmd,
+    rootfs: PathBuf,
+    state: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        // Not through the reaper (no tokio runtime here): the reap loop may
+        // take a status first, which only makes `status()` fail once the
+        // process has exited.
+        let quiet = |mut c: Command| {
+            let _ = c
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        let mut delete = Command::new(&self.runc);
+        delete
+            .arg("--root")
+            .arg(&self.root)
+            .args(["delete", "--force", &self.id]);
+        quiet(delete);
+        quiet(self.cvmd.command(&[
+            "rootfs",
+            "--unmount",
+            self.rootfs.to_str().unwrap(),
+            "--state-dir",
+            self.state.to_str().unwrap(),
+        ]));
+        if is_mounted(&self.rootfs) {
+            let _ = nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| l.split(' ').nth(4) == dir.to_str())
+}
+
+async fn workspace(test: &str) -> Option<Workspace> {
+    let runc = tools(test)?;
+    let reaper = Reaper::start().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("cvmd-exec-")
+        .tempdir()
+        .unwrap();
+    // The container's processes must reach the rootfs.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    let state = tmp.path().join("state");
+    let cvmd = {
+        let reg = Registry::plain().unwrap();
+        let reference = layers_support::push(&reg, "exec/busybox", "v1", &busybox_image());
+        let cvmd = Cvmd::new(&cache, &reg.host());
+        let cmd = cvmd.command(&[
+            "rootfs",
+            &reference,
+            rootfs.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        let (exit, out, err) = output(cmd).await;
+        assert!(exit.success(), "cvmd rootfs: {exit}\n{out}\n{err}");
+        cvmd
+    };
+    let mut input = BundleInput::new("exec/busybox", &rootfs, RuntimeFlavor::Runc);
+    input.image_run.env = vec!["PATH=/bin".into(), "IMG=from-image".into()];
+    let bundle = tmp.path().join("bundle");
+    let info = write_bundle(&bundle, &input).unwrap();
+    assert_eq!(info.args[0], "/bin/sh", "the keep-alive runs");
+    let root = tmp.path().join("runc-root");
+    let rt =
+        Runtime::new(&runc, tmp.path().join("logs"), Arc::new(reaper.clone())).with_root(&root);
+    let id = format!("cvmd-exec-{test}-{}", std::process::id());
+    let ws = Workspace {
+        rt,
+        id,
+        runc,
+        root,
+        cvmd,
+        rootfs,
+        state,
+        _tmp: tmp,
+    };
+    let created = ws
+        .rt
+        .create(
+            &ws.id,
+            &bundle,
+            &ws._tmp.path().join("init.pid"),
+            ContainerIo::Null,
+        )
+        .await
+        .unwrap();
+    reaper.watch(created.pid).unwrap();
+    ws.rt.start(&ws.id).await.unwrap();
+    Some(ws)
+}
+
+fn cmd(args: &[&str]) -> ExecSpec {
+    ExecSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..ExecSpec::default()
+    }
+}
+
+/// Reads stdout and stderr to their end, then waits: (stdout, stderr, code).
+async fn finish(mut s: ExecSession) -> (String, String, i32) {
+    drop(s.stdin.take());
+    let mut stdout = std::mem::replace(&mut s.stdout, Box::new(tokio::io::empty()));
+    let stderr = s.stderr.take();
+    let all = async move {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let read_err = async {
+            if let Some(mut e) = stderr {
+                e.read_to_end(&mut err).await.unwrap();
+            }
+        };
+        let (r, ()) = tokio::join!(stdout.read_to_end(&mut out), read_err);
+        r.unwrap();
+        let code = s.wait().await.unwrap();
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+            code,
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("the exec ends within 30 s")
+}
+
+async fn run(ws: &Workspace, spec: ExecSpec) -> (String, String, i32) {
+    finish(exec::spawn(&ws.rt, &ws.id, spec).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn exec_separates_stdout_and_stderr_without_a_tty_needs_root() {
+    let Some(ws) = workspace("streams").await else {
+        return;
+    };
+    let (out, err, code) = run(
+        &ws,
+        cmd(&["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"]),
+    )
+    .await;
+    assert_eq!(out, "to-out\nmore-out\n");
+    assert_eq!(err, "to-err\n");
+    assert_eq!(code, 0);
+    // Nothing of the exec is left in the log dir (socket, process JSON, logs).
+    let left: Vec<_> = std::fs::read_dir(ws._tmp.path().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("exec-"))
+        .collect();
+    assert!(left.is_empty(), "scratch left: {left:?}");
+    let rootfs = ws.rootfs.clone();
+    drop(ws);
+    assert!(
+        !is_mounted(&rootfs),
+        "the workspace's rootfs is still mounted"
+    );
+}
+
+#[tokio::test]
+async fn exec_pipes_stdin_needs_root() {
+    let Some(ws) = workspace("stdin").await else {
+        return;
+    };
+    let mut s = exec::spawn(&ws.rt, &ws.id, cmd(&["cat"])).await.unwrap();
+    let mut stdin = s.stdin.take().expect("a stdin pipe without a tty");
+    stdin.write_all(b"hello\nworld\n").await.unwrap();
+    drop(stdin);
+    let (out, err, code) = finish(s).await;
+    assert_eq!(
+        (out.as_str(), err.as_str(), code),
+        ("hello\nworld\n", "", 0)
+    );
+
+    // Two execs at once in one workspace keep their own streams.
+    let a = exec::spawn(&ws.rt, &ws.id, cmd(&["sh", "-c", "sleep 0.3; echo a"]));
+    let b = exec::spawn(&ws.rt, &ws.id, cmd(&["sh", "-c", "echo b; exit 4"]));
+    let (a, b) = tokio::join!(a, b);
+    let (a, b) = tokio::join!(finish(a.unwrap()), finish(b.unwrap()));
+    assert_eq!(a, ("a\n".into(), "".into(), 0));
+    assert_eq!(b, ("b\n".into(), "".into(), 4));
+}
+
+#[tokio::test]
+async fn exec_exit_codes_needs_root() {
+    let Some(ws) = workspace("codes").await else {
+        return;
+    };
+    assert_eq!(run(&ws, cmd(&["true"])).await.2, 0);
+    assert_eq!(run(&ws, cmd(&["sh", "-c", "exit 3"])).await.2, 3);
+    // Killed by a signal: 128 + 9, as a shell reports it.
+    assert_eq!(run(&ws, cmd(&["sh", "-c", "kill -9 $$"])).await.2, 137);
+
+    let e = exec::spawn(&ws.rt, &ws.id, cmd(&["no-such-program", "x"]))
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, ExecError::Start { .. }), "{e:?}");
+    assert_eq!(e.exit_code(), 127, "{msg}");
+    assert!(
+        msg.contains("\"no-such-program\": executable file not found in $PATH"),
+        "the runtime's own reason: {msg}"
+    );
+    let e = exec::spawn(&ws.rt, &ws.id, cmd(&["/etc"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 126, "{e}");
+    assert!(e.to_string().contains("permission denied"), "{e}");
+
+    // A stopped workspace says so.
+    ws.rt.kill(&ws.id, libc::SIGKILL).await.unwrap();
+    let stopped = async {
+        loop {
+            match exec::spawn(&ws.rt, &ws.id, cmd(&["true"])).await {
+                Err(ExecError::NotRunning { .. }) => break,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the workspace is reported stopped");
+    let e = exec::spawn(&ws.rt, &ws.id, cmd(&["true"]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("is stopped, not running"), "{e}");
+}
+
+#[tokio::test]
+async fn exec_as_user_by_name_and_uid_needs_root() {
+    let Some(ws) = workspace("user").await else {
+        return;
+    };
+    let probe = "id -u; id -g; id -G; echo $HOME; pwd";
+    let as_user = |user: Option<&str>| ExecSpec {
+        user: user.map(String::from),
+        ..cmd(&["sh", "-c", probe])
+    };
+    let (out, err, code) = run(&ws, as_user(Some("bob"))).await;
+    assert_eq!((err.as_str(), code), ("", 0));
+    assert_eq!(out, "1000\n1000\n1000 10\n/home/bob\n/home/bob\n");
+    let (out, _, _) = run(&ws, as_user(Some("1000"))).await;
+    assert_eq!(out, "1000\n1000\n1000 10\n/home/bob\n/home/bob\n");
+    // A uid without a passwd entry: its gid as given, home and cwd `/`.
+    let (out, _, _) = run(&ws, as_user(Some("4242:77"))).await;
+    assert_eq!(out, "4242\n77\n77\n/\n/\n");
+    // The container's own user by default.
+    let (out, _, _) = run(&ws, as_user(None)).await;
+    assert_eq!(out, "0\n0\n0\n/root\n/root\n");
+
+    let e = exec::spawn(&ws.rt, &ws.id, as_user(Some("alice")))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no user \"alice\" in the workspace's /etc/passwd"),
+        "{e}"
+    );
+    assert_eq!(e.exit_code(), 125);
+}
+
+#[tokio::test]
+async fn exec_env_and_cwd_needs_root() {
+    let Some(ws) = workspace("env").await else {
+        return;
+    };
+    let spec = ExecSpec {
+        env: vec!["FOO=bar baz".into(), "IMG=overridden".into()],
+        cwd: Some("/tmp".into()),
+        ..cmd(&["sh", "-c", "echo \"$FOO|$IMG|$PATH\"; pwd"])
+    };
+    let (out, _, code) = run(&ws, spec).await;
+    assert_eq!((out.as_str(), code), ("bar baz|overridden|/bin\n/tmp\n", 0));
+    // The container's environment carries over; no TERM without a tty.
+    let (out, _, _) = run(&ws, cmd(&["env"])).await;
+    let vars: Vec<&str> = out.lines().collect();
+    assert!(vars.contains(&"IMG=from-image"), "{out}");
+    assert!(vars.contains(&"HOME=/root"), "{out}");
+    assert!(!vars.iter().any(|v| v.starts_with("TERM=")), "{out}");
+    // A working dir that does not exist: the runtime's reason.
+    let e = exec::spawn(
+        &ws.rt,
+        &ws.id,
+        ExecSpec {
+            cwd: Some("/nonexistent".into()),
+            ..cmd(&["true"])
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("/nonexistent"), "{e}");
+}
+
+/// Reads from the terminal until `want` has appeared; all that was read.
+async fn read_until(
+    r: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    seen: &mut String,
+    want: &str,
+) {
+    let mut buf = [0u8; 1024];
+    let wait = async {
+        while !seen.contains(want) {
+            let n = r.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the terminal ended before {want:?}: {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {want:?} on the terminal within 20 s"));
+}
+
+#[tokio::test]
+async fn exec_with_a_tty_needs_root() {
+    let Some(ws) = workspace("tty").await else {
+        return;
+    };
+    let spec = ExecSpec {
+        tty: true,
+        size: Some((33, 111)),
+        ..cmd(&[
+            "sh",
+            "-c",
+            "tty; echo \"size $(stty size) term $TERM\"; read line; echo \"got $line size $(stty size)\"; exit 5",
+        ])
+    };
+    let mut s = exec::spawn(&ws.rt, &ws.id, spec).await.unwrap();
+    assert!(s.stderr.is_none(), "a terminal carries both streams");
+    let mut seen = String::new();
+    read_until(&mut *s.stdout, &mut seen, "term xterm").await;
+    assert!(seen.contains("/dev/pts/"), "tty names a pts: {seen:?}");
+    assert!(seen.contains("size 33 111 term xterm\r\n"), "{seen:?}");
+    s.resize(40, 120).unwrap();
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").await.unwrap();
+    read_until(&mut *s.stdout, &mut seen, "got hello size 40 120\r\n").await;
+    // The output ends when the process does; then its status.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.stdout.read_to_end(&mut rest))
+        .await
+        .expect("EOF within 20 s")
+        .unwrap();
+    assert_eq!(s.wait().await.unwrap(), 5);
+
+    // Without a tty there is nothing to resize.
+    let s = exec::spawn(&ws.rt, &ws.id, cmd(&["true"])).await.unwrap();
+    assert!(matches!(s.resize(1, 1), Err(ExecError::NoTerminal)));
+    assert_eq!(finish(s).await.2, 0);
+}
