@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use error::{start_failure_code, ExecError, CANNOT_INVOKE, ENGINE_FAILED, NOT_FOUND};
 
-use crate::bundle::{dir_in_rootfs, read_etc};
+use crate::bundle::{dir_in_rootfs, read_etc, RuntimeFlavor};
 use crate::runtime::{ContainerIo, Runtime, RuntimeError, Status};
 use crate::supervisor::reaper::ExitWaiter;
 use console::ConsoleSocket;
@@ -109,6 +109,9 @@ pub async fn spawn(
 ) -> Result<ExecSession, ExecError> {
     let id = container_id;
     plan::validate(&spec)?;
+    if RuntimeFlavor::of_runtime(&runtime.binary.to_string_lossy()) == RuntimeFlavor::Sysbox {
+        plan::check_sysbox_env(&spec.env)?;
+    }
     let state = runtime.state(id).await.map_err(|source| ExecError::State {
         id: id.into(),
         source: Box::new(source),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{BoxBuilder, Process};
 
 use super::{ExecError, ExecSpec};
-use crate::bundle::{resolve_user, BundleError, DEFAULT_PATH};
+use crate::bundle::{resolve_user, sysbox_accepts, BundleError, DEFAULT_PATH, SYSBOX_KNOBS};
 
 /// Who the process runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,26 @@ pub fn validate(spec: &ExecSpec) -> Result<(), ExecError> {
         }
     }
     Ok(())
+}
+
+/// sysbox-runc refuses a process whose environment holds a `SYSBOX_*`
+/// variable other than its documented knobs (DESIGN.md, "The sysbox-runc
+/// contract"): say so before it does, naming the variable.
+pub fn check_sysbox_env(env: &[String]) -> Result<(), ExecError> {
+    match env.iter().find(|e| !sysbox_accepts(e)) {
+        None => Ok(()),
+        Some(e) => Err(ExecError::BadRequest {
+            reason: format!(
+                "sysbox-runc refuses the variable {:?}; it takes only {}",
+                e.split('=').next().unwrap_or(e),
+                SYSBOX_KNOBS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
 }
 
 /// Resolves the user the process runs as: the request's `-u` (a name or
@@ -366,6 +386,15 @@ mod tests {
         assert!(e.contains(&"HOME=/tmp".to_string()), "{e:?}");
         let e = env(&["TERM=dumb".into()], None, &bob(), true, &[]);
         assert!(e.contains(&"TERM=dumb".to_string()), "{e:?}");
+    }
+
+    #[test]
+    fn sysbox_knobs_only() {
+        check_sysbox_env(&["A=1".into(), "SYSBOX_HONOR_CAPS=TRUE".into()]).unwrap();
+        let e = check_sysbox_env(&["SYSBOX_NOPE=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refuses the variable \"SYSBOX_NOPE\""), "{e}");
     }
 
     #[test]

@@ -1,21 +1,60 @@
-//! `exec --detach`: the runtime starts the process and exits at once; the
-//! process is re-parented to cvmd (PID 1, or a child subreaper), whose
-//! reaper reports its exit (containerd's runc shim does exec this way).
+//! `exec`, in the foreground ([`Runtime::exec`]: the runtime stays the
+//! process's parent and exits with its status) and detached
+//! ([`Runtime::exec_detached`]: the runtime starts the process and exits at
+//! once; the process is re-parented to cvmd, PID 1 or a child subreaper,
+//! whose reaper reports its exit, as containerd's runc shim does it).
 //!
-//! It is the only form that takes `--console-socket`: runc and sysbox-runc
+//! Only the detached form takes `--console-socket`: runc and sysbox-runc
 //! refuse it in the foreground ("cannot use console socket if runc will
 //! not detach or allocate tty", runc `checkTerminal`), where they want a
-//! terminal of their own on their stdio to copy to and from. Without a
-//! terminal the process inherits the runtime's stdio (runc
+//! terminal of their own on their stdio to copy to and from. Detached
+//! without a terminal, the process inherits the runtime's stdio (runc
 //! `inheritStdio`), so cvmd's pipe ends reach it with no runtime process
 //! copying in between, and a failing runtime (exit 255, reason in its log)
 //! is never mistaken for a command that exited 255.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::RuntimeError;
-use super::{attach_io, failure_message, read_pid_file, ContainerIo, ProcessIo, Runtime};
+use super::{attach_io, error_from_log, failure_message, read_pid_file, Call};
+use super::{ContainerIo, ProcessIo, Runtime, RuntimeError};
+use crate::supervisor::reaper::{Exit, ExitWaiter};
+
+/// What `exec` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecSpec {
+    /// An OCI `process` JSON file (`exec --process FILE`).
+    Process(PathBuf),
+    /// A command line, run with the container's process settings.
+    Args(Vec<String>),
+}
+
+/// A running `exec`: the runtime stays in the foreground and exits with the
+/// process's status.
+#[derive(Debug)]
+pub struct Exec {
+    pub io: ProcessIo,
+    call: Call,
+    exit: ExitWaiter,
+}
+
+impl Exec {
+    /// The process's status; an error when the runtime itself failed (it
+    /// logged an error), so a process exiting 1 is not mistaken for one.
+    pub async fn wait(self) -> Result<Exit, RuntimeError> {
+        let exit = self
+            .exit
+            .await
+            .map_err(|source| self.call.wait_error(source))?;
+        if !exit.success() {
+            let log = std::fs::read_to_string(&self.call.log).unwrap_or_default();
+            if let Some(message) = error_from_log(&log) {
+                return Err(self.call.failed(exit, message));
+            }
+        }
+        Ok(exit)
+    }
+}
 
 /// A process the runtime started and left running.
 #[derive(Debug)]
@@ -72,5 +111,36 @@ impl Runtime {
         })?;
         tracing::debug!(id, pid, "exec started");
         Ok(Detached { pid, io: ours })
+    }
+
+    /// `exec [--tty] [--process FILE] ID [ARGS...]` in the foreground.
+    pub async fn exec(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+        tty: bool,
+        io: ContainerIo,
+    ) -> Result<Exec, RuntimeError> {
+        let mut args: Vec<OsString> = Vec::new();
+        if tty {
+            args.push("--tty".into());
+        }
+        match spec {
+            ExecSpec::Process(path) => {
+                args.extend(["--process".into(), path.into(), id.into()]);
+            }
+            ExecSpec::Args(argv) => {
+                args.push(id.into());
+                args.extend(argv.iter().map(OsString::from));
+            }
+        }
+        let (mut cmd, call) = self.command("exec", id, args)?;
+        let ours = attach_io(&mut cmd, io, id)?;
+        let spawned = self.spawn(cmd, &call)?;
+        Ok(Exec {
+            io: ours,
+            call,
+            exit: spawned.exit,
+        })
     }
 }

@@ -26,10 +26,10 @@ use tokio::net::unix::pipe;
 use tracing::Instrument;
 
 pub use error::{error_from_log, failure_message, RuntimeError};
-pub use exec::Detached;
+pub use exec::{Detached, Exec, ExecSpec};
 pub use spawner::{DirectSpawner, Spawner};
 
-use crate::supervisor::reaper::{Exit, ExitWaiter, Spawned};
+use crate::supervisor::reaper::{Exit, Spawned};
 
 /// Where the container's (or exec'd process's) stdio goes. With
 /// `terminal: false` the runtime hands its own stdio to the process, so
@@ -97,42 +97,6 @@ pub struct State {
     pub pid: i32,
     #[serde(default)]
     pub bundle: PathBuf,
-}
-
-/// What `exec` runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecSpec {
-    /// An OCI `process` JSON file (`exec --process FILE`).
-    Process(PathBuf),
-    /// A command line, run with the container's process settings.
-    Args(Vec<String>),
-}
-
-/// A running `exec`: the runtime stays in the foreground and exits with the
-/// process's status.
-#[derive(Debug)]
-pub struct Exec {
-    pub io: ProcessIo,
-    call: Call,
-    exit: ExitWaiter,
-}
-
-impl Exec {
-    /// The process's status; an error when the runtime itself failed (it
-    /// logged an error), so a process exiting 1 is not mistaken for one.
-    pub async fn wait(self) -> Result<Exit, RuntimeError> {
-        let exit = self
-            .exit
-            .await
-            .map_err(|source| self.call.wait_error(source))?;
-        if !exit.success() {
-            let log = std::fs::read_to_string(&self.call.log).unwrap_or_default();
-            if let Some(message) = error_from_log(&log) {
-                return Err(self.call.failed(exit, message));
-            }
-        }
-        Ok(exit)
-    }
 }
 
 /// The driver. Cheap to clone; calls for different containers may run
@@ -418,37 +382,6 @@ impl Runtime {
         args.push(id.into());
         let (cmd, call) = self.command("delete", id, args)?;
         self.run(cmd, call).await.map(drop)
-    }
-
-    /// `exec [--tty] [--process FILE] ID [ARGS...]` in the foreground.
-    pub async fn exec(
-        &self,
-        id: &str,
-        spec: &ExecSpec,
-        tty: bool,
-        io: ContainerIo,
-    ) -> Result<Exec, RuntimeError> {
-        let mut args: Vec<OsString> = Vec::new();
-        if tty {
-            args.push("--tty".into());
-        }
-        match spec {
-            ExecSpec::Process(path) => {
-                args.extend(["--process".into(), path.into(), id.into()]);
-            }
-            ExecSpec::Args(argv) => {
-                args.push(id.into());
-                args.extend(argv.iter().map(OsString::from));
-            }
-        }
-        let (mut cmd, call) = self.command("exec", id, args)?;
-        let ours = attach_io(&mut cmd, io, id)?;
-        let spawned = self.spawn(cmd, &call)?;
-        Ok(Exec {
-            io: ours,
-            call,
-            exit: spawned.exit,
-        })
     }
 }
 
