@@ -148,6 +148,12 @@ fn is_mounted(dir: &Path) -> bool {
 }
 
 async fn workspace(test: &str) -> Option<Workspace> {
+    workspace_mapped(test, None).await
+}
+
+/// With `idmap`, the workspace runs in a user namespace: container ID 0 is
+/// host ID `idmap.host_uid`, as under sysbox-runc.
+async fn workspace_mapped(test: &str, idmap: Option<cvmd::rootfs::IdMap>) -> Option<Workspace> {
     let runc = tools(test)?;
     let reaper = Reaper::start().unwrap();
     let tmp = tempfile::Builder::new()
@@ -168,19 +174,25 @@ async fn workspace(test: &str) -> Option<Workspace> {
         let reg = Registry::plain().unwrap();
         let reference = layers_support::push(&reg, "exec/busybox", "v1", &busybox_image());
         let cvmd = Cvmd::new(&cache, &reg.host());
-        let cmd = cvmd.command(&[
+        let map = idmap.map(|m| format!("{}:{}:{}", m.host_uid, m.host_gid, m.size));
+        let mut args = vec![
             "rootfs",
             &reference,
             rootfs.to_str().unwrap(),
             "--state-dir",
             state.to_str().unwrap(),
-        ]);
+        ];
+        if let Some(map) = &map {
+            args.extend(["--idmap", map]);
+        }
+        let cmd = cvmd.command(&args);
         let (exit, out, err) = output(cmd).await;
         assert!(exit.success(), "cvmd rootfs: {exit}\n{out}\n{err}");
         cvmd
     };
     let mut input = BundleInput::new("exec/busybox", &rootfs, RuntimeFlavor::Runc);
     input.image_run.env = vec!["PATH=/bin".into(), "IMG=from-image".into()];
+    input.idmap = idmap;
     let bundle = tmp.path().join("bundle");
     let info = write_bundle(&bundle, &input).unwrap();
     assert_eq!(info.args[0], "/bin/sh", "the keep-alive runs");
@@ -361,6 +373,23 @@ async fn exec_as_user_by_name_and_uid_needs_root() {
     let (out, err, code) = run(&ws, as_user(Some("bob"))).await;
     assert_eq!((err.as_str(), code), ("", 0));
     assert_eq!(out, "1000\n1000\n1000 10\n/home/bob\n/home/bob\n");
+    // bob may reopen his own stdio (the pipes are his, not host root's).
+    let (out, err, code) = run(
+        &ws,
+        ExecSpec {
+            user: Some("bob".into()),
+            ..cmd(&[
+                "sh",
+                "-c",
+                "echo via-dev > /dev/stdout; echo err-dev > /dev/stderr",
+            ])
+        },
+    )
+    .await;
+    assert_eq!(
+        (out.as_str(), err.as_str(), code),
+        ("via-dev\n", "err-dev\n", 0)
+    );
     let (out, _, _) = run(&ws, as_user(Some("1000"))).await;
     assert_eq!(out, "1000\n1000\n1000 10\n/home/bob\n/home/bob\n");
     // A uid without a passwd entry: its gid as given, home and cwd `/`.
@@ -411,6 +440,37 @@ async fn exec_env_and_cwd_needs_root() {
     .await
     .unwrap_err();
     assert!(e.to_string().contains("/nonexistent"), "{e}");
+}
+
+#[tokio::test]
+async fn exec_in_a_user_namespace_reopens_its_stdio_needs_root() {
+    let map = cvmd::rootfs::IdMap {
+        host_uid: 100000,
+        host_gid: 100000,
+        size: 65536,
+    };
+    let Some(ws) = workspace_mapped("userns", Some(map)).await else {
+        return;
+    };
+    // Root and bob inside map to 100000 and 101000 outside; either may
+    // reopen its stdio, which it could not if host root owned the pipes
+    // (the runtime cannot chown them from inside the namespace).
+    let probe =
+        "id -u; cat /proc/self/uid_map; echo via-dev > /dev/stdout; echo err-dev > /dev/stderr";
+    for (user, uid) in [(None, "0"), (Some("bob"), "1000")] {
+        let spec = ExecSpec {
+            user: user.map(String::from),
+            ..cmd(&["sh", "-c", probe])
+        };
+        let (out, err, code) = run(&ws, spec).await;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(
+            words,
+            [uid, "0", "100000", "65536", "via-dev"],
+            "user {user:?}: {out}{err}"
+        );
+        assert_eq!((err.as_str(), code), ("err-dev\n", 0), "user {user:?}");
+    }
 }
 
 /// Reads from the terminal until `want` has appeared; all that was read.

@@ -181,10 +181,13 @@ pub async fn spawn(
     } else {
         None
     };
-    let io = if spec.tty {
-        ContainerIo::Null
+    let (io, owner) = if spec.tty {
+        (ContainerIo::Null, None)
     } else {
-        ContainerIo::Pipes { stdin: true }
+        (
+            ContainerIo::Pipes { stdin: true },
+            pipe_owner(state.pid, &target),
+        )
     };
     let started = runtime
         .exec_detached(
@@ -193,6 +196,7 @@ pub async fn spawn(
             console.as_ref().map(|(_, p)| p.as_path()),
             &scratch.path,
             io,
+            owner,
         )
         .await;
     let started = match started {
@@ -251,6 +255,17 @@ pub async fn spawn(
         }
     };
     Ok(session)
+}
+
+/// Who should own the exec's pipes on the host: its user as the
+/// container's init maps it (a user namespace shifts it; without one the
+/// map is the identity). `None`, and host root keeps them, when the map
+/// cannot be read or leaves the user unmapped.
+fn pipe_owner(init: i32, target: &plan::Target) -> Option<(u32, u32)> {
+    let read = |file: &str| std::fs::read_to_string(format!("/proc/{init}/{file}")).ok();
+    let uid = plan::host_id(target.uid, &read("uid_map")?)?;
+    let gid = plan::host_id(target.gid, &read("gid_map")?)?;
+    Some((uid, gid))
 }
 
 /// Kills an exec'd process nobody can talk to or wait for, rather than

@@ -128,6 +128,25 @@ pub fn home_of(id: &str, uid: u32, passwd: Option<&str>) -> Option<String> {
     u.name.map(|_| u.home)
 }
 
+/// The host ID of container ID `id` under an ID map (`/proc/PID/uid_map`:
+/// lines of "inside outside count"); `None` when it is unmapped.
+pub fn host_id(id: u32, map: &str) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [inside, outside, count] = f[..] else {
+            return None;
+        };
+        let id = u64::from(id);
+        (id >= inside && id - inside < count)
+            .then(|| u32::try_from(outside + (id - inside)).ok())
+            .flatten()
+    })
+}
+
 /// The bundle stage's messages name an image; here it is the workspace.
 fn user_reason(e: BundleError) -> String {
     match e {
@@ -386,6 +405,18 @@ mod tests {
         assert!(e.contains(&"HOME=/tmp".to_string()), "{e:?}");
         let e = env(&["TERM=dumb".into()], None, &bob(), true, &[]);
         assert!(e.contains(&"TERM=dumb".to_string()), "{e:?}");
+    }
+
+    #[test]
+    fn host_ids_through_a_map() {
+        assert_eq!(host_id(1000, "0 0 4294967295\n"), Some(1000));
+        let map = "         0     100000      65536\n     65536          0          1\n";
+        assert_eq!(host_id(0, map), Some(100000));
+        assert_eq!(host_id(1000, map), Some(101000));
+        assert_eq!(host_id(65536, map), Some(0));
+        assert_eq!(host_id(70000, map), None);
+        assert_eq!(host_id(1, "garbage\n"), None);
+        assert_eq!(host_id(1, ""), None);
     }
 
     #[test]

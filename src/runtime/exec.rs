@@ -70,7 +70,11 @@ impl Runtime {
     /// directory of this call: the pid file and the call's own log go
     /// there, so concurrent execs in one container never share a log.
     /// With a console socket the process's stdio is the new terminal, and
-    /// `io` is the runtime's own (give [`ContainerIo::Null`]).
+    /// `io` is the runtime's own (give [`ContainerIo::Null`]). With pipes,
+    /// `owner` (host uid, gid) gets them before the process starts, so a
+    /// non-root user (or a user-namespaced root) can reopen its own
+    /// `/dev/stdout`, which a pipe owned by host root with mode 0600
+    /// refuses.
     pub async fn exec_detached(
         &self,
         id: &str,
@@ -78,6 +82,7 @@ impl Runtime {
         console_socket: Option<&Path>,
         scratch: &Path,
         io: ContainerIo,
+        owner: Option<(u32, u32)>,
     ) -> Result<Detached, RuntimeError> {
         let pid_file = scratch.join("pid");
         let mut args: Vec<OsString> = vec![
@@ -91,6 +96,12 @@ impl Runtime {
         args.extend(["--process".into(), process.into(), id.into()]);
         let (mut cmd, call) = self.command_logged("exec", id, scratch.join("runtime.log"), args)?;
         let ours = attach_io(&mut cmd, io, id)?;
+        if let Some((uid, gid)) = owner {
+            chown_pipes(&ours, uid, gid).map_err(|source| RuntimeError::Pipe {
+                id: id.to_string(),
+                source,
+            })?;
+        }
         let spawned = self.spawn(cmd, &call)?;
         let exit = spawned
             .exit
@@ -143,4 +154,22 @@ impl Runtime {
             exit: spawned.exit,
         })
     }
+}
+
+/// Both ends of a pipe are one inode: chowning ours chowns the child's.
+fn chown_pipes(io: &ProcessIo, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let owner = (
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    );
+    let fds = [
+        io.stdin.as_ref().map(|p| p.as_fd()),
+        io.stdout.as_ref().map(|p| p.as_fd()),
+        io.stderr.as_ref().map(|p| p.as_fd()),
+    ];
+    for fd in fds.into_iter().flatten() {
+        rustix::fs::fchown(fd, owner.0, owner.1)?;
+    }
+    Ok(())
 }

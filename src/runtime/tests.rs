@@ -343,9 +343,16 @@ async fn exec_detached_passes_its_files_and_reads_the_pid() {
     let process = scratch.join("process.json");
     let socket = scratch.join("console.sock");
     let started =
-        f.rt.exec_detached("ws1", &process, Some(&socket), &scratch, ContainerIo::Null)
-            .await
-            .unwrap();
+        f.rt.exec_detached(
+            "ws1",
+            &process,
+            Some(&socket),
+            &scratch,
+            ContainerIo::Null,
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(started.pid, 4243);
     let argv = std::fs::read_to_string(f.dir.join("argv")).unwrap();
     let argv: Vec<&str> = argv.lines().collect();
@@ -388,6 +395,11 @@ async fn exec_detached_failure_is_the_runtimes_reason() {
             None,
             &scratch,
             ContainerIo::Pipes { stdin: true },
+            // Our own ids: chowning to them needs no privilege.
+            Some((
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            )),
         )
         .await
         .unwrap_err();
