@@ -55,6 +55,13 @@ pub struct ExecSpec {
 }
 
 /// A running exec. Read `stdout` (and `stderr`) to their end, then `wait`.
+///
+/// The streams end when every holder of them has closed them, which a
+/// background child of the command can put off past the command's own
+/// exit; a client that must not hang on one waits for the exit alongside
+/// and then drains what is buffered. Dropping the session leaves the
+/// process running; with a TTY, dropping every end of the terminal hangs it
+/// up (SIGHUP), as closing a terminal window does.
 pub struct ExecSession {
     /// The process's stdin; drop it for EOF (with a TTY, send Ctrl-D).
     pub stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
