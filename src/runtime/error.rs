@@ -50,9 +50,10 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
-    #[error("{runtime} create {id} succeeded but its pid file {path:?} is unusable: {reason}")]
+    #[error("{runtime} {verb} {id} succeeded but its pid file {path:?} is unusable: {reason}")]
     PidFile {
         runtime: String,
+        verb: &'static str,
         id: String,
         path: PathBuf,
         reason: String,

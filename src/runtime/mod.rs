@@ -9,6 +9,7 @@
 //! process-wide reaper.
 
 mod error;
+mod exec;
 mod spawner;
 
 use std::ffi::OsString;
@@ -26,6 +27,7 @@ use tokio::net::unix::pipe;
 use tracing::Instrument;
 
 pub use error::{error_from_log, failure_message, RuntimeError};
+pub use exec::{Detached, Exec, ExecSpec};
 pub use spawner::{DirectSpawner, Spawner};
 
 use crate::supervisor::reaper::{Exit, ExitWaiter, Spawned};
@@ -96,42 +98,6 @@ pub struct State {
     pub pid: i32,
     #[serde(default)]
     pub bundle: PathBuf,
-}
-
-/// What `exec` runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecSpec {
-    /// An OCI `process` JSON file (`exec --process FILE`).
-    Process(PathBuf),
-    /// A command line, run with the container's process settings.
-    Args(Vec<String>),
-}
-
-/// A running `exec`: the runtime stays in the foreground and exits with the
-/// process's status.
-#[derive(Debug)]
-pub struct Exec {
-    pub io: ProcessIo,
-    call: Call,
-    exit: ExitWaiter,
-}
-
-impl Exec {
-    /// The process's status; an error when the runtime itself failed (it
-    /// logged an error), so a process exiting 1 is not mistaken for one.
-    pub async fn wait(self) -> Result<Exit, RuntimeError> {
-        let exit = self
-            .exit
-            .await
-            .map_err(|source| self.call.wait_error(source))?;
-        if !exit.success() {
-            let log = std::fs::read_to_string(&self.call.log).unwrap_or_default();
-            if let Some(message) = error_from_log(&log) {
-                return Err(self.call.failed(exit, message));
-            }
-        }
-        Ok(exit)
-    }
 }
 
 /// The driver. Cheap to clone; calls for different containers may run
@@ -276,6 +242,18 @@ impl Runtime {
         args: impl IntoIterator<Item = OsString>,
     ) -> Result<(Command, Call), RuntimeError> {
         let log = self.log_dir.join(format!("{id}-{verb}.log"));
+        self.command_logged(verb, id, log, args)
+    }
+
+    /// [`Self::command`] with the log at `log`: for calls that may run
+    /// concurrently for one container (exec), each with its own log.
+    fn command_logged(
+        &self,
+        verb: &'static str,
+        id: &str,
+        log: PathBuf,
+        args: impl IntoIterator<Item = OsString>,
+    ) -> Result<(Command, Call), RuntimeError> {
         std::fs::create_dir_all(&self.log_dir)
             .and_then(|()| File::create(&log))
             .map_err(|source| RuntimeError::Log {
@@ -401,6 +379,7 @@ impl Runtime {
         }
         let pid = read_pid_file(pid_file).map_err(|reason| RuntimeError::PidFile {
             runtime: call.runtime.clone(),
+            verb: call.verb,
             id: id.to_string(),
             path: pid_file.to_path_buf(),
             reason,
@@ -447,37 +426,6 @@ impl Runtime {
         args.push(id.into());
         let (cmd, call) = self.command("delete", id, args)?;
         self.run(cmd, call).await.map(drop)
-    }
-
-    /// `exec [--tty] [--process FILE] ID [ARGS...]` in the foreground.
-    pub async fn exec(
-        &self,
-        id: &str,
-        spec: &ExecSpec,
-        tty: bool,
-        io: ContainerIo,
-    ) -> Result<Exec, RuntimeError> {
-        let mut args: Vec<OsString> = Vec::new();
-        if tty {
-            args.push("--tty".into());
-        }
-        match spec {
-            ExecSpec::Process(path) => {
-                args.extend(["--process".into(), path.into(), id.into()]);
-            }
-            ExecSpec::Args(argv) => {
-                args.push(id.into());
-                args.extend(argv.iter().map(OsString::from));
-            }
-        }
-        let (mut cmd, call) = self.command("exec", id, args)?;
-        let ours = attach_io(&mut cmd, io, id)?;
-        let spawned = self.spawn(cmd, &call)?;
-        Ok(Exec {
-            io: ours,
-            call,
-            exit: spawned.exit,
-        })
     }
 }
 
