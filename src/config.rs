@@ -52,6 +52,9 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "memory", env: "CVMD_MEMORY", envbox: Some("CODER_MEMORY"), default: None, help: "memory limit (bytes or 4GiB) [default: the outer container's]" },
     Spec { key: "add_tun", env: "CVMD_ADD_TUN", envbox: Some("CODER_ADD_TUN"), default: Some("false"), help: "give the workspace /dev/net/tun" },
     Spec { key: "add_fuse", env: "CVMD_ADD_FUSE", envbox: Some("CODER_ADD_FUSE"), default: Some("false"), help: "give the workspace /dev/fuse" },
+    Spec { key: "usr_lib_dir", env: "CVMD_USR_LIB_DIR", envbox: Some("CODER_USR_LIB_DIR"), default: None, help: "where the node's /usr/lib is mounted in the outer container (NVIDIA driver libraries for GPUs)" },
+    Spec { key: "shiftfs_src", env: "CVMD_SHIFTFS_SRC", envbox: None, default: Some("/usr/src/shiftfs"), help: "shiftfs module source that `cvmd shiftfs install` builds (shipped in the outer image)" },
+    Spec { key: "shiftfs_install", env: "CVMD_SHIFTFS_INSTALL", envbox: None, default: Some("false"), help: "at start, build and load shiftfs when the node needs it and allows it" },
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
@@ -119,6 +122,9 @@ pub struct Settings {
     pub memory: Option<u64>,
     pub add_tun: bool,
     pub add_fuse: bool,
+    pub usr_lib_dir: Option<PathBuf>,
+    pub shiftfs_src: PathBuf,
+    pub shiftfs_install: bool,
     pub stop_timeout: std::time::Duration,
 }
 
@@ -341,6 +347,13 @@ impl Settings {
         let add_fuse = parse("add_fuse", &|v| parse_bool(v).map(|_| ()))
             .and_then(|v| parse_bool(&v).ok())
             .unwrap_or(false);
+        let usr_lib_dir = parse("usr_lib_dir", &absolute).map(PathBuf::from);
+        let shiftfs_src = parse("shiftfs_src", &absolute)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/src/shiftfs"));
+        let shiftfs_install = parse("shiftfs_install", &|v| parse_bool(v).map(|_| ()))
+            .and_then(|v| parse_bool(&v).ok())
+            .unwrap_or(false);
         let stop_timeout = parse("stop_timeout", &|v| in_range(v, 1, 3600))
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_secs)
@@ -380,6 +393,9 @@ impl Settings {
             memory,
             add_tun,
             add_fuse,
+            usr_lib_dir,
+            shiftfs_src,
+            shiftfs_install,
             stop_timeout,
         })
     }

@@ -3,10 +3,12 @@
 
 pub mod gc;
 pub mod logging;
+pub mod preflight;
 pub mod prefetch;
 pub mod pull;
 pub mod rootfs;
 pub mod run;
+pub mod shiftfs;
 
 /// The one line a failed command prints: the error and its causes, each
 /// cause only when the message does not already say it (many messages carry
