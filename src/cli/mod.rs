@@ -3,8 +3,8 @@
 
 pub mod gc;
 pub mod logging;
-pub mod preflight;
 pub mod prefetch;
+pub mod preflight;
 pub mod pull;
 pub mod rootfs;
 pub mod run;

@@ -17,7 +17,10 @@ pub struct PreflightArgs {
 /// threads.
 pub async fn report(settings: &Settings) -> anyhow::Result<preflight::Report> {
     let opts = Options::from_settings(settings);
-    Ok(tokio::task::spawn_blocking(move || preflight::collect(&RealHost::default(), &opts)).await?)
+    Ok(
+        tokio::task::spawn_blocking(move || preflight::collect(&RealHost::default(), &opts))
+            .await?,
+    )
 }
 
 pub async fn preflight(settings: &Settings, args: &PreflightArgs) -> anyhow::Result<i32> {

@@ -70,7 +70,9 @@ pub async fn shiftfs(settings: &Settings, args: &ShiftfsArgs) -> anyhow::Result<
         Action::Install => {
             let text = match install(settings, &DirectSpawner).await? {
                 Outcome::AlreadyLoaded => "shiftfs is already loaded",
-                Outcome::NotNeeded => "shiftfs is not needed: ID-mapped mounts serve here; nothing was loaded",
+                Outcome::NotNeeded => {
+                    "shiftfs is not needed: ID-mapped mounts serve here; nothing was loaded"
+                }
                 Outcome::Loaded => "shiftfs built and loaded",
             };
             println!("{text}");

@@ -85,7 +85,11 @@ pub fn own_dirs(layout: Layout, mounts: &[Mount], proc_cgroup: &str) -> Vec<(Str
             })
         };
         if let Some(m) = mount {
-            let dir = format!("{}/{}", m.point.trim_end_matches('/'), path.trim_start_matches('/'));
+            let dir = format!(
+                "{}/{}",
+                m.point.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            );
             out.push((ctrls.to_string(), dir.trim_end_matches('/').to_string()));
         }
     }
@@ -137,7 +141,11 @@ pub fn judge(layout: Layout, dirs: &[(String, String)], read_only: &[String]) ->
     let shown: Vec<PathBuf> = dirs.iter().map(|(_, d)| PathBuf::from(d)).take(1).collect();
     Check::ok(
         name,
-        format!("{kind}, delegated ({} writable{})", shown[0].display(), if dirs.len() > 1 { ", ..." } else { "" }),
+        format!(
+            "{kind}, delegated ({} writable{})",
+            shown[0].display(),
+            if dirs.len() > 1 { ", ..." } else { "" }
+        ),
     )
 }
 
@@ -153,14 +161,19 @@ mod tests {
 35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
 36 30 0:32 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
 ";
-    const HYBRID_SELF: &str = "12:pids:/job\n8:memory:/job\n4:cpu,cpuacct:/job\n1:name=systemd:/job\n0::/job\n";
+    const HYBRID_SELF: &str =
+        "12:pids:/job\n8:memory:/job\n4:cpu,cpuacct:/job\n1:name=systemd:/job\n0::/job\n";
     const V2: &str = "40 30 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
 
     #[test]
     fn layouts() {
         assert_eq!(layout(&mounts(HYBRID)), Layout::Hybrid);
         assert_eq!(layout(&mounts(V2)), Layout::V2);
-        let v1: String = HYBRID.lines().filter(|l| !l.contains("cgroup2")).map(|l| format!("{l}\n")).collect();
+        let v1: String = HYBRID
+            .lines()
+            .filter(|l| !l.contains("cgroup2"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         assert_eq!(layout(&mounts(&v1)), Layout::V1);
         assert_eq!(layout(&mounts("")), Layout::None);
         assert_eq!(judge(Layout::None, &[], &[]).status, Status::Fail);
@@ -173,7 +186,11 @@ mod tests {
         let paths: Vec<&str> = dirs.iter().map(|(_, d)| d.as_str()).collect();
         assert_eq!(
             paths,
-            ["/sys/fs/cgroup/pids/job", "/sys/fs/cgroup/memory/job", "/sys/fs/cgroup/cpu,cpuacct/job"]
+            [
+                "/sys/fs/cgroup/pids/job",
+                "/sys/fs/cgroup/memory/job",
+                "/sys/fs/cgroup/cpu,cpuacct/job"
+            ]
         );
         let dirs = own_dirs(Layout::V2, &mounts(V2), "0::/kubepods/pod1/c1\n");
         assert_eq!(dirs[0].1, "/sys/fs/cgroup/kubepods/pod1/c1");

@@ -45,7 +45,12 @@ fn driver_libs(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     if let Ok(entries) = std::fs::read_dir(dir) {
-        dirs.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+        dirs.extend(
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.path()),
+        );
     }
     for d in dirs {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -76,7 +81,12 @@ pub fn gpus(host: &dyn Host, opts: &Options) -> Check {
     if libs.iter().any(|l| l.starts_with("libcuda.so")) {
         Check::ok(
             name,
-            format!("{} GPU(s); driver libraries in {}: {}", gpus.len(), lib_dir.display(), libs.join(", ")),
+            format!(
+                "{} GPU(s); driver libraries in {}: {}",
+                gpus.len(),
+                lib_dir.display(),
+                libs.join(", ")
+            ),
         )
     } else {
         Check::warn(
@@ -93,10 +103,17 @@ mod tests {
 
     #[test]
     fn gpus_are_the_numbered_devices() {
-        let dev: Vec<String> = ["nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-caps", "null"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let dev: Vec<String> = [
+            "nvidia0",
+            "nvidia1",
+            "nvidiactl",
+            "nvidia-uvm",
+            "nvidia-caps",
+            "null",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(gpu_names(&dev), ["nvidia0", "nvidia1"]);
     }
 
@@ -108,6 +125,9 @@ mod tests {
         std::fs::write(arch.join("libcuda.so.535.104.05"), b"").unwrap();
         std::fs::write(dir.path().join("libnvidia-ml.so.1"), b"").unwrap();
         std::fs::write(dir.path().join("libc.so.6"), b"").unwrap();
-        assert_eq!(driver_libs(dir.path()), ["libcuda.so.535.104.05", "libnvidia-ml.so.1"]);
+        assert_eq!(
+            driver_libs(dir.path()),
+            ["libcuda.so.535.104.05", "libnvidia-ml.so.1"]
+        );
     }
 }

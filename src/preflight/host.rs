@@ -120,10 +120,7 @@ impl Host for RealHost {
 
 /// Runs `probe` in a fresh dir under `dir` (created with its parents; the
 /// cache dir is where the layers will live) and removes it after.
-fn with_probe_dir(
-    dir: &Path,
-    probe: fn(&Path) -> Result<(), crate::rootfs::StepError>,
-) -> Probe {
+fn with_probe_dir(dir: &Path, probe: fn(&Path) -> Result<(), crate::rootfs::StepError>) -> Probe {
     let failed = |step: &str, e: std::io::Error| Probe::Failed {
         step: step.to_string(),
         errno: e.raw_os_error().unwrap_or(libc::EIO),

@@ -156,15 +156,24 @@ mod tests {
         let p = failed("open_tree", libc::EPERM);
         // Even on an old kernel: the privilege is what stopped the probe.
         for kernel in [NEW, OLD, None] {
-            assert_eq!(cause(&p, false, kernel, IDMAPPED_MOUNTS), Cause::NotPrivileged);
+            assert_eq!(
+                cause(&p, false, kernel, IDMAPPED_MOUNTS),
+                Cause::NotPrivileged
+            );
         }
         let c = judge_idmapped(&p, false, OLD, "local");
         assert_eq!(c.status, Status::Fail);
         assert!(c.detail.starts_with("not privileged"), "{c:?}");
-        assert!(!c.detail.contains("kernel"), "never blames the kernel: {c:?}");
+        assert!(
+            !c.detail.contains("kernel"),
+            "never blames the kernel: {c:?}"
+        );
         assert!(c.fix.as_deref().unwrap().contains("privileged"));
         let c = judge_overlay(Ok(&failed("mount overlay", libc::EACCES)), false, OLD);
-        assert!(c.detail.starts_with("not privileged") && !c.detail.contains("kernel"), "{c:?}");
+        assert!(
+            c.detail.starts_with("not privileged") && !c.detail.contains("kernel"),
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -192,12 +201,18 @@ mod tests {
             cause(&o, true, Some(Version(5, 15, 0)), OVERLAY_IDMAPPED),
             Cause::KernelTooOld
         );
-        assert_eq!(cause(&failed("x", libc::ENOSYS), true, None, IDMAPPED_MOUNTS), Cause::KernelTooOld);
+        assert_eq!(
+            cause(&failed("x", libc::ENOSYS), true, None, IDMAPPED_MOUNTS),
+            Cause::KernelTooOld
+        );
     }
 
     #[test]
     fn works_and_not_probed() {
-        assert_eq!(judge_idmapped(&Probe::Works, true, NEW, "local").status, Status::Ok);
+        assert_eq!(
+            judge_idmapped(&Probe::Works, true, NEW, "local").status,
+            Status::Ok
+        );
         let c = judge_overlay(Err("ID-mapped mounts do not work here"), true, NEW);
         assert_eq!(c.status, Status::Skip);
         assert!(c.detail.contains("not probed"));

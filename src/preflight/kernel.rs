@@ -147,10 +147,7 @@ mod tests {
 
     #[test]
     fn versions_parse_from_distribution_releases() {
-        assert_eq!(
-            Version::parse("6.18.44-fc-v669"),
-            Some(Version(6, 18, 44))
-        );
+        assert_eq!(Version::parse("6.18.44-fc-v669"), Some(Version(6, 18, 44)));
         assert_eq!(Version::parse("5.4.0-1049-gke"), Some(Version(5, 4, 0)));
         assert_eq!(Version::parse("5.15"), Some(Version(5, 15, 0)));
         assert_eq!(Version::parse("6.1.0+"), Some(Version(6, 1, 0)));

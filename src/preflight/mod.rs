@@ -199,7 +199,11 @@ pub fn collect(host: &dyn Host, opts: &Options) -> Report {
         } else {
             Ok(host.probe_overlay_idmapped(&opts.cache_dir))
         };
-        let ovl = idmap::judge_overlay(overlay_probe.as_ref().map_err(|e| *e), sys_admin, kernel_version);
+        let ovl = idmap::judge_overlay(
+            overlay_probe.as_ref().map_err(|e| *e),
+            sys_admin,
+            kernel_version,
+        );
         (idm, ovl)
     } else {
         let why = "the cache's file system is refused";
@@ -213,8 +217,20 @@ pub fn collect(host: &dyn Host, opts: &Options) -> Report {
     checks.push(overlay);
     checks.push(shiftfs::check(host, opts, idmapped_serves));
     checks.push(cgroup::check(host));
-    checks.push(devices::device(host, "dev-fuse", "/dev/fuse", opts.add_fuse, "CVMD_ADD_FUSE"));
-    checks.push(devices::device(host, "dev-net-tun", "/dev/net/tun", opts.add_tun, "CVMD_ADD_TUN"));
+    checks.push(devices::device(
+        host,
+        "dev-fuse",
+        "/dev/fuse",
+        opts.add_fuse,
+        "CVMD_ADD_FUSE",
+    ));
+    checks.push(devices::device(
+        host,
+        "dev-net-tun",
+        "/dev/net/tun",
+        opts.add_tun,
+        "CVMD_ADD_TUN",
+    ));
     checks.push(devices::gpus(host, opts));
     Report::new(&opts.runtime, checks)
 }

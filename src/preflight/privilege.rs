@@ -91,10 +91,7 @@ pub fn judge(caps: Option<Caps>, last_cap: usize) -> Check {
     if !lacking.is_empty() {
         return Check::fail(
             name,
-            format!(
-                "not privileged: missing CAP_{}",
-                lacking.join(", CAP_")
-            ),
+            format!("not privileged: missing CAP_{}", lacking.join(", CAP_")),
             PRIVILEGED,
         );
     }
@@ -152,7 +149,10 @@ mod tests {
     #[test]
     fn caps_newer_than_the_kernel_are_not_asked_for() {
         let mask = (1u64 << 38) - 1; // up to CAP_AUDIT_READ (37)
-        assert_eq!(judge(Caps::parse(&status(mask, mask)), 37).status, Status::Ok);
+        assert_eq!(
+            judge(Caps::parse(&status(mask, mask)), 37).status,
+            Status::Ok
+        );
         assert_eq!(judge(None, 40).status, Status::Fail);
     }
 }

@@ -25,7 +25,12 @@ fn mark(status: Status, symbols: Symbols) -> &'static str {
 }
 
 pub fn render(report: &Report, symbols: Symbols) -> String {
-    let width = report.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for c in &report.checks {
         out.push_str(&format!(
@@ -40,11 +45,18 @@ pub fn render(report: &Report, symbols: Symbols) -> String {
         }
     }
     let fails = report.failures().count();
-    let warns = report.checks.iter().filter(|c| c.status == Status::Warn).count();
+    let warns = report
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::Warn)
+        .count();
     out.push_str(&if fails == 0 {
         format!("ready for {} ({warns} warning(s))\n", report.runtime)
     } else {
-        format!("not ready for {}: {fails} failed, {warns} warning(s)\n", report.runtime)
+        format!(
+            "not ready for {}: {fails} failed, {warns} warning(s)\n",
+            report.runtime
+        )
     });
     out
 }
@@ -70,8 +82,16 @@ mod tests {
         assert_eq!(lines[1], "FAIL sysbox-runc  not found");
         assert_eq!(lines[2], "                  fix: install it");
         assert_eq!(lines[3], "skip nvidia-gpus  none");
-        assert_eq!(lines[4], "not ready for sysbox-runc: 1 failed, 0 warning(s)");
+        assert_eq!(
+            lines[4],
+            "not ready for sysbox-runc: 1 failed, 0 warning(s)"
+        );
         let text = render(&r, Symbols::Unicode);
-        assert!(text.starts_with("✓ kernel       6.18\n✗ sysbox-runc  not found\n                fix: install it\n"), "{text}");
+        assert!(
+            text.starts_with(
+                "✓ kernel       6.18\n✗ sysbox-runc  not found\n               fix: install it\n"
+            ),
+            "{text}"
+        );
     }
 }

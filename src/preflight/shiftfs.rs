@@ -7,10 +7,8 @@ use crate::shiftfs::{self as sf, Facts};
 
 /// Whether `/proc/filesystems` lists `name`.
 pub fn filesystem_listed(host: &dyn Host, name: &str) -> bool {
-    host.read("/proc/filesystems").is_some_and(|t| {
-        t.lines()
-            .any(|l| l.split_whitespace().last() == Some(name))
-    })
+    host.read("/proc/filesystems")
+        .is_some_and(|t| t.lines().any(|l| l.split_whitespace().last() == Some(name)))
 }
 
 /// A `shiftfs.ko`, `.ko.xz`, `.ko.zst` or `.ko.gz` under

@@ -44,6 +44,8 @@ async fn install_shiftfs(settings: &Settings, report: &Report) {
         .await
     {
         Ok(outcome) => tracing::info!(?outcome, "shiftfs"),
-        Err(e) => tracing::error!(error = %e, "shiftfs install failed; Sysbox will chown each rootfs instead"),
+        Err(e) => {
+            tracing::error!(error = %e, "shiftfs install failed; Sysbox will chown each rootfs instead")
+        }
     }
 }

@@ -42,10 +42,7 @@ pub fn checks(host: &dyn Host, opts: &Options) -> Vec<Check> {
     .into_iter()
     .map(|(name, binary)| {
         if !opts.sysbox() {
-            return Check::skip(
-                name,
-                format!("not used: the runtime is {}", opts.runtime),
-            );
+            return Check::skip(name, format!("not used: the runtime is {}", opts.runtime));
         }
         let found = find(host, binary);
         let version = found.as_ref().map(|p| host.version(p));
@@ -92,10 +89,20 @@ mod tests {
     #[test]
     fn a_version_is_reported_and_a_mute_binary_warns() {
         let p = PathBuf::from("/usr/bin/sysbox-mgr");
-        let c = judge("sysbox-mgr", "sysbox-mgr", Some(p.clone()), Some(Ok("version: 0.6.4".into())));
+        let c = judge(
+            "sysbox-mgr",
+            "sysbox-mgr",
+            Some(p.clone()),
+            Some(Ok("version: 0.6.4".into())),
+        );
         assert_eq!(c.status, Status::Ok);
         assert_eq!(c.detail, "/usr/bin/sysbox-mgr: version: 0.6.4");
-        let c = judge("sysbox-mgr", "sysbox-mgr", Some(p), Some(Err("did not answer --version within 5s".into())));
+        let c = judge(
+            "sysbox-mgr",
+            "sysbox-mgr",
+            Some(p),
+            Some(Err("did not answer --version within 5s".into())),
+        );
         assert_eq!(c.status, Status::Warn);
         assert!(c.detail.contains("did not answer"));
     }

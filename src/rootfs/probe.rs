@@ -91,7 +91,21 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let _ = overlay_on_idmapped(dir.path());
+        let result = overlay_on_idmapped(dir.path());
+        let release = rustix::system::uname()
+            .release()
+            .to_string_lossy()
+            .into_owned();
+        let new_kernel = crate::preflight::Version::parse(&release)
+            .is_some_and(|v| v >= crate::preflight::Version(5, 19, 0));
+        if new_kernel && idmapped_mount(dir.path()).is_ok() {
+            if let Err(e) = result {
+                panic!(
+                    "overlay on an ID-mapped lower fails on {release}: {}: {}",
+                    e.step, e.error
+                );
+            }
+        }
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!info.contains(dir.path().to_str().unwrap()), "{info}");
     }

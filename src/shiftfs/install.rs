@@ -234,7 +234,9 @@ mod tests {
         let build = state.path().join("build");
         let rec = Recorder::new(&[0, 0]);
         let headers = Path::new("/lib/modules/5.10.0-28-amd64/build");
-        let out = install(&rec, &facts(headers), src.path(), &build).await.unwrap();
+        let out = install(&rec, &facts(headers), src.path(), &build)
+            .await
+            .unwrap();
         assert_eq!(out, Outcome::Loaded);
         let b = build.display();
         assert_eq!(
@@ -258,11 +260,20 @@ mod tests {
         let src = source();
         let state = tempfile::tempdir().unwrap();
         let rec = Recorder::new(&[2]);
-        let e = install(&rec, &facts(Path::new("/h")), src.path(), &state.path().join("b"))
-            .await
-            .unwrap_err();
+        let e = install(
+            &rec,
+            &facts(Path::new("/h")),
+            src.path(),
+            &state.path().join("b"),
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().starts_with("`make -C /h"), "{e}");
-        assert_eq!(rec.ran.lock().unwrap().len(), 1, "no insmod after a failed make");
+        assert_eq!(
+            rec.ran.lock().unwrap().len(),
+            1,
+            "no insmod after a failed make"
+        );
     }
 
     #[tokio::test]
@@ -274,13 +285,17 @@ mod tests {
             idmapped_serves: true,
             ..facts(Path::new("/h"))
         };
-        let out = install(&rec, &serves, src.path(), state.path()).await.unwrap();
+        let out = install(&rec, &serves, src.path(), state.path())
+            .await
+            .unwrap();
         assert_eq!(out, Outcome::NotNeeded);
         let blocked = Facts {
             secure_boot: SecureBoot::On,
             ..facts(Path::new("/h"))
         };
-        let e = install(&rec, &blocked, src.path(), state.path()).await.unwrap_err();
+        let e = install(&rec, &blocked, src.path(), state.path())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("secure boot is on"), "{e}");
         assert!(rec.ran.lock().unwrap().is_empty());
     }
@@ -296,10 +311,22 @@ mod tests {
         install(&rec, &on_disk, Path::new("/nonexistent"), state.path())
             .await
             .unwrap();
-        assert_eq!(*rec.ran.lock().unwrap(), vec![vec!["modprobe".to_string(), "shiftfs".into()]]);
-        let e = install(&rec, &facts(Path::new("/h")), Path::new("/nonexistent-src"), state.path())
-            .await
-            .unwrap_err();
-        assert!(e.to_string().starts_with("no shiftfs source at /nonexistent-src"), "{e}");
+        assert_eq!(
+            *rec.ran.lock().unwrap(),
+            vec![vec!["modprobe".to_string(), "shiftfs".into()]]
+        );
+        let e = install(
+            &rec,
+            &facts(Path::new("/h")),
+            Path::new("/nonexistent-src"),
+            state.path(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("no shiftfs source at /nonexistent-src"),
+            "{e}"
+        );
     }
 }

@@ -57,7 +57,9 @@ pub enum Verdict {
     /// Built for this kernel, not loaded: `modprobe shiftfs`.
     OnDisk(PathBuf),
     /// Needed, missing, and cvmd may build and load it.
-    Installable { headers: PathBuf },
+    Installable {
+        headers: PathBuf,
+    },
     /// Needed and missing; what stops an install.
     Blocked {
         secure_boot_on: bool,
@@ -98,7 +100,10 @@ pub fn message(f: &Facts, v: &Verdict) -> (String, Option<String>) {
             None,
         ),
         Verdict::OnDisk(p) => (
-            format!("needed; built for {release} at {} but not loaded", p.display()),
+            format!(
+                "needed; built for {release} at {} but not loaded",
+                p.display()
+            ),
             Some("on the node: modprobe shiftfs".into()),
         ),
         Verdict::Installable { headers } => (
@@ -111,7 +116,9 @@ pub fn message(f: &Facts, v: &Verdict) -> (String, Option<String>) {
                 },
                 headers.display()
             ),
-            Some("cvmd shiftfs install (or set CVMD_SHIFTFS_INSTALL=true to do it at start)".into()),
+            Some(
+                "cvmd shiftfs install (or set CVMD_SHIFTFS_INSTALL=true to do it at start)".into(),
+            ),
         ),
         Verdict::Blocked {
             secure_boot_on,
@@ -177,7 +184,10 @@ mod tests {
     fn needed_and_installable_only_with_secure_boot_off_and_headers() {
         let v = decide(&facts());
         assert!(matches!(v, Verdict::Installable { .. }));
-        assert!(message(&facts(), &v).1.unwrap().contains("cvmd shiftfs install"));
+        assert!(message(&facts(), &v)
+            .1
+            .unwrap()
+            .contains("cvmd shiftfs install"));
         let f = Facts {
             secure_boot: SecureBoot::NotEfi,
             ..facts()
@@ -205,14 +215,20 @@ mod tests {
             }
         );
         let (text, fix) = message(&sb, &v);
-        assert!(text.contains("secure boot is on") && !text.contains("headers"), "{text}");
+        assert!(
+            text.contains("secure boot is on") && !text.contains("headers"),
+            "{text}"
+        );
         assert!(fix.unwrap().contains("secure boot off"));
         let nh = Facts {
             headers: None,
             ..facts()
         };
         let (text, fix) = message(&nh, &decide(&nh));
-        assert!(text.contains("no kernel headers") && !text.contains("secure boot"), "{text}");
+        assert!(
+            text.contains("no kernel headers") && !text.contains("secure boot"),
+            "{text}"
+        );
         assert!(fix.unwrap().contains("linux-headers"));
         let both = Facts {
             headers: None,
