@@ -132,6 +132,15 @@ impl Report {
 
     /// Each finding as a log line: failures as errors, warnings as warnings.
     pub fn log(&self) {
+        let count = |s: Status| self.checks.iter().filter(|c| c.status == s).count();
+        tracing::info!(
+            ok = count(Status::Ok),
+            warn = count(Status::Warn),
+            fail = count(Status::Fail),
+            skip = count(Status::Skip),
+            runtime = %self.runtime,
+            "preflight checked the host"
+        );
         for c in &self.checks {
             let fix = c.fix.as_deref().unwrap_or("");
             match c.status {
@@ -144,30 +153,34 @@ impl Report {
         }
     }
 
-    /// The error that stops `cvmd run`, or `None` when the host passed.
+    /// The error that stops `cvmd run`, or `None` when the host passed:
+    /// every failed check, then each distinct fix once.
     pub fn into_error(self) -> Option<PreflightError> {
-        let failed: Vec<String> = self
-            .failures()
-            .map(|c| {
-                format!(
-                    "{}: {} (fix: {})",
-                    c.name,
-                    c.detail,
-                    c.fix.as_deref().unwrap_or("see cvmd preflight")
-                )
-            })
-            .collect();
+        let mut failed = Vec::new();
+        let mut fixes: Vec<&str> = Vec::new();
+        for c in self.failures() {
+            failed.push(format!("{}: {}", c.name, c.detail));
+            let fix = c.fix.as_deref().unwrap_or("see cvmd preflight");
+            if !fixes.contains(&fix) {
+                fixes.push(fix);
+            }
+        }
         (!failed.is_empty()).then(|| PreflightError::Failed {
-            runtime: self.runtime,
+            runtime: self.runtime.clone(),
             checks: failed.join("; "),
+            fixes: fixes.join("; "),
         })
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
-    #[error("this host cannot run the workspace with {runtime}: {checks}")]
-    Failed { runtime: String, checks: String },
+    #[error("this host cannot run the workspace with {runtime}: {checks}; to fix: {fixes}")]
+    Failed {
+        runtime: String,
+        checks: String,
+        fixes: String,
+    },
     #[error("preflight could not run: {reason}")]
     Internal { reason: String },
 }
@@ -193,7 +206,7 @@ pub fn collect(host: &dyn Host, opts: &Options) -> Report {
         let p = host.probe_idmapped(&opts.cache_dir);
         let idm = idmap::judge_idmapped(&p, sys_admin, kernel_version, fs);
         let overlay_probe = if p != Probe::Works {
-            Err("ID-mapped mounts do not work here")
+            Err("the ID-mapped mount probe did not pass")
         } else if magic == Some(crate::rootfs::OVERLAYFS_SUPER_MAGIC) {
             Err("the cache is on overlayfs, where overlay cannot stack (flat copies)")
         } else {
@@ -213,9 +226,19 @@ pub fn collect(host: &dyn Host, opts: &Options) -> Report {
         )
     };
     let idmapped_serves = idmapped.status == Status::Ok && overlay.status == Status::Ok;
+    // A probe that could not run (no privilege, refused cache) says
+    // nothing about the kernel: shiftfs is then not called "needed".
+    let known = cache_usable && idmapped.status != Status::Fail && overlay.status != Status::Fail;
     checks.push(idmapped);
     checks.push(overlay);
-    checks.push(shiftfs::check(host, opts, idmapped_serves));
+    checks.push(if known {
+        shiftfs::check(host, opts, idmapped_serves)
+    } else {
+        Check::skip(
+            "shiftfs",
+            "cannot tell whether it is needed: the ID-mapped mount probes could not run",
+        )
+    });
     checks.push(cgroup::check(host));
     checks.push(devices::device(
         host,

@@ -148,7 +148,13 @@ fn missing_sysbox_fails_for_sysbox_and_is_skipped_for_runc() {
     assert_eq!(get(&r, "sysbox-runc").status, Status::Fail);
     let e = r.clone().into_error().unwrap().to_string();
     assert!(e.starts_with("this host cannot run the workspace with sysbox-runc: sysbox-runc: sysbox-runc not found"), "{e}");
-    assert!(e.contains("fix: install Sysbox"), "{e}");
+    assert!(e.contains("; sysbox-mgr: sysbox-mgr not found"), "{e}");
+    assert_eq!(
+        e.matches("install Sysbox").count(),
+        1,
+        "a fix shared by several checks is said once: {e}"
+    );
+    assert!(e.contains("; to fix: install Sysbox"), "{e}");
     assert!(!e.contains('\n'));
 
     let r = collect(&h, &opts("runc"));
@@ -200,6 +206,13 @@ fn without_cap_sys_admin_the_probes_blame_the_privilege_not_the_kernel() {
     assert!(!c.detail.contains("kernel"), "{c:?}");
     // The overlay probe needs the first: not probed, not blamed.
     assert_eq!(get(&r, "overlay-idmapped").status, Status::Skip);
+    let s = get(&r, "shiftfs");
+    assert_eq!(
+        s.status,
+        Status::Skip,
+        "not \"needed\" for a privilege: {s:?}"
+    );
+    assert!(s.detail.starts_with("cannot tell"), "{s:?}");
 }
 
 #[test]
