@@ -122,7 +122,7 @@ fn preflight_json_reports_this_machine() {
         "{gpus}"
     );
 
-    for name in ["sysbox-runc", "sysbox-mgr", "sysbox-fs"] {
+    for name in ["sysbox-runc", "sysbox-mgr", "sysbox-fs", "sysbox-data-root"] {
         assert_eq!(check(&r, name)["status"], "skip", "runc: {name} skipped");
     }
     // Root on a kernel with ID-mapped mounts (MACHINE-NOTES.md: they work
@@ -332,4 +332,62 @@ fn run_logs_the_findings_and_stops_before_the_pull_on_a_hard_failure() {
         !stderr.contains("cannot connect to registry"),
         "no pull was tried: {stderr}"
     );
+}
+
+#[test]
+fn shiftfs_is_never_loaded_where_idmapped_mounts_serve() {
+    if !is_root() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let report = json(
+        &cvmd(cache.path(), &["--runtime", "runc", "preflight", "--json"])
+            .output()
+            .unwrap(),
+    );
+    if check(&report, "idmapped-mounts")["status"] != "ok"
+        || check(&report, "overlay-idmapped")["status"] != "ok"
+    {
+        eprintln!("skipping: ID-mapped mounts do not serve on this machine");
+        return;
+    }
+    let filesystems = || std::fs::read_to_string("/proc/filesystems").unwrap();
+    let before = filesystems();
+    let state_arg = ["--state-dir", state.path().to_str().unwrap()];
+    let out = cvmd(
+        cache.path(),
+        &[&state_arg[..], &["shiftfs", "status"]].concat(),
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    if !before.contains("shiftfs") {
+        assert!(
+            text.starts_with("shiftfs: not needed: ID-mapped mounts serve"),
+            "{text}"
+        );
+    }
+    let out = cvmd(
+        cache.path(),
+        &[&state_arg[..], &["shiftfs", "install"]].concat(),
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !before.contains("shiftfs") {
+        assert!(text.contains("nothing was loaded"), "{text}");
+        assert!(!filesystems().contains("shiftfs"), "a module was loaded");
+        assert!(
+            !state.path().join("shiftfs-build").exists(),
+            "nothing was built"
+        );
+    }
 }

@@ -18,8 +18,7 @@ pub trait Host: Send + Sync {
     fn root(&self) -> &Path;
     /// `uname -r`.
     fn release(&self) -> String;
-    /// Whether root may create entries in `path` (a host path, not under
-    /// [`Host::root`]'s join: callers pass what [`Host::path`] gave).
+    /// Whether root may create entries in `path` (as [`Host::path`] gave it).
     fn writable(&self, path: &Path) -> bool;
     /// statfs type of the file system holding `dir` (or its nearest
     /// existing ancestor: preflight creates nothing just to look).

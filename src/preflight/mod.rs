@@ -196,6 +196,7 @@ pub fn collect(host: &dyn Host, opts: &Options) -> Report {
 
     let mut checks = vec![kernel::check(host, opts), privilege::check(host, caps)];
     checks.extend(sysbox::checks(host, opts));
+    checks.push(sysbox::mgr_needs(host, opts));
     checks.push(kernel::userns(host, opts));
     let (cache_check, magic) = storage::check(host, opts);
     let cache_usable = cache_check.status != Status::Fail;

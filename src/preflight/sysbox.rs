@@ -51,6 +51,50 @@ pub fn checks(host: &dyn Host, opts: &Options) -> Vec<Check> {
     .collect()
 }
 
+/// sysbox-mgr's own needs (DESIGN.md, "Daemons"): rsync, modprobe and
+/// iptables on PATH, and its data root not on overlayfs, tmpfs or NFS (it
+/// keeps the inner containers' /var/lib/docker and friends there).
+pub fn mgr_needs(host: &dyn Host, opts: &Options) -> Check {
+    let name = "sysbox-data-root";
+    if !opts.sysbox() {
+        return Check::skip(name, format!("not used: the runtime is {}", opts.runtime));
+    }
+    let missing: Vec<&str> = ["rsync", "modprobe", "iptables"]
+        .into_iter()
+        .filter(|t| find(host, t).is_none())
+        .collect();
+    let magic = host.fs_magic(&host.path(DATA_ROOT)).ok();
+    judge_mgr_needs(&missing, magic)
+}
+
+pub const DATA_ROOT: &str = "/var/lib/sysbox";
+
+pub fn judge_mgr_needs(missing_tools: &[&str], magic: Option<i64>) -> Check {
+    let name = "sysbox-data-root";
+    let fs = magic.map(super::storage::fs_name);
+    if let Some(bad @ ("overlayfs" | "tmpfs" | "nfs")) = fs {
+        return Check::fail(
+            name,
+            format!("{DATA_ROOT} is on {bad}; sysbox-mgr needs ext4 or btrfs there"),
+            format!("mount a disk-backed volume (hostPath or emptyDir) at {DATA_ROOT}"),
+        );
+    }
+    if !missing_tools.is_empty() {
+        return Check::fail(
+            name,
+            format!("sysbox-mgr needs {} on PATH", missing_tools.join(", ")),
+            "install them in the outer image (apt-get install rsync kmod iptables)",
+        );
+    }
+    Check::ok(
+        name,
+        format!(
+            "{DATA_ROOT} on {}; rsync, modprobe, iptables present",
+            fs.unwrap_or("an unknown file system")
+        ),
+    )
+}
+
 pub fn judge(
     name: &str,
     binary: &str,
@@ -77,6 +121,17 @@ pub fn judge(
 mod tests {
     use super::*;
     use crate::preflight::Status;
+
+    #[test]
+    fn sysbox_data_root_on_overlay_or_missing_tools_fail() {
+        let c = judge_mgr_needs(&[], Some(0x794C_7630));
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("on overlayfs"), "{c:?}");
+        let c = judge_mgr_needs(&["rsync"], Some(0xEF53));
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("needs rsync"), "{c:?}");
+        assert_eq!(judge_mgr_needs(&[], Some(0xEF53)).status, Status::Ok);
+    }
 
     #[test]
     fn missing_sysbox_fails_naming_the_binary_and_the_way_out() {

@@ -120,6 +120,7 @@ fn every_check_is_reported_with_a_fix_when_not_ok() {
             "sysbox-runc",
             "sysbox-mgr",
             "sysbox-fs",
+            "sysbox-data-root",
             "user-namespaces",
             "cache-fs",
             "idmapped-mounts",
@@ -159,7 +160,13 @@ fn missing_sysbox_fails_for_sysbox_and_is_skipped_for_runc() {
 
     let r = collect(&h, &opts("runc"));
     assert!(r.passed, "{r:#?}");
-    for name in ["sysbox-runc", "sysbox-mgr", "sysbox-fs", "shiftfs"] {
+    for name in [
+        "sysbox-runc",
+        "sysbox-mgr",
+        "sysbox-fs",
+        "sysbox-data-root",
+        "shiftfs",
+    ] {
         assert_eq!(get(&r, name).status, Status::Skip, "{name}");
     }
     assert!(r.into_error().is_none());
@@ -168,7 +175,14 @@ fn missing_sysbox_fails_for_sysbox_and_is_skipped_for_runc() {
 #[test]
 fn installed_sysbox_reports_versions() {
     let h = FakeHost::new();
-    for b in ["sysbox-runc", "sysbox-mgr", "sysbox-fs"] {
+    for b in [
+        "sysbox-runc",
+        "sysbox-mgr",
+        "sysbox-fs",
+        "rsync",
+        "modprobe",
+        "iptables",
+    ] {
         h.executable(&format!("/usr/bin/{b}"));
     }
     let r = collect(&h, &opts("sysbox-runc"));
