@@ -5,6 +5,9 @@
 //! and answer the probes themselves.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::runtime::{DirectSpawner, Spawner};
 
 /// A mount probe's result: the step that failed and its errno.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,9 @@ pub trait Host: Send + Sync {
 /// The machine cvmd runs on.
 pub struct RealHost {
     root: PathBuf,
+    /// Runs `--version`: the reaper once cvmd runs one (its `waitpid(-1)`
+    /// would take a direct waiter's status), a direct waiter before.
+    spawner: Arc<dyn Spawner>,
     /// `--version` gets this long before it is killed: a wedged binary must
     /// not hold cvmd's start.
     pub version_timeout: std::time::Duration,
@@ -69,7 +75,17 @@ impl Default for RealHost {
     fn default() -> Self {
         RealHost {
             root: PathBuf::from("/"),
+            spawner: Arc::new(DirectSpawner),
             version_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+impl RealHost {
+    pub fn with_spawner(spawner: Arc<dyn Spawner>) -> RealHost {
+        RealHost {
+            spawner,
+            ..RealHost::default()
         }
     }
 }
@@ -113,7 +129,7 @@ impl Host for RealHost {
     }
 
     fn version(&self, program: &Path) -> Result<String, String> {
-        super::version::run(program, self.version_timeout)
+        super::version::run_with(self.spawner.as_ref(), program, self.version_timeout)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The kernel against what Sysbox needs (DESIGN.md, "Kernel"), and user
 //! namespaces.
 
-use super::{Check, Host, Options, Status};
+use super::{Check, Host, Options};
 
 /// `major.minor.patch` of a release string like `6.18.44-fc-v669` or
 /// `5.4.0-1049-gke`.
@@ -49,6 +49,9 @@ fn is_ubuntu(host: &dyn Host) -> bool {
     })
 }
 
+const NEWER_OR_SHIFTFS: &str =
+    "use kernel 5.19 or newer, or install shiftfs (cvmd shiftfs install)";
+
 pub fn check(host: &dyn Host, opts: &Options) -> Check {
     judge(&host.release(), is_ubuntu(host), opts.sysbox())
 }
@@ -74,19 +77,17 @@ pub fn judge(release: &str, ubuntu: bool, sysbox: bool) -> Check {
         };
     }
     if v < IDMAPPED_MOUNTS {
-        return Check::new(
+        return Check::warn(
             name,
-            Status::Warn,
             format!("{release}: no ID-mapped mounts before 5.12; Sysbox needs shiftfs or chowns each rootfs"),
-            Some("use kernel 5.19 or newer, or install shiftfs (cvmd shiftfs install)".into()),
+            NEWER_OR_SHIFTFS,
         );
     }
     if v < OVERLAY_IDMAPPED {
-        return Check::new(
+        return Check::warn(
             name,
-            Status::Warn,
             format!("{release}: ID-mapped mounts, but overlayfs on ID-mapped layers needs 5.19; below that shiftfs"),
-            Some("use kernel 5.19 or newer, or install shiftfs (cvmd shiftfs install)".into()),
+            NEWER_OR_SHIFTFS,
         );
     }
     Check::ok(
@@ -144,6 +145,7 @@ pub fn judge_userns(max: Option<&str>, needed: bool) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::preflight::Status;
 
     #[test]
     fn versions_parse_from_distribution_releases() {

@@ -8,13 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::runtime::{DirectSpawner, Spawner};
+use crate::runtime::Spawner;
 
-/// The first non-empty line of stdout, or why there is none.
-pub fn run(program: &Path, timeout: Duration) -> Result<String, String> {
-    run_with(&DirectSpawner, program, timeout)
-}
-
+/// The version line of `program --version` (see [`first_line`]), or why
+/// there is none.
 pub fn run_with(
     spawner: &dyn Spawner,
     program: &Path,
@@ -66,7 +63,12 @@ pub fn first_line(out: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::DirectSpawner;
     use std::os::unix::fs::PermissionsExt;
+
+    fn run(program: &Path, timeout: Duration) -> Result<String, String> {
+        run_with(&DirectSpawner, program, timeout)
+    }
 
     fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
         let p = dir.join(name);
