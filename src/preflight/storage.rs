@@ -2,23 +2,8 @@
 //! same ones `cvmd pull` enforces), shown as a check.
 
 use super::{Check, Host, Options};
+pub use crate::store::fs_check::name as fs_name;
 use crate::store::fs_check::{judge, CacheFs};
-
-/// The file system's name for messages.
-pub fn fs_name(magic: i64) -> &'static str {
-    match magic {
-        0xEF53 => "ext4",
-        0x9123_683E => "btrfs",
-        0x5846_5342 => "xfs",
-        0x0102_1994 => "tmpfs",
-        0x794C_7630 => "overlayfs",
-        0x6969 => "nfs",
-        0x6573_5546 => "fuse",
-        0xFE53_4D42 | 0xFF53_4D42 => "smb",
-        0x2FC1_2FC1 => "zfs",
-        _ => "local",
-    }
-}
 
 pub fn check(host: &dyn Host, opts: &Options) -> (Check, Option<i64>) {
     let name = "cache-fs";
