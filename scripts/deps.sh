@@ -2,7 +2,7 @@
 # Installs the Debian packages cvmd's demo, tests and benchmark use.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
-pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time)
+pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time iptables iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -55,6 +55,10 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "usr_lib_dir", env: "CVMD_USR_LIB_DIR", envbox: Some("CODER_USR_LIB_DIR"), default: None, help: "where the node's /usr/lib is mounted in the outer container (NVIDIA driver libraries for GPUs)" },
     Spec { key: "shiftfs_src", env: "CVMD_SHIFTFS_SRC", envbox: None, default: Some("/usr/src/shiftfs"), help: "shiftfs module source that `cvmd shiftfs install` builds (shipped in the outer image)" },
     Spec { key: "shiftfs_install", env: "CVMD_SHIFTFS_INSTALL", envbox: None, default: Some("false"), help: "at start, build and load shiftfs when the node needs it and allows it" },
+    Spec { key: "network", env: "CVMD_NETWORK", envbox: None, default: Some("veth"), help: "the workspace's network: veth (a veth pair to the outer container, NAT to what it reaches) or none (loopback only)" },
+    Spec { key: "subnet", env: "CVMD_SUBNET", envbox: None, default: Some("172.19.0.0/30"), help: "IPv4 subnet of the veth pair (at least 2 usable hosts): the outer end takes the first, the workspace the second" },
+    Spec { key: "mtu", env: "CVMD_MTU", envbox: None, default: None, help: "MTU of the workspace's eth0 [default: the outer container's default-route interface's]" },
+    Spec { key: "ports", env: "CVMD_PORTS", envbox: None, default: None, help: "ports of the outer container forwarded to the workspace: OUTER:INNER[/tcp|/udp],... (e.g. 8080:80,5353:53/udp)" },
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
@@ -126,6 +130,7 @@ pub struct Settings {
     pub shiftfs_src: PathBuf,
     pub shiftfs_install: bool,
     pub stop_timeout: std::time::Duration,
+    pub network: crate::network::NetworkSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +363,30 @@ impl Settings {
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_secs)
             .unwrap_or(std::time::Duration::from_secs(25));
+        let network = crate::network::NetworkSettings {
+            mode: parse("network", &|v| {
+                v.parse::<crate::network::Mode>().map(|_| ())
+            })
+            .and_then(|v| v.parse().ok()),
+            subnet: parse("subnet", &|v| {
+                v.parse::<crate::network::Subnet>().map(|_| ())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
+            mtu: parse("mtu", &|v| crate::network::plan::parse_mtu(v).map(|_| ()))
+                .and_then(|v| crate::network::plan::parse_mtu(&v).ok()),
+            ports: parse("ports", &|v| {
+                crate::network::plan::parse_ports(v).map(|_| ())
+            })
+            .and_then(|v| crate::network::plan::parse_ports(&v).ok())
+            .unwrap_or_default(),
+        };
+        if network.mode() == crate::network::Mode::None && !network.ports.is_empty() {
+            problems.push(
+                "ports are forwarded to the workspace's veth: they need network veth, not none"
+                    .into(),
+            );
+        }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -397,6 +426,7 @@ impl Settings {
             shiftfs_src,
             shiftfs_install,
             stop_timeout,
+            network,
         })
     }
 
@@ -692,6 +722,35 @@ mod tests {
         .unwrap();
         assert_eq!(s.mirrors["docker.io"], ["m1:5000", "https://m2"]);
         assert_eq!(s.mirrors["quay.io"], ["m3"]);
+    }
+
+    #[test]
+    fn network_settings_resolve_and_report_bad_values() {
+        let s = resolve(&[], &[]).unwrap();
+        assert_eq!(s.network.mode(), crate::network::Mode::Veth);
+        assert_eq!(s.network.subnet.to_string(), "172.19.0.0/30");
+        let s = resolve(
+            &["--network", "veth", "--mtu", "1400"],
+            &[("CVMD_SUBNET", "10.1.0.0/29"), ("CVMD_PORTS", "8080:80")],
+        )
+        .unwrap();
+        assert_eq!(s.network.mode(), crate::network::Mode::Veth);
+        assert_eq!(s.network.mtu, Some(1400));
+        assert_eq!(s.network.subnet.inner().to_string(), "10.1.0.2");
+        assert_eq!(s.network.ports.len(), 1);
+        let e = resolve(
+            &["--subnet", "10.1.0.0/31", "--ports", "80:0"],
+            &[("CVMD_NETWORK", "host")],
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+        assert!(
+            e.to_string()
+                .contains("invalid CVMD_NETWORK: \"host\" is not one of veth, none"),
+            "{e}"
+        );
+        let e = resolve(&["--network", "none", "--ports", "80"], &[]).unwrap_err();
+        assert!(e.to_string().contains("need network veth"), "{e}");
     }
 
     #[test]

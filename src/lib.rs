@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod image;
+pub mod network;
 pub mod preflight;
 pub mod progress;
 pub mod pull;

@@ -17,6 +17,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::bundle::{self, BundleInput, HostFiles, ImageRun, Limits, Overrides, RuntimeFlavor};
 use crate::config::{IdMapSetting, Settings};
+use crate::network;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
 use crate::rootfs::{self, Request};
@@ -210,24 +211,41 @@ async fn boot(
         }
     }
     let t = Instant::now();
-    if let Err(e) = runtime.start(id).await {
-        let _ = runtime.delete(id, true).await;
-        return Err(e.into());
+    let plan = network::Plan::new(id, &settings.network);
+    let net = match network::setup(&plan, created.pid, Arc::new(reaper.clone())).await {
+        Ok(net) => net,
+        Err(e) => {
+            let _ = runtime.delete(id, true).await;
+            return Err(e.into());
+        }
+    };
+    timeline.time("network", t, ());
+    // The network goes on every path from here: start failure, the
+    // workspace's end, a stop by signal (supervise returns then too).
+    let outcome = async {
+        let t = Instant::now();
+        if let Err(e) = runtime.start(id).await {
+            let _ = runtime.delete(id, true).await;
+            return Err(anyhow::Error::from(e));
+        }
+        timeline.time("start", t, ());
+        tracing::info!(id, pid = created.pid, "workspace running");
+        Ok(signals::supervise(
+            &runtime,
+            id,
+            exit,
+            StopPolicy {
+                stop_signal: info.stop_signal,
+                grace: settings.stop_timeout,
+                system_init: info.init,
+            },
+            signals,
+        )
+        .await?)
     }
-    timeline.time("start", t, ());
-    tracing::info!(id, pid = created.pid, "workspace running");
-    let outcome = signals::supervise(
-        &runtime,
-        id,
-        exit,
-        StopPolicy {
-            stop_signal: info.stop_signal,
-            grace: settings.stop_timeout,
-            system_init: info.init,
-        },
-        signals,
-    )
-    .await?;
+    .await;
+    net.teardown().await;
+    let outcome = outcome?;
     if let Err(e) = &outcome.deleted {
         tracing::warn!(error = %e, "the runtime could not delete the workspace container");
     }
@@ -261,14 +279,19 @@ pub async fn idmap_for(
     })
 }
 
-/// The workspace's resolv.conf (the outer one), hostname and hosts files.
+/// The workspace's resolv.conf (the outer one, minus nameservers only the
+/// outer netns reaches), hostname and hosts files.
 fn host_files(ws_dir: &Path, hostname: &str) -> anyhow::Result<HostFiles> {
     let write = |name: &str, content: &[u8]| -> anyhow::Result<PathBuf> {
         let path = ws_dir.join(name);
         std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     };
-    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    let resolv = network::dns::workspace_resolv_conf();
+    if let Some(warning) = &resolv.warning {
+        tracing::warn!("{warning}");
+    }
+    let resolv = resolv.content.into_bytes();
     Ok(HostFiles {
         resolv_conf: Some(write("resolv.conf", &resolv)?),
         hostname: Some(write("hostname", format!("{hostname}\n").as_bytes())?),

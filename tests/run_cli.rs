@@ -53,6 +53,9 @@ fn cvmd_run(cvmd: &Cvmd, state: &Path, reference: &str, extra: &[&str]) -> Comma
         .args(["--insecure-registries", &cvmd.registry])
         .args(["--image", reference, "--workspace", &workspace_name(state)])
         .args(["--log-format", "text", "--log-level", "info"])
+        // In the host's netns: a veth and NAT rules there would touch the
+        // host (tests/network.rs runs cvmd in a netns of its own).
+        .args(["--network", "none"])
         .args(extra)
         .args(if extra.contains(&"--runtime") {
             &[][..]

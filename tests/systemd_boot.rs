@@ -124,6 +124,9 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         .args(["--insecure-registries", &cvmd.registry])
         .args(["--image", &reference, "--workspace", &WORKSPACE])
         .args(["--runtime", "runc"])
+        // These tests run in the host's netns: a veth and NAT rules there
+        // would touch the host (tests/network.rs covers the network).
+        .args(["--network", "none"])
         .args(["--stop-timeout", &GRACE.as_secs().to_string()])
         .args(["--log-format", "text", "--log-level", "info"])
         .arg("run")
