@@ -52,6 +52,8 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "memory", env: "CVMD_MEMORY", envbox: Some("CODER_MEMORY"), default: None, help: "memory limit (bytes or 4GiB) [default: the outer container's]" },
     Spec { key: "add_tun", env: "CVMD_ADD_TUN", envbox: Some("CODER_ADD_TUN"), default: Some("false"), help: "give the workspace /dev/net/tun" },
     Spec { key: "add_fuse", env: "CVMD_ADD_FUSE", envbox: Some("CODER_ADD_FUSE"), default: Some("false"), help: "give the workspace /dev/fuse" },
+    Spec { key: "shiftfs_src", env: "CVMD_SHIFTFS_SRC", envbox: None, default: Some("/usr/src/shiftfs"), help: "shiftfs module source that `cvmd shiftfs install` builds (shipped in the outer image)" },
+    Spec { key: "shiftfs_install", env: "CVMD_SHIFTFS_INSTALL", envbox: None, default: Some("false"), help: "at start, build and load shiftfs when the node needs it and allows it" },
     Spec { key: "network", env: "CVMD_NETWORK", envbox: None, default: Some("veth"), help: "the workspace's network: veth (a veth pair to the outer container, NAT to what it reaches) or none (loopback only)" },
     Spec { key: "subnet", env: "CVMD_SUBNET", envbox: None, default: Some("172.19.0.0/30"), help: "IPv4 subnet of the veth pair (at least 2 usable hosts): the outer end takes the first, the workspace the second" },
     Spec { key: "mtu", env: "CVMD_MTU", envbox: None, default: None, help: "MTU of the workspace's eth0 [default: the outer container's default-route interface's]" },
@@ -133,6 +135,8 @@ pub struct Settings {
     pub memory: Option<u64>,
     pub add_tun: bool,
     pub add_fuse: bool,
+    pub shiftfs_src: PathBuf,
+    pub shiftfs_install: bool,
     pub stop_timeout: std::time::Duration,
     pub network: crate::network::NetworkSettings,
     pub add_gpu: bool,
@@ -366,6 +370,12 @@ impl Settings {
         let add_fuse = parse("add_fuse", &|v| parse_bool(v).map(|_| ()))
             .and_then(|v| parse_bool(&v).ok())
             .unwrap_or(false);
+        let shiftfs_src = parse("shiftfs_src", &absolute)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/src/shiftfs"));
+        let shiftfs_install = parse("shiftfs_install", &|v| parse_bool(v).map(|_| ()))
+            .and_then(|v| parse_bool(&v).ok())
+            .unwrap_or(false);
         let stop_timeout = parse("stop_timeout", &|v| in_range(v, 1, 3600))
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_secs)
@@ -449,6 +459,8 @@ impl Settings {
             memory,
             add_tun,
             add_fuse,
+            shiftfs_src,
+            shiftfs_install,
             stop_timeout,
             network,
             add_gpu,

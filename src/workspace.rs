@@ -50,6 +50,11 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         .as_deref()
         .context("no workspace image: set CVMD_IMAGE (or CODER_INNER_IMAGE)")?;
     let reference: Reference = image.parse()?;
+    // Before anything is downloaded: a host that cannot run the workspace
+    // says why at once, with the fixes.
+    let t = Instant::now();
+    crate::preflight::at_start(settings).await?;
+    timeline.time("preflight", t, ());
     let ws_dir = settings
         .state_dir
         .join("workspaces")

@@ -20,6 +20,7 @@ mod idshift;
 mod mountinfo;
 mod overlay;
 mod plan;
+pub mod probe;
 mod sys;
 mod userns;
 mod workspace;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 pub use error::RootfsError;
 pub use idshift::shift as shift_id;
+pub use plan::OVERLAYFS_SUPER_MAGIC;
 pub use sys::{fs_magic, idmapped_clone, Kernel, Lower, MountOps, StepError};
 pub use userns::userns_fd;
 
