@@ -2,8 +2,10 @@
 # Installs the Debian packages cvmd's demo, tests and benchmark use.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
-# protobuf-compiler: build.rs compiles the control API with protoc.
-pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time iptables iproute2 protobuf-compiler)
+# iptables, iproute2: the workspace network; python3: the fake sysbox daemons
+# of tests/launch; util-linux: unshare and nsenter; protobuf-compiler:
+# build.rs compiles the control API with protoc.
+pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time iptables iproute2 python3 util-linux protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

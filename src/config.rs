@@ -52,10 +52,22 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "memory", env: "CVMD_MEMORY", envbox: Some("CODER_MEMORY"), default: None, help: "memory limit (bytes or 4GiB) [default: the outer container's]" },
     Spec { key: "add_tun", env: "CVMD_ADD_TUN", envbox: Some("CODER_ADD_TUN"), default: Some("false"), help: "give the workspace /dev/net/tun" },
     Spec { key: "add_fuse", env: "CVMD_ADD_FUSE", envbox: Some("CODER_ADD_FUSE"), default: Some("false"), help: "give the workspace /dev/fuse" },
+    Spec { key: "shiftfs_src", env: "CVMD_SHIFTFS_SRC", envbox: None, default: Some("/usr/src/shiftfs"), help: "shiftfs module source that `cvmd shiftfs install` builds (shipped in the outer image)" },
+    Spec { key: "shiftfs_install", env: "CVMD_SHIFTFS_INSTALL", envbox: None, default: Some("false"), help: "at start, build and load shiftfs when the node needs it and allows it" },
     Spec { key: "network", env: "CVMD_NETWORK", envbox: None, default: Some("veth"), help: "the workspace's network: veth (a veth pair to the outer container, NAT to what it reaches) or none (loopback only)" },
     Spec { key: "subnet", env: "CVMD_SUBNET", envbox: None, default: Some("172.19.0.0/30"), help: "IPv4 subnet of the veth pair (at least 2 usable hosts): the outer end takes the first, the workspace the second" },
     Spec { key: "mtu", env: "CVMD_MTU", envbox: None, default: None, help: "MTU of the workspace's eth0 [default: the outer container's default-route interface's]" },
     Spec { key: "ports", env: "CVMD_PORTS", envbox: None, default: None, help: "ports of the outer container forwarded to the workspace: OUTER:INNER[/tcp|/udp],... (e.g. 8080:80,5353:53/udp)" },
+    Spec { key: "add_gpu", env: "CVMD_ADD_GPU", envbox: Some("CODER_ADD_GPU"), default: Some("false"), help: "give the workspace the outer container's /dev/nvidia* devices, NVIDIA driver libraries and NVIDIA_* variables" },
+    Spec { key: "usr_lib_dir", env: "CVMD_USR_LIB_DIR", envbox: Some("CODER_USR_LIB_DIR"), default: None, help: "outer dir holding the NVIDIA driver libraries [default: /usr/lib/<multiarch triplet>]" },
+    Spec { key: "gpu_dev_dir", env: "CVMD_GPU_DEV_DIR", envbox: None, default: Some("/dev"), help: "where to find the outer nvidia* device nodes (a test seam; they appear under /dev inside)" },
+    Spec { key: "bootstrap_script", env: "CVMD_BOOTSTRAP_SCRIPT", envbox: Some("CODER_BOOTSTRAP_SCRIPT"), default: None, help: "shell script (the text) run inside the workspace as its user after start; a failure is only a warning" },
+    Spec { key: "runtime_timeout", env: "CVMD_RUNTIME_TIMEOUT", envbox: None, default: Some("120"), help: "seconds each runtime create/start/kill/delete/state call may take before cvmd gives up on it" },
+    Spec { key: "sysbox_mgr", env: "CVMD_SYSBOX_MGR", envbox: None, default: Some("sysbox-mgr"), help: "sysbox-mgr binary (name on PATH or path), started when the runtime is sysbox-runc" },
+    Spec { key: "sysbox_fs", env: "CVMD_SYSBOX_FS", envbox: None, default: Some("sysbox-fs"), help: "sysbox-fs binary (name on PATH or path), started after sysbox-mgr" },
+    Spec { key: "sysbox_run_dir", env: "CVMD_SYSBOX_RUN_DIR", envbox: None, default: Some("/run/sysbox"), help: "where sysbox-mgr and sysbox-fs put their sockets (sysmgr.sock, sysfs.sock)" },
+    Spec { key: "sysbox_timeout", env: "CVMD_SYSBOX_TIMEOUT", envbox: None, default: Some("30"), help: "seconds to wait for each sysbox daemon's socket" },
+    Spec { key: "termination_log", env: "CVMD_TERMINATION_LOG", envbox: None, default: Some("/dev/termination-log"), help: "a fatal error's message is written here when the file exists (Kubernetes shows it)" },
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
     Spec { key: "socket", env: "CVMD_SOCKET", envbox: None, default: None, help: "unix socket of the control API (cvmctl); never mounted into the workspace [default: STATE_DIR/cvmd.sock, so /run/cvmd/cvmd.sock]" },
     Spec { key: "admin_group", env: "CVMD_ADMIN_GROUP", envbox: None, default: None, help: "group (name or gid) whose members may use the control API besides root; makes the socket 0660 [default: root only, 0600]" },
@@ -125,10 +137,22 @@ pub struct Settings {
     pub memory: Option<u64>,
     pub add_tun: bool,
     pub add_fuse: bool,
+    pub shiftfs_src: PathBuf,
+    pub shiftfs_install: bool,
     pub stop_timeout: std::time::Duration,
     pub socket: PathBuf,
     pub admin_group: Option<String>,
     pub network: crate::network::NetworkSettings,
+    pub add_gpu: bool,
+    pub usr_lib_dir: Option<PathBuf>,
+    pub gpu_dev_dir: PathBuf,
+    pub bootstrap_script: Option<String>,
+    pub runtime_timeout: std::time::Duration,
+    pub sysbox_mgr: String,
+    pub sysbox_fs: String,
+    pub sysbox_run_dir: PathBuf,
+    pub sysbox_timeout: std::time::Duration,
+    pub termination_log: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,6 +374,12 @@ impl Settings {
         let add_fuse = parse("add_fuse", &|v| parse_bool(v).map(|_| ()))
             .and_then(|v| parse_bool(&v).ok())
             .unwrap_or(false);
+        let shiftfs_src = parse("shiftfs_src", &absolute)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/src/shiftfs"));
+        let shiftfs_install = parse("shiftfs_install", &|v| parse_bool(v).map(|_| ()))
+            .and_then(|v| parse_bool(&v).ok())
+            .unwrap_or(false);
         let stop_timeout = parse("stop_timeout", &|v| in_range(v, 1, 3600))
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_secs)
@@ -379,6 +409,26 @@ impl Settings {
             .and_then(|v| crate::network::plan::parse_ports(&v).ok())
             .unwrap_or_default(),
         };
+        let add_gpu = parse("add_gpu", &|v| parse_bool(v).map(|_| ()))
+            .and_then(|v| parse_bool(&v).ok())
+            .unwrap_or(false);
+        let usr_lib_dir = parse("usr_lib_dir", &absolute).map(PathBuf::from);
+        let gpu_dev_dir = parse("gpu_dev_dir", &absolute).unwrap_or_else(|| "/dev".into());
+        let bootstrap_script = parse("bootstrap_script", &any).filter(|s| !s.trim().is_empty());
+        let runtime_timeout = parse("runtime_timeout", &|v| in_range(v, 1, 3600))
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(std::time::Duration::from_secs(120));
+        let sysbox_mgr = parse("sysbox_mgr", &any).unwrap_or_else(|| "sysbox-mgr".into());
+        let sysbox_fs = parse("sysbox_fs", &any).unwrap_or_else(|| "sysbox-fs".into());
+        let sysbox_run_dir =
+            parse("sysbox_run_dir", &absolute).unwrap_or_else(|| "/run/sysbox".into());
+        let sysbox_timeout = parse("sysbox_timeout", &|v| in_range(v, 1, 3600))
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(std::time::Duration::from_secs(30));
+        let termination_log =
+            parse("termination_log", &absolute).unwrap_or_else(|| "/dev/termination-log".into());
         if network.mode() == crate::network::Mode::None && !network.ports.is_empty() {
             problems.push(
                 "ports are forwarded to the workspace's veth: they need network veth, not none"
@@ -420,10 +470,22 @@ impl Settings {
             memory,
             add_tun,
             add_fuse,
+            shiftfs_src,
+            shiftfs_install,
             stop_timeout,
             socket,
             admin_group,
             network,
+            add_gpu,
+            usr_lib_dir,
+            gpu_dev_dir: gpu_dev_dir.into(),
+            bootstrap_script,
+            runtime_timeout,
+            sysbox_mgr,
+            sysbox_fs,
+            sysbox_run_dir: sysbox_run_dir.into(),
+            sysbox_timeout,
+            termination_log: termination_log.into(),
         })
     }
 

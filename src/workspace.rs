@@ -16,6 +16,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::bundle::{self, BundleInput, HostFiles, ImageRun, Limits, Overrides, RuntimeFlavor};
 use crate::config::{IdMapSetting, Settings};
+use crate::launch;
 use crate::network;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
@@ -74,6 +75,10 @@ async fn run_with(
         .as_deref()
         .context("no workspace image: set CVMD_IMAGE (or CODER_INNER_IMAGE)")?;
     let reference: Reference = image.parse()?;
+    // Before anything is downloaded: a host that cannot run the workspace
+    // says why at once, with the fixes (and Status shows the checks).
+    let report = crate::preflight::at_start(settings).await?;
+    state.set_preflight(report.checks);
     let ws_dir = settings
         .state_dir
         .join("workspaces")
@@ -81,7 +86,6 @@ async fn run_with(
     std::fs::create_dir_all(&ws_dir)
         .with_context(|| format!("workspace state dir {}", ws_dir.display()))?;
 
-    // preflight: wired at merge (the preflight engine runs here).
     state.enter(Phase::Pull);
     state.set_image(&reference.to_string(), "");
     let progress = Tee(state, &PlainLines);
@@ -137,6 +141,7 @@ async fn run_with(
         state,
     )
     .await;
+    launch::mounts::teardown(&ws_dir.join("mounts"));
     if let Err(e) = rootfs::teardown(&target) {
         tracing::warn!(error = %e, "cannot unmount the workspace rootfs");
     }
@@ -152,6 +157,14 @@ async fn boot(
     signals: &mut tokio::sync::mpsc::Receiver<i32>,
     state: &StateHandle,
 ) -> anyhow::Result<i32> {
+    state.enter(Phase::Bundle);
+    let flavor = RuntimeFlavor::of_runtime(&settings.runtime);
+    // Before the reaper starts: staging ID-mapped user mounts waits for its
+    // own children. A restart reuses this bundle (same rootfs, same mounts).
+    let bundle_dir = ws_dir.join("bundle");
+    let info = write_bundle(settings, record, ws_dir, rootfs_dir, idmap, &bundle_dir)?;
+    tracing::info!(init = info.init, verdict = ?info.init_verdict, args = ?info.args, "bundle written");
+
     let reaper = Reaper::start()?;
     let runtime_root = settings
         .runtime_root
@@ -165,28 +178,36 @@ async fn boot(
         &log_dir,
         Arc::new(reaper.clone()),
     )
-    .with_root(&runtime_root);
+    .with_root(&runtime_root)
+    .with_timeout(settings.runtime_timeout);
+    let mut daemons = match flavor {
+        RuntimeFlavor::Sysbox => launch::sysbox::start(&reaper, &sysbox_config(settings)).await?,
+        RuntimeFlavor::Runc => launch::sysbox::Daemons::none(),
+    };
     let id = settings.workspace.as_str();
     // One pass per boot: a Restart through the API stops the container and
     // comes back here, on the same rootfs.
     loop {
-        state.enter(Phase::Bundle);
-        let bundle_dir = ws_dir.join("bundle");
-        let info = write_bundle(settings, record, ws_dir, rootfs_dir, idmap, &bundle_dir)?;
-        tracing::info!(init = info.init, verdict = ?info.init_verdict, args = ?info.args, "bundle written");
         // sysbox-runc's rule: always delete, also what a crash left behind.
         let _ = runtime.delete(id, true).await;
-
         state.enter(Phase::Create);
         let pid_file = ws_dir.join("init.pid");
-        let created = runtime
+        let created = match runtime
             .create(
                 id,
                 &bundle_dir,
                 &pid_file,
                 ContainerIo::Pipes { stdin: false },
             )
-            .await?;
+            .await
+        {
+            Ok(created) => created,
+            Err(e) => {
+                // A create that timed out may have left a half-made container.
+                let _ = runtime.delete(id, true).await;
+                return Err(e.into());
+            }
+        };
         let exit = match reaper.watch(created.pid) {
             Ok(exit) => exit,
             Err(e) => {
@@ -228,7 +249,17 @@ async fn boot(
             );
             state.enter(Phase::Running);
             tracing::info!(id, pid = created.pid, "workspace running");
-            Ok(signals::supervise(
+            // From here on `died` below watches the daemons; one that died
+            // during create or start is reported now.
+            if let Err(death) = daemons.check() {
+                end_now(&runtime, id).await;
+                return Err(death.into());
+            }
+            if let Some(script) = settings.bootstrap_script.clone() {
+                let (runtime, id) = (runtime.clone(), id.to_string());
+                tokio::spawn(async move { launch::bootstrap::run(&runtime, &id, &script).await });
+            }
+            let supervised = signals::supervise(
                 &runtime,
                 id,
                 exit,
@@ -238,8 +269,14 @@ async fn boot(
                     system_init: info.init,
                 },
                 signals,
-            )
-            .await?)
+            );
+            tokio::select! {
+                outcome = supervised => Ok(outcome?),
+                death = daemons.died() => {
+                    end_now(&runtime, id).await;
+                    Err(death.into())
+                }
+            }
         }
         .await;
         net.teardown().await;
@@ -250,6 +287,7 @@ async fn boot(
         tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
         state.set_exited(outcome.code);
         if !state.take_restart() {
+            daemons.stop().await;
             return Ok(outcome.code);
         }
         tracing::info!("restarting the workspace");
@@ -288,10 +326,7 @@ fn write_bundle(
     input.outer_env = std::env::vars().collect::<BTreeMap<_, _>>();
     input.idmap = idmap;
     input.host_files = host_files;
-    input.mounts = match &settings.mounts {
-        Some(m) => bundle::parse_mounts(m, flavor)?,
-        None => Vec::new(),
-    };
+    input.mounts = user_mounts(settings, flavor, idmap, ws_dir)?;
     // The control socket stays in the outer container (DESIGN.md).
     if let Some(m) = input
         .mounts
@@ -306,6 +341,9 @@ fn write_bundle(
     }
     input.tun = settings.add_tun;
     input.fuse = settings.add_fuse;
+    if settings.add_gpu {
+        add_gpus(settings, &mut input)?;
+    }
     input.limits = Limits {
         cpus: settings.cpus,
         memory: settings.memory,
@@ -326,6 +364,65 @@ fn idmap_mode_name(mode: rootfs::IdMapMode) -> &'static str {
         rootfs::IdMapMode::None => "none",
         rootfs::IdMapMode::IdMappedMount => "idmapped-mount",
         rootfs::IdMapMode::ChownedCopy => "chowned-copy",
+    }
+}
+
+/// Kills and deletes the workspace container: a container breaks without
+/// the Sysbox daemons, so one's death ends it at once.
+async fn end_now(runtime: &Runtime, id: &str) {
+    let _ = runtime.kill(id, libc::SIGKILL).await;
+    let _ = runtime.delete(id, true).await;
+}
+
+/// The user mounts, staged as ID-mapped mounts when the workspace has an
+/// ID range (see `launch::mounts`).
+fn user_mounts(
+    settings: &Settings,
+    flavor: RuntimeFlavor,
+    idmap: Option<rootfs::IdMap>,
+    ws_dir: &Path,
+) -> anyhow::Result<Vec<bundle::UserMount>> {
+    let mounts = match &settings.mounts {
+        Some(m) => bundle::parse_mounts(m, flavor)?,
+        None => return Ok(Vec::new()),
+    };
+    let Some(map) = idmap else {
+        return Ok(mounts);
+    };
+    let staged = launch::mounts::prepare(&mounts, &map, &ws_dir.join("mounts"))?;
+    for (m, how) in &staged {
+        tracing::info!(destination = %m.destination.display(), mapped = ?how, "user mount");
+    }
+    Ok(staged.into_iter().map(|(m, _)| m).collect())
+}
+
+/// The outer container's NVIDIA nodes, driver libraries and `NVIDIA_*`
+/// variables into the bundle (see `launch::gpu`).
+fn add_gpus(settings: &Settings, input: &mut BundleInput) -> anyhow::Result<()> {
+    let lib_dir = settings
+        .usr_lib_dir
+        .clone()
+        .unwrap_or_else(launch::gpu::default_lib_dir);
+    let gpus = launch::gpu::discover(&settings.gpu_dev_dir, &lib_dir)?;
+    tracing::info!(
+        devices = gpus.devices.len(),
+        libs = gpus.libs.len(),
+        "GPUs passed on"
+    );
+    input.gpus = gpus.devices;
+    input.gpu_libs = gpus.libs;
+    input
+        .env_passthrough
+        .push(launch::gpu::ENV_PATTERN.to_string());
+    Ok(())
+}
+
+fn sysbox_config(settings: &Settings) -> launch::sysbox::Config {
+    launch::sysbox::Config {
+        mgr: settings.sysbox_mgr.clone(),
+        fs: settings.sysbox_fs.clone(),
+        run_dir: settings.sysbox_run_dir.clone(),
+        timeout: settings.sysbox_timeout,
     }
 }
 

@@ -37,7 +37,7 @@ fn chatty_image() -> common::image::Image {
     let mut layer = LayerBuilder::new()
         .dir("bin", 0o755)
         .file("bin/busybox", &busybox, 0o755);
-    for app in ["sh", "sleep", "echo", "cat"] {
+    for app in ["sh", "sleep", "echo", "cat", "stty", "tty"] {
         layer = layer.symlink(&format!("bin/{app}"), "busybox");
     }
     ImageBuilder::new(Format::Oci)
@@ -345,6 +345,57 @@ fn control_api_through_a_workspaces_life() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
 
+    let out = ws.run(&[
+        "exec",
+        "-e",
+        "GREETING=hi",
+        "-w",
+        "/bin",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $GREETING $PWD",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi /bin\n");
+
+    // With a terminal: the command sees a tty of our window's size.
+    let pty = nix::pty::openpty(
+        Some(&nix::pty::Winsize {
+            ws_row: 33,
+            ws_col: 101,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )
+    .unwrap();
+    let slave = || Stdio::from(pty.slave.try_clone().unwrap());
+    let mut child = ws
+        .ctl(&[
+            "exec",
+            "-t",
+            "--",
+            "/bin/sh",
+            "-c",
+            "stty size; tty; exit 4",
+        ])
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let status = child.wait().unwrap();
+    let mut seen = Vec::new();
+    let mut master = std::fs::File::from(pty.master);
+    // EIO once the slave side is closed ends the read.
+    let _ = master.read_to_end(&mut seen);
+    let seen = String::from_utf8_lossy(&seen);
+    assert_eq!(status.code(), Some(4), "{seen}");
+    assert!(seen.contains("33 101"), "the window size: {seen}");
+    assert!(seen.contains("/dev/pts/"), "a terminal inside: {seen}");
+
     // Restart: a new init, running again.
     let old_pid = s["init_pid"].as_i64().unwrap();
     let out = ws.run(&["restart"]);
@@ -365,10 +416,10 @@ fn control_api_through_a_workspaces_life() {
         .filter(|e| e["kind"] == "phase")
         .map(|e| e["phase"].as_str().unwrap().to_string())
         .collect();
-    let tail_of: Vec<&str> = phases.iter().map(String::as_str).rev().take(8).collect();
+    let tail_of: Vec<&str> = phases.iter().map(String::as_str).rev().take(7).collect();
     assert_eq!(
         tail_of,
-        ["exited", "stopping", "running", "start", "network", "create", "bundle", "stopping"],
+        ["exited", "stopping", "running", "start", "network", "create", "stopping"],
         "events end with the restart and the stop (newest first): {phases:?}"
     );
     let (code, stderr) = ws.finish();

@@ -10,10 +10,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::exec_engine as engine; // exec engine: wired at merge (crate::exec)
 use super::pb;
 use super::pb::exec_request::Msg as In;
 use super::pb::exec_response::Msg as Out;
+use crate::exec as engine;
 use crate::supervisor::state::StateHandle;
 
 /// Output is sent in pieces of at most this size.

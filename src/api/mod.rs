@@ -3,7 +3,6 @@
 
 pub mod client;
 mod exec;
-mod exec_engine;
 pub mod peer;
 pub mod server;
 pub mod service;

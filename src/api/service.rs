@@ -49,10 +49,25 @@ pub fn status_of(s: &Snapshot) -> pb::StatusResponse {
         has_exit_status: s.exit_status.is_some(),
         exit_status: s.exit_status.unwrap_or(0),
         last_error: s.last_error.clone().unwrap_or_default(),
-        // preflight: wired at merge (the preflight engine's checks).
-        preflight: Vec::new(),
+        preflight: s.preflight.iter().map(check_of).collect(),
         workspace: s.workspace.clone(),
         boots: s.boots,
+    }
+}
+
+fn check_of(c: &crate::preflight::Check) -> pb::Check {
+    use crate::preflight::Status;
+    pb::Check {
+        name: c.name.clone(),
+        status: match c.status {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+        }
+        .into(),
+        detail: c.detail.clone(),
+        fix: c.fix.clone().unwrap_or_default(),
     }
 }
 

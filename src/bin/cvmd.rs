@@ -28,6 +28,11 @@ enum Command {
     Prefetch(cli::prefetch::PrefetchArgs),
     /// Remove cached blobs and layers no image needs (never ones in use).
     Gc(cli::gc::GcArgs),
+    /// Check this host for what a CVM needs; exits non-zero when a hard
+    /// requirement of the chosen runtime fails.
+    Preflight(cli::preflight::PreflightArgs),
+    /// shiftfs for kernels where ID-mapped mounts do not serve.
+    Shiftfs(cli::shiftfs::ShiftfsArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,8 @@ fn main() -> ExitCode {
             Command::Rootfs(args) => cli::rootfs::rootfs(&settings, &args).await.map(|()| 0),
             Command::Prefetch(args) => cli::prefetch::prefetch(&settings, &args).await.map(|()| 0),
             Command::Gc(args) => cli::gc::gc(&settings, &args).await.map(|()| 0),
+            Command::Preflight(args) => cli::preflight::preflight(&settings, &args).await,
+            Command::Shiftfs(args) => cli::shiftfs::shiftfs(&settings, &args).await.map(|()| 0),
         }
     });
     // Tasks still reading the workspace's pipes must not hold the exit.

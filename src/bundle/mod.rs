@@ -26,16 +26,16 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use caps::{own_bounding_set, parse_capbnd};
+pub use caps::{own_bounding_set, parse_capbnd, CAP_NAMES};
 pub use env::{passthrough_env, sysbox_accepts, SYSBOX_KNOBS};
 pub use error::BundleError;
 pub use init::{detect_init, InitVerdict, NoInit, INIT_PATH};
 pub use limits::{outer_limits, parse_cpus, read_limits, Limits};
-pub use mounts::{choose_lib_dir, parse_mount, parse_mounts, Device, UserMount};
-pub use process::{ImageRun, Overrides, ProcessPlan};
+pub use mounts::{choose_lib_dir, multiarch_triplet, parse_mount, parse_mounts, Device, UserMount};
+pub use process::{ImageRun, Overrides, ProcessPlan, DEFAULT_PATH};
 pub use signal::{parse_signal, SYSTEMD_STOP_SIGNAL};
 pub use spec::{build_spec, validate_idmap, HostFiles, SpecInput};
-pub use user::{resolve_user, ResolvedUser};
+pub use user::{parse_user, read_etc, resolve_user, Id, ResolvedUser};
 
 use crate::rootfs::IdMap;
 
@@ -133,7 +133,7 @@ pub struct BundleInfo {
 }
 
 /// Whether `path` is a directory inside the rootfs (links resolved in it).
-fn dir_in_rootfs(rootfs: &Path, path: &Path) -> bool {
+pub fn dir_in_rootfs(rootfs: &Path, path: &Path) -> bool {
     let Ok(root) = inroot::open_root(rootfs) else {
         return false;
     };

@@ -4,9 +4,11 @@
 pub mod gc;
 pub mod logging;
 pub mod prefetch;
+pub mod preflight;
 pub mod pull;
 pub mod rootfs;
 pub mod run;
+pub mod shiftfs;
 
 /// The one line a failed command prints: the error and its causes, each
 /// cause only when the message does not already say it (many messages carry

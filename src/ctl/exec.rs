@@ -1,18 +1,17 @@
 //! `cvmctl exec`: a command inside the workspace, its output here, its
 //! exit code as cvmctl's.
 
-use std::io::IsTerminal;
 use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::tty::{window_size, RawMode};
 use super::{connect, Exit, Failure};
 use crate::api::pb;
 use crate::api::pb::exec_request::Msg as In;
 use crate::api::pb::exec_response::Msg as Out;
+use crate::exec::terminal::{self, RawMode, WindowChanges};
 
 #[derive(Debug, Clone, Default)]
 pub struct ExecArgs {
@@ -28,30 +27,37 @@ fn msg(m: In) -> pb::ExecRequest {
     pb::ExecRequest { msg: Some(m) }
 }
 
-pub fn start_of(args: &ExecArgs, size: Option<(u32, u32)>) -> pb::ExecStart {
+pub fn start_of(args: &ExecArgs, size: Option<(u16, u16)>) -> pb::ExecStart {
     pb::ExecStart {
         args: args.command.clone(),
         user: args.user.clone().unwrap_or_default(),
         env: args.env.clone(),
         cwd: args.workdir.clone().unwrap_or_default(),
         tty: args.tty,
-        size: size.map(|(rows, cols)| pb::WindowSize { rows, cols }),
+        size: size.map(|(rows, cols)| pb::WindowSize {
+            rows: rows.into(),
+            cols: cols.into(),
+        }),
     }
 }
 
 /// Runs the command; Ok holds the exit code to leave with.
 pub async fn exec(socket: &Path, args: &ExecArgs) -> Result<i32, Failure> {
     let mut client = connect(socket).await?;
-    let size = if args.tty { window_size() } else { None };
+    let size = if args.tty {
+        terminal::window_size(std::io::stdout())
+    } else {
+        None
+    };
     let (tx, rx) = mpsc::channel(16);
     let _ = tx.send(msg(In::Start(start_of(args, size)))).await;
-    let _raw = if args.tty && std::io::stdin().is_terminal() {
-        Some(RawMode::enter().map_err(|e| {
-            Failure::new(
-                Exit::Error,
-                format!("cannot put the terminal in raw mode: {e}"),
-            )
-        })?)
+    // Restored when dropped, on every return of this function: before
+    // main exits with the command's code.
+    let _raw = if args.tty && terminal::is_terminal(std::io::stdin()) {
+        Some(
+            RawMode::enable(std::io::stdin())
+                .map_err(|e| Failure::new(Exit::Error, e.to_string()))?,
+        )
     } else {
         None
     };
@@ -104,16 +110,16 @@ async fn pump_stdin(tx: mpsc::Sender<pb::ExecRequest>) {
 }
 
 async fn forward_resizes(tx: mpsc::Sender<pb::ExecRequest>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut winch) = signal(SignalKind::window_change()) else {
+    let Ok(mut changes) = WindowChanges::new(std::io::stdout()) else {
         return;
     };
-    while winch.recv().await.is_some() {
-        if let Some((rows, cols)) = window_size() {
-            let resize = msg(In::Resize(pb::WindowSize { rows, cols }));
-            if tx.send(resize).await.is_err() {
-                return;
-            }
+    while let Some((rows, cols)) = changes.next().await {
+        let resize = msg(In::Resize(pb::WindowSize {
+            rows: rows.into(),
+            cols: cols.into(),
+        }));
+        if tx.send(resize).await.is_err() {
+            return;
         }
     }
 }

@@ -5,7 +5,6 @@ pub mod exec;
 pub mod logs;
 pub mod pull;
 pub mod status;
-mod tty;
 
 use std::io::IsTerminal;
 use std::path::Path;

@@ -20,6 +20,7 @@ mod idshift;
 mod mountinfo;
 mod overlay;
 mod plan;
+pub mod probe;
 mod sys;
 mod userns;
 mod workspace;
@@ -32,7 +33,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use error::RootfsError;
-pub use sys::{Kernel, Lower, MountOps, StepError};
+pub use idshift::shift as shift_id;
+pub use plan::OVERLAYFS_SUPER_MAGIC;
+pub use sys::{fs_magic, idmapped_clone, Kernel, Lower, MountOps, StepError};
+pub use userns::userns_fd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModePreference {

@@ -158,40 +158,7 @@ impl MountOps for Kernel {
     }
 
     fn idmapped_tree(&self, path: &Path, userns: BorrowedFd<'_>) -> Result<OwnedFd, StepError> {
-        let tree = rustix::mount::open_tree(
-            CWD,
-            path,
-            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-        )
-        .map_err(step("open_tree"))?;
-        let attr = MountAttr {
-            attr_set: u64::from(MountAttrFlags::MOUNT_ATTR_IDMAP.bits()),
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: userns.as_raw_fd() as u64,
-        };
-        let empty = CString::default();
-        // SAFETY: mount_setattr(2) reads `size_of::<MountAttr>()` bytes from
-        // `attr`, which lives across the call; `empty` is a valid C string
-        // and both fds are open for the duration of the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                tree.as_raw_fd(),
-                empty.as_ptr(),
-                libc::AT_EMPTY_PATH,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        if rc != 0 {
-            return Err(StepError {
-                step: "mount_setattr(MOUNT_ATTR_IDMAP)",
-                error: io::Error::last_os_error(),
-                log: String::new(),
-            });
-        }
-        Ok(tree)
+        idmapped_clone(path, userns, false)
     }
 
     fn attach(&self, tree: BorrowedFd<'_>, at: &Path) -> io::Result<()> {
@@ -211,6 +178,57 @@ impl MountOps for Kernel {
         };
         rustix::mount::unmount(path, flags | UnmountFlags::NOFOLLOW).map_err(Into::into)
     }
+}
+
+/// A detached clone of the mount at `path` (with the mounts below it when
+/// `recursive`), ID-mapped through `userns`: open_tree(OPEN_TREE_CLONE)
+/// then mount_setattr(MOUNT_ATTR_IDMAP), AT_RECURSIVE applying the mapping
+/// to every mount of the clone.
+pub fn idmapped_clone(
+    path: &Path,
+    userns: BorrowedFd<'_>,
+    recursive: bool,
+) -> Result<OwnedFd, StepError> {
+    let tree = rustix::mount::open_tree(
+        CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | if recursive {
+                OpenTreeFlags::AT_RECURSIVE
+            } else {
+                OpenTreeFlags::empty()
+            },
+    )
+    .map_err(step("open_tree"))?;
+    let attr = MountAttr {
+        attr_set: u64::from(MountAttrFlags::MOUNT_ATTR_IDMAP.bits()),
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = CString::default();
+    // SAFETY: mount_setattr(2) reads `size_of::<MountAttr>()` bytes from
+    // `attr`, which lives across the call; `empty` is a valid C string
+    // and both fds are open for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 },
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(StepError {
+            step: "mount_setattr(MOUNT_ATTR_IDMAP)",
+            error: io::Error::last_os_error(),
+            log: String::new(),
+        });
+    }
+    Ok(tree)
 }
 
 /// The `statfs` type of the file system holding `path`.

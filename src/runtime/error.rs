@@ -28,6 +28,16 @@ pub enum RuntimeError {
         exit: Exit,
         message: String,
     },
+    #[error(
+        "{runtime} {verb} {id} did not finish within {after:?} and was killed; \
+         the runtime may be stuck (check its daemons and mounts), or raise CVMD_RUNTIME_TIMEOUT"
+    )]
+    Timeout {
+        runtime: String,
+        verb: &'static str,
+        id: String,
+        after: std::time::Duration,
+    },
     #[error("cannot prepare the runtime log {path:?}: {source}; check CVMD_STATE_DIR")]
     Log {
         path: PathBuf,
@@ -40,9 +50,10 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
-    #[error("{runtime} create {id} succeeded but its pid file {path:?} is unusable: {reason}")]
+    #[error("{runtime} {verb} {id} succeeded but its pid file {path:?} is unusable: {reason}")]
     PidFile {
         runtime: String,
+        verb: &'static str,
         id: String,
         path: PathBuf,
         reason: String,

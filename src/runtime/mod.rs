@@ -9,6 +9,7 @@
 //! process-wide reaper.
 
 mod error;
+mod exec;
 mod spawner;
 
 use std::ffi::OsString;
@@ -16,6 +17,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use tokio::net::unix::pipe;
 use tracing::Instrument;
 
 pub use error::{error_from_log, failure_message, RuntimeError};
+pub use exec::{Detached, Exec, ExecSpec};
 pub use spawner::{DirectSpawner, Spawner};
 
 use crate::supervisor::reaper::{Exit, ExitWaiter, Spawned};
@@ -97,42 +100,6 @@ pub struct State {
     pub bundle: PathBuf,
 }
 
-/// What `exec` runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecSpec {
-    /// An OCI `process` JSON file (`exec --process FILE`).
-    Process(PathBuf),
-    /// A command line, run with the container's process settings.
-    Args(Vec<String>),
-}
-
-/// A running `exec`: the runtime stays in the foreground and exits with the
-/// process's status.
-#[derive(Debug)]
-pub struct Exec {
-    pub io: ProcessIo,
-    call: Call,
-    exit: ExitWaiter,
-}
-
-impl Exec {
-    /// The process's status; an error when the runtime itself failed (it
-    /// logged an error), so a process exiting 1 is not mistaken for one.
-    pub async fn wait(self) -> Result<Exit, RuntimeError> {
-        let exit = self
-            .exit
-            .await
-            .map_err(|source| self.call.wait_error(source))?;
-        if !exit.success() {
-            let log = std::fs::read_to_string(&self.call.log).unwrap_or_default();
-            if let Some(message) = error_from_log(&log) {
-                return Err(self.call.failed(exit, message));
-            }
-        }
-        Ok(exit)
-    }
-}
-
 /// The driver. Cheap to clone; calls for different containers may run
 /// concurrently.
 #[derive(Clone)]
@@ -145,7 +112,14 @@ pub struct Runtime {
     /// Where each call's JSON log goes: `<id>-<verb>.log`.
     pub log_dir: PathBuf,
     pub spawner: Arc<dyn Spawner>,
+    /// How long `create`, `start`, `kill`, `delete` and `state` may take: a
+    /// runtime stuck on a hung mount or daemon must not hang PID 1.
+    pub timeout: Duration,
 }
+
+/// The default of [`Runtime::timeout`]: generous, since sysbox-runc's
+/// `create` may chown a large rootfs where ID-mapped mounts are missing.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,6 +128,7 @@ impl std::fmt::Debug for Runtime {
             .field("root", &self.root)
             .field("systemd_cgroup", &self.systemd_cgroup)
             .field("log_dir", &self.log_dir)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -193,6 +168,23 @@ impl Call {
         }
     }
 
+    /// Kills the runtime process that overran `after` (only while its exit
+    /// has not been seen, so the pid cannot have been reused) and names it.
+    fn timed_out(&self, pid: i32, exited: &AtomicBool, after: Duration) -> RuntimeError {
+        if !exited.load(Ordering::SeqCst) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        RuntimeError::Timeout {
+            runtime: self.runtime.clone(),
+            verb: self.verb,
+            id: self.id.clone(),
+            after,
+        }
+    }
+
     fn output_error(&self, source: std::io::Error) -> RuntimeError {
         RuntimeError::Output {
             runtime: self.runtime.clone(),
@@ -215,7 +207,13 @@ impl Runtime {
             systemd_cgroup: false,
             log_dir: log_dir.into(),
             spawner,
+            timeout: DEFAULT_CALL_TIMEOUT,
         }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Runtime {
+        self.timeout = timeout;
+        self
     }
 
     pub fn with_root(mut self, root: impl Into<PathBuf>) -> Runtime {
@@ -244,6 +242,18 @@ impl Runtime {
         args: impl IntoIterator<Item = OsString>,
     ) -> Result<(Command, Call), RuntimeError> {
         let log = self.log_dir.join(format!("{id}-{verb}.log"));
+        self.command_logged(verb, id, log, args)
+    }
+
+    /// [`Self::command`] with the log at `log`: for calls that may run
+    /// concurrently for one container (exec), each with its own log.
+    fn command_logged(
+        &self,
+        verb: &'static str,
+        id: &str,
+        log: PathBuf,
+        args: impl IntoIterator<Item = OsString>,
+    ) -> Result<(Command, Call), RuntimeError> {
         std::fs::create_dir_all(&self.log_dir)
             .and_then(|()| File::create(&log))
             .map_err(|source| RuntimeError::Log {
@@ -287,9 +297,19 @@ impl Runtime {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let spawned = self.spawn(cmd, &call)?;
+        let pid = spawned.pid;
+        let exited = AtomicBool::new(false);
         let out = read_all(spawned.stdout.map(OwnedFd::from));
         let err = read_all(spawned.stderr.map(OwnedFd::from));
-        let (out, err, exit) = tokio::join!(out, err, spawned.exit);
+        let exit = watch_exit(spawned.exit, &exited);
+        let (out, err, exit) = match tokio::time::timeout(self.timeout, async {
+            tokio::join!(out, err, exit)
+        })
+        .await
+        {
+            Ok(all) => all,
+            Err(_) => return Err(call.timed_out(pid, &exited, self.timeout)),
+        };
         let exit = exit.map_err(|source| call.wait_error(source))?;
         let out = out.map_err(|e| call.output_error(e))?;
         let err = err.unwrap_or_default();
@@ -337,10 +357,12 @@ impl Runtime {
         let spawned = self.spawn(cmd, &call)?;
         // `cmd` is gone: the runtime and, after it, the container hold the
         // only write ends, so our reads end when the container's output does.
-        let exit = spawned
-            .exit
-            .await
-            .map_err(|source| call.wait_error(source))?;
+        let exited = AtomicBool::new(false);
+        let exit = match tokio::time::timeout(self.timeout, watch_exit(spawned.exit, &exited)).await
+        {
+            Ok(exit) => exit.map_err(|source| call.wait_error(source))?,
+            Err(_) => return Err(call.timed_out(spawned.pid, &exited, self.timeout)),
+        };
         if !exit.success() {
             // With pipes, the runtime's stderr is our pipe; it has exited and
             // killed the half-made init, so the pipe drains to its end.
@@ -357,6 +379,7 @@ impl Runtime {
         }
         let pid = read_pid_file(pid_file).map_err(|reason| RuntimeError::PidFile {
             runtime: call.runtime.clone(),
+            verb: call.verb,
             id: id.to_string(),
             path: pid_file.to_path_buf(),
             reason,
@@ -404,37 +427,16 @@ impl Runtime {
         let (cmd, call) = self.command("delete", id, args)?;
         self.run(cmd, call).await.map(drop)
     }
+}
 
-    /// `exec [--tty] [--process FILE] ID [ARGS...]` in the foreground.
-    pub async fn exec(
-        &self,
-        id: &str,
-        spec: &ExecSpec,
-        tty: bool,
-        io: ContainerIo,
-    ) -> Result<Exec, RuntimeError> {
-        let mut args: Vec<OsString> = Vec::new();
-        if tty {
-            args.push("--tty".into());
-        }
-        match spec {
-            ExecSpec::Process(path) => {
-                args.extend(["--process".into(), path.into(), id.into()]);
-            }
-            ExecSpec::Args(argv) => {
-                args.push(id.into());
-                args.extend(argv.iter().map(OsString::from));
-            }
-        }
-        let (mut cmd, call) = self.command("exec", id, args)?;
-        let ours = attach_io(&mut cmd, io, id)?;
-        let spawned = self.spawn(cmd, &call)?;
-        Ok(Exec {
-            io: ours,
-            call,
-            exit: spawned.exit,
-        })
-    }
+/// Awaits an exit and records that it came, for [`Call::timed_out`].
+async fn watch_exit(
+    exit: ExitWaiter,
+    exited: &AtomicBool,
+) -> Result<Exit, crate::supervisor::reaper::ReaperError> {
+    let result = exit.await;
+    exited.store(true, Ordering::SeqCst);
+    result
 }
 
 /// Points the command's stdio where `io` says; returns cvmd's pipe ends.

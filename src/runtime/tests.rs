@@ -23,6 +23,9 @@ if [ -f "$dir/fail" ]; then
   echo "stderr says something else" >&2
   exit 1
 fi
+if [ -f "$dir/hang" ]; then
+  exec sleep 1000
+fi
 if [ -f "$dir/fail-stderr" ]; then
   echo "only on stderr" >&2
   exit 2
@@ -30,7 +33,8 @@ fi
 case " $* " in
   *" state "*) echo '{"ociVersion":"1.0.2","id":"ws1","pid":4242,"status":"running","bundle":"/b","rootfs":"/b/rootfs","created":"2026-01-01T00:00:00Z","owner":""}' ;;
   *" create "*) printf 4242 > "$pidfile"; echo "container says hi"; echo "container warns" >&2 ;;
-  *" exec "*) echo "exec output"; exit 3 ;;
+  *" exec "*) if [ -n "$pidfile" ]; then printf 4243 > "$pidfile"; exit 0; fi
+    echo "exec output"; exit 3 ;;
 esac
 exit 0
 "#;
@@ -332,4 +336,145 @@ async fn runtimes_own_prefix_is_not_repeated() {
     .unwrap();
     let err = f.rt.start("ws1").await.unwrap_err();
     assert_eq!(err.to_string(), "fake-runc start ws1 failed: boom");
+}
+
+#[tokio::test]
+async fn a_hanging_call_times_out_naming_its_verb() {
+    let f = fixture();
+    std::fs::write(f.dir.join("hang"), "").unwrap();
+    let rt =
+        f.rt.clone()
+            .with_timeout(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    for (verb, result) in [
+        ("start", rt.start("ws1").await.map(drop)),
+        ("kill", rt.kill("ws1", 15).await.map(drop)),
+        ("delete", rt.delete("ws1", true).await.map(drop)),
+        ("state", rt.state("ws1").await.map(drop)),
+        (
+            "create",
+            rt.create(
+                "ws1",
+                Path::new("/b"),
+                &f.dir.join("pid"),
+                ContainerIo::Pipes { stdin: false },
+            )
+            .await
+            .map(drop),
+        ),
+    ] {
+        let e = result.unwrap_err();
+        assert!(
+            matches!(e, RuntimeError::Timeout { verb: v, .. } if v == verb),
+            "{verb}: {e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("fake-runc {verb} ws1 did not finish within 300ms")),
+            "{text}"
+        );
+        assert!(text.contains("CVMD_RUNTIME_TIMEOUT"), "{text}");
+    }
+    // Five calls, each cut at its timeout: the hung runtimes were killed,
+    // not waited for.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn exec_detached_passes_its_files_and_reads_the_pid() {
+    let f = fixture();
+    let scratch = f.dir.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let process = scratch.join("process.json");
+    let socket = scratch.join("console.sock");
+    let started =
+        f.rt.exec_detached(
+            "ws1",
+            &process,
+            Some(&socket),
+            &scratch,
+            ContainerIo::Null,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(started.pid, 4243);
+    let argv = std::fs::read_to_string(f.dir.join("argv")).unwrap();
+    let argv: Vec<&str> = argv.lines().collect();
+    let log = scratch.join("runtime.log");
+    let pid = scratch.join("pid");
+    let want = [
+        "--root",
+        "/run/cvmd-runc",
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "exec",
+        "--detach",
+        "--pid-file",
+        pid.to_str().unwrap(),
+        "--console-socket",
+        socket.to_str().unwrap(),
+        "--process",
+        process.to_str().unwrap(),
+        "ws1",
+    ];
+    assert_eq!(argv, want);
+}
+
+#[tokio::test]
+async fn exec_detached_failure_is_the_runtimes_reason() {
+    let f = fixture();
+    let scratch = f.dir.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    std::fs::write(
+        f.dir.join("fail"),
+        r#"{"level":"error","msg":"exec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH","time":"t"}"#,
+    )
+    .unwrap();
+    let e =
+        f.rt.exec_detached(
+            "ws1",
+            &scratch.join("p.json"),
+            None,
+            &scratch,
+            ContainerIo::Pipes { stdin: true },
+            // Our own ids: chowning to them needs no privilege.
+            Some((
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            )),
+        )
+        .await
+        .unwrap_err();
+    match &e {
+        RuntimeError::Failed { verb, message, .. } => {
+            assert_eq!(*verb, "exec");
+            assert!(message.contains("executable file not found"), "{e}");
+            assert!(
+                !message.contains("stderr says"),
+                "stderr is the process's: {e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn direct_spawner_watches_only_its_children() {
+    // The watch reaps it, not `Child::wait`.
+    #[allow(clippy::zombie_processes)]
+    let child = std::process::Command::new("sh")
+        .args(["-c", "exit 6"])
+        .spawn()
+        .unwrap();
+    let exit = DirectSpawner.watch(child.id() as i32).unwrap();
+    assert_eq!(exit.await.unwrap(), Exit::code(6));
+    // Not ours: pid 1 (or our parent) has another parent.
+    let parent = nix::unistd::getppid().as_raw();
+    assert!(matches!(
+        DirectSpawner.watch(parent),
+        Err(crate::supervisor::reaper::ReaperError::NotAChild { .. })
+    ));
 }

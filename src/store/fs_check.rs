@@ -12,6 +12,26 @@ const OVERLAY: i64 = 0x794c7630;
 const TMPFS: i64 = 0x01021994;
 const XFS: i64 = 0x58465342;
 
+const EXT4: i64 = 0xEF53;
+const BTRFS: i64 = 0x9123_683E;
+const ZFS: i64 = 0x2FC1_2FC1;
+
+/// A file system's name for messages.
+pub fn name(magic: i64) -> &'static str {
+    match magic {
+        EXT4 => "ext4",
+        BTRFS => "btrfs",
+        XFS => "xfs",
+        ZFS => "zfs",
+        TMPFS => "tmpfs",
+        OVERLAY => "overlayfs",
+        NFS => "nfs",
+        FUSE => "fuse",
+        SMB2 | CIFS => "smb",
+        _ => "local",
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheFs {
     Good(&'static str),

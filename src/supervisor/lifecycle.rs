@@ -53,7 +53,7 @@ impl std::fmt::Display for Phase {
 
 /// Whether `to` may follow `from`. The boot order is fixed; a stop may come
 /// at any time before the end (a stop during the pull ends cvmd at once); the
-/// workspace may end on its own while running; a restart goes from `stopping` back to `bundle`; any unfinished phase may
+/// workspace may end on its own while running; a restart goes from `stopping` back to `create`; any unfinished phase may
 /// fail.
 pub fn allowed(from: Phase, to: Phase) -> bool {
     use Phase::*;
@@ -70,7 +70,7 @@ pub fn allowed(from: Phase, to: Phase) -> bool {
             | (Network, Start)
             | (Start, Running)
             | (Running, Exited)
-            | (Stopping, Bundle)
+            | (Stopping, Create)
             | (Stopping, Exited)
             | (_, Failed)
     ) || (to == Stopping && from != Stopping)
@@ -198,8 +198,8 @@ mod tests {
         l.enter(Phase::Exited, ms(3)).unwrap();
 
         assert!(allowed(Phase::Running, Phase::Stopping));
-        assert!(allowed(Phase::Stopping, Phase::Bundle), "restart");
-        assert!(!allowed(Phase::Running, Phase::Bundle));
+        assert!(allowed(Phase::Stopping, Phase::Create), "restart");
+        assert!(!allowed(Phase::Running, Phase::Create));
     }
 
     #[test]

@@ -352,7 +352,7 @@ impl Reaper {
 
 /// The parent pid from /proc/PID/stat (field 4, after the parenthesised
 /// command name, which may itself hold spaces and parentheses).
-fn parent_of(pid: i32) -> Option<i32> {
+pub(crate) fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()

@@ -55,6 +55,7 @@ pub struct Snapshot {
     pub exit_status: Option<i32>,
     pub last_error: Option<String>,
     pub boots: u32,
+    pub preflight: Vec<crate::preflight::Check>,
 }
 
 /// The running container, for Exec.
@@ -86,6 +87,7 @@ struct Inner {
     container: Option<Container>,
     layers: BTreeMap<String, LayerState>,
     restart_requested: bool,
+    preflight: Vec<crate::preflight::Check>,
 }
 
 struct Shared {
@@ -126,6 +128,7 @@ impl StateHandle {
                 container: None,
                 layers: BTreeMap::new(),
                 restart_requested: false,
+                preflight: Vec::new(),
             }),
             events: broadcast::channel(256).0,
             progress: broadcast::channel(1024).0,
@@ -191,6 +194,11 @@ impl StateHandle {
         inner.image_digest = digest.to_string();
     }
 
+    /// The host checks cvmd ran at start.
+    pub fn set_preflight(&self, checks: Vec<crate::preflight::Check>) {
+        self.lock().preflight = checks;
+    }
+
     pub fn set_rootfs(&self, mode: &str, idmap_mode: &str) {
         let mut inner = self.lock();
         inner.rootfs_mode = mode.to_string();
@@ -240,6 +248,7 @@ impl StateHandle {
             exit_status: inner.exit_status,
             last_error: inner.last_error.clone(),
             boots: inner.boots,
+            preflight: inner.preflight.clone(),
         }
     }
 

@@ -1,0 +1,82 @@
+//! `cvmd shiftfs status|install`: whether this node needs shiftfs, and
+//! building and loading it from the source the outer image ships.
+
+use crate::config::Settings;
+use crate::preflight::{self, Options, RealHost, Status};
+use crate::runtime::{DirectSpawner, Spawner};
+use crate::shiftfs::{self, install::Outcome};
+
+#[derive(clap::Args)]
+pub struct ShiftfsArgs {
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Action {
+    /// Say whether shiftfs is needed, present, and installable here.
+    Status,
+    /// Build and load shiftfs when it is needed and allowed (never when
+    /// ID-mapped mounts serve).
+    Install,
+}
+
+/// The node's shiftfs facts, with ID-mapped mounts probed in the cache dir.
+pub async fn facts(settings: &Settings) -> anyhow::Result<shiftfs::Facts> {
+    let opts = Options::from_settings(settings);
+    Ok(tokio::task::spawn_blocking(move || {
+        let host = RealHost::default();
+        let report = preflight::collect(&host, &opts);
+        let works = |name: &str| {
+            report
+                .checks
+                .iter()
+                .any(|c| c.name == name && c.status == Status::Ok)
+        };
+        let serves = works("idmapped-mounts") && works("overlay-idmapped");
+        preflight::shiftfs_facts(&host, serves)
+    })
+    .await?)
+}
+
+/// Installs if needed; `spawner` is the reaper under `cvmd run`.
+pub async fn install(settings: &Settings, spawner: &dyn Spawner) -> anyhow::Result<Outcome> {
+    let facts = facts(settings).await?;
+    let build = settings
+        .state_dir
+        .join("shiftfs-build")
+        .join(&facts.release);
+    let outcome = shiftfs::install::install(spawner, &facts, &settings.shiftfs_src, &build).await?;
+    match outcome {
+        Outcome::AlreadyLoaded => tracing::info!("shiftfs is already loaded"),
+        Outcome::NotNeeded => {
+            tracing::info!("shiftfs not needed: ID-mapped mounts serve; nothing loaded")
+        }
+        Outcome::Loaded => tracing::info!("shiftfs loaded"),
+    }
+    Ok(outcome)
+}
+
+pub async fn shiftfs(settings: &Settings, args: &ShiftfsArgs) -> anyhow::Result<()> {
+    match args.action {
+        Action::Status => {
+            let facts = facts(settings).await?;
+            let (detail, fix) = shiftfs::message(&facts, &shiftfs::decide(&facts));
+            println!("shiftfs: {detail}");
+            if let Some(fix) = fix {
+                println!("fix: {fix}");
+            }
+        }
+        Action::Install => {
+            let text = match install(settings, &DirectSpawner).await? {
+                Outcome::AlreadyLoaded => "shiftfs is already loaded",
+                Outcome::NotNeeded => {
+                    "shiftfs is not needed: ID-mapped mounts serve here; nothing was loaded"
+                }
+                Outcome::Loaded => "shiftfs built and loaded",
+            };
+            println!("{text}");
+        }
+    }
+    Ok(())
+}
