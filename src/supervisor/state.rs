@@ -160,7 +160,7 @@ impl StateHandle {
         }
         if let Some(last) = inner.lifecycle.timeline().iter().rev().nth(1) {
             tracing::info!(
-                phase = %last.phase,
+                phase = last.phase.as_str(),
                 elapsed_ms = last.duration.unwrap_or_default().as_secs_f64() * 1e3,
                 "phase done"
             );
