@@ -137,7 +137,10 @@ fn containerd_boots_a_workspace_from_a_snapshot_then_starts_warm_without_the_reg
         "{}",
         String::from_utf8_lossy(&gc.stderr)
     );
-    assert_eq!(ctd.list(&["images", "ls"]), [reference.clone()]);
+    assert_eq!(
+        ctd.list(&["images", "ls"]),
+        std::slice::from_ref(&reference)
+    );
     let content = ctd.list(&["content", "ls"]);
     assert_eq!(content.len(), 4, "manifest, config, 2 layers: {content:?}");
     assert_eq!(ctd.snapshots().len(), 2, "{:?}", ctd.snapshots());
