@@ -166,6 +166,42 @@ fn containerd_boots_a_workspace_from_a_snapshot_then_starts_warm_without_the_reg
 }
 
 #[test]
+fn containerd_boots_an_image_with_more_layers_than_one_mount_page_names() {
+    if !ready() {
+        return;
+    }
+    let ctd = PrivateContainerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    // 64 lower dirs of ~80 bytes each: over mount(2)'s 4 KiB of options.
+    let mut builder = ImageBuilder::new(Format::Oci)
+        .layer(busybox_image(&[]).layers[0].clone())
+        .entrypoint(&[
+            "/bin/sh",
+            "-c",
+            "cat /etc/layer-* | /bin/busybox wc -l; exit 5",
+        ]);
+    for i in 0..63 {
+        let layer = LayerBuilder::new().dir("etc", 0o755).file(
+            &format!("etc/layer-{i}"),
+            format!("{i}\n").as_bytes(),
+            0o644,
+        );
+        builder = builder.layer(layer.build(Compression::Gzip));
+    }
+    let reference = push(&reg, "ctd/deep", "v1", &builder.build());
+    let out = cvmd_run(&ctd, state.path(), &reg.host(), &reference)
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("63 stream=\"stdout\""), "{stderr}");
+    assert_eq!(ctd.snapshots().len(), 64);
+    assert_clean(state.path(), &ctd);
+}
+
+#[test]
 fn containerd_pulls_from_an_authenticated_registry_without_showing_the_password() {
     if !ready() {
         return;

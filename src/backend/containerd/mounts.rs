@@ -16,6 +16,45 @@ pub struct MountPlan {
     /// A bind mount asked read-only: the kernel ignores MS_RDONLY on the
     /// bind itself, so it takes a remount.
     pub remount_ro: bool,
+    /// Directory the relative lowerdirs of `data` are resolved from.
+    pub cwd: Option<String>,
+}
+
+/// mount(2) copies at most one page of data.
+const MAX_DATA: usize = 4095;
+
+/// Shortens an overlay `data` too long for mount(2) the way containerd
+/// does (mount/mount_linux.go, compactLowerdirOption): the lowerdirs
+/// relative to their common parent directory, to be mounted from there.
+pub fn compact(data: &str) -> Option<(String, String)> {
+    let options: Vec<&str> = data.split(',').collect();
+    let lower = options.iter().find_map(|o| o.strip_prefix("lowerdir="))?;
+    let dirs: Vec<&str> = lower.split(':').collect();
+    let mut prefix = Path::new(dirs[0]).parent()?;
+    while !dirs.iter().all(|d| Path::new(d).starts_with(prefix)) {
+        prefix = prefix.parent()?;
+    }
+    if prefix == Path::new("/") {
+        return None;
+    }
+    let relative: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            Path::new(d)
+                .strip_prefix(prefix)
+                .map(|r| r.display().to_string())
+        })
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let data = options
+        .iter()
+        .map(|o| match o.strip_prefix("lowerdir=") {
+            Some(_) => format!("lowerdir={}", relative.join(":")),
+            None => o.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    Some((prefix.display().to_string(), data))
 }
 
 /// The mount(2) call for a snapshotter's mount. Only the kinds the
@@ -50,12 +89,26 @@ pub fn plan(kind: &str, source: &str, options: &[String]) -> Result<MountPlan, S
             if readonly {
                 flags |= MsFlags::MS_RDONLY;
             }
+            let mut data = data.join(",");
+            let mut cwd = None;
+            if data.len() > MAX_DATA {
+                let (dir, short) = compact(&data)
+                    .filter(|(_, short)| short.len() <= MAX_DATA)
+                    .ok_or_else(|| {
+                        format!(
+                            "the overlay options are {} bytes, more than mount(2) takes, even with the lower dirs made relative",
+                            data.len()
+                        )
+                    })?;
+                (cwd, data) = (Some(dir), short);
+            }
             Ok(MountPlan {
                 fstype: Some("overlay".into()),
                 source: "overlay".into(),
                 flags,
-                data: data.join(","),
+                data,
                 remount_ro: false,
+                cwd,
             })
         }
         "bind" => Ok(MountPlan {
@@ -64,6 +117,7 @@ pub fn plan(kind: &str, source: &str, options: &[String]) -> Result<MountPlan, S
             flags: flags | MsFlags::MS_BIND,
             data: String::new(),
             remount_ro: readonly,
+            cwd: None,
         }),
         other => Err(format!(
             "mount type {other:?} is not supported (cvmd mounts the overlayfs snapshotter's overlay and bind mounts)"
@@ -79,6 +133,19 @@ pub struct Kernel;
 
 impl MountSys for Kernel {
     fn mount(&self, plan: &MountPlan, target: &Path) -> std::io::Result<()> {
+        if let Some(cwd) = &plan.cwd {
+            // The relative lowerdirs need the cwd there; a thread with its
+            // own fs context (CLONE_FS) changes it without touching the
+            // process's, as the native overlay mount does.
+            let (cwd, plan, target) = (cwd.clone(), plan.clone(), target.to_path_buf());
+            return std::thread::spawn(move || -> std::io::Result<()> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+                nix::unistd::chdir(cwd.as_str())?;
+                Kernel.mount(&MountPlan { cwd: None, ..plan }, &target)
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("mount thread panicked"))?;
+        }
         let data = (!plan.data.is_empty()).then_some(plan.data.as_str());
         nix::mount::mount(
             Some(plan.source.as_str()),
@@ -132,6 +199,26 @@ mod tests {
         let ro = plan("bind", "/snap/1/fs", &opts(&["ro", "rbind"])).unwrap();
         assert!(ro.remount_ro);
         assert!(!ro.flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn long_overlay_data_is_made_relative_to_the_snapshots_dir() {
+        let root = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
+        let lowers: Vec<String> = (1..=80).rev().map(|i| format!("{root}/{i}/fs")).collect();
+        let options = opts(&[
+            "index=off",
+            &format!("workdir={root}/81/work"),
+            &format!("upperdir={root}/81/fs"),
+            &format!("lowerdir={}", lowers.join(":")),
+        ]);
+        let p = plan("overlay", "overlay", &options).unwrap();
+        assert_eq!(p.cwd.as_deref(), Some(root));
+        assert!(p.data.len() <= MAX_DATA);
+        assert!(p.data.contains("lowerdir=80/fs:79/fs:"), "{}", p.data);
+        assert!(p.data.contains(&format!("upperdir={root}/81/fs")));
+        let short = plan("overlay", "overlay", &opts(&["lowerdir=/a/1:/a/2"])).unwrap();
+        assert_eq!(short.cwd, None);
+        assert_eq!(compact("lowerdir=/a/1:/b/2"), None, "no common dir but /");
     }
 
     #[test]
