@@ -299,6 +299,32 @@ fn containerd_killed_mid_pull_gives_one_clear_line_and_leaves_no_mount() {
 }
 
 #[test]
+fn containerd_backend_retries_a_cut_download_from_the_start() {
+    if !ready() {
+        return;
+    }
+    let ctd = PrivateContainerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let proxy = common::proxy::FaultProxy::start(&reg.url());
+    let img = busybox_image(&["/bin/sh", "-c", "exit 0"]);
+    push(&reg, "ctd/cut", "v1", &img);
+    // The next three blob GETs (config, small layer, busybox layer) are cut
+    // after 100 kB: only the busybox layer is longer.
+    proxy.cut_blob_after(100_000, 3);
+    let reference = format!("{}/ctd/cut:v1", proxy.host());
+    let out = cvmd_run(&ctd, state.path(), &proxy.host(), &reference)
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(": retry 1:"), "{stderr}");
+    assert_eq!(proxy.blob_gets(&img.layer_digests()[0]), 2);
+    assert_clean(state.path(), &ctd);
+}
+
+#[test]
 fn containerd_down_is_one_line_and_auto_without_a_socket_is_native_and_quiet() {
     if !ready() {
         return;

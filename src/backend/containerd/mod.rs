@@ -167,29 +167,7 @@ impl Containerd {
     /// went away (or restarts), anything else is containerd's answer.
     fn failed(&self, what: &str) -> impl Fn(tonic::Status) -> ContainerdError + '_ {
         let what = what.to_string();
-        move |status| {
-            let socket = self.socket.display().to_string();
-            let why = status.message().to_string();
-            match status.code() {
-                Code::Unavailable | Code::Cancelled => ContainerdError::Gone {
-                    socket,
-                    what: what.clone(),
-                    why,
-                },
-                Code::Unknown if std::error::Error::source(&status).is_some() => {
-                    ContainerdError::Gone {
-                        socket,
-                        what: what.clone(),
-                        why,
-                    }
-                }
-                _ => ContainerdError::Call {
-                    socket,
-                    what: what.clone(),
-                    why,
-                },
-            }
-        }
+        move |status| status_error(&self.socket, &what, &status)
     }
 
     /// Creates lease `id` (an existing one is reused); with a `ttl`,
@@ -232,6 +210,24 @@ impl Containerd {
     }
 }
 
+/// The error for a failed call: a transport failure means containerd went
+/// away (or restarts), anything else is containerd's own answer.
+fn status_error(socket: &Path, what: &str, status: &tonic::Status) -> ContainerdError {
+    let socket = socket.display().to_string();
+    let what = what.to_string();
+    let why = status.message().to_string();
+    let transport = match status.code() {
+        Code::Unavailable | Code::Cancelled => true,
+        Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
+    };
+    if transport {
+        ContainerdError::Gone { socket, what, why }
+    } else {
+        ContainerdError::Call { socket, what, why }
+    }
+}
+
 /// A name unique to this process and moment, for leases and temporary keys.
 fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()
@@ -248,4 +244,46 @@ fn gc_ref_content(name: &str, child: &Digest) -> (String, String) {
         format!("containerd.io/gc.ref.content.{name}"),
         child.to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_says_containerd_stopped_answering() {
+        let socket = Path::new("/run/c.sock");
+        let e = status_error(
+            socket,
+            "writing content x",
+            &tonic::Status::unavailable("connection reset"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "containerd at /run/c.sock stopped answering while writing content x (connection reset): check that containerd runs, then start the workspace again"
+        );
+        let e = status_error(
+            socket,
+            "preparing snapshot k",
+            &tonic::Status::failed_precondition("parent does not exist"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "containerd at /run/c.sock refused preparing snapshot k: parent does not exist"
+        );
+    }
+
+    #[test]
+    fn too_old_and_down_name_the_socket_and_the_way_out() {
+        let e = ContainerdError::TooOld {
+            socket: "/run/c.sock".into(),
+            version: "1.5.18".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("containerd 1.5.18 at /run/c.sock is too old"),
+            "{text}"
+        );
+        assert!(text.contains("CVMD_IMAGE_BACKEND=native"), "{text}");
+    }
 }

@@ -305,33 +305,30 @@ impl Containerd {
                 size: layer.size,
                 resumed_from: 0,
             });
-            let blob = client.get_blob(reference, digest, 0).await?;
-            let host = blob.host.clone();
-            let what = format!("blob {digest} of {reference}");
-            let body = blob.response.bytes_stream().map(move |chunk| {
-                chunk.map_err(|e| {
-                    ContainerdError::Registry(RegistryError::Transfer {
-                        what: what.clone(),
-                        why: format!("{host}: {}", crate::registry::client::describe(&e)),
-                    })
-                })
-            });
-            let on_bytes = |done| {
-                progress.event(PullEvent::LayerProgress {
-                    digest: digest.clone(),
-                    done,
-                    total: layer.size,
-                })
-            };
-            self.write(
-                lease,
-                digest,
-                layer.size,
-                HashMap::new(),
-                Box::pin(body),
-                &on_bytes,
-            )
-            .await?;
+            // A cut download starts over: containerd's ingest was aborted,
+            // and the blob is small next to what resuming would save here.
+            let policy = client.retry_policy();
+            let mut attempt = 1;
+            loop {
+                match self
+                    .stream_blob(lease, client, reference, layer, progress)
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(ContainerdError::Registry(e))
+                        if e.is_transient() && attempt < policy.attempts =>
+                    {
+                        progress.event(PullEvent::LayerRetry {
+                            digest: digest.clone(),
+                            attempt,
+                            error: e.to_string(),
+                        });
+                        tokio::time::sleep(policy.delay(attempt)).await;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         progress.event(PullEvent::LayerDone {
             digest: digest.clone(),
@@ -339,6 +336,44 @@ impl Containerd {
             cached: false,
         });
         Ok(())
+    }
+
+    async fn stream_blob(
+        &self,
+        lease: &str,
+        client: &RegistryClient,
+        reference: &Reference,
+        layer: &Layer,
+        progress: &dyn ProgressSink,
+    ) -> Result<(), ContainerdError> {
+        let digest = &layer.digest;
+        let blob = client.get_blob(reference, digest, 0).await?;
+        let host = blob.host.clone();
+        let what = format!("blob {digest} of {reference}");
+        let body = blob.response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| {
+                ContainerdError::Registry(RegistryError::Transfer {
+                    what: what.clone(),
+                    why: format!("{host}: {}", crate::registry::client::describe(&e)),
+                })
+            })
+        });
+        let on_bytes = |done| {
+            progress.event(PullEvent::LayerProgress {
+                digest: digest.clone(),
+                done,
+                total: layer.size,
+            })
+        };
+        self.write(
+            lease,
+            digest,
+            layer.size,
+            HashMap::new(),
+            Box::pin(body),
+            &on_bytes,
+        )
+        .await
     }
 
     /// Applies one layer on its parent's snapshot and commits it as its
