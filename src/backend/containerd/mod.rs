@@ -6,10 +6,12 @@
 //! 1.6 (Debian 12's) has no transfer service to hand them to anyway.
 
 mod content;
+mod fetch;
 mod ids;
 mod mounts;
 mod pull;
 mod snapshot;
+mod unpack;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -10,14 +10,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::images_client::ImagesClient;
-use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::{
-    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
-};
 use containerd_client::services::v1::{
-    ApplyRequest, CreateImageRequest, GetImageRequest, Image, UpdateImageRequest,
+    CreateImageRequest, GetImageRequest, Image, UpdateImageRequest,
 };
 use containerd_client::tonic::Code;
 use containerd_client::types::Descriptor;
@@ -28,7 +23,7 @@ use crate::config::Settings;
 use crate::digest::Digest;
 use crate::image::PullPolicy;
 use crate::pull::{ProgressSink, PullEvent};
-use crate::registry::manifest::{self, ImageManifest, Layer, Manifest, Platform};
+use crate::registry::manifest::{self, ImageManifest, Manifest, Platform};
 use crate::registry::{Reference, RegistryClient, RegistryError};
 
 /// An image ready in containerd.
@@ -165,7 +160,7 @@ impl Containerd {
         let started = Instant::now();
         let what = reference.to_string();
         let (manifest_digest, manifest_bytes, manifest) =
-            resolve(client, reference, &settings.platform).await?;
+            super::fetch::resolve(client, reference, &settings.platform).await?;
         let pinned = reference.with_digest(manifest_digest.clone());
         let config_digest = &manifest.config.digest;
         let config = match self.read_small(config_digest).await? {
@@ -289,182 +284,6 @@ impl Containerd {
         }
     }
 
-    /// Streams one layer blob from the registry into containerd.
-    async fn fetch_layer(
-        &self,
-        lease: &str,
-        client: &RegistryClient,
-        reference: &Reference,
-        layer: &Layer,
-        progress: &dyn ProgressSink,
-    ) -> Result<(), ContainerdError> {
-        let digest = &layer.digest;
-        if !self.has_content(digest).await? {
-            progress.event(PullEvent::LayerStarted {
-                digest: digest.clone(),
-                size: layer.size,
-                resumed_from: 0,
-            });
-            // A cut download starts over: containerd's ingest was aborted,
-            // and the blob is small next to what resuming would save here.
-            let policy = client.retry_policy();
-            let mut attempt = 1;
-            loop {
-                match self
-                    .stream_blob(lease, client, reference, layer, progress)
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(ContainerdError::Registry(e))
-                        if e.is_transient() && attempt < policy.attempts =>
-                    {
-                        progress.event(PullEvent::LayerRetry {
-                            digest: digest.clone(),
-                            attempt,
-                            error: e.to_string(),
-                        });
-                        tokio::time::sleep(policy.delay(attempt)).await;
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        progress.event(PullEvent::LayerDone {
-            digest: digest.clone(),
-            size: layer.size,
-            cached: false,
-        });
-        Ok(())
-    }
-
-    async fn stream_blob(
-        &self,
-        lease: &str,
-        client: &RegistryClient,
-        reference: &Reference,
-        layer: &Layer,
-        progress: &dyn ProgressSink,
-    ) -> Result<(), ContainerdError> {
-        let digest = &layer.digest;
-        let blob = client.get_blob(reference, digest, 0).await?;
-        let host = blob.host.clone();
-        let what = format!("blob {digest} of {reference}");
-        let body = blob.response.bytes_stream().map(move |chunk| {
-            chunk.map_err(|e| {
-                ContainerdError::Registry(RegistryError::Transfer {
-                    what: what.clone(),
-                    why: format!("{host}: {}", crate::registry::client::describe(&e)),
-                })
-            })
-        });
-        let on_bytes = |done| {
-            progress.event(PullEvent::LayerProgress {
-                digest: digest.clone(),
-                done,
-                total: layer.size,
-            })
-        };
-        self.write(
-            lease,
-            digest,
-            layer.size,
-            HashMap::new(),
-            Box::pin(body),
-            &on_bytes,
-        )
-        .await
-    }
-
-    /// Applies one layer on its parent's snapshot and commits it as its
-    /// chain ID, checking the diff ID containerd computed.
-    async fn unpack_layer(
-        &self,
-        lease: &str,
-        parent: &str,
-        chain: &Digest,
-        layer: &Layer,
-        diff_id: &Digest,
-    ) -> Result<(), ContainerdError> {
-        let key = super::unique(&format!("cvmd-extract-{}", chain.hex()));
-        let what = format!("unpacking layer {}", layer.digest);
-        let request = PrepareSnapshotRequest {
-            snapshotter: SNAPSHOTTER.into(),
-            key: key.clone(),
-            parent: parent.to_string(),
-            labels: HashMap::new(),
-        };
-        let mounts = SnapshotsClient::new(self.channel.clone())
-            .prepare(self.req(request, Some(lease)))
-            .await
-            .map_err(self.failed(&what))?
-            .into_inner()
-            .mounts;
-        let applied = self.apply(lease, layer, mounts, &what).await;
-        let applied = match applied {
-            Ok(d) if d == diff_id.to_string() => Ok(()),
-            Ok(actual) => Err(ContainerdError::DiffIdMismatch {
-                what: what.clone(),
-                expected: diff_id.to_string(),
-                actual,
-            }),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = applied {
-            self.remove_snapshot(&key).await.ok();
-            return Err(e);
-        }
-        let request = CommitSnapshotRequest {
-            snapshotter: SNAPSHOTTER.into(),
-            name: chain.to_string(),
-            key: key.clone(),
-            labels: HashMap::new(),
-        };
-        match SnapshotsClient::new(self.channel.clone())
-            .commit(self.req(request, Some(lease)))
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Another pull committed the same chain first: theirs is as good.
-            Err(s) if s.code() == Code::AlreadyExists => {
-                self.remove_snapshot(&key).await.ok();
-                Ok(())
-            }
-            Err(s) => {
-                let e = self.failed(&what)(s);
-                self.remove_snapshot(&key).await.ok();
-                Err(e)
-            }
-        }
-    }
-
-    async fn apply(
-        &self,
-        lease: &str,
-        layer: &Layer,
-        mounts: Vec<containerd_client::types::Mount>,
-        what: &str,
-    ) -> Result<String, ContainerdError> {
-        let request = ApplyRequest {
-            diff: Some(Descriptor {
-                media_type: layer.media_type.clone(),
-                digest: layer.digest.to_string(),
-                size: layer.size as i64,
-                annotations: HashMap::new(),
-            }),
-            mounts,
-            payloads: HashMap::new(),
-            sync_fs: false,
-        };
-        let applied = DiffClient::new(self.channel.clone())
-            .apply(self.req(request, Some(lease)))
-            .await
-            .map_err(self.failed(what))?
-            .into_inner()
-            .applied;
-        Ok(applied.map(|d| d.digest).unwrap_or_default())
-    }
-
     /// Creates the image record, or points an existing one at `target`.
     async fn record_image(&self, name: &str, target: Descriptor) -> Result<(), ContainerdError> {
         let image = Image {
@@ -499,84 +318,6 @@ impl Containerd {
             Err(s) => Err(self.failed(&what)(s)),
         }
     }
-
-    pub(super) async fn has_snapshot(&self, key: &str) -> Result<bool, ContainerdError> {
-        let request = StatSnapshotRequest {
-            snapshotter: SNAPSHOTTER.into(),
-            key: key.to_string(),
-        };
-        match SnapshotsClient::new(self.channel.clone())
-            .stat(self.req(request, None))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(self.failed(&format!("looking up snapshot {key}"))(s)),
-        }
-    }
-
-    /// Removes a snapshot; one that is not there is fine.
-    pub(super) async fn remove_snapshot(&self, key: &str) -> Result<(), ContainerdError> {
-        let request = RemoveSnapshotRequest {
-            snapshotter: SNAPSHOTTER.into(),
-            key: key.to_string(),
-        };
-        match SnapshotsClient::new(self.channel.clone())
-            .remove(self.req(request, None))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(self.failed(&format!("removing snapshot {key}"))(s)),
-        }
-    }
-}
-
-/// The platform's manifest of `reference` from its registry: digest, the
-/// bytes as sent (containerd stores them under that digest) and parsed.
-async fn resolve(
-    client: &RegistryClient,
-    reference: &Reference,
-    platform: &Platform,
-) -> Result<(Digest, Bytes, ImageManifest), ContainerdError> {
-    let what = reference.to_string();
-    let raw = client
-        .get_manifest(reference, &reference.manifest_key())
-        .await?;
-    if let Some(pinned) = &reference.digest {
-        check_digest(&raw.digest, pinned, &what)?;
-    }
-    match manifest::parse(&raw.bytes, raw.media_type.as_deref(), &what)? {
-        Manifest::Image(m) => Ok((raw.digest, raw.bytes, m)),
-        Manifest::Index(entries) => {
-            let entry = manifest::select_platform(&entries, platform, &what)?;
-            let what = format!("{what} ({platform})");
-            let child_ref = reference.with_digest(entry.digest.clone());
-            let child = client
-                .get_manifest(&child_ref, &entry.digest.to_string())
-                .await?;
-            check_digest(&child.digest, &entry.digest, &what)?;
-            match manifest::parse(&child.bytes, child.media_type.as_deref(), &what)? {
-                Manifest::Image(m) => Ok((child.digest, child.bytes, m)),
-                Manifest::Index(_) => Err(RegistryError::Invalid {
-                    what,
-                    why: "an index entry points at another index".into(),
-                }
-                .into()),
-            }
-        }
-    }
-}
-
-fn check_digest(actual: &Digest, expected: &Digest, what: &str) -> Result<(), RegistryError> {
-    if actual == expected {
-        return Ok(());
-    }
-    Err(RegistryError::DigestMismatch {
-        what: format!("manifest of {what}"),
-        expected: expected.clone(),
-        actual: actual.clone(),
-    })
 }
 
 fn parse_digest(s: &str, name: &str) -> Result<Digest, ContainerdError> {
