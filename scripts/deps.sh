@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages cvmd's demo, tests and benchmark use.
+# Installs the Debian packages cvmd's build, demo, tests and benchmark use
+# (protobuf-compiler: protoc, which containerd-client's build script needs).
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 # iptables, iproute2: the workspace network; python3: the fake sysbox daemons
 # of tests/launch; util-linux: unshare and nsenter.
-pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time iptables iproute2 python3 util-linux)
+pkgs=(protobuf-compiler docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time iptables iproute2 python3 util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

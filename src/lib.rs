@@ -1,6 +1,7 @@
 //! cvmd: the supervisor of a container-based virtual machine workspace.
 //! See DESIGN.md for the data path; each stage is a module here.
 
+pub mod backend;
 pub mod bundle;
 pub mod cli;
 pub mod config;

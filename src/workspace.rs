@@ -21,10 +21,8 @@ use crate::launch;
 use crate::network;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
-use crate::rootfs::{self, Request};
+use crate::rootfs;
 use crate::runtime::{ContainerIo, Runtime};
-use crate::store::lease::Lease;
-use crate::store::ContentStore;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::signals::{self, StopPolicy};
 
@@ -50,6 +48,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         .as_deref()
         .context("no workspace image: set CVMD_IMAGE (or CODER_INNER_IMAGE)")?;
     let reference: Reference = image.parse()?;
+    // Listening from the start: PID 1 ignores signals it has no handler
+    // for, and a stop asked for during a long pull must be honoured.
+    let mut signals = signals::listen()?;
     // Before anything is downloaded: a host that cannot run the workspace
     // says why at once, with the fixes.
     let t = Instant::now();
@@ -62,12 +63,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&ws_dir)
         .with_context(|| format!("workspace state dir {}", ws_dir.display()))?;
 
-    // Listening from the start: PID 1 ignores signals it has no handler
-    // for, and a stop asked for during a long pull must be honoured.
-    let mut signals = signals::listen()?;
     let t = Instant::now();
+    let backend = crate::backend::Backend::select(settings).await?;
     let ready = tokio::select! {
-        ready = crate::image::ensure(settings, &reference, settings.pull_policy, &PlainLines) => ready?,
+        ready = backend.ensure(settings, &reference, settings.pull_policy, &PlainLines) => ready?,
         signal = stop_requested(&mut signals) => {
             tracing::info!(signal, "stop requested before the workspace booted");
             return Ok(128 + signal);
@@ -76,38 +75,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
     timeline.time("image", t, ());
 
     let t = Instant::now();
-    let layers = crate::store::layers::LayerCache::open(&settings.cache_dir)?;
-    let diff_ids: Vec<_> = ready
-        .record
-        .layers
-        .iter()
-        .map(|l| l.diff_id.clone())
-        .collect();
     let target = ws_dir.join("rootfs");
-    let _lease = Lease::acquire(
-        &settings.cache_dir,
-        &settings.workspace,
-        &ready.record.reference,
-        &diff_ids,
-        Some(&target),
-    )?;
-    let idmap = idmap_for(settings.idmap, &settings.cache_dir, &settings.workspace).await?;
-    // A crashed earlier run may have left its mount.
-    rootfs::teardown(&target)?;
-    let assembled = rootfs::assemble(&Request {
-        layers: diff_ids.iter().map(|d| layers.tree(d)).collect(),
-        workspace_dir: ws_dir.join("disk"),
-        target: target.clone(),
-        mode: settings.rootfs_mode,
-        idmap,
-        reset: false,
-    })?;
-    tracing::info!(mode = ?assembled.mode, idmap = ?assembled.idmap_mode, "rootfs ready");
+    let rootfs = backend
+        .mount_rootfs(settings, &ready, &ws_dir, &target)
+        .await?;
+    let idmap = rootfs.idmap;
     timeline.time("rootfs", t, ());
 
     let result = boot(
         settings,
-        &ready.record,
+        &ready,
         &ws_dir,
         &target,
         idmap,
@@ -116,15 +93,15 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
     )
     .await;
     launch::mounts::teardown(&ws_dir.join("mounts"));
-    if let Err(e) = rootfs::teardown(&target) {
-        tracing::warn!(error = %e, "cannot unmount the workspace rootfs");
+    if let Err(e) = backend.release(rootfs).await {
+        tracing::warn!(error = %e, backend = backend.name(), "cannot release the workspace rootfs");
     }
     result
 }
 
 async fn boot(
     settings: &Settings,
-    record: &crate::store::images::ImageRecord,
+    image: &crate::backend::ReadyImage,
     ws_dir: &Path,
     rootfs_dir: &Path,
     idmap: Option<rootfs::IdMap>,
@@ -133,17 +110,13 @@ async fn boot(
 ) -> anyhow::Result<i32> {
     let t = Instant::now();
     let flavor = RuntimeFlavor::of_runtime(&settings.runtime);
-    let store = ContentStore::open(&settings.cache_dir)?;
-    let config: oci_spec::image::ImageConfiguration =
-        serde_json::from_slice(&store.read_blob(&record.config)?)
-            .with_context(|| format!("image config of {}", record.reference))?;
     let hostname = settings
         .hostname
         .clone()
         .unwrap_or_else(|| settings.workspace.clone());
     let host_files = host_files(ws_dir, &hostname)?;
-    let mut input = BundleInput::new(&record.reference, rootfs_dir, flavor);
-    input.image_run = ImageRun::from_oci(&config);
+    let mut input = BundleInput::new(&image.reference, rootfs_dir, flavor);
+    input.image_run = ImageRun::from_oci(&image.config);
     input.overrides = Overrides {
         command: settings.command.clone(),
         user: settings.user.clone(),
