@@ -67,6 +67,8 @@ fn cvmd_run(ctd: &PrivateContainerd, state: &Path, registry: &str, reference: &s
         .args(["--insecure-registries", registry])
         .args(["--image", reference, "--workspace", &workspace_name(state)])
         .args(["--log-format", "text", "--log-level", "info"])
+        // In the host netns, in parallel: a veth each would collide.
+        .args(["--network", "none"])
         .args(["--runtime", "runc", "--image-backend", "containerd"])
         .arg("--containerd-socket")
         .arg(ctd.socket())
@@ -350,7 +352,14 @@ fn containerd_down_is_one_line_and_auto_without_a_socket_is_native_and_quiet() {
             .args(["--insecure-registries", &reg.host()])
             .args(["--image", &reference])
             .args(["--workspace", &workspace_name(state.path())])
-            .args(["--log-format", "text", "--runtime", "runc"])
+            .args([
+                "--log-format",
+                "text",
+                "--runtime",
+                "runc",
+                "--network",
+                "none",
+            ])
             .args(["--image-backend", backend])
             .arg("--containerd-socket")
             .arg(&missing)
