@@ -2,7 +2,8 @@
 # Installs the Debian packages cvmd's demo, tests and benchmark use.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
-pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time)
+pkgs=(docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time
+  python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,3 +17,14 @@ fi
 # The packaged registry service would hold port 5000 with its own config;
 # our demo and tests start private instances instead.
 systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+
+# kubernetes-validate checks deploy/kubernetes/ against the Kubernetes API
+# schemas it ships (no network at validation time); tests/manifests.rs runs
+# it. Pinned, in its own venv, with Debian's python3.
+venv=${CVMD_TOOLS_VENV:-/opt/cvmd-tools/venv}
+kv_version=1.37.0
+if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$kv_version"; then
+  echo "installing kubernetes-validate $kv_version into $venv" >&2
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version"
+fi
