@@ -177,6 +177,26 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         );
         eprintln!("failed units:\n{}", String::from_utf8_lossy(&failed.stdout));
     }
+    // The image's masks (systemd/workspace/masked-units) are in force.
+    let masked = runc_at(
+        &runc,
+        &runtime_root,
+        &[
+            "exec",
+            &WORKSPACE,
+            "systemctl",
+            "is-enabled",
+            "sys-kernel-debug.mount",
+            "console-getty.service",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&masked.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["masked", "masked"],
+        "units the image masks are not masked"
+    );
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
