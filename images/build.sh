@@ -192,7 +192,12 @@ layer_tar() {
 }
 
 [[ -n $layout ]] || { layout=$(mktemp -d "${TMPDIR:-/tmp}/cvmd-oci.XXXXXX"); trap 'rm -rf "$layout"' EXIT; }
-[[ -f $layout/index.json ]] || { rm -rf "$layout"; umoci init --layout "$layout"; }
+if [[ ! -f $layout/index.json ]]; then
+  # Only ever into an empty or new dir: never remove what a user named.
+  [[ ! -e $layout ]] || rmdir "$layout" 2>/dev/null ||
+    die "--layout $layout exists and is not an OCI layout: name a new or empty dir"
+  umoci init --layout "$layout"
+fi
 
 for name in "${images[@]}"; do
   tar=$(layer_tar "$name")
