@@ -16,6 +16,8 @@ PHASE_TITLES = {
     "pull": "pull (content only, cold)",
     "unpack": "pull + unpack (cold)",
     "warm": "rootfs from a warm cache",
+    "start": "cvmd run (cold)",
+    "restart": "cvmd run (image present)",
 }
 LABELS = {
     ("pull", "cvmd"): "cvmd pull",
@@ -25,17 +27,25 @@ LABELS = {
     ("unpack", "cvmd"): "cvmd rootfs (cold)",
     ("warm", "ctr"): "ctr snapshots prepare + mount",
     ("warm", "cvmd"): "cvmd rootfs (warm)",
+    ("start", "native"): "cvmd run, native backend",
+    ("start", "containerd"): "cvmd run, containerd backend",
+    ("restart", "native"): "cvmd run, native (cached)",
+    ("restart", "containerd"): "cvmd run, containerd (has it)",
 }
 # Ratios printed per phase: (numerator tool, denominator tool); < 1 means the first is faster.
 RATIOS = {
     "pull": [("cvmd", "skopeo")],
     "unpack": [("cvmd", "umoci"), ("cvmd", "ctr"), ("umoci", "ctr")],
     "warm": [("cvmd", "ctr")],
+    "start": [("containerd", "native")],
+    "restart": [("containerd", "native")],
 }
 RSS_NOTES = {
     ("unpack", "ctr"): "containerd daemon's peak (fresh daemon per run)",
     ("warm", "ctr"): "ctr client (the daemon does the work)",
     ("unpack", "umoci"): "max of skopeo and umoci",
+    ("start", "containerd"): "cvmd only (containerd unpacks)",
+    ("restart", "containerd"): "cvmd only",
 }
 
 

@@ -20,6 +20,10 @@
 #           (private containerd, overlayfs snapshotter)  vs  cvmd rootfs
 #   warm    everything cached, make a rootfs: ctr snapshots prepare of the
 #           image's chain ID + its mount  vs  cvmd rootfs
+#   start   `cvmd run` of a workspace that exits at once (busybox-static
+#           bound in as its command, under runc), cold: native backend
+#           (empty cache) vs containerd backend (fresh private containerd)
+#   restart the same with the image already there (node cache / containerd)
 #
 # Adding a tool or phase: define PHASE_TOOL_run (timed; wrap each process in
 # `timed` so its peak RSS is kept), and optionally PHASE_TOOL_available
@@ -70,6 +74,7 @@ WORK=$(mktemp -d "$CACHE/work.XXXXXX")
 mkdir -p "$WORK/tmp" "$WORK/logs"
 export TMPDIR=$WORK/tmp        # nothing goes to /tmp
 RESULTS=$WORK/results.tsv
+RSS_FILE=$WORK/rss  # timed runs outside a measured run (setups) write here
 : >"$RESULTS"
 REG_PID=
 CTRD_PID=
@@ -296,11 +301,44 @@ warm_cvmd_run() { timed_cvmd "$WARM_CACHE" rootfs "$REF" "$R/rootfs"; }
 warm_cvmd_check() { unpack_cvmd_check "$@"; }
 warm_cvmd_cleanup() { unpack_cvmd_cleanup; }
 
-PHASES=(pull unpack warm)
+# --- start / restart: `cvmd run` end to end with each image backend. The
+# bench images hold no programs: busybox-static is bound in as the command.
+cvmd_run_with() {  # cvmd_run_with CACHE_DIR STATE_DIR BACKEND: timed
+  timed "$CVMD" --cache-dir "$1" --state-dir "$2" --insecure-registries "$REG" \
+    --log-level warn --log-format text --image "$REF" --workspace "bench-$$-$SEQ" \
+    --runtime runc --image-backend "$3" --containerd-socket "$SOCK" --containerd-namespace bench \
+    --mounts /bin/busybox:/busybox:ro --command "/busybox true" run
+}
+cvmd_run_available() { [[ -x /bin/busybox ]] && command -v runc >/dev/null; }
+start_native_available() { cvmd_run_available; }
+start_native_run() { cvmd_run_with "$R/cvmd-cache" "$R/state" native; }
+start_containerd_available() { cvmd_run_available; }
+start_containerd_prepare() { reset_containerd; }
+start_containerd_run() { cvmd_run_with "$R/cvmd-cache" "$R/state" containerd; }
+start_containerd_check() {
+  "${CTR[@]}" images ls -q | grep -qxF "$REF" || { echo "the image is not in containerd" >&2; return 1; }
+}
+
+restart_native_available() { cvmd_run_available; }
+restart_native_setup() {
+  RESTART_CACHE=$WORK/cvmd-restart-$1
+  SEQ=$((SEQ + 1)); cvmd_run_with "$RESTART_CACHE" "$WORK/restart-state-$SEQ" native >"$WORK/logs/$1-restart-native-setup.log" 2>&1
+}
+restart_native_run() { cvmd_run_with "$RESTART_CACHE" "$R/state" native; }
+restart_containerd_available() { cvmd_run_available; }
+restart_containerd_setup() {
+  reset_containerd
+  SEQ=$((SEQ + 1)); cvmd_run_with "$WORK/restart-unused-$SEQ" "$WORK/restart-state-$SEQ" containerd >"$WORK/logs/$1-restart-containerd-setup.log" 2>&1
+}
+restart_containerd_run() { cvmd_run_with "$R/cvmd-cache" "$R/state" containerd; }
+
+PHASES=(pull unpack warm start restart)
 declare -A PHASE_TOOLS=(
   [pull]="cvmd skopeo"
   [unpack]="umoci ctr cvmd"
   [warm]="ctr cvmd"
+  [start]="native containerd"
+  [restart]="native containerd"
 )
 declare -A TOOL_LABEL=(
   [pull_cvmd]="cvmd pull --no-unpack"
@@ -310,6 +348,10 @@ declare -A TOOL_LABEL=(
   [unpack_cvmd]="cvmd rootfs (cold)"
   [warm_ctr]="ctr snapshots prepare + mount"
   [warm_cvmd]="cvmd rootfs (warm)"
+  [start_native]="cvmd run, native backend"
+  [start_containerd]="cvmd run, containerd backend"
+  [restart_native]="cvmd run, native (cached)"
+  [restart_containerd]="cvmd run, containerd (has it)"
 )
 
 # ------------------------------------------------------------- measuring
@@ -333,7 +375,7 @@ measure_phase() {
   for tool in ${PHASE_TOOLS[$phase]}; do
     base=${phase}_${tool}
     if has_fn "${base}_available" && ! "${base}_available"; then
-      note "$(printf '%-32s not yet available (cvmd rootfs --help fails); skipped' "${TOOL_LABEL[$base]}")"
+      note "$(printf '%-32s not available (needs cvmd rootfs, or busybox-static and runc for cvmd run); skipped' "${TOOL_LABEL[$base]}")"
       result "$img" "$phase" "$tool" 0 NA NA
     elif has_fn "${base}_setup" && ! "${base}_setup" "$img"; then
       note "${TOOL_LABEL[$base]}: setup failed; skipped"

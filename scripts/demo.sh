@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# cvmd's main job on this machine: start a local registry, build a small
-# busybox image on the spot, push it, and `cvmd pull` it into a cache.
+# cvmd's main job on this machine, end to end: build cvmd, start a local
+# registry, build the example systemd workspace image (images/build.sh)
+# and push it there, boot it with `cvmd run` under runc (standing in for
+# sysbox-runc), wait until systemd says it is up, then stop cvmd with
+# SIGTERM as Kubernetes would and show that it exits 0 and leaves nothing
+# mounted. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -8,11 +12,23 @@ cargo build --release --locked --bins
 
 work=$(mktemp -d /tmp/cvmd-demo.XXXXXX)
 port=${CVMD_DEMO_PORT:-5055}
-cvmd=./target/release/cvmd
+cvmd=$PWD/target/release/cvmd
+runc=$(command -v runc)
+ws=demo-$$
+runtime_root=$work/state/runtime
+# Where cvmctl finds this cvmd (the control API's socket setting).
+export CVMD_SOCKET=$work/cvmd.sock
+
+mounted_under() { awk -v d="$work" 'index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo; }
 cleanup() {
-  "$cvmd" --cache-dir "$work/cache" rootfs --unmount "$work/rootfs" >/dev/null 2>&1 || true
-  [[ -n "${reg_pid:-}" ]] && kill "$reg_pid" 2>/dev/null
-  rm -rf "$work"
+  if [[ -n ${cvmd_pid:-} ]] && kill -0 "$cvmd_pid" 2>/dev/null; then
+    kill -TERM "$cvmd_pid"; wait "$cvmd_pid" 2>/dev/null || true
+  fi
+  "$runc" --root "$runtime_root" delete --force "$ws" >/dev/null 2>&1 || true
+  [[ -n ${reg_pid:-} ]] && kill "$reg_pid" 2>/dev/null
+  # Never remove the dir through a mount left inside it.
+  for m in $(mounted_under | sort -r); do umount -l "$m" 2>/dev/null || true; done
+  [[ -z $(mounted_under) ]] && rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -26,21 +42,50 @@ YML
 reg_pid=$!
 for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
 
-# A one-layer busybox image, built with umoci (our own, well-formed input).
-umoci init --layout "$work/oci" >/dev/null
-umoci new --image "$work/oci:demo" >/dev/null
-umoci unpack --rootless --image "$work/oci:demo" "$work/bundle" >/dev/null
-mkdir -p "$work/bundle/rootfs/bin"
-cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
-for app in sh ls cat echo sleep; do ln -s busybox "$work/bundle/rootfs/bin/$app"; done
-umoci repack --image "$work/oci:demo" "$work/bundle" >/dev/null
-umoci config --image "$work/oci:demo" --config.cmd /bin/sh >/dev/null
-skopeo copy -q --dest-tls-verify=false "oci:$work/oci:demo" "docker://127.0.0.1:$port/demo/busybox:latest"
+echo "== images/build.sh systemd (debootstrap'd Debian + systemd; cached in /var/cache/cvmd-images after the first run)"
+image=$(bash images/build.sh --push "127.0.0.1:$port/examples" --insecure systemd)
+echo "pushed $image"
 
-common=(--insecure-registries "127.0.0.1:$port" --cache-dir "$work/cache" --state-dir "$work/state")
-image="127.0.0.1:$port/demo/busybox:latest"
-echo "== cvmd pull (cold: download, verify, unpack into the layer cache)"
-"$cvmd" "${common[@]}" pull "$image"
-echo "== cvmd rootfs (warm: everything cached, an overlay mount)"
-"$cvmd" "${common[@]}" rootfs "$image" "$work/rootfs"
-ls "$work/rootfs/bin"
+echo "== cvmd run (pull into the node cache, rootfs, OCI bundle, runc create/start, supervise)"
+t0=$EPOCHREALTIME
+"$cvmd" --image "$image" --insecure-registries "127.0.0.1:$port" \
+  --cache-dir "$work/cache" --state-dir "$work/state" --workspace "$ws" \
+  --runtime runc --log-format text run >"$work/cvmd.log" 2>&1 &
+cvmd_pid=$!
+
+state=
+for _ in $(seq 300); do
+  kill -0 "$cvmd_pid" 2>/dev/null || { cat "$work/cvmd.log"; echo "cvmd exited early" >&2; exit 1; }
+  state=$("$runc" --root "$runtime_root" exec "$ws" systemctl is-system-running 2>/dev/null || true)
+  [[ $state == running || $state == degraded ]] && break
+  sleep 0.2
+done
+[[ $state == running || $state == degraded ]] || {
+  cat "$work/cvmd.log"; echo "systemd did not come up (last: '$state')" >&2; exit 1; }
+awk -v s="$state" -v a="$t0" -v b="$EPOCHREALTIME" \
+  'BEGIN { printf "systemd in the workspace is %s, %.1f s after cvmd started\n", s, b - a }'
+"$runc" --root "$runtime_root" exec "$ws" sh -c 'echo "inside: $(hostname), PID 1 is $(cat /proc/1/comm)"'
+
+# ---- cvmctl status --------------------------------------------------------
+# The control API's view of this workspace goes here once `cvmctl status`
+# exists (it reaches cvmd through CVMD_SOCKET, exported above):
+#   ./target/release/cvmctl status
+# ---------------------------------------------------------------------------
+
+echo "== SIGTERM to cvmd (what the kubelet sends): stop signal SIGRTMIN+3 to systemd, then delete and unmount"
+kill -TERM "$cvmd_pid"
+set +e
+wait "$cvmd_pid"
+code=$?
+set -e
+cvmd_pid=
+grep -E "stop|ended|exit" "$work/cvmd.log" | tail -n 4 || true
+echo "cvmd exited with $code"
+left=$(mounted_under)
+listed=$("$runc" --root "$runtime_root" list -q 2>/dev/null || true)
+if [[ $code != 0 || -n $left || -n $listed ]]; then
+  cat "$work/cvmd.log"
+  echo "demo failed: exit $code; mounts left: ${left:-none}; runc still lists: ${listed:-none}" >&2
+  exit 1
+fi
+echo "nothing left mounted, no container left: demo OK"

@@ -32,6 +32,9 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "insecure_registries", env: "CVMD_INSECURE_REGISTRIES", envbox: None, default: None, help: "registries (host[:port], comma-separated) reached over plain HTTP" },
     Spec { key: "mirrors", env: "CVMD_MIRRORS", envbox: None, default: None, help: "registry mirrors tried in order before the origin: REGISTRY=MIRROR[,REGISTRY=MIRROR...]" },
     Spec { key: "platform", env: "CVMD_PLATFORM", envbox: None, default: None, help: "os/arch[/variant] to pick from multi-platform images [default: this machine's]" },
+    Spec { key: "image_backend", env: "CVMD_IMAGE_BACKEND", envbox: None, default: Some("native"), help: "where images come from: native (cvmd's registry client and layer cache), containerd (the node's containerd, through its socket), or auto (containerd when its socket is present and answers, else native)" },
+    Spec { key: "containerd_socket", env: "CVMD_CONTAINERD_SOCKET", envbox: None, default: Some("/run/containerd/containerd.sock"), help: "containerd's gRPC socket, for the containerd image backend" },
+    Spec { key: "containerd_namespace", env: "CVMD_CONTAINERD_NAMESPACE", envbox: None, default: Some("cvmd"), help: "containerd namespace that holds cvmd's images, snapshots and leases" },
     Spec { key: "pull_policy", env: "CVMD_PULL_POLICY", envbox: None, default: Some("IfNotPresent"), help: "when to ask the registry before starting: Always, IfNotPresent (start from the node cache when it has the image), Never" },
     Spec { key: "pull_concurrency", env: "CVMD_PULL_CONCURRENCY", envbox: None, default: Some("4"), help: "layers downloaded at once (1-64)" },
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
@@ -115,6 +118,9 @@ pub struct Settings {
     pub insecure_registries: Vec<String>,
     pub mirrors: HashMap<String, Vec<String>>,
     pub platform: Platform,
+    pub image_backend: crate::backend::Choice,
+    pub containerd_socket: PathBuf,
+    pub containerd_namespace: String,
     pub pull_policy: crate::image::PullPolicy,
     pub pull_concurrency: usize,
     pub pull_retries: u32,
@@ -273,6 +279,18 @@ impl Settings {
         let platform = parse("platform", &|v| v.parse::<Platform>().map(|_| ()))
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(Platform::host);
+        let image_backend = parse("image_backend", &|v| {
+            v.parse::<crate::backend::Choice>().map(|_| ())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::backend::Choice::Native);
+        let containerd_socket = parse("containerd_socket", &absolute)
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let containerd_namespace = parse("containerd_namespace", &|v| {
+            crate::backend::containerd::check_namespace(v)
+        })
+        .unwrap_or_else(|| "cvmd".into());
         let pull_policy = parse("pull_policy", &|v| {
             v.parse::<crate::image::PullPolicy>().map(|_| ())
         })
@@ -448,6 +466,9 @@ impl Settings {
             insecure_registries,
             mirrors,
             platform,
+            image_backend,
+            containerd_socket,
+            containerd_namespace,
             pull_policy,
             pull_concurrency,
             pull_retries,
@@ -687,6 +708,12 @@ mod tests {
         assert_eq!(s.platform, Platform::host());
         assert_eq!(s.socket, PathBuf::from("/run/cvmd/cvmd.sock"));
         assert_eq!(s.admin_group, None);
+        assert_eq!(s.image_backend, crate::backend::Choice::Native);
+        assert_eq!(
+            s.containerd_socket,
+            PathBuf::from("/run/containerd/containerd.sock")
+        );
+        assert_eq!(s.containerd_namespace, "cvmd");
     }
 
     #[test]

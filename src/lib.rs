@@ -2,6 +2,7 @@
 //! See DESIGN.md for the data path; each stage is a module here.
 
 pub mod api;
+pub mod backend;
 pub mod bundle;
 pub mod cli;
 pub mod config;

@@ -20,10 +20,8 @@ use crate::launch;
 use crate::network;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
-use crate::rootfs::{self, Request};
+use crate::rootfs;
 use crate::runtime::{ContainerIo, Runtime};
-use crate::store::lease::Lease;
-use crate::store::ContentStore;
 use crate::supervisor::lifecycle::Phase;
 use crate::supervisor::logbook::{LogBook, Source};
 use crate::supervisor::reaper::Reaper;
@@ -88,69 +86,36 @@ async fn run_with(
 
     state.enter(Phase::Pull);
     state.set_image(&reference.to_string(), "");
+    let backend = crate::backend::Backend::select(settings).await?;
     let progress = Tee(state, &PlainLines);
     let ready = tokio::select! {
-        ready = crate::image::ensure(settings, &reference, settings.pull_policy, &progress) => ready?,
+        ready = backend.ensure(settings, &reference, settings.pull_policy, &progress) => ready?,
         signal = stop_requested(signals) => {
             tracing::info!(signal, "stop requested before the workspace booted");
             return Ok(128 + signal);
         }
     };
-    state.set_image(&ready.record.reference, &ready.record.manifest.to_string());
+    state.set_image(&ready.reference, &ready.digest.to_string());
 
     state.enter(Phase::Rootfs);
-    let layers = crate::store::layers::LayerCache::open(&settings.cache_dir)?;
-    let diff_ids: Vec<_> = ready
-        .record
-        .layers
-        .iter()
-        .map(|l| l.diff_id.clone())
-        .collect();
     let target = ws_dir.join("rootfs");
-    let _lease = Lease::acquire(
-        &settings.cache_dir,
-        &settings.workspace,
-        &ready.record.reference,
-        &diff_ids,
-        Some(&target),
-    )?;
-    let idmap = idmap_for(settings.idmap, &settings.cache_dir, &settings.workspace).await?;
-    // A crashed earlier run may have left its mount.
-    rootfs::teardown(&target)?;
-    let assembled = rootfs::assemble(&Request {
-        layers: diff_ids.iter().map(|d| layers.tree(d)).collect(),
-        workspace_dir: ws_dir.join("disk"),
-        target: target.clone(),
-        mode: settings.rootfs_mode,
-        idmap,
-        reset: false,
-    })?;
-    tracing::info!(mode = ?assembled.mode, idmap = ?assembled.idmap_mode, "rootfs ready");
-    state.set_rootfs(
-        rootfs_mode_name(assembled.mode),
-        idmap_mode_name(assembled.idmap_mode),
-    );
+    let rootfs = backend
+        .mount_rootfs(settings, &ready, &ws_dir, &target)
+        .await?;
+    let idmap = rootfs.idmap;
+    state.set_rootfs(rootfs.mode, rootfs.idmap_mode);
 
-    let result = boot(
-        settings,
-        &ready.record,
-        &ws_dir,
-        &target,
-        idmap,
-        signals,
-        state,
-    )
-    .await;
+    let result = boot(settings, &ready, &ws_dir, &target, idmap, signals, state).await;
     launch::mounts::teardown(&ws_dir.join("mounts"));
-    if let Err(e) = rootfs::teardown(&target) {
-        tracing::warn!(error = %e, "cannot unmount the workspace rootfs");
+    if let Err(e) = backend.release(rootfs).await {
+        tracing::warn!(error = %e, backend = backend.name(), "cannot release the workspace rootfs");
     }
     result
 }
 
 async fn boot(
     settings: &Settings,
-    record: &crate::store::images::ImageRecord,
+    image: &crate::backend::ReadyImage,
     ws_dir: &Path,
     rootfs_dir: &Path,
     idmap: Option<rootfs::IdMap>,
@@ -162,7 +127,7 @@ async fn boot(
     // Before the reaper starts: staging ID-mapped user mounts waits for its
     // own children. A restart reuses this bundle (same rootfs, same mounts).
     let bundle_dir = ws_dir.join("bundle");
-    let info = write_bundle(settings, record, ws_dir, rootfs_dir, idmap, &bundle_dir)?;
+    let info = write_bundle(settings, image, ws_dir, rootfs_dir, idmap, &bundle_dir)?;
     tracing::info!(init = info.init, verdict = ?info.init_verdict, args = ?info.args, "bundle written");
 
     let reaper = Reaper::start()?;
@@ -297,24 +262,20 @@ async fn boot(
 /// The OCI bundle for this boot, from the image config and the settings.
 fn write_bundle(
     settings: &Settings,
-    record: &crate::store::images::ImageRecord,
+    image: &crate::backend::ReadyImage,
     ws_dir: &Path,
     rootfs_dir: &Path,
     idmap: Option<rootfs::IdMap>,
     bundle_dir: &Path,
 ) -> anyhow::Result<bundle::BundleInfo> {
     let flavor = RuntimeFlavor::of_runtime(&settings.runtime);
-    let store = ContentStore::open(&settings.cache_dir)?;
-    let config: oci_spec::image::ImageConfiguration =
-        serde_json::from_slice(&store.read_blob(&record.config)?)
-            .with_context(|| format!("image config of {}", record.reference))?;
     let hostname = settings
         .hostname
         .clone()
         .unwrap_or_else(|| settings.workspace.clone());
     let host_files = host_files(ws_dir, &hostname)?;
-    let mut input = BundleInput::new(&record.reference, rootfs_dir, flavor);
-    input.image_run = ImageRun::from_oci(&config);
+    let mut input = BundleInput::new(&image.reference, rootfs_dir, flavor);
+    input.image_run = ImageRun::from_oci(&image.config);
     input.overrides = Overrides {
         command: settings.command.clone(),
         user: settings.user.clone(),
@@ -352,14 +313,14 @@ fn write_bundle(
     Ok(bundle::write_bundle(bundle_dir, &input)?)
 }
 
-fn rootfs_mode_name(mode: rootfs::Mode) -> &'static str {
+pub(crate) fn rootfs_mode_name(mode: rootfs::Mode) -> &'static str {
     match mode {
         rootfs::Mode::Overlay => "overlay",
         rootfs::Mode::Flat => "flat",
     }
 }
 
-fn idmap_mode_name(mode: rootfs::IdMapMode) -> &'static str {
+pub(crate) fn idmap_mode_name(mode: rootfs::IdMapMode) -> &'static str {
     match mode {
         rootfs::IdMapMode::None => "none",
         rootfs::IdMapMode::IdMappedMount => "idmapped-mount",

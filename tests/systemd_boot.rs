@@ -4,9 +4,13 @@
 //! image's stop signal (SIGRTMIN+3) well within the grace period, cvmd
 //! exits 0, and no mount, runtime container or cgroup is left behind.
 //!
-//! Needs root, runc, docker-registry and debootstrap with a reachable
-//! Debian mirror (the image is built once and cached, see
-//! `common::debootstrap`); skips with a reason otherwise.
+//! The image is the project's example systemd image, built by
+//! `images/build.sh` (debootstrap, umoci, skopeo; cached, see
+//! `common::debootstrap`), with its masked units and stop signal: what
+//! passes here is what users get.
+//!
+//! Needs root, runc, docker-registry and the build script's tools with a
+//! reachable Debian mirror; skips with a reason otherwise.
 
 mod common;
 mod layers_support;
@@ -101,16 +105,13 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         return;
     }
     let started = Instant::now();
-    let image = debootstrap::systemd_image();
-    eprintln!("image ready after {:?}", started.elapsed());
-
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let runtime_root = state.path().join("runtime");
     let reg = Registry::plain().unwrap();
-    let reference = push(&reg, "systemd/bookworm", "v1", &image);
-    drop(image);
-    eprintln!("pushed after {:?}", started.elapsed());
+    let reference =
+        debootstrap::build_and_push("systemd", &format!("{}/examples", reg.host()), None);
+    eprintln!("built and pushed after {:?}", started.elapsed());
 
     let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
     let mut child = Command::new(env!("CARGO_BIN_EXE_cvmd"))
@@ -179,6 +180,26 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         );
         eprintln!("failed units:\n{}", String::from_utf8_lossy(&failed.stdout));
     }
+    // The image's masks (systemd/workspace/masked-units) are in force.
+    let masked = runc_at(
+        &runc,
+        &runtime_root,
+        &[
+            "exec",
+            &WORKSPACE,
+            "systemctl",
+            "is-enabled",
+            "sys-kernel-debug.mount",
+            "console-getty.service",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&masked.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["masked", "masked"],
+        "units the image masks are not masked"
+    );
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()

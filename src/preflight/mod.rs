@@ -90,6 +90,12 @@ pub struct Options {
     pub add_fuse: bool,
     pub add_tun: bool,
     pub usr_lib_dir: Option<PathBuf>,
+    /// The daemons `cvmd run` starts (names or paths), so preflight
+    /// judges the same binaries.
+    pub sysbox_mgr: String,
+    pub sysbox_fs: String,
+    /// Where the daemons' sockets are: one that answers is already running.
+    pub sysbox_run_dir: PathBuf,
 }
 
 impl Options {
@@ -101,6 +107,9 @@ impl Options {
             add_fuse: s.add_fuse,
             add_tun: s.add_tun,
             // The dir `cvmd run` looks in (launch::gpu), so both agree.
+            sysbox_mgr: s.sysbox_mgr.clone(),
+            sysbox_fs: s.sysbox_fs.clone(),
+            sysbox_run_dir: s.sysbox_run_dir.clone(),
             usr_lib_dir: Some(
                 s.usr_lib_dir
                     .clone()

@@ -103,7 +103,9 @@ pub fn judge(caps: Option<Caps>, last_cap: usize) -> Check {
                 "privileged, but the bounding set lacks CAP_{} (the workspace cannot have them)",
                 bounded.join(", CAP_")
             ),
-            PRIVILEGED,
+            // Already privileged: asking for privileged again changes
+            // nothing; the node's container runtime or a policy drops them.
+            "nothing to do unless the workspace needs them: allow them in the node's container runtime or security policy",
         );
     }
     Check::ok(name, "privileged: every capability")

@@ -58,6 +58,10 @@ pub fn render(report: &Report, symbols: Symbols) -> String {
             report.runtime
         )
     });
+    if fails + warns > 0 {
+        // The cluster guide's requirement table is keyed by check name.
+        out.push_str("what each check requires of a node, per cloud: deploy/clusters/README.md\n");
+    }
     out
 }
 

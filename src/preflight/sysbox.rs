@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use super::{Check, Host, Options};
 
-/// Where the outer image installs binaries; PATH of a container's PID 1 is
-/// not to be trusted (Kubernetes sets a default one), so a fixed list.
+/// Where the outer image installs binaries, searched after PATH: PATH of a
+/// container's PID 1 is whatever the image or Kubernetes set, and may miss
+/// an sbin dir. The daemons themselves look up their tools on PATH.
 const BIN_DIRS: &[&str] = &[
     "/usr/local/sbin",
     "/usr/local/bin",
@@ -22,8 +23,10 @@ pub fn find(host: &dyn Host, name: &str) -> Option<PathBuf> {
         let p = host.path(name);
         return p.is_file().then_some(p);
     }
-    BIN_DIRS
-        .iter()
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .filter(|d| d.starts_with('/'))
+        .chain(BIN_DIRS.iter().copied())
         .map(|d| host.path(d).join(name))
         .find(|p| p.is_file())
 }
@@ -35,16 +38,27 @@ pub fn checks(host: &dyn Host, opts: &Options) -> Vec<Check> {
         "sysbox-runc"
     };
     [
-        ("sysbox-runc", runc_binary),
-        ("sysbox-mgr", "sysbox-mgr"),
-        ("sysbox-fs", "sysbox-fs"),
+        ("sysbox-runc", runc_binary, None),
+        ("sysbox-mgr", opts.sysbox_mgr.as_str(), Some("sysmgr.sock")),
+        ("sysbox-fs", opts.sysbox_fs.as_str(), Some("sysfs.sock")),
     ]
     .into_iter()
-    .map(|(name, binary)| {
+    .map(|(name, binary, socket)| {
         if !opts.sysbox() {
             return Check::skip(name, format!("not used: the runtime is {}", opts.runtime));
         }
         let found = find(host, binary);
+        // A daemon someone else started (the node, a sidecar) serves
+        // without its binary in this container; `cvmd run` leaves it be.
+        if let (None, Some(socket)) = (&found, socket) {
+            let socket = host.path(&opts.sysbox_run_dir.join(socket).to_string_lossy());
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return Check::ok(
+                    name,
+                    format!("already running: {} answers", socket.display()),
+                );
+            }
+        }
         let version = found.as_ref().map(|p| host.version(p));
         judge(name, binary, found, version)
     })
@@ -61,10 +75,20 @@ pub fn mgr_needs(host: &dyn Host, opts: &Options) -> Check {
     }
     let missing: Vec<&str> = ["rsync", "modprobe", "iptables"]
         .into_iter()
-        .filter(|t| find(host, t).is_none())
+        .filter(|t| find_on_path(host, t).is_none())
         .collect();
     let magic = host.fs_magic(&host.path(DATA_ROOT)).ok();
     judge_mgr_needs(&missing, magic)
+}
+
+/// A tool sysbox-mgr runs: only PATH counts, the daemon inherits cvmd's.
+fn find_on_path(host: &dyn Host, name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH")
+        .unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    path.split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| host.path(d).join(name))
+        .find(|p| p.is_file())
 }
 
 pub const DATA_ROOT: &str = "/var/lib/sysbox";
@@ -105,7 +129,7 @@ pub fn judge(
     match (found, version) {
         (None, _) => Check::fail(
             name,
-            format!("{binary} not found (looked in {})", BIN_DIRS.join(", ")),
+            format!("{binary} not found (looked on PATH and in {})", BIN_DIRS.join(", ")),
             "install Sysbox in the outer image (nestybox/sysbox releases), or set CVMD_RUNTIME=runc where Sysbox is absent",
         ),
         (Some(path), Ok(v)) => Check::ok(name, format!("{}: {v}", path.display())),

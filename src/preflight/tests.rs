@@ -97,6 +97,9 @@ fn opts(runtime: &str) -> Options {
         add_fuse: false,
         add_tun: false,
         usr_lib_dir: None,
+        sysbox_mgr: "sysbox-mgr".into(),
+        sysbox_fs: "sysbox-fs".into(),
+        sysbox_run_dir: "/run/sysbox".into(),
     }
 }
 

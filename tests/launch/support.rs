@@ -97,6 +97,9 @@ impl World {
             .args(["--insecure-registries", &cvmd.registry])
             .args(["--image", reference, "--workspace", &self.workspace()])
             .args(["--log-format", "text", "--log-level", "info"])
+            // These tests run in the host's netns, in parallel: a veth each
+            // would collide (tests/network.rs tests the network).
+            .args(["--network", "none"])
             .args(extra)
             .args(if extra.contains(&"--runtime") {
                 &[][..]

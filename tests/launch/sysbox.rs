@@ -28,6 +28,9 @@ fn serving_daemon(path: &Path, socket: &Path, pidfile: &Path, quit: &Path) -> Pa
         &format!(
             r#"#!/usr/bin/env python3
 import os, socket, sys, time
+if "--version" in sys.argv:
+    print("fake sysbox daemon\n\tversion: 0.0.0")
+    sys.exit(0)
 open({pidfile:?}, "w").write(str(os.getpid()))
 print("fake daemon: starting", file=sys.stderr, flush=True)
 s = socket.socket(socket.AF_UNIX)
@@ -196,6 +199,13 @@ fn launch_sysbox_mgr_exiting_at_once_names_the_cause() {
         &dir.path().join("sysbox-mgr"),
         "#!/bin/sh\necho 'sysbox-mgr: failed to set up the data root: overlayfs is not supported' >&2\nexit 1\n",
     );
+    // Never started: sysbox-mgr dies first. Present, so preflight passes.
+    let fs = serving_daemon(
+        &dir.path().join("sysbox-fs"),
+        &dir.path().join("run/sysfs.sock"),
+        &dir.path().join("fs.pid"),
+        &dir.path().join("fs.quit"),
+    );
     let reference = world.push("launch/sysbox-dies", &busybox_image(UNTIL_TERM));
     let mut cmd = world.cvmd(
         &reference,
@@ -205,7 +215,7 @@ fn launch_sysbox_mgr_exiting_at_once_names_the_cause() {
             "--sysbox-mgr",
             mgr.to_str().unwrap(),
             "--sysbox-fs",
-            "/nonexistent/sysbox-fs",
+            fs.to_str().unwrap(),
             "--sysbox-run-dir",
             dir.path().join("run").to_str().unwrap(),
         ],
@@ -244,10 +254,20 @@ fn launch_sysbox_without_its_tools_says_which() {
     let out = cmd.output().unwrap();
     let line = error_line(&out);
     assert!(
-        line.contains("lacks rsync, modprobe, iptables"),
+        // Preflight at start or the daemon start itself: either names them.
+        line.contains("rsync, modprobe, iptables"),
         "the missing tools are named: {line}"
     );
     world.assert_clean();
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -261,6 +281,8 @@ fn launch_sysbox_daemons_that_already_answer_are_left_alone() {
     std::fs::create_dir_all(&run_dir).unwrap();
     let (wrapper, path) = bin_dir(dir.path());
     // Node-level daemons, started by someone else (here: the test).
+    // Killed on every path, a failed assertion too: a daemon left running
+    // holds the test's stdout open and hangs whoever reads it.
     let mut others = Vec::new();
     for (name, sock) in [("mgr", "sysmgr.sock"), ("fs", "sysfs.sock")] {
         let d = serving_daemon(
@@ -269,7 +291,7 @@ fn launch_sysbox_daemons_that_already_answer_are_left_alone() {
             &dir.path().join(format!("{name}.pid")),
             &dir.path().join(format!("{name}.quit")),
         );
-        others.push(std::process::Command::new(d).spawn().unwrap());
+        others.push(KillOnDrop(std::process::Command::new(d).spawn().unwrap()));
     }
     assert!(crate::common::wait_until(Duration::from_secs(20), || {
         run_dir.join("sysmgr.sock").exists() && run_dir.join("sysfs.sock").exists()
@@ -293,10 +315,7 @@ fn launch_sysbox_daemons_that_already_answer_are_left_alone() {
     run.wait_for("workspace up", Duration::from_secs(60));
     run.terminate();
     let (status, log) = run.finish(Duration::from_secs(30));
-    for mut d in others {
-        let _ = d.kill();
-        let _ = d.wait();
-    }
+    drop(others);
     assert_eq!(status.code(), Some(0), "{log}");
     assert_eq!(log.matches("already running").count(), 2, "{log}");
     world.assert_clean();

@@ -1,0 +1,265 @@
+//! Where a workspace's image and rootfs come from, behind one interface:
+//! `native` (cvmd's own registry client, content store and layer cache) or
+//! `containerd` (the node's containerd: its content store, snapshots and
+//! differ, through its gRPC socket). `cvmd run` asks a [`Backend`] to make
+//! the image ready, to mount its rootfs, and to release both at the end.
+
+pub mod containerd;
+mod native;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::image::ImageConfiguration;
+
+use crate::config::Settings;
+use crate::digest::Digest;
+use crate::image::PullPolicy;
+use crate::pull::ProgressSink;
+use crate::registry::Reference;
+use crate::rootfs::IdMap;
+
+/// The `image_backend` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Native,
+    Containerd,
+    Auto,
+}
+
+impl FromStr for Choice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(Choice::Native),
+            "containerd" => Ok(Choice::Containerd),
+            "auto" => Ok(Choice::Auto),
+            _ => Err(format!("{s:?} is not one of native, containerd, auto")),
+        }
+    }
+}
+
+/// What to do about containerd, before asking it anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Native,
+    /// Use containerd; if it does not answer, fail (`required`) or fall
+    /// back to native.
+    Containerd {
+        required: bool,
+    },
+}
+
+/// `auto` looks only at the socket's presence first, so a machine without
+/// containerd pays one `stat` and logs nothing.
+pub fn plan(choice: Choice, socket_present: bool) -> Plan {
+    match choice {
+        Choice::Native => Plan::Native,
+        Choice::Containerd => Plan::Containerd { required: true },
+        Choice::Auto if socket_present => Plan::Containerd { required: false },
+        Choice::Auto => Plan::Native,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
+    #[error(transparent)]
+    Containerd(#[from] containerd::ContainerdError),
+    #[error("image config of {reference} is not valid: {why}")]
+    Config { reference: String, why: String },
+}
+
+/// An image ready to boot: its config read from the backend's store.
+#[derive(Debug, Clone)]
+pub struct ReadyImage {
+    /// The reference as asked for (normalised).
+    pub reference: String,
+    /// The manifest digest.
+    pub digest: Digest,
+    pub config: ImageConfiguration,
+    /// False when everything came from the backend's store without a
+    /// registry.
+    pub pulled: bool,
+    source: Source,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Native(crate::store::images::ImageRecord),
+    /// The chain ID of the top layer: the parent of the workspace snapshot.
+    Containerd {
+        chain_id: Option<Digest>,
+    },
+}
+
+/// A mounted workspace rootfs; hand it back to [`Backend::release`].
+pub struct Rootfs {
+    pub target: PathBuf,
+    pub idmap: Option<IdMap>,
+    /// How it was assembled, as Status reports it: overlay, flat or
+    /// containerd-snapshot; and none, idmapped-mount or chowned-copy.
+    pub mode: &'static str,
+    pub idmap_mode: &'static str,
+    hold: Hold,
+}
+
+enum Hold {
+    /// Keeps the layers from cvmd's gc while mounted.
+    Native(#[allow(dead_code)] crate::store::lease::Lease),
+    Containerd(containerd::WorkspaceSnapshot),
+}
+
+pub enum Backend {
+    Native,
+    Containerd(containerd::Containerd),
+}
+
+impl Backend {
+    /// The backend the settings ask for; `auto` falls back to native with
+    /// one warning when a containerd socket is present but does not answer.
+    pub async fn select(settings: &Settings) -> Result<Backend, BackendError> {
+        let socket = &settings.containerd_socket;
+        match plan(settings.image_backend, socket.exists()) {
+            Plan::Native => {
+                tracing::debug!(choice = ?settings.image_backend, "image backend: native");
+                Ok(Backend::Native)
+            }
+            Plan::Containerd { required } => {
+                match containerd::Containerd::connect(socket, &settings.containerd_namespace).await
+                {
+                    Ok(c) => {
+                        tracing::info!(socket = %socket.display(), version = %c.version(), namespace = %settings.containerd_namespace, "image backend: containerd");
+                        Ok(Backend::Containerd(c))
+                    }
+                    Err(e) if !required => {
+                        tracing::warn!(error = %e, "image backend auto: containerd does not answer, using cvmd's own");
+                        Ok(Backend::Native)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Containerd(_) => "containerd",
+        }
+    }
+
+    /// Makes `reference` ready according to `policy`, reporting progress.
+    pub async fn ensure(
+        &self,
+        settings: &Settings,
+        reference: &Reference,
+        policy: PullPolicy,
+        progress: &dyn ProgressSink,
+    ) -> Result<ReadyImage, BackendError> {
+        match self {
+            Backend::Native => native::ensure(settings, reference, policy, progress).await,
+            Backend::Containerd(c) => {
+                let settings = &Settings {
+                    pull_policy: policy,
+                    ..settings.clone()
+                };
+                let pulled = c.ensure(settings, reference, progress).await?;
+                Ok(ReadyImage {
+                    reference: reference.to_string(),
+                    digest: pulled.manifest_digest,
+                    config: parse_config(&pulled.config, &reference.to_string())?,
+                    pulled: pulled.pulled,
+                    source: Source::Containerd {
+                        chain_id: pulled.chain_id,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Mounts the workspace's rootfs of `image` at `target`; what a crashed
+    /// earlier run left there is removed first.
+    pub async fn mount_rootfs(
+        &self,
+        settings: &Settings,
+        image: &ReadyImage,
+        ws_dir: &Path,
+        target: &Path,
+    ) -> Result<Rootfs, BackendError> {
+        match (self, &image.source) {
+            (Backend::Native, Source::Native(record)) => {
+                native::mount_rootfs(settings, record, ws_dir, target).await
+            }
+            (Backend::Containerd(c), Source::Containerd { chain_id }) => {
+                if settings.idmap != crate::config::IdMapSetting::None {
+                    return Err(containerd::ContainerdError::IdMapUnsupported.into());
+                }
+                let snapshot = c
+                    .mount_workspace(&settings.workspace, chain_id.as_ref(), target)
+                    .await?;
+                Ok(Rootfs {
+                    target: target.to_path_buf(),
+                    idmap: None,
+                    mode: "containerd-snapshot",
+                    idmap_mode: "none",
+                    hold: Hold::Containerd(snapshot),
+                })
+            }
+            _ => unreachable!("an image is mounted by the backend that made it ready"),
+        }
+    }
+
+    /// Unmounts the rootfs and gives back what held it (cvmd's lease, or
+    /// containerd's snapshot and lease).
+    pub async fn release(&self, rootfs: Rootfs) -> Result<(), BackendError> {
+        crate::rootfs::teardown(&rootfs.target)?;
+        match (self, rootfs.hold) {
+            (Backend::Containerd(c), Hold::Containerd(snapshot)) => {
+                c.remove_workspace(snapshot).await?
+            }
+            (_, Hold::Native(lease)) => drop(lease),
+            (Backend::Native, Hold::Containerd(_)) => unreachable!("held by containerd"),
+        }
+        Ok(())
+    }
+}
+
+fn parse_config(bytes: &[u8], reference: &str) -> Result<ImageConfiguration, BackendError> {
+    serde_json::from_slice(bytes).map_err(|e| BackendError::Config {
+        reference: reference.to_string(),
+        why: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_and_refuse_others() {
+        assert_eq!("auto".parse(), Ok(Choice::Auto));
+        assert_eq!("containerd".parse(), Ok(Choice::Containerd));
+        assert_eq!("native".parse(), Ok(Choice::Native));
+        assert!("Containerd".parse::<Choice>().is_err());
+    }
+
+    #[test]
+    fn auto_without_a_socket_is_native_without_asking() {
+        assert_eq!(plan(Choice::Auto, false), Plan::Native);
+        assert_eq!(
+            plan(Choice::Auto, true),
+            Plan::Containerd { required: false }
+        );
+        assert_eq!(
+            plan(Choice::Containerd, false),
+            Plan::Containerd { required: true }
+        );
+        assert_eq!(plan(Choice::Native, true), Plan::Native);
+    }
+}

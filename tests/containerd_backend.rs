@@ -1,0 +1,388 @@
+//! The containerd image backend end to end: a private Debian containerd
+//! per test, the harness registry (plain and htpasswd over TLS), and
+//! `cvmd run --image-backend containerd` booting a busybox workspace from
+//! a containerd snapshot under real runc.
+//!
+//! Needs root, runc, containerd and docker-registry; skips with a reason
+//! otherwise.
+
+mod common;
+mod containerd_support;
+mod layers_support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::image::{Compression, Format, ImageBuilder, LayerBuilder};
+use common::Registry;
+use containerd_support::{containerd_present, PrivateContainerd};
+use layers_support::*;
+
+fn runc_present() -> bool {
+    let found = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if !found {
+        eprintln!("skipping: runc is not installed (apt-get install runc)");
+    }
+    found
+}
+
+fn ready() -> bool {
+    can_run() && runc_present() && containerd_present()
+}
+
+/// busybox-static and a second layer on top, with `entrypoint`.
+fn busybox_image(entrypoint: &[&str]) -> common::image::Image {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut layer = LayerBuilder::new()
+        .dir("bin", 0o755)
+        .file("bin/busybox", &busybox, 0o755);
+    for app in ["sh", "sleep", "echo", "cat", "ls"] {
+        layer = layer.symlink(&format!("bin/{app}"), "busybox");
+    }
+    let top =
+        LayerBuilder::new()
+            .dir("etc", 0o755)
+            .file("etc/motd", b"from the second layer\n", 0o644);
+    ImageBuilder::new(Format::Oci)
+        .layer(layer.build(Compression::Gzip))
+        .layer(top.build(Compression::Gzip))
+        .entrypoint(entrypoint)
+        .build()
+}
+
+/// `cvmd run` with the containerd backend against `ctd`.
+fn cvmd_run(ctd: &PrivateContainerd, state: &Path, registry: &str, reference: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", state)
+        .arg("--cache-dir")
+        .arg(state.join("cache"))
+        .arg("--state-dir")
+        .arg(state.join("state"))
+        .args(["--insecure-registries", registry])
+        .args(["--image", reference, "--workspace", &workspace_name(state)])
+        .args(["--log-format", "text", "--log-level", "info"])
+        // In the host netns, in parallel: a veth each would collide.
+        .args(["--network", "none"])
+        .args(["--runtime", "runc", "--image-backend", "containerd"])
+        .arg("--containerd-socket")
+        .arg(ctd.socket())
+        .stdin(Stdio::null());
+    c
+}
+
+fn workspace_name(state: &Path) -> String {
+    let dir = state.file_name().unwrap().to_string_lossy();
+    format!("ws-{}", dir.trim_start_matches('.'))
+}
+
+/// No mount under the test's dirs, and containerd holds no workspace
+/// snapshot and no lease of cvmd's.
+fn assert_clean(state: &Path, ctd: &PrivateContainerd) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains(state.to_str().unwrap()),
+        "a mount under {} is left",
+        state.display()
+    );
+    let snapshots = ctd.snapshots();
+    assert!(
+        !snapshots.iter().any(|s| s.starts_with("cvmd-")),
+        "workspace or extract snapshots left: {snapshots:?}"
+    );
+    let leases = ctd.list(&["leases", "ls"]);
+    assert!(leases.is_empty(), "leases left: {leases:?}");
+}
+
+#[test]
+fn containerd_boots_a_workspace_from_a_snapshot_then_starts_warm_without_the_registry() {
+    if !ready() {
+        return;
+    }
+    let ctd = PrivateContainerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let reference = push(
+        &reg,
+        "ctd/exit",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "cat /etc/motd; exit 7"]),
+    );
+    let out = cvmd_run(&ctd, state.path(), &reg.host(), &reference)
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("cold start:\n{stderr}");
+    assert_eq!(out.status.code(), Some(7), "{stderr}\n{}", ctd.log());
+    assert!(stderr.contains("from the second layer"), "{stderr}");
+    assert!(stderr.contains("image backend: containerd"), "{stderr}");
+    assert!(
+        stderr.contains("rootfs mounted from a containerd snapshot"),
+        "{stderr}"
+    );
+    // The image is containerd's now, with its layers as committed
+    // snapshots, and its gc labels keep all of it through a full gc (a
+    // lease deleted with --sync runs one) now that the pull's lease is gone.
+    assert!(ctd
+        .ctr(&["leases", "create", "--id", "gc-trigger"])
+        .status
+        .success());
+    let gc = ctd.ctr(&["leases", "delete", "--sync", "gc-trigger"]);
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    assert_eq!(
+        ctd.list(&["images", "ls"]),
+        std::slice::from_ref(&reference)
+    );
+    let content = ctd.list(&["content", "ls"]);
+    assert_eq!(content.len(), 4, "manifest, config, 2 layers: {content:?}");
+    assert_eq!(ctd.snapshots().len(), 2, "{:?}", ctd.snapshots());
+    assert_clean(state.path(), &ctd);
+    // cvmd's own cache stays empty: containerd holds the image.
+    let cached = std::fs::read_dir(state.path().join("cache"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(cached, 0, "the native cache was used");
+
+    // Warm: the registry is gone, containerd has everything.
+    drop(reg);
+    let out = cvmd_run(&ctd, state.path(), "127.0.0.1:1", &reference)
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("warm start:\n{stderr}");
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("image is in containerd"), "{stderr}");
+    assert!(stderr.contains("from the second layer"), "{stderr}");
+    assert_clean(state.path(), &ctd);
+}
+
+#[test]
+fn containerd_boots_an_image_with_more_layers_than_one_mount_page_names() {
+    if !ready() {
+        return;
+    }
+    let ctd = PrivateContainerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    // 64 lower dirs of ~80 bytes each: over mount(2)'s 4 KiB of options.
+    let mut builder = ImageBuilder::new(Format::Oci)
+        .layer(busybox_image(&[]).layers[0].clone())
+        .entrypoint(&[
+            "/bin/sh",
+            "-c",
+            "cat /etc/layer-* | /bin/busybox wc -l; exit 5",
+        ]);
+    for i in 0..63 {
+        let layer = LayerBuilder::new().dir("etc", 0o755).file(
+            &format!("etc/layer-{i}"),
+            format!("{i}\n").as_bytes(),
+            0o644,
+        );
+        builder = builder.layer(layer.build(Compression::Gzip));
+    }
+    let reference = push(&reg, "ctd/deep", "v1", &builder.build());
+    let out = cvmd_run(&ctd, state.path(), &reg.host(), &reference)
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("63 stream=\"stdout\""), "{stderr}");
+    assert_eq!(ctd.snapshots().len(), 64);
+    assert_clean(state.path(), &ctd);
+}
+
+#[test]
+fn containerd_pulls_from_an_authenticated_registry_without_showing_the_password() {
+    if !ready() {
+        return;
+    }
+    const USER: &str = "ctduser";
+    const PASS: &str = "s3cret-ctd-pass";
+    let ctd = PrivateContainerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::tls_basic(USER, PASS).unwrap();
+    let reference = push(
+        &reg,
+        "ctd/private",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "echo private ok"]),
+    );
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    let secret = serde_json::json!({ "auths": { reg.host(): { "auth": auth } } }).to_string();
+    let ca = reg.ca_pem_path().unwrap().to_str().unwrap().to_string();
+
+    // Without credentials: the registry's refusal, one line.
+    let out = cvmd_run(&ctd, state.path(), "none", &reference)
+        .args(["--extra-certs", &ca, "run"])
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(line.contains("requires authentication"), "{line}");
+    assert_clean(state.path(), &ctd);
+
+    let out = cvmd_run(&ctd, state.path(), "none", &reference)
+        .args(["--extra-certs", &ca, "--pull-secret", &secret, "run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("private ok"), "{stderr}");
+    assert!(
+        !stderr.contains(PASS) && !stderr.contains(&auth),
+        "{stderr}"
+    );
+    assert!(!ctd.log().contains(PASS), "containerd saw the password");
+    assert_eq!(ctd.list(&["images", "ls"]), [reference]);
+    assert_clean(state.path(), &ctd);
+}
+
+#[test]
+fn containerd_killed_mid_pull_gives_one_clear_line_and_leaves_no_mount() {
+    if !ready() {
+        return;
+    }
+    let mut ctd = PrivateContainerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let proxy = common::proxy::FaultProxy::start(&reg.url());
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(common::image::Layer::random(
+            "big.bin",
+            8,
+            5,
+            Compression::Gzip,
+        ))
+        .entrypoint(&["/bin/sh"])
+        .build();
+    push(&reg, "ctd/slow", "v1", &img);
+    // 8 MiB at 512 KiB/s: the pull is still streaming when containerd dies.
+    proxy.throttle_blobs(512 << 10);
+    let reference = format!("{}/ctd/slow:v1", proxy.host());
+    let child = cvmd_run(&ctd, state.path(), &proxy.host(), &reference)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let layer = img.layer_digests()[0].clone();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || proxy.blob_gets(&layer) > 0),
+        "the pull never started"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    ctd.kill();
+    let out = child.wait_with_output().unwrap();
+    let line = error_line(&out);
+    eprintln!("{line}");
+    assert!(
+        line.contains(&format!(
+            "containerd at {} stopped answering",
+            ctd.socket().display()
+        )),
+        "{line}"
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains(state.path().to_str().unwrap()),
+        "a mount is left"
+    );
+}
+
+#[test]
+fn containerd_backend_retries_a_cut_download_from_the_start() {
+    if !ready() {
+        return;
+    }
+    let ctd = PrivateContainerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let proxy = common::proxy::FaultProxy::start(&reg.url());
+    let img = busybox_image(&["/bin/sh", "-c", "exit 0"]);
+    push(&reg, "ctd/cut", "v1", &img);
+    // The next three blob GETs (config, small layer, busybox layer) are cut
+    // after 100 kB: only the busybox layer is longer.
+    proxy.cut_blob_after(100_000, 3);
+    let reference = format!("{}/ctd/cut:v1", proxy.host());
+    let out = cvmd_run(&ctd, state.path(), &proxy.host(), &reference)
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(": retry 1:"), "{stderr}");
+    assert_eq!(proxy.blob_gets(&img.layer_digests()[0]), 2);
+    assert_clean(state.path(), &ctd);
+}
+
+#[test]
+fn containerd_down_is_one_line_and_auto_without_a_socket_is_native_and_quiet() {
+    if !ready() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let missing = state.path().join("no-containerd.sock");
+    let reg = Registry::plain().unwrap();
+    let reference = push(
+        &reg,
+        "ctd/auto",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "exit 3"]),
+    );
+    let base = |backend: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", state.path())
+            .arg("--cache-dir")
+            .arg(state.path().join("cache"))
+            .arg("--state-dir")
+            .arg(state.path().join("state"))
+            .args(["--insecure-registries", &reg.host()])
+            .args(["--image", &reference])
+            .args(["--workspace", &workspace_name(state.path())])
+            .args([
+                "--log-format",
+                "text",
+                "--runtime",
+                "runc",
+                "--network",
+                "none",
+            ])
+            .args(["--image-backend", backend])
+            .arg("--containerd-socket")
+            .arg(&missing)
+            .arg("run")
+            .stdin(Stdio::null());
+        c
+    };
+    let out = base("containerd").output().unwrap();
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!(
+            "containerd at {} does not answer",
+            missing.display()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("CVMD_IMAGE_BACKEND=native"), "{line}");
+
+    let out = base("auto").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        !stderr.contains("containerd"),
+        "auto without a socket says nothing about containerd: {stderr}"
+    );
+}

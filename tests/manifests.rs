@@ -1,0 +1,284 @@
+//! The Kubernetes manifests in `deploy/kubernetes/` validate against the
+//! Kubernetes API schemas (`kubernetes-validate --strict`, installed pinned
+//! in a venv by `scripts/deps.sh`), and say what cvmd needs: every `CVMD_*`
+//! variable they set is a real setting with a value cvmd accepts, the grace
+//! period outlasts cvmd's stop timeout, the volumes are the kinds Sysbox
+//! and the shared cache need, the readiness probe asks cvmctl.
+//!
+//! The YAML is read through the validator's own Python (PyYAML comes with
+//! it) as JSON, so no YAML crate is needed here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn venv() -> PathBuf {
+    std::env::var_os("CVMD_TOOLS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/cvmd-tools/venv"))
+}
+
+fn validator() -> Option<PathBuf> {
+    let bin = venv().join("bin/kubernetes-validate");
+    if bin.exists() {
+        Some(bin)
+    } else {
+        eprintln!(
+            "skipping: {} is missing (scripts/deps.sh installs it)",
+            bin.display()
+        );
+        None
+    }
+}
+
+fn manifests() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "no manifests in {}", dir.display());
+    files
+}
+
+fn validate(bin: &Path, file: &Path) -> std::process::Output {
+    Command::new(bin)
+        .args(["--strict", "--no-warn"])
+        .arg(file)
+        .output()
+        .expect("run kubernetes-validate")
+}
+
+/// The single document of a YAML file, as JSON.
+fn load(file: &Path) -> Value {
+    let py = venv().join("bin/python3");
+    let out = Command::new(py)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(file)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn pod_spec(doc: &Value) -> &Value {
+    match doc["kind"].as_str() {
+        Some("Pod") => &doc["spec"],
+        _ => &doc["spec"]["template"]["spec"],
+    }
+}
+
+fn volume<'a>(spec: &'a Value, name: &str) -> &'a Value {
+    spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+fn mount<'a>(container: &'a Value, path: &str) -> &'a Value {
+    container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == path)
+        .unwrap_or_else(|| panic!("nothing mounted at {path}"))
+}
+
+fn default_stop_timeout() -> u64 {
+    cvmd::config::SETTINGS
+        .iter()
+        .find(|s| s.key == "stop_timeout")
+        .and_then(|s| s.default)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas() {
+    let Some(bin) = validator() else { return };
+    for file in manifests() {
+        let out = validate(&bin, &file);
+        assert!(
+            out.status.success(),
+            "{} does not validate:\n{}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The validator is not a no-op: a misspelt field fails it.
+#[test]
+fn validator_rejects_a_broken_manifest() {
+    let Some(bin) = validator() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pod = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/workspace-pod.yaml"),
+    )
+    .unwrap();
+    let broken = pod.replace("terminationGracePeriodSeconds:", "terminationGracePeriod:");
+    assert_ne!(broken, pod);
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, broken).unwrap();
+    let out = validate(&bin, &file);
+    assert!(!out.status.success(), "a misspelt field passed validation");
+}
+
+/// Every `CVMD_*` variable the manifests set names a setting, and every
+/// literal value is one cvmd accepts (resolved through cvmd's own settings
+/// parser).
+#[test]
+fn manifest_env_vars_are_real_cvmd_settings() {
+    if validator().is_none() {
+        return;
+    }
+    for file in manifests() {
+        let doc = load(&file);
+        for c in pod_spec(&doc)["containers"].as_array().unwrap() {
+            let mut literal = Vec::new();
+            for e in c["env"].as_array().into_iter().flatten() {
+                let name = e["name"].as_str().unwrap();
+                if !name.starts_with("CVMD_") && !name.starts_with("CODER_") {
+                    continue;
+                }
+                assert!(
+                    cvmd::config::SETTINGS
+                        .iter()
+                        .any(|s| s.env == name || s.envbox == Some(name)),
+                    "{}: {name} is not a cvmd setting",
+                    file.display()
+                );
+                if let Some(v) = e["value"].as_str() {
+                    literal.push((name.to_string(), v.to_string()));
+                }
+            }
+            let cmd = clap::Command::new("cvmd").args(cvmd::config::args());
+            let matches = cmd.try_get_matches_from(["cvmd"]).unwrap();
+            let lookup = |k: &str| literal.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            if let Err(e) = cvmd::config::Settings::resolve(&matches, &lookup) {
+                // The pull secret path exists only in a pod; everything else
+                // must resolve.
+                panic!("{}: cvmd refuses the values: {e}", file.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn workspace_pod_gives_cvmd_what_it_needs() {
+    if validator().is_none() {
+        return;
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/workspace-pod.yaml");
+    let doc = load(&file);
+    let spec = pod_spec(&doc);
+    let c = &spec["containers"][0];
+    assert_eq!(c["securityContext"]["privileged"], true);
+
+    // The kubelet's SIGKILL comes after cvmd's own (stop timeout) plus
+    // time to delete the container and unmount.
+    let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+    };
+    let stop = env("CVMD_STOP_TIMEOUT")
+        .and_then(|e| e["value"].as_str().map(|v| v.parse::<u64>().unwrap()))
+        .unwrap_or_else(default_stop_timeout);
+    assert!(
+        grace >= stop + 5,
+        "terminationGracePeriodSeconds {grace} must exceed the stop timeout {stop} by 5 s"
+    );
+
+    // CPU and memory from the downward API, in units cvmd parses: whole
+    // cores and bytes (divisor 1).
+    for (name, resource) in [
+        ("CVMD_CPUS", "limits.cpu"),
+        ("CVMD_MEMORY", "limits.memory"),
+    ] {
+        let e = env(name).unwrap_or_else(|| panic!("{name} is not set"));
+        let r = &e["valueFrom"]["resourceFieldRef"];
+        assert_eq!(r["resource"], resource, "{name}");
+        assert_eq!(
+            r["divisor"], "1",
+            "{name}: cvmd takes whole cores and bytes"
+        );
+    }
+
+    // The pull secret is a file inside a mounted secret.
+    let secret_path = env("CVMD_PULL_SECRET").unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| secret_path.starts_with(m["mountPath"].as_str().unwrap()))
+        .expect("CVMD_PULL_SECRET points into no mount");
+    let vol = volume(spec, secret_mount["name"].as_str().unwrap());
+    assert!(vol["secret"].is_object(), "the pull secret is not a secret");
+
+    // The node-wide cache on a hostPath; Sysbox's data root on disk, not
+    // tmpfs; kernel modules and sources read-only from the node.
+    let cache = volume(spec, mount(c, "/var/lib/cvmd")["name"].as_str().unwrap());
+    assert!(cache["hostPath"].is_object(), "the cache is not a hostPath");
+    let sysbox = volume(spec, mount(c, "/var/lib/sysbox")["name"].as_str().unwrap());
+    assert!(sysbox["emptyDir"].is_object(), "/var/lib/sysbox: {sysbox}");
+    assert_ne!(
+        sysbox["emptyDir"]["medium"], "Memory",
+        "sysbox-mgr refuses tmpfs"
+    );
+    for path in ["/lib/modules", "/usr/src"] {
+        let m = mount(c, path);
+        assert_eq!(m["readOnly"], true, "{path} must be read-only");
+        let v = volume(spec, m["name"].as_str().unwrap());
+        assert_eq!(v["hostPath"]["path"], path);
+    }
+
+    let probe = &c["readinessProbe"]["exec"]["command"];
+    assert_eq!(probe, &serde_json::json!(["cvmctl", "status", "--ready"]));
+}
+
+#[test]
+fn prefetch_daemonset_fills_the_same_cache() {
+    if validator().is_none() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let pod = load(&dir.join("workspace-pod.yaml"));
+    let ds = load(&dir.join("prefetch-daemonset.yaml"));
+    assert_eq!(ds["kind"], "DaemonSet");
+    let spec = pod_spec(&ds);
+    let c = &spec["containers"][0];
+    let script = c["args"][0].as_str().unwrap();
+    assert!(script.contains("cvmd prefetch"), "{script}");
+    let cache_path = |spec: &Value, c: &Value| {
+        let m = mount(c, "/var/lib/cvmd");
+        volume(spec, m["name"].as_str().unwrap())["hostPath"]["path"].clone()
+    };
+    assert_eq!(
+        cache_path(spec, c),
+        cache_path(pod_spec(&pod), &pod_spec(&pod)["containers"][0]),
+        "the DaemonSet must fill the cache the workspaces read"
+    );
+}
