@@ -71,7 +71,7 @@ pub enum BackendError {
     Rootfs(#[from] crate::rootfs::RootfsError),
     #[error(transparent)]
     Containerd(#[from] containerd::ContainerdError),
-    #[error("image config of {reference} is not valid: {why}")]
+    #[error("image config of {reference} is not valid: {why}; rebuild and push the image")]
     Config { reference: String, why: String },
 }
 

@@ -47,13 +47,13 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot listen on the console socket {path:?}: {source}")]
+    #[error("cannot listen on the console socket {path:?}: {source}; check that CVMD_STATE_DIR is writable")]
     ConsoleSocket {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("the runtime did not hand over the terminal of the exec in workspace {id}: {reason}")]
+    #[error("the runtime did not hand over the terminal of the exec in workspace {id}: {reason}; use a runtime with --console-socket (runc 1.1+, sysbox-runc 0.6+), or exec without a terminal")]
     Console { id: String, reason: String },
     /// The runtime could not start the command; `message` is its own
     /// reason (from its log), `code` what `docker exec` would exit with.

@@ -26,14 +26,14 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot stage the mount of {path:?} at {stage:?}: {source}")]
+    #[error("cannot stage the mount of {path:?} at {stage:?}: {source}; check that CVMD_STATE_DIR is writable")]
     Stage {
         path: PathBuf,
         stage: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot chown {path:?} into the workspace's ID range: {source}")]
+    #[error("cannot chown {path:?} into the workspace's ID range: {source}; this kernel cannot ID-map the mount, so cvmd chowns it: mount a source cvmd may chown (not read-only or root-squashed), or set CVMD_IDMAP=none")]
     Chown {
         path: PathBuf,
         #[source]

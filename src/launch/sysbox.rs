@@ -57,7 +57,7 @@ pub enum SysboxError {
     MissingTools { missing: Vec<String> },
     #[error("{name} ({binary:?}) not found: install Sysbox in the outer image, set CVMD_SYSBOX_MGR/CVMD_SYSBOX_FS, or use CVMD_RUNTIME=runc where Sysbox is absent")]
     NotFound { name: &'static str, binary: String },
-    #[error("cannot start {name}: {source}")]
+    #[error("cannot start {name}: {source}; check that the binary is executable (CVMD_SYSBOX_MGR, CVMD_SYSBOX_FS)")]
     Spawn {
         name: &'static str,
         #[source]

@@ -31,7 +31,7 @@ use crate::runtime::Spawner;
 pub enum NetError {
     #[error("cannot {what}: {reason}")]
     Netlink { what: String, reason: String },
-    #[error("cannot open a netlink socket: {source}")]
+    #[error("cannot open a netlink socket: {source}: run the outer container privileged (no seccomp profile blocking netlink, file descriptors to spare), or set CVMD_NETWORK=none")]
     Socket { source: std::io::Error },
     #[error("cannot open the workspace's network namespace {path}: {source}: the workspace's init is gone")]
     OpenNetns {
@@ -40,7 +40,7 @@ pub enum NetError {
     },
     #[error("cannot enter the workspace's network namespace: {source}: the outer container must be privileged (CAP_SYS_ADMIN)")]
     EnterNetns { source: std::io::Error },
-    #[error("cannot run the workspace network thread: {source}")]
+    #[error("cannot run the workspace network thread: {source}: cvmd is out of threads or memory; raise the outer container's pids or memory limit")]
     Thread { source: std::io::Error },
     #[error("cannot set {} to 1: {source}: the outer container must be privileged (writable /proc/sys)", path.display())]
     Sysctl {
@@ -55,7 +55,7 @@ pub enum NetError {
     },
     #[error("iptables not found on PATH: install it in the outer container's image (Debian: apt-get install iptables), or set CVMD_NETWORK=none")]
     IptablesMissing,
-    #[error("iptables {args} failed: {reason}")]
+    #[error("cannot change the workspace's NAT rules: `iptables {args}` failed: {reason}; make iptables work in the outer container (privileged, the nft or legacy backend the node uses), or set CVMD_NETWORK=none")]
     Iptables { args: String, reason: String },
 }
 

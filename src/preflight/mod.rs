@@ -195,7 +195,9 @@ pub enum PreflightError {
         checks: String,
         fixes: String,
     },
-    #[error("preflight could not run: {reason}")]
+    #[error(
+        "preflight could not run: {reason}; this is a bug in cvmd: please report it with the log"
+    )]
     Internal { reason: String },
 }
 

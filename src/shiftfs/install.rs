@@ -19,7 +19,7 @@ pub enum ShiftfsError {
     Blocked { detail: String, fix: String },
     #[error("no shiftfs source at {path}: {why}; ship it in the outer image there (git clone https://github.com/toby63/shiftfs-dkms) or set CVMD_SHIFTFS_SRC")]
     NoSource { path: PathBuf, why: String },
-    #[error("cannot copy the shiftfs source from {from} to {to}: {source}")]
+    #[error("cannot copy the shiftfs source from {from} to {to}: {source}; the source must be readable and CVMD_STATE_DIR writable")]
     Copy {
         from: PathBuf,
         to: PathBuf,

@@ -46,7 +46,7 @@ const BACKEND_HINT: &str = "or set CVMD_IMAGE_BACKEND=native";
 pub enum ContainerdError {
     #[error("containerd at {socket} does not answer ({why}): start containerd and mount its socket into the outer container (CVMD_CONTAINERD_SOCKET), {BACKEND_HINT}")]
     Unreachable { socket: String, why: String },
-    #[error("containerd {version} at {socket} is too old: cvmd needs containerd 1.6 or later; upgrade it, {BACKEND_HINT}")]
+    #[error("containerd at {socket} is version {version}, too old: cvmd needs containerd 1.6 or later; upgrade it, {BACKEND_HINT}")]
     TooOld { socket: String, version: String },
     #[error("containerd at {socket} stopped answering while {what} ({why}): check that containerd runs, then start the workspace again")]
     Gone {
@@ -54,7 +54,7 @@ pub enum ContainerdError {
         what: String,
         why: String,
     },
-    #[error("containerd at {socket} refused {what}: {why}")]
+    #[error("containerd at {socket} refused {what}: {why}; see containerd's log on the node for why, {BACKEND_HINT}")]
     Call {
         socket: String,
         what: String,
@@ -70,7 +70,7 @@ pub enum ContainerdError {
     },
     #[error("{what} in containerd's content store is not valid: {why}")]
     Invalid { what: String, why: String },
-    #[error("cannot mount the rootfs from containerd snapshot {key} at {}: {why}", target.display())]
+    #[error("cannot mount the rootfs from containerd snapshot {key} at {}: {why}; cvmd must be privileged (CAP_SYS_ADMIN) and see containerd's root (/var/lib/containerd) at the path containerd uses, {BACKEND_HINT}", target.display())]
     Mount {
         key: String,
         target: PathBuf,
@@ -271,7 +271,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "containerd at /run/c.sock refused preparing snapshot k: parent does not exist"
+            "containerd at /run/c.sock refused preparing snapshot k: parent does not exist; see containerd's log on the node for why, or set CVMD_IMAGE_BACKEND=native"
         );
     }
 
@@ -283,7 +283,7 @@ mod tests {
         };
         let text = e.to_string();
         assert!(
-            text.contains("containerd 1.5.18 at /run/c.sock is too old"),
+            text.contains("containerd at /run/c.sock is version 1.5.18, too old"),
             "{text}"
         );
         assert!(text.contains("CVMD_IMAGE_BACKEND=native"), "{text}");
