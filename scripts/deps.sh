@@ -4,7 +4,8 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 # iptables, iproute2: the workspace network; python3: the fake sysbox daemons
-# of tests/launch; util-linux: unshare and nsenter.
+# of tests/launch; util-linux: unshare and nsenter; protobuf-compiler:
+# build.rs compiles the control API (and containerd's) with protoc.
 pkgs=(protobuf-compiler docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time iptables iproute2 python3 util-linux
   python3-venv)
 missing=()

@@ -72,6 +72,8 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "sysbox_timeout", env: "CVMD_SYSBOX_TIMEOUT", envbox: None, default: Some("30"), help: "seconds to wait for each sysbox daemon's socket" },
     Spec { key: "termination_log", env: "CVMD_TERMINATION_LOG", envbox: None, default: Some("/dev/termination-log"), help: "a fatal error's message is written here when the file exists (Kubernetes shows it)" },
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
+    Spec { key: "socket", env: "CVMD_SOCKET", envbox: None, default: None, help: "unix socket of the control API (cvmctl); never mounted into the workspace [default: STATE_DIR/cvmd.sock, so /run/cvmd/cvmd.sock]" },
+    Spec { key: "admin_group", env: "CVMD_ADMIN_GROUP", envbox: None, default: None, help: "group (name or gid) whose members may use the control API besides root; makes the socket 0660 [default: root only, 0600]" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
 ];
@@ -144,6 +146,8 @@ pub struct Settings {
     pub shiftfs_src: PathBuf,
     pub shiftfs_install: bool,
     pub stop_timeout: std::time::Duration,
+    pub socket: PathBuf,
+    pub admin_group: Option<String>,
     pub network: crate::network::NetworkSettings,
     pub add_gpu: bool,
     pub usr_lib_dir: Option<PathBuf>,
@@ -398,6 +402,13 @@ impl Settings {
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_secs)
             .unwrap_or(std::time::Duration::from_secs(25));
+        // Beside the state: one socket per state dir, as runtime_root.
+        let socket = parse("socket", &absolute)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(&state_dir).join("cvmd.sock"));
+        let admin_group = parse("admin_group", &|v| {
+            crate::api::peer::resolve_group(v).map(|_| ())
+        });
         let network = crate::network::NetworkSettings {
             mode: parse("network", &|v| {
                 v.parse::<crate::network::Mode>().map(|_| ())
@@ -483,6 +494,8 @@ impl Settings {
             shiftfs_src,
             shiftfs_install,
             stop_timeout,
+            socket,
+            admin_group,
             network,
             add_gpu,
             usr_lib_dir,
@@ -693,6 +706,8 @@ mod tests {
         assert_eq!(s.pull_concurrency, 4);
         assert_eq!(s.docker_config, PathBuf::from("/root/.docker/config.json"));
         assert_eq!(s.platform, Platform::host());
+        assert_eq!(s.socket, PathBuf::from("/run/cvmd/cvmd.sock"));
+        assert_eq!(s.admin_group, None);
         assert_eq!(s.image_backend, crate::backend::Choice::Native);
         assert_eq!(
             s.containerd_socket,
@@ -702,28 +717,13 @@ mod tests {
     }
 
     #[test]
-    fn image_backend_settings_are_checked() {
-        let s = resolve(
-            &["--image-backend", "auto"],
-            &[("CVMD_CONTAINERD_NAMESPACE", "k8s.io")],
-        )
-        .unwrap();
-        assert_eq!(s.image_backend, crate::backend::Choice::Auto);
-        assert_eq!(s.containerd_namespace, "k8s.io");
-        let e = resolve(
-            &["--image-backend", "docker"],
-            &[
-                ("CVMD_CONTAINERD_NAMESPACE", "a/b"),
-                ("CVMD_CONTAINERD_SOCKET", "run/c.sock"),
-            ],
-        )
-        .unwrap_err();
-        assert_eq!(e.problems.len(), 3, "{e}");
-        assert!(
-            e.to_string()
-                .contains("not one of native, containerd, auto"),
-            "{e}"
-        );
+    fn the_socket_follows_the_state_dir_and_the_admin_group_must_exist() {
+        let s = resolve(&[], &[("CVMD_STATE_DIR", "/tmp/x")]).unwrap();
+        assert_eq!(s.socket, PathBuf::from("/tmp/x/cvmd.sock"));
+        let e = resolve(&[], &[("CVMD_ADMIN_GROUP", "no-such-group-cvmd")]).unwrap_err();
+        assert!(e.problems[0].contains("CVMD_ADMIN_GROUP"), "{e}");
+        let s = resolve(&[], &[("CVMD_ADMIN_GROUP", "4242")]).unwrap();
+        assert_eq!(s.admin_group.as_deref(), Some("4242"));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! cvmd: the supervisor of a container-based virtual machine workspace.
 //! See DESIGN.md for the data path; each stage is a module here.
 
+pub mod api;
 pub mod backend;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod digest;
 pub mod exec;
 pub mod image;

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use tokio::io::AsyncBufReadExt;
@@ -23,39 +22,61 @@ use crate::progress::PlainLines;
 use crate::registry::Reference;
 use crate::rootfs;
 use crate::runtime::{ContainerIo, Runtime};
+use crate::supervisor::lifecycle::Phase;
+use crate::supervisor::logbook::{LogBook, Source};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::signals::{self, StopPolicy};
-
-/// One phase's duration, for the log and (later) the status API.
-#[derive(Debug, Default)]
-pub struct Timeline(Vec<(&'static str, std::time::Duration)>);
-
-impl Timeline {
-    fn time<T>(&mut self, phase: &'static str, started: Instant, value: T) -> T {
-        let took = started.elapsed();
-        tracing::info!(phase, elapsed_ms = took.as_secs_f64() * 1e3, "phase done");
-        self.0.push((phase, took));
-        value
-    }
-}
+use crate::supervisor::state::{Container, StateHandle, Tee};
 
 /// Runs the workspace to its end; returns the exit code cvmd should exit
-/// with (the workspace's, 128+signal when signalled).
+/// with (the workspace's, 128+signal when signalled). The control API
+/// serves on `settings.socket` from the start to the end.
 pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
-    let mut timeline = Timeline::default();
+    // Listening from the start: PID 1 ignores signals it has no handler
+    // for, and a stop asked for during a long pull must be honoured. The
+    // API's Stop and Restart feed the same channel as the OS signals.
+    let mut os_signals = signals::listen()?;
+    let (signal_tx, mut signals) = tokio::sync::mpsc::channel(16);
+    let state = StateHandle::new(&settings.workspace, &settings.runtime, signal_tx.clone());
+    let forward = state.clone();
+    tokio::spawn(async move {
+        while let Some(signal) = os_signals.recv().await {
+            if signals::STOP_REQUESTS.contains(&signal) {
+                forward.stop_signalled();
+            }
+            if signal_tx.send(signal).await.is_err() {
+                break;
+            }
+        }
+    });
+    let server = crate::api::server::serve(
+        &settings.socket,
+        settings.admin_group.as_deref(),
+        state.clone(),
+    )?;
+    let result = run_with(settings, &state, &mut signals).await;
+    match &result {
+        Ok(_) => state.enter(Phase::Exited),
+        Err(e) => state.fail(&crate::cli::error_line(e)),
+    }
+    server.shutdown().await;
+    result
+}
+
+async fn run_with(
+    settings: &Settings,
+    state: &StateHandle,
+    signals: &mut tokio::sync::mpsc::Receiver<i32>,
+) -> anyhow::Result<i32> {
     let image = settings
         .image
         .as_deref()
         .context("no workspace image: set CVMD_IMAGE (or CODER_INNER_IMAGE)")?;
     let reference: Reference = image.parse()?;
-    // Listening from the start: PID 1 ignores signals it has no handler
-    // for, and a stop asked for during a long pull must be honoured.
-    let mut signals = signals::listen()?;
     // Before anything is downloaded: a host that cannot run the workspace
-    // says why at once, with the fixes.
-    let t = Instant::now();
-    crate::preflight::at_start(settings).await?;
-    timeline.time("preflight", t, ());
+    // says why at once, with the fixes (and Status shows the checks).
+    let report = crate::preflight::at_start(settings).await?;
+    state.set_preflight(report.checks);
     let ws_dir = settings
         .state_dir
         .join("workspaces")
@@ -63,35 +84,28 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&ws_dir)
         .with_context(|| format!("workspace state dir {}", ws_dir.display()))?;
 
-    let t = Instant::now();
+    state.enter(Phase::Pull);
+    state.set_image(&reference.to_string(), "");
     let backend = crate::backend::Backend::select(settings).await?;
+    let progress = Tee(state, &PlainLines);
     let ready = tokio::select! {
-        ready = backend.ensure(settings, &reference, settings.pull_policy, &PlainLines) => ready?,
-        signal = stop_requested(&mut signals) => {
+        ready = backend.ensure(settings, &reference, settings.pull_policy, &progress) => ready?,
+        signal = stop_requested(signals) => {
             tracing::info!(signal, "stop requested before the workspace booted");
             return Ok(128 + signal);
         }
     };
-    timeline.time("image", t, ());
+    state.set_image(&ready.reference, &ready.digest.to_string());
 
-    let t = Instant::now();
+    state.enter(Phase::Rootfs);
     let target = ws_dir.join("rootfs");
     let rootfs = backend
         .mount_rootfs(settings, &ready, &ws_dir, &target)
         .await?;
     let idmap = rootfs.idmap;
-    timeline.time("rootfs", t, ());
+    state.set_rootfs(rootfs.mode, rootfs.idmap_mode);
 
-    let result = boot(
-        settings,
-        &ready,
-        &ws_dir,
-        &target,
-        idmap,
-        signals,
-        &mut timeline,
-    )
-    .await;
+    let result = boot(settings, &ready, &ws_dir, &target, idmap, signals, state).await;
     launch::mounts::teardown(&ws_dir.join("mounts"));
     if let Err(e) = backend.release(rootfs).await {
         tracing::warn!(error = %e, backend = backend.name(), "cannot release the workspace rootfs");
@@ -105,44 +119,16 @@ async fn boot(
     ws_dir: &Path,
     rootfs_dir: &Path,
     idmap: Option<rootfs::IdMap>,
-    signals: tokio::sync::mpsc::Receiver<i32>,
-    timeline: &mut Timeline,
+    signals: &mut tokio::sync::mpsc::Receiver<i32>,
+    state: &StateHandle,
 ) -> anyhow::Result<i32> {
-    let t = Instant::now();
+    state.enter(Phase::Bundle);
     let flavor = RuntimeFlavor::of_runtime(&settings.runtime);
-    let hostname = settings
-        .hostname
-        .clone()
-        .unwrap_or_else(|| settings.workspace.clone());
-    let host_files = host_files(ws_dir, &hostname)?;
-    let mut input = BundleInput::new(&image.reference, rootfs_dir, flavor);
-    input.image_run = ImageRun::from_oci(&image.config);
-    input.overrides = Overrides {
-        command: settings.command.clone(),
-        user: settings.user.clone(),
-        working_dir: settings.workdir.clone(),
-        hostname: None,
-    };
-    input.hostname = hostname;
-    input.env_passthrough = settings.envs.clone();
-    input.outer_env = std::env::vars().collect::<BTreeMap<_, _>>();
-    input.idmap = idmap;
-    input.host_files = host_files;
-    input.mounts = user_mounts(settings, flavor, idmap, ws_dir)?;
-    input.tun = settings.add_tun;
-    input.fuse = settings.add_fuse;
-    if settings.add_gpu {
-        add_gpus(settings, &mut input)?;
-    }
-    input.limits = Limits {
-        cpus: settings.cpus,
-        memory: settings.memory,
-    }
-    .or(bundle::outer_limits());
+    // Before the reaper starts: staging ID-mapped user mounts waits for its
+    // own children. A restart reuses this bundle (same rootfs, same mounts).
     let bundle_dir = ws_dir.join("bundle");
-    let info = bundle::write_bundle(&bundle_dir, &input)?;
+    let info = write_bundle(settings, image, ws_dir, rootfs_dir, idmap, &bundle_dir)?;
     tracing::info!(init = info.init, verdict = ?info.init_verdict, args = ?info.args, "bundle written");
-    timeline.time("bundle", t, ());
 
     let reaper = Reaper::start()?;
     let runtime_root = settings
@@ -164,98 +150,182 @@ async fn boot(
         RuntimeFlavor::Runc => launch::sysbox::Daemons::none(),
     };
     let id = settings.workspace.as_str();
-    // sysbox-runc's rule: always delete, also what a crash left behind.
-    let _ = runtime.delete(id, true).await;
-
-    let t = Instant::now();
-    let pid_file = ws_dir.join("init.pid");
-    let created = match runtime
-        .create(
-            id,
-            &bundle_dir,
-            &pid_file,
-            ContainerIo::Pipes { stdin: false },
-        )
-        .await
-    {
-        Ok(created) => created,
-        Err(e) => {
-            // A create that timed out may have left a half-made container.
-            let _ = runtime.delete(id, true).await;
-            return Err(e.into());
-        }
-    };
-    timeline.time("create", t, ());
-    let exit = match reaper.watch(created.pid) {
-        Ok(exit) => exit,
-        Err(e) => {
-            let _ = runtime.delete(id, true).await;
-            return Err(e.into());
-        }
-    };
-    for (stream, pipe) in [("stdout", created.io.stdout), ("stderr", created.io.stderr)] {
-        if let Some(pipe) = pipe {
-            tokio::spawn(log_lines(stream, pipe));
-        }
-    }
-    let t = Instant::now();
-    let plan = network::Plan::new(id, &settings.network);
-    let net = match network::setup(&plan, created.pid, Arc::new(reaper.clone())).await {
-        Ok(net) => net,
-        Err(e) => {
-            let _ = runtime.delete(id, true).await;
-            return Err(e.into());
-        }
-    };
-    timeline.time("network", t, ());
-    // The network goes on every path from here: start failure, the
-    // workspace's end, a stop by signal (supervise returns then too).
-    let outcome = async {
-        let t = Instant::now();
-        if let Err(e) = runtime.start(id).await {
-            let _ = runtime.delete(id, true).await;
-            return Err(anyhow::Error::from(e));
-        }
-        timeline.time("start", t, ());
-        tracing::info!(id, pid = created.pid, "workspace running");
-        // From here on `died` below watches the daemons; one that died during
-        // create or start is reported now.
-        if let Err(death) = daemons.check() {
-            end_now(&runtime, id).await;
-            return Err(death.into());
-        }
-        if let Some(script) = settings.bootstrap_script.clone() {
-            let (runtime, id) = (runtime.clone(), id.to_string());
-            tokio::spawn(async move { launch::bootstrap::run(&runtime, &id, &script).await });
-        }
-        let supervised = signals::supervise(
-            &runtime,
-            id,
-            exit,
-            StopPolicy {
-                stop_signal: info.stop_signal,
-                grace: settings.stop_timeout,
-                system_init: info.init,
-            },
-            signals,
-        );
-        tokio::select! {
-            outcome = supervised => Ok(outcome?),
-            death = daemons.died() => {
-                end_now(&runtime, id).await;
-                Err(death.into())
+    // One pass per boot: a Restart through the API stops the container and
+    // comes back here, on the same rootfs.
+    loop {
+        // sysbox-runc's rule: always delete, also what a crash left behind.
+        let _ = runtime.delete(id, true).await;
+        state.enter(Phase::Create);
+        let pid_file = ws_dir.join("init.pid");
+        let created = match runtime
+            .create(
+                id,
+                &bundle_dir,
+                &pid_file,
+                ContainerIo::Pipes { stdin: false },
+            )
+            .await
+        {
+            Ok(created) => created,
+            Err(e) => {
+                // A create that timed out may have left a half-made container.
+                let _ = runtime.delete(id, true).await;
+                return Err(e.into());
+            }
+        };
+        let exit = match reaper.watch(created.pid) {
+            Ok(exit) => exit,
+            Err(e) => {
+                let _ = runtime.delete(id, true).await;
+                return Err(e.into());
+            }
+        };
+        for (source, pipe) in [
+            (Source::Stdout, created.io.stdout),
+            (Source::Stderr, created.io.stderr),
+        ] {
+            if let Some(pipe) = pipe {
+                tokio::spawn(log_lines(source, pipe, state.logs().clone()));
             }
         }
+        state.enter(Phase::Network);
+        let plan = network::Plan::new(id, &settings.network);
+        let net = match network::setup(&plan, created.pid, Arc::new(reaper.clone())).await {
+            Ok(net) => net,
+            Err(e) => {
+                let _ = runtime.delete(id, true).await;
+                return Err(e.into());
+            }
+        };
+        // The network goes on every path from here: start failure, the
+        // workspace's end, a stop by signal (supervise returns then too).
+        let outcome = async {
+            state.enter(Phase::Start);
+            if let Err(e) = runtime.start(id).await {
+                let _ = runtime.delete(id, true).await;
+                return Err(anyhow::Error::from(e));
+            }
+            state.set_container(
+                Container {
+                    runtime: runtime.clone(),
+                    id: id.to_string(),
+                },
+                created.pid,
+            );
+            state.enter(Phase::Running);
+            tracing::info!(id, pid = created.pid, "workspace running");
+            // From here on `died` below watches the daemons; one that died
+            // during create or start is reported now.
+            if let Err(death) = daemons.check() {
+                end_now(&runtime, id).await;
+                return Err(death.into());
+            }
+            if let Some(script) = settings.bootstrap_script.clone() {
+                let (runtime, id) = (runtime.clone(), id.to_string());
+                tokio::spawn(async move { launch::bootstrap::run(&runtime, &id, &script).await });
+            }
+            let supervised = signals::supervise(
+                &runtime,
+                id,
+                exit,
+                StopPolicy {
+                    stop_signal: info.stop_signal,
+                    grace: settings.stop_timeout,
+                    system_init: info.init,
+                },
+                signals,
+            );
+            tokio::select! {
+                outcome = supervised => Ok(outcome?),
+                death = daemons.died() => {
+                    end_now(&runtime, id).await;
+                    Err(death.into())
+                }
+            }
+        }
+        .await;
+        net.teardown().await;
+        let outcome = outcome?;
+        if let Err(e) = &outcome.deleted {
+            tracing::warn!(error = %e, "the runtime could not delete the workspace container");
+        }
+        tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
+        state.set_exited(outcome.code);
+        if !state.take_restart() {
+            daemons.stop().await;
+            return Ok(outcome.code);
+        }
+        tracing::info!("restarting the workspace");
     }
-    .await;
-    net.teardown().await;
-    let outcome = outcome?;
-    daemons.stop().await;
-    if let Err(e) = &outcome.deleted {
-        tracing::warn!(error = %e, "the runtime could not delete the workspace container");
+}
+
+/// The OCI bundle for this boot, from the image config and the settings.
+fn write_bundle(
+    settings: &Settings,
+    image: &crate::backend::ReadyImage,
+    ws_dir: &Path,
+    rootfs_dir: &Path,
+    idmap: Option<rootfs::IdMap>,
+    bundle_dir: &Path,
+) -> anyhow::Result<bundle::BundleInfo> {
+    let flavor = RuntimeFlavor::of_runtime(&settings.runtime);
+    let hostname = settings
+        .hostname
+        .clone()
+        .unwrap_or_else(|| settings.workspace.clone());
+    let host_files = host_files(ws_dir, &hostname)?;
+    let mut input = BundleInput::new(&image.reference, rootfs_dir, flavor);
+    input.image_run = ImageRun::from_oci(&image.config);
+    input.overrides = Overrides {
+        command: settings.command.clone(),
+        user: settings.user.clone(),
+        working_dir: settings.workdir.clone(),
+        hostname: None,
+    };
+    input.hostname = hostname;
+    input.env_passthrough = settings.envs.clone();
+    input.outer_env = std::env::vars().collect::<BTreeMap<_, _>>();
+    input.idmap = idmap;
+    input.host_files = host_files;
+    input.mounts = user_mounts(settings, flavor, idmap, ws_dir)?;
+    // The control socket stays in the outer container (DESIGN.md).
+    if let Some(m) = input
+        .mounts
+        .iter()
+        .find(|m| crate::api::server::exposes(&m.source, &settings.socket))
+    {
+        anyhow::bail!(
+            "CVMD_MOUNTS entry {} would put cvmd's control socket {} into the workspace: mount a narrower directory, or move the socket with CVMD_SOCKET",
+            m.source.display(),
+            settings.socket.display()
+        );
     }
-    tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
-    Ok(outcome.code)
+    input.tun = settings.add_tun;
+    input.fuse = settings.add_fuse;
+    if settings.add_gpu {
+        add_gpus(settings, &mut input)?;
+    }
+    input.limits = Limits {
+        cpus: settings.cpus,
+        memory: settings.memory,
+    }
+    .or(bundle::outer_limits());
+    Ok(bundle::write_bundle(bundle_dir, &input)?)
+}
+
+pub(crate) fn rootfs_mode_name(mode: rootfs::Mode) -> &'static str {
+    match mode {
+        rootfs::Mode::Overlay => "overlay",
+        rootfs::Mode::Flat => "flat",
+    }
+}
+
+pub(crate) fn idmap_mode_name(mode: rootfs::IdMapMode) -> &'static str {
+    match mode {
+        rootfs::IdMapMode::None => "none",
+        rootfs::IdMapMode::IdMappedMount => "idmapped-mount",
+        rootfs::IdMapMode::ChownedCopy => "chowned-copy",
+    }
 }
 
 /// Kills and deletes the workspace container: a container breaks without
@@ -381,9 +451,14 @@ fn resolve_runtime(runtime: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
-async fn log_lines(stream: &'static str, pipe: tokio::net::unix::pipe::Receiver) {
+/// The workspace's output into cvmd's log and the log book (`cvmctl logs`).
+async fn log_lines(source: Source, pipe: tokio::net::unix::pipe::Receiver, book: Arc<LogBook>) {
+    let stream = source.as_str();
     let mut lines = tokio::io::BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        // The target is what keeps the log book's tracing layer from
+        // recording the line a second time as cvmd's own.
         tracing::info!(target: "workspace", stream, "{line}");
+        book.push(source, tracing::Level::INFO, &line);
     }
 }

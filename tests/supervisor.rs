@@ -186,7 +186,7 @@ async fn runc_sleep_stopped_by_term_then_kill_needs_root() {
     assert_eq!(out, "from-exec\n");
     assert_eq!(exec.wait().await.unwrap(), Exit::code(3));
 
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let policy = StopPolicy {
         stop_signal: libc::SIGTERM,
         grace: Duration::from_secs(2),
@@ -196,7 +196,7 @@ async fn runc_sleep_stopped_by_term_then_kill_needs_root() {
     tx.send(libc::SIGTERM).await.unwrap();
     let outcome = tokio::time::timeout(
         Duration::from_secs(20),
-        supervise(&s.rt, &id, exit, policy, rx),
+        supervise(&s.rt, &id, exit, policy, &mut rx),
     )
     .await
     .expect("stopped within 20 s")

@@ -102,6 +102,10 @@ enum Source {
 pub struct Rootfs {
     pub target: PathBuf,
     pub idmap: Option<IdMap>,
+    /// How it was assembled, as Status reports it: overlay, flat or
+    /// containerd-snapshot; and none, idmapped-mount or chowned-copy.
+    pub mode: &'static str,
+    pub idmap_mode: &'static str,
     hold: Hold,
 }
 
@@ -202,6 +206,8 @@ impl Backend {
                 Ok(Rootfs {
                     target: target.to_path_buf(),
                     idmap: None,
+                    mode: "containerd-snapshot",
+                    idmap_mode: "none",
                     hold: Hold::Containerd(snapshot),
                 })
             }

@@ -68,6 +68,8 @@ pub async fn mount_rootfs(
     Ok(Rootfs {
         target: target.to_path_buf(),
         idmap,
+        mode: crate::workspace::rootfs_mode_name(assembled.mode),
+        idmap_mode: crate::workspace::idmap_mode_name(assembled.idmap_mode),
         hold: Hold::Native(lease),
     })
 }

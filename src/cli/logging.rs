@@ -1,11 +1,15 @@
 //! tracing set-up: human lines on a terminal, JSON lines otherwise (what
-//! Kubernetes log collectors expect).
+//! Kubernetes log collectors expect); every line also goes to the log book
+//! that `cvmctl logs --source cvmd` reads.
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, Settings};
+use crate::supervisor::logbook::{BookLayer, LogBook};
 
 pub fn init(settings: &Settings) {
     // Validated in config, so this parse cannot fail.
@@ -16,13 +20,23 @@ pub fn init(settings: &Settings) {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     // Colours only for a person at a terminal, never into a log file.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if json {
-        builder.json().with_current_span(true).try_init()
-    } else {
-        builder.try_init()
-    };
+    let ansi = std::io::stderr().is_terminal();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json.then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .json()
+                .with_current_span(true)
+        }))
+        .with((!json).then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+        }))
+        .with(BookLayer {
+            book: LogBook::global(),
+        })
+        .try_init();
 }

@@ -1,4 +1,8 @@
-//! PID 1: the one reaper, signal forwarding and the stop sequence.
+//! PID 1: the one reaper, signal forwarding and the stop sequence, and the
+//! workspace's state as the control API sees it.
 
+pub mod lifecycle;
+pub mod logbook;
 pub mod reaper;
 pub mod signals;
+pub mod state;

@@ -178,7 +178,7 @@ pub async fn supervise(
     id: &str,
     exit: ExitWaiter,
     policy: StopPolicy,
-    mut signals: mpsc::Receiver<i32>,
+    signals: &mut mpsc::Receiver<i32>,
 ) -> Result<Outcome, ReaperError> {
     let mut stopper = Stopper::new(policy);
     let mut exit = std::pin::pin!(exit);
