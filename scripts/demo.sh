@@ -53,24 +53,27 @@ t0=$EPOCHREALTIME
   --runtime runc --log-format text run >"$work/cvmd.log" 2>&1 &
 cvmd_pid=$!
 
+cvmctl=$PWD/target/release/cvmctl
+# cvmctl reaches cvmd through CVMD_SOCKET (exported above): first the
+# readiness probe Kubernetes would use, then systemd itself.
 state=
 for _ in $(seq 300); do
   kill -0 "$cvmd_pid" 2>/dev/null || { cat "$work/cvmd.log"; echo "cvmd exited early" >&2; exit 1; }
-  state=$("$runc" --root "$runtime_root" exec "$ws" systemctl is-system-running 2>/dev/null || true)
-  [[ $state == running || $state == degraded ]] && break
+  if "$cvmctl" status --ready >/dev/null 2>&1; then
+    state=$("$cvmctl" exec -- systemctl is-system-running 2>/dev/null || true)
+    [[ $state == running || $state == degraded ]] && break
+  fi
   sleep 0.2
 done
 [[ $state == running || $state == degraded ]] || {
   cat "$work/cvmd.log"; echo "systemd did not come up (last: '$state')" >&2; exit 1; }
 awk -v s="$state" -v a="$t0" -v b="$EPOCHREALTIME" \
   'BEGIN { printf "systemd in the workspace is %s, %.1f s after cvmd started\n", s, b - a }'
-"$runc" --root "$runtime_root" exec "$ws" sh -c 'echo "inside: $(hostname), PID 1 is $(cat /proc/1/comm)"'
+inside='echo "inside: $(hostname), PID 1 is $(cat /proc/1/comm), default route via $(awk '"'"'$2 == "00000000" { print $1 }'"'"' /proc/net/route)"'
+"$cvmctl" exec -- sh -c "$inside"
 
-# ---- cvmctl status --------------------------------------------------------
-# The control API's view of this workspace goes here once `cvmctl status`
-# exists (it reaches cvmd through CVMD_SOCKET, exported above):
-#   ./target/release/cvmctl status
-# ---------------------------------------------------------------------------
+echo "== cvmctl status"
+CVMCTL_FORMAT=human "$cvmctl" status
 
 echo "== SIGTERM to cvmd (what the kubelet sends): stop signal SIGRTMIN+3 to systemd, then delete and unmount"
 kill -TERM "$cvmd_pid"

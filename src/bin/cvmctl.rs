@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Phase, timeline, image, rootfs, runtime, init pid, uptime, exit status.
     Status {
-        /// JSON (the default when stdout is not a terminal).
+        /// JSON (the default when stdout is not a terminal; CVMCTL_FORMAT=human|json overrides).
         #[arg(long)]
         json: bool,
         /// Exit 0 only when the workspace runs, 4 otherwise (a readiness probe).

@@ -96,13 +96,38 @@ pub async fn connect(socket: &Path) -> Result<ControlClient<Channel>, Failure> {
     Ok(client::connect(socket).await?)
 }
 
-/// JSON when asked, or when nobody reads the output at a terminal.
+/// JSON when asked, or when nobody reads the output at a terminal;
+/// `CVMCTL_FORMAT=human|json` overrides the terminal guess (a person
+/// reading a CI log, a script under `script(1)`).
 pub fn wants_json(flag: bool) -> bool {
-    flag || !std::io::stdout().is_terminal()
+    choose_json(
+        flag,
+        std::env::var("CVMCTL_FORMAT").ok().as_deref(),
+        std::io::stdout().is_terminal(),
+    )
+}
+
+fn choose_json(flag: bool, format: Option<&str>, terminal: bool) -> bool {
+    match format {
+        _ if flag => true,
+        Some("json") => true,
+        Some("human") => false,
+        _ => !terminal,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_by_flag_env_or_no_terminal() {
+        use super::choose_json;
+        assert!(choose_json(true, Some("human"), true));
+        assert!(!choose_json(false, None, true));
+        assert!(choose_json(false, None, false));
+        assert!(!choose_json(false, Some("human"), false));
+        assert!(choose_json(false, Some("json"), true));
+    }
+
     use super::*;
 
     #[test]

@@ -77,8 +77,14 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
             t.name, t.start_offset_ms
         ));
     }
+    if !s.preflight.is_empty() {
+        out.push_str("preflight\n");
+    }
     for c in &s.preflight {
-        out.push_str(&format!("  [{}] {}: {}\n", c.status, c.name, c.detail));
+        out.push_str(&format!("  {:<5} {:<17} {}\n", c.status, c.name, c.detail));
+        if !c.fix.is_empty() && (c.status == "warn" || c.status == "fail") {
+            out.push_str(&format!("  {:<5} {:<17} fix: {}\n", "", "", c.fix));
+        }
     }
     out
 }
