@@ -117,6 +117,51 @@ fn launch_gpu_nodes_libs_and_env_inside() {
 }
 
 #[test]
+fn launch_tun_and_fuse_nodes_inside_open_for_everyone() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let world = World::new();
+    // Opening (not reading) proves the device cgroup allows the node: a
+    // denied open fails with EPERM before any driver is reached.
+    let check = "stat -c 'node %n %F %t:%T %a' /dev/net/tun /dev/fuse; \
+                 (exec 3<>/dev/net/tun) && echo open-tun-ok; \
+                 (exec 3<>/dev/fuse) && echo open-fuse-ok";
+    let reference = world.push("launch/tunfuse", &busybox_image(&["/bin/sh", "-c", check]));
+    let out = world
+        .cvmd(&reference, &["--add-tun", "true", "--add-fuse", "true"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    for want in [
+        // misc 10:200 and 10:229, usable by every user inside (the outer
+        // nodes here are 0600: the workspace's are its own).
+        "node /dev/net/tun character special file a:c8 666",
+        "node /dev/fuse character special file a:e5 666",
+        "open-tun-ok",
+        "open-fuse-ok",
+    ] {
+        assert!(log.contains(want), "inside lacks {want:?}:\n{log}");
+    }
+    world.assert_clean();
+
+    // Without the settings, neither node is there.
+    let reference = world.push(
+        "launch/notunfuse",
+        &busybox_image(&["/bin/sh", "-c", "stat /dev/net/tun /dev/fuse 2>&1; true"]),
+    );
+    let out = world.cvmd(&reference, &[]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.matches("No such file or directory").count() >= 2,
+        "{log}"
+    );
+    world.assert_clean();
+}
+
+#[test]
 fn launch_gpu_without_nodes_is_a_clear_error() {
     if !can_run() || !runc_present() {
         return;
