@@ -42,36 +42,7 @@ fn busybox_image(entrypoint: &[&str]) -> common::image::Image {
 }
 
 fn cvmd_run(cvmd: &Cvmd, state: &Path, reference: &str, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &cvmd.cache)
-        .arg("--cache-dir")
-        .arg(&cvmd.cache)
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--insecure-registries", &cvmd.registry])
-        .args(["--image", reference, "--workspace", &workspace_name(state)])
-        .args(["--log-format", "text", "--log-level", "info"])
-        // In the host's netns: a veth and NAT rules there would touch the
-        // host (tests/network.rs runs cvmd in a netns of its own).
-        .args(["--network", "none"])
-        .args(extra)
-        .args(if extra.contains(&"--runtime") {
-            &[][..]
-        } else {
-            &["--runtime", "runc"][..]
-        })
-        .arg("run")
-        .stdin(Stdio::null());
-    c
-}
-
-/// Unique per test and per checkout: runc names the container's cgroup
-/// after it, and tests run in parallel.
-fn workspace_name(state: &Path) -> String {
-    let dir = state.file_name().unwrap().to_string_lossy();
-    format!("ws-{}", dir.trim_start_matches('.'))
+    cvmd.workspace(state, reference, extra)
 }
 
 fn assert_clean(state: &Path) {

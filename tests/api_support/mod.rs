@@ -85,28 +85,12 @@ pub fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
     // own mode is what guards it.
     std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = state.path().join("cvmd.sock");
-    let dir = state.path().file_name().unwrap().to_string_lossy();
-    let workspace = format!("ws-{}", dir.trim_start_matches('.'));
     // What a crashed cvmd leaves: a socket file nobody listens on.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let child = Command::new(env!("CARGO_BIN_EXE_cvmd"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &cvmd.cache)
-        .arg("--cache-dir")
-        .arg(&cvmd.cache)
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--insecure-registries", &cvmd.registry])
-        .args(["--image", reference, "--workspace", &workspace])
-        .args(["--runtime", "runc", "--stop-timeout", "5"])
-        // In the host's netns: a veth and NAT rules there would touch the
-        // host (tests/network.rs covers the network).
-        .args(["--network", "none"])
-        .args(["--log-format", "text", "--log-level", "info"])
-        .args(extra)
-        .arg("run")
-        .stdin(Stdio::null())
+    let mut args = vec!["--stop-timeout", "5"];
+    args.extend_from_slice(extra);
+    let child = cvmd
+        .workspace(state.path(), reference, &args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

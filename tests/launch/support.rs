@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::common;
 use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
-use crate::layers_support::{Cvmd, Sandbox};
+use crate::layers_support::{workspace_name, Cvmd, Sandbox};
 
 pub fn runc_present() -> bool {
     let found = ["/usr/sbin/runc", "/usr/bin/runc"]
@@ -79,36 +79,16 @@ impl World {
 
     /// Unique per test and run: runc names the container's cgroup after it.
     pub fn workspace(&self) -> String {
-        let dir = self.state.path().file_name().unwrap().to_string_lossy();
-        format!("ws-{}", dir.trim_start_matches('.'))
+        workspace_name(self.state.path())
     }
 
     /// `cvmd ... run` (runtime runc unless `extra` names one).
     pub fn cvmd(&self, reference: &str, extra: &[&str]) -> Command {
-        let cvmd = Cvmd::new(&self.sandbox.cache(), &self.reg.host());
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &cvmd.cache)
-            .arg("--cache-dir")
-            .arg(&cvmd.cache)
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .args(["--insecure-registries", &cvmd.registry])
-            .args(["--image", reference, "--workspace", &self.workspace()])
-            .args(["--log-format", "text", "--log-level", "info"])
-            // These tests run in the host's netns, in parallel: a veth each
-            // would collide (tests/network.rs tests the network).
-            .args(["--network", "none"])
-            .args(extra)
-            .args(if extra.contains(&"--runtime") {
-                &[][..]
-            } else {
-                &["--runtime", "runc"][..]
-            })
-            .arg("run")
-            .stdin(Stdio::null());
-        c
+        Cvmd::new(&self.sandbox.cache(), &self.reg.host()).workspace(
+            self.state.path(),
+            reference,
+            extra,
+        )
     }
 
     /// Nothing mounted under the state dir, nothing left in the runtime's root.

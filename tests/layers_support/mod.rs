@@ -116,6 +116,32 @@ impl Cvmd {
         c
     }
 
+    /// `cvmd ... run` of `reference` as a workspace of its own: state in
+    /// `state`, named after that dir (runc names the container's cgroup
+    /// after it, and tests run in parallel), runc as the runtime and no
+    /// veth (a veth and NAT rules would touch the host's netns;
+    /// tests/network.rs covers the network) unless `extra` says otherwise.
+    pub fn workspace(&self, state: &Path, reference: &str, extra: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.cache)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--insecure-registries", &self.registry])
+            .args(["--image", reference, "--workspace", &workspace_name(state)])
+            .args(["--log-format", "text", "--log-level", "info"]);
+        for (flag, default) in [("--runtime", "runc"), ("--network", "none")] {
+            if !extra.contains(&flag) {
+                c.args([flag, default]);
+            }
+        }
+        c.args(extra).arg("run").stdin(Stdio::null());
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run cvmd")
     }
@@ -501,4 +527,10 @@ pub fn assert_no_whiteouts(tree: &BTreeMap<String, Node>) {
         let leaf = Path::new(p).file_name().unwrap().as_bytes();
         assert!(!leaf.starts_with(b".wh."), "whiteout name visible at {p}");
     }
+}
+
+/// The workspace name `Cvmd::workspace` gives a run in `state`.
+pub fn workspace_name(state: &Path) -> String {
+    let dir = state.file_name().unwrap().to_string_lossy();
+    format!("ws-{}", dir.trim_start_matches('.'))
 }
