@@ -34,6 +34,11 @@ pub(super) enum ExtError {
          disagree on where the next member starts; rebuild the layer with a standard tar writer"
     )]
     SizeMismatch { pax: u64, header: u64 },
+    #[error(
+        "PAX record {0:?} marks a PAX-format GNU sparse file, which cvmd does not expand; \
+         rebuild the layer without `--sparse` (or with `--format=gnu`)"
+    )]
+    PaxSparse(String),
     #[error("extension headers at the end of the archive describe no member")]
     Dangling,
 }
@@ -131,6 +136,14 @@ impl Pending {
                 .map(|r| r.value)
                 .filter(|v| !v.is_empty())
         };
+        // GNU tar `--format=posix --sparse` stores the holes' map in these
+        // records or in the data; unpacking that as written would give a
+        // file with wrong contents (or a `GNUSparseFile.0/` name) silently.
+        if let Some(r) = records.iter().find(|r| r.key.starts_with(b"GNU.sparse.")) {
+            return Err(ExtError::PaxSparse(
+                String::from_utf8_lossy(r.key).into_owned(),
+            ));
+        }
         let header_size = header.entry_size().unwrap_or(u64::MAX);
         let size = match last(b"size") {
             None => header_size,
@@ -298,6 +311,17 @@ mod tests {
         assert_eq!(
             p.apply(&header("f", "", 0)),
             Err(ExtError::BadSize("-1".into()))
+        );
+    }
+
+    #[test]
+    fn pax_sparse_files_are_refused_not_garbled() {
+        let mut p = Pending::default();
+        p.add(Extension::Pax, rec("GNU.sparse.major", b"1"))
+            .unwrap();
+        assert_eq!(
+            p.apply(&header("f", "", 0)),
+            Err(ExtError::PaxSparse("GNU.sparse.major".into()))
         );
     }
 
