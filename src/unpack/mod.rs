@@ -196,8 +196,14 @@ pub fn unpack_layer<R: Read>(
                 let mut data = stream.clone().take(member.size);
                 unpacker.entry(&header, &member, &mut data, member.size, &last)?;
                 unpacker.drain_entry(&mut data, &last)?;
-                let padding = member.size.wrapping_neg() % BLOCK;
-                unpacker.drain_entry(&mut stream.clone().take(padding), &last)?;
+                let mut padding = stream.clone().take(member.size.wrapping_neg() % BLOCK);
+                unpacker.drain_entry(&mut padding, &last)?;
+                // The crate reports a truncated member when it skips to the
+                // next header; these bytes bypassed it.
+                if data.limit() != 0 || padding.limit() != 0 {
+                    let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    return Err(read_err(&last, eof));
+                }
             }
         }
     }

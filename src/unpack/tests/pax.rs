@@ -125,6 +125,25 @@ fn pax_size_with_a_zero_header_size_is_read_as_go_writes_it() {
     sb.assert_contained();
 }
 
+#[test]
+fn a_truncated_member_after_a_pax_size_is_an_error() {
+    let sb = Sandbox::new();
+    let mut l = Layer::new();
+    l.pax(&[("size", b"600")]);
+    let mut h = Header::new_gnu();
+    h.set_path("big").unwrap();
+    h.set_size(0);
+    h.set_cksum();
+    let mut tar = l.bytes();
+    // Drop the end-of-archive blocks, then end the stream inside the data.
+    tar.truncate(tar.len() - 1024);
+    tar.extend(h.as_bytes());
+    tar.extend([b'b'; 100]);
+    let err = sb.unpack(&tar).unwrap_err();
+    assert!(matches!(err, UnpackError::Read { .. }), "{err}");
+    sb.assert_contained();
+}
+
 /// Octal tar number field, NUL-terminated.
 fn octal(field: &mut [u8], value: u64) {
     let text = format!("{value:0width$o}\0", width = field.len() - 1);
