@@ -33,6 +33,21 @@ fn base_layer(c: Compression) -> Layer {
         .hardlink("usr/bin/tool-alias", "usr/bin/tool")
         .hardlink("usr/bin/tool-alias2", "/usr/bin/tool")
         .symlink("usr/bin/rel", "../lib/libc.so")
+        // Values holding a newline (0x0a): PAX records are cut by length.
+        .file_with_xattrs(
+            "usr/bin/caps-newline",
+            b"\x7fELF caps",
+            0o755,
+            &[
+                (
+                    "security.capability",
+                    &[
+                        1, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ][..],
+                ),
+                ("user.lines", b"one\ntwo\n9 path=x\n"),
+            ],
+        )
         .file_with_xattrs(
             "usr/bin/ping",
             b"\x7fELF ping",

@@ -10,6 +10,7 @@ use rustix::io::Errno;
 
 use super::fsops::{self, Existing, ResolveError, Root, Slot, WriteError};
 use super::kind::{kind_of, Kind};
+use super::member::Member;
 use super::meta::{self, Meta, MetaError, Object, SkippedXattr};
 use super::path::{CleanPath, PathError};
 use super::whiteout::{classify, Whiteout};
@@ -62,20 +63,24 @@ impl<'o> Unpacker<'o> {
         fail!(self.opts.image, name, TooLarge, limit: self.opts.max_unpacked_bytes)
     }
 
-    pub(super) fn entry<R: Read>(
+    /// Applies `member`, whose `size` bytes of data `data` yields.
+    pub(super) fn entry(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        header: &tar::Header,
+        member: &Member,
+        data: &mut dyn Read,
+        size: u64,
         name: &str,
     ) -> Result<(), UnpackError> {
         let opts = self.opts;
         let img = opts.image.as_str();
         self.stats.entries += 1;
-        let raw = entry.path_bytes().into_owned();
-        let kind = kind_of(entry.header().entry_type().as_byte(), &raw);
+        let raw = &member.path;
+        let kind = kind_of(header.entry_type().as_byte(), raw);
         if kind == Kind::Ignore {
             return Ok(());
         }
-        let path = CleanPath::parse(&raw).map_err(|e| match e {
+        let path = CleanPath::parse(raw).map_err(|e| match e {
             PathError::Escapes => fail!(img, name, Escapes),
             PathError::Invalid => fail!(img, name, InvalidName),
         })?;
@@ -88,7 +93,8 @@ impl<'o> Unpacker<'o> {
         if let Kind::Unsupported(flag) = kind {
             return Err(fail!(img, name, UnsupportedType, kind: char::from(flag)));
         }
-        let meta = read_meta(entry).map_err(|e| fail!(img, name, Header, source: e))?;
+        let meta =
+            read_meta(header, &member.pax).map_err(|e| fail!(img, name, Header, source: e))?;
         for xattr in &meta.dropped {
             let xattr = String::from_utf8_lossy(xattr);
             tracing::warn!(entry = name, xattr = %xattr, "overlay xattr in layer tar dropped");
@@ -103,7 +109,7 @@ impl<'o> Unpacker<'o> {
         let dir = parent.as_fd();
 
         if kind == Kind::Hardlink {
-            return self.hardlink(entry, &path, &parent, leaf, name);
+            return self.hardlink(member, &path, &parent, leaf, name);
         }
         let slot = fsops::clear_slot(dir, leaf, kind == Kind::Dir)
             .map_err(|e| fail!(img, name, Replace, source: e))?;
@@ -111,20 +117,20 @@ impl<'o> Unpacker<'o> {
         let mut skipped = Vec::new();
         let applied = match kind {
             Kind::File => {
-                if entry.size() > self.budget() {
+                if size > self.budget() {
                     return Err(self.too_large(name));
                 }
-                let (file, n) = fsops::write_file(dir, leaf, entry, self.budget(), &mut self.buf)
+                let (file, n) = fsops::write_file(dir, leaf, data, self.budget(), &mut self.buf)
                     .map_err(|e| match e {
-                    WriteError::Create(e) => fail!(img, name, CreateFile, source: e),
-                    WriteError::Write(e) => fail!(img, name, WriteFile, source: e),
-                    WriteError::Read(e) => UnpackError::Read {
-                        after: name.to_string(),
-                        image: img.to_string(),
-                        source: e,
-                    },
-                    WriteError::TooLarge => self.too_large(name),
-                })?;
+                        WriteError::Create(e) => fail!(img, name, CreateFile, source: e),
+                        WriteError::Write(e) => fail!(img, name, WriteFile, source: e),
+                        WriteError::Read(e) => UnpackError::Read {
+                            after: name.to_string(),
+                            image: img.to_string(),
+                            source: e,
+                        },
+                        WriteError::TooLarge => self.too_large(name),
+                    })?;
                 self.data_bytes += n;
                 self.stats.file_bytes += n;
                 self.stats.files += 1;
@@ -150,10 +156,11 @@ impl<'o> Unpacker<'o> {
                 meta::apply_at(dir, leaf, Object::Dir, &meta, chown, &mut skipped)
             }
             Kind::Symlink => {
-                let target = entry
-                    .link_name_bytes()
+                let target = member
+                    .link
+                    .as_deref()
                     .ok_or_else(|| fail!(img, name, MissingLinkName))?;
-                fsops::symlink(&target, dir, leaf)
+                fsops::symlink(target, dir, leaf)
                     .map_err(|e| fail!(img, name, CreateSymlink, source: e))?;
                 self.stats.symlinks += 1;
                 meta::apply_at(dir, leaf, Object::Symlink, &meta, chown, &mut skipped)
@@ -164,7 +171,6 @@ impl<'o> Unpacker<'o> {
                     Kind::BlockDevice => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let header = entry.header();
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 match fsops::mknod(dir, leaf, file_type, major, minor) {
@@ -197,9 +203,9 @@ impl<'o> Unpacker<'o> {
     /// `etc/passwd`, which must already exist. The target's parent is
     /// resolved beneath the root; its final component is linked, never
     /// followed. Metadata comes from the target inode, as with GNU tar.
-    fn hardlink<R: Read>(
+    fn hardlink(
         &mut self,
-        entry: &tar::Entry<'_, R>,
+        member: &Member,
         path: &CleanPath,
         parent: &OwnedFd,
         leaf: &OsStr,
@@ -207,13 +213,14 @@ impl<'o> Unpacker<'o> {
     ) -> Result<(), UnpackError> {
         let opts = self.opts;
         let img = opts.image.as_str();
-        let raw = entry
-            .link_name_bytes()
+        let raw = member
+            .link
+            .as_deref()
             .ok_or_else(|| fail!(img, name, MissingLinkName))?;
-        let target_name = String::from_utf8_lossy(&raw).into_owned();
+        let target_name = String::from_utf8_lossy(raw).into_owned();
         let escapes = || fail!(img, name, HardlinkEscapes, target: target_name.clone());
         let missing = || fail!(img, name, HardlinkTargetMissing, target: target_name.clone());
-        let target = match CleanPath::parse(&raw) {
+        let target = match CleanPath::parse(raw) {
             Ok(t) => t,
             Err(PathError::Escapes) => return Err(escapes()),
             Err(PathError::Invalid) => return Err(fail!(img, name, InvalidName)),
@@ -310,13 +317,13 @@ impl<'o> Unpacker<'o> {
 
     /// Reads whatever data the entry still has (a payload on a non-file
     /// entry), metered like file contents, so the next header is in place.
-    pub(super) fn drain_entry<R: Read>(
+    pub(super) fn drain_entry(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        data: &mut dyn Read,
         name: &str,
     ) -> Result<(), UnpackError> {
         let budget = self.budget();
-        let n = io::copy(&mut entry.take(budget.saturating_add(1)), &mut io::sink()).map_err(
+        let n = io::copy(&mut data.take(budget.saturating_add(1)), &mut io::sink()).map_err(
             |source| UnpackError::Read {
                 after: name.to_string(),
                 image: self.opts.image.clone(),
@@ -355,20 +362,19 @@ impl<'o> Unpacker<'o> {
     }
 }
 
-fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
-    let header = entry.header();
+/// Header fields, overridden by PAX `uid`/`gid` (ids over 2097151 need
+/// them), plus the PAX records `meta` reads.
+fn read_meta(header: &tar::Header, pax: &[(Vec<u8>, Vec<u8>)]) -> io::Result<Meta> {
     let old = header.as_old();
-    let uid = blank_is_zero(&old.uid, header.uid())?;
-    let gid = blank_is_zero(&old.gid, header.gid())?;
+    let id = |key: &[u8], field: &[u8], parsed: io::Result<u64>| match meta::pax_id(pax, key) {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => blank_is_zero(field, parsed),
+        Err(e) => Err(io::Error::other(e)),
+    };
+    let uid = id(b"uid", &old.uid, header.uid())?;
+    let gid = id(b"gid", &old.gid, header.gid())?;
     let mode = blank_is_zero(&old.mode, header.mode())?;
     let mtime = blank_is_zero(&old.mtime, header.mtime())?;
-    let mut pax = Vec::new();
-    if let Some(exts) = entry.pax_extensions()? {
-        for ext in exts {
-            let ext = ext?;
-            pax.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
-        }
-    }
     let fields = pax.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
     meta::parse(uid, gid, mode, mtime, fields).map_err(io::Error::other)
 }

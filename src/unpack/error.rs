@@ -33,6 +33,24 @@ pub enum UnpackError {
         image: String,
         limit: u64,
     },
+    #[error(
+        "layer of image {image:?} has a malformed extension header (PAX record or GNU long \
+         name) after entry {after:?}: {reason}; the layer is corrupt or hostile"
+    )]
+    Extension {
+        after: String,
+        image: String,
+        reason: String,
+    },
+    #[error(
+        "layer entry {entry:?} of image {image:?} is a GNU sparse file with a bad sparse map: \
+         {reason}; the layer is corrupt or hostile"
+    )]
+    Sparse {
+        entry: String,
+        image: String,
+        reason: String,
+    },
     #[error("layer entry {entry:?} of image {image:?} has an empty or NUL-containing name")]
     InvalidName { entry: String, image: String },
     #[error("layer entry {entry:?} of image {image:?} escapes the layer root")]

@@ -286,7 +286,7 @@ pub(super) enum WriteError {
 pub(super) fn write_file(
     dir: BorrowedFd<'_>,
     name: &OsStr,
-    src: &mut impl Read,
+    src: &mut (impl Read + ?Sized),
     budget: u64,
     buf: &mut [u8],
 ) -> Result<(File, u64), WriteError> {

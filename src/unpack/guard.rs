@@ -1,10 +1,11 @@
 //! A byte budget on the tar stream.
 //!
-//! The tar crate reads GNU long names and PAX records whole into memory
-//! before it yields the entry they describe, with no size limit; a
-//! decompressed layer can claim gigabytes of "path". The unpack loop sets a
-//! small budget while the crate parses headers and lifts it while entry data
-//! (which it copies in bounded chunks and meters itself) is read.
+//! Outside raw mode the tar crate reads GNU long names and PAX records whole
+//! into memory, with no size limit; the unpack loop now reads them itself
+//! (bounded, see `member`), and this budget stays as a backstop on what the
+//! crate reads to find a header. The loop sets a small budget while the
+//! crate parses headers and lifts it while entry data (which it copies in
+//! bounded chunks and meters itself) is read.
 
 use std::cell::Cell;
 use std::io::{self, Read};

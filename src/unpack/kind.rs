@@ -22,7 +22,7 @@ pub(super) fn kind_of(type_flag: u8, raw_name: &[u8]) -> Kind {
         // old-style regular file; Go's archive/tar reads them the same way.
         b'\0' if raw_name.ends_with(b"/") => Kind::Dir,
         // '7' is "contiguous file", a regular file everywhere but old
-        // Masscomp; 'S' is GNU sparse, which the tar crate expands on read.
+        // Masscomp; 'S' is GNU sparse, expanded by `sparse`.
         b'0' | b'\0' | b'7' | b'S' => Kind::File,
         b'1' => Kind::Hardlink,
         b'2' => Kind::Symlink,

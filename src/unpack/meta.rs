@@ -39,8 +39,9 @@ pub(super) struct Meta {
     pub dropped: Vec<Vec<u8>>,
 }
 
-/// Builds the metadata from header fields (the tar crate has already applied
-/// PAX `uid`/`gid`) and the entry's PAX records (`mtime`, `SCHILY.xattr.*`).
+/// Builds the metadata from header fields (with PAX `uid`/`gid` already
+/// applied, see [`pax_id`]) and the entry's PAX records (`mtime`,
+/// `SCHILY.xattr.*`).
 pub(super) fn parse<'a>(
     uid: u64,
     gid: u64,
@@ -77,6 +78,24 @@ pub(super) fn parse<'a>(
         xattrs,
         dropped,
     })
+}
+
+/// The last PAX `uid` or `gid` record (`key`), if any, as a decimal number.
+pub(super) fn pax_id(pax: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Result<Option<u64>, String> {
+    let Some((_, value)) = pax.iter().rev().find(|(k, _)| k == key) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(value);
+    let bad = || {
+        format!(
+            "PAX {} {text:?} is not a decimal number",
+            String::from_utf8_lossy(key)
+        )
+    };
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    text.parse().map(Some).map_err(|_| bad())
 }
 
 /// Parses a PAX time (`[-]SECONDS[.FRACTION]`, POSIX pax "Extended Header
@@ -295,6 +314,23 @@ mod tests {
         assert_eq!(meta.xattrs.len(), 2);
         assert_eq!(meta.xattrs[0].0, b"security.capability");
         assert_eq!(meta.dropped, [b"trusted.overlay.redirect".to_vec()]);
+    }
+
+    #[test]
+    fn pax_ids_take_the_last_record_and_must_be_numbers() {
+        let pax = |recs: &[(&[u8], &[u8])]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            recs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+        };
+        assert_eq!(pax_id(&pax(&[]), b"uid"), Ok(None));
+        let two = pax(&[(b"uid", b"1"), (b"gid", b"7"), (b"uid", b"3000000")]);
+        assert_eq!(pax_id(&two, b"uid"), Ok(Some(3_000_000)));
+        assert_eq!(pax_id(&two, b"gid"), Ok(Some(7)));
+        let bad = pax(&[(b"uid", b"-1")]);
+        assert_eq!(
+            pax_id(&bad, b"uid"),
+            Err("PAX uid \"-1\" is not a decimal number".to_string())
+        );
+        assert!(pax_id(&pax(&[(b"gid", b"")]), b"gid").is_err());
     }
 
     #[test]

@@ -31,8 +31,12 @@ mod error;
 mod fsops;
 mod guard;
 mod kind;
+mod member;
 mod meta;
 mod path;
+mod pax;
+mod shared;
+mod sparse;
 mod whiteout;
 
 /// Builds an [`UnpackError`] variant that carries `entry` and `image`.
@@ -57,10 +61,14 @@ use std::time::Instant;
 
 pub use error::UnpackError;
 
-/// Caps a single GNU long name / PAX header set (plus the header blocks and
-/// padding read with it). Real ones are a few KiB; xattrs are at most 64 KiB
-/// each (XATTR_SIZE_MAX).
+/// Caps what the tar crate reads to find the next header. In raw mode that is
+/// one header block, the data of the previous member having been read; the
+/// bound stays as a backstop. Extension data is bounded by
+/// [`member::MAX_EXTENSION`].
 const HEADER_BUDGET: u64 = 8 << 20;
+
+/// Tar members are laid out in 512-byte blocks.
+const BLOCK: u64 = 512;
 
 /// How to unpack one layer.
 #[derive(Debug, Clone)]
@@ -119,24 +127,34 @@ pub fn unpack_layer<R: Read>(
         source,
     })?;
     let (guarded, budget) = guard::Guarded::new(tar_stream);
-    let mut archive = tar::Archive::new(guarded);
+    let stream = shared::Shared::new(guarded);
+    let mut archive = tar::Archive::new(stream.clone());
     let mut unpacker = entry::Unpacker::new(root, opts);
     let read_err = |after: &str, source| UnpackError::Read {
         after: after.to_string(),
         image: opts.image.clone(),
         source,
     };
+    let ext_err = |after: &str, reason: member::ExtError| UnpackError::Extension {
+        after: after.to_string(),
+        image: opts.image.clone(),
+        reason: reason.to_string(),
+    };
 
     let mut last = String::new();
     // `entries` borrows the archive, which must be free again to drain.
     {
-        let mut entries = archive.entries().map_err(|e| read_err(&last, e))?;
+        // Raw: extension headers are parsed here (`member`, `pax`), not by
+        // the crate, whose PAX parsing splits records at newlines.
+        let mut entries = archive.entries().map_err(|e| read_err(&last, e))?.raw(true);
+        let mut pending = member::Pending::default();
         loop {
             budget.set(HEADER_BUDGET);
             let next = entries.next();
             budget.set(u64::MAX);
             let mut entry = match next {
-                None => break,
+                None if pending.is_empty() => break,
+                None => return Err(ext_err(&last, member::ExtError::Dangling)),
                 Some(Ok(entry)) => entry,
                 Some(Err(_)) if budget.tripped() => {
                     return Err(UnpackError::HeaderTooLarge {
@@ -147,9 +165,46 @@ pub fn unpack_layer<R: Read>(
                 }
                 Some(Err(e)) => return Err(read_err(&last, e)),
             };
-            last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            unpacker.entry(&mut entry, &last)?;
-            unpacker.drain_entry(&mut entry, &last)?;
+            if let Some(ext) = member::extension_of(entry.header()) {
+                let data = read_extension(&mut entry, &last, opts)?;
+                pending.add(ext, data).map_err(|e| ext_err(&last, e))?;
+                continue;
+            }
+            let header = entry.header().clone();
+            let member = pending.apply(&header).map_err(|e| ext_err(&last, e))?;
+            last = String::from_utf8_lossy(&member.path).into_owned();
+            if header.entry_type().is_gnu_sparse() {
+                // The map's extension blocks precede the stored data.
+                let segments = sparse::read_map(&header, &mut stream.clone()).map_err(|e| {
+                    UnpackError::Sparse {
+                        entry: last.clone(),
+                        image: opts.image.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                let size = sparse::Expand::len(&segments);
+                let mut data = sparse::Expand::new(segments, &mut entry);
+                unpacker.entry(&header, &member, &mut data, size, &last)?;
+                unpacker.drain_entry(&mut data, &last)?;
+                unpacker.drain_entry(&mut entry, &last)?;
+            } else if member.size == entry.size() {
+                unpacker.entry(&header, &member, &mut entry, member.size, &last)?;
+                unpacker.drain_entry(&mut entry, &last)?;
+            } else {
+                // Header size 0, PAX size real (see `shared`): the crate
+                // reads nothing, the data and its padding are read here.
+                let mut data = stream.clone().take(member.size);
+                unpacker.entry(&header, &member, &mut data, member.size, &last)?;
+                unpacker.drain_entry(&mut data, &last)?;
+                let mut padding = stream.clone().take(member.size.wrapping_neg() % BLOCK);
+                unpacker.drain_entry(&mut padding, &last)?;
+                // The crate reports a truncated member when it skips to the
+                // next header; these bytes bypassed it.
+                if data.limit() != 0 || padding.limit() != 0 {
+                    let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    return Err(read_err(&last, eof));
+                }
+            }
         }
     }
     let mut stats = unpacker.finish()?;
@@ -182,4 +237,30 @@ pub fn unpack_layer<R: Read>(
         "layer unpacked"
     );
     Ok(stats)
+}
+
+/// Reads the data of a GNU long name / PAX header, refusing one over
+/// [`member::MAX_EXTENSION`] before reading it.
+fn read_extension<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    after: &str,
+    opts: &UnpackOptions,
+) -> Result<Vec<u8>, UnpackError> {
+    let size = entry.size();
+    if size > member::MAX_EXTENSION {
+        return Err(UnpackError::HeaderTooLarge {
+            after: after.to_string(),
+            image: opts.image.clone(),
+            limit: member::MAX_EXTENSION,
+        });
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    entry
+        .read_to_end(&mut data)
+        .map_err(|source| UnpackError::Read {
+            after: after.to_string(),
+            image: opts.image.clone(),
+            source,
+        })?;
+    Ok(data)
 }

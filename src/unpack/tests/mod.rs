@@ -4,6 +4,7 @@
 mod apply;
 mod caps;
 mod hostile;
+mod pax;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
