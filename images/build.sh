@@ -29,7 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 suite=bookworm
 # Bump when what goes into a tree changes in a way the cache key below
 # cannot see (it already covers the packages and the masked units).
-version=v4
+version=v5
 cache=/var/cache/cvmd-images
 layout=
 push=
@@ -136,11 +136,10 @@ build_tar() {
     systemctl --root="$root" enable docker.service containerd.service >/dev/null 2>&1 ||
       die "cannot enable docker.service in the $name image"
   fi
-  # POSIX ACLs stay out (systemd-tmpfiles sets the only ones, on
-  # /var/log/journal, again at boot): GNU tar writes them as multi-line
-  # PAX records, which the tar crate cvmd unpacks with cannot read.
+  # Every xattr goes in, POSIX ACLs (binary PAX values) included, as
+  # Docker and buildah write them: cvmd must unpack them whole.
   tar --create --file="$out" --directory="$root" --numeric-owner --format=posix \
-    --xattrs --xattrs-include='*' --xattrs-exclude='system.posix_acl_*' --sort=name .
+    --xattrs --xattrs-include='*' --sort=name .
 }
 
 # Lazily detaches every mount at or below $1, deepest first; dies if any
