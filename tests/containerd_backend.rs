@@ -386,3 +386,42 @@ fn containerd_down_is_one_line_and_auto_without_a_socket_is_native_and_quiet() {
         "auto without a socket says nothing about containerd: {stderr}"
     );
 }
+
+#[test]
+fn containerd_starts_an_image_the_node_pulled_itself_without_the_registry() {
+    if !ready() {
+        return;
+    }
+    let ctd = PrivateContainerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let reference = push(
+        &reg,
+        "ctd/node-pulled",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "cat /etc/motd; exit 5"]),
+    );
+    // What the kubelet does through CRI: containerd's own pull and unpack,
+    // no cvmd involved (in a cluster: CVMD_CONTAINERD_NAMESPACE=k8s.io).
+    let pulled = ctd.ctr(&["images", "pull", "--plain-http", &reference]);
+    assert!(
+        pulled.status.success(),
+        "ctr pull: {}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    drop(reg);
+    let out = cvmd_run(&ctd, state.path(), "127.0.0.1:1", &reference)
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}\n{}", ctd.log());
+    assert!(stderr.contains("image is in containerd"), "{stderr}");
+    assert!(stderr.contains("from the second layer"), "{stderr}");
+    assert_clean(state.path(), &ctd);
+    // containerd's image stays as the node left it.
+    assert_eq!(
+        ctd.list(&["images", "ls"]),
+        std::slice::from_ref(&reference)
+    );
+}
