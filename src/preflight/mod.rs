@@ -14,6 +14,7 @@ mod host;
 mod idmap;
 mod kernel;
 mod privilege;
+mod proxy;
 mod render;
 mod shiftfs;
 mod start;
@@ -272,5 +273,6 @@ pub fn collect(host: &dyn Host, opts: &Options) -> Report {
         "CVMD_ADD_TUN",
     ));
     checks.push(devices::gpus(host, opts));
+    checks.push(proxy::check(host));
     Report::new(&opts.runtime, checks)
 }

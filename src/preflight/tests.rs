@@ -132,7 +132,8 @@ fn every_check_is_reported_with_a_fix_when_not_ok() {
             "cgroups",
             "dev-fuse",
             "dev-net-tun",
-            "nvidia-gpus"
+            "nvidia-gpus",
+            "pod-proxy"
         ]
     );
     for c in &r.checks {
@@ -142,6 +143,30 @@ fn every_check_is_reported_with_a_fix_when_not_ok() {
             Status::Ok | Status::Skip => assert!(c.fix.is_none(), "{c:?}"),
         }
     }
+}
+
+#[test]
+fn a_mesh_sidecar_in_the_pod_is_a_warning_naming_the_mesh() {
+    let h = FakeHost::new();
+    assert_eq!(
+        get(&collect(&h, &opts("runc")), "pod-proxy").status,
+        Status::Ok
+    );
+    // Envoy's outbound capture port 15001 (0x3A99), listening on ::.
+    h.write(
+        "/proc/net/tcp6",
+        "  sl  local_address                         remote_address                        st\n   0: 00000000000000000000000000000000:3A99 00000000000000000000000000000000:0000 0A\n",
+    );
+    let r = collect(&h, &opts("runc"));
+    let c = get(&r, "pod-proxy");
+    assert_eq!(c.status, Status::Warn, "{c:?}");
+    assert!(c.detail.contains("Istio"), "{c:?}");
+    assert!(c
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("istio-injection=disabled"));
+    assert!(r.passed, "a warning, not a failure");
 }
 
 #[test]
