@@ -32,3 +32,41 @@ if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$kv_versi
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version"
 fi
+
+# Newer containerd releases for tests/containerd_backend.rs: the transfer
+# service (containerd 1.7 and 2.x) is what cvmd uses where it exists, and
+# Debian 12 has only 1.6. Debian's own builds from trixie (1.7) and sid
+# (2.x), fetched by apt from a private source list (so apt checks the
+# archive signatures and hashes) and unpacked under /opt: nothing on the
+# host's apt sources or /usr/bin changes. They need libc6 >= 2.34; bookworm
+# has 2.36.
+ctd_root=${CVMD_TOOLS_CONTAINERD:-/opt/cvmd-tools/containerd}
+need_ctd=()
+for suite in trixie sid; do
+  [[ -x $ctd_root/$suite/usr/bin/containerd ]] || need_ctd+=("$suite")
+done
+if ((${#need_ctd[@]})); then
+  echo "installing containerd from Debian ${need_ctd[*]} into $ctd_root" >&2
+  apt_dir=$(mktemp -d)
+  trap 'rm -rf "$apt_dir"' EXIT
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+  for suite in "${need_ctd[@]}"; do
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main"
+  done >"$apt_dir/sources.list"
+  apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o APT::Sandbox::User=root)
+  apt-get "${apt_opts[@]}" update -q >/dev/null
+  for suite in "${need_ctd[@]}"; do
+    version=$(apt-cache "${apt_opts[@]}" madison containerd |
+      awk -F'|' -v s="$suite/main" '$3 ~ s { gsub(/ /, "", $2); print $2; exit }')
+    [[ -n $version ]] || { echo "Debian $suite has no containerd package" >&2; exit 1; }
+    (cd "$apt_dir" && apt-get "${apt_opts[@]}" download -q "containerd=$version" >/dev/null)
+    rm -rf "$ctd_root/$suite.new"
+    mkdir -p "$ctd_root/$suite.new"
+    dpkg-deb -x "$apt_dir"/containerd_*.deb "$ctd_root/$suite.new"
+    rm -f "$apt_dir"/containerd_*.deb
+    rm -rf "$ctd_root/$suite"
+    mv "$ctd_root/$suite.new" "$ctd_root/$suite"
+    "$ctd_root/$suite/usr/bin/containerd" --version >&2
+  done
+fi

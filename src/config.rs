@@ -35,6 +35,8 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "image_backend", env: "CVMD_IMAGE_BACKEND", envbox: None, default: Some("native"), help: "where images come from: native (cvmd's registry client and layer cache), containerd (the node's containerd, through its socket), or auto (containerd when its socket is present and answers, else native)" },
     Spec { key: "containerd_socket", env: "CVMD_CONTAINERD_SOCKET", envbox: None, default: Some("/run/containerd/containerd.sock"), help: "containerd's gRPC socket, for the containerd image backend" },
     Spec { key: "containerd_namespace", env: "CVMD_CONTAINERD_NAMESPACE", envbox: None, default: Some("cvmd"), help: "containerd namespace that holds cvmd's images, snapshots and leases" },
+    Spec { key: "containerd_pull", env: "CVMD_CONTAINERD_PULL", envbox: None, default: Some("auto"), help: "how the containerd backend pulls: transfer (containerd 1.7+ fetches and unpacks, asking cvmd for credentials), content (cvmd fetches into containerd's content store), or auto (transfer where containerd has it and the pull needs no CVMD_EXTRA_CERTS, CVMD_MIRRORS or bare registry token)" },
+    Spec { key: "containerd_hosts_dir", env: "CVMD_CONTAINERD_HOSTS_DIR", envbox: None, default: None, help: "folder of hosts.toml files on the node (e.g. /etc/containerd/certs.d) that containerd's transfer service applies: the node's mirrors, CAs and plain-HTTP registries" },
     Spec { key: "pull_policy", env: "CVMD_PULL_POLICY", envbox: None, default: Some("IfNotPresent"), help: "when to ask the registry before starting: Always, IfNotPresent (start from the node cache when it has the image), Never" },
     Spec { key: "pull_concurrency", env: "CVMD_PULL_CONCURRENCY", envbox: None, default: Some("4"), help: "layers downloaded at once (1-64)" },
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
@@ -121,6 +123,8 @@ pub struct Settings {
     pub image_backend: crate::backend::Choice,
     pub containerd_socket: PathBuf,
     pub containerd_namespace: String,
+    pub containerd_pull: crate::backend::containerd::PullPath,
+    pub containerd_hosts_dir: Option<PathBuf>,
     pub pull_policy: crate::image::PullPolicy,
     pub pull_concurrency: usize,
     pub pull_retries: u32,
@@ -291,6 +295,13 @@ impl Settings {
             crate::backend::containerd::check_namespace(v)
         })
         .unwrap_or_else(|| "cvmd".into());
+        let containerd_pull = parse("containerd_pull", &|v| {
+            v.parse::<crate::backend::containerd::PullPath>()
+                .map(|_| ())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::backend::containerd::PullPath::Auto);
+        let containerd_hosts_dir = parse("containerd_hosts_dir", &absolute).map(PathBuf::from);
         let pull_policy = parse("pull_policy", &|v| {
             v.parse::<crate::image::PullPolicy>().map(|_| ())
         })
@@ -469,6 +480,8 @@ impl Settings {
             image_backend,
             containerd_socket,
             containerd_namespace,
+            containerd_pull,
+            containerd_hosts_dir,
             pull_policy,
             pull_concurrency,
             pull_retries,

@@ -3,6 +3,11 @@
 //! `cvmd run --image-backend containerd` booting a busybox workspace from
 //! a containerd snapshot under real runc.
 //!
+//! The tests that `per_release!` names run against each of Debian's
+//! containerd releases: 1.6 (bookworm), where cvmd fetches into the
+//! content store, and 1.7 (trixie) and 2.x (sid), where containerd's
+//! transfer service pulls and asks cvmd for credentials.
+//!
 //! Needs root, runc, containerd and docker-registry; skips with a reason
 //! otherwise.
 
@@ -17,7 +22,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use common::Registry;
-use containerd_support::{containerd_present, PrivateContainerd};
+use containerd_support::{containerd_present, PrivateContainerd, Release};
 use layers_support::*;
 
 fn runc_present() -> bool {
@@ -32,6 +37,85 @@ fn runc_present() -> bool {
 
 fn ready() -> bool {
     can_run() && runc_present() && containerd_present()
+}
+
+fn ready_with(release: Release) -> bool {
+    can_run() && runc_present() && release.present()
+}
+
+/// One test per containerd release, each calling `$body(release)`.
+macro_rules! per_release {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn bookworm_1_6() {
+                if ready_with(Release::Bookworm) {
+                    $body(Release::Bookworm);
+                }
+            }
+            #[test]
+            fn trixie_1_7() {
+                if ready_with(Release::Trixie) {
+                    $body(Release::Trixie);
+                }
+            }
+            #[test]
+            fn sid_2() {
+                if ready_with(Release::Sid) {
+                    $body(Release::Sid);
+                }
+            }
+        }
+    };
+}
+
+/// A registry for `release` to pull from through its transfer service
+/// where it has one: containerd 1.7's speaks HTTPS only, so it gets a TLS
+/// registry (and containerd trusts its CA, see `start_for`); the others
+/// a plain one.
+fn registry_for(release: Release) -> Registry {
+    if release == Release::Trixie {
+        Registry::start(common::registry::RegistryOptions {
+            tls: true,
+            ..Default::default()
+        })
+        .unwrap()
+    } else {
+        Registry::plain().unwrap()
+    }
+}
+
+/// containerd of `release`, trusting `reg`'s CA if it has one.
+fn start_for(release: Release, reg: &Registry) -> PrivateContainerd {
+    PrivateContainerd::start_trusting(release, reg.ca_pem_path())
+}
+
+/// `--insecure-registries` for cvmd: the registry's host if it is plain.
+fn insecure(reg: &Registry) -> String {
+    if reg.is_tls() {
+        "none".into()
+    } else {
+        reg.host()
+    }
+}
+
+/// Whether a pull from `reg` goes through `release`'s transfer service.
+fn via_transfer(release: Release, reg: &Registry) -> bool {
+    match release {
+        Release::Bookworm => false,
+        Release::Trixie => reg.is_tls(),
+        Release::Sid => true,
+    }
+}
+
+/// The log line that says which way the pull went.
+fn pull_path_line(transfer: bool) -> &'static str {
+    if transfer {
+        "pulled by containerd's transfer service"
+    } else {
+        "pulled into containerd"
+    }
 }
 
 /// busybox-static and a second layer on top, with `entrypoint`.
@@ -66,7 +150,8 @@ fn cvmd_run(ctd: &PrivateContainerd, state: &Path, registry: &str, reference: &s
         .arg(state.join("state"))
         .args(["--insecure-registries", registry])
         .args(["--image", reference, "--workspace", &workspace_name(state)])
-        .args(["--log-format", "text", "--log-level", "info"])
+        .env("CVMD_LOG_LEVEL", "info")
+        .args(["--log-format", "text"])
         // In the host netns, in parallel: a veth each would collide.
         .args(["--network", "none"])
         .args(["--runtime", "runc", "--image-backend", "containerd"])
@@ -99,21 +184,21 @@ fn assert_clean(state: &Path, ctd: &PrivateContainerd) {
     assert!(leases.is_empty(), "leases left: {leases:?}");
 }
 
-#[test]
-fn containerd_boots_a_workspace_from_a_snapshot_then_starts_warm_without_the_registry() {
-    if !ready() {
-        return;
-    }
-    let ctd = PrivateContainerd::start();
+per_release!(
+    containerd_boots_a_workspace_from_a_snapshot_then_starts_warm_without_the_registry,
+    boots_then_starts_warm
+);
+fn boots_then_starts_warm(release: Release) {
+    let reg = registry_for(release);
+    let ctd = start_for(release, &reg);
     let state = tempfile::tempdir().unwrap();
-    let reg = Registry::plain().unwrap();
     let reference = push(
         &reg,
         "ctd/exit",
         "v1",
         &busybox_image(&["/bin/sh", "-c", "cat /etc/motd; exit 7"]),
     );
-    let out = cvmd_run(&ctd, state.path(), &reg.host(), &reference)
+    let out = cvmd_run(&ctd, state.path(), &insecure(&reg), &reference)
         .arg("run")
         .output()
         .unwrap();
@@ -124,6 +209,15 @@ fn containerd_boots_a_workspace_from_a_snapshot_then_starts_warm_without_the_reg
     assert!(stderr.contains("image backend: containerd"), "{stderr}");
     assert!(
         stderr.contains("rootfs mounted from a containerd snapshot"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(pull_path_line(via_transfer(release, &reg))),
+        "{stderr}"
+    );
+    // Progress reads as with the registry backend, whichever way it went.
+    assert!(
+        stderr.contains(&format!("{reference}: sha256:")) && stderr.contains("2 layers"),
         "{stderr}"
     );
     // The image is containerd's now, with its layers as committed
@@ -167,14 +261,14 @@ fn containerd_boots_a_workspace_from_a_snapshot_then_starts_warm_without_the_reg
     assert_clean(state.path(), &ctd);
 }
 
-#[test]
-fn containerd_boots_an_image_with_more_layers_than_one_mount_page_names() {
-    if !ready() {
-        return;
-    }
-    let ctd = PrivateContainerd::start();
+per_release!(
+    containerd_boots_an_image_with_more_layers_than_one_mount_page_names,
+    boots_a_deep_image
+);
+fn boots_a_deep_image(release: Release) {
+    let reg = registry_for(release);
+    let ctd = start_for(release, &reg);
     let state = tempfile::tempdir().unwrap();
-    let reg = Registry::plain().unwrap();
     // 64 lower dirs of ~80 bytes each: over mount(2)'s 4 KiB of options.
     let mut builder = ImageBuilder::new(Format::Oci)
         .layer(busybox_image(&[]).layers[0].clone())
@@ -192,27 +286,36 @@ fn containerd_boots_an_image_with_more_layers_than_one_mount_page_names() {
         builder = builder.layer(layer.build(Compression::Gzip));
     }
     let reference = push(&reg, "ctd/deep", "v1", &builder.build());
-    let out = cvmd_run(&ctd, state.path(), &reg.host(), &reference)
+    let out = cvmd_run(&ctd, state.path(), &insecure(&reg), &reference)
         .arg("run")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains(pull_path_line(via_transfer(release, &reg))),
+        "{stderr}"
+    );
     assert!(stderr.contains("63 stream=\"stdout\""), "{stderr}");
     assert_eq!(ctd.snapshots().len(), 64);
     assert_clean(state.path(), &ctd);
 }
 
-#[test]
-fn containerd_pulls_from_an_authenticated_registry_without_showing_the_password() {
-    if !ready() {
-        return;
-    }
+per_release!(
+    containerd_pulls_from_an_authenticated_registry_without_showing_the_password,
+    pulls_with_credentials
+);
+fn pulls_with_credentials(release: Release) {
     const USER: &str = "ctduser";
     const PASS: &str = "s3cret-ctd-pass";
-    let ctd = PrivateContainerd::start();
-    let state = tempfile::tempdir().unwrap();
     let reg = Registry::tls_basic(USER, PASS).unwrap();
+    // 1.7 trusts the CA as a node's roots (it reads no hosts dir).
+    let ctd = if release == Release::Trixie {
+        start_for(release, &reg)
+    } else {
+        PrivateContainerd::start_release(release)
+    };
+    let state = tempfile::tempdir().unwrap();
     let reference = push(
         &reg,
         "ctd/private",
@@ -222,23 +325,54 @@ fn containerd_pulls_from_an_authenticated_registry_without_showing_the_password(
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
     let secret = serde_json::json!({ "auths": { reg.host(): { "auth": auth } } }).to_string();
     let ca = reg.ca_pem_path().unwrap().to_str().unwrap().to_string();
+    // The registry's CA: cvmd's own client takes it from --extra-certs;
+    // containerd 2's transfer service from the node's hosts dir, as
+    // /etc/containerd/certs.d/HOST/ca.crt on a node.
+    let hosts = state.path().join("certs.d");
+    std::fs::create_dir_all(hosts.join(reg.host())).unwrap();
+    std::fs::copy(&ca, hosts.join(reg.host()).join("ca.crt")).unwrap();
+    let trust: Vec<String> = match release {
+        Release::Bookworm => vec!["--extra-certs".into(), ca.clone()],
+        Release::Trixie => vec![],
+        Release::Sid => vec!["--containerd-hosts-dir".into(), hosts.display().to_string()],
+    };
 
     // Without credentials: the registry's refusal, one line.
     let out = cvmd_run(&ctd, state.path(), "none", &reference)
-        .args(["--extra-certs", &ca, "run"])
+        .args(&trust)
+        .arg("run")
         .output()
         .unwrap();
     let line = error_line(&out);
-    assert!(line.contains("requires authentication"), "{line}");
+    if release.has_transfer_service() {
+        assert!(
+            line.contains(&format!("could not pull {reference}"))
+                && (line.contains("401") || line.contains("authorization")),
+            "{line}"
+        );
+    } else {
+        assert!(line.contains("requires authentication"), "{line}");
+    }
     assert_clean(state.path(), &ctd);
 
     let out = cvmd_run(&ctd, state.path(), "none", &reference)
-        .args(["--extra-certs", &ca, "--pull-secret", &secret, "run"])
+        .args(&trust)
+        .args(["--pull-secret", &secret, "--log-level", "debug", "run"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", ctd.log());
     assert!(stderr.contains("private ok"), "{stderr}");
+    assert!(
+        stderr.contains(pull_path_line(release.has_transfer_service())),
+        "{stderr}"
+    );
+    if release.has_transfer_service() {
+        assert!(
+            stderr.contains("answering containerd's credential request"),
+            "{stderr}"
+        );
+    }
     assert!(
         !stderr.contains(PASS) && !stderr.contains(&auth),
         "{stderr}"
@@ -248,12 +382,12 @@ fn containerd_pulls_from_an_authenticated_registry_without_showing_the_password(
     assert_clean(state.path(), &ctd);
 }
 
-#[test]
-fn containerd_killed_mid_pull_gives_one_clear_line_and_leaves_no_mount() {
-    if !ready() {
-        return;
-    }
-    let mut ctd = PrivateContainerd::start();
+per_release!(
+    containerd_killed_mid_pull_gives_one_clear_line_and_leaves_no_mount,
+    killed_mid_pull
+);
+fn killed_mid_pull(release: Release) {
+    let mut ctd = PrivateContainerd::start_release(release);
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
     let proxy = common::proxy::FaultProxy::start(&reg.url());
@@ -387,12 +521,12 @@ fn containerd_down_is_one_line_and_auto_without_a_socket_is_native_and_quiet() {
     );
 }
 
-#[test]
-fn containerd_starts_an_image_the_node_pulled_itself_without_the_registry() {
-    if !ready() {
-        return;
-    }
-    let ctd = PrivateContainerd::start();
+per_release!(
+    containerd_starts_an_image_the_node_pulled_itself_without_the_registry,
+    starts_what_the_node_pulled
+);
+fn starts_what_the_node_pulled(release: Release) {
+    let ctd = PrivateContainerd::start_release(release);
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
     let reference = push(
@@ -424,4 +558,142 @@ fn containerd_starts_an_image_the_node_pulled_itself_without_the_registry() {
         ctd.list(&["images", "ls"]),
         std::slice::from_ref(&reference)
     );
+}
+
+#[test]
+fn transfer_asked_of_a_containerd_without_it_is_one_clear_line() {
+    if !ready() {
+        return;
+    }
+    let ctd = PrivateContainerd::start_release(Release::Bookworm);
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "ctd/old", "v1", &busybox_image(&["/bin/sh"]));
+    let out = cvmd_run(&ctd, state.path(), &reg.host(), &reference)
+        .args(["--containerd-pull", "transfer", "run"])
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!(
+            "containerd at {} has no transfer service (version 1.6",
+            ctd.socket().display()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("CVMD_CONTAINERD_PULL=auto"), "{line}");
+    assert!(ctd.list(&["images", "ls"]).is_empty());
+    assert_clean(state.path(), &ctd);
+}
+
+#[test]
+fn auto_uses_cvmds_own_client_where_the_transfer_service_cannot_take_the_ca() {
+    if !ready_with(Release::Sid) {
+        return;
+    }
+    const USER: &str = "ctduser";
+    const PASS: &str = "s3cret-ctd-pass";
+    let ctd = PrivateContainerd::start_release(Release::Sid);
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::tls_basic(USER, PASS).unwrap();
+    let reference = push(
+        &reg,
+        "ctd/own-ca",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "echo own ca ok"]),
+    );
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    let secret = serde_json::json!({ "auths": { reg.host(): { "auth": auth } } }).to_string();
+    let ca = reg.ca_pem_path().unwrap().to_str().unwrap().to_string();
+    let out = cvmd_run(&ctd, state.path(), "none", &reference)
+        .args(["--extra-certs", &ca, "--pull-secret", &secret, "run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("own ca ok"), "{stderr}");
+    assert!(
+        stderr.contains("pulling with cvmd's own client into containerd's content store")
+            && stderr.contains("CVMD_EXTRA_CERTS"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pulled into containerd"), "{stderr}");
+    assert!(!stderr.contains(PASS), "{stderr}");
+    assert_eq!(ctd.list(&["images", "ls"]), [reference]);
+    assert_clean(state.path(), &ctd);
+}
+
+#[test]
+fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
+    if !ready_with(Release::Sid) {
+        return;
+    }
+    let ctd = PrivateContainerd::start_release(Release::Sid);
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let proxy = common::proxy::FaultProxy::start(&reg.url());
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(busybox_image(&[]).layers[0].clone())
+        .layer(common::image::Layer::random(
+            "big.bin",
+            4,
+            9,
+            Compression::Gzip,
+        ))
+        .entrypoint(&["/bin/sh", "-c", "exit 0"])
+        .build();
+    push(&reg, "ctd/progress", "v1", &img);
+    // 4 MiB at 1 MiB/s: containerd reports it several times on the way.
+    proxy.throttle_blobs(1 << 20);
+    let reference = format!("{}/ctd/progress:v1", proxy.host());
+    let child = cvmd_run(&ctd, state.path(), &proxy.host(), &reference)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = state.path().join("state/cvmd.sock");
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            .env_clear()
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), || socket.exists()
+            && ctl(&["status"]).status.success()),
+        "cvmd never answered"
+    );
+    let pull = ctl(&["pull"]);
+    let shown = String::from_utf8_lossy(&pull.stderr);
+    assert_eq!(pull.status.code(), Some(0), "{shown}");
+    let big = img.layer_digests()[1].clone();
+    let short = &big["sha256:".len().."sha256:".len() + 12];
+    assert!(
+        shown.contains(&format!("{short}: downloading"))
+            && shown.contains(&format!("{short}: done")),
+        "the big layer's start and end: {shown}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&ctl(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["timeline"][1]["name"], "pull", "{status}");
+    assert!(
+        status["image"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{status}"
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("pulled by containerd's transfer service"),
+        "{stderr}"
+    );
+    assert_clean(state.path(), &ctd);
 }

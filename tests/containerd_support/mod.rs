@@ -1,4 +1,6 @@
-//! A private containerd for one test: Debian's `containerd` with its own
+//! A private containerd for one test: one of Debian's `containerd` builds
+//! (bookworm's 1.6 from apt; trixie's 1.7 and sid's 2.x, which
+//! scripts/deps.sh unpacks under /opt/cvmd-tools/containerd) with its own
 //! root, state dir and socket in a temp dir, the CRI plugin and the
 //! snapshotters it does not need disabled; `ctr` to look inside it.
 //! Stopped (SIGKILL) and its temp dir removed on drop, with any mount it
@@ -13,21 +15,69 @@ use std::time::Duration;
 
 pub const NAMESPACE: &str = "cvmd";
 
-pub fn containerd_present() -> bool {
-    let found = Path::new("/usr/bin/containerd").exists() && Path::new("/usr/bin/ctr").exists();
-    if !found {
-        eprintln!("skipping: containerd is not installed (apt-get install containerd)");
+/// The containerd releases the tests run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Debian 12's 1.6: no transfer service.
+    Bookworm,
+    /// Debian 13's 1.7: the first with the transfer service.
+    Trixie,
+    /// Debian unstable's 2.x.
+    Sid,
+}
+
+impl Release {
+    pub fn bin_dir(self) -> PathBuf {
+        let root = std::env::var_os("CVMD_TOOLS_CONTAINERD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/opt/cvmd-tools/containerd"));
+        match self {
+            Release::Bookworm => PathBuf::from("/usr/bin"),
+            Release::Trixie => root.join("trixie/usr/bin"),
+            Release::Sid => root.join("sid/usr/bin"),
+        }
     }
-    found
+
+    pub fn has_transfer_service(self) -> bool {
+        self != Release::Bookworm
+    }
+
+    /// Whether this release is installed; says why not when it is not.
+    pub fn present(self) -> bool {
+        let dir = self.bin_dir();
+        let found = dir.join("containerd").exists() && dir.join("ctr").exists();
+        if !found {
+            eprintln!(
+                "skipping: containerd ({self:?}) is not installed in {} (bash scripts/deps.sh installs it)",
+                dir.display()
+            );
+        }
+        found
+    }
+}
+
+pub fn containerd_present() -> bool {
+    Release::Bookworm.present()
 }
 
 pub struct PrivateContainerd {
     pub dir: tempfile::TempDir,
+    pub release: Release,
     child: Option<Child>,
 }
 
 impl PrivateContainerd {
     pub fn start() -> PrivateContainerd {
+        PrivateContainerd::start_release(Release::Bookworm)
+    }
+
+    pub fn start_release(release: Release) -> PrivateContainerd {
+        PrivateContainerd::start_trusting(release, None)
+    }
+
+    /// With `ca` as the only root containerd trusts (Go reads
+    /// SSL_CERT_FILE): a registry the node's roots would trust.
+    pub fn start_trusting(release: Release, ca: Option<&Path>) -> PrivateContainerd {
         let dir = tempfile::Builder::new()
             .prefix("cvmd-ctd-")
             .tempdir()
@@ -53,7 +103,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("/usr/bin/containerd")
+        let mut command = Command::new(release.bin_dir().join("containerd"));
+        if let Some(ca) = ca {
+            command.env("SSL_CERT_FILE", ca);
+        }
+        let child = command
             .arg("--config")
             .arg(d.join("config.toml"))
             .stdin(Stdio::null())
@@ -63,6 +117,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .expect("start containerd");
         let c = PrivateContainerd {
             dir,
+            release,
             child: Some(child),
         };
         let up = crate::common::wait_until(Duration::from_secs(20), || {
@@ -86,7 +141,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// `ctr` against this containerd, in cvmd's namespace.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("/usr/bin/ctr")
+        Command::new(self.release.bin_dir().join("ctr"))
             .arg("--address")
             .arg(self.socket())
             .args(["--namespace", NAMESPACE])

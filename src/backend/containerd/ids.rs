@@ -7,8 +7,12 @@ use crate::digest::Digest;
 
 /// The oldest containerd cvmd is tested against (Debian 12's 1.6.20).
 pub const MIN_VERSION: (u32, u32) = (1, 6);
-/// containerd 2.0 has the transfer service (1.7 only as a preview).
-pub const TRANSFER_VERSION: (u32, u32) = (2, 0);
+/// The first containerd with the transfer and streaming services (tested
+/// against Debian's 1.7.24 and 2.1.9).
+pub const TRANSFER_VERSION: (u32, u32) = (1, 7);
+/// The first whose transfer service takes a hosts dir and a default scheme
+/// (1.7's speaks HTTPS only, trusting the system roots).
+pub const RESOLVER_OPTIONS_VERSION: (u32, u32) = (2, 0);
 
 /// The chain ID of each layer (OCI image spec, config.md "Layer ChainID"):
 /// the first is its diff ID, each next one is

@@ -1,9 +1,11 @@
 //! The containerd image backend: images pulled into the node's containerd
-//! (content, images, snapshots and diff services, under a containerd
-//! lease) and the rootfs mounted from an active snapshot on the image's
-//! chain ID. cvmd fetches the blobs itself, with its own registry client
-//! and credentials, so containerd never sees a credential; containerd
-//! 1.6 (Debian 12's) has no transfer service to hand them to anyway.
+//! under a containerd lease, and the rootfs mounted from an active
+//! snapshot on the image's chain ID. Two pull paths:
+//! - transfer (containerd 1.7 and later): containerd fetches and unpacks,
+//!   and asks cvmd for the registry's credentials over a stream;
+//! - content (every version, 1.6 has nothing else): cvmd fetches the blobs
+//!   with its own registry client into the content store, and has the
+//!   diff service unpack them.
 
 mod content;
 mod fetch;
@@ -11,6 +13,7 @@ mod ids;
 mod mounts;
 mod pull;
 mod snapshot;
+mod transfer;
 mod unpack;
 
 use std::collections::HashMap;
@@ -27,6 +30,28 @@ pub use pull::Pulled;
 pub use snapshot::WorkspaceSnapshot;
 
 use crate::digest::Digest;
+
+/// The `containerd_pull` setting: how the containerd backend pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPath {
+    /// The transfer service where containerd has it and the pull needs
+    /// nothing it cannot carry, else content.
+    Auto,
+    Transfer,
+    Content,
+}
+
+impl std::str::FromStr for PullPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(PullPath::Auto),
+            "transfer" => Ok(PullPath::Transfer),
+            "content" => Ok(PullPath::Content),
+            _ => Err(format!("{s:?} is not one of auto, transfer, content")),
+        }
+    }
+}
 
 /// The snapshotter cvmd unpacks into and mounts from: the one every
 /// containerd on Linux has, and the one whose mounts cvmd can mount itself.
@@ -62,6 +87,16 @@ pub enum ContainerdError {
     },
     #[error("image {image} is not in containerd (namespace {namespace}) and the pull policy is Never: pull it into that namespace first, or allow pulls")]
     NotPresent { image: String, namespace: String },
+    #[error("containerd at {socket} could not pull {image}: {why}; check the reference and the registry's credentials (cvmd answers containerd's requests from CVMD_PULL_SECRET and the docker config), or set CVMD_CONTAINERD_PULL=content to pull with cvmd's own client")]
+    TransferPull {
+        image: String,
+        socket: String,
+        why: String,
+    },
+    #[error("containerd at {socket} has no transfer service (version {version}) and CVMD_CONTAINERD_PULL is transfer: upgrade containerd to 1.7 or later, or set CVMD_CONTAINERD_PULL=auto")]
+    NoTransfer { socket: String, version: String },
+    #[error("containerd's transfer service pulled {image} but left no {SNAPSHOTTER} snapshot for {platform}: containerd unpacks only for the platforms in its config; pick a platform this node runs (CVMD_PLATFORM) or set CVMD_CONTAINERD_PULL=content")]
+    NotUnpacked { image: String, platform: String },
     #[error("{what}: containerd unpacked content with diff ID {actual}, the image config says {expected}; the image is corrupt")]
     DiffIdMismatch {
         what: String,
@@ -126,12 +161,8 @@ impl Containerd {
             }
             Some(v) => tracing::debug!(
                 %version,
-                path = if v >= ids::TRANSFER_VERSION {
-                    "content+images+snapshots+diff (the transfer service is not used)"
-                } else {
-                    "content+images+snapshots+diff (no transfer service)"
-                },
-                "containerd pull path"
+                transfer_service = v >= ids::TRANSFER_VERSION,
+                "containerd version"
             ),
             None => {
                 tracing::warn!(%version, "cannot read containerd's version; assuming it is recent")
@@ -147,6 +178,16 @@ impl Containerd {
 
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Whether this containerd's version has the transfer service (an
+    /// unreadable version is taken as recent, as `connect` does).
+    fn has_transfer_service(&self) -> bool {
+        self.at_least(ids::TRANSFER_VERSION)
+    }
+
+    fn at_least(&self, version: (u32, u32)) -> bool {
+        ids::parse_version(&self.version).is_none_or(|v| v >= version)
     }
 
     /// A request in cvmd's namespace, under `lease` when given (containerd

@@ -18,13 +18,22 @@ use containerd_client::tonic::Code;
 use containerd_client::types::Descriptor;
 use futures_util::StreamExt;
 
-use super::{gc_ref_content, ids, Containerd, ContainerdError, PULL_LEASE_TTL, SNAPSHOTTER};
+use super::{
+    gc_ref_content, ids, Containerd, ContainerdError, PullPath, PULL_LEASE_TTL, SNAPSHOTTER,
+};
 use crate::config::Settings;
 use crate::digest::Digest;
 use crate::image::PullPolicy;
 use crate::pull::{ProgressSink, PullEvent};
+use crate::registry::credentials::Credential;
 use crate::registry::manifest::{self, ImageManifest, Manifest, Platform};
 use crate::registry::{Reference, RegistryClient, RegistryError};
+
+/// How one pull goes (the credential is for the transfer service to ask for).
+enum Path {
+    Transfer(Option<Credential>),
+    Content,
+}
 
 /// An image ready in containerd.
 #[derive(Debug, Clone)]
@@ -61,17 +70,120 @@ impl Containerd {
         let options = settings
             .client_options()
             .map_err(RegistryError::Credentials)?;
-        let client = RegistryClient::new(options)?;
+        let path = self
+            .pull_path(settings, reference, &options.keychain)
+            .await?;
         let lease = super::unique("cvmd-pull");
         self.create_lease(&lease, Some(PULL_LEASE_TTL)).await?;
-        let result = self
-            .pull(&lease, &client, reference, settings, progress)
-            .await;
+        let result = match path {
+            Path::Transfer(credential) => {
+                self.pull_by_transfer(&lease, reference, settings, credential.as_ref(), progress)
+                    .await
+            }
+            Path::Content => match RegistryClient::new(options) {
+                Ok(client) => {
+                    self.pull(&lease, &client, reference, settings, progress)
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            },
+        };
         // From here the image record and its gc labels hold everything.
         if let Err(e) = self.delete_lease(&lease).await {
             tracing::warn!(error = %e, lease, "cannot delete the pull's lease; containerd drops it within the hour");
         }
         result
+    }
+
+    /// Which way this pull goes, by the `containerd_pull` setting, this
+    /// containerd's version and what the pull needs.
+    async fn pull_path(
+        &self,
+        settings: &Settings,
+        reference: &Reference,
+        keychain: &crate::registry::credentials::Keychain,
+    ) -> Result<Path, ContainerdError> {
+        if settings.containerd_pull == PullPath::Content {
+            return Ok(Path::Content);
+        }
+        if !self.has_transfer_service() {
+            if settings.containerd_pull == PullPath::Transfer {
+                return Err(ContainerdError::NoTransfer {
+                    socket: self.socket.display().to_string(),
+                    version: self.version.clone(),
+                });
+            }
+            tracing::debug!(version = %self.version, "containerd has no transfer service: cvmd fetches into its content store");
+            return Ok(Path::Content);
+        }
+        // A credential helper is a program: off the async threads.
+        let keychain = keychain.clone();
+        let host = reference.registry.clone();
+        let credential = tokio::task::spawn_blocking(move || keychain.lookup(&host))
+            .await
+            .map_err(|e| ContainerdError::Invalid {
+                what: "the credential lookup".into(),
+                why: e.to_string(),
+            })?
+            .map_err(RegistryError::Credentials)?
+            .map(|(credential, _source)| credential);
+        if let Some(why) = super::transfer::unsuitable(
+            settings,
+            reference,
+            credential.as_ref(),
+            self.at_least(ids::RESOLVER_OPTIONS_VERSION),
+        ) {
+            if settings.containerd_pull == PullPath::Transfer {
+                tracing::warn!(reason = %why, "CVMD_CONTAINERD_PULL=transfer, but the transfer service may not serve this pull");
+            } else {
+                tracing::info!(reason = %why, "pulling with cvmd's own client into containerd's content store");
+                return Ok(Path::Content);
+            }
+        }
+        Ok(Path::Transfer(credential))
+    }
+
+    /// The transfer path, then the image as containerd recorded it.
+    async fn pull_by_transfer(
+        &self,
+        lease: &str,
+        reference: &Reference,
+        settings: &Settings,
+        credential: Option<&Credential>,
+        progress: &dyn ProgressSink,
+    ) -> Result<Pulled, ContainerdError> {
+        let started = Instant::now();
+        if !self
+            .transfer_pull(lease, reference, settings, credential, progress)
+            .await?
+        {
+            if settings.containerd_pull == PullPath::Transfer {
+                return Err(ContainerdError::NoTransfer {
+                    socket: self.socket.display().to_string(),
+                    version: self.version.clone(),
+                });
+            }
+            tracing::info!(
+                "containerd's transfer service is not enabled: cvmd fetches into its content store"
+            );
+            let client = RegistryClient::new(
+                settings
+                    .client_options()
+                    .map_err(RegistryError::Credentials)?,
+            )?;
+            return self
+                .pull(lease, &client, reference, settings, progress)
+                .await;
+        }
+        let Some(mut ready) = self.present(reference, &settings.platform).await? else {
+            return Err(ContainerdError::NotUnpacked {
+                image: reference.to_string(),
+                platform: settings.platform.to_string(),
+            });
+        };
+        ready.pulled = true;
+        tracing::info!(digest = %ready.manifest_digest, elapsed_ms = started.elapsed().as_millis() as u64, "pulled by containerd's transfer service");
+        Ok(ready)
     }
 
     /// The image as containerd has it, if its record, manifest, config and
@@ -82,20 +194,7 @@ impl Containerd {
         platform: &Platform,
     ) -> Result<Option<Pulled>, ContainerdError> {
         let name = reference.to_string();
-        let request = GetImageRequest { name: name.clone() };
-        let image = match ImagesClient::new(self.channel.clone())
-            .get(self.req(request, None))
-            .await
-        {
-            Ok(r) => r.into_inner().image,
-            Err(s) if s.code() == Code::NotFound => return Ok(None),
-            Err(s) => return Err(self.failed(&format!("looking up image {name}"))(s)),
-        };
-        let Some(target) = image.and_then(|i| i.target) else {
-            return Ok(None);
-        };
-        let Some((manifest_digest, manifest)) =
-            self.stored_manifest(&target, platform, &name).await?
+        let Some((manifest_digest, manifest)) = self.recorded_manifest(reference, platform).await?
         else {
             return Ok(None);
         };
@@ -115,6 +214,29 @@ impl Containerd {
             chain_id,
             pulled: false,
         }))
+    }
+
+    /// The platform's manifest of the image recorded as `reference`, if
+    /// the record and the manifest are there.
+    pub(super) async fn recorded_manifest(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<Option<(Digest, ImageManifest)>, ContainerdError> {
+        let name = reference.to_string();
+        let request = GetImageRequest { name: name.clone() };
+        let image = match ImagesClient::new(self.channel.clone())
+            .get(self.req(request, None))
+            .await
+        {
+            Ok(r) => r.into_inner().image,
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => return Err(self.failed(&format!("looking up image {name}"))(s)),
+        };
+        let Some(target) = image.and_then(|i| i.target) else {
+            return Ok(None);
+        };
+        self.stored_manifest(&target, platform, &name).await
     }
 
     /// The platform's image manifest an image record points at (through an
