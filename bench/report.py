@@ -28,7 +28,8 @@ LABELS = {
     ("warm", "ctr"): "ctr snapshots prepare + mount",
     ("warm", "cvmd"): "cvmd rootfs (warm)",
     ("start", "native"): "cvmd run, native backend",
-    ("start", "containerd"): "cvmd run, containerd backend",
+    ("start", "containerd"): "cvmd run, containerd backend (content)",
+    ("start", "transfer"): "cvmd run, containerd backend (transfer)",
     ("restart", "native"): "cvmd run, native (cached)",
     ("restart", "containerd"): "cvmd run, containerd (has it)",
 }
@@ -37,7 +38,7 @@ RATIOS = {
     "pull": [("cvmd", "skopeo")],
     "unpack": [("cvmd", "umoci"), ("cvmd", "ctr"), ("umoci", "ctr")],
     "warm": [("cvmd", "ctr")],
-    "start": [("containerd", "native")],
+    "start": [("containerd", "native"), ("transfer", "native"), ("transfer", "containerd")],
     "restart": [("containerd", "native")],
 }
 RSS_NOTES = {
@@ -45,6 +46,7 @@ RSS_NOTES = {
     ("warm", "ctr"): "ctr client (the daemon does the work)",
     ("unpack", "umoci"): "max of skopeo and umoci",
     ("start", "containerd"): "cvmd only (containerd unpacks)",
+    ("start", "transfer"): "cvmd only (containerd pulls and unpacks)",
     ("restart", "containerd"): "cvmd only",
 }
 
@@ -111,7 +113,7 @@ def main():
         "cvmd": f"{sh(a.cvmd, '--version')} at {commit}",
         "skopeo": sh("skopeo", "--version"),
         "umoci": sh("umoci", "--version"),
-        "containerd": sh("containerd", "--version"),
+        "containerd": sh(os.path.join(os.environ.get("CTRD_BIN", "/usr/bin"), "containerd"), "--version"),
         "load_average": a.load,
         "runs": a.runs,
         "elapsed_s": a.elapsed,

@@ -7,6 +7,10 @@
 #   bench/run.sh --image big     # one image (repeatable)
 #   bench/run.sh --runs 5        # more runs (median is reported)
 #   bench/run.sh --no-build      # use target/release/cvmd as it is
+#   bench/run.sh --containerd bookworm|trixie|sid
+#                                # which Debian containerd (1.6, 1.7, 2.x) is
+#                                # the peer and the backend's daemon [default:
+#                                # sid where scripts/deps.sh installed it]
 #
 # Needs root (umoci unpack as root, containerd, overlay mounts) and Debian's
 # docker-registry, skopeo, umoci, containerd, time, python3.
@@ -22,7 +26,9 @@
 #           image's chain ID + its mount  vs  cvmd rootfs
 #   start   `cvmd run` of a workspace that exits at once (busybox-static
 #           bound in as its command, under runc), cold: native backend
-#           (empty cache) vs containerd backend (fresh private containerd)
+#           (empty cache) vs containerd backend (fresh private containerd),
+#           its content path (cvmd fetches, containerd applies each layer)
+#           and its transfer path (containerd >= 1.7 pulls and unpacks)
 #   restart the same with the image already there (node cache / containerd)
 #
 # Adding a tool or phase: define PHASE_TOOL_run (timed; wrap each process in
@@ -39,6 +45,8 @@ RUNS=3
 BUILD=1
 SELECTED=()
 ALL_IMAGES=(small medium big)
+CTRD_RELEASE=
+CTRD_TOOLS=${CVMD_TOOLS_CONTAINERD:-/opt/cvmd-tools/containerd}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
@@ -47,6 +55,7 @@ while [[ $# -gt 0 ]]; do
     --image) SELECTED+=("$2"); shift ;;
     --runs) RUNS=$2; shift ;;
     --no-build) BUILD=0 ;;
+    --containerd) CTRD_RELEASE=$2; shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
   esac
@@ -56,6 +65,16 @@ done
 for img in "${SELECTED[@]}"; do
   [[ " ${ALL_IMAGES[*]} " == *" $img "* ]] || { echo "unknown image: $img (known: ${ALL_IMAGES[*]})" >&2; exit 2; }
 done
+if [[ -z $CTRD_RELEASE ]]; then
+  if [[ -x $CTRD_TOOLS/sid/usr/bin/containerd ]]; then CTRD_RELEASE=sid; else CTRD_RELEASE=bookworm; fi
+fi
+case $CTRD_RELEASE in
+  bookworm) CTRD_BIN=/usr/bin ;;
+  trixie|sid) CTRD_BIN=$CTRD_TOOLS/$CTRD_RELEASE/usr/bin ;;
+  *) echo "unknown containerd release: $CTRD_RELEASE (bookworm, trixie, sid)" >&2; exit 2 ;;
+esac
+[[ -x $CTRD_BIN/containerd && -x $CTRD_BIN/ctr ]] || { echo "no containerd in $CTRD_BIN (bash scripts/deps.sh installs trixie's and sid's)" >&2; exit 2; }
+export CTRD_BIN  # report.py reads the version
 [[ $(id -u) == 0 ]] || { echo "bench/run.sh needs root (umoci unpack, containerd, mounts)" >&2; exit 2; }
 for tool in docker-registry skopeo umoci containerd ctr python3 curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install docker-registry skopeo umoci containerd time python3 curl)" >&2; exit 2; }
@@ -122,7 +141,7 @@ YML
 
 CTRD=$WORK/containerd
 SOCK=$CTRD/c.sock
-CTR=(ctr --address "$SOCK" -n bench)
+CTR=("$CTRD_BIN/ctr" --address "$SOCK" -n bench)
 
 CTRD_DATA=$CTRD/data-0
 start_containerd() {
@@ -144,9 +163,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 [plugins."io.containerd.internal.v1.opt"]
   path = "$CTRD_DATA/opt"
 TOML
-  containerd --config "$CTRD/config.toml" >>"$WORK/logs/containerd.log" 2>&1 &
+  "$CTRD_BIN/containerd" --config "$CTRD/config.toml" >>"$WORK/logs/containerd.log" 2>&1 &
   CTRD_PID=$!
-  for _ in $(seq 100); do ctr --address "$SOCK" version >/dev/null 2>&1 && return 0; sleep 0.05; done
+  for _ in $(seq 100); do "$CTRD_BIN/ctr" --address "$SOCK" version >/dev/null 2>&1 && return 0; sleep 0.05; done
   echo "containerd did not start:" >&2; tail "$WORK/logs/containerd.log" >&2; exit 1
 }
 
@@ -303,10 +322,11 @@ warm_cvmd_cleanup() { unpack_cvmd_cleanup; }
 
 # --- start / restart: `cvmd run` end to end with each image backend. The
 # bench images hold no programs: busybox-static is bound in as the command.
-cvmd_run_with() {  # cvmd_run_with CACHE_DIR STATE_DIR BACKEND: timed
+cvmd_run_with() {  # cvmd_run_with CACHE_DIR STATE_DIR BACKEND [CONTAINERD_PULL]: timed
   timed "$CVMD" --cache-dir "$1" --state-dir "$2" --insecure-registries "$REG" \
     --log-level warn --log-format text --image "$REF" --workspace "bench-$$-$SEQ" \
     --runtime runc --image-backend "$3" --containerd-socket "$SOCK" --containerd-namespace bench \
+    --containerd-pull "${4:-auto}" \
     --mounts /bin/busybox:/busybox:ro --command "/busybox true" run
 }
 cvmd_run_available() { [[ -x /bin/busybox ]] && command -v runc >/dev/null; }
@@ -314,10 +334,15 @@ start_native_available() { cvmd_run_available; }
 start_native_run() { cvmd_run_with "$R/cvmd-cache" "$R/state" native; }
 start_containerd_available() { cvmd_run_available; }
 start_containerd_prepare() { reset_containerd; }
-start_containerd_run() { cvmd_run_with "$R/cvmd-cache" "$R/state" containerd; }
+start_containerd_run() { cvmd_run_with "$R/cvmd-cache" "$R/state" containerd content; }
 start_containerd_check() {
   "${CTR[@]}" images ls -q | grep -qxF "$REF" || { echo "the image is not in containerd" >&2; return 1; }
 }
+has_transfer() { [[ $CTRD_RELEASE != bookworm ]]; }
+start_transfer_available() { cvmd_run_available && has_transfer; }
+start_transfer_prepare() { reset_containerd; }
+start_transfer_run() { cvmd_run_with "$R/cvmd-cache" "$R/state" containerd transfer; }
+start_transfer_check() { start_containerd_check; }
 
 restart_native_available() { cvmd_run_available; }
 restart_native_setup() {
@@ -337,7 +362,7 @@ declare -A PHASE_TOOLS=(
   [pull]="cvmd skopeo"
   [unpack]="umoci ctr cvmd"
   [warm]="ctr cvmd"
-  [start]="native containerd"
+  [start]="native containerd transfer"
   [restart]="native containerd"
 )
 declare -A TOOL_LABEL=(
@@ -349,7 +374,8 @@ declare -A TOOL_LABEL=(
   [warm_ctr]="ctr snapshots prepare + mount"
   [warm_cvmd]="cvmd rootfs (warm)"
   [start_native]="cvmd run, native backend"
-  [start_containerd]="cvmd run, containerd backend"
+  [start_containerd]="cvmd run, containerd backend (content)"
+  [start_transfer]="cvmd run, containerd backend (transfer)"
   [restart_native]="cvmd run, native (cached)"
   [restart_containerd]="cvmd run, containerd (has it)"
 )

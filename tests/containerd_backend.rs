@@ -697,3 +697,135 @@ fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
     );
     assert_clean(state.path(), &ctd);
 }
+
+#[test]
+fn transfer_answers_a_token_registry_with_the_password_or_the_identity_token() {
+    if !ready_with(Release::Sid) {
+        return;
+    }
+    use common::token::{Grant, TokenConfig};
+    const USER: &str = "tokenuser";
+    const PASS: &str = "s3cret-token-pass";
+    let reg = Registry::token(TokenConfig::new().user(USER, PASS)).unwrap();
+    let ts = reg.token_server().unwrap();
+    let reference = push(
+        &reg,
+        "team/ws",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "echo token ok"]),
+    );
+    let docker_config = |state: &Path, entry: serde_json::Value| {
+        let dir = state.join(".docker");
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = serde_json::json!({ "auths": { reg.host(): entry } });
+        std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    };
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    let rt = ts.refresh_token(USER, PASS, "team/ws");
+    for (entry, grant) in [
+        (
+            serde_json::json!({ "auth": auth }),
+            // containerd posts the password grant (or falls back to Basic).
+            None,
+        ),
+        (
+            serde_json::json!({ "auth": "", "identitytoken": rt }),
+            Some(Grant::RefreshToken(USER.into())),
+        ),
+    ] {
+        let ctd = PrivateContainerd::start_release(Release::Sid);
+        let state = tempfile::tempdir().unwrap();
+        docker_config(state.path(), entry);
+        let before = ts.request_count();
+        let out = cvmd_run(&ctd, state.path(), &reg.host(), &reference)
+            .arg("run")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", ctd.log());
+        assert!(stderr.contains("token ok"), "{stderr}");
+        assert!(
+            stderr.contains("pulled by containerd's transfer service"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(PASS) && !stderr.contains(&rt), "{stderr}");
+        let ours = &ts.requests()[before..];
+        match &grant {
+            Some(g) => assert!(ours.iter().any(|r| &r.grant == g), "{ours:?}"),
+            None => assert!(
+                ours.iter().any(|r| matches!(
+                    &r.grant,
+                    Grant::Password(u) | Grant::Basic(u) if u == USER
+                )),
+                "{ours:?}"
+            ),
+        }
+        assert_clean(state.path(), &ctd);
+    }
+}
+
+#[test]
+fn a_snapshotter_the_transfer_service_does_not_unpack_to_falls_back_to_layer_by_layer_on_1_7() {
+    if ready_with(Release::Trixie) {
+        falls_back_to_layer_by_layer(Release::Trixie);
+    }
+}
+
+#[test]
+fn a_snapshotter_the_transfer_service_does_not_unpack_to_falls_back_to_layer_by_layer_on_2() {
+    if ready_with(Release::Sid) {
+        falls_back_to_layer_by_layer(Release::Sid);
+    }
+}
+
+fn falls_back_to_layer_by_layer(release: Release) {
+    let reg = registry_for(release);
+    let reference = push(
+        &reg,
+        "ctd/native-snap",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "echo unpacked ok"]),
+    );
+    // A node whose containerd unpacks pulls into another snapshotter.
+    let ctd = PrivateContainerd::start_configured(
+        release,
+        reg.ca_pem_path(),
+        r#"
+[plugins."io.containerd.transfer.v1.local"]
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = "linux/amd64"
+    snapshotter = "native"
+"#,
+    );
+    let state = tempfile::tempdir().unwrap();
+    let out = cvmd_run(&ctd, state.path(), &insecure(&reg), &reference)
+        .args(["--containerd-pull", "transfer", "run"])
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!(
+            "containerd's transfer service pulled {reference} but left no overlayfs snapshot for linux/amd64"
+        )),
+        "{line}\n{}",
+        ctd.log()
+    );
+    assert_clean(state.path(), &ctd);
+
+    // cvmd trusts what the node trusts, as containerd does (its own
+    // client pulls here).
+    let mut run = cvmd_run(&ctd, state.path(), &insecure(&reg), &reference);
+    if let Some(ca) = reg.ca_pem_path() {
+        run.env("SSL_CERT_FILE", ca);
+    }
+    let out = run.arg("run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("unpacked ok"), "{stderr}");
+    assert!(
+        stderr.contains("unpacking layer by layer instead"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pulled into containerd"), "{stderr}");
+    assert_clean(state.path(), &ctd);
+}

@@ -323,28 +323,9 @@ fn anonymous_bearer_token_on_a_public_repository() {
 /// A refresh token from the token server's password grant, as `docker
 /// login` stores it in `identitytoken`.
 fn refresh_token(reg: &Registry) -> String {
-    let ts = reg.token_server().unwrap();
-    let body = format!(
-        "grant_type=password&username={USER}&password={PASS}&service={}&client_id=test&access_type=offline&scope=repository%3Ateam%2Fapp%3Apull",
-        ts.config().service
-    );
-    let http = common::http_client(None);
-    let realm = ts.realm();
-    let v: serde_json::Value = block_on(async move {
-        let r = http
-            .post(realm)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().await.unwrap()
-    });
-    v["refresh_token"]
-        .as_str()
-        .expect("refresh_token")
-        .to_string()
+    reg.token_server()
+        .unwrap()
+        .refresh_token(USER, PASS, "team/app")
 }
 
 #[test]

@@ -161,6 +161,33 @@ impl TokenServer {
         self.state.refresh_tokens.lock().unwrap().clear();
     }
 
+    /// A refresh token from the password grant with `access_type=offline`,
+    /// as `docker login` stores it in `identitytoken`.
+    pub fn refresh_token(&self, user: &str, pass: &str, repo: &str) -> String {
+        let body = format!(
+            "grant_type=password&username={user}&password={pass}&service={}&client_id=test&access_type=offline&scope=repository%3A{}%3Apull",
+            self.config().service,
+            repo.replace('/', "%2F")
+        );
+        let http = super::http_client(None);
+        let realm = self.realm();
+        let v: serde_json::Value = super::block_on(async move {
+            let r = http
+                .post(realm)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json().await.unwrap()
+        });
+        v["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_string()
+    }
+
     /// PEM of the CA whose leaf signs tokens.
     pub fn signer_cert_pem(&self) -> &str {
         &self.state.signer.cert_pem

@@ -78,6 +78,11 @@ impl PrivateContainerd {
     /// With `ca` as the only root containerd trusts (Go reads
     /// SSL_CERT_FILE): a registry the node's roots would trust.
     pub fn start_trusting(release: Release, ca: Option<&Path>) -> PrivateContainerd {
+        PrivateContainerd::start_configured(release, ca, "")
+    }
+
+    /// With `extra` appended to its config.toml (plugin sections).
+    pub fn start_configured(release: Release, ca: Option<&Path>, extra: &str) -> PrivateContainerd {
         let dir = tempfile::Builder::new()
             .prefix("cvmd-ctd-")
             .tempdir()
@@ -96,7 +101,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
   address = ""
 [metrics]
   address = ""
-"#,
+{extra}"#,
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = d.join("c.sock").display(),

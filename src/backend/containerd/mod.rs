@@ -95,7 +95,7 @@ pub enum ContainerdError {
     },
     #[error("containerd at {socket} has no transfer service (version {version}) and CVMD_CONTAINERD_PULL is transfer: upgrade containerd to 1.7 or later, or set CVMD_CONTAINERD_PULL=auto")]
     NoTransfer { socket: String, version: String },
-    #[error("containerd's transfer service pulled {image} but left no {SNAPSHOTTER} snapshot for {platform}: containerd unpacks only for the platforms in its config; pick a platform this node runs (CVMD_PLATFORM) or set CVMD_CONTAINERD_PULL=content")]
+    #[error("containerd's transfer service pulled {image} but left no {SNAPSHOTTER} snapshot for {platform}: it unpacks only for the platforms and snapshotters in its config (the transfer plugin's unpack_config); add {platform} with {SNAPSHOTTER} there, or set CVMD_CONTAINERD_PULL=auto or content to have cvmd unpack layer by layer")]
     NotUnpacked { image: String, platform: String },
     #[error("{what}: containerd unpacked content with diff ID {actual}, the image config says {expected}; the image is corrupt")]
     DiffIdMismatch {

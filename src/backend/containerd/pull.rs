@@ -80,13 +80,10 @@ impl Containerd {
                 self.pull_by_transfer(&lease, reference, settings, credential.as_ref(), progress)
                     .await
             }
-            Path::Content => match RegistryClient::new(options) {
-                Ok(client) => {
-                    self.pull(&lease, &client, reference, settings, progress)
-                        .await
-                }
-                Err(e) => Err(e.into()),
-            },
+            Path::Content => {
+                self.pull_by_content(&lease, reference, settings, progress)
+                    .await
+            }
         };
         // From here the image record and its gc labels hold everything.
         if let Err(e) = self.delete_lease(&lease).await {
@@ -153,37 +150,68 @@ impl Containerd {
         progress: &dyn ProgressSink,
     ) -> Result<Pulled, ContainerdError> {
         let started = Instant::now();
-        if !self
+        let not_unpacked = || ContainerdError::NotUnpacked {
+            image: reference.to_string(),
+            platform: settings.platform.to_string(),
+        };
+        let outcome = match self
             .transfer_pull(lease, reference, settings, credential, progress)
-            .await?
+            .await
         {
-            if settings.containerd_pull == PullPath::Transfer {
-                return Err(ContainerdError::NoTransfer {
+            Ok(true) => self
+                .present(reference, &settings.platform)
+                .await
+                .and_then(|ready| ready.ok_or_else(not_unpacked)),
+            Ok(false) if settings.containerd_pull == PullPath::Transfer => {
+                Err(ContainerdError::NoTransfer {
                     socket: self.socket.display().to_string(),
                     version: self.version.clone(),
-                });
+                })
             }
-            tracing::info!(
-                "containerd's transfer service is not enabled: cvmd fetches into its content store"
-            );
-            let client = RegistryClient::new(
-                settings
-                    .client_options()
-                    .map_err(RegistryError::Credentials)?,
-            )?;
-            return self
-                .pull(lease, &client, reference, settings, progress)
-                .await;
-        }
-        let Some(mut ready) = self.present(reference, &settings.platform).await? else {
-            return Err(ContainerdError::NotUnpacked {
-                image: reference.to_string(),
-                platform: settings.platform.to_string(),
-            });
+            Ok(false) => {
+                tracing::info!(
+                    "containerd's transfer service is not enabled: cvmd fetches into its content store"
+                );
+                return self
+                    .pull_by_content(lease, reference, settings, progress)
+                    .await;
+            }
+            Err(e) => Err(e),
         };
-        ready.pulled = true;
-        tracing::info!(digest = %ready.manifest_digest, elapsed_ms = started.elapsed().as_millis() as u64, "pulled by containerd's transfer service");
-        Ok(ready)
+        match outcome {
+            Ok(mut ready) => {
+                ready.pulled = true;
+                tracing::info!(digest = %ready.manifest_digest, elapsed_ms = started.elapsed().as_millis() as u64, "pulled by containerd's transfer service");
+                Ok(ready)
+            }
+            Err(e @ ContainerdError::NotUnpacked { .. })
+                if settings.containerd_pull == PullPath::Auto =>
+            {
+                // Whatever blobs containerd fetched stay: the content path
+                // resolves the manifest again and applies the layers.
+                tracing::info!(reason = %e, "unpacking layer by layer instead");
+                self.pull_by_content(lease, reference, settings, progress)
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The content path with a registry client of its own.
+    async fn pull_by_content(
+        &self,
+        lease: &str,
+        reference: &Reference,
+        settings: &Settings,
+        progress: &dyn ProgressSink,
+    ) -> Result<Pulled, ContainerdError> {
+        let client = RegistryClient::new(
+            settings
+                .client_options()
+                .map_err(RegistryError::Credentials)?,
+        )?;
+        self.pull(lease, &client, reference, settings, progress)
+            .await
     }
 
     /// The image as containerd has it, if its record, manifest, config and

@@ -159,6 +159,14 @@ impl Containerd {
         match result {
             Ok(_) => {}
             Err(s) if s.code() == Code::Unimplemented => return Ok(false),
+            // containerd 2 refuses a pull it has no unpack configuration
+            // for (1.7 pulls and leaves it packed; the caller sees that).
+            Err(s) if s.message().contains("no unpack platforms") => {
+                return Err(ContainerdError::NotUnpacked {
+                    image: what,
+                    platform: settings.platform.to_string(),
+                })
+            }
             Err(s) => {
                 let e = self.failed(&format!("pulling {what} through its transfer service"))(s);
                 return Err(match e {
