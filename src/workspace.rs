@@ -96,6 +96,7 @@ async fn run_with(
         }
     };
     state.set_image(&ready.reference, &ready.digest.to_string());
+    state.set_image_source(&ready.origin);
 
     state.enter(Phase::Rootfs);
     let target = ws_dir.join("rootfs");

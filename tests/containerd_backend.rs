@@ -574,9 +574,10 @@ fn transfer_asked_of_a_containerd_without_it_is_one_clear_line() {
         .output()
         .unwrap();
     let line = error_line(&out);
+    // Preflight, before anything is pulled.
     assert!(
         line.contains(&format!(
-            "containerd at {} has no transfer service (version 1.6",
+            "containerd 1.6.20~ds1 at {} has no transfer service",
             ctd.socket().display()
         )),
         "{line}"
@@ -640,7 +641,8 @@ fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
             9,
             Compression::Gzip,
         ))
-        .entrypoint(&["/bin/sh", "-c", "exit 0"])
+        // Alive a while after the pull, for Status to be asked.
+        .entrypoint(&["/bin/sh", "-c", "sleep 3"])
         .build();
     push(&reg, "ctd/progress", "v1", &img);
     // 4 MiB at 1 MiB/s: containerd reports it several times on the way.
@@ -678,9 +680,21 @@ fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
             && shown.contains(&format!("{short}: done")),
         "the big layer's start and end: {shown}"
     );
-    let status: serde_json::Value =
-        serde_json::from_slice(&ctl(&["status", "--json"]).stdout).unwrap();
+    let status = || -> serde_json::Value {
+        serde_json::from_slice(&ctl(&["status", "--json"]).stdout).unwrap()
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(3), || status()["image"]["source"]
+            .is_string()),
+        "no image source in Status"
+    );
+    let status = status();
     assert_eq!(status["timeline"][1]["name"], "pull", "{status}");
+    let source = status["image"]["source"].as_str().unwrap_or_default();
+    assert!(
+        source.starts_with("containerd 2.") && source.ends_with("pulled by its transfer service"),
+        "{status}"
+    );
     assert!(
         status["image"]["digest"]
             .as_str()
@@ -828,4 +842,62 @@ fn falls_back_to_layer_by_layer(release: Release) {
     );
     assert!(stderr.contains("pulled into containerd"), "{stderr}");
     assert_clean(state.path(), &ctd);
+}
+
+#[test]
+fn preflight_names_the_pull_path_and_fails_when_the_snapshots_are_not_visible() {
+    if !ready_with(Release::Sid) {
+        return;
+    }
+    let ctd = PrivateContainerd::start_release(Release::Sid);
+    let state = tempfile::tempdir().unwrap();
+    let preflight = |hide_root: bool| -> serde_json::Value {
+        let cvmd = env!("CARGO_BIN_EXE_cvmd");
+        let args = format!(
+            "exec {cvmd} --cache-dir {cache} --runtime runc --image-backend containerd --containerd-socket {sock} preflight --json",
+            cache = state.path().join("cache").display(),
+            sock = ctd.socket().display(),
+        );
+        // As a pod without containerd's root mounted in: an empty dir there.
+        let script = if hide_root {
+            format!("mount -t tmpfs none {} && {args}", ctd.root().display())
+        } else {
+            args
+        };
+        let out = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let check = |report: &serde_json::Value| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "containerd")
+            .cloned()
+            .expect("a containerd check")
+    };
+    let seen = preflight(false);
+    let c = check(&seen);
+    assert_eq!(c["status"], "ok", "{c}");
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("containerd 2.")
+            && detail.ends_with("pulls through its transfer service"),
+        "{detail}"
+    );
+    let hidden = preflight(true);
+    let c = check(&hidden);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains("into the outer container at the same path"),
+        "{c}"
+    );
+    assert_eq!(hidden["passed"], false);
 }

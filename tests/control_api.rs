@@ -57,6 +57,7 @@ fn control_api_through_a_workspaces_life() {
     assert!(s["init_pid"].as_i64().unwrap() > 1, "{s}");
     assert_eq!(s["runtime"], "runc");
     assert_eq!(s["image"]["reference"], reference);
+    assert_eq!(s["image"]["source"], "registry, into cvmd's cache", "{s}");
     assert!(s["image"]["digest"]
         .as_str()
         .unwrap()

@@ -41,7 +41,78 @@ fn manifests() -> Vec<PathBuf> {
         .collect();
     files.sort();
     assert!(files.len() >= 2, "no manifests in {}", dir.display());
+    files.push(containerd_variant());
     files
+}
+
+/// The workspace pod with its commented-out containerd image backend lines
+/// switched on (written once per test process), so the example a user
+/// uncomments is checked like the rest.
+fn containerd_variant() -> PathBuf {
+    let out = std::env::temp_dir().join(format!(
+        "cvmd-manifests-{}/workspace-pod-containerd.yaml",
+        std::process::id()
+    ));
+    if !out.exists() {
+        let pod = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/workspace-pod.yaml"),
+        )
+        .unwrap();
+        let keys = [
+            "- name:",
+            "value:",
+            "mountPath:",
+            "hostPath:",
+            "path:",
+            "type:",
+        ];
+        let on: Vec<String> = pod
+            .lines()
+            .map(|line| {
+                let indent = line.len() - line.trim_start().len();
+                match line.trim_start().strip_prefix("# ") {
+                    Some(code) if keys.iter().any(|k| code.trim_start().starts_with(k)) => {
+                        format!("{}{code}", &line[..indent])
+                    }
+                    _ => line.to_string(),
+                }
+            })
+            .collect();
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        std::fs::write(&out, on.join("\n") + "\n").unwrap();
+    }
+    out
+}
+
+#[test]
+fn the_containerd_variant_of_the_workspace_pod_mounts_the_socket_and_root() {
+    if validator().is_none() {
+        return;
+    }
+    let doc = load(&containerd_variant());
+    let spec = pod_spec(&doc);
+    let c = &spec["containers"][0];
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"CVMD_IMAGE_BACKEND"), "{env:?}");
+    assert_eq!(
+        volume(spec, "containerd-socket")["hostPath"]["path"],
+        "/run/containerd/containerd.sock"
+    );
+    // Same path inside as on the node: the snapshot mounts name it.
+    assert_eq!(
+        volume(spec, "containerd-root")["hostPath"]["path"],
+        "/var/lib/containerd"
+    );
+    assert_eq!(mount(c, "/var/lib/containerd")["name"], "containerd-root");
+    assert_eq!(
+        mount(c, "/run/containerd/containerd.sock")["name"],
+        "containerd-socket"
+    );
 }
 
 fn validate(bin: &Path, file: &Path) -> std::process::Output {

@@ -41,6 +41,7 @@ pub fn status_of(s: &Snapshot) -> pb::StatusResponse {
             .collect(),
         image_reference: s.image_reference.clone(),
         image_digest: s.image_digest.clone(),
+        image_source: s.image_source.clone(),
         rootfs_mode: s.rootfs_mode.clone(),
         idmap_mode: s.idmap_mode.clone(),
         runtime: s.runtime.clone(),

@@ -86,6 +86,8 @@ pub struct ReadyImage {
     /// False when everything came from the backend's store without a
     /// registry.
     pub pulled: bool,
+    /// Where it came from, as Status reports it.
+    pub origin: String,
     source: Source,
 }
 
@@ -175,6 +177,12 @@ impl Backend {
                     digest: pulled.manifest_digest,
                     config: parse_config(&pulled.config, &reference.to_string())?,
                     pulled: pulled.pulled,
+                    origin: format!(
+                        "containerd {} (namespace {}), {}",
+                        c.version(),
+                        settings.containerd_namespace,
+                        pulled.via.describe()
+                    ),
                     source: Source::Containerd {
                         chain_id: pulled.chain_id,
                     },

@@ -31,6 +31,11 @@ pub async fn ensure(
         reference: ready.record.reference.clone(),
         digest: ready.record.manifest.clone(),
         config,
+        origin: if ready.pulled {
+            "registry, into cvmd's cache".into()
+        } else {
+            "cvmd's cache".into()
+        },
         pulled: ready.pulled,
         source: Source::Native(ready.record),
     })

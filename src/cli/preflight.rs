@@ -17,10 +17,10 @@ pub struct PreflightArgs {
 /// threads.
 pub async fn report(settings: &Settings) -> anyhow::Result<preflight::Report> {
     let opts = Options::from_settings(settings);
-    Ok(
-        tokio::task::spawn_blocking(move || preflight::collect(&RealHost::default(), &opts))
-            .await?,
-    )
+    let host = tokio::task::spawn_blocking(move || preflight::collect(&RealHost::default(), &opts))
+        .await?;
+    let containerd = preflight::containerd::facts(settings).await;
+    Ok(host.with(preflight::containerd::judge(&containerd)))
 }
 
 pub async fn preflight(settings: &Settings, args: &PreflightArgs) -> anyhow::Result<i32> {

@@ -16,7 +16,11 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "timeline": s.timeline.iter().map(|t| json!({
             "name": t.name, "start_offset_ms": t.start_offset_ms, "duration_ms": t.duration_ms,
         })).collect::<Vec<_>>(),
-        "image": { "reference": s.image_reference, "digest": s.image_digest },
+        "image": {
+            "reference": s.image_reference,
+            "digest": s.image_digest,
+            "source": (!s.image_source.is_empty()).then_some(&s.image_source),
+        },
         "rootfs_mode": s.rootfs_mode,
         "idmap_mode": s.idmap_mode,
         "runtime": s.runtime,
@@ -43,6 +47,9 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
     };
     out.push_str(&format!("image      {}\n", dash(&s.image_reference)));
     out.push_str(&format!("digest     {}\n", dash(&s.image_digest)));
+    if !s.image_source.is_empty() {
+        out.push_str(&format!("source     {}\n", s.image_source));
+    }
     out.push_str(&format!(
         "rootfs     {} (id mapping: {})\nruntime    {}\n",
         dash(&s.rootfs_mode),

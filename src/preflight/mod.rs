@@ -9,6 +9,7 @@
 //! belongs to another runtime is skipped.
 
 mod cgroup;
+pub mod containerd;
 mod devices;
 mod host;
 mod idmap;
@@ -139,6 +140,13 @@ impl Report {
             passed: !checks.iter().any(|c| c.status == Status::Fail),
             checks,
         }
+    }
+
+    /// The report with one more check (one that needs async work).
+    pub fn with(self, check: Check) -> Report {
+        let mut checks = self.checks;
+        checks.push(check);
+        Report::new(&self.runtime, checks)
     }
 
     pub fn failures(&self) -> impl Iterator<Item = &Check> {

@@ -12,7 +12,10 @@ pub async fn at_start(settings: &Settings) -> Result<Report, PreflightError> {
         .await
         .map_err(|e| PreflightError::Internal {
             reason: e.to_string(),
-        })?;
+        })?
+        .with(super::containerd::judge(
+            &super::containerd::facts(settings).await,
+        ));
     report.log();
     if settings.shiftfs_install {
         install_shiftfs(settings, &report).await;

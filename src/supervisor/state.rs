@@ -47,6 +47,7 @@ pub struct Snapshot {
     pub timeline: Vec<PhaseTiming>,
     pub image_reference: String,
     pub image_digest: String,
+    pub image_source: String,
     pub rootfs_mode: String,
     pub idmap_mode: String,
     pub runtime: String,
@@ -77,6 +78,7 @@ struct Inner {
     lifecycle: Lifecycle,
     image_reference: String,
     image_digest: String,
+    image_source: String,
     rootfs_mode: String,
     idmap_mode: String,
     init_pid: Option<i32>,
@@ -118,6 +120,7 @@ impl StateHandle {
                 lifecycle: Lifecycle::default(),
                 image_reference: String::new(),
                 image_digest: String::new(),
+                image_source: String::new(),
                 rootfs_mode: String::new(),
                 idmap_mode: String::new(),
                 init_pid: None,
@@ -194,6 +197,10 @@ impl StateHandle {
         inner.image_digest = digest.to_string();
     }
 
+    pub fn set_image_source(&self, source: &str) {
+        self.lock().image_source = source.to_string();
+    }
+
     /// The host checks cvmd ran at start.
     pub fn set_preflight(&self, checks: Vec<crate::preflight::Check>) {
         self.lock().preflight = checks;
@@ -240,6 +247,7 @@ impl StateHandle {
             timeline: inner.lifecycle.timeline().to_vec(),
             image_reference: inner.image_reference.clone(),
             image_digest: inner.image_digest.clone(),
+            image_source: inner.image_source.clone(),
             rootfs_mode: inner.rootfs_mode.clone(),
             idmap_mode: inner.idmap_mode.clone(),
             runtime: self.0.runtime.clone(),

@@ -10,6 +10,7 @@
 mod content;
 mod fetch;
 mod ids;
+mod introspect;
 mod mounts;
 mod pull;
 mod snapshot;
@@ -26,6 +27,7 @@ use containerd_client::services::v1::{CreateRequest, DeleteRequest};
 use containerd_client::tonic::{self, transport::Channel, Code};
 
 pub use ids::{chain_ids, check_namespace};
+pub use introspect::Snapshotter;
 pub use pull::Pulled;
 pub use snapshot::WorkspaceSnapshot;
 
@@ -182,7 +184,7 @@ impl Containerd {
 
     /// Whether this containerd's version has the transfer service (an
     /// unreadable version is taken as recent, as `connect` does).
-    fn has_transfer_service(&self) -> bool {
+    pub fn has_transfer_service(&self) -> bool {
         self.at_least(ids::TRANSFER_VERSION)
     }
 

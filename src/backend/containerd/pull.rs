@@ -45,6 +45,25 @@ pub struct Pulled {
     pub chain_id: Option<Digest>,
     /// False when containerd had it all.
     pub pulled: bool,
+    pub via: Via,
+}
+
+/// How an image got ready in containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Present,
+    Transfer,
+    Content,
+}
+
+impl Via {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Via::Present => "already there",
+            Via::Transfer => "pulled by its transfer service",
+            Via::Content => "pulled by cvmd into its content store",
+        }
+    }
 }
 
 impl Containerd {
@@ -181,6 +200,7 @@ impl Containerd {
         match outcome {
             Ok(mut ready) => {
                 ready.pulled = true;
+                ready.via = Via::Transfer;
                 tracing::info!(digest = %ready.manifest_digest, elapsed_ms = started.elapsed().as_millis() as u64, "pulled by containerd's transfer service");
                 Ok(ready)
             }
@@ -241,6 +261,7 @@ impl Containerd {
             config,
             chain_id,
             pulled: false,
+            via: Via::Present,
         }))
     }
 
@@ -416,6 +437,7 @@ impl Containerd {
             config,
             chain_id: chains.last().cloned(),
             pulled: true,
+            via: Via::Content,
         })
     }
 
