@@ -161,6 +161,23 @@ fn cvmd_run(ctd: &PrivateContainerd, state: &Path, registry: &str, reference: &s
     c
 }
 
+/// `cvmd run` in the background of `repo_tag` pulled through `proxy`, its
+/// stderr piped.
+fn run_through(
+    proxy: &common::proxy::FaultProxy,
+    ctd: &PrivateContainerd,
+    state: &Path,
+    repo_tag: &str,
+) -> std::process::Child {
+    let reference = format!("{}/{repo_tag}", proxy.host());
+    cvmd_run(ctd, state, &proxy.host(), &reference)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn workspace_name(state: &Path) -> String {
     let dir = state.file_name().unwrap().to_string_lossy();
     format!("ws-{}", dir.trim_start_matches('.'))
@@ -403,13 +420,7 @@ fn killed_mid_pull(release: Release) {
     push(&reg, "ctd/slow", "v1", &img);
     // 8 MiB at 512 KiB/s: the pull is still streaming when containerd dies.
     proxy.throttle_blobs(512 << 10);
-    let reference = format!("{}/ctd/slow:v1", proxy.host());
-    let child = cvmd_run(&ctd, state.path(), &proxy.host(), &reference)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = run_through(&proxy, &ctd, state.path(), "ctd/slow:v1");
     let layer = img.layer_digests()[0].clone();
     assert!(
         common::wait_until(Duration::from_secs(20), || proxy.blob_gets(&layer) > 0),
@@ -647,13 +658,7 @@ fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
     push(&reg, "ctd/progress", "v1", &img);
     // 4 MiB at 1 MiB/s: containerd reports it several times on the way.
     proxy.throttle_blobs(1 << 20);
-    let reference = format!("{}/ctd/progress:v1", proxy.host());
-    let child = cvmd_run(&ctd, state.path(), &proxy.host(), &reference)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = run_through(&proxy, &ctd, state.path(), "ctd/progress:v1");
     let socket = state.path().join("state/cvmd.sock");
     let ctl = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_cvmctl"))
