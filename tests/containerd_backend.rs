@@ -906,3 +906,69 @@ fn preflight_names_the_pull_path_and_fails_when_the_snapshots_are_not_visible() 
     );
     assert_eq!(hidden["passed"], false);
 }
+
+#[test]
+fn sigterm_during_a_transfer_pull_stops_at_once_and_a_rerun_completes() {
+    if !ready_with(Release::Sid) {
+        return;
+    }
+    let ctd = PrivateContainerd::start_release(Release::Sid);
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let proxy = common::proxy::FaultProxy::start(&reg.url());
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(busybox_image(&[]).layers[0].clone())
+        .layer(common::image::Layer::random(
+            "big.bin",
+            8,
+            11,
+            Compression::Gzip,
+        ))
+        .entrypoint(&["/bin/sh", "-c", "exit 4"])
+        .build();
+    push(&reg, "ctd/term", "v1", &img);
+    // 8 MiB at 512 KiB/s: still streaming when the signal comes.
+    proxy.throttle_blobs(512 << 10);
+    let child = run_through(&proxy, &ctd, state.path(), "ctd/term:v1");
+    let big = img.layer_digests()[1].clone();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || proxy.blob_gets(&big) > 0),
+        "the pull never started"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        asked.elapsed()
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains(state.path().to_str().unwrap()),
+        "a mount is left"
+    );
+    assert!(
+        ctd.list(&["images", "ls"]).is_empty(),
+        "a half-pulled image was recorded"
+    );
+
+    // The next start pulls again and boots.
+    proxy.throttle_blobs(0);
+    let out = run_through(&proxy, &ctd, state.path(), "ctd/term:v1")
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("pulled by containerd's transfer service"),
+        "{stderr}"
+    );
+}

@@ -609,6 +609,17 @@ mod tests {
         let ours = answer_auth(&ask("reg.example:5000"), &reference, credential);
         assert_eq!(ours.auth_type, AuthType::Credentials as i32);
         assert_eq!(ours.secret, "pw");
+        // Docker Hub: containerd asks for the API host.
+        let hub: Reference = "ubuntu:22.04".parse().unwrap();
+        let hub_ask = to_any(&AuthRequest {
+            host: "registry-1.docker.io".into(),
+            reference: hub.to_string(),
+            wwwauthenticate: vec![],
+        });
+        assert_eq!(
+            answer_auth(&hub_ask, &hub, credential).auth_type,
+            AuthType::Credentials as i32
+        );
         let theirs = answer_auth(&ask("evil.example"), &reference, credential);
         assert_eq!(theirs.auth_type, AuthType::None as i32);
         assert!(theirs.secret.is_empty());
