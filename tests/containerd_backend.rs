@@ -225,7 +225,7 @@ fn boots_then_starts_warm(release: Release) {
     assert!(stderr.contains("from the second layer"), "{stderr}");
     assert!(stderr.contains("image backend: containerd"), "{stderr}");
     assert!(
-        stderr.contains("rootfs mounted from a containerd snapshot"),
+        stderr.contains("workspace layers from containerd snapshots"),
         "{stderr}"
     );
     assert!(
@@ -971,4 +971,48 @@ fn sigterm_during_a_transfer_pull_stops_at_once_and_a_rerun_completes() {
         stderr.contains("pulled by containerd's transfer service"),
         "{stderr}"
     );
+}
+
+per_release!(
+    containerd_workspaces_keep_their_writes_across_restarts_and_take_an_id_mapping,
+    keeps_writes_and_maps_ids
+);
+fn keeps_writes_and_maps_ids(release: Release) {
+    let reg = registry_for(release);
+    let ctd = start_for(release, &reg);
+    let state = tempfile::tempdir().unwrap();
+    let reference = push(
+        &reg,
+        "ctd/keep",
+        "v1",
+        &busybox_image(&[
+            "/bin/sh",
+            "-c",
+            "cat /etc/kept 2>/dev/null || echo nothing-kept; echo kept-across-restarts > /etc/kept",
+        ]),
+    );
+    let run = |state: &Path, extra: &[&str]| {
+        let out = cvmd_run(&ctd, state, &insecure(&reg), &reference)
+            .args(extra)
+            .arg("run")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_clean(state, &ctd);
+        stderr
+    };
+    let first = run(state.path(), &[]);
+    assert!(first.contains("nothing-kept"), "{first}");
+    // The writable layer is the workspace's, in its state dir: as with the
+    // native backend it outlasts cvmd, and containerd's layers are untouched.
+    let second = run(state.path(), &[]);
+    assert!(second.contains("kept-across-restarts"), "{second}");
+    // Its own ID range, by ID-mapped layers (not a chown of containerd's).
+    let mapped_state = tempfile::tempdir().unwrap();
+    for expect in ["nothing-kept", "kept-across-restarts"] {
+        let mapped = run(mapped_state.path(), &["--idmap", "auto"]);
+        assert!(mapped.contains("idmap=IdMappedMount"), "{mapped}");
+        assert!(mapped.contains(expect), "{mapped}");
+    }
 }

@@ -104,8 +104,8 @@ enum Source {
 pub struct Rootfs {
     pub target: PathBuf,
     pub idmap: Option<IdMap>,
-    /// How it was assembled, as Status reports it: overlay, flat or
-    /// containerd-snapshot; and none, idmapped-mount or chowned-copy.
+    /// How it was assembled, as Status reports it: overlay or flat; and
+    /// none, idmapped-mount or chowned-copy.
     pub mode: &'static str,
     pub idmap_mode: &'static str,
     hold: Hold,
@@ -205,36 +205,75 @@ impl Backend {
                 native::mount_rootfs(settings, record, ws_dir, target).await
             }
             (Backend::Containerd(c), Source::Containerd { chain_id }) => {
-                if settings.idmap != crate::config::IdMapSetting::None {
-                    return Err(containerd::ContainerdError::IdMapUnsupported.into());
-                }
-                let snapshot = c
-                    .mount_workspace(&settings.workspace, chain_id.as_ref(), target)
+                let (snapshot, dirs) = c
+                    .workspace_layers(&settings.workspace, chain_id.as_ref())
                     .await?;
-                Ok(Rootfs {
-                    target: target.to_path_buf(),
-                    idmap: None,
-                    mode: "containerd-snapshot",
-                    idmap_mode: "none",
-                    hold: Hold::Containerd(snapshot),
-                })
+                assemble(settings, dirs, ws_dir, target, Hold::Containerd(snapshot)).await
             }
             _ => unreachable!("an image is mounted by the backend that made it ready"),
         }
     }
 
     /// Unmounts the rootfs and gives back what held it (cvmd's lease, or
-    /// containerd's snapshot and lease).
+    /// containerd's view and lease).
     pub async fn release(&self, rootfs: Rootfs) -> Result<(), BackendError> {
         crate::rootfs::teardown(&rootfs.target)?;
-        match (self, rootfs.hold) {
-            (Backend::Containerd(c), Hold::Containerd(snapshot)) => {
-                c.remove_workspace(snapshot).await?
-            }
-            (_, Hold::Native(lease)) => drop(lease),
-            (Backend::Native, Hold::Containerd(_)) => unreachable!("held by containerd"),
+        release_hold(rootfs.hold).await
+    }
+}
+
+async fn release_hold(hold: Hold) -> Result<(), BackendError> {
+    match hold {
+        Hold::Containerd(snapshot) => snapshot.release().await?,
+        Hold::Native(lease) => drop(lease),
+    }
+    Ok(())
+}
+
+/// Assembles the rootfs at `target` from layer dirs (bottom to top), the
+/// workspace's disk under `ws_dir`, the same way for both backends; `hold`
+/// keeps the layers while it is mounted, and is given back on a failure.
+async fn assemble(
+    settings: &Settings,
+    layers: Vec<PathBuf>,
+    ws_dir: &Path,
+    target: &Path,
+    hold: Hold,
+) -> Result<Rootfs, BackendError> {
+    let assembled = async {
+        let idmap =
+            crate::workspace::idmap_for(settings.idmap, &settings.cache_dir, &settings.workspace)
+                .await?;
+        // A crashed earlier run may have left its mount.
+        crate::rootfs::teardown(target)?;
+        let assembled = crate::rootfs::assemble(&crate::rootfs::Request {
+            layers,
+            workspace_dir: ws_dir.join("disk"),
+            target: target.to_path_buf(),
+            mode: settings.rootfs_mode,
+            idmap,
+            reset: false,
+        })?;
+        Ok::<_, BackendError>((idmap, assembled))
+    }
+    .await;
+    match assembled {
+        Ok((idmap, assembled)) => {
+            tracing::info!(mode = ?assembled.mode, idmap = ?assembled.idmap_mode, "rootfs ready");
+            Ok(Rootfs {
+                target: target.to_path_buf(),
+                idmap,
+                mode: crate::workspace::rootfs_mode_name(assembled.mode),
+                idmap_mode: crate::workspace::idmap_mode_name(assembled.idmap_mode),
+                hold,
+            })
         }
-        Ok(())
+        Err(e) => {
+            if let Err(cleanup) = release_hold(hold).await {
+                tracing::warn!(error = %cleanup, "cannot give back the layers after a failed rootfs");
+            }
+            Err(e)
+        }
     }
 }
 

@@ -9,7 +9,6 @@ use crate::config::Settings;
 use crate::image::PullPolicy;
 use crate::pull::ProgressSink;
 use crate::registry::Reference;
-use crate::rootfs::{self, Request};
 use crate::store::images::ImageRecord;
 use crate::store::layers::LayerCache;
 use crate::store::lease::Lease;
@@ -56,25 +55,6 @@ pub async fn mount_rootfs(
         &diff_ids,
         Some(target),
     )?;
-    let idmap =
-        crate::workspace::idmap_for(settings.idmap, &settings.cache_dir, &settings.workspace)
-            .await?;
-    // A crashed earlier run may have left its mount.
-    rootfs::teardown(target)?;
-    let assembled = rootfs::assemble(&Request {
-        layers: diff_ids.iter().map(|d| layers.tree(d)).collect(),
-        workspace_dir: ws_dir.join("disk"),
-        target: target.to_path_buf(),
-        mode: settings.rootfs_mode,
-        idmap,
-        reset: false,
-    })?;
-    tracing::info!(mode = ?assembled.mode, idmap = ?assembled.idmap_mode, "rootfs ready");
-    Ok(Rootfs {
-        target: target.to_path_buf(),
-        idmap,
-        mode: crate::workspace::rootfs_mode_name(assembled.mode),
-        idmap_mode: crate::workspace::idmap_mode_name(assembled.idmap_mode),
-        hold: Hold::Native(lease),
-    })
+    let dirs = diff_ids.iter().map(|d| layers.tree(d)).collect();
+    super::assemble(settings, dirs, ws_dir, target, Hold::Native(lease)).await
 }

@@ -11,7 +11,6 @@ mod content;
 mod fetch;
 mod ids;
 mod introspect;
-mod mounts;
 mod pull;
 mod snapshot;
 mod transfer;
@@ -107,14 +106,6 @@ pub enum ContainerdError {
     },
     #[error("{what} in containerd's content store is not valid: {why}")]
     Invalid { what: String, why: String },
-    #[error("cannot mount the rootfs from containerd snapshot {key} at {}: {why}; cvmd must be privileged (CAP_SYS_ADMIN) and see containerd's root (/var/lib/containerd) at the path containerd uses, {BACKEND_HINT}", target.display())]
-    Mount {
-        key: String,
-        target: PathBuf,
-        why: String,
-    },
-    #[error("CVMD_IDMAP is not supported with the containerd image backend yet: set CVMD_IDMAP=none (sysbox-runc then allocates the ID mapping), {BACKEND_HINT}")]
-    IdMapUnsupported,
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]

@@ -1,166 +1,183 @@
-//! The workspace's rootfs from containerd: an active snapshot on the
-//! image's chain ID (key and lease named after the workspace), mounted at
-//! the target; removed with its lease when the workspace ends.
+//! The workspace's layers from containerd: a read-only view snapshot on
+//! the image's chain ID (key and lease named after the workspace) holds the
+//! committed layer snapshots while the workspace runs, and its mounts name
+//! their directories. cvmd assembles the rootfs from those directories as
+//! it does from its own cache (its overlay, with the writable layer in the
+//! workspace's state dir, so it outlasts a restart as with the native
+//! backend; or an ID-mapped or flat copy). View and lease go when the
+//! workspace ends.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
+use containerd_client::services::v1::snapshots::ViewSnapshotRequest;
 use containerd_client::types::Mount;
 
-use super::mounts::{self, MountSys};
 use super::{Containerd, ContainerdError, SNAPSHOTTER};
 use crate::digest::Digest;
 
-/// A prepared, mounted workspace snapshot and the lease that holds it.
-#[derive(Debug)]
+/// A workspace's view snapshot and the lease that holds it.
 pub struct WorkspaceSnapshot {
+    containerd: Containerd,
     key: String,
     lease: String,
 }
 
+impl WorkspaceSnapshot {
+    /// Removes the view, then its lease.
+    pub async fn release(self) -> Result<(), ContainerdError> {
+        self.containerd.remove_snapshot(&self.key).await?;
+        self.containerd.delete_lease(&self.lease).await
+    }
+}
+
 impl Containerd {
-    /// Prepares the workspace's snapshot on `parent` and mounts it at
-    /// `target`. What a crashed earlier run of the same workspace left (its
-    /// mount, snapshot, lease) is removed first: in this backend the
-    /// workspace's writable layer lives as long as the workspace.
-    pub async fn mount_workspace(
+    /// Takes a view on `parent` for `workspace` and returns the layer
+    /// directories, bottom to top. What a crashed earlier run left (its
+    /// view, lease) is replaced.
+    pub async fn workspace_layers(
         &self,
         workspace: &str,
         parent: Option<&Digest>,
-        target: &Path,
-    ) -> Result<WorkspaceSnapshot, ContainerdError> {
+    ) -> Result<(WorkspaceSnapshot, Vec<PathBuf>), ContainerdError> {
         let key = format!("cvmd-workspace-{workspace}");
-        crate::rootfs::teardown(target)?;
         self.remove_snapshot(&key).await?;
         self.create_lease(&key, None).await?;
         let snapshot = WorkspaceSnapshot {
+            containerd: self.clone(),
             key: key.clone(),
             lease: key.clone(),
         };
-        let prepared = self.prepare_and_mount(&key, parent, target).await;
-        if let Err(e) = prepared {
-            let _ = crate::rootfs::teardown(target);
-            if let Err(cleanup) = self.remove_workspace(snapshot).await {
-                tracing::warn!(error = %cleanup, "cannot remove the workspace snapshot after a failed mount");
+        match self.view(&key, parent).await {
+            Ok(layers) => Ok((snapshot, layers)),
+            Err(e) => {
+                if let Err(cleanup) = snapshot.release().await {
+                    tracing::warn!(error = %cleanup, "cannot remove the workspace's view after a failure");
+                }
+                Err(e)
             }
-            return Err(e);
         }
-        Ok(snapshot)
     }
 
-    async fn prepare_and_mount(
+    async fn view(
         &self,
         key: &str,
         parent: Option<&Digest>,
-        target: &Path,
-    ) -> Result<(), ContainerdError> {
-        let request = PrepareSnapshotRequest {
+    ) -> Result<Vec<PathBuf>, ContainerdError> {
+        let request = ViewSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             key: key.to_string(),
             parent: parent.map(|p| p.to_string()).unwrap_or_default(),
             labels: HashMap::new(),
         };
         let mounts = SnapshotsClient::new(self.channel.clone())
-            .prepare(self.req(request, Some(key)))
+            .view(self.req(request, Some(key)))
             .await
-            .map_err(self.failed(&format!("preparing snapshot {key}")))?
+            .map_err(self.failed(&format!("taking view {key}")))?
             .into_inner()
             .mounts;
-        std::fs::create_dir_all(target).map_err(|e| ContainerdError::Mount {
-            key: key.to_string(),
-            target: target.to_path_buf(),
-            why: e.to_string(),
+        let layers = layer_dirs(&mounts).map_err(|why| ContainerdError::Invalid {
+            what: format!("the mounts of view {key}"),
+            why,
         })?;
-        mount_all(&mounts::Kernel, key, &mounts, target)
-    }
-
-    /// Removes the workspace's snapshot, then its lease.
-    pub async fn remove_workspace(&self, s: WorkspaceSnapshot) -> Result<(), ContainerdError> {
-        self.remove_snapshot(&s.key).await?;
-        self.delete_lease(&s.lease).await
+        tracing::info!(
+            key,
+            layers = layers.len(),
+            "workspace layers from containerd snapshots"
+        );
+        Ok(layers)
     }
 }
 
-/// Mounts a snapshot's mounts at `target`, in order (the overlayfs
-/// snapshotter gives one).
-fn mount_all(
-    sys: &dyn MountSys,
-    key: &str,
-    list: &[Mount],
-    target: &Path,
-) -> Result<(), ContainerdError> {
-    let fail = |why: String| ContainerdError::Mount {
-        key: key.to_string(),
-        target: target.to_path_buf(),
-        why,
+/// The layer directories, bottom to top, that a view's mounts name: the
+/// overlayfs snapshotter gives a read-only bind mount of the one layer, or
+/// an overlay whose `lowerdir` lists them top first (containerd 2 may give
+/// one `lowerdir+=` option per layer instead, also top first).
+fn layer_dirs(mounts: &[Mount]) -> Result<Vec<PathBuf>, String> {
+    let [m] = mounts else {
+        return Err(format!("{} mounts, a view has one", mounts.len()));
     };
-    if list.is_empty() {
-        return Err(fail("containerd returned no mounts".into()));
+    if !m.target.is_empty() {
+        return Err(format!("a mount at sub-path {:?}", m.target));
     }
-    for m in list {
-        if !m.target.is_empty() {
-            return Err(fail(format!(
-                "a mount at sub-path {:?} is not supported",
-                m.target
-            )));
+    let mut top_first: Vec<PathBuf> = match m.r#type.as_str() {
+        "bind" | "rbind" => vec![PathBuf::from(&m.source)],
+        "overlay" => {
+            let mut dirs = Vec::new();
+            for o in &m.options {
+                if let Some(list) = o.strip_prefix("lowerdir=") {
+                    dirs.extend(list.split(':').map(PathBuf::from));
+                } else if let Some(one) = o.strip_prefix("lowerdir+=") {
+                    dirs.push(PathBuf::from(one));
+                } else if o.starts_with("upperdir=") || o.starts_with("workdir=") {
+                    return Err("a view's overlay has an upper dir".into());
+                }
+            }
+            dirs
         }
-        let plan = mounts::plan(&m.r#type, &m.source, &m.options).map_err(&fail)?;
-        sys.mount(&plan, target).map_err(|e| fail(e.to_string()))?;
+        other => {
+            return Err(format!(
+                "mount type {other:?} (the overlayfs snapshotter gives overlay or bind)"
+            ))
+        }
+    };
+    if top_first.is_empty() || top_first.iter().any(|d| !d.is_absolute()) {
+        return Err(format!("no absolute layer dirs in {:?}", m.options));
     }
-    tracing::info!(key, target = %target.display(), "rootfs mounted from a containerd snapshot");
-    Ok(())
+    top_first.reverse();
+    Ok(top_first)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<mounts::MountPlan>>);
-
-    impl MountSys for Recorder {
-        fn mount(&self, plan: &mounts::MountPlan, _: &Path) -> std::io::Result<()> {
-            self.0.lock().unwrap().push(plan.clone());
-            Ok(())
-        }
-    }
-
-    fn mount(kind: &str, options: &[&str]) -> Mount {
+    fn mount(kind: &str, source: &str, options: &[&str]) -> Mount {
         Mount {
             r#type: kind.into(),
-            source: "overlay".into(),
+            source: source.into(),
             target: String::new(),
             options: options.iter().map(|s| s.to_string()).collect(),
         }
     }
 
     #[test]
-    fn mounts_each_in_order() {
-        let rec = Recorder::default();
-        mount_all(
-            &rec,
-            "k",
-            &[mount(
-                "overlay",
-                &["lowerdir=/a", "upperdir=/u", "workdir=/w"],
-            )],
-            Path::new("/t"),
-        )
-        .unwrap();
-        let calls = rec.0.lock().unwrap();
-        assert_eq!(calls.len(), 1);
-        assert_eq!(calls[0].data, "lowerdir=/a,upperdir=/u,workdir=/w");
+    fn one_layer_is_a_bind_of_its_dir() {
+        let dirs = layer_dirs(&[mount("bind", "/s/1/fs", &["ro", "rbind"])]).unwrap();
+        assert_eq!(dirs, [PathBuf::from("/s/1/fs")]);
     }
 
     #[test]
-    fn unsupported_mounts_fail_before_any_syscall() {
-        let rec = Recorder::default();
-        let e = mount_all(&rec, "k", &[mount("tmpfs", &[])], Path::new("/t")).unwrap_err();
-        assert!(e.to_string().contains("\"tmpfs\" is not supported"), "{e}");
-        assert!(mount_all(&rec, "k", &[], Path::new("/t")).is_err());
-        assert!(rec.0.lock().unwrap().is_empty());
+    fn overlay_lowers_come_back_bottom_first() {
+        let dirs = layer_dirs(&[mount(
+            "overlay",
+            "overlay",
+            &["index=off", "lowerdir=/s/3/fs:/s/2/fs:/s/1/fs"],
+        )])
+        .unwrap();
+        assert_eq!(dirs, ["/s/1/fs", "/s/2/fs", "/s/3/fs"].map(PathBuf::from));
+        let plus = layer_dirs(&[mount(
+            "overlay",
+            "overlay",
+            &["lowerdir+=/s/2/fs", "lowerdir+=/s/1/fs"],
+        )])
+        .unwrap();
+        assert_eq!(plus, ["/s/1/fs", "/s/2/fs"].map(PathBuf::from));
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        assert!(layer_dirs(&[]).is_err());
+        assert!(layer_dirs(&[mount("tmpfs", "none", &[])]).is_err());
+        let upper = mount(
+            "overlay",
+            "overlay",
+            &["lowerdir=/a", "upperdir=/u", "workdir=/w"],
+        );
+        assert!(layer_dirs(&[upper]).unwrap_err().contains("upper dir"));
+        assert!(layer_dirs(&[mount("overlay", "overlay", &["lowerdir=rel/1"])]).is_err());
+        let two = [mount("bind", "/a", &[]), mount("bind", "/b", &[])];
+        assert!(layer_dirs(&two).is_err());
     }
 }
