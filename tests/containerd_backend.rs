@@ -138,6 +138,21 @@ fn busybox_image(entrypoint: &[&str]) -> common::image::Image {
         .build()
 }
 
+/// busybox-static under a layer of `mib` MiB of random bytes (`seed`): a
+/// pull slow enough to watch through a throttled proxy.
+fn busybox_and_random(mib: usize, seed: u64, entrypoint: &[&str]) -> common::image::Image {
+    ImageBuilder::new(Format::Oci)
+        .layer(busybox_image(&[]).layers[0].clone())
+        .layer(common::image::Layer::random(
+            "big.bin",
+            mib,
+            seed,
+            Compression::Gzip,
+        ))
+        .entrypoint(entrypoint)
+        .build()
+}
+
 /// `cvmd run` with the containerd backend against `ctd`.
 fn cvmd_run(ctd: &PrivateContainerd, state: &Path, registry: &str, reference: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
@@ -644,17 +659,8 @@ fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
     let proxy = common::proxy::FaultProxy::start(&reg.url());
-    let img = ImageBuilder::new(Format::Oci)
-        .layer(busybox_image(&[]).layers[0].clone())
-        .layer(common::image::Layer::random(
-            "big.bin",
-            4,
-            9,
-            Compression::Gzip,
-        ))
-        // Alive a while after the pull, for Status to be asked.
-        .entrypoint(&["/bin/sh", "-c", "sleep 3"])
-        .build();
+    // Alive a while after the pull, for Status to be asked.
+    let img = busybox_and_random(4, 9, &["/bin/sh", "-c", "sleep 3"]);
     push(&reg, "ctd/progress", "v1", &img);
     // 4 MiB at 1 MiB/s: containerd reports it several times on the way.
     proxy.throttle_blobs(1 << 20);
@@ -916,16 +922,7 @@ fn sigterm_during_a_transfer_pull_stops_at_once_and_a_rerun_completes() {
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
     let proxy = common::proxy::FaultProxy::start(&reg.url());
-    let img = ImageBuilder::new(Format::Oci)
-        .layer(busybox_image(&[]).layers[0].clone())
-        .layer(common::image::Layer::random(
-            "big.bin",
-            8,
-            11,
-            Compression::Gzip,
-        ))
-        .entrypoint(&["/bin/sh", "-c", "exit 4"])
-        .build();
+    let img = busybox_and_random(8, 11, &["/bin/sh", "-c", "exit 4"]);
     push(&reg, "ctd/term", "v1", &img);
     // 8 MiB at 512 KiB/s: still streaming when the signal comes.
     proxy.throttle_blobs(512 << 10);
