@@ -1013,3 +1013,50 @@ fn keeps_writes_and_maps_ids(release: Release) {
         assert!(mapped.contains(expect), "{mapped}");
     }
 }
+
+#[test]
+fn prefetch_fills_containerd_when_it_is_the_image_backend() {
+    if !ready_with(Release::Sid) {
+        return;
+    }
+    let ctd = PrivateContainerd::start_release(Release::Sid);
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let reference = push(
+        &reg,
+        "ctd/prefetched",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "exit 6"]),
+    );
+    let out = cvmd_run(&ctd, state.path(), &reg.host(), &reference)
+        .args(["prefetch", &reference])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        printed.starts_with(&format!("{reference}@sha256:")),
+        "{printed}"
+    );
+    assert_eq!(
+        ctd.list(&["images", "ls"]),
+        std::slice::from_ref(&reference)
+    );
+    assert_eq!(ctd.snapshots().len(), 2, "{:?}", ctd.snapshots());
+    let cached = std::fs::read_dir(state.path().join("cache"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(cached, 0, "the native cache was filled instead");
+    assert_clean(state.path(), &ctd);
+
+    // The workspace then starts from containerd, registry gone.
+    drop(reg);
+    let out = cvmd_run(&ctd, state.path(), "127.0.0.1:1", &reference)
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("image is in containerd"), "{stderr}");
+}

@@ -2,8 +2,11 @@
 //! workspaces that will use them (what the pre-pull DaemonSet runs), so
 //! their first start on the node is a warm start.
 
+use crate::backend::Backend;
 use crate::config::Settings;
+use crate::image::PullPolicy;
 use crate::progress::PlainLines;
+use crate::registry::Reference;
 
 #[derive(clap::Args)]
 pub struct PrefetchArgs {
@@ -13,16 +16,17 @@ pub struct PrefetchArgs {
 }
 
 pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Result<()> {
+    // Into the cache the workspaces will read: cvmd's own, or the node's
+    // containerd with CVMD_IMAGE_BACKEND=containerd (or auto finding it).
+    let backend = Backend::select(settings).await?;
     let mut failed = Vec::new();
     for image in &args.images {
-        let pulled = match image.parse() {
-            Ok(reference) => crate::image::pull(settings, &reference, true, &PlainLines)
-                .await
-                .map_err(anyhow::Error::from),
+        let pulled = match image.parse::<Reference>() {
+            Ok(reference) => pull(settings, &backend, &reference).await,
             Err(e) => Err(anyhow::Error::from(e)),
         };
         match pulled {
-            Ok(pulled) => println!("{}", pulled.reference),
+            Ok(reference) => println!("{reference}"),
             // One bad image must not keep the others from the node.
             Err(e) => {
                 eprintln!("cvmd: prefetch {image}: {}", super::error_line(&e));
@@ -39,5 +43,26 @@ pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Resul
             args.images.len(),
             failed.join(", ")
         )
+    }
+}
+
+/// Pulls (asking the registry for what the tag names now) and unpacks one
+/// image; its reference pinned to the digest pulled.
+async fn pull(
+    settings: &Settings,
+    backend: &Backend,
+    reference: &Reference,
+) -> anyhow::Result<String> {
+    match backend {
+        Backend::Native => Ok(crate::image::pull(settings, reference, true, &PlainLines)
+            .await?
+            .reference
+            .to_string()),
+        Backend::Containerd(_) => {
+            let ready = backend
+                .ensure(settings, reference, PullPolicy::Always, &PlainLines)
+                .await?;
+            Ok(reference.with_digest(ready.digest).to_string())
+        }
     }
 }
