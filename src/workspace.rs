@@ -92,6 +92,7 @@ async fn run_with(
         ready = backend.ensure(settings, &reference, settings.pull_policy, &progress) => ready?,
         signal = stop_requested(signals) => {
             tracing::info!(signal, "stop requested before the workspace booted");
+            backend.abandon_pulls().await;
             return Ok(128 + signal);
         }
     };

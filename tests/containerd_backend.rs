@@ -913,12 +913,12 @@ fn preflight_names_the_pull_path_and_fails_when_the_snapshots_are_not_visible() 
     assert_eq!(hidden["passed"], false);
 }
 
-#[test]
-fn sigterm_during_a_transfer_pull_stops_at_once_and_a_rerun_completes() {
-    if !ready_with(Release::Sid) {
-        return;
-    }
-    let ctd = PrivateContainerd::start_release(Release::Sid);
+per_release!(
+    sigterm_during_a_pull_stops_at_once_and_a_rerun_completes,
+    sigterm_mid_pull
+);
+fn sigterm_mid_pull(release: Release) {
+    let ctd = PrivateContainerd::start_release(release);
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
     let proxy = common::proxy::FaultProxy::start(&reg.url());
@@ -956,6 +956,8 @@ fn sigterm_during_a_transfer_pull_stops_at_once_and_a_rerun_completes() {
         ctd.list(&["images", "ls"]).is_empty(),
         "a half-pulled image was recorded"
     );
+    // The pull's lease went with it (not left to expire).
+    assert_clean(state.path(), &ctd);
 
     // The next start pulls again and boots.
     proxy.throttle_blobs(0);
@@ -965,7 +967,7 @@ fn sigterm_during_a_transfer_pull_stops_at_once_and_a_rerun_completes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
-        stderr.contains("pulled by containerd's transfer service"),
+        stderr.contains(pull_path_line(via_transfer(release, &reg))),
         "{stderr}"
     );
 }

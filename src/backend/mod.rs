@@ -214,6 +214,17 @@ impl Backend {
         }
     }
 
+    /// Gives back what this process's interrupted pulls held (containerd's
+    /// pull leases), so nothing waits for their expiry; cvmd's own store
+    /// needs nothing (its partial downloads are kept for resuming).
+    pub async fn abandon_pulls(&self) {
+        if let Backend::Containerd(c) = self {
+            if let Err(e) = c.delete_pull_leases().await {
+                tracing::warn!(error = %e, "cannot delete the interrupted pull's lease; containerd drops it within the hour");
+            }
+        }
+    }
+
     /// Unmounts the rootfs and gives back what held it (cvmd's lease, or
     /// containerd's view and lease).
     pub async fn release(&self, rootfs: Rootfs) -> Result<(), BackendError> {

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::version_client::VersionClient;
-use containerd_client::services::v1::{CreateRequest, DeleteRequest};
+use containerd_client::services::v1::{CreateRequest, DeleteRequest, ListRequest};
 use containerd_client::tonic::{self, transport::Channel, Code};
 
 pub use ids::{chain_ids, check_namespace};
@@ -230,6 +230,24 @@ impl Containerd {
         }
     }
 
+    /// Deletes the pull leases this process created (an interrupted pull's).
+    pub async fn delete_pull_leases(&self) -> Result<(), ContainerdError> {
+        let request = ListRequest {
+            filters: vec![format!("id~=\"^{}\"", pull_lease_prefix())],
+        };
+        let leases = LeasesClient::new(self.channel.clone())
+            .list(self.req(request, None))
+            .await
+            .map_err(self.failed("listing leases"))?
+            .into_inner()
+            .leases;
+        for lease in leases {
+            tracing::info!(lease = %lease.id, "deleting the interrupted pull's lease");
+            self.delete_lease(&lease.id).await?;
+        }
+        Ok(())
+    }
+
     async fn delete_lease(&self, id: &str) -> Result<(), ContainerdError> {
         let request = DeleteRequest {
             id: id.to_string(),
@@ -262,6 +280,11 @@ fn status_error(socket: &Path, what: &str, status: &tonic::Status) -> Containerd
     } else {
         ContainerdError::Call { socket, what, why }
     }
+}
+
+/// What this process's pull leases start with.
+fn pull_lease_prefix() -> String {
+    format!("cvmd-pull-{}-", std::process::id())
 }
 
 /// A name unique to this process and moment, for leases and temporary keys.

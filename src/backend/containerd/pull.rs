@@ -93,6 +93,7 @@ impl Containerd {
             .pull_path(settings, reference, &options.keychain)
             .await?;
         let lease = super::unique("cvmd-pull");
+        debug_assert!(lease.starts_with(&super::pull_lease_prefix()));
         self.create_lease(&lease, Some(PULL_LEASE_TTL)).await?;
         let result = match path {
             Path::Transfer(credential) => {
