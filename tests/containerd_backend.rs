@@ -856,33 +856,44 @@ fn falls_back_to_layer_by_layer(release: Release) {
 }
 
 #[test]
-fn preflight_names_the_pull_path_and_fails_when_the_snapshots_are_not_visible() {
+fn preflight_names_the_pull_path_and_without_the_snapshots_fails_or_auto_goes_native() {
     if !ready_with(Release::Sid) {
         return;
     }
     let ctd = PrivateContainerd::start_release(Release::Sid);
     let state = tempfile::tempdir().unwrap();
-    let preflight = |hide_root: bool| -> serde_json::Value {
-        let cvmd = env!("CARGO_BIN_EXE_cvmd");
-        let args = format!(
-            "exec {cvmd} --cache-dir {cache} --runtime runc --image-backend containerd --containerd-socket {sock} preflight --json",
+    let reg = Registry::plain().unwrap();
+    let reference = push(
+        &reg,
+        "ctd/hidden",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "exit 8"]),
+    );
+    // cvmd in a mount namespace of its own; with `hide_root` as in a pod
+    // without containerd's root mounted in (an empty dir there).
+    let cvmd = |hide_root: bool, backend: &str, args: &str| {
+        let command = format!(
+            "exec {cvmd} --cache-dir {cache} --state-dir {state} --workspace {ws} --runtime runc --network none --insecure-registries {reg} --image {reference} --image-backend {backend} --containerd-socket {sock} {args}",
+            cvmd = env!("CARGO_BIN_EXE_cvmd"),
             cache = state.path().join("cache").display(),
+            state = state.path().join("state").display(),
+            ws = workspace_name(state.path()),
+            reg = reg.host(),
             sock = ctd.socket().display(),
         );
-        // As a pod without containerd's root mounted in: an empty dir there.
         let script = if hide_root {
-            format!("mount -t tmpfs none {} && {args}", ctd.root().display())
+            format!("mount -t tmpfs none {} && {command}", ctd.root().display())
         } else {
-            args
+            command
         };
-        let out = Command::new("unshare")
+        Command::new("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c", &script])
             .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+            .unwrap()
     };
-    let check = |report: &serde_json::Value| {
+    let check = |out: &std::process::Output| {
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
         report["checks"]
             .as_array()
             .unwrap()
@@ -891,8 +902,7 @@ fn preflight_names_the_pull_path_and_fails_when_the_snapshots_are_not_visible() 
             .cloned()
             .expect("a containerd check")
     };
-    let seen = preflight(false);
-    let c = check(&seen);
+    let c = check(&cvmd(false, "containerd", "preflight --json"));
     assert_eq!(c["status"], "ok", "{c}");
     let detail = c["detail"].as_str().unwrap();
     assert!(
@@ -900,17 +910,33 @@ fn preflight_names_the_pull_path_and_fails_when_the_snapshots_are_not_visible() 
             && detail.ends_with("pulls through its transfer service"),
         "{detail}"
     );
-    let hidden = preflight(true);
+    let hidden = cvmd(true, "containerd", "preflight --json");
+    assert_eq!(hidden.status.code(), Some(1));
     let c = check(&hidden);
     assert_eq!(c["status"], "fail", "{c}");
     assert!(
-        c["fix"]
+        c["detail"]
             .as_str()
             .unwrap()
             .contains("into the outer container at the same path"),
         "{c}"
     );
-    assert_eq!(hidden["passed"], false);
+    let c = check(&cvmd(true, "auto", "preflight --json"));
+    assert_eq!(c["status"], "warn", "{c}");
+
+    // auto then starts from cvmd's own cache, saying why.
+    let out = cvmd(true, "auto", "run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("image backend auto: containerd cannot serve, using cvmd's own")
+            && stderr.contains("are not visible here"),
+        "{stderr}"
+    );
+    assert!(
+        ctd.list(&["images", "ls"]).is_empty(),
+        "containerd was used"
+    );
 }
 
 per_release!(

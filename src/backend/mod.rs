@@ -133,14 +133,30 @@ impl Backend {
                 Ok(Backend::Native)
             }
             Plan::Containerd { required } => {
-                match containerd::Containerd::connect(socket, &settings.containerd_namespace).await
-                {
+                let connected =
+                    containerd::Containerd::connect(socket, &settings.containerd_namespace).await;
+                // auto uses containerd only where cvmd can read its
+                // snapshots; preflight says the same.
+                let connected = match connected {
+                    Ok(c) if !required => match c.snapshotter().await {
+                        Ok(s) => match s.problem() {
+                            None => Ok(c),
+                            Some(problem) => Err(containerd::ContainerdError::Invalid {
+                                what: format!("containerd at {}", socket.display()),
+                                why: problem,
+                            }),
+                        },
+                        Err(e) => Err(e),
+                    },
+                    other => other,
+                };
+                match connected {
                     Ok(c) => {
                         tracing::info!(socket = %socket.display(), version = %c.version(), namespace = %settings.containerd_namespace, "image backend: containerd");
                         Ok(Backend::Containerd(c))
                     }
                     Err(e) if !required => {
-                        tracing::warn!(error = %e, "image backend auto: containerd does not answer, using cvmd's own");
+                        tracing::warn!(error = %e, "image backend auto: containerd cannot serve, using cvmd's own");
                         Ok(Backend::Native)
                     }
                     Err(e) => Err(e.into()),

@@ -29,8 +29,6 @@ pub struct Answer {
     pub too_old: bool,
     pub transfer: bool,
     pub snapshotter: Snapshotter,
-    /// Whether containerd's snapshotter root is seen here.
-    pub root_visible: bool,
 }
 
 pub async fn facts(settings: &Settings) -> Facts {
@@ -61,25 +59,17 @@ async fn ask(socket: &Path, namespace: &str) -> Result<Answer, String> {
                 too_old: true,
                 transfer: false,
                 snapshotter: Snapshotter::Absent,
-                root_visible: false,
             })
         }
         Err(ContainerdError::Unreachable { why, .. }) => return Err(why),
         Err(e) => return Err(e.to_string()),
     };
     let snapshotter = c.snapshotter().await.map_err(|e| e.to_string())?;
-    let root_visible = match &snapshotter {
-        // The snapshotter makes `snapshots` when it loads; without the
-        // hostPath the root is absent here, or an empty dir.
-        Snapshotter::Loaded { root: Some(root) } => root.join("snapshots").is_dir(),
-        _ => false,
-    };
     Ok(Answer {
         version: c.version().to_string(),
         too_old: false,
         transfer: c.has_transfer_service(),
         snapshotter,
-        root_visible,
     })
 }
 
@@ -133,32 +123,17 @@ pub fn judge(f: &Facts) -> Check {
             Check::fail(NAME, detail, fix)
         };
     }
-    let root = match &a.snapshotter {
-        Snapshotter::Absent => {
-            return Check::fail(
+    if let Some(problem) = a.snapshotter.problem() {
+        let detail = format!("containerd {} at {socket}: {problem}", a.version);
+        return if auto {
+            Check::warn(
                 NAME,
-                format!("containerd {} has no overlayfs snapshotter (disabled in its config)", a.version),
-                "enable containerd's overlayfs snapshotter, or set CVMD_IMAGE_BACKEND=native",
+                format!("{detail}; the auto image backend uses cvmd's own cache"),
+                "to start from the node's containerd instead, fix that",
             )
-        }
-        Snapshotter::Failed(why) => {
-            return Check::fail(
-                NAME,
-                format!("containerd {} could not load its overlayfs snapshotter: {why}", a.version),
-                "fix the node's overlayfs support (see containerd's log), or set CVMD_IMAGE_BACKEND=native",
-            )
-        }
-        Snapshotter::Loaded { root } => root.clone(),
-    };
-    if !a.root_visible {
-        let root = root.map_or("its snapshotter root".to_string(), |r| {
-            r.display().to_string()
-        });
-        return Check::fail(
-            NAME,
-            format!("containerd's overlayfs snapshots ({root}) are not visible here, and cvmd mounts them itself"),
-            format!("mount the node's {root} into the outer container at the same path (a hostPath volume), or set CVMD_IMAGE_BACKEND=native"),
-        );
+        } else {
+            Check::fail(NAME, detail, "fix that, or set CVMD_IMAGE_BACKEND=native")
+        };
     }
     let path = match (f.pull, a.transfer) {
         (PullPath::Content, _) => {
@@ -197,8 +172,8 @@ mod tests {
             transfer: true,
             snapshotter: Snapshotter::Loaded {
                 root: Some("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs".into()),
+                visible: true,
             },
-            root_visible: true,
         }
     }
 
@@ -237,17 +212,23 @@ mod tests {
     }
 
     #[test]
-    fn an_invisible_snapshot_root_fails_even_under_auto() {
+    fn an_invisible_snapshot_root_fails_and_auto_falls_back() {
         let mut a = answer();
-        a.root_visible = false;
-        let c = judge(&facts(Choice::Auto, true, Ok(a)));
+        a.snapshotter = Snapshotter::Loaded {
+            root: Some("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs".into()),
+            visible: false,
+        };
+        let c = judge(&facts(Choice::Containerd, true, Ok(a.clone())));
         assert_eq!(c.status, Status::Fail);
         assert!(
-            c.fix.as_deref().unwrap().contains(
+            c.detail.contains(
                 "mount the node's /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
             ),
             "{c:?}"
         );
+        let c = judge(&facts(Choice::Auto, true, Ok(a)));
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("uses cvmd's own cache"), "{c:?}");
     }
 
     #[test]
