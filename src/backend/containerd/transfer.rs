@@ -93,44 +93,7 @@ impl Containerd {
             return Ok(false);
         };
 
-        let platform = api_platform(&settings.platform);
-        let source = OciRegistry {
-            reference: what.clone(),
-            resolver: Some(RegistryResolver {
-                auth_stream: auth_stream.id.clone(),
-                host_dir: settings
-                    .containerd_hosts_dir
-                    .as_ref()
-                    .map(|d| d.display().to_string())
-                    .unwrap_or_default(),
-                default_scheme: if settings
-                    .insecure_registries
-                    .iter()
-                    .any(|r| r == &reference.registry)
-                {
-                    "http".into()
-                } else {
-                    String::new()
-                },
-                ..Default::default()
-            }),
-        };
-        let destination = ImageStore {
-            name: what.clone(),
-            platforms: vec![platform.clone()],
-            unpacks: vec![UnpackConfiguration {
-                platform: Some(platform),
-                snapshotter: SNAPSHOTTER.into(),
-            }],
-            ..Default::default()
-        };
-        let request = TransferRequest {
-            source: Some(to_any(&source)),
-            destination: Some(to_any(&destination)),
-            options: Some(TransferOptions {
-                progress_stream: progress_stream.id.clone(),
-            }),
-        };
+        let request = transfer_request(reference, settings, &auth_stream.id, &progress_stream.id);
         let mut client = TransferClient::new(self.channel.clone());
         let call = client.transfer(self.req(request, Some(lease)));
         tokio::pin!(call);
@@ -392,6 +355,53 @@ impl Tracker {
     }
 }
 
+/// The pull as the transfer service takes it: from the registry (with
+/// cvmd's auth stream, the node's hosts dir, plain HTTP for an insecure
+/// registry) into containerd's image store, unpacked to overlayfs for
+/// cvmd's platform, reporting on the progress stream.
+fn transfer_request(
+    reference: &Reference,
+    settings: &Settings,
+    auth_stream: &str,
+    progress_stream: &str,
+) -> TransferRequest {
+    let insecure = settings.insecure_registries.contains(&reference.registry);
+    let source = OciRegistry {
+        reference: reference.to_string(),
+        resolver: Some(RegistryResolver {
+            auth_stream: auth_stream.to_string(),
+            host_dir: settings
+                .containerd_hosts_dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            default_scheme: if insecure {
+                "http".into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        }),
+    };
+    let platform = api_platform(&settings.platform);
+    let destination = ImageStore {
+        name: reference.to_string(),
+        platforms: vec![platform.clone()],
+        unpacks: vec![UnpackConfiguration {
+            platform: Some(platform),
+            snapshotter: SNAPSHOTTER.into(),
+        }],
+        ..Default::default()
+    };
+    TransferRequest {
+        source: Some(to_any(&source)),
+        destination: Some(to_any(&destination)),
+        options: Some(TransferOptions {
+            progress_stream: progress_stream.to_string(),
+        }),
+    }
+}
+
 /// cvmd's answer to one credential request: the image's registry gets
 /// `credential` (looked up once, before the pull); any other host, or a
 /// request cvmd cannot read, gets none (containerd then goes on
@@ -556,6 +566,57 @@ mod tests {
             t.layer_event(&docker),
             Some(PullEvent::LayerDone { cached: true, .. })
         ));
+    }
+
+    fn settings(extra: &[&str]) -> Settings {
+        let mut args = vec!["cvmd"];
+        args.extend_from_slice(extra);
+        let matches = clap::Command::new("cvmd")
+            .args(crate::config::args())
+            .try_get_matches_from(args)
+            .unwrap();
+        Settings::resolve(&matches, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn the_request_carries_scheme_hosts_dir_platform_and_streams() {
+        let reference: Reference = "reg.example:5000/team/ws:1".parse().unwrap();
+        let s = settings(&[
+            "--insecure-registries",
+            "reg.example:5000",
+            "--containerd-hosts-dir",
+            "/etc/containerd/certs.d",
+            "--platform",
+            "linux/arm64/v8",
+        ]);
+        let r = transfer_request(&reference, &s, "creds-1", "progress-1");
+        let source: OciRegistry = decode(r.source.as_ref().unwrap()).unwrap();
+        assert_eq!(source.reference, "reg.example:5000/team/ws:1");
+        let resolver = source.resolver.unwrap();
+        assert_eq!(resolver.auth_stream, "creds-1");
+        assert_eq!(resolver.default_scheme, "http");
+        assert_eq!(resolver.host_dir, "/etc/containerd/certs.d");
+        let dest: ImageStore = decode(r.destination.as_ref().unwrap()).unwrap();
+        assert_eq!(dest.name, "reg.example:5000/team/ws:1");
+        let unpack = &dest.unpacks[0];
+        assert_eq!(unpack.snapshotter, "overlayfs");
+        let p = unpack.platform.as_ref().unwrap();
+        assert_eq!(
+            (p.architecture.as_str(), p.variant.as_str()),
+            ("arm64", "v8")
+        );
+        assert_eq!(r.options.unwrap().progress_stream, "progress-1");
+
+        // HTTPS by default, and no hosts dir unless one is set.
+        let r = transfer_request(&reference, &settings(&[]), "c", "p");
+        let resolver = decode::<OciRegistry>(r.source.as_ref().unwrap())
+            .unwrap()
+            .resolver
+            .unwrap();
+        assert_eq!(
+            (resolver.default_scheme.as_str(), resolver.host_dir.as_str()),
+            ("", "")
+        );
     }
 
     #[test]
