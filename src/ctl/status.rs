@@ -199,5 +199,21 @@ mod tests {
         assert!(t.contains("uptime     1m01s"), "{t}");
         assert!(t.contains("pull"), "{t}");
         assert!(!t.contains("exit"), "{t}");
+        assert!(!t.contains("source"), "no source before the pull: {t}");
+    }
+
+    #[test]
+    fn the_image_source_shows_once_known() {
+        let s = pb::StatusResponse {
+            image_source: "containerd 2.1.9 (namespace k8s.io), already there".into(),
+            ..sample()
+        };
+        assert!(status_text(&s)
+            .contains("source     containerd 2.1.9 (namespace k8s.io), already there"));
+        assert_eq!(
+            status_json(&s)["image"]["source"],
+            "containerd 2.1.9 (namespace k8s.io), already there"
+        );
+        assert!(status_json(&sample())["image"]["source"].is_null());
     }
 }
