@@ -25,6 +25,7 @@ use crate::config::Settings;
 use crate::digest::Digest;
 use crate::image::PullPolicy;
 use crate::pull::{ProgressSink, PullEvent};
+use crate::registry::client::ClientOptions;
 use crate::registry::credentials::Credential;
 use crate::registry::manifest::{self, ImageManifest, Manifest, Platform};
 use crate::registry::{Reference, RegistryClient, RegistryError};
@@ -97,11 +98,18 @@ impl Containerd {
         self.create_lease(&lease, Some(PULL_LEASE_TTL)).await?;
         let result = match path {
             Path::Transfer(credential) => {
-                self.pull_by_transfer(&lease, reference, settings, credential.as_ref(), progress)
-                    .await
+                self.pull_by_transfer(
+                    &lease,
+                    reference,
+                    settings,
+                    &options,
+                    credential.as_ref(),
+                    progress,
+                )
+                .await
             }
             Path::Content => {
-                self.pull_by_content(&lease, reference, settings, progress)
+                self.pull_by_content(&lease, reference, settings, &options, progress)
                     .await
             }
         };
@@ -125,10 +133,7 @@ impl Containerd {
         }
         if !self.has_transfer_service() {
             if settings.containerd_pull == PullPath::Transfer {
-                return Err(ContainerdError::NoTransfer {
-                    socket: self.socket.display().to_string(),
-                    version: self.version.clone(),
-                });
+                return Err(self.no_transfer());
             }
             tracing::debug!(version = %self.version, "containerd has no transfer service: cvmd fetches into its content store");
             return Ok(Path::Content);
@@ -166,6 +171,7 @@ impl Containerd {
         lease: &str,
         reference: &Reference,
         settings: &Settings,
+        options: &ClientOptions,
         credential: Option<&Credential>,
         progress: &dyn ProgressSink,
     ) -> Result<Pulled, ContainerdError> {
@@ -182,18 +188,13 @@ impl Containerd {
                 .present(reference, &settings.platform)
                 .await
                 .and_then(|ready| ready.ok_or_else(not_unpacked)),
-            Ok(false) if settings.containerd_pull == PullPath::Transfer => {
-                Err(ContainerdError::NoTransfer {
-                    socket: self.socket.display().to_string(),
-                    version: self.version.clone(),
-                })
-            }
+            Ok(false) if settings.containerd_pull == PullPath::Transfer => Err(self.no_transfer()),
             Ok(false) => {
                 tracing::info!(
                     "containerd's transfer service is not enabled: cvmd fetches into its content store"
                 );
                 return self
-                    .pull_by_content(lease, reference, settings, progress)
+                    .pull_by_content(lease, reference, settings, options, progress)
                     .await;
             }
             Err(e) => Err(e),
@@ -211,10 +212,17 @@ impl Containerd {
                 // Whatever blobs containerd fetched stay: the content path
                 // resolves the manifest again and applies the layers.
                 tracing::info!(reason = %e, "unpacking layer by layer instead");
-                self.pull_by_content(lease, reference, settings, progress)
+                self.pull_by_content(lease, reference, settings, options, progress)
                     .await
             }
             Err(e) => Err(e),
+        }
+    }
+
+    fn no_transfer(&self) -> ContainerdError {
+        ContainerdError::NoTransfer {
+            socket: self.socket.display().to_string(),
+            version: self.version.clone(),
         }
     }
 
@@ -224,13 +232,10 @@ impl Containerd {
         lease: &str,
         reference: &Reference,
         settings: &Settings,
+        options: &ClientOptions,
         progress: &dyn ProgressSink,
     ) -> Result<Pulled, ContainerdError> {
-        let client = RegistryClient::new(
-            settings
-                .client_options()
-                .map_err(RegistryError::Credentials)?,
-        )?;
+        let client = RegistryClient::new(options.clone())?;
         self.pull(lease, &client, reference, settings, progress)
             .await
     }
