@@ -43,6 +43,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "max_layer_size", env: "CVMD_MAX_LAYER_SIZE", envbox: None, default: Some("64GiB"), help: "refuse a layer whose unpacked files exceed this (bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
     Spec { key: "cache_budget", env: "CVMD_CACHE_BUDGET", envbox: None, default: None, help: "after a pull, drop least recently used images until the cache is under this size (e.g. 100GiB)" },
     Spec { key: "workspace", env: "CVMD_WORKSPACE", envbox: None, default: Some("workspace"), help: "this workspace's name: its state dir, container id, lease and ID range" },
+    Spec { key: "pod_namespace", env: "CVMD_POD_NAMESPACE", envbox: None, default: None, help: "the workspace pod's Kubernetes namespace (downward API metadata.namespace): with the workspace name it identifies the workspace on the node, so equal pod names in two namespaces get their own lease and ID range" },
     Spec { key: "runtime", env: "CVMD_RUNTIME", envbox: None, default: Some("sysbox-runc"), help: "OCI runtime binary (name on PATH or path): sysbox-runc, or runc where Sysbox is absent" },
     Spec { key: "runtime_root", env: "CVMD_RUNTIME_ROOT", envbox: None, default: None, help: "the runtime's --root [default: STATE_DIR/runtime]" },
     Spec { key: "rootfs_mode", env: "CVMD_ROOTFS_MODE", envbox: None, default: Some("auto"), help: "overlay, flat, or auto (overlay, else a flat copy)" },
@@ -133,6 +134,7 @@ pub struct Settings {
     pub log_level: String,
     pub log_format: LogFormat,
     pub workspace: String,
+    pub pod_namespace: Option<String>,
     pub runtime: String,
     pub runtime_root: Option<PathBuf>,
     pub rootfs_mode: crate::rootfs::ModePreference,
@@ -349,6 +351,22 @@ impl Settings {
             }
         })
         .unwrap_or_else(|| "workspace".into());
+        // Kubernetes namespaces are DNS labels.
+        let pod_namespace = parse("pod_namespace", &|v| {
+            let ok = !v.is_empty()
+                && v.len() <= 63
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !v.starts_with('-')
+                && !v.ends_with('-');
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{v:?} is not a Kubernetes namespace name (1-63 of [a-z0-9-], not starting or ending with '-')"
+                ))
+            }
+        });
         let runtime = parse("runtime", &any).unwrap_or_else(|| "sysbox-runc".into());
         let runtime_root = parse("runtime_root", &absolute).map(PathBuf::from);
         let rootfs_mode = match parse("rootfs_mode", &|v| match v {
@@ -490,6 +508,7 @@ impl Settings {
             log_level,
             log_format,
             workspace,
+            pod_namespace,
             runtime,
             runtime_root,
             rootfs_mode,
@@ -521,6 +540,18 @@ impl Settings {
             sysbox_timeout,
             termination_log: termination_log.into(),
         })
+    }
+
+    /// The workspace's identity on the node, which every pod on it shares
+    /// a cache with: `NAMESPACE/NAME` when the pod's namespace is known
+    /// (pod names are unique only within one), else the name. Its lease
+    /// and its host ID range are keyed by this; its container id and state
+    /// dir stay the plain name (they are the pod's own).
+    pub fn node_identity(&self) -> String {
+        match &self.pod_namespace {
+            Some(ns) => format!("{ns}/{}", self.workspace),
+            None => self.workspace.clone(),
+        }
     }
 
     /// Registry client options, with the credential sources in the order

@@ -71,8 +71,9 @@ fn puller(settings: &Settings) -> Result<Puller, ImageError> {
 }
 
 /// Pulls `reference` from its registry into the node cache (unpacking its
-/// layers unless `unpack` is false), then keeps the cache within its budget.
-/// The one pull path of `pull`, `prefetch` and `run`.
+/// layers unless `unpack` is false). The one pull path of `pull`,
+/// `prefetch` and `run`; each keeps the cache within its budget afterwards
+/// ([`keep_within_budget`]), once what it pulled is protected.
 pub async fn pull(
     settings: &Settings,
     reference: &Reference,
@@ -81,11 +82,22 @@ pub async fn pull(
 ) -> Result<crate::pull::PulledImage, ImageError> {
     let mut puller = puller(settings)?;
     puller.unpack = unpack;
-    let pulled = puller.pull(reference, progress).await?;
-    if let Some(budget) = settings.cache_budget {
-        crate::store::gc::collect(&settings.cache_dir, Some(budget)).await?;
+    Ok(puller.pull(reference, progress).await?)
+}
+
+/// Collects garbage down to the cache budget, if one is set, sparing the
+/// images in `spare` (what this command just pulled) beside everything
+/// leased. Never fails its caller: a gc that cannot run is a warning, and
+/// the next one catches up.
+pub async fn keep_within_budget(settings: &Settings, spare: &[String]) {
+    let Some(budget) = settings.cache_budget else {
+        return;
+    };
+    if let Err(e) =
+        crate::store::gc::collect_sparing(&settings.cache_dir, Some(budget), spare).await
+    {
+        tracing::warn!(error = %e, "cannot keep the node cache within its budget (CVMD_CACHE_BUDGET); the next gc will");
     }
-    Ok(pulled)
 }
 
 /// The cached record of `reference` if every layer it names is unpacked.
@@ -101,6 +113,38 @@ pub fn cached(
         .load(&key)?
         .filter(|r| r.layers.iter().all(|l| layers.has(&l.diff_id)) && store.has_blob(&r.config))
         .inspect(|_| images.touch(&key)))
+}
+
+/// Makes `reference` ready in the cache according to `policy` and takes the
+/// lease `lease_name` on its layers, all under the shared side of the gc
+/// lock: no gc can run between the image being found (or pulled) and its
+/// layers being leased, so a start never loses its image to a budget.
+pub async fn ensure_leased(
+    settings: &Settings,
+    reference: &Reference,
+    policy: PullPolicy,
+    progress: &dyn ProgressSink,
+    lease_name: &str,
+    target: Option<&std::path::Path>,
+) -> Result<(ReadyImage, crate::store::lease::Lease), ImageError> {
+    crate::store::create_private_dir(&settings.cache_dir)?;
+    let _no_gc = crate::store::lease::pull_lock(&settings.cache_dir).await?;
+    let ready = ensure(settings, reference, policy, progress).await?;
+    let diff_ids: Vec<_> = ready
+        .record
+        .layers
+        .iter()
+        .map(|l| l.diff_id.clone())
+        .collect();
+    let lease = crate::store::lease::Lease::acquire(
+        &settings.cache_dir,
+        lease_name,
+        &ready.record.reference,
+        &diff_ids,
+        target,
+    )
+    .await?;
+    Ok((ready, lease))
 }
 
 /// Makes `reference` ready in the cache according to `policy`.

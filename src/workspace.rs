@@ -55,6 +55,17 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         state.clone(),
     )?;
     let result = run_with(settings, &state, &mut signals).await;
+    if let Ok(0) = result {
+        // Status 0 ends the pod for good (restartPolicy OnFailure): its
+        // host ID range goes back to the node. Any other end keeps it for
+        // the restart, and a node short of ranges reclaims it if the
+        // workspace never comes back.
+        if let Err(e) =
+            crate::store::idranges::release(&settings.cache_dir, &settings.node_identity()).await
+        {
+            tracing::warn!(error = %e, "cannot release the workspace's host ID range");
+        }
+    }
     match &result {
         Ok(_) => state.enter(Phase::Exited),
         Err(e) => state.fail(&crate::cli::error_line(e)),
@@ -106,6 +117,12 @@ async fn run_with(
         .await?;
     let idmap = rootfs.idmap;
     state.set_rootfs(rootfs.mode, rootfs.idmap_mode);
+    // Only now, with this workspace's layers leased: a budget gc must never
+    // take the image being started, and its failure never fails a start.
+    {
+        let settings = settings.clone();
+        tokio::spawn(async move { crate::image::keep_within_budget(&settings, &[]).await });
+    }
 
     let result = boot(settings, &ready, &ws_dir, &target, idmap, signals, state).await;
     launch::mounts::teardown(&ws_dir.join("mounts"));

@@ -90,7 +90,7 @@ fn layers_gc_removes_exactly_the_unreferenced_and_unleased() {
     // A leased layer survives gc although no record names it.
     cvmd.pull_ok(&ref_b);
     let leased: Digest = b.layers[1].diff_id.parse().unwrap();
-    let lease = Lease::acquire(&cache, "ws-1", &ref_b, &[leased], None).unwrap();
+    let lease = common::block_on(Lease::acquire(&cache, "ws-1", &ref_b, &[leased], None)).unwrap();
     let (_, record_b) = image_record(&cache, &ref_b);
     std::fs::remove_file(&record_b).unwrap();
     let report = cvmd.gc(&[]);

@@ -93,11 +93,14 @@ pub struct ReadyImage {
 
 #[derive(Debug, Clone)]
 enum Source {
-    Native(crate::store::images::ImageRecord),
-    /// The chain ID of the top layer: the parent of the workspace snapshot.
-    Containerd {
-        chain_id: Option<Digest>,
+    /// The record, and the lease taken when it was found or pulled: the
+    /// layers are protected from gc from then on, not only once mounted.
+    Native {
+        record: crate::store::images::ImageRecord,
+        lease: std::sync::Arc<crate::store::lease::Lease>,
     },
+    /// The chain ID of the top layer: the parent of the workspace snapshot.
+    Containerd { chain_id: Option<Digest> },
 }
 
 /// A mounted workspace rootfs; hand it back to [`Backend::release`].
@@ -113,7 +116,7 @@ pub struct Rootfs {
 
 enum Hold {
     /// Keeps the layers from cvmd's gc while mounted.
-    Native(#[allow(dead_code)] crate::store::lease::Lease),
+    Native(#[allow(dead_code)] std::sync::Arc<crate::store::lease::Lease>),
     Containerd(containerd::WorkspaceSnapshot),
 }
 
@@ -217,12 +220,12 @@ impl Backend {
         target: &Path,
     ) -> Result<Rootfs, BackendError> {
         match (self, &image.source) {
-            (Backend::Native, Source::Native(record)) => {
-                native::mount_rootfs(settings, record, ws_dir, target).await
+            (Backend::Native, Source::Native { record, lease }) => {
+                native::mount_rootfs(settings, record, lease.clone(), ws_dir, target).await
             }
             (Backend::Containerd(c), Source::Containerd { chain_id }) => {
                 let (snapshot, dirs) = c
-                    .workspace_layers(&settings.workspace, chain_id.as_ref())
+                    .workspace_layers(&settings.node_identity(), chain_id.as_ref())
                     .await?;
                 assemble(settings, dirs, ws_dir, target, Hold::Containerd(snapshot)).await
             }
@@ -268,9 +271,12 @@ async fn assemble(
     hold: Hold,
 ) -> Result<Rootfs, BackendError> {
     let assembled = async {
-        let idmap =
-            crate::workspace::idmap_for(settings.idmap, &settings.cache_dir, &settings.workspace)
-                .await?;
+        let idmap = crate::workspace::idmap_for(
+            settings.idmap,
+            &settings.cache_dir,
+            &settings.node_identity(),
+        )
+        .await?;
         // A crashed earlier run may have left its mount.
         crate::rootfs::teardown(target)?;
         let assembled = crate::rootfs::assemble(&crate::rootfs::Request {

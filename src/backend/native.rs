@@ -20,7 +20,15 @@ pub async fn ensure(
     policy: PullPolicy,
     progress: &dyn ProgressSink,
 ) -> Result<ReadyImage, BackendError> {
-    let ready = crate::image::ensure(settings, reference, policy, progress).await?;
+    let (ready, lease) = crate::image::ensure_leased(
+        settings,
+        reference,
+        policy,
+        progress,
+        &settings.node_identity(),
+        None,
+    )
+    .await?;
     let store = ContentStore::open(&settings.cache_dir)?;
     let config = super::parse_config(
         &store.read_blob(&ready.record.config)?,
@@ -36,25 +44,27 @@ pub async fn ensure(
             "cvmd's cache".into()
         },
         pulled: ready.pulled,
-        source: Source::Native(ready.record),
+        source: Source::Native {
+            record: ready.record,
+            lease: std::sync::Arc::new(lease),
+        },
     })
 }
 
+/// Mounts the rootfs over the layers `lease` (taken by [`ensure`]) keeps
+/// from gc.
 pub async fn mount_rootfs(
     settings: &Settings,
     record: &ImageRecord,
+    lease: std::sync::Arc<Lease>,
     ws_dir: &Path,
     target: &Path,
 ) -> Result<Rootfs, BackendError> {
     let layers = LayerCache::open(&settings.cache_dir)?;
-    let diff_ids: Vec<_> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
-    let lease = Lease::acquire(
-        &settings.cache_dir,
-        &settings.workspace,
-        &record.reference,
-        &diff_ids,
-        Some(target),
-    )?;
-    let dirs = diff_ids.iter().map(|d| layers.tree(d)).collect();
+    let dirs = record
+        .layers
+        .iter()
+        .map(|l| layers.tree(&l.diff_id))
+        .collect();
     super::assemble(settings, dirs, ws_dir, target, Hold::Native(lease)).await
 }

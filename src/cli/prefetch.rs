@@ -34,6 +34,20 @@ pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Resul
             }
         }
     }
+    if matches!(backend, Backend::Native) {
+        // Sparing every image asked for: a prefetch that evicts what it
+        // just fetched would be no prefetch.
+        crate::image::keep_within_budget(
+            settings,
+            &args
+                .images
+                .iter()
+                .filter_map(|i| i.parse::<Reference>().ok())
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    }
     if failed.is_empty() {
         Ok(())
     } else {

@@ -39,6 +39,7 @@ pub async fn pull(settings: &Settings, args: &PullArgs) -> anyhow::Result<()> {
     let reference: Reference = image.parse()?;
     let pulled =
         crate::image::pull(settings, &reference, !args.no_unpack, progress.as_ref()).await?;
+    crate::image::keep_within_budget(settings, &[reference.to_string()]).await;
     if !args.json {
         println!("{}", pulled.reference);
     }

@@ -87,9 +87,17 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
     }
     let image = image.context("no image: give one as an argument or set CVMD_IMAGE")?;
     let reference: Reference = image.parse()?;
-    let ready =
-        crate::image::ensure(settings, &reference, settings.pull_policy, &PlainLines).await?;
+    let (ready, lease) = crate::image::ensure_leased(
+        settings,
+        &reference,
+        settings.pull_policy,
+        &PlainLines,
+        &name,
+        Some(&dir),
+    )
+    .await?;
     let resolved = started.elapsed();
+    crate::image::keep_within_budget(settings, &[]).await;
 
     let layers = LayerCache::open(&settings.cache_dir)?;
     let diff_ids: Vec<Digest> = ready
@@ -98,13 +106,6 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
         .iter()
         .map(|l| l.diff_id.clone())
         .collect();
-    let lease = Lease::acquire(
-        &settings.cache_dir,
-        &name,
-        &ready.record.reference,
-        &diff_ids,
-        Some(&dir),
-    )?;
     let idmap = match args.idmap.as_deref() {
         None => None,
         Some(v) => {

@@ -25,6 +25,16 @@ pub struct GcReport {
 /// Collects garbage. `budget`: keep the cache's estimated size under this
 /// many bytes by dropping least recently used images not in use.
 pub async fn collect(cache_dir: &Path, budget: Option<u64>) -> Result<GcReport, StoreError> {
+    collect_sparing(cache_dir, budget, &[]).await
+}
+
+/// [`collect`], never dropping the image records named in `spare` (what
+/// the caller just pulled) for the budget.
+pub async fn collect_sparing(
+    cache_dir: &Path,
+    budget: Option<u64>,
+    spare: &[String],
+) -> Result<GcReport, StoreError> {
     let _exclusive = lease::gc_lock(cache_dir).await?;
     let store = ContentStore::open(cache_dir)?;
     let layers = LayerCache::open(cache_dir)?;
@@ -38,7 +48,9 @@ pub async fn collect(cache_dir: &Path, budget: Option<u64>) -> Result<GcReport, 
         let mut i = 0;
         while used > budget && i < records.len() {
             let (record, _, _) = &records[i];
-            if record.layers.iter().any(|l| in_use.contains(&l.diff_id)) {
+            if spare.contains(&record.reference)
+                || record.layers.iter().any(|l| in_use.contains(&l.diff_id))
+            {
                 i += 1;
                 continue;
             }
@@ -119,6 +131,11 @@ pub async fn collect(cache_dir: &Path, budget: Option<u64>) -> Result<GcReport, 
             }
         }
     }
+    // Temp files of small blobs and records whose writer died before
+    // renaming them (a live writer renames within moments).
+    for dir in [&ingest, &cache_dir.join("images")] {
+        report.removed_partials += remove_old_temp_files(dir)?;
+    }
     // Staging dirs of crashed unpacks whose layer lock is free.
     let staging = cache_dir.join("layers").join("staging");
     for entry in std::fs::read_dir(&staging).map_err(io_err(&staging))? {
@@ -138,6 +155,29 @@ pub async fn collect(cache_dir: &Path, budget: Option<u64>) -> Result<GcReport, 
     report.used_bytes = usage(&store, &layers)?;
     tracing::info!(?report, "garbage collected");
     Ok(report)
+}
+
+const TEMP_FILE_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn remove_old_temp_files(dir: &Path) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let temp = name.contains(".small.") || name.starts_with(".record.");
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > TEMP_FILE_AGE);
+        if temp && old {
+            let _ = std::fs::remove_file(entry.path());
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// The cache's size as gc counts it: blob sizes plus the file bytes each

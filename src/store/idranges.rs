@@ -4,7 +4,8 @@
 //! shared cache dir under a lock, so concurrent cvmd agree.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use super::{io_err, StoreError};
 use crate::rootfs::IdMap;
@@ -16,29 +17,47 @@ pub const RANGE_SIZE: u32 = 65_536;
 /// Ranges up to u32::MAX, minus the overflow ID's neighbourhood.
 const MAX_RANGES: u32 = (u32::MAX - FIRST_HOST_ID) / RANGE_SIZE - 1;
 
-/// The range of workspace `name`: the one it had, or the lowest free one.
+/// This process's holds on the ranges it allocated: the open, locked
+/// files of `idranges.d/`. A hold lasts as long as the process (one cvmd,
+/// one workspace) unless released, so it is kept here rather than in every
+/// caller between the allocation and the workspace's end.
+static HELD: std::sync::Mutex<BTreeMap<PathBuf, File>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn hold_path(cache_dir: &Path, name: &str) -> PathBuf {
+    cache_dir
+        .join("idranges.d")
+        .join(format!("{}.lock", super::identity_file_name(name)))
+}
+
+/// The range of workspace identity `name`: the one it had, else the lowest
+/// free one, else one whose workspace is not running (the least recently
+/// used such). The range is held while this process runs, so no other
+/// workspace can take it over.
 pub async fn allocate(cache_dir: &Path, name: &str) -> Result<IdMap, StoreError> {
     let _lock = super::lock::lock_file(&cache_dir.join("idranges.lock"), || {}).await?;
+    let hold = take_hold(cache_dir, name)?;
     let path = cache_dir.join("idranges.json");
     let mut table = load(&path)?;
     let slot = match table.get(name) {
         Some(slot) => *slot,
         None => {
-            let used: std::collections::BTreeSet<u32> = table.values().copied().collect();
-            let slot =
-                (0..MAX_RANGES)
-                    .find(|s| !used.contains(s))
-                    .ok_or_else(|| StoreError::Io {
-                        path: path.clone(),
-                        source: std::io::Error::other(
-                            "every host ID range is taken; release workspaces with cvmd gc",
-                        ),
-                    })?;
+            let slot = match free_slot(&table) {
+                Some(slot) => slot,
+                None => reclaim(cache_dir, &mut table).ok_or_else(|| StoreError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(format!(
+                        "all {MAX_RANGES} host ID ranges belong to running workspaces; run fewer workspaces on this node"
+                    )),
+                })?,
+            };
             table.insert(name.to_string(), slot);
             save(&path, &table)?;
             slot
         }
     };
+    HELD.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(hold_path(cache_dir, name), hold);
     let base = FIRST_HOST_ID + slot * RANGE_SIZE;
     Ok(IdMap {
         host_uid: base,
@@ -47,13 +66,68 @@ pub async fn allocate(cache_dir: &Path, name: &str) -> Result<IdMap, StoreError>
     })
 }
 
-/// Frees the range of a workspace that is gone for good.
+/// The lock that says workspace `name` runs; this process may already
+/// hold it (a second allocation of the same workspace).
+fn take_hold(cache_dir: &Path, name: &str) -> Result<File, StoreError> {
+    let path = hold_path(cache_dir, name);
+    if let Some(file) = HELD.lock().unwrap_or_else(|p| p.into_inner()).remove(&path) {
+        return Ok(file);
+    }
+    super::create_private_dir(path.parent().expect("under idranges.d"))?;
+    let file = super::lock::open(&path)?;
+    if !super::lock::try_lock(&file, super::lock::Mode::Exclusive).map_err(io_err(&path))? {
+        return Err(StoreError::LeaseHeld {
+            name: name.to_string(),
+            path,
+        });
+    }
+    // Marks when the range was last used, for reclaiming the oldest.
+    let _ = file.set_modified(std::time::SystemTime::now());
+    Ok(file)
+}
+
+fn free_slot(table: &BTreeMap<String, u32>) -> Option<u32> {
+    let used: std::collections::BTreeSet<u32> = table.values().copied().collect();
+    (0..MAX_RANGES).find(|s| !used.contains(s))
+}
+
+/// Takes the range of the least recently used workspace that is not
+/// running (its hold is free): it ended without releasing it (killed, or a
+/// pod deleted while stopped) and may never come back.
+fn reclaim(cache_dir: &Path, table: &mut BTreeMap<String, u32>) -> Option<u32> {
+    let (name, _) = table
+        .keys()
+        .filter_map(|name| {
+            let path = hold_path(cache_dir, name);
+            if super::lock::is_held(&path) {
+                return None;
+            }
+            let used = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            Some((name.clone(), used))
+        })
+        .min_by_key(|(_, used)| *used)?;
+    tracing::info!(workspace = %name, "reusing the host ID range of a workspace that is not running");
+    let _ = std::fs::remove_file(hold_path(cache_dir, &name));
+    table.remove(&name)
+}
+
+/// Frees the range of a workspace that is gone for good (it ended with
+/// status 0: the pod is done, Kubernetes will not restart it).
 pub async fn release(cache_dir: &Path, name: &str) -> Result<(), StoreError> {
     let _lock = super::lock::lock_file(&cache_dir.join("idranges.lock"), || {}).await?;
     let path = cache_dir.join("idranges.json");
     let mut table = load(&path)?;
     if table.remove(name).is_some() {
         save(&path, &table)?;
+    }
+    let hold = hold_path(cache_dir, name);
+    let held = HELD.lock().unwrap_or_else(|p| p.into_inner()).remove(&hold);
+    // Unlinked while still locked (if this process held it), so no other
+    // process ever sees the file unlocked and thinks the workspace stopped.
+    if held.is_some() || !super::lock::is_held(&hold) {
+        let _ = std::fs::remove_file(&hold);
     }
     Ok(())
 }
@@ -72,10 +146,18 @@ fn load(path: &Path) -> Result<BTreeMap<String, u32>, StoreError> {
 }
 
 fn save(path: &Path, table: &BTreeMap<String, u32>) -> Result<(), StoreError> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(table).expect("plain map"))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(io_err(path))
+    let dir = path.parent().expect("in the cache dir");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".idranges.")
+            .tempfile_in(dir)?;
+        tmp.write_all(&serde_json::to_vec_pretty(table).expect("plain map"))?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().map_err(io_err(path))
 }
 
 #[cfg(test)]
@@ -96,10 +178,36 @@ mod tests {
             "stable across restarts"
         );
         release(dir.path(), "a").await.unwrap();
+        assert!(!hold_path(dir.path(), "a").exists());
         assert_eq!(
             allocate(dir.path(), "c").await.unwrap(),
             a,
             "a freed range is reused"
         );
+    }
+
+    #[tokio::test]
+    async fn a_running_workspace_keeps_its_range_and_a_stopped_one_can_lose_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A full table: every range but one taken by workspaces that are
+        // not running (no hold), the last by one that is.
+        let table: BTreeMap<String, u32> = (0..MAX_RANGES).map(|s| (format!("w{s}"), s)).collect();
+        save(&dir.path().join("idranges.json"), &table).unwrap();
+        let running = hold_path(dir.path(), "w7");
+        std::fs::create_dir_all(running.parent().unwrap()).unwrap();
+        let other_pod = super::super::lock::open(&running).unwrap();
+        assert!(
+            super::super::lock::try_lock(&other_pod, super::super::lock::Mode::Exclusive).unwrap()
+        );
+        // Another pod runs w7: this process cannot run it too.
+        assert!(matches!(
+            allocate(dir.path(), "w7").await,
+            Err(StoreError::LeaseHeld { .. })
+        ));
+        let fresh = allocate(dir.path(), "new").await.unwrap();
+        let table = load(&dir.path().join("idranges.json")).unwrap();
+        assert_eq!(table.len() as u32, MAX_RANGES);
+        assert_eq!(table["w7"], 7, "the running workspace keeps its range");
+        assert_ne!(fresh.host_uid, FIRST_HOST_ID + 7 * RANGE_SIZE);
     }
 }

@@ -60,7 +60,7 @@ pub struct ImageIndex {
 impl ImageIndex {
     pub fn open(cache_dir: &Path) -> Result<Self, StoreError> {
         let dir = cache_dir.join("images");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        super::create_private_dir(&dir)?;
         Ok(ImageIndex { dir })
     }
 
@@ -72,15 +72,20 @@ impl ImageIndex {
     /// Writes (atomically) or refreshes the record of a reference.
     pub fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
         let path = self.path(&record.reference);
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let json = serde_json::to_vec_pretty(record).expect("plain struct");
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .and_then(|()| sync_dir(&self.dir))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                io_err(&path)(e)
-            })
+        // A temp name unique on the node (every cvmd is PID 1 of its own
+        // pod, so not the pid); removed if anything fails.
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".record.")
+                .tempfile_in(&self.dir)?;
+            tmp.write_all(&json)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            sync_dir(&self.dir)
+        };
+        write().map_err(io_err(&path))
     }
 
     pub fn load(&self, reference: &str) -> Result<Option<ImageRecord>, StoreError> {

@@ -38,7 +38,7 @@ impl LayerCache {
             cache.staging_dir(),
             cache.locks_dir(),
         ] {
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            super::create_private_dir(&dir)?;
         }
         Ok(cache)
     }

@@ -31,6 +31,8 @@ pub enum StoreError {
         expected: u64,
         actual: u64,
     },
+    #[error("another cvmd on this node holds the lease of workspace {name:?} ({path}): two pods share one workspace identity; give each its own CVMD_WORKSPACE, and set CVMD_POD_NAMESPACE from the pod's namespace")]
+    LeaseHeld { name: String, path: PathBuf },
     #[error("{what}: content has digest {actual}, expected {expected}; nothing was stored")]
     DigestMismatch {
         what: String,
@@ -57,12 +59,13 @@ impl ContentStore {
         let store = ContentStore {
             root: cache_dir.to_path_buf(),
         };
+        create_private_dir(&store.root)?;
         for dir in [
             store.blobs_dir(),
             store.ingest_dir(),
             store.root.join("images"),
         ] {
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            create_private_dir(&dir)?;
         }
         Ok(store)
     }
@@ -113,25 +116,23 @@ impl ContentStore {
                 actual,
             });
         }
-        // A unique temp name: several processes may store the same config.
-        let tmp = self
-            .ingest_dir()
-            .join(format!("{}.small.{}", digest.hex(), std::process::id()));
+        // A temp name unique on the node (not the pid: every cvmd is PID 1
+        // of its own pod), and never renamed over a blob another process
+        // published meanwhile: that one is already verified.
         let write = || -> std::io::Result<()> {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, self.blob_path(digest))?;
-            sync_dir(&self.blobs_dir())
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            StoreError::Io {
-                path: self.blob_path(digest),
-                source: e,
+            let mut tmp = tempfile::Builder::new()
+                .prefix(&format!("{}.small.", digest.hex()))
+                .tempfile_in(self.ingest_dir())?;
+            tmp.write_all(bytes)?;
+            tmp.as_file().sync_all()?;
+            match tmp.persist_noclobber(self.blob_path(digest)) {
+                Ok(_) => sync_dir(&self.blobs_dir()),
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(e.error),
             }
-        })
+        };
+        write().map_err(io_err(&self.blob_path(digest)))
     }
 
     /// Takes the node-wide lock on one blob's download, waiting (polling,
@@ -152,6 +153,43 @@ impl ContentStore {
             digest.clone(),
         ))
     }
+}
+
+/// Creates `dir` (and missing parents) readable by root only, and narrows
+/// an existing one to that: the cache holds every image's setuid binaries
+/// and device-like files, which no other user of the node may reach.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    let meta = std::fs::metadata(dir).map_err(io_err(dir))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// A file name for a workspace identity (`NAME` or `NAMESPACE/NAME`):
+/// readable, and distinct for distinct identities (characters outside a
+/// safe alphabet are folded, so a hash of the exact identity keeps `a/b`
+/// and `a_b` apart).
+pub(crate) fn identity_file_name(identity: &str) -> String {
+    let safe: String = identity
+        .chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}-{}", &Digest::of(identity.as_bytes()).hex()[..12])
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -176,6 +214,50 @@ mod tests {
             .unwrap()
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_small_blob_all_succeed() {
+        // Threads of one process share its pid, as cvmd processes that are
+        // each PID 1 of their own pod do: names made from it collide.
+        let body = vec![7u8; 64 << 10];
+        let d = Digest::of(&body);
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let store = ContentStore::open(dir.path()).unwrap();
+            std::thread::scope(|s| {
+                let writers: Vec<_> = (0..6)
+                    .map(|_| s.spawn(|| store.put_small(&d, &body, "config")))
+                    .collect();
+                for w in writers {
+                    w.join().unwrap().unwrap();
+                }
+            });
+            assert_eq!(store.read_blob(&d).unwrap(), body);
+            let left: Vec<_> = std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
+    }
+
+    #[test]
+    fn the_cache_is_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ContentStore::open(&cache).unwrap();
+        for d in [
+            &cache,
+            &cache.join("blobs"),
+            &cache.join("blobs/sha256"),
+            &cache.join("ingest"),
+        ] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
     }
 
     use std::time::Duration;

@@ -41,7 +41,7 @@ impl Containerd {
         workspace: &str,
         parent: Option<&Digest>,
     ) -> Result<(WorkspaceSnapshot, Vec<PathBuf>), ContainerdError> {
-        let key = format!("cvmd-workspace-{workspace}");
+        let key = workspace_key(workspace);
         self.remove_snapshot(&key).await?;
         self.create_lease(&key, None).await?;
         let snapshot = WorkspaceSnapshot {
@@ -179,5 +179,33 @@ mod tests {
         assert!(layer_dirs(&[mount("overlay", "overlay", &["lowerdir=rel/1"])]).is_err());
         let two = [mount("bind", "/a", &[]), mount("bind", "/b", &[])];
         assert!(layer_dirs(&two).is_err());
+    }
+}
+
+/// The snapshot and lease key of a workspace identity (`NAME` or
+/// `NAMESPACE/NAME`). containerd's identifiers allow no '/', so a
+/// namespaced identity keeps its name and adds a hash of the whole, which
+/// keeps equal names of two namespaces apart.
+fn workspace_key(identity: &str) -> String {
+    match identity.split_once('/') {
+        None => format!("cvmd-workspace-{identity}"),
+        Some((_, name)) => {
+            let hash = Digest::of(identity.as_bytes());
+            format!("cvmd-workspace-{name}-{}", &hash.hex()[..12])
+        }
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    #[test]
+    fn equal_names_of_two_namespaces_get_two_keys() {
+        let (a, b) = (super::workspace_key("a/ws"), super::workspace_key("b/ws"));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("cvmd-workspace-ws-") && !a.contains('/'),
+            "{a}"
+        );
+        assert_eq!(super::workspace_key("ws"), "cvmd-workspace-ws");
     }
 }
