@@ -274,3 +274,39 @@ fn run_sigterm_during_the_pull_stops_at_once() {
     );
     assert_clean(state.path());
 }
+
+/// A budget smaller than the image: the gc that keeps the cache within it
+/// runs only once the image's layers are leased, so the start never loses
+/// its own image (it used to run right after the pull and evict it).
+#[test]
+fn run_cache_budget_never_evicts_the_image_being_started() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut base = LayerBuilder::new()
+        .dir("bin", 0o755)
+        .file("bin/busybox", &busybox, 0o755);
+    for app in ["sh", "wc", "cat"] {
+        base = base.symlink(&format!("bin/{app}"), "busybox");
+    }
+    let image = ImageBuilder::new(Format::Oci)
+        .layer(base.build(Compression::Gzip))
+        .layer(common::image::Layer::random("data/blob", 1, 5, Compression::Gzip))
+        .entrypoint(&["/bin/sh", "-c", "test \"$(cat /data/blob | wc -c)\" -eq 1048576"])
+        .build();
+    let reference = push(&reg, "run/budget", "v1", &image);
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    for round in ["cold", "warm"] {
+        let out = cvmd_run(&cvmd, state.path(), &reference, &["--cache-budget", "1KiB"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{round} start: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_clean(state.path());
+    }
+}
