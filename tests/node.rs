@@ -40,3 +40,115 @@ fn node_pod_runs_a_workspace_and_stops_on_sigterm() {
     assert_eq!(exit, Exit::Code(0), "{}", pod.log());
     assert!(checks::panics(&pod.log()).is_empty(), "{}", pod.log());
 }
+
+/// The first reproduction: 6 rounds of 6 concurrent `cvmd pull`
+/// pods of one small image into a fresh shared cache. Every cvmd is PID 1,
+/// so anything named after the PID is shared between them.
+#[test]
+fn node_concurrent_pulls_into_a_fresh_cache_all_succeed() {
+    if !node_support::can_run() {
+        return;
+    }
+    let node = Node::new();
+    let image = fixtures::small_image(&node);
+    let mut failures = Vec::new();
+    for round in 0..6 {
+        node.clear_cache();
+        let results: Vec<(Exit, String)> = std::thread::scope(|s| {
+            let pulls: Vec<_> = (0..6)
+                .map(|i| {
+                    let (node, image) = (&node, &image);
+                    s.spawn(move || {
+                        let pod = PodConfig::pull(&format!("pull{round}x{i}"), image);
+                        node.run_once(pod, Duration::from_secs(60))
+                    })
+                })
+                .collect();
+            pulls.into_iter().map(|p| p.join().unwrap()).collect()
+        });
+        for (i, (exit, log)) in results.iter().enumerate() {
+            if *exit != Exit::Code(0) {
+                let why = checks::one_error_line(log).unwrap_or_else(|e| format!("{e}:\n{log}"));
+                failures.push(format!("round {round}, pod {i}: {exit:?}: {why}"));
+            }
+        }
+        failures.extend(checks::store_problems(&node.cache_dir()));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures in 36 pulls:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A cache budget smaller than any one image drops every other image, but
+/// never the one being started: the run reaches running and reads its files.
+#[test]
+fn node_cache_budget_never_evicts_the_image_being_started() {
+    if !node_support::can_run() {
+        return;
+    }
+    let node = Node::new();
+    let images = fixtures::shared_layer_images(&node);
+    let (exit, log) = node.run_once(
+        PodConfig::prefetch("prefetch", &[&images[1], &images[2]]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(exit, Exit::Code(0), "{log}");
+    let mut pod = node.start(PodConfig::run("ws-budget", &images[0]).env("CVMD_CACHE_BUDGET", "1MiB"));
+    let up = pod.wait_running(Duration::from_secs(60));
+    assert!(up.is_ok(), "{up:?}\n{}", pod.log());
+    let check = pod.exec(&[&["cvmctl", "exec", "--"][..], fixtures::CHECK].concat());
+    assert!(check.status.success(), "the workspace reads its image:\n{}", pod.log());
+    assert_eq!(pod.stop(Duration::from_secs(20)), Exit::Code(0), "{}", pod.log());
+}
+
+/// gc in one pod never removes what another pod mounts: the layers of a
+/// running workspace, nor those of a `cvmd rootfs` mount left in a pod's
+/// own mount namespace (which gc's mount table does not show), of an image
+/// that shares no layer with a running workspace.
+#[test]
+fn node_gc_in_one_pod_keeps_layers_mounted_in_others() {
+    if !node_support::can_run() {
+        return;
+    }
+    let node = Node::new();
+    let images = fixtures::shared_layer_images(&node);
+    let mut running = node.start(PodConfig::run("ws-running", &images[0]));
+    let up = running.wait_running(Duration::from_secs(60));
+    assert!(up.is_ok(), "{up:?}\n{}", running.log());
+    let mut inspecting = node.start(PodConfig::run("ws-inspect", &images[2]));
+    let up = inspecting.wait_running(Duration::from_secs(60));
+    assert!(up.is_ok(), "{up:?}\n{}", inspecting.log());
+    let lone = fixtures::lone_image(&node);
+    let rootfs = inspecting.exec(&["cvmd", "rootfs", &lone, "/run/cvmd/inspect"]);
+    assert!(
+        rootfs.status.success(),
+        "cvmd rootfs: {}",
+        String::from_utf8_lossy(&rootfs.stderr)
+    );
+    let check_at = fixtures::check_at("/run/cvmd/inspect");
+    let check_at: Vec<&str> = check_at.iter().map(String::as_str).collect();
+    let before = inspecting.exec(&check_at);
+    assert!(before.status.success(), "the rootfs reads before gc");
+
+    let (exit, log) = node.run_once(PodConfig::gc("gc", "1"), Duration::from_secs(60));
+    assert_eq!(exit, Exit::Code(0), "{log}");
+
+    let check = running.exec(&[&["cvmctl", "exec", "--"][..], fixtures::CHECK].concat());
+    assert!(
+        check.status.success(),
+        "the running workspace still reads its image after gc: {}\ngc: {log}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let check = inspecting.exec(&check_at);
+    assert!(
+        check.status.success(),
+        "the rootfs mounted in another pod still reads after gc: {}{}\ngc: {log}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(running.stop(Duration::from_secs(20)), Exit::Code(0));
+    assert_eq!(inspecting.stop(Duration::from_secs(20)), Exit::Code(0));
+}

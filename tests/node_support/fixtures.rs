@@ -98,3 +98,31 @@ pub fn shared_layer_images(node: &Node) -> Vec<String> {
 pub fn small_image(node: &Node) -> String {
     node.push("node/small", "v1", &image(vec![base()], "small", 9))
 }
+
+/// An image that shares no layer with the others (no busybox: nothing to
+/// run, only to mount): data files and a `check.sums` of relative paths,
+/// which [`check_at`] verifies from outside the image.
+pub fn lone_image(node: &Node) -> String {
+    let part = Part::new().data("data/lone", 3, 64, 11);
+    let sums: String = part
+        .sums
+        .iter()
+        .map(|(path, sum)| format!("{sum}  {}\n", path.trim_start_matches('/')))
+        .collect();
+    let layer = part.layer.file("check.sums", sums.as_bytes(), 0o644);
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(layer.build(Compression::Gzip))
+        .cmd(&["/none"])
+        .build();
+    node.push("node/lone", "v1", &img)
+}
+
+/// A command for the pod (its coreutils) that exits 0 only if every file of
+/// the lone image mounted at `dir` reads back whole.
+pub fn check_at(dir: &str) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("cd {dir} && sha256sum -c --quiet check.sums"),
+    ]
+}

@@ -48,6 +48,7 @@
 #![allow(dead_code)]
 
 pub mod checks;
+pub mod churn;
 pub mod fixtures;
 pub mod netns;
 pub mod node;

@@ -83,6 +83,20 @@ impl Node {
         self.dir.path().join("cache")
     }
 
+    /// The state dir (emptyDir) of pod `name`, made on first use.
+    pub fn state_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join("state").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Empties the shared cache (between rounds; no pod may be running).
+    pub fn clear_cache(&self) {
+        let cache = self.cache_dir();
+        std::fs::remove_dir_all(&cache).unwrap();
+        std::fs::create_dir(&cache).unwrap();
+    }
+
     /// `ADDR:PORT` of the registry on the bridge.
     pub fn registry_host(&self) -> String {
         format!("{REGISTRY_ADDR}:{REGISTRY_PORT}")
@@ -141,11 +155,7 @@ impl Node {
         for d in ["upper", "work", "rootfs"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        let state = cfg
-            .state
-            .clone()
-            .unwrap_or_else(|| self.dir.path().join("state").join(&cfg.name));
-        std::fs::create_dir_all(&state).unwrap();
+        let state = cfg.state.clone().unwrap_or_else(|| self.state_dir(&cfg.name));
         // Each pod writes to its own upper dir over the shared read-only
         // tree, as a container runtime's snapshotter gives it.
         let opts = format!(
