@@ -128,13 +128,12 @@ fn node_gc_in_one_pod_keeps_layers_mounted_in_others() {
         "cvmd rootfs: {}",
         String::from_utf8_lossy(&rootfs.stderr)
     );
-    let check_at = fixtures::check_at("/run/cvmd/inspect");
-    let check_at: Vec<&str> = check_at.iter().map(String::as_str).collect();
-    let before = inspecting.exec(&check_at);
-    assert!(before.status.success(), "the rootfs reads before gc");
-
     let (exit, log) = node.run_once(PodConfig::gc("gc", "1"), Duration::from_secs(60));
     assert_eq!(exit, Exit::Code(0), "{log}");
+
+    let mut removed = checks::missing_mounted_layers(&running, &node.cache_dir());
+    removed.extend(checks::missing_mounted_layers(&inspecting, &node.cache_dir()));
+    assert!(removed.is_empty(), "{}\ngc: {log}", removed.join("\n"));
 
     let check = running.exec(&[&["cvmctl", "exec", "--"][..], fixtures::CHECK].concat());
     assert!(
@@ -142,6 +141,8 @@ fn node_gc_in_one_pod_keeps_layers_mounted_in_others() {
         "the running workspace still reads its image after gc: {}\ngc: {log}",
         String::from_utf8_lossy(&check.stdout)
     );
+    let check_at = fixtures::check_at("/run/cvmd/inspect");
+    let check_at: Vec<&str> = check_at.iter().map(String::as_str).collect();
     let check = inspecting.exec(&check_at);
     assert!(
         check.status.success(),

@@ -86,3 +86,57 @@ pub fn one_error_line(log: &str) -> Result<String, String> {
         _ => Err(format!("{} error lines", errors.len())),
     }
 }
+
+/// The lower dirs in the shared cache of every overlay in `mountinfo` (a
+/// pod's): the layers its mounts stand on, as paths inside the pod.
+pub fn mounted_layers(mountinfo: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((_, after)) = line.split_once(" - overlay ") else { continue };
+        let options = after.split(' ').nth(1).unwrap_or_default();
+        for opt in options.split(',') {
+            let dirs = opt
+                .strip_prefix("lowerdir+=")
+                .or_else(|| opt.strip_prefix("lowerdir="))
+                .unwrap_or_default();
+            out.extend(
+                dirs.split(':')
+                    .filter(|d| d.starts_with("/var/lib/cvmd/"))
+                    .map(str::to_string),
+            );
+        }
+    }
+    out
+}
+
+/// Layers that `pod` has mounted but the cache no longer holds (removed
+/// while mounted): each a lower dir whose published layer dir or marker is
+/// gone.
+pub fn missing_mounted_layers(pod: &super::pod::Pod, cache: &Path) -> Vec<String> {
+    let mountinfo = pod.exec(&["cat", "/proc/self/mountinfo"]);
+    let text = String::from_utf8_lossy(&mountinfo.stdout);
+    mounted_layers(&text)
+        .into_iter()
+        .filter(|dir| {
+            let on_node = cache.join(dir.trim_start_matches("/var/lib/cvmd/"));
+            let layer_dir = on_node.parent().unwrap();
+            !(on_node.is_dir() && layer_dir.join("layer.json").is_file())
+        })
+        .map(|dir| format!("{}: {dir} removed while mounted", pod.id()))
+        .collect()
+}
+
+#[test]
+fn overlay_lower_dirs_in_the_cache_are_found_in_both_option_forms() {
+    let info = "95 155 0:71 / /run/cvmd/w/rootfs rw - overlay none rw,lowerdir+=/var/lib/cvmd/layers/sha256/aa/root,lowerdir+=/var/lib/cvmd/layers/sha256/bb/root,upperdir=/u,workdir=/w\n\
+                96 155 0:72 / /x rw - overlay none rw,lowerdir=/var/lib/cvmd/layers/sha256/cc/root:/elsewhere,upperdir=/u\n\
+                136 68 0:61 / / rw - overlay overlay rw,lowerdir=/var/cache/outer,upperdir=/u";
+    assert_eq!(
+        mounted_layers(info),
+        [
+            "/var/lib/cvmd/layers/sha256/aa/root",
+            "/var/lib/cvmd/layers/sha256/bb/root",
+            "/var/lib/cvmd/layers/sha256/cc/root"
+        ]
+    );
+}
