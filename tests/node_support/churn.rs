@@ -44,6 +44,16 @@ pub struct Start {
     /// The image was in the cache already (the pod did not pull it).
     pub cached: bool,
     pub outcome: Outcome,
+    /// When the pod was created and when it ended.
+    pub began: Instant,
+    pub ended: Instant,
+}
+
+impl Start {
+    /// Whether the start overlapped `window` (a registry outage).
+    pub fn overlaps(&self, window: Option<(Instant, Instant)>) -> bool {
+        window.is_some_and(|(from, to)| self.began <= to && self.ended >= from)
+    }
 }
 
 #[derive(Default)]
@@ -56,6 +66,8 @@ pub struct ChurnReport {
     /// Peak RSS of cvmd (PID 1) per pod slot, KiB.
     pub peak_rss_kib: BTreeMap<String, u64>,
     pub cache_peak_bytes: u64,
+    /// When the registry was down.
+    pub outage: Option<(Instant, Instant)>,
     pub elapsed: Duration,
 }
 
@@ -116,9 +128,11 @@ pub fn churn(node: &Node, cfg: &ChurnConfig) -> ChurnReport {
         if cfg.registry_outage {
             s.spawn(|| {
                 std::thread::sleep(cfg.duration / 2);
+                let from = Instant::now();
                 node.stop_registry();
                 std::thread::sleep(Duration::from_secs(3));
                 node.start_registry();
+                shared.report.lock().unwrap().outage = Some((from, Instant::now()));
             });
         }
     });
@@ -157,12 +171,30 @@ fn workspaces(sh: &Shared, slot: usize) {
 
 fn one_start(sh: &Shared, rng: &mut Rng, cfg: PodConfig, slot: usize) -> Start {
     let image = cfg.env.iter().find(|(k, _)| k == "CVMD_IMAGE").unwrap().1.clone();
+    let began = Instant::now();
     let mut pod = sh.node.start(cfg);
     let fate = rng.below(100);
     let outcome = if fate < sh.cfg.kill_percent / 2 {
         std::thread::sleep(Duration::from_millis(rng.below(1500)));
         let ran = pod.exec(&["cvmctl", "status", "--ready"]).status.success();
+        let ended_by_itself = pod.try_exit().is_some();
         pod.kill();
+        if ended_by_itself {
+            let log = pod.log();
+            return Start {
+                outcome: Outcome::Failed(
+                    checks::one_error_line(&log).unwrap_or_else(|e| {
+                        sh.problem(format!("{}: {e}:\n{log}", pod.id()));
+                        e
+                    }),
+                ),
+                pod: pod.id().to_string(),
+                image,
+                cached: !log.contains("\"message\":\"pulled\""),
+                began,
+                ended: Instant::now(),
+            };
+        }
         if ran {
             Outcome::Running(Duration::ZERO)
         } else {
@@ -180,6 +212,9 @@ fn one_start(sh: &Shared, rng: &mut Rng, cfg: PodConfig, slot: usize) -> Start {
                         String::from_utf8_lossy(&check.stdout),
                         String::from_utf8_lossy(&check.stderr)
                     ));
+                }
+                for p in checks::missing_mounted_layers(&pod, &sh.node.cache_dir()) {
+                    sh.problem(p);
                 }
                 if let Some(kib) = pod.peak_rss_kib() {
                     let mut r = sh.report.lock().unwrap();
@@ -218,6 +253,8 @@ fn one_start(sh: &Shared, rng: &mut Rng, cfg: PodConfig, slot: usize) -> Start {
         image,
         cached: !log.contains("\"message\":\"pulled\""),
         outcome,
+        began,
+        ended: Instant::now(),
     }
 }
 
