@@ -97,12 +97,22 @@ fn node_cache_budget_never_evicts_the_image_being_started() {
         Duration::from_secs(60),
     );
     assert_eq!(exit, Exit::Code(0), "{log}");
-    let mut pod = node.start(PodConfig::run("ws-budget", &images[0]).env("CVMD_CACHE_BUDGET", "1MiB"));
+    let mut pod =
+        node.start(PodConfig::run("ws-budget", &images[0]).env("CVMD_CACHE_BUDGET", "1MiB"));
     let up = pod.wait_running(Duration::from_secs(60));
     assert!(up.is_ok(), "{up:?}\n{}", pod.log());
     let check = pod.exec(&[&["cvmctl", "exec", "--"][..], fixtures::CHECK].concat());
-    assert!(check.status.success(), "the workspace reads its image:\n{}", pod.log());
-    assert_eq!(pod.stop(Duration::from_secs(20)), Exit::Code(0), "{}", pod.log());
+    assert!(
+        check.status.success(),
+        "the workspace reads its image:\n{}",
+        pod.log()
+    );
+    assert_eq!(
+        pod.stop(Duration::from_secs(20)),
+        Exit::Code(0),
+        "{}",
+        pod.log()
+    );
 }
 
 /// gc in one pod never removes what another pod mounts: the layers of a
@@ -133,7 +143,10 @@ fn node_gc_in_one_pod_keeps_layers_mounted_in_others() {
     assert_eq!(exit, Exit::Code(0), "{log}");
 
     let mut removed = checks::missing_mounted_layers(&running, &node.cache_dir());
-    removed.extend(checks::missing_mounted_layers(&inspecting, &node.cache_dir()));
+    removed.extend(checks::missing_mounted_layers(
+        &inspecting,
+        &node.cache_dir(),
+    ));
     assert!(removed.is_empty(), "{}\ngc: {log}", removed.join("\n"));
 
     let check = running.exec(&[&["cvmctl", "exec", "--"][..], fixtures::CHECK].concat());
@@ -170,7 +183,13 @@ fn node_churn_with_gc_prefetch_sigkills_and_a_registry_outage() {
     let images = fixtures::shared_layer_images(&node);
     let secs = std::env::var("CVMD_NODE_CHURN_SECS").map_or(60, |s| s.parse().unwrap());
     let seed = std::env::var("CVMD_NODE_SEED").map_or_else(
-        |_| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1,
+        |_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        },
         |s| s.parse().unwrap(),
     );
     eprintln!("churn seed {seed} (CVMD_NODE_SEED replays it)");
@@ -190,7 +209,10 @@ fn node_churn_with_gc_prefetch_sigkills_and_a_registry_outage() {
     eprintln!("{}", summary(&report));
 
     // The next cvmd on the node: a gc pod, whose job stale leases are.
-    let (exit, log) = node.run_once(PodConfig::gc("gc-last", &cfg.budget), Duration::from_secs(60));
+    let (exit, log) = node.run_once(
+        PodConfig::gc("gc-last", &cfg.budget),
+        Duration::from_secs(60),
+    );
     let mut problems = report.problems.clone();
     if exit != Exit::Code(0) {
         problems.push(format!("the last gc ended {exit:?}:\n{log}"));
@@ -200,14 +222,25 @@ fn node_churn_with_gc_prefetch_sigkills_and_a_registry_outage() {
     for start in &report.starts {
         if let Outcome::Failed(line) = &start.outcome {
             if !start.overlaps(report.outage) {
-                problems.push(format!("{} ({}) failed with the registry up: {line}", start.pod, start.image));
+                problems.push(format!(
+                    "{} ({}) failed with the registry up: {line}",
+                    start.pod, start.image
+                ));
             }
         }
     }
     problems.extend(checks::store_problems(&node.cache_dir()));
     problems.extend(leftovers(&node));
-    let running = report.starts.iter().filter(|s| matches!(s.outcome, Outcome::Running(_))).count();
-    assert!(running >= cfg.pods, "only {running} starts reached running:\n{}", summary(&report));
+    let running = report
+        .starts
+        .iter()
+        .filter(|s| matches!(s.outcome, Outcome::Running(_)))
+        .count();
+    assert!(
+        running >= cfg.pods,
+        "only {running} starts reached running:\n{}",
+        summary(&report)
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -254,4 +287,61 @@ fn summary(r: &ChurnReport) -> String {
         }
     }
     s
+}
+
+/// The soak benchmark (bench/soak.sh): `CVMD_SOAK_PODS` pods (8) churning
+/// for `CVMD_SOAK_SECS` (600) under `CVMD_SOAK_BUDGET` (3MiB), with gc and
+/// prefetch pods and some SIGKILLs but no registry outage; prints a table
+/// and fails on any failed start or broken promise.
+#[test]
+#[ignore = "a benchmark: bench/soak.sh runs it"]
+fn node_soak() {
+    if !node_support::can_run() {
+        return;
+    }
+    let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_string());
+    let pods: usize = env("CVMD_SOAK_PODS", "8").parse().unwrap();
+    let secs: u64 = env("CVMD_SOAK_SECS", "600").parse().unwrap();
+    let budget = env("CVMD_SOAK_BUDGET", "3MiB");
+    let budget_bytes =
+        cvmd::config::parse_size(&budget).expect("CVMD_SOAK_BUDGET: a size like 3MiB");
+    let node = Node::new();
+    let images = fixtures::shared_layer_images(&node);
+    let (exit, log) = node.run_once(
+        PodConfig::prefetch(
+            "warm",
+            &images.iter().map(String::as_str).collect::<Vec<_>>(),
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(exit, Exit::Code(0), "{log}");
+    let cfg = ChurnConfig {
+        pods,
+        duration: Duration::from_secs(secs),
+        images,
+        budget: budget.clone(),
+        gc_every: Duration::from_secs(10),
+        prefetch_every: Duration::from_secs(15),
+        kill_percent: 10,
+        registry_outage: false,
+        seed: 0x5eed_50a4,
+    };
+    let report = churn(&node, &cfg);
+    let table = node_support::soak::table(&report, pods, &budget, budget_bytes);
+    println!("\n{table}");
+    if let Ok(out) = std::env::var("CVMD_SOAK_OUT") {
+        std::fs::write(out, &table).unwrap();
+    }
+    let mut problems = report.problems.clone();
+    problems.extend(checks::store_problems(&node.cache_dir()));
+    assert!(
+        problems.is_empty()
+            && !report
+                .starts
+                .iter()
+                .any(|s| matches!(s.outcome, Outcome::Failed(_))),
+        "{}{}",
+        summary(&report),
+        problems.join("\n")
+    );
 }

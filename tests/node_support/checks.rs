@@ -13,7 +13,10 @@ pub fn store_problems(cache: &Path) -> Vec<String> {
     for (hex, path) in entries(&cache.join("blobs/sha256")) {
         let got = sha256_file(&path);
         if got != hex {
-            problems.push(format!("blob {} holds content with digest {got}", path.display()));
+            problems.push(format!(
+                "blob {} holds content with digest {got}",
+                path.display()
+            ));
         }
     }
     for (hex, path) in entries(&cache.join("layers/sha256")) {
@@ -21,7 +24,9 @@ pub fn store_problems(cache: &Path) -> Vec<String> {
         let meta: Option<serde_json::Value> = std::fs::read(&marker)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let named = meta.as_ref().and_then(|m| m["diff_id"].as_str().map(str::to_string));
+        let named = meta
+            .as_ref()
+            .and_then(|m| m["diff_id"].as_str().map(str::to_string));
         if named.as_deref() != Some(&format!("sha256:{hex}")) {
             problems.push(format!("layer dir {} has marker {named:?}", path.display()));
         }
@@ -57,7 +62,10 @@ fn sha256_file(path: &Path) -> String {
 
 /// Lease files in the cache (each names a workspace).
 pub fn leases(cache: &Path) -> Vec<String> {
-    entries(&cache.join("leases")).into_iter().map(|(n, _)| n).collect()
+    entries(&cache.join("leases"))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// The layers (diff_ids) published in the cache.
@@ -78,7 +86,10 @@ pub fn panics(log: &str) -> Vec<&str> {
 /// The failure a pod that did not succeed must give: exactly one
 /// `cvmd: error: ` line, its last; the line, or what is wrong instead.
 pub fn one_error_line(log: &str) -> Result<String, String> {
-    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("cvmd: error: ")).collect();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("cvmd: error: "))
+        .collect();
     match errors.as_slice() {
         [line] if log.lines().last() == Some(line) => Ok(line.to_string()),
         [_] => Err("the error line is not the last".into()),
@@ -92,7 +103,9 @@ pub fn one_error_line(log: &str) -> Result<String, String> {
 pub fn mounted_layers(mountinfo: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in mountinfo.lines() {
-        let Some((_, after)) = line.split_once(" - overlay ") else { continue };
+        let Some((_, after)) = line.split_once(" - overlay ") else {
+            continue;
+        };
         let options = after.split(' ').nth(1).unwrap_or_default();
         for opt in options.split(',') {
             let dirs = opt

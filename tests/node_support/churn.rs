@@ -170,7 +170,13 @@ fn workspaces(sh: &Shared, slot: usize) {
 }
 
 fn one_start(sh: &Shared, rng: &mut Rng, cfg: PodConfig, slot: usize) -> Start {
-    let image = cfg.env.iter().find(|(k, _)| k == "CVMD_IMAGE").unwrap().1.clone();
+    let image = cfg
+        .env
+        .iter()
+        .find(|(k, _)| k == "CVMD_IMAGE")
+        .unwrap()
+        .1
+        .clone();
     let began = Instant::now();
     let mut pod = sh.node.start(cfg);
     let fate = rng.below(100);
@@ -182,12 +188,10 @@ fn one_start(sh: &Shared, rng: &mut Rng, cfg: PodConfig, slot: usize) -> Start {
         if ended_by_itself {
             let log = pod.log();
             return Start {
-                outcome: Outcome::Failed(
-                    checks::one_error_line(&log).unwrap_or_else(|e| {
-                        sh.problem(format!("{}: {e}:\n{log}", pod.id()));
-                        e
-                    }),
-                ),
+                outcome: Outcome::Failed(checks::one_error_line(&log).unwrap_or_else(|e| {
+                    sh.problem(format!("{}: {e}:\n{log}", pod.id()));
+                    e
+                })),
                 pod: pod.id().to_string(),
                 image,
                 cached: !log.contains("\"message\":\"pulled\""),
@@ -226,7 +230,11 @@ fn one_start(sh: &Shared, rng: &mut Rng, cfg: PodConfig, slot: usize) -> Start {
                 } else {
                     let exit = pod.stop(Duration::from_secs(20));
                     if exit != Exit::Code(0) {
-                        sh.problem(format!("{}: stopped with {exit:?}:\n{}", pod.id(), pod.log()));
+                        sh.problem(format!(
+                            "{}: stopped with {exit:?}:\n{}",
+                            pod.id(),
+                            pod.log()
+                        ));
                     }
                 }
                 Outcome::Running(ready)
@@ -295,7 +303,9 @@ pub fn dir_bytes(dir: &Path) -> u64 {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(md) = e.path().symlink_metadata() else { continue };
+            let Ok(md) = e.path().symlink_metadata() else {
+                continue;
+            };
             total += md.blocks() * 512;
             if md.is_dir() {
                 stack.push(e.path());

@@ -54,6 +54,7 @@ pub mod netns;
 pub mod node;
 pub mod outer;
 pub mod pod;
+pub mod soak;
 pub mod spec;
 
 pub use node::Node;
@@ -86,7 +87,9 @@ fn missing_prerequisite() -> Option<String> {
             .iter()
             .any(|d| Path::new(d).join(tool).exists());
         if !found {
-            return Some(format!("{tool} is not installed (scripts/deps.sh installs it)"));
+            return Some(format!(
+                "{tool} is not installed (scripts/deps.sh installs it)"
+            ));
         }
     }
     if !Path::new(crate::common::registry::REGISTRY_BIN).exists() {

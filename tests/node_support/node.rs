@@ -62,7 +62,10 @@ impl Node {
         let registry_ns = Netns::new();
         netns::attach(&net, "vreg", registry_ns.pid(), REGISTRY_ADDR);
         let registry = Registry::start(RegistryOptions {
-            listen: Some(SocketAddr::new(REGISTRY_ADDR.parse().unwrap(), REGISTRY_PORT)),
+            listen: Some(SocketAddr::new(
+                REGISTRY_ADDR.parse().unwrap(),
+                REGISTRY_PORT,
+            )),
             netns: Some(registry_ns.path()),
             ..Default::default()
         })
@@ -155,7 +158,10 @@ impl Node {
         for d in ["upper", "work", "rootfs"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        let state = cfg.state.clone().unwrap_or_else(|| self.state_dir(&cfg.name));
+        let state = cfg
+            .state
+            .clone()
+            .unwrap_or_else(|| self.state_dir(&cfg.name));
         // Each pod writes to its own upper dir over the shared read-only
         // tree, as a container runtime's snapshotter gives it.
         let opts = format!(
@@ -174,7 +180,10 @@ impl Node {
         .unwrap_or_else(|e| panic!("overlay rootfs of pod {id}: {e}"));
 
         let mut env = vec![
-            ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+            (
+                "PATH".to_string(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ),
             // The outer image's defaults (images/outer/Dockerfile), with
             // runc standing in for sysbox-runc.
             ("CVMD_RUNTIME".to_string(), "runc".to_string()),
@@ -187,20 +196,38 @@ impl Node {
         env.extend(cfg.env.iter().cloned());
         let mut args = vec!["/usr/local/bin/cvmd".to_string()];
         args.extend(cfg.args.iter().cloned());
-        let bin = |name: &str| PathBuf::from(match name {
-            "cvmd" => env!("CARGO_BIN_EXE_cvmd"),
-            _ => env!("CARGO_BIN_EXE_cvmctl"),
-        });
+        let bin = |name: &str| {
+            PathBuf::from(match name {
+                "cvmd" => env!("CARGO_BIN_EXE_cvmd"),
+                _ => env!("CARGO_BIN_EXE_cvmctl"),
+            })
+        };
         let spec = PodSpec {
             hostname: cfg.name.clone(),
             args,
             env,
             rootfs: rootfs.clone(),
             binds: vec![
-                Bind { source: self.cache_dir(), destination: "/var/lib/cvmd", read_only: false },
-                Bind { source: state.clone(), destination: "/run/cvmd", read_only: false },
-                Bind { source: bin("cvmd"), destination: "/usr/local/bin/cvmd", read_only: true },
-                Bind { source: bin("cvmctl"), destination: "/usr/local/bin/cvmctl", read_only: true },
+                Bind {
+                    source: self.cache_dir(),
+                    destination: "/var/lib/cvmd",
+                    read_only: false,
+                },
+                Bind {
+                    source: state.clone(),
+                    destination: "/run/cvmd",
+                    read_only: false,
+                },
+                Bind {
+                    source: bin("cvmd"),
+                    destination: "/usr/local/bin/cvmd",
+                    read_only: true,
+                },
+                Bind {
+                    source: bin("cvmctl"),
+                    destination: "/usr/local/bin/cvmctl",
+                    read_only: true,
+                },
             ],
             cgroups_path: format!("{}/{id}", self.cgroup_parent()),
             capabilities: spec::capabilities_in(spec::own_bounding_set()),
