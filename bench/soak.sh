@@ -46,5 +46,16 @@ mkdir -p "$BENCH/results"
 out=$BENCH/results/soak-latest.md
 cd "$ROOT"
 echo "soak: $PODS pods, $SECS s, budget $BUDGET" >&2
-CVMD_SOAK_SECS=$SECS CVMD_SOAK_PODS=$PODS CVMD_SOAK_BUDGET=$BUDGET CVMD_SOAK_OUT=$out \
-  cargo test "${PROFILE[@]}" --test node node_soak -- --ignored --nocapture --exact
+table=$(mktemp)
+trap 'rm -f "$table"' EXIT
+status=0
+CVMD_SOAK_SECS=$SECS CVMD_SOAK_PODS=$PODS CVMD_SOAK_BUDGET=$BUDGET CVMD_SOAK_OUT=$table \
+  cargo test "${PROFILE[@]}" --test node node_soak -- --ignored --nocapture --exact || status=$?
+if [[ -s $table ]]; then
+  { echo "# Soak, $(date -u +%Y-%m-%d), $(nproc) cores, ${PROFILE[*]:---debug} build"
+    echo "# bench/soak.sh --pods $PODS --seconds $SECS --budget $BUDGET"
+    echo
+    cat "$table"; } >"$out"
+  echo "soak: table in $out" >&2
+fi
+exit "$status"
