@@ -345,3 +345,33 @@ fn node_soak() {
         problems.join("\n")
     );
 }
+
+/// While the registry is down a pull pod fails with one clear line; once
+/// it is back the same pull succeeds (the harness's outage works, and cvmd
+/// recovers from one).
+#[test]
+fn node_pull_during_a_registry_outage_fails_clearly_then_succeeds() {
+    if !node_support::can_run() {
+        return;
+    }
+    let node = Node::new();
+    let image = fixtures::small_image(&node);
+    node.stop_registry();
+    let pull = |name: &str| {
+        node.run_once(
+            PodConfig::pull(name, &image).env("CVMD_PULL_RETRIES", "1"),
+            Duration::from_secs(60),
+        )
+    };
+    let (exit, log) = pull("pull-down");
+    assert_eq!(exit, Exit::Code(1), "{log}");
+    let line = checks::one_error_line(&log).unwrap_or_else(|e| panic!("{e}:\n{log}"));
+    assert!(
+        line.contains(&node.registry_host()),
+        "names the registry: {line}"
+    );
+    node.start_registry();
+    let (exit, log) = pull("pull-up");
+    assert_eq!(exit, Exit::Code(0), "{log}");
+    assert!(checks::store_problems(&node.cache_dir()).is_empty());
+}
