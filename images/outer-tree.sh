@@ -53,6 +53,18 @@ mounts_under() {
   awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo
 }
 
+# Removes the build dir, unless a mount is left below it (removing would
+# then descend into the host's /proc, /sys or /dev).
+release() {
+  local m
+  for m in $(mounts_under "$1/root" | sort -r); do umount -l "$m" 2>/dev/null || true; done
+  if [[ -n $(mounts_under "$1/root") ]]; then
+    log "mounts left under $1/root; unmount them and remove the dir by hand"
+    return
+  fi
+  rm -rf "$1"
+}
+
 build() {
   local work=$1 m
   log "debootstrap $suite ($packages) from $mirror"
@@ -81,7 +93,7 @@ build() {
   if [[ ! -d $tree ]]; then
     t0=$SECONDS
     work=$(mktemp -d "$cache/.outer-build.XXXXXX")
-    trap 'for m in $(mounts_under "$work/root" | sort -r); do umount -l "$m" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+    trap 'release "$work"' EXIT
     build "$work"
     # By rename: a crash never leaves a half-built tree under the name.
     mv "$work/root" "$tree"

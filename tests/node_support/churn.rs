@@ -243,7 +243,18 @@ fn one_start(sh: &Shared, rng: &mut Rng, cfg: PodConfig, slot: usize) -> Start {
                 pod.stop(Duration::from_secs(20));
                 let log = pod.log();
                 match checks::one_error_line(&log) {
-                    Ok(line) => Outcome::Failed(line),
+                    Ok(line) => {
+                        // Kubernetes shows the same line as the pod's
+                        // termination message.
+                        let message = pod.termination_message();
+                        if Some(message.trim_end()) != line.strip_prefix("cvmd: error: ") {
+                            sh.problem(format!(
+                                "{}: termination message {message:?} is not the error line {line:?}",
+                                pod.id()
+                            ));
+                        }
+                        Outcome::Failed(line)
+                    }
                     Err(e) => {
                         sh.problem(format!("{why}: {e}:\n{log}"));
                         Outcome::Failed(why)

@@ -95,5 +95,5 @@ fn missing_prerequisite() -> Option<String> {
     if !Path::new(crate::common::registry::REGISTRY_BIN).exists() {
         return Some("docker-registry is not installed (apt-get install docker-registry)".into());
     }
-    None
+    outer::tree().err()
 }

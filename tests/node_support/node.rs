@@ -42,7 +42,7 @@ impl Node {
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
-        let outer = super::outer::tree();
+        let outer = super::outer::tree().expect("the outer tree (check can_run first)");
         let dir = tempfile::Builder::new()
             .prefix("cvmd-node-")
             .tempdir()
@@ -179,6 +179,8 @@ impl Node {
         )
         .unwrap_or_else(|e| panic!("overlay rootfs of pod {id}: {e}"));
 
+        let termination_log = dir.join("termination-log");
+        std::fs::write(&termination_log, "").unwrap();
         let mut env = vec![
             (
                 "PATH".to_string(),
@@ -216,6 +218,12 @@ impl Node {
                 Bind {
                     source: state.clone(),
                     destination: "/run/cvmd",
+                    read_only: false,
+                },
+                // The kubelet's file for a container's last words.
+                Bind {
+                    source: termination_log.clone(),
+                    destination: "/dev/termination-log",
                     read_only: false,
                 },
                 Bind {

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// The cached tree (built on first use, about a minute; reused after).
-pub fn tree() -> PathBuf {
-    static TREE: OnceLock<PathBuf> = OnceLock::new();
+/// The cached tree (built on first use, about a minute; reused after), or
+/// why it cannot be built here (no debootstrap, no reachable mirror).
+pub fn tree() -> Result<PathBuf, String> {
+    static TREE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     TREE.get_or_init(build).clone()
 }
 
-fn build() -> PathBuf {
+fn build() -> Result<PathBuf, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/images/outer-tree.sh");
     let out = Command::new("bash")
         .arg(script)
@@ -20,17 +21,16 @@ fn build() -> PathBuf {
         .stdin(Stdio::null())
         .output()
         .expect("run images/outer-tree.sh");
-    assert!(
-        out.status.success(),
-        "images/outer-tree.sh failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        return Err(format!(
+            "images/outer-tree.sh cannot build the outer tree ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
     let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert!(
-        path.join("usr/sbin/runc").exists() && path.join("usr/sbin/iptables").exists(),
-        "{} lacks runc or iptables",
-        path.display()
-    );
-    path
+    if !(path.join("usr/sbin/runc").exists() && path.join("usr/sbin/iptables").exists()) {
+        return Err(format!("{} lacks runc or iptables", path.display()));
+    }
+    Ok(path)
 }

@@ -114,6 +114,12 @@ impl Pod<'_> {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// What PID 1 left in /dev/termination-log (Kubernetes shows it as the
+    /// container's termination message).
+    pub fn termination_message(&self) -> String {
+        std::fs::read_to_string(self.dir.join("termination-log")).unwrap_or_default()
+    }
+
     /// `runc exec` in the pod (as `kubectl exec`).
     pub fn exec(&self, args: &[&str]) -> Output {
         self.node
