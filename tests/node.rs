@@ -230,7 +230,7 @@ fn node_churn_with_gc_prefetch_sigkills_and_a_registry_outage() {
         }
     }
     problems.extend(checks::store_problems(&node.cache_dir()));
-    problems.extend(leftovers(&node));
+    problems.extend(checks::leftovers(&node));
     let running = report
         .starts
         .iter()
@@ -242,31 +242,6 @@ fn node_churn_with_gc_prefetch_sigkills_and_a_registry_outage() {
         summary(&report)
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-}
-
-/// What dead pods left on the node: mounts, cgroups, bridge ports,
-/// iptables rules in the node's namespace, leases in the cache.
-fn leftovers(node: &Node) -> Vec<String> {
-    let mut out = Vec::new();
-    for m in node.mounts() {
-        out.push(format!("mount left on the node: {m}"));
-    }
-    for c in node.cgroups() {
-        out.push(format!("cgroup left: {c}"));
-    }
-    for l in node.sh("ip -o link show master nb0").lines() {
-        if !l.contains("vreg@") {
-            out.push(format!("veth left on the bridge: {l}"));
-        }
-    }
-    let rules = node.sh("iptables-save");
-    if rules.contains("cvm") {
-        out.push(format!("iptables rules in the node's namespace:\n{rules}"));
-    }
-    for l in checks::leases(&node.cache_dir()) {
-        out.push(format!("lease of a dead pod left after the next gc: {l}"));
-    }
-    out
 }
 
 fn summary(r: &ChurnReport) -> String {

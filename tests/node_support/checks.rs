@@ -98,6 +98,31 @@ pub fn one_error_line(log: &str) -> Result<String, String> {
     }
 }
 
+/// What dead pods left on the node: mounts, cgroups, bridge ports,
+/// iptables rules in the node's namespace, leases in the cache.
+pub fn leftovers(node: &super::Node) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in node.mounts() {
+        out.push(format!("mount left on the node: {m}"));
+    }
+    for c in node.cgroups() {
+        out.push(format!("cgroup left: {c}"));
+    }
+    for l in node.sh("ip -o link show master nb0").lines() {
+        if !l.contains("vreg@") {
+            out.push(format!("veth left on the bridge: {l}"));
+        }
+    }
+    let rules = node.sh("iptables-save");
+    if rules.contains("cvm") {
+        out.push(format!("iptables rules in the node's namespace:\n{rules}"));
+    }
+    for l in leases(&node.cache_dir()) {
+        out.push(format!("lease of a dead pod left after the next gc: {l}"));
+    }
+    out
+}
+
 /// The lower dirs in the shared cache of every overlay in `mountinfo` (a
 /// pod's): the layers its mounts stand on, as paths inside the pod.
 pub fn mounted_layers(mountinfo: &str) -> Vec<String> {

@@ -47,6 +47,7 @@
 // Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod checks;
 pub mod churn;
 pub mod fixtures;

@@ -340,41 +340,9 @@ impl Node {
             .collect()
     }
 
-    /// Cgroups left below the pods' parent, in every v1 hierarchy and the
-    /// v2 one (paths relative to the hierarchy).
+    /// Cgroups left below the pods' parent, in every hierarchy.
     pub fn cgroups(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for dir in self.cgroup_parent_dirs() {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for e in entries.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        out.push(e.path().display().to_string());
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// `/sys/fs/cgroup/<hierarchy>/<own cgroup>/<parent>` for each line of
-    /// /proc/self/cgroup.
-    fn cgroup_parent_dirs(&self) -> Vec<PathBuf> {
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        own.lines()
-            .filter_map(|l| {
-                let mut parts = l.splitn(3, ':');
-                let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-                let hierarchy = match controllers {
-                    "" => "unified".to_string(),
-                    c => c.trim_start_matches("name=").to_string(),
-                };
-                let base = Path::new("/sys/fs/cgroup").join(hierarchy);
-                base.is_dir().then(|| {
-                    base.join(path.trim_start_matches('/'))
-                        .join(self.cgroup_parent())
-                })
-            })
-            .collect()
+        super::cgroups::children(&super::cgroups::own_parent_dirs(&self.cgroup_parent()))
     }
 }
 
@@ -392,7 +360,7 @@ impl Drop for Node {
         for m in self.mounts().iter().rev() {
             let _ = umount2(Path::new(m), MntFlags::MNT_DETACH);
         }
-        for dir in self.cgroup_parent_dirs() {
+        for dir in super::cgroups::own_parent_dirs(&self.cgroup_parent()) {
             let _ = std::fs::remove_dir(dir);
         }
     }
