@@ -350,3 +350,42 @@ fn node_pull_during_a_registry_outage_fails_clearly_then_succeeds() {
     assert_eq!(exit, Exit::Code(0), "{log}");
     assert!(checks::store_problems(&node.cache_dir()).is_empty());
 }
+
+/// A pod SIGKILLed while its workspace runs, restarted as its container
+/// would be (same name, same state dir): the new cvmd boots the workspace
+/// over what the dead one left, and a clean stop leaves no lease, mount,
+/// veth or cgroup behind.
+#[test]
+fn node_sigkilled_pod_restarts_on_its_state_dir() {
+    if !node_support::can_run() {
+        return;
+    }
+    let node = Node::new();
+    let images = fixtures::shared_layer_images(&node);
+    let cfg = PodConfig::run("ws-phoenix", &images[1]);
+    let mut first = node.start(cfg.clone());
+    let up = first.wait_running(Duration::from_secs(60));
+    assert!(up.is_ok(), "{up:?}\n{}", first.log());
+    let state = first.state_dir().to_path_buf();
+    assert_eq!(
+        first.kill(),
+        Exit::Signal(nix::sys::signal::Signal::SIGKILL)
+    );
+    drop(first);
+
+    let mut again = node.start(cfg.restarted(&state));
+    let up = again.wait_running(Duration::from_secs(60));
+    assert!(up.is_ok(), "{up:?}\n{}", again.log());
+    let check = again.exec(&[&["cvmctl", "exec", "--"][..], fixtures::CHECK].concat());
+    assert!(check.status.success(), "{}", again.log());
+    assert_eq!(
+        again.stop(Duration::from_secs(20)),
+        Exit::Code(0),
+        "{}",
+        again.log()
+    );
+    assert!(checks::panics(&again.log()).is_empty(), "{}", again.log());
+    drop(again);
+    let left = checks::leftovers(&node);
+    assert!(left.is_empty(), "{}", left.join("\n"));
+}
