@@ -9,8 +9,14 @@
 //!   net/tun beside runc's defaults ([`spec::config`]). The state dir is a
 //!   per-pod dir bind-mounted at /run/cvmd (the emptyDir), the shared cache
 //!   a node dir bind-mounted at /var/lib/cvmd (the hostPath), with the env
-//!   names of deploy/kubernetes/workspace-pod.yaml. A restarted container
+//!   names of deploy/kubernetes/workspace-pod.yaml, and a
+//!   /dev/termination-log file as the kubelet gives. A restarted container
 //!   ([`PodConfig::restarted`]) gets its pod's state dir again.
+//! - **Operations**: start a pod, wait for its workspace to run (cvmd's log,
+//!   then `cvmctl status --ready`), `runc exec` in it, SIGTERM with a grace
+//!   period or SIGKILL, read its exit status, log and peak RSS; one-shot
+//!   `cvmd pull`, `gc --budget` and `prefetch` pods; stop and restart the
+//!   registry ([`Node`]); churn with all of these at once ([`churn`]).
 //! - **Outer image** ([`outer::tree`]): images/outer-tree.sh's minbase
 //!   bookworm with runc, iptables, iproute2 and ca-certificates; each pod's
 //!   root is a private overlay over it. It differs from

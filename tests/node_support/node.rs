@@ -181,21 +181,7 @@ impl Node {
 
         let termination_log = dir.join("termination-log");
         std::fs::write(&termination_log, "").unwrap();
-        let mut env = vec![
-            (
-                "PATH".to_string(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ),
-            // The outer image's defaults (images/outer/Dockerfile), with
-            // runc standing in for sysbox-runc.
-            ("CVMD_RUNTIME".to_string(), "runc".to_string()),
-            ("CVMD_CACHE_DIR".to_string(), "/var/lib/cvmd".to_string()),
-            ("CVMD_STATE_DIR".to_string(), "/run/cvmd".to_string()),
-            ("CVMD_LOG_FORMAT".to_string(), "json".to_string()),
-            ("CVMD_WORKSPACE".to_string(), cfg.name.clone()),
-            ("CVMD_INSECURE_REGISTRIES".to_string(), self.registry_host()),
-        ];
-        env.extend(cfg.env.iter().cloned());
+        let env = cfg.container_env(&self.registry_host());
         let mut args = vec!["/usr/local/bin/cvmd".to_string()];
         args.extend(cfg.args.iter().cloned());
         let bin = |name: &str| {

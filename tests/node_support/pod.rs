@@ -63,6 +63,30 @@ impl PodConfig {
         self
     }
 
+    /// PID 1's environment: the outer image's defaults
+    /// (images/outer/Dockerfile) with runc standing in for sysbox-runc, the
+    /// pod's name as the workspace's (the downward API's metadata.name),
+    /// the registry on the bridge, then the pod's own settings.
+    pub fn container_env(&self, registry_host: &str) -> Vec<(String, String)> {
+        let defaults = [
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
+            ("CVMD_RUNTIME", "runc"),
+            ("CVMD_CACHE_DIR", "/var/lib/cvmd"),
+            ("CVMD_STATE_DIR", "/run/cvmd"),
+            ("CVMD_LOG_FORMAT", "json"),
+            ("CVMD_WORKSPACE", &self.name),
+            ("CVMD_INSECURE_REGISTRIES", registry_host),
+        ];
+        defaults
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(self.env.iter().cloned())
+            .collect()
+    }
+
     /// The same pod's container again, on the same state dir.
     pub fn restarted(mut self, state: &Path) -> PodConfig {
         self.state = Some(state.to_path_buf());
