@@ -60,24 +60,10 @@ for tool in debootstrap umoci skopeo tar flock; do
   command -v "$tool" >/dev/null || die "$tool is not installed (scripts/deps.sh installs it)"
 done
 
-# The mirror apt uses for the suite (deb822 or one-line sources), so the
-# build reaches what this machine reaches.
-apt_mirror() {
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -f $f ]] || continue
-    awk -v s="$suite" 'BEGIN { RS = ""; FS = "\n" }
-      { u = ""; ok = 0
-        for (i = 1; i <= NF; i++) {
-          if ($i ~ /^URIs:/) { split($i, w, " "); u = w[2] }
-          if ($i ~ /^Suites:/) { n = split($i, w, " "); for (j = 2; j <= n; j++) if (w[j] == s) ok = 1 }
-        }
-        if (ok && u != "") { print u; exit } }' "$f"
-  done
-  { cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true; } |
-    awk -v s="$suite" '{ gsub(/\[[^]]*\]/, "") } $1 == "deb" && $3 == s { print $2 }'
-}
-[[ -n $mirror ]] || mirror=$(apt_mirror | head -n1 || true)
+# The mirror apt uses (images/mirror.sh), so the build reaches what this
+# machine reaches.
+. "$here/mirror.sh"
+[[ -n $mirror ]] || mirror=$(apt_mirror "$suite" | head -n1 || true)
 [[ -n $mirror ]] || mirror=http://deb.debian.org/debian
 
 describe() {

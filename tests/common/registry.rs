@@ -3,6 +3,7 @@
 use super::pki::{write_file, Ca};
 use super::token::{TokenConfig, TokenServer};
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,11 +38,18 @@ pub struct RegistryOptions {
     pub auth: Auth,
     /// `http.relativeurls`: upload `Location`s become relative paths.
     pub relative_urls: bool,
+    /// Listen here instead of on a free port of 127.0.0.1 (an address the
+    /// test gave a network namespace of its own).
+    pub listen: Option<SocketAddr>,
+    /// Run the registry in this network namespace (`/proc/PID/ns/net`);
+    /// readiness is then probed from a thread inside it.
+    pub netns: Option<PathBuf>,
 }
 
 pub struct Registry {
     child: Child,
-    port: u16,
+    addr: SocketAddr,
+    netns: Option<PathBuf>,
     tls: bool,
     ca_pem: Option<PathBuf>,
     basic: Option<(String, String)>,
@@ -66,7 +74,7 @@ impl Registry {
                 user: user.into(),
                 pass: pass.into(),
             },
-            relative_urls: false,
+            ..Default::default()
         })
     }
 
@@ -76,7 +84,7 @@ impl Registry {
         Self::start(RegistryOptions {
             tls: cfg.registry_tls,
             auth: Auth::Token(cfg),
-            relative_urls: false,
+            ..Default::default()
         })
     }
 
@@ -90,7 +98,9 @@ impl Registry {
         let dir = tempfile::Builder::new()
             .prefix("cvmd-registry-")
             .tempdir()?;
-        let port = super::free_port();
+        let addr = opts
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], super::free_port())));
         let needs_ca = opts.tls || matches!(opts.auth, Auth::Token(_));
         let ca = needs_ca.then(|| Ca::new("cvmd test CA"));
         let ca_pem = ca
@@ -98,7 +108,7 @@ impl Registry {
             .map(|ca| write_file(dir.path(), "ca.pem", ca.pem()));
 
         let mut http = format!(
-            "http:\n  addr: 127.0.0.1:{port}\n  relativeurls: {}\n  headers:\n    X-Content-Type-Options: [nosniff]\n",
+            "http:\n  addr: {addr}\n  relativeurls: {}\n  headers:\n    X-Content-Type-Options: [nosniff]\n",
             opts.relative_urls
         );
         if opts.tls {
@@ -155,18 +165,12 @@ impl Registry {
         );
         let config_path = write_file(dir.path(), "config.yml", &config);
         let stderr_path = dir.path().join("registry.stderr");
-        let stderr = std::fs::File::create(&stderr_path)?;
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(stderr.try_clone()?)
-            .stderr(stderr)
-            .spawn()?;
+        let child = spawn(&config_path, &stderr_path, opts.netns.as_deref())?;
 
         let mut reg = Registry {
             child,
-            port,
+            addr,
+            netns: opts.netns.clone(),
             tls: opts.tls,
             ca_pem,
             basic,
@@ -177,6 +181,21 @@ impl Registry {
         };
         reg.wait_ready(Duration::from_secs(15));
         Ok(reg)
+    }
+
+    /// Kills the registry (its storage stays), as an outage would.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address, config and storage after
+    /// [`Registry::stop`]; returns once it answers.
+    pub fn start_again(&mut self) -> io::Result<()> {
+        self.stop();
+        self.child = spawn(&self.config_path, &self.stderr_path, self.netns.as_deref())?;
+        self.wait_ready(Duration::from_secs(15));
+        Ok(())
     }
 
     fn wait_ready(&mut self, timeout: Duration) {
@@ -193,7 +212,10 @@ impl Registry {
             }
             let c = client.clone();
             let u = url.clone();
-            if super::block_on(async move { c.get(&u).send().await.is_ok() }) {
+            let answered = in_netns(self.netns.as_deref(), move || {
+                super::block_on(async move { c.get(&u).send().await.is_ok() })
+            });
+            if answered {
                 return;
             }
             if Instant::now() > deadline {
@@ -206,13 +228,13 @@ impl Registry {
         }
     }
 
-    /// `127.0.0.1:PORT`
+    /// `127.0.0.1:PORT`, or the address given as `listen`.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr.to_string()
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     /// `http://127.0.0.1:PORT` or `https://…`
@@ -261,6 +283,45 @@ impl Registry {
             self.ca_pem_path(),
         )
     }
+}
+
+/// Starts `docker-registry serve CONFIG` with its output appended to
+/// `log`, inside `netns` when given (by `nsenter`, which execs the registry
+/// in place, so the child is the registry itself).
+fn spawn(config: &Path, log: &Path, netns: Option<&Path>) -> io::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg(REGISTRY_BIN);
+            c
+        }
+        None => Command::new(REGISTRY_BIN),
+    };
+    cmd.arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+}
+
+/// Runs `f` on a thread that joined `netns` (network namespaces are per
+/// thread), or right here without one.
+pub fn in_netns<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> T + Send) -> T {
+    let Some(ns) = netns else { return f() };
+    let ns = std::fs::File::open(ns).expect("open the network namespace");
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in the network namespace panicked")
+    })
 }
 
 impl Drop for Registry {
