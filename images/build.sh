@@ -64,7 +64,7 @@ done
 # machine reaches.
 . "$here/mirror.sh"
 [[ -n $mirror ]] || mirror=$(apt_mirror "$suite" | head -n1 || true)
-[[ -n $mirror ]] || mirror=http://deb.debian.org/debian
+[[ -n $mirror ]] || die "apt has no source for Debian $suite to build from: pass --mirror URL"
 
 describe() {
   case $1 in

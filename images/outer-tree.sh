@@ -41,7 +41,7 @@ for tool in debootstrap flock; do
 done
 . "$here/mirror.sh"
 [[ -n $mirror ]] || mirror=$(apt_mirror "$suite" | head -n1 || true)
-[[ -n $mirror ]] || mirror=http://deb.debian.org/debian
+[[ -n $mirror ]] || die "apt has no source for Debian $suite to build from: pass --mirror URL"
 
 key=$(printf '%s\n' "$version" "$suite" "$packages" | sha256sum | cut -c1-12)
 mkdir -p "$cache"

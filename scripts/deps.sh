@@ -50,8 +50,13 @@ if ((${#need_ctd[@]})); then
   apt_dir=$(mktemp -d)
   trap 'rm -rf "$apt_dir"' EXIT
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+  # The Debian mirror apt already uses for bookworm serves the other suites
+  # too (no mirror's name is written here).
+  . "$(dirname "$0")/../images/mirror.sh"
+  mirror=$(apt_mirror bookworm | head -n1)
+  [[ -n $mirror ]] || { echo "scripts/deps.sh: apt has no source for Debian bookworm" >&2; exit 1; }
   for suite in "${need_ctd[@]}"; do
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main"
   done >"$apt_dir/sources.list"
   apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o APT::Sandbox::User=root)
