@@ -389,3 +389,74 @@ fn node_sigkilled_pod_restarts_on_its_state_dir() {
     let left = checks::leftovers(&node);
     assert!(left.is_empty(), "{}", left.join("\n"));
 }
+
+/// Pod names are unique only within a Kubernetes namespace: two pods named
+/// `alice` in two namespaces run side by side on one node, each with its
+/// own lease and its own host ID range; once each ends for good (status 0)
+/// its range goes back to the node.
+#[test]
+fn node_equal_pod_names_in_two_namespaces_get_their_own_identity() {
+    if !node_support::can_run() {
+        return;
+    }
+    let node = Node::new();
+    let images = fixtures::shared_layer_images(&node);
+    let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut pods: Vec<_> = ["team-a", "team-b"]
+        .iter()
+        .zip(&states)
+        .map(|(ns, state)| {
+            node.start(
+                PodConfig::run("alice", &images[0])
+                    .env("CVMD_POD_NAMESPACE", ns)
+                    .env("CVMD_IDMAP", "auto")
+                    .restarted(state.path()),
+            )
+        })
+        .collect();
+    for pod in &mut pods {
+        let up = pod.wait_running(Duration::from_secs(60));
+        assert!(up.is_ok(), "{up:?}\n{}", pod.log());
+    }
+    let table: std::collections::BTreeMap<String, u32> =
+        serde_json::from_slice(&std::fs::read(node.cache_dir().join("idranges.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        table.keys().collect::<Vec<_>>(),
+        ["team-a/alice", "team-b/alice"],
+        "{table:?}"
+    );
+    assert_ne!(table["team-a/alice"], table["team-b/alice"]);
+    assert_eq!(checks::leases(&node.cache_dir()).len(), 2);
+    for pod in &mut pods {
+        let uid_map = pod.exec(&["cvmctl", "exec", "--", "cat", "/proc/self/uid_map"]);
+        assert!(
+            !String::from_utf8_lossy(&uid_map.stdout).contains("4294967295"),
+            "the workspace runs in its own user namespace: {}",
+            String::from_utf8_lossy(&uid_map.stdout)
+        );
+    }
+    for pod in &mut pods {
+        assert_eq!(
+            pod.stop(Duration::from_secs(20)),
+            Exit::Code(0),
+            "{}",
+            pod.log()
+        );
+    }
+    let table: std::collections::BTreeMap<String, u32> =
+        serde_json::from_slice(&std::fs::read(node.cache_dir().join("idranges.json")).unwrap())
+            .unwrap();
+    assert!(table.is_empty(), "ranges released at status 0: {table:?}");
+    assert!(checks::leases(&node.cache_dir()).is_empty());
+    // The hostPath holds every image's setuid binaries: root only.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in ["", "blobs", "layers", "leases", "idranges.d"] {
+        let meta = std::fs::metadata(node.cache_dir().join(dir)).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o700,
+            "cache dir {dir:?}"
+        );
+    }
+}

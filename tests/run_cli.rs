@@ -295,8 +295,17 @@ fn run_cache_budget_never_evicts_the_image_being_started() {
     }
     let image = ImageBuilder::new(Format::Oci)
         .layer(base.build(Compression::Gzip))
-        .layer(common::image::Layer::random("data/blob", 1, 5, Compression::Gzip))
-        .entrypoint(&["/bin/sh", "-c", "test \"$(cat /data/blob | wc -c)\" -eq 1048576"])
+        .layer(common::image::Layer::random(
+            "data/blob",
+            1,
+            5,
+            Compression::Gzip,
+        ))
+        .entrypoint(&[
+            "/bin/sh",
+            "-c",
+            "test \"$(cat /data/blob | wc -c)\" -eq 1048576",
+        ])
         .build();
     let reference = push(&reg, "run/budget", "v1", &image);
     let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
