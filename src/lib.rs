@@ -1,5 +1,5 @@
 //! cvmd: the supervisor of a container-based virtual machine workspace.
-//! See DESIGN.md for the data path; each stage is a module here.
+//! See docs/ARCHITECTURE.md for the data path; each stage is a module here.
 
 pub mod api;
 pub mod backend;

@@ -307,7 +307,7 @@ fn write_bundle(
     input.idmap = idmap;
     input.host_files = host_files;
     input.mounts = user_mounts(settings, flavor, idmap, ws_dir)?;
-    // The control socket stays in the outer container (DESIGN.md).
+    // The control socket stays in the outer container (docs/ARCHITECTURE.md).
     if let Some(m) = input
         .mounts
         .iter()

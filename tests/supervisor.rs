@@ -1,5 +1,5 @@
 //! The reaper, the runtime driver and the stop sequence against real
-//! processes and the real `runc` (DESIGN.md, "Real components in tests").
+//! processes and the real `runc` (docs/ARCHITECTURE.md, "Real components in tests").
 //!
 //! Every process in this test binary is spawned through the one reaper: a
 //! `std::process::Command::output()` here would race its `waitpid(-1)`.

@@ -1,5 +1,5 @@
 //! The generated config.json held against each rule of the sysbox-runc
-//! contract (DESIGN.md), since Sysbox itself cannot run here; and the
+//! contract (docs/ARCHITECTURE.md), since Sysbox itself cannot run here; and the
 //! plain-runc shape for systemd. Checks read the JSON as the runtime will.
 
 use std::os::unix::fs::{symlink, PermissionsExt};

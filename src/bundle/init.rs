@@ -11,7 +11,7 @@ use rustix::fs::FileType;
 use super::inroot::{self, Outcome, Walk};
 use super::BundleError;
 
-/// The literal path sysbox recognises systemd by (DESIGN.md, the
+/// The literal path sysbox recognises systemd by (docs/ARCHITECTURE.md, the
 /// sysbox-runc contract): `process.args[0]` must be exactly this.
 pub const INIT_PATH: &str = "/sbin/init";
 

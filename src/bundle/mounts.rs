@@ -13,7 +13,7 @@ pub struct UserMount {
 }
 
 /// Paths sysbox mounts itself, dropping spec mounts at or under them
-/// (DESIGN.md, the sysbox-runc contract).
+/// (docs/ARCHITECTURE.md, the sysbox-runc contract).
 pub const SYSBOX_OWNED: &[&str] = &["/proc", "/sys", "/dev"];
 
 fn clean_abs(p: &str) -> Result<PathBuf, String> {

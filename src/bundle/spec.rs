@@ -1,6 +1,6 @@
 //! The OCI runtime spec (config.json) for the inner container, built with
 //! oci-spec's builders. Mounts follow runc's `spec` defaults for plain
-//! runc; for sysbox they follow the sysbox-runc contract (DESIGN.md): no
+//! runc; for sysbox they follow the sysbox-runc contract (docs/ARCHITECTURE.md): no
 //! spec mounts under /proc, /sys, /dev, no user/cgroup namespaces (sysbox
 //! adds them), no systemd tmpfs (sysbox adds them when args[0] is
 //! /sbin/init).

@@ -67,7 +67,7 @@ pub fn validate(spec: &ExecSpec) -> Result<(), ExecError> {
 }
 
 /// sysbox-runc refuses a process whose environment holds a `SYSBOX_*`
-/// variable other than its documented knobs (DESIGN.md, "The sysbox-runc
+/// variable other than its documented knobs (docs/ARCHITECTURE.md, "The sysbox-runc
 /// contract"): say so before it does, naming the variable.
 pub fn check_sysbox_env(env: &[String]) -> Result<(), ExecError> {
     match env.iter().find(|e| !sysbox_accepts(e)) {

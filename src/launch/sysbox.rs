@@ -1,7 +1,7 @@
 //! The Sysbox daemons, when the runtime is sysbox-runc: `sysbox-mgr` then
 //! `sysbox-fs` (that order: fs registers with mgr), started as children of
 //! cvmd through the one reaper, in cvmd's mount namespace (where
-//! sysbox-runc runs: DESIGN.md, the sysbox-runc contract). cvmd waits for
+//! sysbox-runc runs: docs/ARCHITECTURE.md, the sysbox-runc contract). cvmd waits for
 //! each one's socket; one that already answers (a node-level install) is
 //! left alone. Either daemon exiting breaks running containers, so it is
 //! fatal: [`Daemons::died`] reports which, why it probably happened and its

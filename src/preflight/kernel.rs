@@ -1,4 +1,4 @@
-//! The kernel against what Sysbox needs (DESIGN.md, "Kernel"), and user
+//! The kernel against what Sysbox needs (docs/ARCHITECTURE.md, "Kernel"), and user
 //! namespaces.
 
 use super::{Check, Host, Options};

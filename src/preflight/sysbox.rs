@@ -65,7 +65,7 @@ pub fn checks(host: &dyn Host, opts: &Options) -> Vec<Check> {
     .collect()
 }
 
-/// sysbox-mgr's own needs (DESIGN.md, "Daemons"): rsync, modprobe and
+/// sysbox-mgr's own needs (docs/ARCHITECTURE.md, "Daemons"): rsync, modprobe and
 /// iptables on PATH, and its data root not on overlayfs, tmpfs or NFS (it
 /// keeps the inner containers' /var/lib/docker and friends there).
 pub fn mgr_needs(host: &dyn Host, opts: &Options) -> Check {

@@ -52,7 +52,7 @@ pub enum Mode {
 }
 
 /// Container ID 0 maps to `host_uid`/`host_gid`, for `size` IDs (≥ 65536,
-/// the sysbox contract in DESIGN.md).
+/// the sysbox-runc contract in docs/ARCHITECTURE.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMap {
     pub host_uid: u32,

@@ -53,7 +53,7 @@ pub fn choose_mode(pref: ModePreference, facts: Facts) -> Result<(Mode, &'static
     }
 }
 
-/// The sysbox contract (DESIGN.md): one range from container ID 0, size at
+/// The sysbox-runc contract (docs/ARCHITECTURE.md): one range from container ID 0, size at
 /// least 65536, host ID not 0, and the range must fit in 32 bits.
 pub fn validate_idmap(map: &IdMap) -> Result<(), String> {
     if map.host_uid == 0 || map.host_gid == 0 {

@@ -4,7 +4,7 @@
 //! Every call passes `--root` when set and `--log FILE --log-format json`,
 //! and on failure reports the runtime's own reason from that log
 //! (containerd/rust-extensions' runc crate). Only flags sysbox-runc has are
-//! used: no `--rootless`, no `--pidfd-socket` (DESIGN.md, "The sysbox-runc
+//! used: no `--rootless`, no `--pidfd-socket` (docs/ARCHITECTURE.md, "The sysbox-runc
 //! contract"). Processes are started through a [`Spawner`], in cvmd the
 //! process-wide reaper.
 

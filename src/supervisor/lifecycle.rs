@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// Where `cvmd run` is. The image's download and unpack are one stream
-/// (DESIGN.md, "Hard parts": Streaming), so they are one phase, `pull`.
+/// (docs/ARCHITECTURE.md, "Hard parts": Streaming), so they are one phase, `pull`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {

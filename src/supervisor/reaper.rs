@@ -1,4 +1,4 @@
-//! The one reaper of the process (DESIGN.md, "Hard parts": One reaper).
+//! The one reaper of the process (docs/ARCHITECTURE.md, "Hard parts": One reaper).
 //!
 //! As PID 1 (or a child subreaper) cvmd inherits every orphan, including the
 //! inner container's init once `runtime create` has exited. Any

@@ -3,7 +3,7 @@
 //! SIGTERM or SIGINT to cvmd asks the container to stop: the stop signal
 //! (SIGRTMIN+3 for systemd, SIGTERM otherwise) goes to its init through
 //! `runtime kill`, then after the grace period SIGKILL, and once the init
-//! has exited `runtime delete --force` (always delete: DESIGN.md, "The
+//! has exited `runtime delete --force` (always delete: docs/ARCHITECTURE.md, "The
 //! sysbox-runc contract"). cvmd then exits with the container's status,
 //! 128 + signal when a signal killed it, except that a system init ended by
 //! its own halt/poweroff counts as 0 ([`exit_code`]). SIGHUP, SIGUSR1 and
