@@ -2,6 +2,9 @@
 //! rootfs: the process, its exit status, and the keep-alive's answer to
 //! SIGTERM. Needs root and runc; skips with a reason otherwise.
 
+#[path = "common/prereq.rs"]
+mod prereq;
+
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,7 +30,7 @@ fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
             (_, None) => "busybox is not installed (apt-get install busybox-static)".into(),
         }
     };
-    eprintln!("skipping {test}: {why}");
+    crate::prereq_missing!("{test}: {why}");
     None
 }
 

@@ -5,6 +5,9 @@
 //! and every preflight check the requirement table names is one that
 //! `cvmd preflight` really runs, so a failing check leads back to its line.
 
+#[path = "common/prereq.rs"]
+mod prereq;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,8 +26,8 @@ fn venv_python() -> Option<PathBuf> {
     if py.exists() {
         Some(py)
     } else {
-        eprintln!(
-            "skipping: {} is missing (scripts/deps.sh installs it with PyYAML)",
+        crate::prereq_missing!(
+            "{} is missing (scripts/deps.sh installs it with PyYAML)",
             py.display()
         );
         None

@@ -8,6 +8,9 @@
 //! The YAML is read through the validator's own Python (PyYAML comes with
 //! it) as JSON, so no YAML crate is needed here.
 
+#[path = "common/prereq.rs"]
+mod prereq;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -24,10 +27,7 @@ fn validator() -> Option<PathBuf> {
     if bin.exists() {
         Some(bin)
     } else {
-        eprintln!(
-            "skipping: {} is missing (scripts/deps.sh installs it)",
-            bin.display()
-        );
+        crate::prereq_missing!("{} is missing (scripts/deps.sh installs it)", bin.display());
         None
     }
 }

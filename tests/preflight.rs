@@ -5,6 +5,9 @@
 //!
 //! Needs root (the ID-mapped mount probes); skips with a reason otherwise.
 
+#[path = "common/prereq.rs"]
+mod prereq;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -13,7 +16,7 @@ use serde_json::Value;
 fn is_root() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        eprintln!("skipping: preflight's mount probes need root");
+        crate::prereq_missing!("preflight's mount probes need root");
     }
     root
 }
@@ -166,7 +169,7 @@ fn preflight_with_sysbox_absent_fails_naming_sysbox_runc() {
         return;
     }
     if sysbox_installed() {
-        eprintln!("skipping: sysbox-runc is installed here");
+        crate::prereq_missing!("sysbox-runc is installed here");
         return;
     }
     let cache = tempfile::tempdir().unwrap();
@@ -221,7 +224,7 @@ fn preflight_without_cap_sys_admin_blames_the_privilege_not_the_kernel() {
         return;
     }
     if !Path::new("/usr/bin/setpriv").exists() {
-        eprintln!("skipping: setpriv (util-linux) is missing");
+        crate::prereq_missing!("setpriv (util-linux) is missing");
         return;
     }
     let cache = tempfile::tempdir().unwrap();
@@ -347,7 +350,7 @@ fn shiftfs_is_never_loaded_where_idmapped_mounts_serve() {
     if check(&report, "idmapped-mounts")["status"] != "ok"
         || check(&report, "overlay-idmapped")["status"] != "ok"
     {
-        eprintln!("skipping: ID-mapped mounts do not serve on this machine");
+        crate::prereq_missing!("ID-mapped mounts do not serve on this machine");
         return;
     }
     let filesystems = || std::fs::read_to_string("/proc/filesystems").unwrap();

@@ -5,6 +5,9 @@
 //! `std::process::Command::output()` here would race its `waitpid(-1)`.
 //! Tests that need root or runc print why and return when they cannot run.
 
+#[path = "common/prereq.rs"]
+mod prereq;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,12 +48,12 @@ fn runc() -> Option<PathBuf> {
 /// runc, when this test can use it; else prints why not.
 fn runc_as_root(test: &str) -> Option<PathBuf> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root to run containers with runc");
+        crate::prereq_missing!("{test}: needs root to run containers with runc");
         return None;
     }
     let runc = runc();
     if runc.is_none() {
-        eprintln!("skipping {test}: runc is not on PATH (apt-get install runc)");
+        crate::prereq_missing!("{test}: runc is not on PATH (apt-get install runc)");
     }
     runc
 }

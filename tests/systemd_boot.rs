@@ -37,7 +37,7 @@ fn runc() -> Option<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.exists());
     if found.is_none() {
-        eprintln!("skipping: runc is not installed (apt-get install runc)");
+        crate::prereq_missing!("runc is not installed (apt-get install runc)");
     }
     found
 }

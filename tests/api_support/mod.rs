@@ -19,7 +19,7 @@ pub fn runc_present() -> bool {
         .iter()
         .any(|p| Path::new(p).exists());
     if !found {
-        eprintln!("skipping: runc is not installed (apt-get install runc)");
+        crate::prereq_missing!("runc is not installed (apt-get install runc)");
     }
     found
 }

@@ -31,7 +31,7 @@ pub fn available() -> bool {
             .iter()
             .any(|d| Path::new(d).join(tool).exists());
         if !found {
-            eprintln!("skipping: {tool} is not installed (scripts/deps.sh installs it)");
+            crate::prereq_missing!("{tool} is not installed (scripts/deps.sh installs it)");
             return false;
         }
     }

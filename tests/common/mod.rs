@@ -12,6 +12,7 @@ pub mod cred;
 pub mod debootstrap;
 pub mod image;
 pub mod pki;
+pub mod prereq;
 pub mod proxy;
 pub mod push;
 pub mod registry;

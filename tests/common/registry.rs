@@ -16,7 +16,7 @@ pub fn require_registry() -> bool {
     if Path::new(REGISTRY_BIN).exists() {
         true
     } else {
-        eprintln!("skipping: docker-registry not installed (apt-get install docker-registry)");
+        crate::prereq_missing!("docker-registry not installed (apt-get install docker-registry)");
         false
     }
 }

@@ -47,8 +47,8 @@ impl Release {
         let dir = self.bin_dir();
         let found = dir.join("containerd").exists() && dir.join("ctr").exists();
         if !found {
-            eprintln!(
-                "skipping: containerd ({self:?}) is not installed in {} (bash scripts/deps.sh installs it)",
+            crate::prereq_missing!(
+                "containerd ({self:?}) is not installed in {} (bash scripts/deps.sh installs it)",
                 dir.display()
             );
         }

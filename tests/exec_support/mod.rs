@@ -36,7 +36,7 @@ fn tools(test: &str) -> Option<PathBuf> {
         (None, _) => "runc is not installed (apt-get install runc)",
         (_, false) => "busybox is not installed (apt-get install busybox-static)",
     };
-    eprintln!("skipping {test}: {why}");
+    crate::prereq_missing!("{test}: {why}");
     None
 }
 

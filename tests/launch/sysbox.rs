@@ -15,7 +15,7 @@ fn python_present() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("skipping: python3 is needed for the fake sysbox daemons");
+        crate::prereq_missing!("python3 is needed for the fake sysbox daemons");
     }
     ok
 }

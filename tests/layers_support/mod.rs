@@ -24,7 +24,7 @@ use crate::common::{require_registry, Registry};
 /// registry binary.
 pub fn can_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root (whiteout devices, trusted.* xattrs, overlay mounts)");
+        crate::prereq_missing!("needs root (whiteout devices, trusted.* xattrs, overlay mounts)");
         return false;
     }
     require_registry()

@@ -1,6 +1,9 @@
 //! Rootfs assembly against the real kernel. Every test needs root (mounts,
 //! chown, device nodes, trusted.* xattrs) and says so when it cannot run.
 
+#[path = "../common/prereq.rs"]
+mod prereq;
+
 mod idmap;
 mod layers;
 mod wrap;
@@ -17,7 +20,7 @@ fn root_or_skip(test: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
-    eprintln!("skipping {test}: needs root (mounts, chown, mknod, trusted.* xattrs)");
+    crate::prereq_missing!("{test}: needs root (mounts, chown, mknod, trusted.* xattrs)");
     false
 }
 
