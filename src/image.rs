@@ -130,12 +130,7 @@ pub async fn ensure_leased(
     crate::store::create_private_dir(&settings.cache_dir)?;
     let _no_gc = crate::store::lease::pull_lock(&settings.cache_dir).await?;
     let ready = ensure(settings, reference, policy, progress).await?;
-    let diff_ids: Vec<_> = ready
-        .record
-        .layers
-        .iter()
-        .map(|l| l.diff_id.clone())
-        .collect();
+    let diff_ids = ready.record.diff_ids();
     let lease = crate::store::lease::Lease::acquire(
         &settings.cache_dir,
         lease_name,

@@ -100,12 +100,7 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
     crate::image::keep_within_budget(settings, &[]).await;
 
     let layers = LayerCache::open(&settings.cache_dir)?;
-    let diff_ids: Vec<Digest> = ready
-        .record
-        .layers
-        .iter()
-        .map(|l| l.diff_id.clone())
-        .collect();
+    let diff_ids = ready.record.diff_ids();
     let idmap = match args.idmap.as_deref() {
         None => None,
         Some(v) => {

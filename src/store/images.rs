@@ -28,6 +28,11 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
+    /// The layers' diff_ids, bottom first: what a lease names.
+    pub fn diff_ids(&self) -> Vec<Digest> {
+        self.layers.iter().map(|l| l.diff_id.clone()).collect()
+    }
+
     pub fn new(
         reference: &Reference,
         manifest_digest: &Digest,
