@@ -182,6 +182,14 @@ async fn boot(
                 return Err(e.into());
             }
         };
+        // Before start: systemd as PID 1 in a user namespace needs its
+        // cgroups writable by the mapped root (see `launch::cgroups`).
+        if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
+            if let Err(e) = launch::cgroups::delegate(created.pid, &map) {
+                let _ = runtime.delete(id, true).await;
+                return Err(e.into());
+            }
+        }
         for (source, pipe) in [
             (Source::Stdout, created.io.stdout),
             (Source::Stderr, created.io.stderr),
@@ -402,14 +410,15 @@ async fn stop_requested(signals: &mut tokio::sync::mpsc::Receiver<i32>) -> i32 {
 }
 
 /// The ID mapping a setting asks for; `auto` is the workspace's own range
-/// on the node.
+/// on the node; `none` (sysbox allocates) and `host-unsafe` put none in
+/// the bundle.
 pub async fn idmap_for(
     setting: IdMapSetting,
     cache_dir: &Path,
     workspace: &str,
 ) -> Result<Option<rootfs::IdMap>, crate::store::StoreError> {
     Ok(match setting {
-        IdMapSetting::None => None,
+        IdMapSetting::None | IdMapSetting::HostUnsafe => None,
         IdMapSetting::Auto => Some(crate::store::idranges::allocate(cache_dir, workspace).await?),
         IdMapSetting::Explicit(m) => Some(m),
     })

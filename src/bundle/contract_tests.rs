@@ -106,6 +106,9 @@ fn sysbox_violations(spec: &Value) -> Vec<String> {
             _ => {}
         }
     }
+    if spec["linux"].get("seccomp").is_some_and(|s| !s.is_null()) {
+        bad.push("a seccomp filter: sysbox-runc applies its own".into());
+    }
     for added in ["user", "cgroup"] {
         if ns.iter().any(|n| n["type"] == added) {
             bad.push(format!("namespace {added} is sysbox's to add"));
@@ -262,6 +265,7 @@ fn the_checker_catches_a_runc_spec() {
     assert!(v.iter().any(|l| l.contains("namespace user")), "{v:?}");
     assert!(v.iter().any(|l| l.contains("under /proc")), "{v:?}");
     assert!(v.iter().any(|l| l.contains("SYSBOX_WHATEVER")), "{v:?}");
+    assert!(v.iter().any(|l| l.contains("seccomp")), "{v:?}");
 }
 
 #[test]
@@ -307,6 +311,9 @@ fn runc_systemd_shape() {
         !caps.contains(&"CAP_SYS_RESOURCE".to_string()),
         "not in the bounding set"
     );
+    let filter = &spec["linux"]["seccomp"];
+    assert_eq!(filter["defaultAction"], "SCMP_ACT_ERRNO", "{filter:#}");
+    assert_eq!(filter["defaultErrnoRet"], libc::EPERM);
     assert_eq!(spec["process"]["noNewPrivileges"], false);
     assert_eq!(spec["process"]["terminal"], false);
     assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 150000);

@@ -15,6 +15,7 @@ mod inroot;
 mod limits;
 mod mounts;
 mod process;
+pub mod seccomp;
 mod signal;
 mod spec;
 mod user;

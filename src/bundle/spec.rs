@@ -19,7 +19,7 @@ use super::error::spec_err;
 use super::limits::{cpu_quota, Limits};
 use super::mounts::{Device, UserMount};
 use super::process::ProcessPlan;
-use super::{caps, BundleError, RuntimeFlavor};
+use super::{caps, seccomp, BundleError, RuntimeFlavor};
 use crate::rootfs::IdMap;
 
 /// Files the caller prepared for the container's name resolution.
@@ -313,9 +313,12 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, BundleError> {
             .gid_mappings(vec![idmapping(map, map.host_gid)?]);
     }
     if runc {
+        // sysbox-runc masks, filters and traps on its own terms; plain runc
+        // does only what the spec says (see `seccomp` for the filter).
         linux = linux
             .masked_paths(get_default_maskedpaths())
-            .readonly_paths(get_default_readonly_paths());
+            .readonly_paths(get_default_readonly_paths())
+            .seccomp(seccomp::profile()?);
     }
     let linux = linux.build().map_err(spec_err("linux"))?;
 
