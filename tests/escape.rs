@@ -400,8 +400,8 @@ fn try_every_way_out(ws: &Workspace) {
     // /proc/sysrq-trigger (where the kernel has it), /proc/sys (the
     // core_pattern escape) and /sys: read-only mounts, and files of the
     // node's root. Root with a namespaced SYS_ADMIN may remount its own
-    // mount namespace's /proc/sys and /sys read-write; the files stay the
-    // node root's, which the namespace's root is not.
+    // mount namespace's /proc/sys and /sys read-write; the files stay
+    // unwritable.
     let mut writable = vec![
         ("/proc/sys", "/proc/sys/kernel/core_pattern"),
         ("/sys", "/sys/kernel/profiling"),
@@ -417,8 +417,10 @@ fn try_every_way_out(ws: &Workspace) {
         let remount = format!("remount {mount} read-write");
         f.answer(&out, &remount, &["EPERM", "ok"]);
         if answer(&out, &remount) == "ok" {
+            // Writable mount now; sysfs's own superblock stays read-only
+            // (EROFS), procfs's files stay the node root's (EACCES).
             let out = ws.attempt(&["open-w", file]);
-            f.answer(&out, &what, &["EACCES"]);
+            f.answer(&out, &what, &["EROFS", "EACCES"]);
         }
     }
 
