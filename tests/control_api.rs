@@ -66,7 +66,8 @@ fn control_api_through_a_workspaces_life() {
         ["overlay", "flat"].contains(&s["rootfs_mode"].as_str().unwrap()),
         "{s}"
     );
-    assert_eq!(s["idmap_mode"], "none");
+    // The default: the workspace's own ID range, ID-mapped on this kernel.
+    assert_eq!(s["idmap_mode"], "idmapped-mount", "{s}");
     let names: Vec<&str> = s["timeline"]
         .as_array()
         .unwrap()
