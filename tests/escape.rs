@@ -98,6 +98,7 @@ struct Workspace {
     /// What lives outside the workspace and must stay out of reach.
     secrets: Secrets,
     _tools: tempfile::TempDir,
+    _secret_dir: tempfile::TempDir,
 }
 
 struct Secrets {
@@ -162,14 +163,14 @@ impl Workspace {
         }
         std::fs::write(tools.path().join("bound"), b"a file of the outer machine\n").unwrap();
         let state = tempfile::tempdir().unwrap();
-        let secret_dir = tempfile::tempdir().unwrap().keep();
-        let pull_secret = secret_dir.join("pull-secret.json");
+        let secret_dir = tempfile::tempdir().unwrap();
+        let pull_secret = secret_dir.path().join("pull-secret.json");
         std::fs::write(
             &pull_secret,
             br#"{"auths":{"registry.invalid":{"auth":"ZXNjYXBlOnNlY3JldA=="}}}"#,
         )
         .unwrap();
-        let termination_log = secret_dir.join("termination-log");
+        let termination_log = secret_dir.path().join("termination-log");
         std::fs::write(&termination_log, b"").unwrap();
         let secrets = Secrets {
             socket: state.path().join("cvmd.sock"),
@@ -205,6 +206,7 @@ impl Workspace {
             state,
             secrets,
             _tools: tools,
+            _secret_dir: secret_dir,
         };
         let pid_file = ws
             .state
@@ -297,10 +299,15 @@ struct Findings(Vec<String>);
 
 impl Findings {
     fn answer(&mut self, out: &str, what: &str, expected: &[&str]) {
+        self.answer_about(out, what, what, expected);
+    }
+
+    /// As `answer`, the finding named `about` (what was reached).
+    fn answer_about(&mut self, out: &str, what: &str, about: &str, expected: &[&str]) {
         let got = answer(out, what);
         if !expected.contains(&got) {
             self.0.push(format!(
-                "{what}: expected {expected:?}, got {got} (an \"ok\" is a way out)"
+                "{about}: expected {expected:?}, got {got} (an \"ok\" is a way out)"
             ));
         }
     }
@@ -458,8 +465,12 @@ fn try_every_way_out(ws: &Workspace) {
     for (what, path) in ws.secrets.all() {
         let p = path.to_str().unwrap();
         let out = ws.attempt(&["read", p]);
-        f.answer(&out, &format!("open {p}"), &["ENOENT"]);
-        let _ = what;
+        f.answer_about(
+            &out,
+            &format!("open {p}"),
+            &format!("{what} at {p}"),
+            &["ENOENT"],
+        );
     }
     let mut args = vec!["outside".to_string(), MARKER.to_string()];
     args.extend(
@@ -476,12 +487,12 @@ fn try_every_way_out(ws: &Workspace) {
     );
     f.answer(&out, "ptrace attach", &["EPERM"]);
     for (what, path) in ws.secrets.all() {
-        f.answer(
+        f.answer_about(
             &out,
             &format!("open outside {}", path.display()),
+            &format!("{what} through the outer process's root"),
             &["EACCES"],
         );
-        let _ = what;
     }
     assert!(
         f.0.is_empty(),
