@@ -109,6 +109,7 @@ async fn run_with(
 
     let result = boot(settings, &ready, &ws_dir, &target, idmap, signals, state).await;
     launch::mounts::teardown(&ws_dir.join("mounts"));
+    launch::devices::teardown(&ws_dir.join("devices"));
     if let Err(e) = backend.release(rootfs).await {
         tracing::warn!(error = %e, backend = backend.name(), "cannot release the workspace rootfs");
     }
@@ -314,6 +315,15 @@ fn write_bundle(
     input.fuse = settings.add_fuse;
     if settings.add_gpu {
         add_gpus(settings, &mut input)?;
+    }
+    // runc cannot mknod in a user namespace: the workspace's own nodes.
+    if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
+        let devices = bundle::devices_of(&input);
+        if !devices.is_empty() {
+            let dir = ws_dir.join("devices");
+            launch::devices::stage(&devices, &map, &dir)?;
+            input.device_dir = Some(dir);
+        }
     }
     input.limits = Limits {
         cpus: settings.cpus,

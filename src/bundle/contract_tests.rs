@@ -361,6 +361,29 @@ fn runc_userns_adds_user_namespace_and_mappings() {
         .find(|m| m["destination"] == "/sys/fs/cgroup")
         .unwrap();
     assert!(strs(&cg["options"]).contains(&"ro".to_string()));
+
+    // With cvmd's own device nodes: bound in, none for runc to make, the
+    // devices cgroup as before.
+    input.device_dir = Some("/run/cvmd/workspaces/ws/devices".into());
+    let (spec, _) = json(&input);
+    assert!(
+        spec["linux"]["devices"]
+            .as_array()
+            .is_none_or(|d| d.is_empty()),
+        "{:#}",
+        spec["linux"]["devices"]
+    );
+    let tun = spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/dev/net/tun")
+        .expect("the staged tun node is bound in");
+    assert_eq!(tun["source"], "/run/cvmd/workspaces/ws/devices/dev-net-tun");
+    let rules = spec["linux"]["resources"]["devices"].as_array().unwrap();
+    assert!(rules
+        .iter()
+        .any(|r| r["allow"] == true && r["major"] == 10 && r["minor"] == 200));
 }
 
 #[test]

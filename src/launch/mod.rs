@@ -5,6 +5,7 @@
 
 pub mod bootstrap;
 pub mod cgroups;
+pub mod devices;
 pub mod gpu;
 pub mod mounts;
 pub mod sysbox;
