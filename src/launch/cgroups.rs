@@ -73,7 +73,6 @@ pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
         } else {
             rest[2]
                 .split(',')
-                .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains("release_agent"))
                 .filter(|o| is_controller(o))
                 .map(String::from)
                 .collect()
@@ -89,13 +88,23 @@ pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
     out
 }
 
-/// Mount options of a v1 cgroup that are not controllers.
+/// Whether a v1 cgroup mount option names a controller (or a named
+/// hierarchy), rather than a flag or a setting like `release_agent=`.
 fn is_controller(opt: &str) -> bool {
-    !matches!(
+    if opt.starts_with("name=") {
+        return true;
+    }
+    let flag = matches!(
         opt,
-        "noprefix" | "clone_children" | "xattr" | "nsdelegate" | "cpuset_v2_mode" | "favordynmods"
-    ) && !opt.contains('=')
-        || opt.starts_with("name=")
+        "rw" | "ro"
+            | "noprefix"
+            | "clone_children"
+            | "xattr"
+            | "nsdelegate"
+            | "cpuset_v2_mode"
+            | "favordynmods"
+    );
+    !flag && !opt.contains('=')
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
