@@ -226,6 +226,35 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
     ] {
         assert!(!has(node_wide), "CapEff {cap_eff:x} has {node_wide}");
     }
+    // What nested containers need passes the filter: new user, mount,
+    // network, UTS, IPC and PID namespaces (clone/unshare with namespace
+    // flags), a mount and a hostname inside them.
+    let nested = runc_at(
+        &runc,
+        &runtime_root,
+        &[
+            "exec",
+            &WORKSPACE,
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--net",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--fork",
+            "sh",
+            "-c",
+            "mount -t tmpfs nested /mnt && hostname nested && echo nested-ok",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&nested.stdout).trim(),
+        "nested-ok",
+        "nested namespaces refused: {}",
+        String::from_utf8_lossy(&nested.stderr)
+    );
     // The image's masks (systemd/workspace/masked-units) are in force.
     let masked = runc_at(
         &runc,
