@@ -184,11 +184,18 @@ async fn boot(
             }
         };
         // Before start: systemd as PID 1 in a user namespace needs its
-        // cgroups writable by the mapped root (see `launch::cgroups`).
+        // cgroups writable by the mapped root (see `launch::cgroups`);
+        // another init only loses the nesting of its own cgroups.
         if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
-            if let Err(e) = launch::cgroups::delegate(created.pid, &map) {
-                let _ = runtime.delete(id, true).await;
-                return Err(e.into());
+            match launch::cgroups::delegate(created.pid, &map) {
+                Ok(_) => {}
+                Err(e) if !info.init => {
+                    tracing::warn!(error = %e, "the workspace's cgroups stay the node root's");
+                }
+                Err(e) => {
+                    let _ = runtime.delete(id, true).await;
+                    return Err(e.into());
+                }
             }
         }
         for (source, pipe) in [
