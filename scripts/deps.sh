@@ -5,9 +5,10 @@
 set -euo pipefail
 # iptables, iproute2: the workspace network; python3: the fake sysbox daemons
 # of tests/launch; util-linux: unshare and nsenter; protobuf-compiler:
-# build.rs compiles the control API (and containerd's) with protoc.
+# build.rs compiles the control API (and containerd's) with protoc; gcc,
+# libc6-dev: tests/escape.rs builds its static attempt program.
 pkgs=(protobuf-compiler docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time iptables iproute2 python3 util-linux
-  python3-venv)
+  python3-venv gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

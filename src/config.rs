@@ -47,7 +47,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "runtime", env: "CVMD_RUNTIME", envbox: None, default: Some("sysbox-runc"), help: "OCI runtime binary (name on PATH or path): sysbox-runc, or runc where Sysbox is absent" },
     Spec { key: "runtime_root", env: "CVMD_RUNTIME_ROOT", envbox: None, default: None, help: "the runtime's --root [default: STATE_DIR/runtime]" },
     Spec { key: "rootfs_mode", env: "CVMD_ROOTFS_MODE", envbox: None, default: Some("auto"), help: "overlay, flat, or auto (overlay, else a flat copy)" },
-    Spec { key: "idmap", env: "CVMD_IDMAP", envbox: None, default: Some("none"), help: "user namespace ID mapping: none (sysbox allocates), auto (this workspace's own range), or HOST_UID[:HOST_GID[:SIZE]]" },
+    Spec { key: "idmap", env: "CVMD_IDMAP", envbox: None, default: Some("auto"), help: "the workspace's user namespace: auto (its own host ID range on the node), HOST_UID[:HOST_GID[:SIZE]], none (sysbox-runc allocates; refused under runc), or host-unsafe (runc only: no user namespace, the workspace's root is the node's root)" },
     Spec { key: "command", env: "CVMD_COMMAND", envbox: None, default: None, help: "run this instead of the image's init or entrypoint: a JSON array or space-separated words" },
     Spec { key: "user", env: "CVMD_USER", envbox: None, default: None, help: "user[:group] to run the command as (not for /sbin/init)" },
     Spec { key: "workdir", env: "CVMD_WORKDIR", envbox: None, default: None, help: "working directory of the command" },
@@ -169,9 +169,43 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdMapSetting {
+    /// `none`: no mapping in the bundle; sysbox-runc then allocates its
+    /// own (the sysbox-runc contract). Refused under runc, where it would
+    /// mean the node's root.
     None,
     Auto,
     Explicit(crate::rootfs::IdMap),
+    /// `host-unsafe`: runc with no user namespace at all; a workspace
+    /// root that escapes is the node's root. Only by this name.
+    HostUnsafe,
+}
+
+/// The spelling of [`IdMapSetting::HostUnsafe`].
+pub const HOST_UNSAFE: &str = "host-unsafe";
+
+impl IdMapSetting {
+    /// Whether the workspace runs in the node's user namespace.
+    pub fn host_userns(self) -> bool {
+        self == IdMapSetting::HostUnsafe
+    }
+}
+
+/// Whether `setting` can run under `flavor`: `none` needs sysbox-runc to
+/// allocate a mapping, and sysbox-runc always makes a user namespace.
+pub fn idmap_fits(
+    setting: IdMapSetting,
+    flavor: crate::bundle::RuntimeFlavor,
+) -> Result<(), String> {
+    use crate::bundle::RuntimeFlavor;
+    match (setting, flavor) {
+        (IdMapSetting::None, RuntimeFlavor::Runc) => Err(format!(
+            "none leaves the ID mapping to sysbox-runc, and under runc the workspace's root would be the node's root: leave it unset (auto: a user namespace with the workspace's own ID range), or set {HOST_UNSAFE} to accept that"
+        )),
+        (IdMapSetting::HostUnsafe, RuntimeFlavor::Sysbox) => Err(format!(
+            "{HOST_UNSAFE} applies to runc only: sysbox-runc always runs the workspace in a user namespace; use auto or none"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Every bad value, one line each.
@@ -379,9 +413,12 @@ impl Settings {
             Some("flat") => crate::rootfs::ModePreference::Flat,
             _ => crate::rootfs::ModePreference::Auto,
         };
-        let idmap = parse("idmap", &|v| parse_idmap_setting(v).map(|_| ()))
-            .and_then(|v| parse_idmap_setting(&v).ok())
-            .unwrap_or(IdMapSetting::None);
+        let flavor = crate::bundle::RuntimeFlavor::of_runtime(&runtime);
+        let idmap = parse("idmap", &|v| {
+            parse_idmap_setting(v).and_then(|setting| idmap_fits(setting, flavor))
+        })
+        .and_then(|v| parse_idmap_setting(&v).ok())
+        .unwrap_or(IdMapSetting::Auto);
         let command = parse("command", &|v| parse_command(v).map(|_| ()))
             .and_then(|v| parse_command(&v).ok());
         let user = parse("user", &any);
@@ -645,6 +682,7 @@ pub fn parse_idmap_setting(v: &str) -> Result<IdMapSetting, String> {
     match v {
         "none" => Ok(IdMapSetting::None),
         "auto" => Ok(IdMapSetting::Auto),
+        HOST_UNSAFE => Ok(IdMapSetting::HostUnsafe),
         explicit => explicit.parse().map(IdMapSetting::Explicit),
     }
 }
@@ -741,6 +779,37 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::resolve(&matches, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn the_default_id_mapping_is_the_workspaces_own_range_under_every_runtime() {
+        for runtime in ["runc", "sysbox-runc", "/usr/bin/runc"] {
+            let s = resolve(&["--runtime", runtime], &[]).unwrap();
+            assert_eq!(s.idmap, IdMapSetting::Auto, "{runtime}");
+            assert!(!s.idmap.host_userns());
+        }
+    }
+
+    #[test]
+    fn none_under_runc_is_refused_naming_the_unsafe_setting() {
+        let e = resolve(&["--runtime", "runc"], &[("CVMD_IDMAP", "none")]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("invalid CVMD_IDMAP"), "{text}");
+        assert!(
+            text.contains("node's root") && text.contains(HOST_UNSAFE),
+            "{text}"
+        );
+        // sysbox-runc allocates a mapping itself: its contract.
+        let s = resolve(&["--runtime", "sysbox-runc", "--idmap", "none"], &[]).unwrap();
+        assert_eq!(s.idmap, IdMapSetting::None);
+    }
+
+    #[test]
+    fn the_host_user_namespace_only_by_its_unsafe_name_and_only_under_runc() {
+        let s = resolve(&["--runtime", "runc", "--idmap", "host-unsafe"], &[]).unwrap();
+        assert!(s.idmap.host_userns());
+        let e = resolve(&["--runtime", "sysbox-runc", "--idmap", "host-unsafe"], &[]).unwrap_err();
+        assert!(e.to_string().contains("runc only"), "{e}");
     }
 
     #[test]

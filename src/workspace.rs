@@ -126,6 +126,7 @@ async fn run_with(
 
     let result = boot(settings, &ready, &ws_dir, &target, idmap, signals, state).await;
     launch::mounts::teardown(&ws_dir.join("mounts"));
+    launch::devices::teardown(&ws_dir.join("devices"));
     if let Err(e) = backend.release(rootfs).await {
         tracing::warn!(error = %e, backend = backend.name(), "cannot release the workspace rootfs");
     }
@@ -199,6 +200,21 @@ async fn boot(
                 return Err(e.into());
             }
         };
+        // Before start: systemd as PID 1 in a user namespace needs its
+        // cgroups writable by the mapped root (see `launch::cgroups`);
+        // another init only loses the nesting of its own cgroups.
+        if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
+            match launch::cgroups::delegate(created.pid, &map) {
+                Ok(_) => {}
+                Err(e) if !info.init => {
+                    tracing::warn!(error = %e, "the workspace's cgroups stay the node root's");
+                }
+                Err(e) => {
+                    let _ = runtime.delete(id, true).await;
+                    return Err(e.into());
+                }
+            }
+        }
         for (source, pipe) in [
             (Source::Stdout, created.io.stdout),
             (Source::Stderr, created.io.stderr),
@@ -324,6 +340,15 @@ fn write_bundle(
     if settings.add_gpu {
         add_gpus(settings, &mut input)?;
     }
+    // runc cannot mknod in a user namespace: the workspace's own nodes.
+    if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
+        let devices = bundle::devices_of(&input);
+        if !devices.is_empty() {
+            let dir = ws_dir.join("devices");
+            launch::devices::stage(&devices, &map, &dir)?;
+            input.device_dir = Some(dir);
+        }
+    }
     input.limits = Limits {
         cpus: settings.cpus,
         memory: settings.memory,
@@ -419,14 +444,15 @@ async fn stop_requested(signals: &mut tokio::sync::mpsc::Receiver<i32>) -> i32 {
 }
 
 /// The ID mapping a setting asks for; `auto` is the workspace's own range
-/// on the node.
+/// on the node; `none` (sysbox allocates) and `host-unsafe` put none in
+/// the bundle.
 pub async fn idmap_for(
     setting: IdMapSetting,
     cache_dir: &Path,
     workspace: &str,
 ) -> Result<Option<rootfs::IdMap>, crate::store::StoreError> {
     Ok(match setting {
-        IdMapSetting::None => None,
+        IdMapSetting::None | IdMapSetting::HostUnsafe => None,
         IdMapSetting::Auto => Some(crate::store::idranges::allocate(cache_dir, workspace).await?),
         IdMapSetting::Explicit(m) => Some(m),
     })

@@ -66,7 +66,8 @@ fn control_api_through_a_workspaces_life() {
         ["overlay", "flat"].contains(&s["rootfs_mode"].as_str().unwrap()),
         "{s}"
     );
-    assert_eq!(s["idmap_mode"], "none");
+    // The default: the workspace's own ID range, ID-mapped on this kernel.
+    assert_eq!(s["idmap_mode"], "idmapped-mount", "{s}");
     let names: Vec<&str> = s["timeline"]
         .as_array()
         .unwrap()
@@ -395,4 +396,45 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
             .contains("control API call refused")),
         "the refused call is a warning event: {warnings:?}"
     );
+}
+
+#[test]
+fn status_warns_when_the_workspace_runs_in_the_hosts_user_namespace() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "api/unsafe", "v1", &chatty_image());
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let ws = start_cvmd(&cvmd, &reference, &["--idmap", "host-unsafe"]);
+    let s = ws.wait_for("running", |s| s["phase"] == "running");
+    let isolation = s["preflight"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "isolation")
+        .unwrap_or_else(|| panic!("no isolation check in {s}"))
+        .clone();
+    assert_eq!(isolation["status"], "warn", "{isolation}");
+    assert_eq!(s["idmap_mode"], "none", "{s}");
+    // As a person reads it.
+    let out = ws
+        .ctl(&["status"])
+        .env("CVMCTL_FORMAT", "human")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("warn") && l.contains("isolation"))
+        .unwrap_or_else(|| panic!("no isolation warning in cvmctl status:\n{shown}"));
+    assert!(lines[at].contains("node's root"), "{shown}");
+    assert!(
+        lines[at + 1].contains("fix: unset CVMD_IDMAP"),
+        "the fix follows the warning:\n{shown}"
+    );
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(3), "the workspace's trap code: {stderr}");
 }

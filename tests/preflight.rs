@@ -392,3 +392,38 @@ fn shiftfs_is_never_loaded_where_idmapped_mounts_serve() {
         );
     }
 }
+
+#[test]
+fn the_host_user_namespace_is_warned_about_with_the_fix() {
+    if !is_root() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--runtime", "runc"];
+        all.extend_from_slice(args);
+        all.extend(["preflight", "--json"]);
+        json(&cvmd(cache.path(), &all).output().unwrap())
+    };
+    let unsafe_report = run(&["--idmap", "host-unsafe"]);
+    let c = check(&unsafe_report, "isolation");
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("node's root"), "{c}");
+    assert!(
+        c["fix"].as_str().unwrap().contains("unset CVMD_IDMAP"),
+        "{c}"
+    );
+    // The default: a user namespace of the workspace's own.
+    let c = check(&run(&[]), "isolation").clone();
+    assert_eq!(c["status"], "ok", "{c}");
+    // `none` no longer means the node's root under runc: refused.
+    let out = cvmd(
+        cache.path(),
+        &["--runtime", "runc", "--idmap", "none", "preflight"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("host-unsafe"), "{stderr}");
+}

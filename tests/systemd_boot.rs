@@ -1,5 +1,7 @@
 //! systemd as the workspace's PID 1 under real runc (standing in for
-//! sysbox-runc): `cvmd run` of a debootstrap'd Debian bookworm boots to
+//! sysbox-runc) with the default settings, so in a user namespace of the
+//! workspace's own ID range with a seccomp filter and its cgroups
+//! delegated: `cvmd run` of a debootstrap'd Debian bookworm boots to
 //! `running` (or `degraded`), and SIGTERM to cvmd halts it through the
 //! image's stop signal (SIGRTMIN+3) well within the grace period, cvmd
 //! exits 0, and no mount, runtime container or cgroup is left behind.
@@ -180,6 +182,79 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         );
         eprintln!("failed units:\n{}", String::from_utf8_lossy(&failed.stdout));
     }
+    // Confined by default: a user namespace of the workspace's own ID
+    // range (not the node's `0 0 4294967295`), a seccomp filter, and
+    // capabilities that are the namespace's: systemd's SYS_ADMIN, none of
+    // those that would act on the node.
+    let cat = |path: &str| {
+        let out = runc_at(&runc, &runtime_root, &["exec", &WORKSPACE, "cat", path]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let uid_map: Vec<String> = cat("/proc/1/uid_map")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert!(
+        uid_map.len() == 3 && uid_map[0] == "0" && uid_map[1] != "0" && uid_map[2] == "65536",
+        "systemd is not in a user namespace of its own range: uid_map {uid_map:?}"
+    );
+    let status = cat("/proc/1/status");
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t2"),
+        "no seccomp filter on PID 1:\n{status}"
+    );
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff in /proc/1/status");
+    let has = |name: &str| {
+        let bit = cvmd::bundle::CAP_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .unwrap();
+        cap_eff & (1 << bit) != 0
+    };
+    assert!(has("SYS_ADMIN") && has("NET_ADMIN"), "CapEff {cap_eff:x}");
+    for node_wide in [
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_TIME",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "BPF",
+    ] {
+        assert!(!has(node_wide), "CapEff {cap_eff:x} has {node_wide}");
+    }
+    // What nested containers need passes the filter: new user, mount,
+    // network, UTS, IPC and PID namespaces (clone/unshare with namespace
+    // flags), a mount and a hostname inside them.
+    let nested = runc_at(
+        &runc,
+        &runtime_root,
+        &[
+            "exec",
+            &WORKSPACE,
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--net",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--fork",
+            "sh",
+            "-c",
+            "mount -t tmpfs nested /mnt && hostname nested && echo nested-ok",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&nested.stdout).trim(),
+        "nested-ok",
+        "nested namespaces refused: {}",
+        String::from_utf8_lossy(&nested.stderr)
+    );
     // The image's masks (systemd/workspace/masked-units) are in force.
     let masked = runc_at(
         &runc,

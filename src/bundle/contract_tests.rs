@@ -106,6 +106,9 @@ fn sysbox_violations(spec: &Value) -> Vec<String> {
             _ => {}
         }
     }
+    if spec["linux"].get("seccomp").is_some_and(|s| !s.is_null()) {
+        bad.push("a seccomp filter: sysbox-runc applies its own".into());
+    }
     for added in ["user", "cgroup"] {
         if ns.iter().any(|n| n["type"] == added) {
             bad.push(format!("namespace {added} is sysbox's to add"));
@@ -262,6 +265,7 @@ fn the_checker_catches_a_runc_spec() {
     assert!(v.iter().any(|l| l.contains("namespace user")), "{v:?}");
     assert!(v.iter().any(|l| l.contains("under /proc")), "{v:?}");
     assert!(v.iter().any(|l| l.contains("SYSBOX_WHATEVER")), "{v:?}");
+    assert!(v.iter().any(|l| l.contains("seccomp")), "{v:?}");
 }
 
 #[test]
@@ -307,6 +311,9 @@ fn runc_systemd_shape() {
         !caps.contains(&"CAP_SYS_RESOURCE".to_string()),
         "not in the bounding set"
     );
+    let filter = &spec["linux"]["seccomp"];
+    assert_eq!(filter["defaultAction"], "SCMP_ACT_ERRNO", "{filter:#}");
+    assert_eq!(filter["defaultErrnoRet"], libc::EPERM);
     assert_eq!(spec["process"]["noNewPrivileges"], false);
     assert_eq!(spec["process"]["terminal"], false);
     assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 150000);
@@ -354,6 +361,29 @@ fn runc_userns_adds_user_namespace_and_mappings() {
         .find(|m| m["destination"] == "/sys/fs/cgroup")
         .unwrap();
     assert!(strs(&cg["options"]).contains(&"ro".to_string()));
+
+    // With cvmd's own device nodes: bound in, none for runc to make, the
+    // devices cgroup as before.
+    input.device_dir = Some("/run/cvmd/workspaces/ws/devices".into());
+    let (spec, _) = json(&input);
+    assert!(
+        spec["linux"]["devices"]
+            .as_array()
+            .is_none_or(|d| d.is_empty()),
+        "{:#}",
+        spec["linux"]["devices"]
+    );
+    let tun = spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/dev/net/tun")
+        .expect("the staged tun node is bound in");
+    assert_eq!(tun["source"], "/run/cvmd/workspaces/ws/devices/dev-net-tun");
+    let rules = spec["linux"]["resources"]["devices"].as_array().unwrap();
+    assert!(rules
+        .iter()
+        .any(|r| r["allow"] == true && r["major"] == 10 && r["minor"] == 200));
 }
 
 #[test]

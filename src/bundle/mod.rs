@@ -15,6 +15,7 @@ mod inroot;
 mod limits;
 mod mounts;
 mod process;
+pub mod seccomp;
 mod signal;
 mod spec;
 mod user;
@@ -31,7 +32,10 @@ pub use env::{passthrough_env, sysbox_accepts, SYSBOX_KNOBS};
 pub use error::BundleError;
 pub use init::{detect_init, InitVerdict, NoInit, INIT_PATH};
 pub use limits::{outer_limits, parse_cpus, read_limits, Limits};
-pub use mounts::{choose_lib_dir, multiarch_triplet, parse_mount, parse_mounts, Device, UserMount};
+pub use mounts::{
+    choose_lib_dir, device_node_name, multiarch_triplet, parse_mount, parse_mounts, Device,
+    UserMount,
+};
 pub use process::{ImageRun, Overrides, ProcessPlan, DEFAULT_PATH};
 pub use signal::{parse_signal, SYSTEMD_STOP_SIGNAL};
 pub use spec::{build_spec, validate_idmap, HostFiles, SpecInput};
@@ -88,6 +92,10 @@ pub struct BundleInput {
     /// library dir.
     pub gpu_libs: Vec<PathBuf>,
     pub limits: Limits,
+    /// Where cvmd made the workspace's own device nodes (runc in a user
+    /// namespace, `launch::devices`): bound in from there, named by
+    /// [`device_node_name`], instead of the runtime's bind of the outer ones.
+    pub device_dir: Option<PathBuf>,
     /// The capability bounding set to stay within; `None`: cvmd's own.
     pub bounding: Option<u64>,
     pub oom_score_adj: Option<i32>,
@@ -112,6 +120,7 @@ impl BundleInput {
             fuse: false,
             gpus: Vec::new(),
             gpu_libs: Vec::new(),
+            device_dir: None,
             limits: Limits::default(),
             bounding: None,
             oom_score_adj: None,
@@ -139,6 +148,19 @@ pub fn dir_in_rootfs(rootfs: &Path, path: &Path) -> bool {
     };
     matches!(inroot::resolve(&root, path), Ok(inroot::Outcome::Found(f))
         if rustix::fs::FileType::from_raw_mode(f.stat.st_mode) == rustix::fs::FileType::Directory)
+}
+
+/// The device nodes the workspace gets: tun, fuse, then the GPUs.
+pub fn devices_of(input: &BundleInput) -> Vec<Device> {
+    let mut devices = Vec::new();
+    if input.tun {
+        devices.push(Device::tun());
+    }
+    if input.fuse {
+        devices.push(Device::fuse());
+    }
+    devices.extend(input.gpus.iter().cloned());
+    devices
 }
 
 /// Decides everything and returns the spec with what the supervisor needs
@@ -170,14 +192,7 @@ pub fn plan_bundle(
         user,
         &passthrough,
     )?;
-    let mut devices = Vec::new();
-    if input.tun {
-        devices.push(Device::tun());
-    }
-    if input.fuse {
-        devices.push(Device::fuse());
-    }
-    devices.extend(input.gpus.iter().cloned());
+    let devices = devices_of(input);
     let mut all_mounts = input.mounts.clone();
     let lib_dir = if input.gpu_libs.is_empty() {
         None
@@ -217,6 +232,7 @@ pub fn plan_bundle(
         host_files: &input.host_files,
         mounts: &all_mounts,
         devices: &devices,
+        device_dir: input.device_dir.as_deref(),
         limits: input.limits,
         bounding,
         oom_score_adj: input.oom_score_adj,

@@ -85,6 +85,14 @@ pub struct Device {
     pub mode: u32,
 }
 
+/// The file name of `path`'s node in a staged device dir
+/// (`/dev/net/tun` -> `dev-net-tun`): flat, one per device path.
+pub fn device_node_name(path: &Path) -> String {
+    path.to_string_lossy()
+        .trim_start_matches('/')
+        .replace('/', "-")
+}
+
 impl Device {
     /// `/dev/net/tun` (misc 10:200), for VPNs and Docker-in-workspace networking.
     pub fn tun() -> Self {

@@ -17,9 +17,9 @@ use oci_spec::runtime::{
 
 use super::error::spec_err;
 use super::limits::{cpu_quota, Limits};
-use super::mounts::{Device, UserMount};
+use super::mounts::{device_node_name, Device, UserMount};
 use super::process::ProcessPlan;
-use super::{caps, BundleError, RuntimeFlavor};
+use super::{caps, seccomp, BundleError, RuntimeFlavor};
 use crate::rootfs::IdMap;
 
 /// Files the caller prepared for the container's name resolution.
@@ -41,6 +41,8 @@ pub struct SpecInput<'a> {
     /// User mounts, then GPU libraries: bind mounts in this order.
     pub mounts: &'a [UserMount],
     pub devices: &'a [Device],
+    /// Staged nodes of `devices` to bind in (see `BundleInput::device_dir`).
+    pub device_dir: Option<&'a Path>,
     pub limits: Limits,
     /// The outer container's capability bounding set (a CapBnd mask).
     pub bounding: u64,
@@ -183,6 +185,11 @@ pub fn mounts(input: &SpecInput<'_>) -> Result<Vec<Mount>, BundleError> {
     for m in input.mounts {
         out.push(bind(&m.source, &m.destination, m.readonly)?);
     }
+    if let Some(dir) = input.device_dir {
+        for d in input.devices {
+            out.push(bind(&dir.join(device_node_name(&d.path)), &d.path, false)?);
+        }
+    }
     Ok(out)
 }
 
@@ -258,18 +265,21 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, BundleError> {
         .map_err(spec_err("device rule"))?];
     let mut devices = Vec::new();
     for d in input.devices {
-        devices.push(
-            LinuxDeviceBuilder::default()
-                .path(&d.path)
-                .typ(LinuxDeviceType::C)
-                .major(d.major)
-                .minor(d.minor)
-                .file_mode(d.mode)
-                .uid(0u32)
-                .gid(0u32)
-                .build()
-                .map_err(spec_err("device"))?,
-        );
+        // Staged nodes are bound in as mounts; the cgroup rules stay.
+        if input.device_dir.is_none() {
+            devices.push(
+                LinuxDeviceBuilder::default()
+                    .path(&d.path)
+                    .typ(LinuxDeviceType::C)
+                    .major(d.major)
+                    .minor(d.minor)
+                    .file_mode(d.mode)
+                    .uid(0u32)
+                    .gid(0u32)
+                    .build()
+                    .map_err(spec_err("device"))?,
+            );
+        }
         device_rules.push(
             LinuxDeviceCgroupBuilder::default()
                 .allow(true)
@@ -313,9 +323,12 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, BundleError> {
             .gid_mappings(vec![idmapping(map, map.host_gid)?]);
     }
     if runc {
+        // sysbox-runc masks, filters and traps on its own terms; plain runc
+        // does only what the spec says (see `seccomp` for the filter).
         linux = linux
             .masked_paths(get_default_maskedpaths())
-            .readonly_paths(get_default_readonly_paths());
+            .readonly_paths(get_default_readonly_paths())
+            .seccomp(seccomp::profile()?);
     }
     let linux = linux.build().map_err(spec_err("linux"))?;
 

@@ -33,7 +33,7 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot chown {path:?} into the workspace's ID range: {source}; this kernel cannot ID-map the mount, so cvmd chowns it: mount a source cvmd may chown (not read-only or root-squashed), or set CVMD_IDMAP=none")]
+    #[error("cannot chown {path:?} into the workspace's ID range: {source}; this kernel cannot ID-map the mount, so cvmd chowns it: mount a source cvmd may chown (not read-only or root-squashed), or, under sysbox-runc, set CVMD_IDMAP=none")]
     Chown {
         path: PathBuf,
         #[source]

@@ -13,6 +13,7 @@ pub mod containerd;
 mod devices;
 mod host;
 mod idmap;
+mod isolation;
 mod kernel;
 mod privilege;
 mod proxy;
@@ -89,6 +90,8 @@ pub struct Options {
     pub cache_dir: PathBuf,
     /// An ID mapping is asked for (runc then needs user namespaces).
     pub idmap: bool,
+    /// `CVMD_IDMAP=host-unsafe`: the workspace in the node's user namespace.
+    pub host_userns: bool,
     pub add_fuse: bool,
     pub add_tun: bool,
     pub usr_lib_dir: Option<PathBuf>,
@@ -105,7 +108,8 @@ impl Options {
         Options {
             runtime: s.runtime.clone(),
             cache_dir: s.cache_dir.clone(),
-            idmap: s.idmap != IdMapSetting::None,
+            idmap: matches!(s.idmap, IdMapSetting::Auto | IdMapSetting::Explicit(_)),
+            host_userns: s.idmap.host_userns(),
             add_fuse: s.add_fuse,
             add_tun: s.add_tun,
             // The dir `cvmd run` looks in (launch::gpu), so both agree.
@@ -219,7 +223,11 @@ pub fn collect(host: &dyn Host, opts: &Options) -> Report {
     let caps = privilege::read(host);
     let sys_admin = caps.is_some_and(|c| c.has(privilege::CAP_SYS_ADMIN));
 
-    let mut checks = vec![kernel::check(host, opts), privilege::check(host, caps)];
+    let mut checks = vec![
+        kernel::check(host, opts),
+        privilege::check(host, caps),
+        isolation::check(opts),
+    ];
     checks.extend(sysbox::checks(host, opts));
     checks.push(sysbox::mgr_needs(host, opts));
     checks.push(kernel::userns(host, opts));

@@ -94,6 +94,7 @@ fn opts(runtime: &str) -> Options {
         runtime: runtime.into(),
         cache_dir: "/var/lib/cvmd".into(),
         idmap: false,
+        host_userns: false,
         add_fuse: false,
         add_tun: false,
         usr_lib_dir: None,
@@ -120,6 +121,7 @@ fn every_check_is_reported_with_a_fix_when_not_ok() {
         [
             "kernel",
             "privileges",
+            "isolation",
             "sysbox-runc",
             "sysbox-mgr",
             "sysbox-fs",

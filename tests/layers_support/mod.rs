@@ -78,7 +78,18 @@ impl Sandbox {
         for name in names(&self.cache()) {
             let n = name.to_string_lossy();
             assert!(
-                ["blobs", "ingest", "images", "layers", "leases", "gc.lock"].contains(&&*n),
+                [
+                    "blobs",
+                    "ingest",
+                    "images",
+                    "layers",
+                    "leases",
+                    "gc.lock",
+                    // Every workspace's host ID range (store::idranges).
+                    "idranges.json",
+                    "idranges.lock",
+                ]
+                .contains(&&*n),
                 "unexpected {n} in the cache dir"
             );
         }
