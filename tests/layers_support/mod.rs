@@ -88,6 +88,7 @@ impl Sandbox {
                     // Every workspace's host ID range (store::idranges).
                     "idranges.json",
                     "idranges.lock",
+                    "idranges.d",
                 ]
                 .contains(&&*n),
                 "unexpected {n} in the cache dir"
