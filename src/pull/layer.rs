@@ -99,6 +99,7 @@ impl Puller {
         reference: &Reference,
         layer: &Layer,
         diff_id: &Digest,
+        meter: std::sync::Arc<crate::unpack::ImageMeter>,
         progress: &dyn ProgressSink,
     ) -> Result<(), PullError> {
         let digest = &layer.digest;
@@ -124,8 +125,11 @@ impl Puller {
         let what = format!("layer {digest} of {reference}");
         let opts = UnpackOptions {
             image: reference.to_string(),
+            layer: digest.to_string(),
             max_unpacked_bytes: self.max_layer_bytes,
             preserve_ownership: self.preserve_ownership,
+            image_meter: Some(meter),
+            cache_reserve: self.cache_reserve,
         };
         // A resumed prefix that turns out corrupt, or a registry that
         // ignored a Range request, costs one fresh download.

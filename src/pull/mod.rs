@@ -99,6 +99,11 @@ pub struct Puller {
     pub concurrency: usize,
     /// Bound on one layer's unpacked size (a gzip bomb stops here); 0: none.
     pub max_layer_bytes: u64,
+    /// Bound on the unpacked size of the layers one pull unpacks, together;
+    /// 0: none.
+    pub max_image_bytes: u64,
+    /// Space kept free on the cache's file system while unpacking.
+    pub cache_reserve: Option<crate::unpack::Reserve>,
     /// Apply the layers' file owners (needs root).
     pub preserve_ownership: bool,
     /// Unpack layers into the layer cache (else only store their blobs).
@@ -129,11 +134,14 @@ impl Puller {
         // future !Send (rustc cannot prove the closure general enough).
         let mut fetches = Vec::with_capacity(manifest.layers.len());
         let pinned_ref = &pinned;
+        let meter = Arc::new(crate::unpack::ImageMeter::new(self.max_image_bytes));
         for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
             let pinned = pinned_ref;
+            let meter = Arc::clone(&meter);
             fetches.push(async move {
                 if self.unpack {
-                    self.fetch_layer(pinned, layer, diff_id, progress).await
+                    self.fetch_layer(pinned, layer, diff_id, meter, progress)
+                        .await
                 } else {
                     self.fetch_blob(pinned, layer, progress).await
                 }

@@ -8,11 +8,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::FileType;
 use rustix::io::Errno;
 
+use super::bounds::{self, Short, Space};
 use super::fsops::{self, Existing, ResolveError, Root, Slot, WriteError};
 use super::kind::{kind_of, Kind};
 use super::member::Member;
 use super::meta::{self, Meta, MetaError, Object, SkippedXattr};
 use super::path::{CleanPath, PathError};
+use super::sparse::Holey;
 use super::whiteout::{classify, Whiteout};
 use super::{UnpackError, UnpackOptions, UnpackStats};
 
@@ -37,17 +39,42 @@ pub(super) struct Unpacker<'o> {
     /// All entry data read so far (files and any payload of other entries),
     /// metered against `max_unpacked_bytes`.
     data_bytes: u64,
+    /// What this layer added to the image's meter: given back unless the
+    /// layer finishes.
+    image_charged: u64,
+    /// The layer's destination, for statvfs.
+    fs: std::fs::File,
+    /// Bytes that fit above the reserve at the last statvfs, less what was
+    /// admitted since; and what was admitted since.
+    headroom: u64,
+    since_stat: u64,
+    finished: bool,
     buf: Vec<u8>,
 }
 
+impl Drop for Unpacker<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Some(meter) = &self.opts.image_meter {
+                meter.release(self.image_charged);
+            }
+        }
+    }
+}
+
 impl<'o> Unpacker<'o> {
-    pub(super) fn new(root: Root, opts: &'o UnpackOptions) -> Self {
+    pub(super) fn new(root: Root, fs: std::fs::File, opts: &'o UnpackOptions) -> Self {
         Self {
             root,
             opts,
             stats: UnpackStats::default(),
             dirs: Vec::new(),
             data_bytes: 0,
+            image_charged: 0,
+            fs,
+            headroom: 0,
+            since_stat: 0,
+            finished: false,
             buf: vec![0; COPY_BUF],
         }
     }
@@ -60,7 +87,54 @@ impl<'o> Unpacker<'o> {
     }
 
     fn too_large(&self, name: &str) -> UnpackError {
-        fail!(self.opts.image, name, TooLarge, limit: self.opts.max_unpacked_bytes)
+        fail!(self.opts.image, name, TooLarge, layer: self.opts.layer.clone(),
+            limit: self.opts.max_unpacked_bytes)
+    }
+
+    /// Counts `n` bytes of entry data against the layer's and the image's
+    /// bounds, refusing before they are written.
+    fn charge(&mut self, n: u64, name: &str) -> Result<(), UnpackError> {
+        if n > self.budget() {
+            return Err(self.too_large(name));
+        }
+        if let Some(meter) = &self.opts.image_meter {
+            if !meter.charge(n) {
+                return Err(fail!(self.opts.image, name, ImageTooLarge,
+                    layer: self.opts.layer.clone(), limit: meter.limit()));
+            }
+            self.image_charged += n;
+        }
+        self.data_bytes += n;
+        Ok(())
+    }
+
+    /// Admits `need` bytes to the cache's file system above the reserve,
+    /// asking statvfs again when they exceed the headroom last seen or
+    /// [`bounds::RECHECK_EVERY`] bytes were admitted since.
+    fn admit(&mut self, need: u64, name: &str) -> Result<(), UnpackError> {
+        let Some(reserve) = self.opts.cache_reserve else {
+            return Ok(());
+        };
+        if need > self.headroom || self.since_stat >= bounds::RECHECK_EVERY {
+            let space = Space::of(&self.fs)
+                .map_err(|e| fail!(self.opts.image, name, CreateFile, source: e))?;
+            bounds::fits(space, reserve, need).map_err(|s| self.short(s, name))?;
+            self.headroom = space.avail - reserve.bytes(space.total);
+            self.since_stat = 0;
+        }
+        self.headroom -= need;
+        self.since_stat += need;
+        Ok(())
+    }
+
+    fn short(&self, s: Short, name: &str) -> UnpackError {
+        let reserve = self
+            .opts
+            .cache_reserve
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        fail!(self.opts.image, name, CacheReserve, layer: self.opts.layer.clone(),
+            need: s.need, avail: s.avail, keep: s.keep, reserve: reserve)
     }
 
     /// Applies `member`, whose `size` bytes of data `data` yields.
@@ -68,7 +142,7 @@ impl<'o> Unpacker<'o> {
         &mut self,
         header: &tar::Header,
         member: &Member,
-        data: &mut dyn Read,
+        data: &mut dyn Holey,
         size: u64,
         name: &str,
     ) -> Result<(), UnpackError> {
@@ -117,21 +191,34 @@ impl<'o> Unpacker<'o> {
         let mut skipped = Vec::new();
         let applied = match kind {
             Kind::File => {
-                if size > self.budget() {
-                    return Err(self.too_large(name));
+                // The declared size, holes included, is what the bounds
+                // count: a sparse bomb is refused here, not by the disk.
+                // The reserve counts what takes blocks: holes do not.
+                self.charge(size, name)?;
+                self.admit(data.data_left().unwrap_or(size).min(size), name)?;
+                let reserve = self.opts.cache_reserve;
+                let mut short = None;
+                let mut check = |file: &std::fs::File, left: u64| {
+                    let (Some(reserve), Ok(space)) = (reserve, Space::of(file)) else {
+                        return true;
+                    };
+                    short = bounds::fits(space, reserve, left).err();
+                    short.is_none()
+                };
+                let written = fsops::write_file(dir, leaf, data, size, &mut self.buf, &mut check);
+                if let Some(s) = short {
+                    return Err(self.short(s, name));
                 }
-                let (file, n) = fsops::write_file(dir, leaf, data, self.budget(), &mut self.buf)
-                    .map_err(|e| match e {
-                        WriteError::Create(e) => fail!(img, name, CreateFile, source: e),
-                        WriteError::Write(e) => fail!(img, name, WriteFile, source: e),
-                        WriteError::Read(e) => UnpackError::Read {
-                            after: name.to_string(),
-                            image: img.to_string(),
-                            source: e,
-                        },
-                        WriteError::TooLarge => self.too_large(name),
-                    })?;
-                self.data_bytes += n;
+                let (file, n) = written.map_err(|e| match e {
+                    WriteError::Create(e) => fail!(img, name, CreateFile, source: e),
+                    WriteError::Write(e) => fail!(img, name, WriteFile, source: e),
+                    WriteError::Read(e) => UnpackError::Read {
+                        after: name.to_string(),
+                        image: img.to_string(),
+                        source: e,
+                    },
+                    WriteError::TooLarge | WriteError::Stopped => self.too_large(name),
+                })?;
                 self.stats.file_bytes += n;
                 self.stats.files += 1;
                 meta::apply_file(&file, &meta, chown, &mut skipped)
@@ -319,27 +406,32 @@ impl<'o> Unpacker<'o> {
     /// entry), metered like file contents, so the next header is in place.
     pub(super) fn drain_entry(
         &mut self,
-        data: &mut dyn Read,
+        data: &mut dyn Holey,
         name: &str,
     ) -> Result<(), UnpackError> {
-        let budget = self.budget();
-        let n = io::copy(&mut data.take(budget.saturating_add(1)), &mut io::sink()).map_err(
-            |source| UnpackError::Read {
+        loop {
+            let hole = data.take_hole();
+            let budget = self.budget();
+            let read = io::copy(
+                &mut (&mut *data).take(budget.saturating_add(1)),
+                &mut io::sink(),
+            )
+            .map_err(|source| UnpackError::Read {
                 after: name.to_string(),
                 image: self.opts.image.clone(),
                 source,
-            },
-        )?;
-        if n > budget {
-            return Err(self.too_large(name));
+            })?;
+            if hole == 0 && read == 0 {
+                return Ok(());
+            }
+            self.charge(hole.saturating_add(read), name)?;
         }
-        self.data_bytes += n;
-        Ok(())
     }
 
     /// Applies the deferred directory modes and times in archive order (any
     /// order works: setting a dir's times does not touch its parent's).
     pub(super) fn finish(mut self) -> Result<UnpackStats, UnpackError> {
+        self.finished = true;
         let opts = self.opts;
         let img = opts.image.as_str();
         for d in std::mem::take(&mut self.dirs) {
@@ -358,7 +450,7 @@ impl<'o> Unpacker<'o> {
             }
             meta::finish_dir(&dir, &d.meta).map_err(|e| meta_error(img, &entry, e))?;
         }
-        Ok(self.stats)
+        Ok(std::mem::take(&mut self.stats))
     }
 }
 

@@ -27,6 +27,7 @@
 //! - `trusted.overlay.*` xattrs inside the tar are dropped: overlayfs would
 //!   obey them on a lowerdir.
 
+mod bounds;
 mod error;
 mod fsops;
 mod guard;
@@ -59,6 +60,9 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::time::Instant;
 
+use sparse::Dense;
+
+pub use bounds::{ImageMeter, Reserve};
 pub use error::UnpackError;
 
 /// Caps what the tar crate reads to find the next header. In raw mode that is
@@ -75,12 +79,19 @@ const BLOCK: u64 = 512;
 pub struct UnpackOptions {
     /// Reference of the image being unpacked, used in error messages.
     pub image: String,
+    /// The layer (its blob digest), used in error messages.
+    pub layer: String,
     /// Abort when the layer's unpacked file contents exceed this many bytes
     /// (gzip-bomb bound). 0 = unlimited. Also bounds data after the
     /// end-of-archive marker.
     pub max_unpacked_bytes: u64,
     /// Apply ownership from the tar headers (true when root).
     pub preserve_ownership: bool,
+    /// The image's unpacked bytes over all its layers, shared by the
+    /// layers of one pull; None: no per-image bound.
+    pub image_meter: Option<std::sync::Arc<ImageMeter>>,
+    /// Space kept free on the destination's file system; None: none.
+    pub cache_reserve: Option<Reserve>,
 }
 
 /// What an unpack did.
@@ -117,6 +128,14 @@ pub fn unpack_layer<R: Read>(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
+    unpack(tar_stream, dest, opts).map_err(|e| e.or_no_space(&opts.layer))
+}
+
+fn unpack<R: Read>(
+    tar_stream: R,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
     let span = tracing::info_span!("unpack", image = %opts.image, dest = %dest.display());
     let _enter = span.enter();
     let started = Instant::now();
@@ -126,10 +145,15 @@ pub fn unpack_layer<R: Read>(
         image: opts.image.clone(),
         source,
     })?;
+    let fs = std::fs::File::open(dest).map_err(|source| UnpackError::OpenDest {
+        dest: dest.display().to_string(),
+        image: opts.image.clone(),
+        source,
+    })?;
     let (guarded, budget) = guard::Guarded::new(tar_stream);
     let stream = shared::Shared::new(guarded);
     let mut archive = tar::Archive::new(stream.clone());
-    let mut unpacker = entry::Unpacker::new(root, opts);
+    let mut unpacker = entry::Unpacker::new(root, fs, opts);
     let read_err = |after: &str, source| UnpackError::Read {
         after: after.to_string(),
         image: opts.image.clone(),
@@ -186,21 +210,22 @@ pub fn unpack_layer<R: Read>(
                 let mut data = sparse::Expand::new(segments, &mut entry);
                 unpacker.entry(&header, &member, &mut data, size, &last)?;
                 unpacker.drain_entry(&mut data, &last)?;
-                unpacker.drain_entry(&mut entry, &last)?;
+                unpacker.drain_entry(&mut Dense(&mut entry), &last)?;
             } else if member.size == entry.size() {
-                unpacker.entry(&header, &member, &mut entry, member.size, &last)?;
-                unpacker.drain_entry(&mut entry, &last)?;
+                let mut data = Dense(&mut entry);
+                unpacker.entry(&header, &member, &mut data, member.size, &last)?;
+                unpacker.drain_entry(&mut data, &last)?;
             } else {
                 // Header size 0, PAX size real (see `shared`): the crate
                 // reads nothing, the data and its padding are read here.
-                let mut data = stream.clone().take(member.size);
+                let mut data = Dense(stream.clone().take(member.size));
                 unpacker.entry(&header, &member, &mut data, member.size, &last)?;
                 unpacker.drain_entry(&mut data, &last)?;
-                let mut padding = stream.clone().take(member.size.wrapping_neg() % BLOCK);
+                let mut padding = Dense(stream.clone().take(member.size.wrapping_neg() % BLOCK));
                 unpacker.drain_entry(&mut padding, &last)?;
                 // The crate reports a truncated member when it skips to the
                 // next header; these bytes bypassed it.
-                if data.limit() != 0 || padding.limit() != 0 {
+                if data.0.limit() != 0 || padding.0.limit() != 0 {
                     let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
                     return Err(read_err(&last, eof));
                 }

@@ -1,0 +1,250 @@
+//! Disk bounds of the unpacker, through `cvmd pull` from a real registry:
+//! a sparse bomb is refused by the image bound (not by the disk), holes of
+//! an accepted sparse file stay holes, the free-space reserve stops an
+//! unpack, and ENOSPC leaves nothing half-written. The small file systems
+//! are real tmpfs mounts used as the cache dir.
+//!
+//! Needs root and docker-registry; skips with a reason otherwise.
+
+mod common;
+mod layers_support;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::image::{Compression, Format, ImageBuilder, Layer, LayerBuilder};
+use common::Registry;
+use layers_support::*;
+
+/// A tmpfs mounted on the sandbox's cache dir, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &str) -> Tmpfs {
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(options),
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs ({options}) on {}: {e}", at.display()));
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A GNU-format sparse tar (`tar --format=gnu --sparse`, as the issue's
+/// bomb was made) of one file `name` of `len` bytes, holding `data` at
+/// `at` and holes elsewhere.
+fn sparse_tar(name: &str, len: u64, at: u64, data: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(dir.path().join(name)).unwrap();
+    f.set_len(len).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(data).unwrap();
+    drop(f);
+    let out = Command::new("tar")
+        .args(["--format=gnu", "--sparse", "-C"])
+        .arg(dir.path())
+        .args(["-cf", "-", name])
+        .output()
+        .expect("GNU tar");
+    assert!(out.status.success(), "tar: {out:?}");
+    assert!(out.stdout.len() < 1 << 20, "the tar itself is small");
+    out.stdout
+}
+
+fn tar_present() -> bool {
+    let ok = Command::new("tar").arg("--version").output().is_ok();
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("GNU tar is needed (apt-get install tar)");
+        }
+        eprintln!("skipping: GNU tar is not installed");
+    }
+    ok
+}
+
+struct Pulled {
+    sandbox: Sandbox,
+    out: std::process::Output,
+    reference: String,
+    _reg: Registry,
+}
+
+/// Pushes an image of `layers`, pulls it into the sandbox's cache (on a
+/// tmpfs mounted with `tmpfs` options when given) with `env` set.
+fn pull(
+    repo: &str,
+    layers: Vec<Layer>,
+    tmpfs: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Pulled, Option<Tmpfs>) {
+    let reg = Registry::plain().unwrap();
+    let sandbox = Sandbox::new();
+    let mount = tmpfs.map(|o| Tmpfs::mount(&sandbox.cache(), o));
+    let mut img = ImageBuilder::new(Format::Oci);
+    for l in layers {
+        img = img.layer(l);
+    }
+    let reference = push(&reg, repo, "v1", &img.build());
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let mut cmd = cvmd.command(&["pull", &reference]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run cvmd");
+    (
+        Pulled {
+            sandbox,
+            out,
+            reference,
+            _reg: reg,
+        },
+        mount,
+    )
+}
+
+impl Pulled {
+    /// Refused with one line holding every `want`; no layer published, no
+    /// staging dir, no partial download, no image record, nothing outside.
+    fn assert_refused(&self, want: &[&str]) -> String {
+        let line = error_line(&self.out);
+        eprintln!("refused as expected: {line}");
+        assert!(line.contains(&self.reference), "names the image: {line}");
+        for w in want {
+            assert!(line.contains(w), "error should say {w:?}: {line}");
+        }
+        let cache = self.sandbox.cache();
+        self.sandbox.assert_outside_untouched();
+        assert!(
+            published(&cache).is_empty(),
+            "published: {:?}",
+            published(&cache)
+        );
+        assert!(staging(&cache).is_empty(), "staging: {:?}", staging(&cache));
+        let partial: Vec<_> = dir_names(&cache.join("ingest"))
+            .into_iter()
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
+        assert!(partial.is_empty(), "partial downloads left: {partial:?}");
+        assert!(dir_names(&cache.join("images")).is_empty());
+        line
+    }
+}
+
+#[test]
+fn layers_bounds_a_60gib_sparse_bomb_is_refused_by_the_image_bound() {
+    if !can_run() || !tar_present() {
+        return;
+    }
+    let tar = sparse_tar("bomb", 60 << 30, 0, b"");
+    // On a 1 GiB tmpfs: were it written out, the disk would refuse it, not
+    // the bound.
+    let (p, _mount) = pull(
+        "bounds/bomb",
+        vec![Layer::from_tar(tar, Compression::Gzip)],
+        Some("size=1g"),
+        &[],
+    );
+    let line = p.assert_refused(&["\"bomb\"", "CVMD_MAX_IMAGE_SIZE", "42949672960 bytes"]);
+    assert!(line.contains("sha256:"), "names the layer: {line}");
+}
+
+#[test]
+fn layers_bounds_the_image_bound_counts_all_layers() {
+    if !can_run() || !tar_present() {
+        return;
+    }
+    // Two layers of 30 GiB (declared) each: each within the 64 GiB layer
+    // bound, together past the 40 GiB image bound.
+    let a = Layer::from_tar(sparse_tar("a", 30 << 30, 0, b"a"), Compression::Gzip);
+    let b = Layer::from_tar(sparse_tar("b", 30 << 30, 0, b"b"), Compression::Gzip);
+    let (p, _mount) = pull("bounds/two", vec![a, b], Some("size=1g"), &[]);
+    let line = error_line(&p.out);
+    assert!(line.contains("over its layers"), "{line}");
+    assert!(line.contains("CVMD_MAX_IMAGE_SIZE"), "{line}");
+    // The refused layer is gone; the other may stay cached (it is fine on
+    // its own), but nothing is half-written.
+    let cache = p.sandbox.cache();
+    assert!(published(&cache).len() <= 1);
+    assert!(staging(&cache).is_empty(), "staging: {:?}", staging(&cache));
+    assert!(dir_names(&cache.join("images")).is_empty());
+}
+
+#[test]
+fn layers_bounds_holes_of_a_sparse_file_stay_holes() {
+    if !can_run() || !tar_present() {
+        return;
+    }
+    let at = 3 << 30;
+    let tar = sparse_tar("holey", 4 << 30, at, b"middle");
+    let layer = Layer::from_tar(tar, Compression::Gzip);
+    let diff_id = layer.diff_id.clone();
+    let (p, _mount) = pull("bounds/holes", vec![layer], None, &[]);
+    assert_success(&p.out, "pull of a 4 GiB sparse file");
+    let file = layer_dir(&p.sandbox.cache(), &diff_id).join("root/holey");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.len(), 4 << 30, "apparent size kept");
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "holes were written: {} bytes allocated",
+        meta.blocks() * 512
+    );
+    let mut f = std::fs::File::open(&file).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut f, &mut buf).unwrap();
+    assert_eq!(&buf, b"middle");
+}
+
+#[test]
+fn layers_bounds_the_cache_reserve_stops_an_unpack() {
+    if !can_run() {
+        return;
+    }
+    // 40 MiB of file on a 64 MiB tmpfs that keeps half free.
+    let layer = LayerBuilder::new()
+        .file("big", &vec![7u8; 40 << 20], 0o644)
+        .build(Compression::Gzip);
+    let (p, _mount) = pull(
+        "bounds/reserve",
+        vec![layer],
+        Some("size=64m"),
+        &[("CVMD_CACHE_RESERVE", "50%")],
+    );
+    p.assert_refused(&[
+        "\"big\"",
+        "in reserve",
+        "CVMD_CACHE_RESERVE",
+        "50% of the file system",
+    ]);
+}
+
+#[test]
+fn layers_bounds_enospc_leaves_no_staging_behind() {
+    if !can_run() {
+        return;
+    }
+    // Inodes run out a few hundred files in: a real ENOSPC from the kernel.
+    let mut b = LayerBuilder::new();
+    for i in 0..400 {
+        b = b.file(&format!("f{i:03}"), b"x", 0o644);
+    }
+    let (p, _mount) = pull(
+        "bounds/enospc",
+        vec![b.build(Compression::Gzip)],
+        Some("size=64m,nr_inodes=200"),
+        &[("CVMD_CACHE_RESERVE", "0")],
+    );
+    let line = p.assert_refused(&["ran out of space or inodes", "sha256:"]);
+    assert!(line.contains("No space left on device"), "{line}");
+}
