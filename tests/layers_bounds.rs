@@ -2,7 +2,10 @@
 //! a sparse bomb is refused by the image bound (not by the disk), holes of
 //! an accepted sparse file stay holes, the free-space reserve stops an
 //! unpack, and ENOSPC leaves nothing half-written. The small file systems
-//! are real tmpfs mounts used as the cache dir.
+//! are real tmpfs mounts used as the cache dir. Memory bounds: layers that
+//! once drove cvmd's memory up (a million `./` headers, directories with
+//! megabyte xattr names) are generated as a stream and pulled, and cvmd's
+//! peak RSS (from wait4) must stay small.
 //!
 //! Needs root and docker-registry; skips with a reason otherwise.
 
@@ -247,4 +250,134 @@ fn layers_bounds_enospc_leaves_no_staging_behind() {
     );
     let line = p.assert_refused(&["ran out of space or inodes", "sha256:"]);
     assert!(line.contains("No space left on device"), "{line}");
+}
+
+/// A gzip layer written as a stream by `fill`, with its diff_id computed
+/// on the way: the uncompressed tar is never held whole.
+fn streamed_layer(fill: impl FnOnce(&mut tar::Builder<&mut Hashing>)) -> Layer {
+    let mut out = Hashing {
+        gz: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()),
+        sha: <sha2::Sha256 as sha2::Digest>::new(),
+    };
+    {
+        let mut b = tar::Builder::new(&mut out);
+        fill(&mut b);
+        b.finish().unwrap();
+    }
+    let diff_id = format!("sha256:{}", hex::encode(sha2::Digest::finalize(out.sha)));
+    Layer::from_blob(out.gz.finish().unwrap(), &diff_id, Compression::Gzip)
+}
+
+struct Hashing {
+    gz: flate2::write::GzEncoder<Vec<u8>>,
+    sha: sha2::Sha256,
+}
+
+impl Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.gz.write(buf)?;
+        sha2::Digest::update(&mut self.sha, &buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.gz.flush()
+    }
+}
+
+fn dir_header(name: &str) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    h.set_mtime(1_600_000_000);
+    h.set_cksum();
+    h
+}
+
+/// Runs `cvmd pull` and returns its output and peak RSS in KiB (wait4's
+/// ru_maxrss).
+fn pull_measured(cvmd: &Cvmd, reference: &str, out_dir: &Path) -> (std::process::Output, u64) {
+    let (stdout, stderr) = (out_dir.join("stdout"), out_dir.join("stderr"));
+    let child = cvmd
+        .command(&["pull", reference])
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: plain zeroed rusage filled by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, with valid out-pointers.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    let code = libc::WEXITSTATUS(status);
+    let out = std::process::Output {
+        status: std::os::unix::process::ExitStatusExt::from_raw(status),
+        stdout: std::fs::read(&stdout).unwrap(),
+        stderr: std::fs::read(&stderr).unwrap(),
+    };
+    eprintln!("cvmd pull exited {code}, peak RSS {} KiB", usage.ru_maxrss);
+    (out, usage.ru_maxrss as u64)
+}
+
+#[test]
+fn layers_bounds_a_million_dot_slash_headers_keep_cvmd_small() {
+    if !can_run() {
+        return;
+    }
+    let layer = streamed_layer(|b| {
+        let h = dir_header("./");
+        for _ in 0..1_000_000 {
+            b.append(&h, std::io::empty()).unwrap();
+        }
+    });
+    let reg = Registry::plain().unwrap();
+    let sandbox = Sandbox::new();
+    let img = ImageBuilder::new(Format::Oci).layer(layer).build();
+    let reference = push(&reg, "bounds/dots", "v1", &img);
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let (out, peak) = pull_measured(&cvmd, &reference, sandbox.dir.path());
+    assert_success(&out, "pull of a layer of a million ./ headers");
+    assert!(peak < 100 << 10, "cvmd's peak RSS was {} MiB", peak >> 10);
+}
+
+#[test]
+fn layers_bounds_megabyte_xattr_names_are_refused_with_memory_bounded() {
+    if !can_run() {
+        return;
+    }
+    // 300 directories, each with a trusted.overlay.* xattr of a ~1 MB name
+    // (under the 1 MiB extension bound): once kept whole per directory
+    // until the layer ended, and logged whole.
+    let name = format!("trusted.overlay.{}", "n".repeat(1_000_000));
+    let key = format!("SCHILY.xattr.{name}");
+    let layer = streamed_layer(|b| {
+        for i in 0..300 {
+            b.append_pax_extensions([(key.as_str(), &b"y"[..])])
+                .unwrap();
+            b.append(&dir_header(&format!("d{i}")), std::io::empty())
+                .unwrap();
+        }
+    });
+    let reg = Registry::plain().unwrap();
+    let sandbox = Sandbox::new();
+    let img = ImageBuilder::new(Format::Oci).layer(layer).build();
+    let reference = push(&reg, "bounds/xattrs", "v1", &img);
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let (out, peak) = pull_measured(&cvmd, &reference, sandbox.dir.path());
+    let line = error_line(&out);
+    eprintln!("refused as expected: {line}");
+    assert!(line.contains("\"d0\""), "names the entry: {line}");
+    assert!(line.contains("XATTR_NAME_MAX"), "{line}");
+    assert!(line.len() < 2048, "one short line: {} bytes", line.len());
+    assert!(
+        out.stderr.len() < 64 << 10,
+        "cvmd logged {} bytes",
+        out.stderr.len()
+    );
+    assert!(peak < 100 << 10, "cvmd's peak RSS was {} MiB", peak >> 10);
+    let cache = sandbox.cache();
+    assert!(published(&cache).is_empty());
+    assert!(staging(&cache).is_empty(), "staging: {:?}", staging(&cache));
 }

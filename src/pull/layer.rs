@@ -130,6 +130,7 @@ impl Puller {
             preserve_ownership: self.preserve_ownership,
             image_meter: Some(meter),
             cache_reserve: self.cache_reserve,
+            limits: Default::default(),
         };
         // A resumed prefix that turns out corrupt, or a registry that
         // ignored a Range request, costs one fresh download.

@@ -1,6 +1,7 @@
 //! Applying one tar entry: decide (pure helpers in `kind`, `path`,
 //! `whiteout`), resolve its parent beneath the root, create, set metadata.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -35,7 +36,18 @@ pub(super) struct Unpacker<'o> {
     root: Root,
     opts: &'o UnpackOptions,
     stats: UnpackStats,
-    dirs: Vec<DeferredDir>,
+    /// By identity: a directory named again (`./` a million times) replaces
+    /// its own entry instead of adding one.
+    dirs: HashMap<(u64, u64), DeferredDir>,
+    /// Memory the deferred directories hold, as counted against
+    /// [`super::UnpackLimits::deferred_dir_bytes`].
+    deferred_bytes: u64,
+    /// Xattrs dropped by policy or refused by the host: counted, with the
+    /// first as an example, and logged once when the layer ends.
+    dropped_xattrs: u64,
+    dropped_example: Option<String>,
+    skipped_xattrs: u64,
+    skipped_example: Option<String>,
     /// All entry data read so far (files and any payload of other entries),
     /// metered against `max_unpacked_bytes`.
     data_bytes: u64,
@@ -68,7 +80,12 @@ impl<'o> Unpacker<'o> {
             root,
             opts,
             stats: UnpackStats::default(),
-            dirs: Vec::new(),
+            dirs: HashMap::new(),
+            deferred_bytes: 0,
+            dropped_xattrs: 0,
+            dropped_example: None,
+            skipped_xattrs: 0,
+            skipped_example: None,
             data_bytes: 0,
             image_charged: 0,
             fs,
@@ -169,10 +186,16 @@ impl<'o> Unpacker<'o> {
         }
         let meta =
             read_meta(header, &member.pax).map_err(|e| fail!(img, name, Header, source: e))?;
-        for xattr in &meta.dropped {
-            let xattr = String::from_utf8_lossy(xattr);
-            tracing::warn!(entry = name, xattr = %xattr, "overlay xattr in layer tar dropped");
-            self.stats.skipped_xattrs += 1;
+        if let Some(example) = &meta.dropped_example {
+            self.dropped_xattrs += meta.dropped;
+            self.stats.skipped_xattrs += meta.dropped;
+            self.dropped_example.get_or_insert_with(|| {
+                format!(
+                    "{} on {}",
+                    super::limits::shown(example, 64),
+                    limits_shown(name)
+                )
+            });
         }
 
         let (parent, leaf) = match path.split_last() {
@@ -234,11 +257,34 @@ impl<'o> Unpacker<'o> {
                 }
                 let id = fsops::dir_identity(dir, leaf)
                     .map_err(|e| fail!(img, name, CreateDir, source: e))?;
-                self.dirs.push(DeferredDir {
-                    path: path.clone(),
+                if !self.dirs.contains_key(&id) {
+                    // The path's bytes and the entry's own size, roughly.
+                    let cost = path.to_relative().len() as u64 + 128;
+                    self.deferred_bytes += cost;
+                    let limit = self.opts.limits.deferred_dir_bytes;
+                    if self.deferred_bytes > limit {
+                        return Err(UnpackError::Limit {
+                            at: format!("entry {:?}", limits_shown(name)),
+                            image: img.to_string(),
+                            layer: self.opts.layer.clone(),
+                            broke: super::limits::Broke::DeferredDirs { limit }.to_string(),
+                        });
+                    }
+                }
+                // Only mode and times wait; xattrs are set now.
+                let kept = Meta {
+                    xattrs: Vec::new(),
+                    dropped_example: None,
+                    ..meta.clone()
+                };
+                self.dirs.insert(
                     id,
-                    meta: meta.clone(),
-                });
+                    DeferredDir {
+                        path: path.clone(),
+                        id,
+                        meta: kept,
+                    },
+                );
                 self.stats.dirs += 1;
                 meta::apply_at(dir, leaf, Object::Dir, &meta, chown, &mut skipped)
             }
@@ -395,9 +441,12 @@ impl<'o> Unpacker<'o> {
         name: &str,
     ) -> Result<(), UnpackError> {
         for s in skipped {
-            let xattr = String::from_utf8_lossy(&s.name);
-            tracing::warn!(entry = name, xattr = %xattr, error = %s.error, "xattr not set");
+            self.skipped_xattrs += 1;
             self.stats.skipped_xattrs += 1;
+            self.skipped_example.get_or_insert_with(|| {
+                let xattr = super::limits::shown(&s.name, 64);
+                format!("{xattr} on {}: {}", limits_shown(name), s.error)
+            });
         }
         applied.map_err(|e| meta_error(&self.opts.image, name, e))
     }
@@ -434,7 +483,15 @@ impl<'o> Unpacker<'o> {
         self.finished = true;
         let opts = self.opts;
         let img = opts.image.as_str();
-        for d in std::mem::take(&mut self.dirs) {
+        if let Some(example) = &self.dropped_example {
+            tracing::warn!(count = self.dropped_xattrs, example = %example,
+                "overlay xattrs (trusted.overlay.*) in the layer tar dropped");
+        }
+        if let Some(example) = &self.skipped_example {
+            tracing::warn!(count = self.skipped_xattrs, example = %example,
+                "xattrs the cache file system refused were not set");
+        }
+        for d in std::mem::take(&mut self.dirs).into_values() {
             let entry = String::from_utf8_lossy(&d.path.to_relative()).into_owned();
             let (parent, leaf) = match d.path.split_last() {
                 Some((parents, leaf)) => (self.root.open_dir(parents), leaf),
@@ -452,6 +509,12 @@ impl<'o> Unpacker<'o> {
         }
         Ok(std::mem::take(&mut self.stats))
     }
+}
+
+/// An entry name for a log line: names are bounded by PATH_MAX before they
+/// get here, this keeps lines short.
+fn limits_shown(name: &str) -> String {
+    super::limits::shown(name.as_bytes(), 256)
 }
 
 /// Header fields, overridden by PAX `uid`/`gid` (ids over 2097151 need

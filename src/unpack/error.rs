@@ -153,6 +153,17 @@ pub enum UnpackError {
         reserve: String,
     },
     #[error(
+        "layer {layer} of image {image:?}: {at} {broke}; refusing the layer as hostile \
+         (nothing of it was kept)"
+    )]
+    Limit {
+        /// `entry "NAME"`, or where in the stream for extension headers.
+        at: String,
+        image: String,
+        layer: String,
+        broke: String,
+    },
+    #[error(
         "the cache file system ran out of space or inodes unpacking layer {layer} of image \
          {image:?} ({cause}); nothing of the layer was kept; free space in the cache (cvmd gc \
          --budget, CVMD_CACHE_BUDGET) or give the cache a bigger volume, and keep \

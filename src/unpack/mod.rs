@@ -6,9 +6,11 @@
 //!   for how parents are resolved and `path` for which names are accepted);
 //! - OCI whiteouts become overlay whiteouts and opaque xattrs (`whiteout`);
 //! - file contents are streamed through a fixed buffer and metered against
-//!   [`UnpackOptions::max_unpacked_bytes`]; extension headers are metered by
-//!   `guard`; after the archive ends the reader is drained to EOF so the
-//!   caller's digest covers every byte.
+//!   [`UnpackOptions::max_unpacked_bytes`], the image's meter and the cache's
+//!   free-space reserve (`bounds`); header counts, extension bytes, names,
+//!   xattrs and deferred directory metadata by `limits`, so memory stays
+//!   bounded whatever the layer holds; after the archive ends the reader is
+//!   drained to EOF so the caller's digest covers every byte.
 //!
 //! Decisions, for reviewers:
 //! - names: leading `/` stripped; `..` cleaned lexically and accepted while
@@ -32,6 +34,7 @@ mod error;
 mod fsops;
 mod guard;
 mod kind;
+mod limits;
 mod member;
 mod meta;
 mod path;
@@ -64,11 +67,12 @@ use sparse::Dense;
 
 pub use bounds::{ImageMeter, Reserve};
 pub use error::UnpackError;
+pub use limits::UnpackLimits;
 
 /// Caps what the tar crate reads to find the next header. In raw mode that is
 /// one header block, the data of the previous member having been read; the
 /// bound stays as a backstop. Extension data is bounded by
-/// [`member::MAX_EXTENSION`].
+/// [`UnpackLimits`].
 const HEADER_BUDGET: u64 = 8 << 20;
 
 /// Tar members are laid out in 512-byte blocks.
@@ -92,6 +96,8 @@ pub struct UnpackOptions {
     pub image_meter: Option<std::sync::Arc<ImageMeter>>,
     /// Space kept free on the destination's file system; None: none.
     pub cache_reserve: Option<Reserve>,
+    /// Header counts, extension bytes and deferred-metadata memory.
+    pub limits: UnpackLimits,
 }
 
 /// What an unpack did.
@@ -172,6 +178,14 @@ fn unpack<R: Read>(
         // the crate, whose PAX parsing splits records at newlines.
         let mut entries = archive.entries().map_err(|e| read_err(&last, e))?.raw(true);
         let mut pending = member::Pending::default();
+        let (mut headers, mut ext_layer, mut ext_member) = (0u64, 0u64, 0u64);
+        let limit = |at: String, broke: limits::Broke| UnpackError::Limit {
+            at,
+            image: opts.image.clone(),
+            layer: opts.layer.clone(),
+            broke: broke.to_string(),
+        };
+        let after = |last: &str| format!("the header after entry {last:?}");
         loop {
             budget.set(HEADER_BUDGET);
             let next = entries.next();
@@ -189,13 +203,45 @@ fn unpack<R: Read>(
                 }
                 Some(Err(e)) => return Err(read_err(&last, e)),
             };
+            headers += 1;
+            if headers > opts.limits.headers {
+                let broke = limits::Broke::Headers {
+                    limit: opts.limits.headers,
+                };
+                return Err(limit(after(&last), broke));
+            }
             if let Some(ext) = member::extension_of(entry.header()) {
+                let size = entry.size();
+                ext_layer = ext_layer.saturating_add(size);
+                if ext_layer > opts.limits.ext_bytes_per_layer {
+                    let broke = limits::Broke::ExtLayer {
+                        limit: opts.limits.ext_bytes_per_layer,
+                    };
+                    return Err(limit(after(&last), broke));
+                }
+                // One header over the bound is refused unread, several
+                // that add up to it once read.
                 let data = read_extension(&mut entry, &last, opts)?;
+                ext_member = ext_member.saturating_add(size);
+                if ext_member > opts.limits.ext_bytes_per_member {
+                    let broke = limits::Broke::ExtMember {
+                        had: ext_member,
+                        limit: opts.limits.ext_bytes_per_member,
+                    };
+                    return Err(limit(after(&last), broke));
+                }
                 pending.add(ext, data).map_err(|e| ext_err(&last, e))?;
                 continue;
             }
             let header = entry.header().clone();
+            ext_member = 0;
             let member = pending.apply(&header).map_err(|e| ext_err(&last, e))?;
+            limits::check_member(&member.path, member.link.as_deref(), &member.pax).map_err(
+                |broke| {
+                    let at = format!("entry {:?}", limits::shown(&member.path, 256));
+                    limit(at, broke)
+                },
+            )?;
             last = String::from_utf8_lossy(&member.path).into_owned();
             if header.entry_type().is_gnu_sparse() {
                 // The map's extension blocks precede the stored data.
@@ -265,18 +311,18 @@ fn unpack<R: Read>(
 }
 
 /// Reads the data of a GNU long name / PAX header, refusing one over
-/// [`member::MAX_EXTENSION`] before reading it.
+/// the per-member bound before reading it.
 fn read_extension<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     after: &str,
     opts: &UnpackOptions,
 ) -> Result<Vec<u8>, UnpackError> {
     let size = entry.size();
-    if size > member::MAX_EXTENSION {
+    if size > opts.limits.ext_bytes_per_member {
         return Err(UnpackError::HeaderTooLarge {
             after: after.to_string(),
             image: opts.image.clone(),
-            limit: member::MAX_EXTENSION,
+            limit: opts.limits.ext_bytes_per_member,
         });
     }
     let mut data = Vec::with_capacity(size as usize);

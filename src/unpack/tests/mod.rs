@@ -4,6 +4,7 @@
 mod apply;
 mod caps;
 mod hostile;
+mod limits;
 mod pax;
 
 use std::fs;
@@ -25,6 +26,7 @@ pub(super) fn opts() -> UnpackOptions {
         preserve_ownership: true,
         image_meter: None,
         cache_reserve: None,
+        limits: Default::default(),
     }
 }
 
