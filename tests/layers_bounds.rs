@@ -252,6 +252,30 @@ fn layers_bounds_enospc_leaves_no_staging_behind() {
     assert!(line.contains("No space left on device"), "{line}");
 }
 
+#[test]
+fn layers_bounds_enospc_in_the_download_leaves_no_partial_blob() {
+    if !can_run() {
+        return;
+    }
+    // 4 MiB of incompressible data on a 2 MiB cache, content only (as
+    // `cvmd prefetch` of a content-only node does): the blob does not fit.
+    let reg = Registry::plain().unwrap();
+    let sandbox = Sandbox::new();
+    let _mount = Tmpfs::mount(&sandbox.cache(), "size=2m");
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(Layer::random("noise", 4, 3, Compression::Gzip))
+        .build();
+    let reference = push(&reg, "bounds/enospc-blob", "v1", &img);
+    let out = Cvmd::new(&sandbox.cache(), &reg.host()).pull(&reference, &["--no-unpack"]);
+    let p = Pulled {
+        sandbox,
+        out,
+        reference,
+        _reg: reg,
+    };
+    p.assert_refused(&["No space left on device"]);
+}
+
 /// A gzip layer written as a stream by `fill`, with its diff_id computed
 /// on the way: the uncompressed tar is never held whole.
 fn streamed_layer(fill: impl FnOnce(&mut tar::Builder<&mut Hashing>)) -> Layer {

@@ -74,7 +74,7 @@ impl Puller {
             let writer = match (net, disk) {
                 (Err(e), _) if !matches!(e, PullError::Internal(_)) => return Err(e),
                 (_, Err(SinkError::Restarted)) if round == 0 => continue,
-                (_, Err(e)) => return Err(e.into()),
+                (_, Err(e)) => return Err(e.in_context(&what).into()),
                 (_, Ok(writer)) => writer,
             };
             match blocking(move || writer.commit()).await? {
@@ -187,7 +187,7 @@ impl Puller {
             };
             let unpacked = match unpacked {
                 Err(SinkError::Restarted) if round == 0 => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e.in_context(&what).into()),
                 Ok(u) => u,
             };
             if let Some(writer) = unpacked.writer {
