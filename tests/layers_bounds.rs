@@ -321,6 +321,8 @@ fn dir_header(name: &str) -> tar::Header {
 
 /// Runs `cvmd pull` and returns its output and peak RSS in KiB (wait4's
 /// ru_maxrss).
+// The child is reaped by wait4 (for its rusage), which std cannot do.
+#[allow(clippy::zombie_processes)]
 fn pull_measured(cvmd: &Cvmd, reference: &str, out_dir: &Path) -> (std::process::Output, u64) {
     let (stdout, stderr) = (out_dir.join("stdout"), out_dir.join("stderr"));
     let child = cvmd
