@@ -184,6 +184,44 @@ fn layers_bounds_the_image_bound_counts_all_layers() {
 }
 
 #[test]
+fn layers_bounds_cached_layers_count_toward_the_image_bound() {
+    if !can_run() || !tar_present() {
+        return;
+    }
+    // Image one is a 30 GiB (declared) layer; image two is that layer,
+    // now cached, and another 30 GiB one: refused, though this pull
+    // unpacks only 30 GiB (as a failed pull retried would).
+    let a = Layer::from_tar(sparse_tar("a", 30 << 30, 0, b"a"), Compression::Gzip);
+    let b = Layer::from_tar(sparse_tar("b", 30 << 30, 0, b"b"), Compression::Gzip);
+    let reg = Registry::plain().unwrap();
+    let sandbox = Sandbox::new();
+    let one = push(
+        &reg,
+        "bounds/one",
+        "v1",
+        &ImageBuilder::new(Format::Oci).layer(a.clone()).build(),
+    );
+    let two = push(
+        &reg,
+        "bounds/two",
+        "v1",
+        &ImageBuilder::new(Format::Oci)
+            .layer(a)
+            .layer(b.clone())
+            .build(),
+    );
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    cvmd.pull_ok(&one);
+    let out = cvmd.pull(&two, &[]);
+    let line = error_line(&out);
+    assert!(line.contains("over its layers"), "{line}");
+    assert!(line.contains(&b.digest), "names the new layer: {line}");
+    let cache = sandbox.cache();
+    assert!(!layer_dir(&cache, &b.diff_id).exists());
+    assert!(staging(&cache).is_empty(), "staging: {:?}", staging(&cache));
+}
+
+#[test]
 fn layers_bounds_holes_of_a_sparse_file_stay_holes() {
     if !can_run() || !tar_present() {
         return;

@@ -99,8 +99,8 @@ pub struct Puller {
     pub concurrency: usize,
     /// Bound on one layer's unpacked size (a gzip bomb stops here); 0: none.
     pub max_layer_bytes: u64,
-    /// Bound on the unpacked size of the layers one pull unpacks, together;
-    /// 0: none.
+    /// Bound on the unpacked size of an image's layers together (those in
+    /// the cache already by their recorded size); 0: none.
     pub max_image_bytes: u64,
     /// Space kept free on the cache's file system while unpacking.
     pub cache_reserve: Option<crate::unpack::Reserve>,
@@ -135,6 +135,15 @@ impl Puller {
         let mut fetches = Vec::with_capacity(manifest.layers.len());
         let pinned_ref = &pinned;
         let meter = Arc::new(crate::unpack::ImageMeter::new(self.max_image_bytes));
+        if self.unpack {
+            // Else a failed pull retried would admit one more layer each
+            // time: the layers it kept are part of the image too.
+            for diff_id in &config.rootfs.diff_ids {
+                if let Some(cached) = self.layers.meta(diff_id) {
+                    meter.add_cached(cached.file_bytes);
+                }
+            }
+        }
         for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
             let pinned = pinned_ref;
             let meter = Arc::clone(&meter);

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// write would cost more than the write.
 pub(super) const RECHECK_EVERY: u64 = 8 << 20;
 
-/// Unpacked bytes of one image, counted over all its layers as they unpack
-/// (layers unpack in parallel, hence the atomic).
+/// Unpacked bytes of one image, counted over all its layers: those in the
+/// cache already by their recorded size, the others as they unpack (in
+/// parallel, hence the atomic).
 #[derive(Debug)]
 pub struct ImageMeter {
     used: AtomicU64,
@@ -47,6 +48,17 @@ impl ImageMeter {
                 used.checked_add(n).filter(|&total| total <= self.limit)
             })
             .is_ok()
+    }
+
+    /// Counts a layer already in the cache (unpacked earlier, by this image
+    /// or another): it is part of the image, so later layers must fit
+    /// beside it. Never refused: it is on disk already.
+    pub fn add_cached(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_add(n))
+            });
     }
 
     /// Gives back what a failed layer attempt charged.
@@ -151,6 +163,10 @@ mod tests {
         assert!(m.charge(40));
         assert!(!m.charge(u64::MAX), "no overflow");
         assert!(ImageMeter::new(0).charge(u64::MAX / 2));
+        let cached = ImageMeter::new(100);
+        cached.add_cached(90);
+        assert!(!cached.charge(11), "a cached layer counts");
+        assert!(cached.charge(10));
     }
 
     #[test]
