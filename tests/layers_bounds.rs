@@ -453,3 +453,36 @@ fn layers_bounds_megabyte_xattr_names_are_refused_with_memory_bounded() {
     assert!(published(&cache).is_empty());
     assert!(staging(&cache).is_empty(), "staging: {:?}", staging(&cache));
 }
+
+#[test]
+fn layers_bounds_dropped_overlay_xattrs_are_counted_in_one_line() {
+    if !can_run() {
+        return;
+    }
+    let layer = streamed_layer(|b| {
+        for i in 0..1000 {
+            let key = "SCHILY.xattr.trusted.overlay.redirect";
+            b.append_pax_extensions([(key, &b"/etc"[..])]).unwrap();
+            b.append(&dir_header(&format!("d{i}")), std::io::empty())
+                .unwrap();
+        }
+    });
+    let reg = Registry::plain().unwrap();
+    let sandbox = Sandbox::new();
+    let img = ImageBuilder::new(Format::Oci).layer(layer).build();
+    let reference = push(&reg, "bounds/dropped", "v1", &img);
+    let out = Cvmd::new(&sandbox.cache(), &reg.host()).pull(&reference, &[]);
+    assert_success(&out, "pull of a layer with overlay xattrs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("trusted.overlay"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for all of them: {lines:?}");
+    assert!(lines[0].contains("1000"), "with the count: {}", lines[0]);
+    assert!(
+        lines[0].contains("trusted.overlay.redirect"),
+        "and an example: {}",
+        lines[0]
+    );
+}
