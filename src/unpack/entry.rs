@@ -1,7 +1,6 @@
 //! Applying one tar entry: decide (pure helpers in `kind`, `path`,
 //! `whiteout`), resolve its parent beneath the root, create, set metadata.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -10,6 +9,7 @@ use rustix::fs::FileType;
 use rustix::io::Errno;
 
 use super::bounds::{self, Short, Space};
+use super::deferred::Deferred;
 use super::fsops::{self, Existing, ResolveError, Root, Slot, WriteError};
 use super::kind::{kind_of, Kind};
 use super::member::Member;
@@ -21,27 +21,11 @@ use super::{UnpackError, UnpackOptions, UnpackStats};
 
 const COPY_BUF: usize = 64 << 10;
 
-/// A directory whose mode and times wait until its children are written
-/// (creating a child updates the parent's mtime; a 0555 mode would block
-/// an unprivileged unpack from writing the children).
-struct DeferredDir {
-    path: CleanPath,
-    /// (st_dev, st_ino) when created, so the final pass never applies the
-    /// metadata to whatever a later entry put at that name.
-    id: (u64, u64),
-    meta: Meta,
-}
-
 pub(super) struct Unpacker<'o> {
     root: Root,
     opts: &'o UnpackOptions,
     stats: UnpackStats,
-    /// By identity: a directory named again (`./` a million times) replaces
-    /// its own entry instead of adding one.
-    dirs: HashMap<(u64, u64), DeferredDir>,
-    /// Memory the deferred directories hold, as counted against
-    /// [`super::UnpackLimits::deferred_dir_bytes`].
-    deferred_bytes: u64,
+    dirs: Deferred,
     /// Xattrs dropped by policy or refused by the host: counted, with the
     /// first as an example, and logged once when the layer ends.
     dropped_xattrs: u64,
@@ -80,8 +64,7 @@ impl<'o> Unpacker<'o> {
             root,
             opts,
             stats: UnpackStats::default(),
-            dirs: HashMap::new(),
-            deferred_bytes: 0,
+            dirs: Deferred::new(opts.limits.deferred_dir_bytes),
             dropped_xattrs: 0,
             dropped_example: None,
             skipped_xattrs: 0,
@@ -257,34 +240,14 @@ impl<'o> Unpacker<'o> {
                 }
                 let id = fsops::dir_identity(dir, leaf)
                     .map_err(|e| fail!(img, name, CreateDir, source: e))?;
-                if !self.dirs.contains_key(&id) {
-                    // The path's bytes and the entry's own size, roughly.
-                    let cost = path.to_relative().len() as u64 + 128;
-                    self.deferred_bytes += cost;
-                    let limit = self.opts.limits.deferred_dir_bytes;
-                    if self.deferred_bytes > limit {
-                        return Err(UnpackError::Limit {
-                            at: format!("entry {:?}", limits_shown(name)),
-                            image: img.to_string(),
-                            layer: self.opts.layer.clone(),
-                            broke: super::limits::Broke::DeferredDirs { limit }.to_string(),
-                        });
-                    }
-                }
-                // Only mode and times wait; xattrs are set now.
-                let kept = Meta {
-                    xattrs: Vec::new(),
-                    dropped_example: None,
-                    ..meta.clone()
-                };
-                self.dirs.insert(
-                    id,
-                    DeferredDir {
-                        path: path.clone(),
-                        id,
-                        meta: kept,
-                    },
-                );
+                self.dirs
+                    .add(&path, id, &meta)
+                    .map_err(|broke| UnpackError::Limit {
+                        at: format!("entry {:?}", limits_shown(name)),
+                        image: img.to_string(),
+                        layer: self.opts.layer.clone(),
+                        broke: broke.to_string(),
+                    })?;
                 self.stats.dirs += 1;
                 meta::apply_at(dir, leaf, Object::Dir, &meta, chown, &mut skipped)
             }
@@ -491,7 +454,8 @@ impl<'o> Unpacker<'o> {
             tracing::warn!(count = self.skipped_xattrs, example = %example,
                 "xattrs the cache file system refused were not set");
         }
-        for d in std::mem::take(&mut self.dirs).into_values() {
+        let mut dirs = std::mem::replace(&mut self.dirs, Deferred::new(0));
+        for d in dirs.take() {
             let entry = String::from_utf8_lossy(&d.path.to_relative()).into_owned();
             let (parent, leaf) = match d.path.split_last() {
                 Some((parents, leaf)) => (self.root.open_dir(parents), leaf),

@@ -30,6 +30,7 @@
 //!   obey them on a lowerdir.
 
 mod bounds;
+mod deferred;
 mod error;
 mod fsops;
 mod guard;
@@ -110,7 +111,8 @@ pub struct UnpackStats {
     pub file_bytes: u64,
     /// Device nodes not created because mknod was not permitted.
     pub skipped_devices: u64,
-    /// Xattrs the host refused (EPERM / EOPNOTSUPP), each logged.
+    /// Xattrs dropped (`trusted.overlay.*`) or refused by the host (EPERM,
+    /// EOPNOTSUPP): counted, logged once per layer with an example.
     pub skipped_xattrs: u64,
     pub files: u64,
     pub dirs: u64,
