@@ -77,6 +77,9 @@ fn tar_present() -> bool {
 }
 
 struct Pulled {
+    /// First: fields drop in order, and the tmpfs must be gone before the
+    /// sandbox's dir is removed.
+    _mount: Option<Tmpfs>,
     sandbox: Sandbox,
     out: std::process::Output,
     reference: String,
@@ -85,12 +88,7 @@ struct Pulled {
 
 /// Pushes an image of `layers`, pulls it into the sandbox's cache (on a
 /// tmpfs mounted with `tmpfs` options when given) with `env` set.
-fn pull(
-    repo: &str,
-    layers: Vec<Layer>,
-    tmpfs: Option<&str>,
-    env: &[(&str, &str)],
-) -> (Pulled, Option<Tmpfs>) {
+fn pull(repo: &str, layers: Vec<Layer>, tmpfs: Option<&str>, env: &[(&str, &str)]) -> Pulled {
     let reg = Registry::plain().unwrap();
     let sandbox = Sandbox::new();
     let mount = tmpfs.map(|o| Tmpfs::mount(&sandbox.cache(), o));
@@ -105,15 +103,13 @@ fn pull(
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run cvmd");
-    (
-        Pulled {
-            sandbox,
-            out,
-            reference,
-            _reg: reg,
-        },
-        mount,
-    )
+    Pulled {
+        _mount: mount,
+        sandbox,
+        out,
+        reference,
+        _reg: reg,
+    }
 }
 
 impl Pulled {
@@ -152,7 +148,7 @@ fn layers_bounds_a_60gib_sparse_bomb_is_refused_by_the_image_bound() {
     let tar = sparse_tar("bomb", 60 << 30, 0, b"");
     // On a 1 GiB tmpfs: were it written out, the disk would refuse it, not
     // the bound.
-    let (p, _mount) = pull(
+    let p = pull(
         "bounds/bomb",
         vec![Layer::from_tar(tar, Compression::Gzip)],
         Some("size=1g"),
@@ -171,7 +167,7 @@ fn layers_bounds_the_image_bound_counts_all_layers() {
     // bound, together past the 40 GiB image bound.
     let a = Layer::from_tar(sparse_tar("a", 30 << 30, 0, b"a"), Compression::Gzip);
     let b = Layer::from_tar(sparse_tar("b", 30 << 30, 0, b"b"), Compression::Gzip);
-    let (p, _mount) = pull("bounds/two", vec![a, b], Some("size=1g"), &[]);
+    let p = pull("bounds/two", vec![a, b], Some("size=1g"), &[]);
     let line = error_line(&p.out);
     assert!(line.contains("over its layers"), "{line}");
     assert!(line.contains("CVMD_MAX_IMAGE_SIZE"), "{line}");
@@ -230,7 +226,7 @@ fn layers_bounds_holes_of_a_sparse_file_stay_holes() {
     let tar = sparse_tar("holey", 4 << 30, at, b"middle");
     let layer = Layer::from_tar(tar, Compression::Gzip);
     let diff_id = layer.diff_id.clone();
-    let (p, _mount) = pull("bounds/holes", vec![layer], None, &[]);
+    let p = pull("bounds/holes", vec![layer], None, &[]);
     assert_success(&p.out, "pull of a 4 GiB sparse file");
     let file = layer_dir(&p.sandbox.cache(), &diff_id).join("root/holey");
     let meta = std::fs::metadata(&file).unwrap();
@@ -256,7 +252,7 @@ fn layers_bounds_the_cache_reserve_stops_an_unpack() {
     let layer = LayerBuilder::new()
         .file("big", &vec![7u8; 40 << 20], 0o644)
         .build(Compression::Gzip);
-    let (p, _mount) = pull(
+    let p = pull(
         "bounds/reserve",
         vec![layer],
         Some("size=64m"),
@@ -280,7 +276,7 @@ fn layers_bounds_enospc_leaves_no_staging_behind() {
     for i in 0..400 {
         b = b.file(&format!("f{i:03}"), b"x", 0o644);
     }
-    let (p, _mount) = pull(
+    let p = pull(
         "bounds/enospc",
         vec![b.build(Compression::Gzip)],
         Some("size=64m,nr_inodes=200"),
@@ -299,13 +295,14 @@ fn layers_bounds_enospc_in_the_download_leaves_no_partial_blob() {
     // `cvmd prefetch` of a content-only node does): the blob does not fit.
     let reg = Registry::plain().unwrap();
     let sandbox = Sandbox::new();
-    let _mount = Tmpfs::mount(&sandbox.cache(), "size=2m");
+    let mount = Tmpfs::mount(&sandbox.cache(), "size=2m");
     let img = ImageBuilder::new(Format::Oci)
         .layer(Layer::random("noise", 4, 3, Compression::Gzip))
         .build();
     let reference = push(&reg, "bounds/enospc-blob", "v1", &img);
     let out = Cvmd::new(&sandbox.cache(), &reg.host()).pull(&reference, &["--no-unpack"]);
     let p = Pulled {
+        _mount: Some(mount),
         sandbox,
         out,
         reference,
