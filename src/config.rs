@@ -41,6 +41,8 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "pull_concurrency", env: "CVMD_PULL_CONCURRENCY", envbox: None, default: Some("4"), help: "layers downloaded at once (1-64)" },
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
     Spec { key: "max_layer_size", env: "CVMD_MAX_LAYER_SIZE", envbox: None, default: Some("64GiB"), help: "refuse a layer whose unpacked files exceed this (bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
+    Spec { key: "max_image_size", env: "CVMD_MAX_IMAGE_SIZE", envbox: None, default: Some("40GiB"), help: "refuse an image whose layers unpacked by one pull exceed this together (declared sizes, sparse holes included; bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
+    Spec { key: "cache_reserve", env: "CVMD_CACHE_RESERVE", envbox: None, default: Some("15%"), help: "free space kept on the cache's file system: an unpack that would go below it stops (a percentage of the file system, or a size; 0: none)" },
     Spec { key: "cache_budget", env: "CVMD_CACHE_BUDGET", envbox: None, default: None, help: "after a pull, drop least recently used images until the cache is under this size (e.g. 100GiB)" },
     Spec { key: "workspace", env: "CVMD_WORKSPACE", envbox: None, default: Some("workspace"), help: "this workspace's name: its state dir, container id, lease and ID range" },
     Spec { key: "pod_namespace", env: "CVMD_POD_NAMESPACE", envbox: None, default: None, help: "the workspace pod's Kubernetes namespace (downward API metadata.namespace): with the workspace name it identifies the workspace on the node, so equal pod names in two namespaces get their own lease and ID range" },
@@ -130,6 +132,8 @@ pub struct Settings {
     pub pull_concurrency: usize,
     pub pull_retries: u32,
     pub max_layer_size: u64,
+    pub max_image_size: u64,
+    pub cache_reserve: crate::unpack::Reserve,
     pub cache_budget: Option<u64>,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -352,6 +356,21 @@ impl Settings {
         let max_layer_size = parse("max_layer_size", &|v| parse_size(v).map(|_| ()))
             .and_then(|v| parse_size(&v).ok())
             .unwrap_or(64 << 30);
+        // Under half of a 100 GB node disk: room for a second image, the
+        // workspaces' upper dirs, sysbox and the kubelet beside the largest
+        // image; real workspace images are a few GiB to ~30 GiB unpacked.
+        let max_image_size = parse("max_image_size", &|v| parse_size(v).map(|_| ()))
+            .and_then(|v| parse_size(&v).ok())
+            .unwrap_or(40 << 30);
+        // 15%: the kubelet evicts pods below 10% free on the node's file
+        // system (its default nodefs.available hard threshold) and starts
+        // image gc at 85% used; stopping at 15% free leaves the node out of
+        // both because of a pull.
+        let cache_reserve = parse("cache_reserve", &|v| {
+            crate::unpack::Reserve::parse(v).map(|_| ())
+        })
+        .and_then(|v| crate::unpack::Reserve::parse(&v).ok())
+        .unwrap_or(crate::unpack::Reserve::Percent(15));
         let cache_budget =
             parse("cache_budget", &|v| parse_size(v).map(|_| ())).and_then(|v| parse_size(&v).ok());
         let log_level = parse("log_level", &|v| {
@@ -541,6 +560,8 @@ impl Settings {
             pull_concurrency,
             pull_retries,
             max_layer_size,
+            max_image_size,
+            cache_reserve,
             cache_budget,
             log_level,
             log_format,

@@ -63,6 +63,8 @@ fn puller(settings: &Settings) -> Result<Puller, ImageError> {
         store: ContentStore::open(&settings.cache_dir)?,
         layers: LayerCache::open(&settings.cache_dir)?,
         max_layer_bytes: settings.max_layer_size,
+        max_image_bytes: settings.max_image_size,
+        cache_reserve: Some(settings.cache_reserve),
         preserve_ownership: nix::unistd::geteuid().is_root(),
         platform: settings.platform.clone(),
         concurrency: settings.pull_concurrency,

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::io::AsyncBufReadExt;
 
 use crate::bundle::{self, BundleInput, HostFiles, ImageRun, Limits, Overrides, RuntimeFlavor};
 use crate::config::{IdMapSetting, Settings};
@@ -24,6 +23,7 @@ use crate::rootfs;
 use crate::runtime::{ContainerIo, Runtime};
 use crate::supervisor::lifecycle::Phase;
 use crate::supervisor::logbook::{LogBook, Source};
+use crate::supervisor::loglines;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::signals::{self, StopPolicy};
 use crate::supervisor::state::{Container, StateHandle, Tee};
@@ -499,11 +499,16 @@ fn resolve_runtime(runtime: &str) -> anyhow::Result<PathBuf> {
 /// The workspace's output into cvmd's log and the log book (`cvmctl logs`).
 async fn log_lines(source: Source, pipe: tokio::net::unix::pipe::Receiver, book: Arc<LogBook>) {
     let stream = source.as_str();
-    let mut lines = tokio::io::BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = tokio::io::BufReader::new(pipe);
+    while let Ok(Some(record)) = loglines::next_record(&mut reader, loglines::MAX_RECORD).await {
+        let line = String::from_utf8_lossy(&record.bytes);
         // The target is what keeps the log book's tracing layer from
         // recording the line a second time as cvmd's own.
-        tracing::info!(target: "workspace", stream, "{line}");
+        if record.partial {
+            tracing::info!(target: "workspace", stream, partial = true, "{line}");
+        } else {
+            tracing::info!(target: "workspace", stream, "{line}");
+        }
         book.push(source, tracing::Level::INFO, &line);
     }
 }

@@ -447,3 +447,31 @@ fn a_token_that_expires_mid_pull_is_renewed() {
         "{ours:?}"
     );
 }
+
+#[test]
+fn a_token_lifetime_too_large_for_a_clock_is_clamped_not_a_panic() {
+    if !require_registry() {
+        return;
+    }
+    for answered in [json!(u64::MAX), json!(-1), json!(1e300)] {
+        let cfg = TokenConfig::new()
+            .user(USER, PASS)
+            .answer_expires_in(answered.clone());
+        let reg = Registry::token(cfg).expect("registry");
+        let img = small_image(Format::Oci, 12);
+        push(&reg, "team/app", "v1", &img);
+        let cvmd = Cvmd::new(CVMD);
+        cvmd.write_docker_config(
+            &json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}),
+        );
+        let run = cvmd.pull(
+            &format!("{}/team/app:v1", reg.host()),
+            &["--insecure-registries", &reg.host()],
+        );
+        assert!(
+            !run.stderr.contains("panicked"),
+            "expires_in {answered}: {run}"
+        );
+        assert_pulled(&run, &cvmd, &reg.host(), "team/app", &img);
+    }
+}

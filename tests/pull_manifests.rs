@@ -288,6 +288,8 @@ fn library_puller_fetches_each_blob_once_per_store() {
         store: cvmd::store::ContentStore::open(cache.path()).unwrap(),
         layers: cvmd::store::layers::LayerCache::open(cache.path()).unwrap(),
         max_layer_bytes: 0,
+        max_image_bytes: 0,
+        cache_reserve: None,
         preserve_ownership: true,
         unpack: true,
         platform: "linux/amd64".parse().unwrap(),

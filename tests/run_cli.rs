@@ -32,7 +32,7 @@ fn busybox_image(entrypoint: &[&str]) -> common::image::Image {
     let mut layer = LayerBuilder::new()
         .dir("bin", 0o755)
         .file("bin/busybox", &busybox, 0o755);
-    for app in ["sh", "sleep", "echo", "cat", "ls"] {
+    for app in ["sh", "sleep", "echo", "cat", "ls", "head", "tr"] {
         layer = layer.symlink(&format!("bin/{app}"), "busybox");
     }
     ImageBuilder::new(Format::Oci)
@@ -318,4 +318,77 @@ fn run_cache_budget_never_evicts_the_image_being_started() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert_clean(state.path());
     }
+}
+/// The peak resident set of process `pid` (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Whether the last 64 KiB of `path` hold `needle` (the file is large).
+fn tail_contains(path: &Path, needle: &str) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    f.seek(SeekFrom::Start(len.saturating_sub(64 << 10)))
+        .unwrap();
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).unwrap();
+    String::from_utf8_lossy(&tail).contains(needle)
+}
+
+#[test]
+fn run_a_workspace_writing_one_endless_line_keeps_cvmd_small() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    // 128 MiB without a newline, then a marker line, then idle.
+    let reference = push(
+        &reg,
+        "run/flood",
+        "v1",
+        &busybox_image(&[
+            "/bin/sh",
+            "-c",
+            "head -c 134217728 /dev/zero | tr '\\0' x; echo; echo flood-done-$((6*7)); exec sleep 1000",
+        ]),
+    );
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let log = state.path().join("cvmd.log");
+    let mut child = cvmd_run(&cvmd, state.path(), &reference, &["--stop-timeout", "1"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let done = common::wait_until(Duration::from_secs(120), || {
+        tail_contains(&log, "flood-done-42")
+    });
+    let peak = peak_rss_kib(child.id());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    eprintln!("cvmd peak RSS during the flood: {peak} KiB");
+    assert!(done, "the workspace's marker line never reached cvmd's log");
+    assert!(
+        peak < 64 << 10,
+        "cvmd's peak RSS was {} MiB while the workspace wrote one 128 MiB line",
+        peak >> 10
+    );
+    // The line was cut into partial records, not dropped.
+    assert!(
+        tail_contains(&log, "partial=true"),
+        "no partial records logged"
+    );
+    assert_clean(state.path());
 }

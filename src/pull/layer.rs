@@ -74,7 +74,7 @@ impl Puller {
             let writer = match (net, disk) {
                 (Err(e), _) if !matches!(e, PullError::Internal(_)) => return Err(e),
                 (_, Err(SinkError::Restarted)) if round == 0 => continue,
-                (_, Err(e)) => return Err(e.into()),
+                (_, Err(e)) => return Err(e.in_context(&what).into()),
                 (_, Ok(writer)) => writer,
             };
             match blocking(move || writer.commit()).await? {
@@ -99,6 +99,7 @@ impl Puller {
         reference: &Reference,
         layer: &Layer,
         diff_id: &Digest,
+        meter: std::sync::Arc<crate::unpack::ImageMeter>,
         progress: &dyn ProgressSink,
     ) -> Result<(), PullError> {
         let digest = &layer.digest;
@@ -124,8 +125,12 @@ impl Puller {
         let what = format!("layer {digest} of {reference}");
         let opts = UnpackOptions {
             image: reference.to_string(),
+            layer: digest.to_string(),
             max_unpacked_bytes: self.max_layer_bytes,
             preserve_ownership: self.preserve_ownership,
+            image_meter: Some(meter),
+            cache_reserve: self.cache_reserve,
+            limits: Default::default(),
         };
         // A resumed prefix that turns out corrupt, or a registry that
         // ignored a Range request, costs one fresh download.
@@ -182,7 +187,7 @@ impl Puller {
             };
             let unpacked = match unpacked {
                 Err(SinkError::Restarted) if round == 0 => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e.in_context(&what).into()),
                 Ok(u) => u,
             };
             if let Some(writer) = unpacked.writer {

@@ -99,6 +99,11 @@ pub struct Puller {
     pub concurrency: usize,
     /// Bound on one layer's unpacked size (a gzip bomb stops here); 0: none.
     pub max_layer_bytes: u64,
+    /// Bound on the unpacked size of an image's layers together (those in
+    /// the cache already by their recorded size); 0: none.
+    pub max_image_bytes: u64,
+    /// Space kept free on the cache's file system while unpacking.
+    pub cache_reserve: Option<crate::unpack::Reserve>,
     /// Apply the layers' file owners (needs root).
     pub preserve_ownership: bool,
     /// Unpack layers into the layer cache (else only store their blobs).
@@ -129,11 +134,23 @@ impl Puller {
         // future !Send (rustc cannot prove the closure general enough).
         let mut fetches = Vec::with_capacity(manifest.layers.len());
         let pinned_ref = &pinned;
+        let meter = Arc::new(crate::unpack::ImageMeter::new(self.max_image_bytes));
+        if self.unpack {
+            // Else a failed pull retried would admit one more layer each
+            // time: the layers it kept are part of the image too.
+            for diff_id in &config.rootfs.diff_ids {
+                if let Some(cached) = self.layers.meta(diff_id) {
+                    meter.add_cached(cached.file_bytes);
+                }
+            }
+        }
         for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
             let pinned = pinned_ref;
+            let meter = Arc::clone(&meter);
             fetches.push(async move {
                 if self.unpack {
-                    self.fetch_layer(pinned, layer, diff_id, progress).await
+                    self.fetch_layer(pinned, layer, diff_id, meter, progress)
+                        .await
                 } else {
                     self.fetch_blob(pinned, layer, progress).await
                 }

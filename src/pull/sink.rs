@@ -35,6 +35,16 @@ pub enum SinkError {
     },
     #[error("the download restarted from the beginning")]
     Restarted,
+    #[error(
+        "{what}: the cache file system is full ({source}); the partial download was removed; \
+         free space in the cache (cvmd gc --budget, CVMD_CACHE_BUDGET) or give the cache a \
+         bigger volume"
+    )]
+    NoSpace {
+        what: String,
+        #[source]
+        source: StoreError,
+    },
     #[error("{what}: {source}")]
     Read {
         what: String,
@@ -99,6 +109,14 @@ impl Read for Feed {
                 Some(Msg::Data(b)) => {
                     if let Some(w) = &mut self.writer {
                         if let Err(e) = w.write(&b) {
+                            // A partial download is kept for a resume, but
+                            // not one that filled the disk: it is what
+                            // holds the space.
+                            if is_no_space(&e) {
+                                if let Some(w) = self.writer.take() {
+                                    w.abandon();
+                                }
+                            }
                             return Err(self.fail(e.into()));
                         }
                     }
@@ -125,6 +143,25 @@ impl Read for Feed {
 
 /// Hashes what passes through: the uncompressed stream's digest is the
 /// layer's diff_id.
+impl SinkError {
+    /// A store write that hit ENOSPC, said with the layer and image it was
+    /// for (the store names only its own path).
+    pub fn in_context(self, what: &str) -> SinkError {
+        match self {
+            SinkError::Store(source) if is_no_space(&source) => SinkError::NoSpace {
+                what: what.to_string(),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+fn is_no_space(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+}
+
 struct Hashing<R> {
     inner: R,
     hasher: Sha256,

@@ -79,12 +79,36 @@ struct TokenResponse {
     token: Option<String>,
     #[serde(default)]
     access_token: Option<String>,
+    /// Any JSON number (or none): a registry's answer is clamped by
+    /// [`token_lifetime`], never trusted to fit an `Instant`.
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Number>,
 }
 
 /// The distribution token spec's default when `expires_in` is absent.
 const DEFAULT_TOKEN_LIFETIME: u64 = 60;
+
+/// Tokens are cached at most this long, whatever the registry says. Real
+/// registries issue 5 min (Docker Hub) to 12 h (ECR); a day bounds a hostile
+/// or broken answer (`u64::MAX` once overflowed `Instant + Duration` and
+/// panicked) without renewing real tokens more often than they ask.
+const MAX_TOKEN_LIFETIME: u64 = 24 * 60 * 60;
+
+/// How long to cache a token whose answer said `expires_in`: the spec's
+/// default when absent, at least 1 s (zero, negative or fractional values
+/// are taken as "short"), at most [`MAX_TOKEN_LIFETIME`].
+fn token_lifetime(expires_in: Option<&serde_json::Number>) -> u64 {
+    let Some(n) = expires_in else {
+        return DEFAULT_TOKEN_LIFETIME;
+    };
+    let secs = match (n.as_u64(), n.as_f64()) {
+        (Some(secs), _) => secs,
+        // Negative or fractional: `as` saturates (NaN and below 0 give 0).
+        (None, Some(f)) => f as u64,
+        (None, None) => 0,
+    };
+    secs.clamp(1, MAX_TOKEN_LIFETIME)
+}
 
 struct CachedToken {
     header: String,
@@ -200,7 +224,8 @@ impl Authenticator {
                     (host.to_string(), scope.to_string()),
                     CachedToken {
                         header: header.clone(),
-                        valid_until: Instant::now() + Duration::from_secs(lifetime) - margin,
+                        valid_until: Instant::now()
+                            + Duration::from_secs(lifetime - margin.as_secs()),
                     },
                 );
                 Ok(Some(header))
@@ -284,10 +309,7 @@ async fn fetch_token(
             "the token endpoint's token is not a valid header value".into(),
         ));
     }
-    Ok((
-        token,
-        parsed.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).max(1),
-    ))
+    Ok((token, token_lifetime(parsed.expires_in.as_ref())))
 }
 
 #[cfg(test)]
@@ -322,6 +344,29 @@ mod tests {
             "a realm is required"
         );
         assert_eq!(parse_challenge(""), None);
+    }
+
+    #[test]
+    fn token_lifetimes_are_clamped_to_a_sane_range() {
+        let life = |json: &str| {
+            let parsed: TokenResponse = serde_json::from_str(json).unwrap();
+            token_lifetime(parsed.expires_in.as_ref())
+        };
+        assert_eq!(life(r#"{"token":"t"}"#), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(life(r#"{"token":"t","expires_in":300}"#), 300);
+        assert_eq!(
+            life(r#"{"token":"t","expires_in":18446744073709551615}"#),
+            MAX_TOKEN_LIFETIME
+        );
+        assert_eq!(
+            life(r#"{"token":"t","expires_in":1e300}"#),
+            MAX_TOKEN_LIFETIME
+        );
+        assert_eq!(life(r#"{"token":"t","expires_in":-5}"#), 1);
+        assert_eq!(life(r#"{"token":"t","expires_in":0}"#), 1);
+        assert_eq!(life(r#"{"token":"t","expires_in":2.5}"#), 2);
+        // Whatever was clamped, the deadline it gives is representable.
+        let _ = Instant::now() + Duration::from_secs(MAX_TOKEN_LIFETIME);
     }
 
     #[test]

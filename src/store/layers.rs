@@ -63,6 +63,13 @@ impl LayerCache {
         self.dir(diff_id).join("root")
     }
 
+    /// What a published layer was recorded with (its unpacked size);
+    /// None when it is not published or its record is unreadable.
+    pub fn meta(&self, diff_id: &Digest) -> Option<LayerMeta> {
+        let bytes = std::fs::read(self.dir(diff_id).join(MARKER)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     pub fn has(&self, diff_id: &Digest) -> bool {
         self.dir(diff_id).join(MARKER).is_file()
     }

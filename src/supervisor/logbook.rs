@@ -17,6 +17,10 @@ pub const KEPT_LINES: usize = 2000;
 /// A longer line is cut here (a workspace may print a megabyte without a
 /// newline; the API's messages stay small).
 pub const MAX_LINE: usize = 16 << 10;
+/// Bytes of lines kept per source group: 2000 lines of 16 KiB would be
+/// 32 MiB in PID 1 for a workspace that floods its stdout; 4 MiB keeps
+/// thousands of ordinary lines.
+pub const KEPT_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,8 +89,28 @@ pub struct LogLine {
 #[derive(Default)]
 struct Rings {
     seq: u64,
-    workspace: VecDeque<LogLine>,
-    cvmd: VecDeque<LogLine>,
+    workspace: Ring,
+    cvmd: Ring,
+}
+
+/// Lines of one group, bounded by [`KEPT_LINES`] and [`KEPT_BYTES`].
+#[derive(Default)]
+struct Ring {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+}
+
+impl Ring {
+    fn push(&mut self, entry: LogLine) {
+        while self.lines.len() >= KEPT_LINES || self.bytes + entry.line.len() > KEPT_BYTES {
+            let Some(old) = self.lines.pop_front() else {
+                break;
+            };
+            self.bytes -= old.line.len();
+        }
+        self.bytes += entry.line.len();
+        self.lines.push_back(entry);
+    }
 }
 
 pub struct LogBook {
@@ -132,10 +156,7 @@ impl LogBook {
         } else {
             &mut rings.cvmd
         };
-        if ring.len() == KEPT_LINES {
-            ring.pop_front();
-        }
-        ring.push_back(entry.clone());
+        ring.push(entry.clone());
         // Sent under the lock so a reader that takes the tail and then
         // subscribes (also under the lock) neither misses nor repeats a line.
         let _ = self.tx.send(entry);
@@ -161,8 +182,9 @@ impl LogBook {
 fn tail(rings: &Rings, filter: Filter, n: usize) -> Vec<LogLine> {
     let mut lines: Vec<LogLine> = rings
         .workspace
+        .lines
         .iter()
-        .chain(rings.cvmd.iter())
+        .chain(rings.cvmd.lines.iter())
         .filter(|l| filter.wants(l.source))
         .cloned()
         .collect();
@@ -269,6 +291,21 @@ mod tests {
         book.push(Source::Stdout, Level::INFO, &"é".repeat(MAX_LINE));
         let (last, _) = book.tail_and_follow(Filter::Workspace, 1);
         assert!(last[0].line.len() <= MAX_LINE);
+    }
+
+    #[test]
+    fn rings_are_bounded_in_bytes_too() {
+        let book = LogBook::default();
+        let long = "x".repeat(MAX_LINE);
+        for _ in 0..KEPT_LINES {
+            book.push(Source::Stdout, Level::INFO, &long);
+        }
+        book.push(Source::Stdout, Level::INFO, "last");
+        let (ws, _) = book.tail_and_follow(Filter::Workspace, usize::MAX);
+        let bytes: usize = ws.iter().map(|l| l.line.len()).sum();
+        assert!(bytes <= KEPT_BYTES, "{bytes} bytes kept");
+        assert_eq!(ws.len(), KEPT_BYTES / MAX_LINE);
+        assert_eq!(ws.last().unwrap().line, "last");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod lifecycle;
 pub mod logbook;
+pub mod loglines;
 pub mod reaper;
 pub mod signals;
 pub mod state;

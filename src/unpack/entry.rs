@@ -8,46 +8,73 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::FileType;
 use rustix::io::Errno;
 
+use super::bounds::{self, Short, Space};
+use super::deferred::Deferred;
 use super::fsops::{self, Existing, ResolveError, Root, Slot, WriteError};
 use super::kind::{kind_of, Kind};
 use super::member::Member;
 use super::meta::{self, Meta, MetaError, Object, SkippedXattr};
 use super::path::{CleanPath, PathError};
+use super::sparse::Holey;
 use super::whiteout::{classify, Whiteout};
 use super::{UnpackError, UnpackOptions, UnpackStats};
 
 const COPY_BUF: usize = 64 << 10;
 
-/// A directory whose mode and times wait until its children are written
-/// (creating a child updates the parent's mtime; a 0555 mode would block
-/// an unprivileged unpack from writing the children).
-struct DeferredDir {
-    path: CleanPath,
-    /// (st_dev, st_ino) when created, so the final pass never applies the
-    /// metadata to whatever a later entry put at that name.
-    id: (u64, u64),
-    meta: Meta,
-}
-
 pub(super) struct Unpacker<'o> {
     root: Root,
     opts: &'o UnpackOptions,
     stats: UnpackStats,
-    dirs: Vec<DeferredDir>,
+    dirs: Deferred,
+    /// Xattrs dropped by policy or refused by the host: counted, with the
+    /// first as an example, and logged once when the layer ends.
+    dropped_xattrs: u64,
+    dropped_example: Option<String>,
+    skipped_xattrs: u64,
+    skipped_example: Option<String>,
     /// All entry data read so far (files and any payload of other entries),
     /// metered against `max_unpacked_bytes`.
     data_bytes: u64,
+    /// What this layer added to the image's meter: given back unless the
+    /// layer finishes.
+    image_charged: u64,
+    /// The layer's destination, for statvfs.
+    fs: std::fs::File,
+    /// Bytes that fit above the reserve at the last statvfs, less what was
+    /// admitted since; and what was admitted since.
+    headroom: u64,
+    since_stat: u64,
+    finished: bool,
     buf: Vec<u8>,
 }
 
+impl Drop for Unpacker<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Some(meter) = &self.opts.image_meter {
+                meter.release(self.image_charged);
+            }
+        }
+    }
+}
+
 impl<'o> Unpacker<'o> {
-    pub(super) fn new(root: Root, opts: &'o UnpackOptions) -> Self {
+    pub(super) fn new(root: Root, fs: std::fs::File, opts: &'o UnpackOptions) -> Self {
         Self {
             root,
             opts,
             stats: UnpackStats::default(),
-            dirs: Vec::new(),
+            dirs: Deferred::new(opts.limits.deferred_dir_bytes),
+            dropped_xattrs: 0,
+            dropped_example: None,
+            skipped_xattrs: 0,
+            skipped_example: None,
             data_bytes: 0,
+            image_charged: 0,
+            fs,
+            headroom: 0,
+            since_stat: 0,
+            finished: false,
             buf: vec![0; COPY_BUF],
         }
     }
@@ -60,7 +87,54 @@ impl<'o> Unpacker<'o> {
     }
 
     fn too_large(&self, name: &str) -> UnpackError {
-        fail!(self.opts.image, name, TooLarge, limit: self.opts.max_unpacked_bytes)
+        fail!(self.opts.image, name, TooLarge, layer: self.opts.layer.clone(),
+            limit: self.opts.max_unpacked_bytes)
+    }
+
+    /// Counts `n` bytes of entry data against the layer's and the image's
+    /// bounds, refusing before they are written.
+    fn charge(&mut self, n: u64, name: &str) -> Result<(), UnpackError> {
+        if n > self.budget() {
+            return Err(self.too_large(name));
+        }
+        if let Some(meter) = &self.opts.image_meter {
+            if !meter.charge(n) {
+                return Err(fail!(self.opts.image, name, ImageTooLarge,
+                    layer: self.opts.layer.clone(), limit: meter.limit()));
+            }
+            self.image_charged += n;
+        }
+        self.data_bytes += n;
+        Ok(())
+    }
+
+    /// Admits `need` bytes to the cache's file system above the reserve,
+    /// asking statvfs again when they exceed the headroom last seen or
+    /// [`bounds::RECHECK_EVERY`] bytes were admitted since.
+    fn admit(&mut self, need: u64, name: &str) -> Result<(), UnpackError> {
+        let Some(reserve) = self.opts.cache_reserve else {
+            return Ok(());
+        };
+        if need > self.headroom || self.since_stat >= bounds::RECHECK_EVERY {
+            let space = Space::of(&self.fs)
+                .map_err(|e| fail!(self.opts.image, name, CreateFile, source: e))?;
+            bounds::fits(space, reserve, need).map_err(|s| self.short(s, name))?;
+            self.headroom = space.avail - reserve.bytes(space.total);
+            self.since_stat = 0;
+        }
+        self.headroom -= need;
+        self.since_stat += need;
+        Ok(())
+    }
+
+    fn short(&self, s: Short, name: &str) -> UnpackError {
+        let reserve = self
+            .opts
+            .cache_reserve
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        fail!(self.opts.image, name, CacheReserve, layer: self.opts.layer.clone(),
+            need: s.need, avail: s.avail, keep: s.keep, reserve: reserve)
     }
 
     /// Applies `member`, whose `size` bytes of data `data` yields.
@@ -68,7 +142,7 @@ impl<'o> Unpacker<'o> {
         &mut self,
         header: &tar::Header,
         member: &Member,
-        data: &mut dyn Read,
+        data: &mut dyn Holey,
         size: u64,
         name: &str,
     ) -> Result<(), UnpackError> {
@@ -95,10 +169,16 @@ impl<'o> Unpacker<'o> {
         }
         let meta =
             read_meta(header, &member.pax).map_err(|e| fail!(img, name, Header, source: e))?;
-        for xattr in &meta.dropped {
-            let xattr = String::from_utf8_lossy(xattr);
-            tracing::warn!(entry = name, xattr = %xattr, "overlay xattr in layer tar dropped");
-            self.stats.skipped_xattrs += 1;
+        if let Some(example) = &meta.dropped_example {
+            self.dropped_xattrs += meta.dropped;
+            self.stats.skipped_xattrs += meta.dropped;
+            self.dropped_example.get_or_insert_with(|| {
+                format!(
+                    "{} on {}",
+                    super::limits::shown(example, 64),
+                    limits_shown(name)
+                )
+            });
         }
 
         let (parent, leaf) = match path.split_last() {
@@ -117,21 +197,34 @@ impl<'o> Unpacker<'o> {
         let mut skipped = Vec::new();
         let applied = match kind {
             Kind::File => {
-                if size > self.budget() {
-                    return Err(self.too_large(name));
+                // The declared size, holes included, is what the bounds
+                // count: a sparse bomb is refused here, not by the disk.
+                // The reserve counts what takes blocks: holes do not.
+                self.charge(size, name)?;
+                self.admit(data.data_left().unwrap_or(size).min(size), name)?;
+                let reserve = self.opts.cache_reserve;
+                let mut short = None;
+                let mut check = |file: &std::fs::File, left: u64| {
+                    let (Some(reserve), Ok(space)) = (reserve, Space::of(file)) else {
+                        return true;
+                    };
+                    short = bounds::fits(space, reserve, left).err();
+                    short.is_none()
+                };
+                let written = fsops::write_file(dir, leaf, data, size, &mut self.buf, &mut check);
+                if let Some(s) = short {
+                    return Err(self.short(s, name));
                 }
-                let (file, n) = fsops::write_file(dir, leaf, data, self.budget(), &mut self.buf)
-                    .map_err(|e| match e {
-                        WriteError::Create(e) => fail!(img, name, CreateFile, source: e),
-                        WriteError::Write(e) => fail!(img, name, WriteFile, source: e),
-                        WriteError::Read(e) => UnpackError::Read {
-                            after: name.to_string(),
-                            image: img.to_string(),
-                            source: e,
-                        },
-                        WriteError::TooLarge => self.too_large(name),
-                    })?;
-                self.data_bytes += n;
+                let (file, n) = written.map_err(|e| match e {
+                    WriteError::Create(e) => fail!(img, name, CreateFile, source: e),
+                    WriteError::Write(e) => fail!(img, name, WriteFile, source: e),
+                    WriteError::Read(e) => UnpackError::Read {
+                        after: name.to_string(),
+                        image: img.to_string(),
+                        source: e,
+                    },
+                    WriteError::TooLarge | WriteError::Stopped => self.too_large(name),
+                })?;
                 self.stats.file_bytes += n;
                 self.stats.files += 1;
                 meta::apply_file(&file, &meta, chown, &mut skipped)
@@ -147,11 +240,14 @@ impl<'o> Unpacker<'o> {
                 }
                 let id = fsops::dir_identity(dir, leaf)
                     .map_err(|e| fail!(img, name, CreateDir, source: e))?;
-                self.dirs.push(DeferredDir {
-                    path: path.clone(),
-                    id,
-                    meta: meta.clone(),
-                });
+                self.dirs
+                    .add(&path, id, &meta)
+                    .map_err(|broke| UnpackError::Limit {
+                        at: format!("entry {:?}", limits_shown(name)),
+                        image: img.to_string(),
+                        layer: self.opts.layer.clone(),
+                        broke: broke.to_string(),
+                    })?;
                 self.stats.dirs += 1;
                 meta::apply_at(dir, leaf, Object::Dir, &meta, chown, &mut skipped)
             }
@@ -308,9 +404,12 @@ impl<'o> Unpacker<'o> {
         name: &str,
     ) -> Result<(), UnpackError> {
         for s in skipped {
-            let xattr = String::from_utf8_lossy(&s.name);
-            tracing::warn!(entry = name, xattr = %xattr, error = %s.error, "xattr not set");
+            self.skipped_xattrs += 1;
             self.stats.skipped_xattrs += 1;
+            self.skipped_example.get_or_insert_with(|| {
+                let xattr = super::limits::shown(&s.name, 64);
+                format!("{xattr} on {}: {}", limits_shown(name), s.error)
+            });
         }
         applied.map_err(|e| meta_error(&self.opts.image, name, e))
     }
@@ -319,30 +418,44 @@ impl<'o> Unpacker<'o> {
     /// entry), metered like file contents, so the next header is in place.
     pub(super) fn drain_entry(
         &mut self,
-        data: &mut dyn Read,
+        data: &mut dyn Holey,
         name: &str,
     ) -> Result<(), UnpackError> {
-        let budget = self.budget();
-        let n = io::copy(&mut data.take(budget.saturating_add(1)), &mut io::sink()).map_err(
-            |source| UnpackError::Read {
+        loop {
+            let hole = data.take_hole();
+            let budget = self.budget();
+            let read = io::copy(
+                &mut (&mut *data).take(budget.saturating_add(1)),
+                &mut io::sink(),
+            )
+            .map_err(|source| UnpackError::Read {
                 after: name.to_string(),
                 image: self.opts.image.clone(),
                 source,
-            },
-        )?;
-        if n > budget {
-            return Err(self.too_large(name));
+            })?;
+            if hole == 0 && read == 0 {
+                return Ok(());
+            }
+            self.charge(hole.saturating_add(read), name)?;
         }
-        self.data_bytes += n;
-        Ok(())
     }
 
     /// Applies the deferred directory modes and times in archive order (any
     /// order works: setting a dir's times does not touch its parent's).
     pub(super) fn finish(mut self) -> Result<UnpackStats, UnpackError> {
+        self.finished = true;
         let opts = self.opts;
         let img = opts.image.as_str();
-        for d in std::mem::take(&mut self.dirs) {
+        if let Some(example) = &self.dropped_example {
+            tracing::warn!(count = self.dropped_xattrs, example = %example,
+                "overlay xattrs (trusted.overlay.*) in the layer tar dropped");
+        }
+        if let Some(example) = &self.skipped_example {
+            tracing::warn!(count = self.skipped_xattrs, example = %example,
+                "xattrs the cache file system refused were not set");
+        }
+        let mut dirs = std::mem::replace(&mut self.dirs, Deferred::new(0));
+        for d in dirs.take() {
             let entry = String::from_utf8_lossy(&d.path.to_relative()).into_owned();
             let (parent, leaf) = match d.path.split_last() {
                 Some((parents, leaf)) => (self.root.open_dir(parents), leaf),
@@ -358,8 +471,14 @@ impl<'o> Unpacker<'o> {
             }
             meta::finish_dir(&dir, &d.meta).map_err(|e| meta_error(img, &entry, e))?;
         }
-        Ok(self.stats)
+        Ok(std::mem::take(&mut self.stats))
     }
+}
+
+/// An entry name for a log line: names are bounded by PATH_MAX before they
+/// get here, this keeps lines short.
+fn limits_shown(name: &str) -> String {
+    super::limits::shown(name.as_bytes(), 256)
 }
 
 /// Header fields, overridden by PAX `uid`/`gid` (ids over 2097151 need

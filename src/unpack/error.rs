@@ -113,14 +113,66 @@ pub enum UnpackError {
     #[error("layer entry {entry:?} of image {image:?} is a link without a target name")]
     MissingLinkName { entry: String, image: String },
     #[error(
-        "layer of image {image:?} unpacks to more than {limit} bytes (at entry {entry:?}); \
-         raise the max_layer_size setting (--max-layer-size, CVMD_MAX_LAYER_SIZE) if the \
-         image is trusted"
+        "layer {layer} of image {image:?} unpacks to more than {limit} bytes (at entry \
+         {entry:?}, sizes as declared, sparse holes included); nothing of it was kept; raise \
+         the max_layer_size setting (--max-layer-size, CVMD_MAX_LAYER_SIZE) if the image is \
+         trusted"
     )]
     TooLarge {
         entry: String,
         image: String,
+        layer: String,
         limit: u64,
+    },
+    #[error(
+        "image {image:?} unpacks to more than {limit} bytes over its layers (layer {layer}, \
+         at entry {entry:?}, sizes as declared, sparse holes included); nothing of the layer \
+         was kept; raise the max_image_size setting (--max-image-size, CVMD_MAX_IMAGE_SIZE) \
+         if the image is trusted"
+    )]
+    ImageTooLarge {
+        entry: String,
+        image: String,
+        layer: String,
+        limit: u64,
+    },
+    #[error(
+        "layer {layer} of image {image:?}: entry {entry:?} needs {need} more bytes, but the \
+         cache file system has {avail} free and keeps {keep} ({reserve}) in reserve; nothing \
+         of the layer was kept; free space in the cache (cvmd gc --budget, \
+         CVMD_CACHE_BUDGET), give the cache a bigger volume, or lower the cache_reserve \
+         setting (--cache-reserve, CVMD_CACHE_RESERVE)"
+    )]
+    CacheReserve {
+        entry: String,
+        image: String,
+        layer: String,
+        need: u64,
+        avail: u64,
+        keep: u64,
+        reserve: String,
+    },
+    #[error(
+        "layer {layer} of image {image:?}: {at} {broke}; refusing the layer as hostile \
+         (nothing of it was kept)"
+    )]
+    Limit {
+        /// `entry "NAME"`, or where in the stream for extension headers.
+        at: String,
+        image: String,
+        layer: String,
+        broke: String,
+    },
+    #[error(
+        "the cache file system ran out of space or inodes unpacking layer {layer} of image \
+         {image:?} ({cause}); nothing of the layer was kept; free space in the cache (cvmd gc \
+         --budget, CVMD_CACHE_BUDGET) or give the cache a bigger volume, and keep \
+         CVMD_CACHE_RESERVE above what other writers need"
+    )]
+    NoSpace {
+        image: String,
+        layer: String,
+        cause: String,
     },
     #[error("layer entry {entry:?} of image {image:?}: bad header field: {source}")]
     Header {
@@ -232,4 +284,37 @@ pub enum UnpackError {
          marker; refusing it as hostile"
     )]
     TrailingData { image: String, limit: u64 },
+}
+
+impl UnpackError {
+    /// A failure whose cause is ENOSPC or EDQUOT, said as what it is: the
+    /// cache is full, not the layer broken.
+    pub(super) fn or_no_space(self, layer: &str) -> UnpackError {
+        let full = std::error::Error::source(&self)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|e| e == libc::ENOSPC || e == libc::EDQUOT);
+        if !full {
+            return self;
+        }
+        let image = match &self {
+            UnpackError::CreateFile { image, .. }
+            | UnpackError::WriteFile { image, .. }
+            | UnpackError::CreateDir { image, .. }
+            | UnpackError::CreateSymlink { image, .. }
+            | UnpackError::CreateHardlink { image, .. }
+            | UnpackError::CreateNode { image, .. }
+            | UnpackError::CreateWhiteout { image, .. }
+            | UnpackError::SetOpaque { image, .. }
+            | UnpackError::SetXattr { image, .. }
+            | UnpackError::Resolve { image, .. }
+            | UnpackError::Replace { image, .. } => image.clone(),
+            _ => return self,
+        };
+        UnpackError::NoSpace {
+            image,
+            layer: layer.to_string(),
+            cause: self.to_string(),
+        }
+    }
 }

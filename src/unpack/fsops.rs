@@ -11,7 +11,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -19,7 +19,9 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use super::bounds;
 use super::path::join;
+use super::sparse::Holey;
 
 /// Why a directory beneath the root could not be opened.
 #[derive(Debug)]
@@ -276,26 +278,45 @@ pub(super) enum WriteError {
     /// Reading the tar stream failed.
     Read(io::Error),
     Write(io::Error),
-    /// The content went past the remaining byte budget.
+    /// The content went past its declared size.
     TooLarge,
+    /// `check` refused to go on (a free-space reserve).
+    Stopped,
 }
 
 /// Creates `name` (O_EXCL|O_NOFOLLOW, mode 0600 until the final chmod, so a
 /// setuid bit never shows on a half-written file) and copies `src` into it
-/// through `buf`, failing once more than `budget` bytes arrive.
+/// through `buf`, seeking over holes, failing once more than `size` bytes
+/// arrive. Every [`bounds::RECHECK_EVERY`] bytes written, `check` is asked
+/// (with the bytes still to come) whether to go on.
 pub(super) fn write_file(
     dir: BorrowedFd<'_>,
     name: &OsStr,
-    src: &mut (impl Read + ?Sized),
-    budget: u64,
+    src: &mut dyn Holey,
+    size: u64,
     buf: &mut [u8],
+    check: &mut dyn FnMut(&File, u64) -> bool,
 ) -> Result<(File, u64), WriteError> {
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
         .map_err(|e| WriteError::Create(e.into()))?;
     let mut file = File::from(fd);
     let mut written: u64 = 0;
+    let mut since_check: u64 = 0;
+    let mut holes = false;
     loop {
+        let hole = src.take_hole();
+        if hole > 0 {
+            written = written.checked_add(hole).ok_or(WriteError::TooLarge)?;
+            if written > size {
+                return Err(WriteError::TooLarge);
+            }
+            let step = i64::try_from(hole).map_err(|_| WriteError::TooLarge)?;
+            file.seek(io::SeekFrom::Current(step))
+                .map_err(WriteError::Write)?;
+            holes = true;
+            continue;
+        }
         let n = match src.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -303,10 +324,22 @@ pub(super) fn write_file(
             Err(e) => return Err(WriteError::Read(e)),
         };
         written += n as u64;
-        if written > budget {
+        if written > size {
             return Err(WriteError::TooLarge);
         }
         file.write_all(&buf[..n]).map_err(WriteError::Write)?;
+        since_check += n as u64;
+        if since_check >= bounds::RECHECK_EVERY {
+            since_check = 0;
+            let left = src.data_left().unwrap_or(size - written);
+            if !check(&file, left) {
+                return Err(WriteError::Stopped);
+            }
+        }
+    }
+    if holes {
+        // A trailing hole: seeking alone does not make the file longer.
+        file.set_len(written).map_err(WriteError::Write)?;
     }
     Ok((file, written))
 }

@@ -15,11 +15,6 @@
 
 use super::pax::{self, PaxError};
 
-/// A single extension header's data above this is refused. Real ones are a
-/// few KiB; an xattr value is at most 64 KiB (XATTR_SIZE_MAX), a path at
-/// most PATH_MAX.
-pub(super) const MAX_EXTENSION: u64 = 1 << 20;
-
 /// Why extension headers could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(super) enum ExtError {

@@ -35,8 +35,10 @@ pub(super) struct Meta {
     pub mode: u32,
     pub mtime: (i64, u32),
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Xattr names refused by policy (`trusted.overlay.*`).
-    pub dropped: Vec<Vec<u8>>,
+    /// How many xattrs policy refused (`trusted.overlay.*`), and the first
+    /// one's name: counted, not kept, so a layer of many cannot grow memory.
+    pub dropped: u64,
+    pub dropped_example: Option<Vec<u8>>,
 }
 
 /// Builds the metadata from header fields (with PAX `uid`/`gid` already
@@ -53,7 +55,8 @@ pub(super) fn parse<'a>(
     let gid = u32::try_from(gid).map_err(|_| format!("gid {gid} does not fit in 32 bits"))?;
     let mut mtime = (i64::try_from(header_mtime).unwrap_or(i64::MAX), 0);
     let mut xattrs = Vec::new();
-    let mut dropped = Vec::new();
+    let mut dropped = 0;
+    let mut dropped_example = None;
     for (key, value) in pax {
         if key == b"mtime" {
             mtime = parse_pax_time(value).ok_or_else(|| {
@@ -64,7 +67,8 @@ pub(super) fn parse<'a>(
             })?;
         } else if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
             if name.starts_with(OVERLAY_XATTR) {
-                dropped.push(name.to_vec());
+                dropped += 1;
+                dropped_example.get_or_insert_with(|| name.to_vec());
             } else {
                 xattrs.push((name.to_vec(), value.to_vec()));
             }
@@ -77,6 +81,7 @@ pub(super) fn parse<'a>(
         mtime,
         xattrs,
         dropped,
+        dropped_example,
     })
 }
 
@@ -313,7 +318,11 @@ mod tests {
         assert_eq!(meta.mtime, (10, 250_000_000));
         assert_eq!(meta.xattrs.len(), 2);
         assert_eq!(meta.xattrs[0].0, b"security.capability");
-        assert_eq!(meta.dropped, [b"trusted.overlay.redirect".to_vec()]);
+        assert_eq!(meta.dropped, 1);
+        assert_eq!(
+            meta.dropped_example.as_deref(),
+            Some(&b"trusted.overlay.redirect"[..])
+        );
     }
 
     #[test]

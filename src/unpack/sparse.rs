@@ -5,8 +5,9 @@
 //! more follows, repeatedly; the stored data is the regions' bytes back to
 //! back; the header's `realsize` is the file's length. The tar crate
 //! expands these only outside raw mode, so the map is read here (extension
-//! blocks through `shared`) with the crate's checks, and holes are written
-//! as zeros, as the crate did.
+//! blocks through `shared`) with the crate's checks. Holes are handed to
+//! the writer as holes ([`Holey::take_hole`]), which seeks over them: a
+//! 60 GiB hole is neither 60 GiB of zeros on disk nor a minute of memset.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -114,7 +115,35 @@ pub(super) fn plan(
     Ok(segments)
 }
 
-/// The full file: zeros for holes, the member's stored data for regions.
+/// Entry data that may start with a hole: a run of zeros the writer can
+/// seek over instead of reading.
+pub(super) trait Holey: Read {
+    /// Takes the hole at the current position, if any, and returns its
+    /// length (0: the next bytes are data, or the end).
+    fn take_hole(&mut self) -> u64 {
+        0
+    }
+
+    /// Bytes of data (not holes) still to come, when known: what the file
+    /// will take on disk.
+    fn data_left(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Data without holes.
+pub(super) struct Dense<R>(pub R);
+
+impl<R: Read> Read for Dense<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> Holey for Dense<R> {}
+
+/// The full file: holes for holes (zeros when read), the member's stored
+/// data for regions.
 pub(super) struct Expand<'a> {
     segments: VecDeque<Segment>,
     data: &'a mut dyn Read,
@@ -135,6 +164,32 @@ impl<'a> Expand<'a> {
                 Segment::Zeros(n) | Segment::Data(n) => *n,
             })
             .fold(0u64, u64::saturating_add)
+    }
+}
+
+impl Holey for Expand<'_> {
+    fn data_left(&self) -> Option<u64> {
+        let data = self.segments.iter().map(|s| match s {
+            Segment::Data(n) => *n,
+            Segment::Zeros(_) => 0,
+        });
+        Some(data.fold(0u64, u64::saturating_add))
+    }
+
+    fn take_hole(&mut self) -> u64 {
+        while let Some(front) = self.segments.front() {
+            match *front {
+                Segment::Data(0) | Segment::Zeros(0) => {
+                    self.segments.pop_front();
+                }
+                Segment::Zeros(n) => {
+                    self.segments.pop_front();
+                    return n;
+                }
+                Segment::Data(_) => return 0,
+            }
+        }
+        0
     }
 }
 
@@ -225,6 +280,26 @@ mod tests {
             plan(&[(u64::MAX, 2)], 2, 0),
             Err(SparseError::Unordered)
         ));
+    }
+
+    #[test]
+    fn holes_are_taken_whole_not_read() {
+        let segments = vec![
+            Segment::Data(0),
+            Segment::Zeros(60 << 30),
+            Segment::Data(3),
+            Segment::Zeros(5),
+        ];
+        let mut src = &b"xyz"[..];
+        let mut e = Expand::new(segments, &mut src);
+        assert_eq!(e.data_left(), Some(3));
+        assert_eq!(e.take_hole(), 60 << 30);
+        assert_eq!(e.take_hole(), 0, "data next");
+        let mut buf = [0u8; 8];
+        assert_eq!(e.read(&mut buf).unwrap(), 3);
+        assert_eq!(e.take_hole(), 5);
+        assert_eq!(e.take_hole(), 0);
+        assert_eq!(e.read(&mut buf).unwrap(), 0);
     }
 
     #[test]

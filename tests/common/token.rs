@@ -33,6 +33,9 @@ pub struct TokenConfig {
     pub enforce_expiry: bool,
     /// Serve the registry itself over HTTPS (the token server stays HTTP).
     pub registry_tls: bool,
+    /// Answer this as `expires_in` instead of `expires_in` (a hostile or
+    /// broken token server); the token itself still lives `expires_in`.
+    pub answered_expires_in: Option<serde_json::Value>,
 }
 
 impl Default for TokenConfig {
@@ -45,6 +48,7 @@ impl Default for TokenConfig {
             expires_in: 300,
             enforce_expiry: false,
             registry_tls: false,
+            answered_expires_in: None,
         }
     }
 }
@@ -63,6 +67,10 @@ impl TokenConfig {
     }
     pub fn expires_in(mut self, secs: u64) -> Self {
         self.expires_in = secs;
+        self
+    }
+    pub fn answer_expires_in(mut self, value: serde_json::Value) -> Self {
+        self.answered_expires_in = Some(value);
         self
     }
     pub fn enforce_expiry(mut self, on: bool) -> Self {
@@ -441,7 +449,11 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let mut body = serde_json::json!({
         "token": token,
         "access_token": token,
-        "expires_in": st.cfg.expires_in,
+        "expires_in": st
+            .cfg
+            .answered_expires_in
+            .clone()
+            .unwrap_or(st.cfg.expires_in.into()),
         "issued_at": rfc3339(iat),
     });
     if offline {

@@ -4,6 +4,7 @@
 mod apply;
 mod caps;
 mod hostile;
+mod limits;
 mod pax;
 
 use std::fs;
@@ -20,8 +21,12 @@ pub(super) const MTIME: u64 = 1_600_000_000;
 pub(super) fn opts() -> UnpackOptions {
     UnpackOptions {
         image: IMAGE.to_string(),
+        layer: "sha256:test-layer".to_string(),
         max_unpacked_bytes: 0,
         preserve_ownership: true,
+        image_meter: None,
+        cache_reserve: None,
+        limits: Default::default(),
     }
 }
 
