@@ -17,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::image::{Compression, Format, ImageBuilder, Layer, LayerBuilder};
+use common::image::{sparse_tar, Compression, Format, ImageBuilder, Layer, LayerBuilder};
 use common::Registry;
 use layers_support::*;
 
@@ -42,27 +42,6 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
-}
-
-/// A GNU-format sparse tar (`tar --format=gnu --sparse`, as the issue's
-/// bomb was made) of one file `name` of `len` bytes, holding `data` at
-/// `at` and holes elsewhere.
-fn sparse_tar(name: &str, len: u64, at: u64, data: &[u8]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = std::fs::File::create(dir.path().join(name)).unwrap();
-    f.set_len(len).unwrap();
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.write_all(data).unwrap();
-    drop(f);
-    let out = Command::new("tar")
-        .args(["--format=gnu", "--sparse", "-C"])
-        .arg(dir.path())
-        .args(["-cf", "-", name])
-        .output()
-        .expect("GNU tar");
-    assert!(out.status.success(), "tar: {out:?}");
-    assert!(out.stdout.len() < 1 << 20, "the tar itself is small");
-    out.stdout
 }
 
 fn tar_present() -> bool {

@@ -460,3 +460,63 @@ fn node_equal_pod_names_in_two_namespaces_get_their_own_identity() {
         );
     }
 }
+
+/// Hostile input in one pod harms no other: a ~1 KB layer of a 60 GiB
+/// sparse file is refused by the image bound with one line naming the
+/// bound and its setting, the cache is left as it was, and a workspace
+/// running beside it keeps running.
+#[test]
+fn node_a_sparse_bomb_is_refused_and_the_cache_stays_as_it_was() {
+    if !node_support::can_run() {
+        return;
+    }
+    let node = Node::new();
+    let images = fixtures::shared_layer_images(&node);
+    let mut neighbour = node.start(PodConfig::run("ws-neighbour", &images[0]));
+    let up = neighbour.wait_running(Duration::from_secs(60));
+    assert!(up.is_ok(), "{up:?}\n{}", neighbour.log());
+    let before = (checks::layers(&node.cache_dir()), blobs(&node));
+
+    let bomb = common::image::ImageBuilder::new(common::image::Format::Oci)
+        .layer(common::image::Layer::from_tar(
+            common::image::sparse_tar("bomb", 60 << 30, 0, b""),
+            common::image::Compression::Gzip,
+        ))
+        .build();
+    let reference = node.push("node/bomb", "v1", &bomb);
+    let (exit, log) = node.run_once(PodConfig::pull("bomb", &reference), Duration::from_secs(60));
+    assert_eq!(exit, Exit::Code(1), "{log}");
+    let line = checks::one_error_line(&log).unwrap_or_else(|e| panic!("{e}:\n{log}"));
+    assert!(line.contains("CVMD_MAX_IMAGE_SIZE"), "{line}");
+
+    // Nothing of the layer is kept; only the image's manifest and config
+    // (small, verified, named by no record) stay until the next gc.
+    let (layers_before, blobs_before) = &before;
+    assert_eq!(&checks::layers(&node.cache_dir()), layers_before);
+    let mut expected = blobs_before.clone();
+    for d in [&bomb.manifest_digest, &bomb.config_digest] {
+        expected.push(d.trim_start_matches("sha256:").to_string());
+    }
+    expected.sort();
+    assert_eq!(blobs(&node), expected);
+    let (exit, log) = node.run_once(PodConfig::gc("gc", "100GiB"), Duration::from_secs(60));
+    assert_eq!(exit, Exit::Code(0), "{log}");
+    assert_eq!(&blobs(&node), blobs_before, "gc collects them");
+    let staging: Vec<_> = std::fs::read_dir(node.cache_dir().join("layers/staging"))
+        .unwrap()
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
+    assert!(checks::store_problems(&node.cache_dir()).is_empty());
+    let check = neighbour.exec(&[&["cvmctl", "exec", "--"][..], fixtures::CHECK].concat());
+    assert!(check.status.success(), "{}", neighbour.log());
+    assert_eq!(neighbour.stop(Duration::from_secs(20)), Exit::Code(0));
+}
+
+fn blobs(node: &Node) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(node.cache_dir().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}

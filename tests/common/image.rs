@@ -643,3 +643,24 @@ pub struct Index {
     pub digest: String,
     pub images: Vec<Image>,
 }
+
+/// A GNU-format sparse tar (`tar --format=gnu --sparse`, as the issue's
+/// bomb was made) of one file `name` of `len` bytes, holding `data` at
+/// `at` and holes elsewhere.
+pub fn sparse_tar(name: &str, len: u64, at: u64, data: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(dir.path().join(name)).unwrap();
+    f.set_len(len).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(at)).unwrap();
+    std::io::Write::write_all(&mut f, data).unwrap();
+    drop(f);
+    let out = std::process::Command::new("tar")
+        .args(["--format=gnu", "--sparse", "-C"])
+        .arg(dir.path())
+        .args(["-cf", "-", name])
+        .output()
+        .expect("GNU tar");
+    assert!(out.status.success(), "tar: {out:?}");
+    assert!(out.stdout.len() < 1 << 20, "the tar itself is small");
+    out.stdout
+}
