@@ -191,7 +191,10 @@ async fn boot(
             }
         }
         state.enter(Phase::Network);
-        let plan = network::Plan::new(id, &settings.network);
+        let mut plan = network::Plan::new(id, &settings.network);
+        plan.link_local_dns = network::plan::link_local_nameservers(
+            &std::fs::read_to_string(ws_dir.join("resolv.conf")).unwrap_or_default(),
+        );
         let net = match network::setup(&plan, created.pid, Arc::new(reaper.clone())).await {
             Ok(net) => net,
             Err(e) => {
