@@ -474,7 +474,11 @@ fn init_image(script: &str) -> common::image::Image {
         .dir("bin", 0o755)
         .dir("sbin", 0o755)
         .file("bin/busybox", &busybox, 0o755)
-        .file("sbin/init", format!("#!/bin/sh\n{script}").as_bytes(), 0o755);
+        .file(
+            "sbin/init",
+            format!("#!/bin/sh\n{script}").as_bytes(),
+            0o755,
+        );
     for app in ["sh", "sleep", "echo", "cat", "ip", "nc", "mkdir", "mount"] {
         layer = layer.symlink(&format!("bin/{app}"), "busybox");
     }
@@ -489,7 +493,7 @@ fn init_image(script: &str) -> common::image::Image {
 /// metadata address through cvmd's NAT. Then waits to be stopped.
 const ATTACK_SCRIPT: &str = r#"
 trap 'exit 0' 37 TERM
-ip link set lo down
+ip addr del 127.0.0.1/8 dev lo
 ip route add 127.0.0.0/8 via 172.19.0.1 dev eth0
 f=/proc/sys/net/ipv4/conf/eth0/route_localnet
 echo 1 > $f 2>/dev/null || { mount -o remount,bind,rw /proc/sys && echo 1 > $f; } 2>/dev/null || { mkdir -p /p && mount -t proc proc /p && echo 1 > /p/sys/net/ipv4/conf/eth0/route_localnet; } 2>/dev/null
@@ -512,23 +516,35 @@ impl Attack {
     fn line(&self, what: &str) -> String {
         self.log
             .lines()
-            .find_map(|l| l.split_once(&format!("{what}: ")).map(|(_, r)| r.to_string()))
+            .find_map(|l| {
+                l.split_once(&format!("{what}: "))
+                    .map(|(_, r)| r.to_string())
+            })
             .unwrap_or_else(|| panic!("no {what} line in: {}", self.log))
     }
 
-    /// Packets the workspace's rule in `table` matching `spec` dropped.
+    /// Packets the workspace's rules in `table` matching `spec` dropped
+    /// (in all chains).
     fn dropped(&self, table: &str, spec: &str, tag: &str) -> u64 {
         let mut in_table = false;
+        let mut found = false;
+        let mut packets = 0;
         for l in self.counters.lines() {
             if let Some(t) = l.strip_prefix('*') {
                 in_table = t == table;
             }
             if in_table && l.contains(spec) && l.contains(tag) && l.contains("-j DROP") {
+                found = true;
                 let n = l.trim_start_matches('[').split(':').next().unwrap();
-                return n.parse().unwrap();
+                packets += n.parse::<u64>().unwrap();
             }
         }
-        panic!("no {table} rule {spec} tagged {tag} in:\n{}", self.counters)
+        assert!(
+            found,
+            "no {table} rule {spec} tagged {tag} in:\n{}",
+            self.counters
+        );
+        packets
     }
 }
 
@@ -545,7 +561,10 @@ fn attack(setup: &Setup, outer: &Netns, extra: &[&str], env: &[(&str, &str)]) ->
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut log = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.contains("attack-done") {
                 let _ = tx.send(());
             }
@@ -611,23 +630,34 @@ fn network_escape_outer_loopback_and_link_local_metadata_are_unreachable() {
         assert!(!lo.contains("secret") && !md.contains("credentials"));
         assert!(
             a.dropped("raw", &from_veth, &tag) > 0,
-            "{extra:?}: the martian rule dropped the SYNs:\n{}",
-            a.counters
+            "{extra:?}: the martian rule dropped the SYNs:\n{}\n{}",
+            a.counters,
+            a.log
         );
         assert!(
             a.dropped("filter", &to_metadata, &tag) > 0,
             "{extra:?}: the link-local rule dropped the SYNs:\n{}",
             a.counters
         );
-        assert!(admin.try_recv().is_err(), "{extra:?}: the loopback listener saw a connection");
-        assert!(metadata.try_recv().is_err(), "{extra:?}: the metadata listener saw a connection");
+        assert!(
+            admin.try_recv().is_err(),
+            "{extra:?}: the loopback listener saw a connection"
+        );
+        assert!(
+            metadata.try_recv().is_err(),
+            "{extra:?}: the metadata listener saw a connection"
+        );
     }
 
     // The setting that opens link-local: the same metadata attempt now
     // connects, so the setup above could have seen one.
     let a = attack(&setup, &outer, &[], &[("CVMD_ALLOW_LINK_LOCAL", "true")]);
     let md = a.line("metadata");
-    assert!(md.starts_with("rc=0") && md.contains("node-credentials"), "{md}\n{}", a.log);
+    assert!(
+        md.starts_with("rc=0") && md.contains("node-credentials"),
+        "{md}\n{}",
+        a.log
+    );
     assert_eq!(
         metadata.try_recv().unwrap().ip().to_string(),
         "10.97.0.1",
@@ -635,5 +665,8 @@ fn network_escape_outer_loopback_and_link_local_metadata_are_unreachable() {
     );
     assert!(admin.try_recv().is_err(), "the loopback stays closed");
     let after = outer.sh("iptables-save");
-    assert!(!after.contains(&tag), "no rule of the workspace remains: {after}");
+    assert!(
+        !after.contains(&tag),
+        "no rule of the workspace remains: {after}"
+    );
 }

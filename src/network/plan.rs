@@ -407,7 +407,16 @@ impl Plan {
                         Rule::new(
                             Table::Filter,
                             chain,
-                            &["-i", out_if, "-d", &ns, "-p", proto.as_str(), "--dport", "53"],
+                            &[
+                                "-i",
+                                out_if,
+                                "-d",
+                                &ns,
+                                "-p",
+                                proto.as_str(),
+                                "--dport",
+                                "53",
+                            ],
                             tag,
                             &["-j", "ACCEPT"],
                         )

@@ -251,8 +251,9 @@ fn loopback_martians_are_dropped_with_and_without_port_forwards() {
 #[test]
 fn link_local_nameservers_keep_port_53_ahead_of_the_drop() {
     let mut plan = Plan::new("ws1", &NetworkSettings::default());
-    plan.link_local_dns =
-        link_local_nameservers("nameserver 169.254.20.10\nnameserver 10.96.0.10\n# nameserver 169.254.1.1\n");
+    plan.link_local_dns = link_local_nameservers(
+        "nameserver 169.254.20.10\nnameserver 10.96.0.10\n# nameserver 169.254.1.1\n",
+    );
     assert_eq!(plan.link_local_dns, [Ipv4Addr::new(169, 254, 20, 10)]);
     let o = plan.outer_if.clone();
     // Each is inserted at the top: the last added comes first in the chain.
