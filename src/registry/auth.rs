@@ -227,8 +227,7 @@ async fn checked_realm(ep: &Endpoint, realm: &str) -> Result<reqwest::Url, Regis
         realm: realm::redact_str(realm),
         why,
     };
-    let url = reqwest::Url::parse(realm)
-        .map_err(|_| refused("it is not a URL".into()))?;
+    let url = reqwest::Url::parse(realm).map_err(|_| refused("it is not a URL".into()))?;
     let (registry_classes, realm_classes) =
         tokio::join!(realm::classes(&ep.base), realm::classes(&url));
     realm::judge(&ep.base, &registry_classes, &url, &realm_classes).map_err(refused)?;

@@ -499,17 +499,28 @@ mod tests {
         use base64::Engine as _;
         let json = r#"{"auths":{"r.io":{"auth":"c2VjcmV0LXBhc3N3b3Jk"}}}"#;
         let b64 = base64::engine::general_purpose::STANDARD.encode(json);
-        let e = CredentialSource::from_pull_secret(&b64).unwrap_err().to_string();
+        let e = CredentialSource::from_pull_secret(&b64)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains(&b64) && !e.contains("c2VjcmV0"), "{e}");
-        assert!(e.contains(&format!("({} bytes, not shown)", b64.len())), "{e}");
-        assert!(e.contains("not JSON") && e.contains("not a readable file path (no such file)"), "{e}");
+        assert!(
+            e.contains(&format!("({} bytes, not shown)", b64.len())),
+            "{e}"
+        );
+        assert!(
+            e.contains("not JSON") && e.contains("not a readable file path (no such file)"),
+            "{e}"
+        );
         assert!(e.contains("base64-encoded JSON: decode it"), "{e}");
 
         let e = CredentialSource::from_pull_secret("hunter2-plain-password")
             .unwrap_err()
             .to_string();
         assert!(!e.contains("hunter2"), "{e}");
-        assert!(e.contains("(22 bytes, not shown)") && e.contains("the path of a readable file"), "{e}");
+        assert!(
+            e.contains("(22 bytes, not shown)") && e.contains("the path of a readable file"),
+            "{e}"
+        );
 
         // A path to a missing file is not echoed either: it could be the
         // secret mistaken for one.

@@ -124,9 +124,14 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         let refusal = if first.scheme() == "https" && next.scheme() != "https" {
             Some("a redirect from HTTPS to plain HTTP".to_string())
         } else {
-            judge(&first, &literal_classes(&first), &next, &literal_classes(&next))
-                .err()
-                .map(|why| format!("a redirect to {}: {why}", redact(&next)))
+            judge(
+                &first,
+                &literal_classes(&first),
+                &next,
+                &literal_classes(&next),
+            )
+            .err()
+            .map(|why| format!("a redirect to {}: {why}", redact(&next)))
         };
         match refusal {
             Some(why) => attempt.error(why),
@@ -195,7 +200,10 @@ mod tests {
         ] {
             let e = judge_urls("https://r.io/", realm).unwrap_err();
             assert!(e.contains("loopback"), "{realm}: {e}");
-            assert!(judge_urls("https://127.0.0.1:5000/", realm).is_ok(), "{realm}");
+            assert!(
+                judge_urls("https://127.0.0.1:5000/", realm).is_ok(),
+                "{realm}"
+            );
         }
         for realm in [
             "https://169.254.169.254/latest/meta-data",
@@ -220,7 +228,9 @@ mod tests {
 
     #[tokio::test]
     async fn names_are_resolved() {
-        assert!(classes(&u("https://localhost/")).await.contains(&Class::Loopback));
+        assert!(classes(&u("https://localhost/"))
+            .await
+            .contains(&Class::Loopback));
     }
 
     #[test]
