@@ -116,9 +116,16 @@ pub async fn exec(
             }
         };
         let mut outputs = std::pin::pin!(outputs);
+        let mut client_gone = false;
         loop {
             tokio::select! {
                 () = &mut outputs => break,
+                // The response stream was dropped: the client disconnected
+                // (Ctrl-C, a closed laptop), and nobody will read or wait.
+                () = tx.closed() => {
+                    client_gone = true;
+                    break;
+                }
                 Some((rows, cols)) = resize_rx.recv() => {
                     if let Err(e) = session.resize(rows, cols) {
                         tracing::debug!(error = %e, "exec resize");
@@ -126,13 +133,38 @@ pub async fn exec(
                 }
             }
         }
-        let last = match session.wait().await {
-            Ok(code) => Ok(pb::ExecResponse {
-                msg: Some(Out::ExitCode(code)),
-            }),
-            Err(e) => Err(Status::internal(e.to_string())),
-        };
-        let _ = tx.send(last).await;
+        let pid = session.pid();
+        let target = session.signaller();
+        let mut exited = std::pin::pin!(session.wait());
+        if !client_gone {
+            // The output may end long before the process (it closed its
+            // pipes): the client can still leave while it runs.
+            tokio::select! {
+                code = &mut exited => {
+                    let last = match code {
+                        Ok(code) => Ok(pb::ExecResponse {
+                            msg: Some(Out::ExitCode(code)),
+                        }),
+                        Err(e) => Err(Status::internal(e.to_string())),
+                    };
+                    let _ = tx.send(last).await;
+                    return;
+                }
+                () = tx.closed() => {}
+            }
+        }
+        match target {
+            Some(target) => {
+                tracing::info!(pid, "exec client disconnected: hanging the process up");
+                let (code, how) =
+                    engine::hangup::hang_up(&target, exited, engine::hangup::HANGUP_GRACE).await;
+                tracing::info!(pid, ?how, code = code.ok(), "exec session ended after its client left");
+            }
+            None => {
+                tracing::warn!(pid, "exec client disconnected; the process cannot be signalled, waiting for it");
+                let _ = exited.await;
+            }
+        }
     });
     Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
 }

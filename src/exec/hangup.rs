@@ -1,0 +1,138 @@
+//! Ending an exec whose client went away, as a terminal's hang-up does:
+//! SIGHUP, then SIGKILL once a grace has passed, then the exit reaped, so
+//! neither the process nor the task serving it outlives the client.
+//!
+//! Signals go through a pidfd opened while the process is known to be ours
+//! (alive or a zombie not yet reaped), so a late signal can never reach a
+//! process that took the pid over after the reaper freed it. libc's raw
+//! syscalls, because nix 0.29 has no pidfd calls.
+
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a hung-up exec has to end before SIGKILL (a shell saving its
+/// history, an editor its swap file).
+pub const HANGUP_GRACE: Duration = Duration::from_secs(5);
+
+/// Signals one process by its pidfd. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Signaller {
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+}
+
+impl Signaller {
+    /// A pidfd for `pid`; call it before the pid can be reaped.
+    pub fn open(pid: i32) -> std::io::Result<Signaller> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+        // no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Signaller {
+            pid,
+            pidfd: Arc::new(pidfd),
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `signal`; ESRCH (it has exited) counts as done.
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no
+        // siginfo (NULL, as kill(2) would fill it) and no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a hang-up came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangUp {
+    /// It ended within the grace after SIGHUP.
+    EndedOnHup,
+    /// It needed SIGKILL.
+    Killed,
+}
+
+/// SIGHUP, then SIGKILL after `grace` unless `exited` resolved first; then
+/// waits for `exited`. SIGKILL cannot be caught, so the wait after it ends
+/// unless the process is stuck in the kernel.
+pub async fn hang_up<T>(
+    target: &Signaller,
+    exited: impl Future<Output = T>,
+    grace: Duration,
+) -> (T, HangUp) {
+    let mut exited = std::pin::pin!(exited);
+    if let Err(e) = target.signal(libc::SIGHUP) {
+        tracing::warn!(pid = target.pid, error = %e, "cannot send SIGHUP to the exec");
+    }
+    tokio::select! {
+        out = &mut exited => return (out, HangUp::EndedOnHup),
+        () = tokio::time::sleep(grace) => {}
+    }
+    tracing::warn!(pid = target.pid, grace_s = grace.as_secs(), "the exec outlived SIGHUP: SIGKILL");
+    if let Err(e) = target.signal(libc::SIGKILL) {
+        tracing::warn!(pid = target.pid, error = %e, "cannot send SIGKILL to the exec");
+    }
+    (exited.await, HangUp::Killed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{DirectSpawner, Spawner};
+
+    fn spawn(script: &str) -> crate::supervisor::reaper::Spawned {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", script]);
+        DirectSpawner.spawn(cmd).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_process_that_dies_of_sighup_needs_no_kill() {
+        let child = spawn("exec sleep 1000");
+        let s = Signaller::open(child.pid).unwrap();
+        let start = std::time::Instant::now();
+        let (exit, how) = hang_up(&s, child.exit, Duration::from_secs(10)).await;
+        assert_eq!(how, HangUp::EndedOnHup);
+        assert_eq!(exit.unwrap().signal, Some(libc::SIGHUP));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_process_that_ignores_sighup_is_killed_after_the_grace() {
+        // Ignored dispositions survive exec: sleep itself ignores SIGHUP.
+        let child = spawn("trap '' HUP; exec sleep 1000");
+        let s = Signaller::open(child.pid).unwrap();
+        let start = std::time::Instant::now();
+        let grace = Duration::from_millis(500);
+        let (exit, how) = hang_up(&s, child.exit, grace).await;
+        assert_eq!(how, HangUp::Killed);
+        assert_eq!(exit.unwrap().signal, Some(libc::SIGKILL));
+        assert!(start.elapsed() >= grace);
+        // The pidfd outlives the process: a late signal is a no-op.
+        s.signal(libc::SIGKILL).unwrap();
+    }
+}
