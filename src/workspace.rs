@@ -232,6 +232,7 @@ async fn boot(
             let supervised = signals::supervise(
                 &runtime,
                 id,
+                created.pid,
                 exit,
                 StopPolicy {
                     stop_signal: info.stop_signal,

@@ -158,10 +158,18 @@ pub async fn exec(
                 tracing::info!(pid, "exec client disconnected: hanging the process up");
                 let (code, how) =
                     engine::hangup::hang_up(&target, exited, engine::hangup::HANGUP_GRACE).await;
-                tracing::info!(pid, ?how, code = code.ok(), "exec session ended after its client left");
+                tracing::info!(
+                    pid,
+                    ?how,
+                    code = code.ok(),
+                    "exec session ended after its client left"
+                );
             }
             None => {
-                tracing::warn!(pid, "exec client disconnected; the process cannot be signalled, waiting for it");
+                tracing::warn!(
+                    pid,
+                    "exec client disconnected; the process cannot be signalled, waiting for it"
+                );
                 let _ = exited.await;
             }
         }

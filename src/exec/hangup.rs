@@ -2,70 +2,17 @@
 //! SIGHUP, then SIGKILL once a grace has passed, then the exit reaped, so
 //! neither the process nor the task serving it outlives the client.
 //!
-//! Signals go through a pidfd opened while the process is known to be ours
-//! (alive or a zombie not yet reaped), so a late signal can never reach a
-//! process that took the pid over after the reaper freed it. libc's raw
-//! syscalls, because nix 0.29 has no pidfd calls.
+//! Signals go through a [`Signaller`] (a pidfd), so a late one never
+//! reaches a process that took the pid over.
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
 use std::time::Duration;
+
+pub use crate::supervisor::pidfd::Signaller;
 
 /// How long a hung-up exec has to end before SIGKILL (a shell saving its
 /// history, an editor its swap file).
 pub const HANGUP_GRACE: Duration = Duration::from_secs(5);
-
-/// Signals one process by its pidfd. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Signaller {
-    pid: i32,
-    pidfd: Arc<OwnedFd>,
-}
-
-impl Signaller {
-    /// A pidfd for `pid`; call it before the pid can be reaped.
-    pub fn open(pid: i32) -> std::io::Result<Signaller> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
-        // no memory is passed.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        Ok(Signaller {
-            pid,
-            pidfd: Arc::new(pidfd),
-        })
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Sends `signal`; ESRCH (it has exited) counts as done.
-    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
-        // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no
-        // siginfo (NULL, as kill(2) would fill it) and no flags.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What a hang-up came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,15 +33,19 @@ pub async fn hang_up<T>(
 ) -> (T, HangUp) {
     let mut exited = std::pin::pin!(exited);
     if let Err(e) = target.signal(libc::SIGHUP) {
-        tracing::warn!(pid = target.pid, error = %e, "cannot send SIGHUP to the exec");
+        tracing::warn!(pid = target.pid(), error = %e, "cannot send SIGHUP to the exec");
     }
     tokio::select! {
         out = &mut exited => return (out, HangUp::EndedOnHup),
         () = tokio::time::sleep(grace) => {}
     }
-    tracing::warn!(pid = target.pid, grace_s = grace.as_secs(), "the exec outlived SIGHUP: SIGKILL");
+    tracing::warn!(
+        pid = target.pid(),
+        grace_s = grace.as_secs(),
+        "the exec outlived SIGHUP: SIGKILL"
+    );
     if let Err(e) = target.signal(libc::SIGKILL) {
-        tracing::warn!(pid = target.pid, error = %e, "cannot send SIGKILL to the exec");
+        tracing::warn!(pid = target.pid(), error = %e, "cannot send SIGKILL to the exec");
     }
     (exited.await, HangUp::Killed)
 }
