@@ -261,6 +261,14 @@ async fn boot(
             daemons.stop().await;
             return Ok(outcome.code);
         }
+        if let Some(signal) = signals::drain_before_restart(signals) {
+            tracing::info!(
+                signal,
+                "a stop request arrived with the restart: not restarting"
+            );
+            daemons.stop().await;
+            return Ok(outcome.code);
+        }
         tracing::info!("restarting the workspace");
     }
 }

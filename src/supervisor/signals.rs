@@ -39,6 +39,34 @@ pub const SIGRTMIN_PLUS_3: i32 = 37;
 
 /// Signals that ask cvmd to stop the workspace.
 pub const STOP_REQUESTS: [i32; 2] = [libc::SIGTERM, libc::SIGINT];
+/// Not an OS signal (0 is never delivered): the control API's Restart,
+/// which stops the container like SIGTERM but belongs to the container
+/// running when it was asked. Kept apart so one that raced the
+/// container's own exit can be told from an operator's stop and dropped
+/// instead of stopping the next container ([`drain_before_restart`]).
+pub const RESTART_REQUEST: i32 = 0;
+
+/// Whether `signal` (from [`listen`] or the control API) asks for a stop.
+pub fn is_stop_request(signal: i32) -> bool {
+    STOP_REQUESTS.contains(&signal) || signal == RESTART_REQUEST
+}
+
+/// Before a restart boots the next container: empties the channel of what
+/// was meant for the one that ended. A Restart that raced its exit is
+/// dropped, and so are forwarded signals (no container to go to); an OS
+/// stop request is returned, and then there is no restart.
+pub fn drain_before_restart(signals: &mut mpsc::Receiver<i32>) -> Option<i32> {
+    let mut stop = None;
+    while let Ok(signal) = signals.try_recv() {
+        if STOP_REQUESTS.contains(&signal) {
+            stop = Some(signal);
+        } else if signal == RESTART_REQUEST {
+            tracing::info!("dropped a restart request that raced the workspace's own exit");
+        }
+    }
+    stop
+}
+
 /// Signals passed on to the container's init unchanged.
 pub const FORWARDED: [i32; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
 
@@ -113,7 +141,7 @@ impl Stopper {
 
     /// A signal arrived at cvmd.
     pub fn on_signal(&mut self, signal: i32) -> Vec<Action> {
-        let stop = STOP_REQUESTS.contains(&signal);
+        let stop = is_stop_request(signal);
         match (self.phase, stop) {
             (Phase::Running, true) => {
                 self.phase = Phase::Stopping;
@@ -389,6 +417,34 @@ mod tests {
         assert_eq!(s.phase(), Phase::Exited);
         // Its exit, should it come after all, changes nothing.
         assert!(s.on_exit(Exit::signal(libc::SIGKILL)).is_empty());
+    }
+
+    #[test]
+    fn a_restart_request_stops_like_sigterm() {
+        let mut s = Stopper::new(policy());
+        assert_eq!(
+            s.on_signal(RESTART_REQUEST),
+            vec![
+                Action::Kill(37),
+                Action::StartGrace(Duration::from_secs(10))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restart_that_raced_the_exit_does_not_reach_the_next_container() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(RESTART_REQUEST).await.unwrap();
+        tx.send(libc::SIGHUP).await.unwrap();
+        assert_eq!(drain_before_restart(&mut rx), None);
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing left for the next container"
+        );
+        // An operator's SIGTERM in the same window wins over the restart.
+        tx.send(RESTART_REQUEST).await.unwrap();
+        tx.send(libc::SIGTERM).await.unwrap();
+        assert_eq!(drain_before_restart(&mut rx), Some(libc::SIGTERM));
     }
 
     #[test]
