@@ -9,7 +9,6 @@
 #[allow(dead_code)]
 mod api_support;
 mod common;
-#[allow(dead_code)]
 mod layers_support;
 
 use std::os::unix::fs::PermissionsExt;
