@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use super::client::Endpoint;
 use super::credentials::{Credential, Keychain};
-use super::{realm, RegistryError};
+use super::realm as policy;
+use super::RegistryError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
@@ -178,6 +179,7 @@ impl Authenticator {
                     return Ok(Some(format!("Bearer {}", t.expose())));
                 }
                 let url = checked_realm(ep, realm).await?;
+                let shown = policy::redact(&url);
                 let (token, lifetime) =
                     fetch_token(http, url, service.as_deref(), scope, credential.as_ref())
                         .await
@@ -192,13 +194,13 @@ impl Authenticator {
                                     .map(|(_, src)| src),
                             },
                             TokenFailure::Other(why) => RegistryError::Token {
-                                realm: realm::redact_str(realm),
+                                realm: shown.clone(),
                                 why,
                             },
                         })?;
                 tracing::info!(
                     registry = host,
-                    realm = %realm::redact(&reqwest::Url::parse(realm).expect("checked above")),
+                    realm = %shown,
                     scope,
                     lifetime_s = lifetime,
                     "fetched a registry token"
@@ -219,18 +221,18 @@ impl Authenticator {
     }
 }
 
-/// The realm as a URL, once [`realm::judge`] lets the registry at `ep`
+/// The realm as a URL, once [`policy::judge`] lets the registry at `ep`
 /// send cvmd there.
 async fn checked_realm(ep: &Endpoint, realm: &str) -> Result<reqwest::Url, RegistryError> {
     let refused = |why: String| RegistryError::RealmRefused {
         registry: ep.host.clone(),
-        realm: realm::redact_str(realm),
+        realm: policy::redact_str(realm),
         why,
     };
     let url = reqwest::Url::parse(realm).map_err(|_| refused("it is not a URL".into()))?;
     let (registry_classes, realm_classes) =
-        tokio::join!(realm::classes(&ep.base), realm::classes(&url));
-    realm::judge(&ep.base, &registry_classes, &url, &realm_classes).map_err(refused)?;
+        tokio::join!(policy::classes(&ep.base), policy::classes(&url));
+    policy::judge(&ep.base, &registry_classes, &url, &realm_classes).map_err(refused)?;
     Ok(url)
 }
 
