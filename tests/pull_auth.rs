@@ -652,3 +652,27 @@ fn a_registry_cannot_send_cvmd_to_a_link_local_metadata_address_as_its_realm() {
     );
     run.assert_never_shows(PASS);
 }
+
+#[test]
+fn a_base64_pull_secret_is_refused_without_being_echoed() {
+    if !registry_or_skip() {
+        return;
+    }
+    let t = tls();
+    // The Secret's .dockerconfigjson as Kubernetes stores it: base64.
+    let secret = b64(&t.dockerconfigjson());
+    let mut cvmd = Cvmd::new(CVMD);
+    cvmd.env("CVMD_PULL_SECRET", &secret);
+    let run = cvmd.pull(&t.image, &["--extra-certs", &t.ca()]);
+    assert_ne!(run.code, Some(0), "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "pull secret: the value ({} bytes, not shown) is not JSON",
+            secret.len()
+        )) && run.stderr.contains("it is base64-encoded JSON: decode it"),
+        "{run}"
+    );
+    run.assert_never_shows(&secret);
+    run.assert_never_shows(&secret[..24]);
+    run.assert_never_shows(PASS);
+}
