@@ -55,15 +55,25 @@ mod tests {
     use super::*;
     use crate::runtime::{DirectSpawner, Spawner};
 
+    /// `sh -c SCRIPT`, once it has printed its first line (its traps are
+    /// set by then: a signal before would meet the default action).
     fn spawn(script: &str) -> crate::supervisor::reaper::Spawned {
+        use std::io::BufRead;
         let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", script]);
-        DirectSpawner.spawn(cmd).unwrap()
+        cmd.args(["-c", script])
+            .stdout(std::process::Stdio::piped());
+        let mut child = DirectSpawner.spawn(cmd).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        child
     }
 
     #[tokio::test]
     async fn a_process_that_dies_of_sighup_needs_no_kill() {
-        let child = spawn("exec sleep 1000");
+        let child = spawn("echo ready; exec sleep 1000 >/dev/null");
         let s = Signaller::open(child.pid).unwrap();
         let start = std::time::Instant::now();
         let (exit, how) = hang_up(&s, child.exit, Duration::from_secs(10)).await;
@@ -75,7 +85,7 @@ mod tests {
     #[tokio::test]
     async fn a_process_that_ignores_sighup_is_killed_after_the_grace() {
         // Ignored dispositions survive exec: sleep itself ignores SIGHUP.
-        let child = spawn("trap '' HUP; exec sleep 1000");
+        let child = spawn("trap '' HUP; echo ready; exec sleep 1000 >/dev/null");
         let s = Signaller::open(child.pid).unwrap();
         let start = std::time::Instant::now();
         let grace = Duration::from_millis(500);

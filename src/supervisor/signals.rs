@@ -507,8 +507,17 @@ mod failing_runtime {
         let rt = runtime(dir.path());
         // An init that ignores the stop signal, as many do.
         let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", "trap '' TERM; exec sleep 1000"]);
-        let init = DirectSpawner.spawn(cmd).unwrap();
+        cmd.args(["-c", "trap '' TERM; echo ready; exec sleep 1000 >/dev/null"])
+            .stdout(std::process::Stdio::piped());
+        let mut init = DirectSpawner.spawn(cmd).unwrap();
+        // The trap is set once it speaks: SIGTERM before would end it.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(init.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "ready\n");
         // Whatever the outcome, the stand-in init does not outlive the test.
         struct KillOnDrop(Signaller);
         impl Drop for KillOnDrop {
