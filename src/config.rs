@@ -66,6 +66,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "subnet", env: "CVMD_SUBNET", envbox: None, default: Some("172.19.0.0/30"), help: "IPv4 subnet of the veth pair (at least 2 usable hosts): the outer end takes the first, the workspace the second" },
     Spec { key: "mtu", env: "CVMD_MTU", envbox: None, default: None, help: "MTU of the workspace's eth0 [default: the outer container's default-route interface's]" },
     Spec { key: "ports", env: "CVMD_PORTS", envbox: None, default: None, help: "ports of the outer container forwarded to the workspace: OUTER:INNER[/tcp|/udp],... (e.g. 8080:80,5353:53/udp)" },
+    Spec { key: "allow_link_local", env: "CVMD_ALLOW_LINK_LOCAL", envbox: None, default: Some("false"), help: "let the workspace reach link-local addresses (169.254.0.0/16) through the outer container: the node's cloud metadata service and the credentials it hands out (the resolv.conf's link-local nameservers stay reachable on port 53 either way)" },
     Spec { key: "add_gpu", env: "CVMD_ADD_GPU", envbox: Some("CODER_ADD_GPU"), default: Some("false"), help: "give the workspace the outer container's /dev/nvidia* devices, NVIDIA driver libraries and NVIDIA_* variables" },
     Spec { key: "usr_lib_dir", env: "CVMD_USR_LIB_DIR", envbox: Some("CODER_USR_LIB_DIR"), default: None, help: "outer dir holding the NVIDIA driver libraries [default: /usr/lib/<multiarch triplet>]" },
     Spec { key: "gpu_dev_dir", env: "CVMD_GPU_DEV_DIR", envbox: None, default: Some("/dev"), help: "where to find the outer nvidia* device nodes (a test seam; they appear under /dev inside)" },
@@ -511,6 +512,9 @@ impl Settings {
             })
             .and_then(|v| crate::network::plan::parse_ports(&v).ok())
             .unwrap_or_default(),
+            allow_link_local: parse("allow_link_local", &|v| parse_bool(v).map(|_| ()))
+                .and_then(|v| parse_bool(&v).ok())
+                .unwrap_or(false),
         };
         let add_gpu = parse("add_gpu", &|v| parse_bool(v).map(|_| ()))
             .and_then(|v| parse_bool(&v).ok())

@@ -224,7 +224,10 @@ async fn boot(
             }
         }
         state.enter(Phase::Network);
-        let plan = network::Plan::new(id, &settings.network);
+        let mut plan = network::Plan::new(id, &settings.network);
+        plan.link_local_dns = network::plan::link_local_nameservers(
+            &std::fs::read_to_string(ws_dir.join("resolv.conf")).unwrap_or_default(),
+        );
         let net = match network::setup(&plan, created.pid, Arc::new(reaper.clone())).await {
             Ok(net) => net,
             Err(e) => {
@@ -262,6 +265,7 @@ async fn boot(
             let supervised = signals::supervise(
                 &runtime,
                 id,
+                created.pid,
                 exit,
                 StopPolicy {
                     stop_signal: info.stop_signal,
@@ -287,6 +291,14 @@ async fn boot(
         tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
         state.set_exited(outcome.code);
         if !state.take_restart() {
+            daemons.stop().await;
+            return Ok(outcome.code);
+        }
+        if let Some(signal) = signals::drain_before_restart(signals) {
+            tracing::info!(
+                signal,
+                "a stop request arrived with the restart: not restarting"
+            );
             daemons.stop().await;
             return Ok(outcome.code);
         }

@@ -175,10 +175,14 @@ impl Setup {
     /// Pushes the image and pulls it in the host's netns (the registry
     /// listens on the host's loopback), so `cvmd run` starts warm.
     fn new(repo: &str, script: &str) -> Setup {
+        Setup::with_image(repo, &busybox_image(script))
+    }
+
+    fn with_image(repo: &str, image: &common::image::Image) -> Setup {
         let sandbox = Sandbox::new();
         let state = tempfile::tempdir().unwrap();
         let reg = Registry::plain().unwrap();
-        let reference = push(&reg, repo, "v1", &busybox_image(script));
+        let reference = push(&reg, repo, "v1", image);
         let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
         cvmd.pull_ok(&reference);
         Setup {
@@ -449,4 +453,220 @@ fn network_subnet_overlapping_the_outer_network_is_refused() {
     );
     let plan = cvmd::network::Plan::new(&setup.workspace(), &Default::default());
     assert!(!outer.sh("ip -o link").contains(&plan.outer_if));
+}
+
+/// Skips a test whose prerequisites are missing, except under CI, where
+/// that is a failure rather than a silent pass.
+fn prerequisites() -> bool {
+    let ok = can_run() && tools_present();
+    if !ok && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true: this test's prerequisites are missing (see the skip reason above)");
+    }
+    ok
+}
+
+/// An image whose `/sbin/init` is a busybox script: cvmd boots it as an
+/// init, with the capabilities an init gets (NET_ADMIN among them), as a
+/// real workspace image with systemd would be.
+fn init_image(script: &str) -> common::image::Image {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut layer = LayerBuilder::new()
+        .dir("bin", 0o755)
+        .dir("sbin", 0o755)
+        .file("bin/busybox", &busybox, 0o755)
+        .file(
+            "sbin/init",
+            format!("#!/bin/sh\n{script}").as_bytes(),
+            0o755,
+        );
+    for app in ["sh", "sleep", "echo", "cat", "ip", "nc", "mkdir", "mount"] {
+        layer = layer.symlink(&format!("bin/{app}"), "busybox");
+    }
+    ImageBuilder::new(Format::Oci)
+        .layer(layer.build(Compression::Gzip))
+        .build()
+}
+
+/// Root in the workspace attacks what only the outer container should
+/// reach: its loopback (CVE-2020-8558: route 127.0.0.0/8 via the outer
+/// end, and let the 127.0.0.1 answers in on our side), then the node's
+/// metadata address through cvmd's NAT. Then waits to be stopped.
+const ATTACK_SCRIPT: &str = r#"
+trap 'exit 0' 37 TERM
+ip addr del 127.0.0.1/8 dev lo
+ip route add 127.0.0.0/8 via 172.19.0.1 dev eth0
+f=/proc/sys/net/ipv4/conf/eth0/route_localnet
+echo 1 > $f 2>/dev/null || { mount -o remount,bind,rw /proc/sys && echo 1 > $f; } 2>/dev/null || { mkdir -p /p && mount -t proc proc /p && echo 1 > /p/sys/net/ipv4/conf/eth0/route_localnet; } 2>/dev/null
+echo "route_localnet=$(cat $f)"
+out=$(nc -w 3 127.0.0.1 9003 </dev/null 2>&1); echo "loopback: rc=$? $out"
+out=$(nc -w 3 169.254.169.254 80 </dev/null 2>&1); echo "metadata: rc=$? $out"
+echo attack-done
+while :; do sleep 1 & wait $!; done
+"#;
+
+/// What one attacking workspace achieved.
+struct Attack {
+    log: String,
+    /// `iptables-save -c` of the outer netns while the workspace ran.
+    counters: String,
+}
+
+impl Attack {
+    /// The line the workspace printed for `what`.
+    fn line(&self, what: &str) -> String {
+        self.log
+            .lines()
+            .find_map(|l| {
+                l.split_once(&format!("{what}: "))
+                    .map(|(_, r)| r.to_string())
+            })
+            .unwrap_or_else(|| panic!("no {what} line in: {}", self.log))
+    }
+
+    /// Packets the workspace's rules in `table` matching `spec` dropped
+    /// (in all chains).
+    fn dropped(&self, table: &str, spec: &str, tag: &str) -> u64 {
+        let mut in_table = false;
+        let mut found = false;
+        let mut packets = 0;
+        for l in self.counters.lines() {
+            if let Some(t) = l.strip_prefix('*') {
+                in_table = t == table;
+            }
+            if in_table && l.contains(spec) && l.contains(tag) && l.contains("-j DROP") {
+                found = true;
+                let n = l.trim_start_matches('[').split(':').next().unwrap();
+                packets += n.parse::<u64>().unwrap();
+            }
+        }
+        assert!(
+            found,
+            "no {table} rule {spec} tagged {tag} in:\n{}",
+            self.counters
+        );
+        packets
+    }
+}
+
+/// Runs the attacking workspace in `outer` with `extra` settings; once it
+/// reports, reads the outer netns' rule counters, then stops cvmd.
+fn attack(setup: &Setup, outer: &Netns, extra: &[&str], env: &[(&str, &str)]) -> Attack {
+    use std::io::BufRead;
+    let mut cmd = setup.run(outer, extra);
+    cmd.envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("attack-done") {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let done = rx.recv_timeout(Duration::from_secs(90)).is_ok();
+    let counters = outer.sh("iptables-save -c");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert!(done, "the workspace never finished its attack:\n{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+    Attack { log, counters }
+}
+
+#[test]
+fn network_escape_outer_loopback_and_link_local_metadata_are_unreachable() {
+    if !prerequisites() {
+        return;
+    }
+    let setup = Setup::with_image("net/escape", &init_image(ATTACK_SCRIPT));
+    let outer = Netns::new();
+    // A "node" namespace holding a metadata-style service on
+    // 169.254.169.254, routed from the outer container as a node routes
+    // its pods' link-local traffic.
+    let node = Netns::new();
+    outer.sh(&format!(
+        "ip link add md0 type veth peer name md1 netns {} && \
+         ip addr add 10.97.0.1/24 dev md0 && ip link set md0 up && \
+         ip route add 169.254.0.0/16 via 10.97.0.2",
+        node.pid()
+    ));
+    node.sh("ip addr add 10.97.0.2/24 dev md1 && ip link set md1 up && ip addr add 169.254.169.254/32 dev lo");
+    let admin = serve(&outer, "127.0.0.1:9003", "outer-admin-secret\n");
+    let metadata = serve(&node, "169.254.169.254:80", "node-credentials\n");
+    let plan = cvmd::network::Plan::new(&setup.workspace(), &Default::default());
+    let tag = format!("cvmd:{}", setup.workspace());
+    let from_veth = format!("-d 127.0.0.0/8 -i {}", plan.outer_if);
+    let to_metadata = format!("-d 169.254.0.0/16 -i {}", plan.outer_if);
+
+    // With and without port forwards (route_localnet on the outer veth only
+    // with them).
+    for extra in [&["--ports", "8080:80"][..], &[][..]] {
+        let a = attack(&setup, &outer, extra, &[]);
+        let (lo, md) = (a.line("loopback"), a.line("metadata"));
+        assert!(
+            lo.starts_with("rc=1") && lo.contains("timed out"),
+            "{extra:?}: the loopback attempt times out (dropped, not refused): {lo}\n{}",
+            a.log
+        );
+        assert!(
+            md.starts_with("rc=1") && md.contains("timed out"),
+            "{extra:?}: the metadata attempt times out: {md}\n{}",
+            a.log
+        );
+        assert!(!lo.contains("secret") && !md.contains("credentials"));
+        assert!(
+            a.dropped("raw", &from_veth, &tag) > 0,
+            "{extra:?}: the martian rule dropped the SYNs:\n{}\n{}",
+            a.counters,
+            a.log
+        );
+        assert!(
+            a.dropped("filter", &to_metadata, &tag) > 0,
+            "{extra:?}: the link-local rule dropped the SYNs:\n{}",
+            a.counters
+        );
+        assert!(
+            admin.try_recv().is_err(),
+            "{extra:?}: the loopback listener saw a connection"
+        );
+        assert!(
+            metadata.try_recv().is_err(),
+            "{extra:?}: the metadata listener saw a connection"
+        );
+    }
+
+    // The setting that opens link-local: the same metadata attempt now
+    // connects, so the setup above could have seen one.
+    let a = attack(&setup, &outer, &[], &[("CVMD_ALLOW_LINK_LOCAL", "true")]);
+    let md = a.line("metadata");
+    assert!(
+        md.starts_with("rc=0") && md.contains("node-credentials"),
+        "{md}\n{}",
+        a.log
+    );
+    assert_eq!(
+        metadata.try_recv().unwrap().ip().to_string(),
+        "10.97.0.1",
+        "reached through the NAT"
+    );
+    assert!(admin.try_recv().is_err(), "the loopback stays closed");
+    let after = outer.sh("iptables-save");
+    assert!(
+        !after.contains(&tag),
+        "no rule of the workspace remains: {after}"
+    );
 }

@@ -475,3 +475,232 @@ fn a_token_lifetime_too_large_for_a_clock_is_clamped_not_a_panic() {
         assert_pulled(&run, &cvmd, &reg.host(), "team/app", &img);
     }
 }
+
+/// Skips a test whose prerequisites are missing, except under CI, where
+/// that is a failure rather than a silent pass.
+fn registry_or_skip() -> bool {
+    let ok = require_registry();
+    if !ok && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true: docker-registry is missing");
+    }
+    ok
+}
+
+#[test]
+fn an_https_registry_naming_a_plain_http_realm_gets_no_credentials() {
+    if !registry_or_skip() {
+        return;
+    }
+    // The registry over HTTPS, its token server (the realm) over plain HTTP.
+    let (reg, _img) = token_registry(
+        TokenConfig::new().user(USER, PASS).registry_tls(true),
+        "team/app",
+    );
+    let ts = reg.token_server().unwrap();
+    let before = ts.request_count();
+    let cvmd = Cvmd::new(CVMD);
+    cvmd.write_docker_config(&json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}));
+    let ca = reg.ca_pem_path().unwrap().display().to_string();
+    let run = cvmd.pull(
+        &format!("{}/team/app:v1", reg.host()),
+        &["--extra-certs", &ca],
+    );
+    let line = run.error_line();
+    assert!(
+        line.contains(&format!(
+            "registry {} named the token realm {}, which cvmd refuses: it is plain HTTP while the registry is reached over HTTPS",
+            reg.host(),
+            ts.realm()
+        )),
+        "{run}"
+    );
+    assert_eq!(
+        ts.request_count(),
+        before,
+        "the credentials went to the plain-HTTP realm: {:?}",
+        &ts.requests()[before..]
+    );
+    run.assert_never_shows(PASS);
+    run.assert_never_shows(&b64(&format!("{USER}:{PASS}")));
+}
+
+#[test]
+fn a_fetched_token_is_logged_by_registry_and_realm_never_by_value() {
+    if !registry_or_skip() {
+        return;
+    }
+    let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
+    let ts = reg.token_server().unwrap();
+    let cvmd = Cvmd::new(CVMD);
+    cvmd.write_docker_config(&json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}));
+    let run = cvmd.pull(
+        &format!("{}/team/app:v1", reg.host()),
+        &["--insecure-registries", &reg.host(), "--log-format", "text"],
+    );
+    assert_pulled(&run, &cvmd, &reg.host(), "team/app", &img);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("fetched a registry token"))
+        .unwrap_or_else(|| panic!("no token line:\n{run}"));
+    assert!(
+        line.contains(&format!("registry=\"{}\"", reg.host()))
+            && line.contains(&format!("realm={}", ts.realm()))
+            && line.contains("scope=\"repository:team/app:pull\""),
+        "{line}"
+    );
+    // The harness's tokens are JWTs: base64url JSON, starting `eyJ`.
+    run.assert_never_shows("eyJ");
+    run.assert_never_shows("Bearer");
+}
+
+/// A network namespace of the test's own, held by a sleeping process.
+struct Netns(std::process::Child);
+
+impl Netns {
+    fn new() -> Netns {
+        let holder = std::process::Command::new("unshare")
+            .args(["--net", "sleep", "600"])
+            .spawn()
+            .expect("unshare --net");
+        let ns = Netns(holder);
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        assert!(common::wait_until(
+            std::time::Duration::from_secs(5),
+            || std::fs::read_link(ns.path()).is_ok_and(|l| l != own)
+        ));
+        ns
+    }
+    fn path(&self) -> String {
+        format!("/proc/{}/ns/net", self.0.id())
+    }
+    fn sh(&self, script: &str) {
+        let ok = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .args(["sh", "-c", script])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    }
+    /// `cmd` run inside the namespace, its environment kept.
+    fn wrap(&self, cmd: &std::process::Command) -> std::process::Command {
+        let mut c = std::process::Command::new("nsenter");
+        c.arg(format!("--net={}", self.path()))
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .env_clear();
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        c
+    }
+    /// A TCP listener bound inside the namespace, answering `reply` to each
+    /// connection; the receiver gets a line per connection's request.
+    fn serve(&self, addr: &str, reply: String) -> std::sync::mpsc::Receiver<String> {
+        use std::io::{BufRead, Write};
+        let ns = std::fs::File::open(self.path()).unwrap();
+        let addr = addr.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let listener = std::net::TcpListener::bind(&addr).unwrap();
+            bound_tx.send(()).unwrap();
+            for conn in listener.incoming().flatten() {
+                let mut first = String::new();
+                let _ = std::io::BufReader::new(&conn).read_line(&mut first);
+                let _ = tx.send(first.trim().to_string());
+                let _ = (&conn).write_all(reply.as_bytes());
+            }
+        });
+        bound_rx.recv().unwrap();
+        rx
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_registry_cannot_send_cvmd_to_a_link_local_metadata_address_as_its_realm() {
+    let root = nix::unistd::geteuid().is_root();
+    let tools = std::path::Path::new("/usr/bin/nsenter").exists();
+    if !root || !tools {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI=true: needs root and nsenter (util-linux)"
+        );
+        eprintln!("skipping: needs root and nsenter for a network namespace of its own");
+        return;
+    }
+    // In a namespace of the test's own: a hostile registry on 127.0.0.1 whose
+    // challenge names a realm on 169.254.169.254, where a metadata-style
+    // listener waits.
+    let ns = Netns::new();
+    ns.sh("ip link set lo up && ip addr add 169.254.169.254/32 dev lo");
+    let challenge = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://169.254.169.254/latest/meta-data/iam\",service=\"r\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let registry = ns.serve("127.0.0.1:5999", challenge.to_string());
+    let metadata = ns.serve(
+        "169.254.169.254:80",
+        "HTTP/1.1 200 OK\r\nContent-Length: 22\r\nConnection: close\r\n\r\n{\"token\":\"node-creds\"}".to_string(),
+    );
+    let cvmd = Cvmd::new(CVMD);
+    cvmd.write_docker_config(
+        &json!({"auths": {"127.0.0.1:5999": {"username": USER, "password": PASS}}}),
+    );
+    let cmd = cvmd.command(&[
+        "pull",
+        "127.0.0.1:5999/team/app:v1",
+        "--insecure-registries",
+        "127.0.0.1:5999",
+        "--pull-retries",
+        "1",
+    ]);
+    let out = ns.wrap(&cmd).output().unwrap();
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(registry.try_recv().is_ok(), "the registry was asked");
+    if let Ok(request) = metadata.try_recv() {
+        panic!("cvmd fetched the link-local realm ({request}):\n{run}");
+    }
+    let line = run.error_line();
+    assert!(
+        line.contains("registry 127.0.0.1:5999 named the token realm http://169.254.169.254/latest/meta-data/iam, which cvmd refuses: it points at a link-local address"),
+        "{run}"
+    );
+    run.assert_never_shows(PASS);
+}
+
+#[test]
+fn a_base64_pull_secret_is_refused_without_being_echoed() {
+    if !registry_or_skip() {
+        return;
+    }
+    let t = tls();
+    // The Secret's .dockerconfigjson as Kubernetes stores it: base64.
+    let secret = b64(&t.dockerconfigjson());
+    let mut cvmd = Cvmd::new(CVMD);
+    cvmd.env("CVMD_PULL_SECRET", &secret);
+    let run = cvmd.pull(&t.image, &["--extra-certs", &t.ca()]);
+    assert_ne!(run.code, Some(0), "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "pull secret: the value ({} bytes, not shown) is not JSON",
+            secret.len()
+        )) && run.stderr.contains("it is base64-encoded JSON: decode it"),
+        "{run}"
+    );
+    run.assert_never_shows(&secret);
+    run.assert_never_shows(&secret[..24]);
+    run.assert_never_shows(PASS);
+}

@@ -199,7 +199,7 @@ async fn runc_sleep_stopped_by_term_then_kill_needs_root() {
     tx.send(libc::SIGTERM).await.unwrap();
     let outcome = tokio::time::timeout(
         Duration::from_secs(20),
-        supervise(&s.rt, &id, exit, policy, &mut rx),
+        supervise(&s.rt, &id, created.pid, exit, policy, &mut rx),
     )
     .await
     .expect("stopped within 20 s")
@@ -408,4 +408,84 @@ async fn watching_a_stranger_is_an_error() {
         Err(ReaperError::NotAChild { pid: 1, .. }) => {}
         other => panic!("expected NotAChild, got {other:?}"),
     }
+}
+
+/// The real runc for every call but `kill`, which fails as a broken or
+/// wedged runtime's would.
+fn runc_with_failing_kill(runc: &Path, dir: &Path) -> PathBuf {
+    let wrapper = dir.join("runc-failing-kill");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = kill ] && {{ echo 'kill: operation not permitted' >&2; exit 1; }}; done\nexec {} \"$@\"\n",
+            runc.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+#[tokio::test]
+async fn runc_stop_escalates_when_the_runtimes_kill_fails_needs_root() {
+    let Some(runc) = runc_as_root("runc_stop_escalates_when_the_runtimes_kill_fails_needs_root")
+    else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true: needs root and runc");
+        }
+        return;
+    };
+    let s = setup(&runc);
+    let rt = Runtime::new(
+        runc_with_failing_kill(&runc, &s.dir),
+        s.dir.join("logs"),
+        Arc::new(reaper()),
+    )
+    .with_root(&s.root);
+    // sleep as the PID namespace's init: no handler, so SIGTERM does nothing
+    // and only SIGKILL ends it.
+    let bundle = bundle(&runc, &s.dir, &["sleep", "1000"]).await;
+    let id = id("failkill");
+    let created = rt
+        .create(&id, &bundle, &s.dir.join("init.pid"), ContainerIo::Null)
+        .await
+        .unwrap();
+    let exit = reaper().watch(created.pid).unwrap();
+    rt.start(&id).await.unwrap();
+    assert!(
+        rt.kill(&id, libc::SIGTERM).await.is_err(),
+        "the wrapper's kill must fail"
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let grace = Duration::from_secs(2);
+    let policy = StopPolicy {
+        stop_signal: libc::SIGTERM,
+        grace,
+        system_init: false,
+    };
+    let began = Instant::now();
+    tx.send(libc::SIGTERM).await.unwrap();
+    // A second request (an impatient operator) while it stops.
+    tx.send(libc::SIGTERM).await.unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        supervise(&rt, &id, created.pid, exit, policy, &mut rx),
+    )
+    .await
+    .expect("the stop hung on the failing runtime kill")
+    .unwrap();
+    let took = began.elapsed();
+    assert_eq!(outcome.exit, Exit::signal(libc::SIGKILL));
+    assert_eq!(outcome.code, 137);
+    // The second request's SIGKILL reached the init directly, at once:
+    // neither the grace nor the wait after SIGKILL had to run out.
+    assert!(
+        took < grace,
+        "the stop took {took:?}: the failed kill was not worked around"
+    );
+    outcome.deleted.unwrap();
+    assert!(
+        !state_left(&s.root, &id),
+        "the stop left state under --root"
+    );
 }

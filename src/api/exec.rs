@@ -92,11 +92,35 @@ pub async fn exec(
         .container()
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
     tracing::info!(args = ?spec.args, tty = spec.tty, "exec through the control API");
-    let mut session = engine::spawn(&container.runtime, &container.id, spec)
-        .await
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
-
     let (tx, rx) = mpsc::channel(64);
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    // The start and the session run in a task of their own: a client that
+    // leaves while the runtime starts the process drops this call's future,
+    // and a process started then must still be hung up, not run unseen.
+    tokio::spawn(async move {
+        let session = match engine::spawn(&container.runtime, &container.id, spec).await {
+            Ok(session) => session,
+            Err(e) => {
+                let _ = started_tx.send(Err(Status::failed_precondition(e.to_string())));
+                return;
+            }
+        };
+        let _ = started_tx.send(Ok(()));
+        serve_session(session, requests, tx).await;
+    });
+    started
+        .await
+        .map_err(|_| Status::internal("the exec task ended before the process started"))??;
+    Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+}
+
+/// Pumps a started exec's streams until it ends, then sends its exit code;
+/// hangs it up when the client leaves first.
+async fn serve_session(
+    mut session: engine::ExecSession,
+    requests: Streaming<pb::ExecRequest>,
+    tx: mpsc::Sender<Result<pb::ExecResponse, Status>>,
+) {
     let (resize_tx, mut resize_rx) = mpsc::channel::<(u16, u16)>(8);
     let stdin = session.stdin.take();
     tokio::spawn(pump_in(requests, stdin, resize_tx));
@@ -106,35 +130,72 @@ pub async fn exec(
         .stderr
         .take()
         .map(|e| tokio::spawn(pump_out(e, tx.clone(), Out::Stderr)));
-    tokio::spawn(async move {
-        // Resizes matter while the command runs; its output ending means it
-        // is done (or detached its output), and then its status is next.
-        let outputs = async {
-            let _ = out.await;
-            if let Some(err) = err {
-                let _ = err.await;
+    // Resizes matter while the command runs; its output ending means it
+    // is done (or detached its output), and then its status is next.
+    let outputs = async {
+        let _ = out.await;
+        if let Some(err) = err {
+            let _ = err.await;
+        }
+    };
+    let mut outputs = std::pin::pin!(outputs);
+    let mut client_gone = false;
+    loop {
+        tokio::select! {
+            () = &mut outputs => break,
+            // The response stream was dropped: the client disconnected
+            // (Ctrl-C, a closed laptop), and nobody will read or wait.
+            () = tx.closed() => {
+                client_gone = true;
+                break;
             }
-        };
-        let mut outputs = std::pin::pin!(outputs);
-        loop {
-            tokio::select! {
-                () = &mut outputs => break,
-                Some((rows, cols)) = resize_rx.recv() => {
-                    if let Err(e) = session.resize(rows, cols) {
-                        tracing::debug!(error = %e, "exec resize");
-                    }
+            Some((rows, cols)) = resize_rx.recv() => {
+                if let Err(e) = session.resize(rows, cols) {
+                    tracing::debug!(error = %e, "exec resize");
                 }
             }
         }
-        let last = match session.wait().await {
-            Ok(code) => Ok(pb::ExecResponse {
-                msg: Some(Out::ExitCode(code)),
-            }),
-            Err(e) => Err(Status::internal(e.to_string())),
-        };
-        let _ = tx.send(last).await;
-    });
-    Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+    let pid = session.pid();
+    let target = session.signaller();
+    let mut exited = std::pin::pin!(session.wait());
+    if !client_gone {
+        // The output may end long before the process (it closed its
+        // pipes): the client can still leave while it runs.
+        tokio::select! {
+            code = &mut exited => {
+                let last = match code {
+                    Ok(code) => Ok(pb::ExecResponse {
+                        msg: Some(Out::ExitCode(code)),
+                    }),
+                    Err(e) => Err(Status::internal(e.to_string())),
+                };
+                let _ = tx.send(last).await;
+                return;
+            }
+            () = tx.closed() => {}
+        }
+    }
+    match target {
+        Some(target) => {
+            tracing::info!(pid, "exec client disconnected: hanging the process up");
+            let (code, how) =
+                engine::hangup::hang_up(&target, exited, engine::hangup::HANGUP_GRACE).await;
+            tracing::info!(
+                pid,
+                ?how,
+                code = code.ok(),
+                "exec session ended after its client left"
+            );
+        }
+        None => {
+            tracing::warn!(
+                pid,
+                "exec client disconnected; the process cannot be signalled, waiting for it"
+            );
+            let _ = exited.await;
+        }
+    }
 }
 
 async fn pump_in(

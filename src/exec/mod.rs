@@ -17,6 +17,7 @@
 
 mod console;
 mod error;
+pub mod hangup;
 pub mod plan;
 pub mod pty;
 pub mod terminal;
@@ -71,6 +72,7 @@ pub struct ExecSession {
     pid: i32,
     master: Option<pty::Master>,
     exit: ExitWaiter,
+    signaller: Option<hangup::Signaller>,
 }
 
 impl std::fmt::Debug for ExecSession {
@@ -86,6 +88,12 @@ impl ExecSession {
     /// The process's pid in cvmd's PID namespace.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// What signals the process (for a hang-up when its client is gone);
+    /// `None` when no pidfd could be opened for it.
+    pub fn signaller(&self) -> Option<hangup::Signaller> {
+        self.signaller.clone()
     }
 
     /// Sets the terminal's size (TIOCSWINSZ); the process gets SIGWINCH.
@@ -228,6 +236,10 @@ pub async fn spawn(
             });
         }
     };
+    // Opened now, while the process is ours and unreaped (see hangup.rs).
+    let signaller = hangup::Signaller::open(pid)
+        .map_err(|e| tracing::warn!(pid, error = %e, "no pidfd for the exec: it cannot be hung up"))
+        .ok();
     let session = match console {
         None => {
             let io = started.io;
@@ -241,6 +253,7 @@ pub async fn spawn(
                 pid,
                 master: None,
                 exit,
+                signaller,
             }
         }
         Some((receiving, _)) => {
@@ -258,6 +271,7 @@ pub async fn spawn(
                 pid,
                 master: Some(master),
                 exit,
+                signaller,
             }
         }
     };

@@ -6,7 +6,9 @@
 //! second address, the default route via the first, the MTU of the outer
 //! default-route interface; IPv4 forwarding and a MASQUERADE of the subnet
 //! so the workspace reaches what the outer container reaches; DNAT for the
-//! `ports` forwards. `none`: loopback only.
+//! `ports` forwards; drops of 127/8 martians from the veth and of
+//! 169.254.0.0/16 (`plan::Plan::guard_rules` says why). `none`: loopback
+//! only.
 //!
 //! Every iptables rule carries the workspace's tag and the veth a name
 //! derived from the workspace, so teardown, and the next run after a crash,

@@ -189,6 +189,10 @@ pub struct NetworkSettings {
     /// `None`: the MTU of the outer container's default-route interface.
     pub mtu: Option<u32>,
     pub ports: Vec<PortForward>,
+    /// `allow_link_local`: let the workspace reach 169.254.0.0/16 through
+    /// the outer container (a cloud's metadata service and the node
+    /// credentials it hands out live there).
+    pub allow_link_local: bool,
 }
 
 impl NetworkSettings {
@@ -205,6 +209,11 @@ pub struct Plan {
     pub subnet: Subnet,
     pub mtu: Option<u32>,
     pub ports: Vec<PortForward>,
+    pub allow_link_local: bool,
+    /// Link-local nameservers of the workspace's resolv.conf (a node-local
+    /// DNS cache on 169.254.20.10): port 53 on them stays reachable when
+    /// the rest of 169.254.0.0/16 is closed.
+    pub link_local_dns: Vec<Ipv4Addr>,
     /// The veth end that stays in the outer netns.
     pub outer_if: String,
     /// The other end's name until it is in the workspace and renamed `eth0`.
@@ -228,6 +237,8 @@ impl Plan {
             subnet: settings.subnet,
             mtu: settings.mtu,
             ports: settings.ports.clone(),
+            allow_link_local: settings.allow_link_local,
+            link_local_dns: Vec::new(),
             outer_if: format!("cvm{}", &hash[..8]),
             peer_if: format!("cvp{}", &hash[..8]),
         }
@@ -280,6 +291,7 @@ impl Plan {
             )
             .first(),
         ];
+        rules.extend(self.guard_rules(&tag));
         if self.ports.is_empty() {
             return rules;
         }
@@ -342,18 +354,112 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// What the workspace must not reach through the outer netns.
+    ///
+    /// 127/8 arriving on the veth: with `route_localnet` on (the ports
+    /// forwards need it), the kernel no longer drops such packets as
+    /// martians, and root in the workspace, routing 127.0.0.0/8 via the
+    /// outer end, reaches whatever listens on the outer container's
+    /// loopback (kube-proxy's CVE-2020-8558). Dropped in `raw`, before
+    /// conntrack: the answers of forwarded connections still arrive with
+    /// the outer end's address then, and are un-NATed to 127.0.0.1 only
+    /// later. Added whatever the ports, since `route_localnet` may also be
+    /// on through `conf/all` set by someone else.
+    ///
+    /// 169.254.0.0/16: a node's link-local addresses are its cloud
+    /// metadata service (node credentials) and similar node-only services;
+    /// dropped both when forwarded (through the NAT) and when addressed to
+    /// the outer container itself, unless `allow_link_local`. The
+    /// resolv.conf's link-local nameservers keep port 53.
+    fn guard_rules(&self, tag: &str) -> Vec<Rule> {
+        let out_if = self.outer_if.as_str();
+        let mut rules = Vec::new();
+        for dir in ["-d", "-s"] {
+            rules.push(Rule::new(
+                Table::Raw,
+                "PREROUTING",
+                &["-i", out_if, dir, LOOPBACK_NET],
+                tag,
+                &["-j", "DROP"],
+            ));
+        }
+        if self.allow_link_local {
+            return rules;
+        }
+        // Inserted first, so they end up ahead of the FORWARD accepts
+        // above, and the nameservers' accepts ahead of the drops.
+        for chain in ["FORWARD", "INPUT"] {
+            rules.push(
+                Rule::new(
+                    Table::Filter,
+                    chain,
+                    &["-i", out_if, "-d", LINK_LOCAL_NET],
+                    tag,
+                    &["-j", "DROP"],
+                )
+                .first(),
+            );
+            for ns in &self.link_local_dns {
+                let ns = ns.to_string();
+                for proto in [Proto::Udp, Proto::Tcp] {
+                    rules.push(
+                        Rule::new(
+                            Table::Filter,
+                            chain,
+                            &[
+                                "-i",
+                                out_if,
+                                "-d",
+                                &ns,
+                                "-p",
+                                proto.as_str(),
+                                "--dport",
+                                "53",
+                            ],
+                            tag,
+                            &["-j", "ACCEPT"],
+                        )
+                        .first(),
+                    );
+                }
+            }
+        }
+        rules
+    }
+}
+
+pub const LOOPBACK_NET: &str = "127.0.0.0/8";
+pub const LINK_LOCAL_NET: &str = "169.254.0.0/16";
+
+/// The nameservers of a resolv.conf that are IPv4 link-local.
+pub fn link_local_nameservers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "nameserver")
+                .then(|| w.next()?.parse::<Ipv4Addr>().ok())
+                .flatten()
+        })
+        .filter(Ipv4Addr::is_link_local)
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     Nat,
     Filter,
+    Raw,
 }
 
 impl Table {
-    pub const ALL: [Table; 2] = [Table::Nat, Table::Filter];
+    pub const ALL: [Table; 3] = [Table::Nat, Table::Filter, Table::Raw];
     pub fn as_str(&self) -> &'static str {
         match self {
             Table::Nat => "nat",
             Table::Filter => "filter",
+            Table::Raw => "raw",
         }
     }
 }

@@ -127,6 +127,10 @@ fn rules_nat_the_subnet_and_tag_each_with_the_workspace() {
             "-w -t nat -A POSTROUTING -s 172.19.0.0/30 ! -d 172.19.0.0/30 -m comment --comment cvmd:ws1 -j MASQUERADE".to_string(),
             format!("-w -t filter -I FORWARD -i {o} -m comment --comment cvmd:ws1 -j ACCEPT"),
             format!("-w -t filter -I FORWARD -o {o} -m comment --comment cvmd:ws1 -j ACCEPT"),
+            format!("-w -t raw -A PREROUTING -i {o} -d 127.0.0.0/8 -m comment --comment cvmd:ws1 -j DROP"),
+            format!("-w -t raw -A PREROUTING -i {o} -s 127.0.0.0/8 -m comment --comment cvmd:ws1 -j DROP"),
+            format!("-w -t filter -I FORWARD -i {o} -d 169.254.0.0/16 -m comment --comment cvmd:ws1 -j DROP"),
+            format!("-w -t filter -I INPUT -i {o} -d 169.254.0.0/16 -m comment --comment cvmd:ws1 -j DROP"),
         ]
     );
     let none = NetworkSettings {
@@ -147,7 +151,7 @@ fn port_forwards_dnat_from_outside_and_from_the_outer_container() {
     let args: Vec<String> = plan
         .rules()
         .iter()
-        .skip(3)
+        .skip(7)
         .map(|r| r.add_args().join(" "))
         .collect();
     assert_eq!(
@@ -210,4 +214,64 @@ fn subnet_conflicts_with_overlapping_outer_networks_only() {
         Some(a("172.19.0.3/32"))
     );
     assert_eq!(conflict(&s, &[a("172.19.0.4/30")]), None);
+}
+
+#[test]
+fn loopback_martians_are_dropped_with_and_without_port_forwards() {
+    for ports in ["", "8080:80"] {
+        let s = NetworkSettings {
+            ports: parse_ports(ports).unwrap(),
+            allow_link_local: true,
+            ..Default::default()
+        };
+        let plan = Plan::new("ws1", &s);
+        let raw: Vec<String> = plan
+            .rules()
+            .iter()
+            .filter(|r| r.table == Table::Raw)
+            .map(|r| r.add_args().join(" "))
+            .collect();
+        let o = &plan.outer_if;
+        assert_eq!(
+            raw,
+            [
+                format!("-w -t raw -A PREROUTING -i {o} -d 127.0.0.0/8 -m comment --comment cvmd:ws1 -j DROP"),
+                format!("-w -t raw -A PREROUTING -i {o} -s 127.0.0.0/8 -m comment --comment cvmd:ws1 -j DROP"),
+            ],
+            "ports {ports:?}"
+        );
+        // allow_link_local opens 169.254/16: no filter drop then.
+        assert!(plan
+            .rules()
+            .iter()
+            .all(|r| !r.spec.contains(&LINK_LOCAL_NET.to_string())));
+    }
+}
+
+#[test]
+fn link_local_nameservers_keep_port_53_ahead_of_the_drop() {
+    let mut plan = Plan::new("ws1", &NetworkSettings::default());
+    plan.link_local_dns = link_local_nameservers(
+        "nameserver 169.254.20.10\nnameserver 10.96.0.10\n# nameserver 169.254.1.1\n",
+    );
+    assert_eq!(plan.link_local_dns, [Ipv4Addr::new(169, 254, 20, 10)]);
+    let o = plan.outer_if.clone();
+    // Each is inserted at the top: the last added comes first in the chain.
+    let forward: Vec<String> = plan
+        .rules()
+        .iter()
+        .filter(|r| r.chain == "FORWARD")
+        .rev()
+        .map(|r| r.add_args().join(" "))
+        .collect();
+    assert_eq!(
+        forward,
+        [
+            format!("-w -t filter -I FORWARD -i {o} -d 169.254.20.10 -p tcp --dport 53 -m comment --comment cvmd:ws1 -j ACCEPT"),
+            format!("-w -t filter -I FORWARD -i {o} -d 169.254.20.10 -p udp --dport 53 -m comment --comment cvmd:ws1 -j ACCEPT"),
+            format!("-w -t filter -I FORWARD -i {o} -d 169.254.0.0/16 -m comment --comment cvmd:ws1 -j DROP"),
+            format!("-w -t filter -I FORWARD -o {o} -m comment --comment cvmd:ws1 -j ACCEPT"),
+            format!("-w -t filter -I FORWARD -i {o} -m comment --comment cvmd:ws1 -j ACCEPT"),
+        ]
+    );
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::client::Endpoint;
 use super::credentials::{Credential, Keychain};
+use super::realm as policy;
 use super::RegistryError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,10 +181,11 @@ impl Authenticator {
     pub async fn answer(
         &self,
         http: &reqwest::Client,
-        host: &str,
+        ep: &Endpoint,
         scope: &str,
         challenge: &Challenge,
     ) -> Result<Option<String>, RegistryError> {
+        let host = ep.host.as_str();
         match challenge {
             Challenge::Basic => {
                 let header = self.basic_header(host)?;
@@ -199,8 +202,10 @@ impl Authenticator {
                 if let Some(Credential::RegistryToken(t)) = &credential {
                     return Ok(Some(format!("Bearer {}", t.expose())));
                 }
+                let url = checked_realm(ep, realm).await?;
+                let shown = policy::redact(&url);
                 let (token, lifetime) =
-                    fetch_token(http, realm, service.as_deref(), scope, credential.as_ref())
+                    fetch_token(http, url, service.as_deref(), scope, credential.as_ref())
                         .await
                         .map_err(|e| match e {
                             TokenFailure::Refused => RegistryError::Unauthorized {
@@ -213,10 +218,17 @@ impl Authenticator {
                                     .map(|(_, src)| src),
                             },
                             TokenFailure::Other(why) => RegistryError::Token {
-                                realm: realm.clone(),
+                                realm: shown.clone(),
                                 why,
                             },
                         })?;
+                tracing::info!(
+                    registry = host,
+                    realm = %shown,
+                    scope,
+                    lifetime_s = lifetime,
+                    "fetched a registry token"
+                );
                 let header = format!("Bearer {token}");
                 // Renew a little early so a token does not expire in flight.
                 let margin = Duration::from_secs((lifetime / 10).min(10));
@@ -234,6 +246,21 @@ impl Authenticator {
     }
 }
 
+/// The realm as a URL, once [`policy::judge`] lets the registry at `ep`
+/// send cvmd there.
+async fn checked_realm(ep: &Endpoint, realm: &str) -> Result<reqwest::Url, RegistryError> {
+    let refused = |why: String| RegistryError::RealmRefused {
+        registry: ep.host.clone(),
+        realm: policy::redact_str(realm),
+        why,
+    };
+    let url = reqwest::Url::parse(realm).map_err(|_| refused("it is not a URL".into()))?;
+    let (registry_classes, realm_classes) =
+        tokio::join!(policy::classes(&ep.base), policy::classes(&url));
+    policy::judge(&ep.base, &registry_classes, &url, &realm_classes).map_err(refused)?;
+    Ok(url)
+}
+
 enum TokenFailure {
     Refused,
     Other(String),
@@ -241,16 +268,11 @@ enum TokenFailure {
 
 async fn fetch_token(
     http: &reqwest::Client,
-    realm: &str,
+    url: reqwest::Url,
     service: Option<&str>,
     scope: &str,
     credential: Option<&Credential>,
 ) -> Result<(String, u64), TokenFailure> {
-    let url = reqwest::Url::parse(realm)
-        .map_err(|_| TokenFailure::Other("the registry sent a realm that is not a URL".into()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(TokenFailure::Other("the realm is not http(s)".into()));
-    }
     let request = match credential {
         Some(Credential::IdentityToken { token, .. }) => {
             // OAuth2 refresh-token grant, as docker does for identity tokens.

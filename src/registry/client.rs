@@ -91,6 +91,7 @@ impl RegistryClient {
             .user_agent(concat!("cvmd/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
+            .redirect(super::realm::redirect_policy())
             .tls_backend_rustls();
         for cert in load_extra_cas(&options.extra_ca_paths)? {
             builder = builder.add_root_certificate(cert);
@@ -374,7 +375,7 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_challenge);
             let header = match &challenge {
-                Some(c) => self.auth.answer(&self.http, &ep.host, scope, c).await?,
+                Some(c) => self.auth.answer(&self.http, ep, scope, c).await?,
                 None => None,
             };
             if let Some(header) = header {

@@ -78,6 +78,34 @@ pub enum CredentialError {
     },
 }
 
+/// A value that is neither JSON nor a file to read: often the secret itself
+/// in another form (the base64 a Kubernetes Secret stores), so it is
+/// described, never echoed (the message reaches the log, the termination
+/// log and `cvmctl status`).
+fn not_json_nor_file(value: &str, e: &std::io::Error) -> CredentialError {
+    use base64::Engine as _;
+    let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+    let base64_json = base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some();
+    let what = if base64_json {
+        "it is base64-encoded JSON: decode it (base64 -d) and pass the JSON, or mount the Secret and pass the file's path"
+    } else {
+        "pass the .dockerconfigjson JSON itself, or the path of a readable file holding it (e.g. a mounted Secret's /secrets/.dockerconfigjson)"
+    };
+    let why = match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => format!("{:?}", e.kind()),
+    };
+    CredentialError::PullSecret(format!(
+        "the value ({} bytes, not shown) is not JSON (it does not start with '{{') and not a readable file path ({why}); {what}",
+        value.len()
+    ))
+}
+
 /// One parsed source of credentials.
 #[derive(Debug, Default, Clone)]
 pub struct CredentialSource {
@@ -127,9 +155,7 @@ impl CredentialSource {
         let text = if trimmed.starts_with('{') {
             value.to_string()
         } else {
-            std::fs::read_to_string(value).map_err(|e| {
-                CredentialError::PullSecret(format!("cannot read file {value:?}: {e}"))
-            })?
+            std::fs::read_to_string(value).map_err(|e| not_json_nor_file(value, &e))?
         };
         // Never echo the JSON: it is the secret.
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
@@ -466,6 +492,42 @@ mod tests {
         let e = src.lookup("r.io", None).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(e.to_string().contains("r.io"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_that_is_neither_json_nor_a_path_is_described_not_echoed() {
+        use base64::Engine as _;
+        let json = r#"{"auths":{"r.io":{"auth":"c2VjcmV0LXBhc3N3b3Jk"}}}"#;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+        let e = CredentialSource::from_pull_secret(&b64)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains(&b64) && !e.contains("c2VjcmV0"), "{e}");
+        assert!(
+            e.contains(&format!("({} bytes, not shown)", b64.len())),
+            "{e}"
+        );
+        assert!(
+            e.contains("not JSON") && e.contains("not a readable file path (no such file)"),
+            "{e}"
+        );
+        assert!(e.contains("base64-encoded JSON: decode it"), "{e}");
+
+        let e = CredentialSource::from_pull_secret("hunter2-plain-password")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(
+            e.contains("(22 bytes, not shown)") && e.contains("the path of a readable file"),
+            "{e}"
+        );
+
+        // A path to a missing file is not echoed either: it could be the
+        // secret mistaken for one.
+        let e = CredentialSource::from_pull_secret("/no/such/dir/.dockerconfigjson")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("/no/such/dir"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod client;
 pub mod credentials;
 pub mod manifest;
+pub mod realm;
 pub mod reference;
 
 pub use client::{ClientOptions, RegistryClient};
@@ -68,6 +69,12 @@ pub enum RegistryError {
     },
     #[error("token endpoint {realm}: {why}")]
     Token { realm: String, why: String },
+    #[error("registry {registry} named the token realm {realm}, which cvmd refuses: {why}")]
+    RealmRefused {
+        registry: String,
+        realm: String,
+        why: String,
+    },
     #[error("{what}: the registry sent content with digest {actual}, expected {expected}; nothing was stored")]
     DigestMismatch {
         what: String,

@@ -4,7 +4,11 @@
 //! (SIGRTMIN+3 for systemd, SIGTERM otherwise) goes to its init through
 //! `runtime kill`, then after the grace period SIGKILL, and once the init
 //! has exited `runtime delete --force` (always delete: docs/ARCHITECTURE.md, "The
-//! sysbox-runc contract"). cvmd then exits with the container's status,
+//! sysbox-runc contract"). Every signal goes through `runtime kill` and,
+//! when that fails or hangs, straight to the init through a pidfd (which is
+//! all `runc kill` does): a stop never rests on the runtime's `kill`. After
+//! SIGKILL the init has [`KILL_WAIT`] to go before cvmd deletes the
+//! container and ends anyway. cvmd then exits with the container's status,
 //! 128 + signal when a signal killed it, except that a system init ended by
 //! its own halt/poweroff counts as 0 ([`exit_code`]). SIGHUP, SIGUSR1 and
 //! SIGUSR2 are forwarded as they are.
@@ -17,7 +21,17 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::runtime::{Runtime, RuntimeError};
+use crate::supervisor::pidfd::Signaller;
 use crate::supervisor::reaper::{Exit, ExitWaiter, ReaperError};
+
+/// How long the init has to go after SIGKILL before cvmd deletes the
+/// container (`delete --force` kills what is left of it) and ends: only a
+/// process stuck in the kernel outlives SIGKILL that long.
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// How long one `runtime kill` may take before the signal goes straight
+/// to the init instead (the runtime's own timeout is far longer).
+pub const KILL_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// systemd's stop request, SIGRTMIN+3 as the C library numbers it
 /// (glibc's SIGRTMIN is 34); the runtime's `kill` takes it as a number.
@@ -25,6 +39,34 @@ pub const SIGRTMIN_PLUS_3: i32 = 37;
 
 /// Signals that ask cvmd to stop the workspace.
 pub const STOP_REQUESTS: [i32; 2] = [libc::SIGTERM, libc::SIGINT];
+/// Not an OS signal (0 is never delivered): the control API's Restart,
+/// which stops the container like SIGTERM but belongs to the container
+/// running when it was asked. Kept apart so one that raced the
+/// container's own exit can be told from an operator's stop and dropped
+/// instead of stopping the next container ([`drain_before_restart`]).
+pub const RESTART_REQUEST: i32 = 0;
+
+/// Whether `signal` (from [`listen`] or the control API) asks for a stop.
+pub fn is_stop_request(signal: i32) -> bool {
+    STOP_REQUESTS.contains(&signal) || signal == RESTART_REQUEST
+}
+
+/// Before a restart boots the next container: empties the channel of what
+/// was meant for the one that ended. A Restart that raced its exit is
+/// dropped, and so are forwarded signals (no container to go to); an OS
+/// stop request is returned, and then there is no restart.
+pub fn drain_before_restart(signals: &mut mpsc::Receiver<i32>) -> Option<i32> {
+    let mut stop = None;
+    while let Ok(signal) = signals.try_recv() {
+        if STOP_REQUESTS.contains(&signal) {
+            stop = Some(signal);
+        } else if signal == RESTART_REQUEST {
+            tracing::info!("dropped a restart request that raced the workspace's own exit");
+        }
+    }
+    stop
+}
+
 /// Signals passed on to the container's init unchanged.
 pub const FORWARDED: [i32; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
 
@@ -73,7 +115,7 @@ pub enum Phase {
     Running,
     /// The stop signal went out; the grace period runs.
     Stopping,
-    /// SIGKILL went out.
+    /// SIGKILL went out; [`KILL_WAIT`] runs.
     Killing,
     /// The init exited; nothing more to do.
     Exited,
@@ -99,7 +141,7 @@ impl Stopper {
 
     /// A signal arrived at cvmd.
     pub fn on_signal(&mut self, signal: i32) -> Vec<Action> {
-        let stop = STOP_REQUESTS.contains(&signal);
+        let stop = is_stop_request(signal);
         match (self.phase, stop) {
             (Phase::Running, true) => {
                 self.phase = Phase::Stopping;
@@ -109,22 +151,37 @@ impl Stopper {
                 ]
             }
             // A second request means the caller will not wait for the grace.
-            (Phase::Stopping, true) => {
-                self.phase = Phase::Killing;
-                vec![Action::Kill(libc::SIGKILL)]
+            (Phase::Stopping, true) => self.kill(),
+            // Still there after SIGKILL: send it again (an earlier one may
+            // not have arrived); the wait already runs.
+            (Phase::Killing, true) => vec![Action::Kill(libc::SIGKILL)],
+            (Phase::Running | Phase::Stopping | Phase::Killing, false) => {
+                vec![Action::Kill(signal)]
             }
-            (Phase::Running | Phase::Stopping, false) => vec![Action::Kill(signal)],
-            (Phase::Killing | Phase::Exited, _) => Vec::new(),
+            (Phase::Exited, _) => Vec::new(),
         }
     }
 
-    /// The grace period armed by [`Action::StartGrace`] ran out.
-    pub fn on_grace_expired(&mut self) -> Vec<Action> {
-        if self.phase != Phase::Stopping {
-            return Vec::new();
-        }
+    fn kill(&mut self) -> Vec<Action> {
         self.phase = Phase::Killing;
-        vec![Action::Kill(libc::SIGKILL)]
+        vec![Action::Kill(libc::SIGKILL), Action::StartGrace(KILL_WAIT)]
+    }
+
+    /// The period armed by the last [`Action::StartGrace`] ran out: the
+    /// grace (SIGKILL next), or [`KILL_WAIT`] (delete and end as killed,
+    /// without waiting for an exit that does not come).
+    pub fn on_grace_expired(&mut self) -> Vec<Action> {
+        match self.phase {
+            Phase::Stopping => self.kill(),
+            Phase::Killing => {
+                self.phase = Phase::Exited;
+                vec![
+                    Action::Delete,
+                    Action::Exit(exit_code(Exit::signal(libc::SIGKILL), false)),
+                ]
+            }
+            Phase::Running | Phase::Exited => Vec::new(),
+        }
     }
 
     /// The container's init exited (whatever the phase: it may stop on its own).
@@ -176,11 +233,16 @@ pub fn listen() -> std::io::Result<mpsc::Receiver<i32>> {
 pub async fn supervise(
     runtime: &Runtime,
     id: &str,
+    init_pid: i32,
     exit: ExitWaiter,
     policy: StopPolicy,
     signals: &mut mpsc::Receiver<i32>,
 ) -> Result<Outcome, ReaperError> {
     let mut stopper = Stopper::new(policy);
+    // Opened before anything can reap the init (its exit is ours to take).
+    let init = Signaller::open(init_pid)
+        .map_err(|e| tracing::warn!(id, pid = init_pid, error = %e, "no pidfd for the container's init: signals rest on the runtime alone"))
+        .ok();
     let mut exit = std::pin::pin!(exit);
     let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut signals_open = true;
@@ -206,18 +268,17 @@ pub async fn supervise(
             },
             () = async { grace.as_mut().expect("guarded").await }, if grace.is_some() => {
                 grace = None;
-                tracing::warn!(id, "grace period over; killing the container");
+                if stopper.phase() == Phase::Killing {
+                    tracing::error!(id, wait_s = KILL_WAIT.as_secs(), "the container's init outlived SIGKILL; deleting the container and ending");
+                } else {
+                    tracing::warn!(id, "grace period over; killing the container");
+                }
                 stopper.on_grace_expired()
             }
         };
         for action in actions {
             match action {
-                Action::Kill(signal) => {
-                    // The init may have exited meanwhile: its exit comes next.
-                    if let Err(e) = runtime.kill(id, signal).await {
-                        tracing::warn!(id, signal, error = %e, "cannot signal the container");
-                    }
-                }
+                Action::Kill(signal) => send(runtime, id, init.as_ref(), signal).await,
                 Action::StartGrace(d) => grace = Some(Box::pin(tokio::time::sleep(d))),
                 Action::Delete => {
                     let result = runtime.delete(id, true).await;
@@ -228,13 +289,35 @@ pub async fn supervise(
                 }
                 Action::Exit(code) => {
                     return Ok(Outcome {
-                        exit: exited.expect("the stopper exits only after the init did"),
+                        // None: given up on after KILL_WAIT.
+                        exit: exited.unwrap_or(Exit::signal(libc::SIGKILL)),
                         code,
                         deleted: deleted.take().unwrap_or(Ok(())),
                     });
                 }
             }
         }
+    }
+}
+
+/// `runtime kill`, and the init's pidfd when that fails or hangs. The
+/// init may have exited meanwhile: its exit comes next.
+async fn send(runtime: &Runtime, id: &str, init: Option<&Signaller>, signal: i32) {
+    let failure = match tokio::time::timeout(KILL_CALL_TIMEOUT, runtime.kill(id, signal)).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {}s", KILL_CALL_TIMEOUT.as_secs()),
+    };
+    match init {
+        Some(init) => match init.signal(signal) {
+            Ok(()) => {
+                tracing::warn!(id, signal, error = %failure, pid = init.pid(), "the runtime could not signal the container; signalled its init directly")
+            }
+            Err(e) => {
+                tracing::error!(id, signal, error = %failure, direct = %e, "cannot signal the container, through the runtime or directly")
+            }
+        },
+        None => tracing::error!(id, signal, error = %failure, "cannot signal the container"),
     }
 }
 
@@ -279,11 +362,16 @@ mod tests {
             ]
         );
         assert_eq!(s.phase(), Phase::Stopping);
-        assert_eq!(s.on_grace_expired(), vec![Action::Kill(libc::SIGKILL)]);
+        assert_eq!(
+            s.on_grace_expired(),
+            vec![Action::Kill(libc::SIGKILL), Action::StartGrace(KILL_WAIT)]
+        );
         assert_eq!(s.phase(), Phase::Killing);
-        // Further requests change nothing while the kill takes effect.
-        assert!(s.on_signal(libc::SIGTERM).is_empty());
-        assert!(s.on_grace_expired().is_empty());
+        // A further request sends SIGKILL again; the wait keeps running.
+        assert_eq!(
+            s.on_signal(libc::SIGTERM),
+            vec![Action::Kill(libc::SIGKILL)]
+        );
         assert_eq!(
             s.on_exit(Exit::signal(libc::SIGKILL)),
             vec![Action::Delete, Action::Exit(137)]
@@ -309,8 +397,54 @@ mod tests {
     fn second_request_kills_at_once() {
         let mut s = Stopper::new(policy());
         s.on_signal(libc::SIGTERM);
-        assert_eq!(s.on_signal(libc::SIGINT), vec![Action::Kill(libc::SIGKILL)]);
+        assert_eq!(
+            s.on_signal(libc::SIGINT),
+            vec![Action::Kill(libc::SIGKILL), Action::StartGrace(KILL_WAIT)]
+        );
         assert_eq!(s.phase(), Phase::Killing);
+    }
+
+    #[test]
+    fn an_init_that_outlives_sigkill_is_deleted_and_the_stop_ends() {
+        let mut s = Stopper::new(policy());
+        s.on_signal(libc::SIGTERM);
+        s.on_grace_expired();
+        assert_eq!(
+            s.on_grace_expired(),
+            vec![Action::Delete, Action::Exit(137)],
+            "after KILL_WAIT"
+        );
+        assert_eq!(s.phase(), Phase::Exited);
+        // Its exit, should it come after all, changes nothing.
+        assert!(s.on_exit(Exit::signal(libc::SIGKILL)).is_empty());
+    }
+
+    #[test]
+    fn a_restart_request_stops_like_sigterm() {
+        let mut s = Stopper::new(policy());
+        assert_eq!(
+            s.on_signal(RESTART_REQUEST),
+            vec![
+                Action::Kill(37),
+                Action::StartGrace(Duration::from_secs(10))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restart_that_raced_the_exit_does_not_reach_the_next_container() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(RESTART_REQUEST).await.unwrap();
+        tx.send(libc::SIGHUP).await.unwrap();
+        assert_eq!(drain_before_restart(&mut rx), None);
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing left for the next container"
+        );
+        // An operator's SIGTERM in the same window wins over the restart.
+        tx.send(RESTART_REQUEST).await.unwrap();
+        tx.send(libc::SIGTERM).await.unwrap();
+        assert_eq!(drain_before_restart(&mut rx), Some(libc::SIGTERM));
     }
 
     #[test]
@@ -333,5 +467,86 @@ mod tests {
             vec![Action::Delete, Action::Exit(7)]
         );
         assert!(s.on_grace_expired().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod failing_runtime {
+    //! The stop sequence against a stand-in runtime whose `kill` fails (the
+    //! spawner seam lets the "runtime" be a script), with a real process as
+    //! the container's init.
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::runtime::{DirectSpawner, Spawner};
+
+    const SCRIPT: &str = "#!/bin/sh\ncase \" $* \" in *\" kill \"*) echo 'kill: container not found' >&2; exit 1 ;; esac\nexit 0\n";
+
+    fn runtime(dir: &std::path::Path) -> Runtime {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("failing-kill-runc");
+        std::fs::write(&bin, SCRIPT).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A fork elsewhere may hold the new script open for writing a moment
+        // (ETXTBSY): wait until it runs.
+        for _ in 0..100 {
+            match std::process::Command::new(&bin).arg("probe").status() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => break,
+            }
+        }
+        Runtime::new(&bin, dir.join("logs"), Arc::new(DirectSpawner))
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_within_the_grace_when_the_runtimes_kill_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        // An init that ignores the stop signal, as many do.
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; echo ready; exec sleep 1000 >/dev/null"])
+            .stdout(std::process::Stdio::piped());
+        let mut init = DirectSpawner.spawn(cmd).unwrap();
+        // The trap is set once it speaks: SIGTERM before would end it.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(init.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "ready\n");
+        // Whatever the outcome, the stand-in init does not outlive the test.
+        struct KillOnDrop(Signaller);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.signal(libc::SIGKILL);
+            }
+        }
+        let _guard = KillOnDrop(Signaller::open(init.pid).unwrap());
+        let grace = Duration::from_millis(400);
+        let policy = StopPolicy {
+            stop_signal: libc::SIGTERM,
+            grace,
+            system_init: false,
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        tx.send(libc::SIGTERM).await.unwrap();
+        let began = Instant::now();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            supervise(&rt, "ws1", init.pid, init.exit, policy, &mut rx),
+        )
+        .await
+        .expect("the stop hung on the failing runtime kill")
+        .unwrap();
+        let took = began.elapsed();
+        assert_eq!(outcome.exit, Exit::signal(libc::SIGKILL));
+        assert_eq!(outcome.code, 137);
+        assert!(took >= grace, "killed before the grace: {took:?}");
+        assert!(took < grace + Duration::from_secs(3), "{took:?}");
+        outcome.deleted.unwrap();
     }
 }

@@ -291,7 +291,11 @@ impl StateHandle {
             inner.restart_requested = true;
         }
         self.enter(Phase::Stopping);
-        let _ = self.0.stop.send(libc::SIGTERM).await;
+        let _ = self
+            .0
+            .stop
+            .send(crate::supervisor::signals::RESTART_REQUEST)
+            .await;
         Ok(())
     }
 
@@ -455,7 +459,10 @@ mod tests {
             s.enter(p);
         }
         s.request_restart().await.unwrap();
-        assert_eq!(rx.recv().await, Some(libc::SIGTERM));
+        assert_eq!(
+            rx.recv().await,
+            Some(crate::supervisor::signals::RESTART_REQUEST)
+        );
         assert!(s.take_restart());
         assert!(!s.take_restart(), "taken once");
         s.enter(Phase::Stopping);
