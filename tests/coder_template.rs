@@ -200,3 +200,63 @@ fn coder_template_starts_the_agent_and_takes_its_resources_from_parameters() {
         );
     }
 }
+
+/// The template's pod mounts what the persistent pod manifest
+/// (`deploy/kubernetes/workspace-pod-pvc.yaml`, validated against the
+/// Kubernetes schemas) mounts, at the same paths.
+#[test]
+fn coder_template_mounts_what_the_pvc_manifest_mounts() {
+    let Some(doc) = template() else { return };
+    let py = python().unwrap();
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/workspace-pod-pvc.yaml");
+    // PyYAML comes with kubernetes-validate in the same venv.
+    let out = Command::new(&py)
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             pod = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d['kind'] == 'Pod'][0]\n\
+             print(json.dumps(sorted(m['mountPath'] for m in pod['spec']['containers'][0]['volumeMounts'])))",
+        ])
+        .arg(&manifest)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The manifest mounts its pull secret as a file; the template passes
+    // an optional Secret's key inline (CVMD_PULL_SECRET takes either), so
+    // that a workspace of a public image needs no Secret at all.
+    let want: Vec<String> = serde_json::from_slice::<Vec<String>>(&out.stdout)
+        .unwrap()
+        .into_iter()
+        .filter(|p| !p.starts_with("/var/run/secrets/"))
+        .collect();
+    let mut got = Vec::new();
+    mount_paths(&doc, &mut got);
+    got.sort();
+    assert_eq!(
+        got, want,
+        "the template's mounts differ from the manifest's"
+    );
+}
+
+fn mount_paths(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if k == "volume_mount" {
+                    for m in child.as_array().into_iter().flatten() {
+                        out.push(literal(&m["mount_path"]).unwrap());
+                    }
+                } else {
+                    mount_paths(child, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| mount_paths(i, out)),
+        _ => {}
+    }
+}

@@ -522,3 +522,44 @@ fn the_shiftfs_source_is_not_hidden_by_a_pod_mount() {
         }
     }
 }
+
+/// The persistent variant differs from the plain pod only in where the
+/// state lives: the container's probes, security context, termination
+/// policy and the pod's scheduling and grace period are the same, so a
+/// change to one manifest is made in both.
+#[test]
+fn pvc_variant_matches_the_workspace_pod_outside_the_state() {
+    if validator().is_none() {
+        return;
+    }
+    let plain = load(&deploy_file("workspace-pod.yaml"));
+    let pvc = load(&deploy_file("workspace-pod-pvc.yaml"));
+    let (a, b) = (pod_spec(&plain), pod_spec(&pvc));
+    for key in [
+        "terminationGracePeriodSeconds",
+        "restartPolicy",
+        "automountServiceAccountToken",
+        "nodeSelector",
+        "tolerations",
+    ] {
+        assert_eq!(a[key], b[key], "spec.{key} differs");
+    }
+    let (ca, cb) = (&a["containers"][0], &b["containers"][0]);
+    for key in [
+        "image",
+        "securityContext",
+        "terminationMessagePolicy",
+        "readinessProbe",
+        "livenessProbe",
+        "startupProbe",
+    ] {
+        assert_eq!(ca[key], cb[key], "the container's {key} differs");
+    }
+    // Every variable of the plain pod is in the variant, with its value.
+    for e in ca["env"].as_array().unwrap() {
+        assert!(
+            cb["env"].as_array().unwrap().contains(e),
+            "the variant lacks {e}"
+        );
+    }
+}
