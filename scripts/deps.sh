@@ -33,6 +33,14 @@ if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$kv_versi
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version"
 fi
+# python-hcl2 parses the Coder template's Terraform (deploy/coder/) for
+# tests/coder_template.rs: a syntax error fails there, not at `coder
+# templates push`. Pinned, in the same venv.
+hcl2_version=8.1.4
+if [ "$("$venv/bin/python3" -c 'import importlib.metadata as m; print(m.version("python-hcl2"))' 2>/dev/null)" != "$hcl2_version" ]; then
+  echo "installing python-hcl2 $hcl2_version into $venv" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check "python-hcl2==$hcl2_version"
+fi
 
 # Newer containerd releases for tests/containerd_backend.rs: the transfer
 # service (containerd 1.7 and 2.x) is what cvmd uses where it exists, and

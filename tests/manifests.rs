@@ -123,13 +123,23 @@ fn validate(bin: &Path, file: &Path) -> std::process::Output {
         .expect("run kubernetes-validate")
 }
 
-/// The single document of a YAML file, as JSON.
+/// The workload (the one Pod or DaemonSet) of a YAML file, as JSON.
 fn load(file: &Path) -> Value {
+    let mut workloads: Vec<Value> = load_all(file)
+        .into_iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("Pod" | "DaemonSet")))
+        .collect();
+    assert_eq!(workloads.len(), 1, "{}: one workload", file.display());
+    workloads.remove(0)
+}
+
+/// Every document of a YAML file, as JSON.
+fn load_all(file: &Path) -> Vec<Value> {
     let py = venv().join("bin/python3");
     let out = Command::new(py)
         .args([
             "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
         ])
         .arg(file)
         .output()
@@ -140,7 +150,11 @@ fn load(file: &Path) -> Value {
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice::<Vec<Value>>(&out.stdout)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
 }
 
 fn pod_spec(doc: &Value) -> &Value {
@@ -352,4 +366,200 @@ fn prefetch_daemonset_fills_the_same_cache() {
         cache_path(pod_spec(&pod), &pod_spec(&pod)["containers"][0]),
         "the DaemonSet must fill the cache the workspaces read"
     );
+}
+
+const POD_FILES: [&str; 2] = ["workspace-pod.yaml", "workspace-pod-pvc.yaml"];
+
+fn deploy_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes")
+        .join(name)
+}
+
+/// A Kubernetes quantity in bytes; only the suffixes the manifests use.
+fn bytes(q: &Value) -> u64 {
+    let q = q.as_str().unwrap_or_else(|| panic!("not a quantity: {q}"));
+    let (n, unit) = match q.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => q.split_at(i),
+        None => (q, ""),
+    };
+    let unit = match unit {
+        "" => 1,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        other => panic!("unit {other} in {q}"),
+    };
+    n.parse::<u64>().unwrap() * unit
+}
+
+/// The pod's disk use on the node is bounded: every emptyDir has a
+/// sizeLimit, the container's ephemeral-storage limit covers them all (so
+/// a volume's own limit, not the pod total, is reached first) and the
+/// request is within the limit; a death before cvmd writes its termination
+/// message still shows why.
+#[test]
+fn workspace_pods_bound_their_disk_and_explain_their_end() {
+    if validator().is_none() {
+        return;
+    }
+    for name in POD_FILES {
+        let doc = load(&deploy_file(name));
+        let spec = pod_spec(&doc);
+        let c = &spec["containers"][0];
+        assert_eq!(
+            c["terminationMessagePolicy"], "FallbackToLogsOnError",
+            "{name}"
+        );
+        let mut empty_dirs = 0;
+        for v in spec["volumes"].as_array().unwrap() {
+            if v["emptyDir"].is_object() {
+                empty_dirs += bytes(&v["emptyDir"]["sizeLimit"]);
+            }
+        }
+        let sysbox = volume(spec, mount(c, "/var/lib/sysbox")["name"].as_str().unwrap());
+        assert!(sysbox["emptyDir"]["sizeLimit"].is_string(), "{name}");
+        let request = bytes(&c["resources"]["requests"]["ephemeral-storage"]);
+        let limit = bytes(&c["resources"]["limits"]["ephemeral-storage"]);
+        assert!(request <= limit, "{name}: request above limit");
+        assert!(
+            limit > empty_dirs,
+            "{name}: ephemeral-storage limit {limit} does not cover the emptyDirs' {empty_dirs}"
+        );
+    }
+    // Without a claim the state dir (the writable layer) is an emptyDir and
+    // bounded too.
+    let doc = load(&deploy_file("workspace-pod.yaml"));
+    let spec = pod_spec(&doc);
+    let state = volume(
+        spec,
+        mount(&spec["containers"][0], "/run/cvmd")["name"]
+            .as_str()
+            .unwrap(),
+    );
+    assert!(state["emptyDir"]["sizeLimit"].is_string(), "{state}");
+}
+
+/// The persistent variant keeps the state dir and the home directory on
+/// its own claim, and passes the home into the workspace.
+#[test]
+fn pvc_variant_keeps_state_and_home_on_its_claim() {
+    let Some(bin) = validator() else { return };
+    let file = deploy_file("workspace-pod-pvc.yaml");
+    assert!(
+        manifests().contains(&file),
+        "the variant is not among the validated manifests"
+    );
+    assert!(validate(&bin, &file).status.success());
+    let docs = load_all(&file);
+    let claim = docs
+        .iter()
+        .find(|d| d["kind"] == "PersistentVolumeClaim")
+        .expect("no PersistentVolumeClaim in the variant");
+    let pod = load(&file);
+    let spec = pod_spec(&pod);
+    let c = &spec["containers"][0];
+    for path in ["/run/cvmd", "/home/coder"] {
+        let v = volume(spec, mount(c, path)["name"].as_str().unwrap());
+        assert_eq!(
+            v["persistentVolumeClaim"]["claimName"], claim["metadata"]["name"],
+            "{path} is not on the claim"
+        );
+    }
+    let mounts = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "CVMD_MOUNTS")
+        .expect("CVMD_MOUNTS is not set");
+    assert!(
+        mounts["value"]
+            .as_str()
+            .unwrap()
+            .split(',')
+            .any(|m| m.starts_with("/home/coder:")),
+        "{mounts}"
+    );
+}
+
+/// `cvmd shiftfs install` finds the source the outer image ships: its
+/// default path is where the Dockerfile puts it, and no volume of the
+/// workspace pods is mounted over it.
+#[test]
+fn the_shiftfs_source_is_not_hidden_by_a_pod_mount() {
+    if validator().is_none() {
+        return;
+    }
+    let default = cvmd::config::SETTINGS
+        .iter()
+        .find(|s| s.key == "shiftfs_src")
+        .and_then(|s| s.default)
+        .unwrap();
+    let dockerfile = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("images/outer/Dockerfile"),
+    )
+    .unwrap();
+    let clone = dockerfile
+        .lines()
+        .find(|l| l.contains("git clone") && l.contains("SHIFTFS_REPO"))
+        .expect("the Dockerfile does not clone shiftfs");
+    assert!(
+        clone.contains(&format!(" {default};")),
+        "the Dockerfile's shiftfs source is not at {default}: {clone}"
+    );
+    for name in POD_FILES {
+        let doc = load(&deploy_file(name));
+        for m in pod_spec(&doc)["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+        {
+            let at = Path::new(m["mountPath"].as_str().unwrap());
+            assert!(
+                !Path::new(default).starts_with(at),
+                "{name}: {} is mounted over the shiftfs source {default}",
+                at.display()
+            );
+        }
+    }
+}
+
+/// The persistent variant differs from the plain pod only in where the
+/// state lives: the container's probes, security context, termination
+/// policy and the pod's scheduling and grace period are the same, so a
+/// change to one manifest is made in both.
+#[test]
+fn pvc_variant_matches_the_workspace_pod_outside_the_state() {
+    if validator().is_none() {
+        return;
+    }
+    let plain = load(&deploy_file("workspace-pod.yaml"));
+    let pvc = load(&deploy_file("workspace-pod-pvc.yaml"));
+    let (a, b) = (pod_spec(&plain), pod_spec(&pvc));
+    for key in [
+        "terminationGracePeriodSeconds",
+        "restartPolicy",
+        "automountServiceAccountToken",
+        "nodeSelector",
+        "tolerations",
+    ] {
+        assert_eq!(a[key], b[key], "spec.{key} differs");
+    }
+    let (ca, cb) = (&a["containers"][0], &b["containers"][0]);
+    for key in [
+        "image",
+        "securityContext",
+        "terminationMessagePolicy",
+        "readinessProbe",
+        "livenessProbe",
+        "startupProbe",
+    ] {
+        assert_eq!(ca[key], cb[key], "the container's {key} differs");
+    }
+    // Every variable of the plain pod is in the variant, with its value.
+    for e in ca["env"].as_array().unwrap() {
+        assert!(
+            cb["env"].as_array().unwrap().contains(e),
+            "the variant lacks {e}"
+        );
+    }
 }
