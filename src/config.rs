@@ -42,7 +42,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
     Spec { key: "max_layer_size", env: "CVMD_MAX_LAYER_SIZE", envbox: None, default: Some("64GiB"), help: "refuse a layer whose unpacked files exceed this (bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
     Spec { key: "max_image_size", env: "CVMD_MAX_IMAGE_SIZE", envbox: None, default: Some("40GiB"), help: "refuse an image whose layers unpacked by one pull exceed this together (declared sizes, sparse holes included; bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
-    Spec { key: "cache_reserve", env: "CVMD_CACHE_RESERVE", envbox: None, default: Some("15%"), help: "free space kept on the cache's file system: an unpack that would go below it stops (a percentage of the file system, or a size; 0: none)" },
+    Spec { key: "cache_reserve", env: "CVMD_CACHE_RESERVE", envbox: None, default: Some("10%"), help: "free space kept on the cache's file system: an unpack that would go below it stops (a percentage of the file system, or a size; 0: none)" },
     Spec { key: "cache_budget", env: "CVMD_CACHE_BUDGET", envbox: None, default: None, help: "after a pull, drop least recently used images until the cache is under this size (e.g. 100GiB)" },
     Spec { key: "workspace", env: "CVMD_WORKSPACE", envbox: None, default: Some("workspace"), help: "this workspace's name: its state dir, container id, lease and ID range" },
     Spec { key: "pod_namespace", env: "CVMD_POD_NAMESPACE", envbox: None, default: None, help: "the workspace pod's Kubernetes namespace (downward API metadata.namespace): with the workspace name it identifies the workspace on the node, so equal pod names in two namespaces get their own lease and ID range" },
@@ -363,15 +363,17 @@ impl Settings {
         let max_image_size = parse("max_image_size", &|v| parse_size(v).map(|_| ()))
             .and_then(|v| parse_size(&v).ok())
             .unwrap_or(40 << 30);
-        // 15%: the kubelet evicts pods below 10% free on the node's file
-        // system (its default nodefs.available hard threshold) and starts
-        // image gc at 85% used; stopping at 15% free leaves the node out of
-        // both because of a pull.
+        // 10%: the kubelet's default hard eviction threshold for the node's
+        // file system (nodefs.available<10%): a pull never takes the node
+        // into evicting pods. A node that also wants to stay out of the
+        // kubelet's image gc (from 85% used) sets 15%. Higher defaults made
+        // cvmd refuse pulls on nodes with plenty of room in absolute terms
+        // (a 250 GB disk with 30 GB free).
         let cache_reserve = parse("cache_reserve", &|v| {
             crate::unpack::Reserve::parse(v).map(|_| ())
         })
         .and_then(|v| crate::unpack::Reserve::parse(&v).ok())
-        .unwrap_or(crate::unpack::Reserve::Percent(15));
+        .unwrap_or(crate::unpack::Reserve::Percent(10));
         let cache_budget =
             parse("cache_budget", &|v| parse_size(v).map(|_| ())).and_then(|v| parse_size(&v).ok());
         let log_level = parse("log_level", &|v| {
