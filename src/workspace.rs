@@ -148,7 +148,14 @@ async fn boot(
     // own children. A restart reuses this bundle (same rootfs, same mounts).
     let bundle_dir = ws_dir.join("bundle");
     let info = write_bundle(settings, image, ws_dir, rootfs_dir, idmap, &bundle_dir)?;
-    tracing::info!(init = info.init, verdict = ?info.init_verdict, args = ?info.args, "bundle written");
+    tracing::info!(
+        init = info.init,
+        init_flavor = info.init_flavor.map(|f| f.as_str()),
+        stop_signal = info.stop_signal,
+        verdict = ?info.init_verdict,
+        args = ?info.args,
+        "bundle written"
+    );
 
     let reaper = Reaper::start()?;
     let runtime_root = settings
