@@ -25,6 +25,7 @@ use crate::runtime::{ContainerIo, Runtime};
 use crate::supervisor::lifecycle::Phase;
 use crate::supervisor::logbook::{LogBook, Source};
 use crate::supervisor::reaper::Reaper;
+use crate::supervisor::reboot::{self, RebootBudget};
 use crate::supervisor::signals::{self, StopPolicy};
 use crate::supervisor::state::{Container, StateHandle, Tee};
 
@@ -177,8 +178,10 @@ async fn boot(
         RuntimeFlavor::Runc => launch::sysbox::Daemons::none(),
     };
     let id = settings.workspace.as_str();
-    // One pass per boot: a Restart through the API stops the container and
-    // comes back here, on the same rootfs.
+    let mut reboots = RebootBudget::new(settings.reboots);
+    let booted = std::time::Instant::now();
+    // One pass per boot: a Restart through the API, or a reboot from
+    // inside, stops the container and comes back here, on the same rootfs.
     loop {
         // sysbox-runc's rule: always delete, also what a crash left behind.
         let _ = runtime.delete(id, true).await;
@@ -292,12 +295,32 @@ async fn boot(
             tracing::warn!(error = %e, "the runtime could not delete the workspace container");
         }
         tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
+        // A stop cvmd asked for is never undone by the init's reboot.
+        let own_end = state.phase() != Phase::Stopping;
         state.set_exited(outcome.code);
-        if !state.take_restart() {
-            daemons.stop().await;
-            return Ok(outcome.code);
+        if state.take_restart() {
+            tracing::info!("restarting the workspace");
+            continue;
         }
-        tracing::info!("restarting the workspace");
+        if own_end && reboot::is_reboot(outcome.exit, info.init) {
+            match reboots.on_reboot(booted.elapsed()) {
+                reboot::Decision::Reboot { n } => {
+                    tracing::info!(
+                        reboot = n,
+                        "the workspace rebooted itself; booting it again in place"
+                    );
+                    state.rebooted(n);
+                    continue;
+                }
+                reboot::Decision::Loop(e) => {
+                    daemons.stop().await;
+                    return Err(e.into());
+                }
+                reboot::Decision::Exit => {}
+            }
+        }
+        daemons.stop().await;
+        return Ok(outcome.code);
     }
 }
 

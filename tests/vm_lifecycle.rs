@@ -11,9 +11,10 @@ mod api_support;
 mod common;
 mod layers_support;
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use api_support::{runc_present, start_cvmd};
+use api_support::{runc_present, start_cvmd, text};
 use common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use common::Registry;
 use layers_support::*;
@@ -80,5 +81,90 @@ fn busybox_init_stops_cleanly_on_sigterm_within_seconds() {
     assert!(
         stderr.contains("busybox init shutting down"),
         "its shutdown actions ran: {stderr}"
+    );
+}
+
+#[test]
+fn reboot_inside_boots_again_in_place_and_poweroff_ends_with_0() {
+    if !prerequisites() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "vm/busybox-reboot", "v1", &busybox_init_image());
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let ws = start_cvmd(&cvmd, &reference, &[]);
+    let first = ws.wait_for("running", |s| s["phase"] == "running");
+    assert_eq!(first["boots"], 1, "{first}");
+    let first_pid = first["init_pid"].clone();
+    let events = ws
+        .ctl(&["events", "-f", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A marker on the rootfs: the next boot must see it (same rootfs).
+    let out = ws.run(&["exec", "--", "/bin/sh", "-c", "echo kept > /etc/marker"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // reboot(2) itself: the kernel ends the PID namespace's init as if by
+    // SIGHUP. The exec dies with its container; its status says nothing.
+    let _ = ws.run(&["exec", "--", "/bin/reboot", "-f"]);
+    let again = ws.wait_for("booted again", |s| {
+        s["phase"] == "running" && s["boots"] == 2 && s["reboots"] == 1
+    });
+    assert_ne!(again["init_pid"], first_pid, "a new container: {again}");
+    let out = ws.run(&["exec", "--", "/bin/cat", "/etc/marker"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "kept",
+        "the same rootfs: {}",
+        text(&out)
+    );
+    // Let the new busybox init install its handlers, then power off.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = ws.run(&["exec", "--", "/bin/poweroff", "-f"]);
+    let (code, stderr, on_its_own) = ws.wait_exit(Duration::from_secs(20));
+    assert!(on_its_own, "poweroff ends cvmd: {stderr}");
+    assert_eq!(code, Some(0), "poweroff is a clean end: {stderr}");
+    let events = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let reboot_events: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "reboot")
+        .collect();
+    assert_eq!(reboot_events.len(), 1, "one reboot event: {events}");
+    assert!(
+        stderr.contains("the workspace rebooted itself"),
+        "the log says so: {stderr}"
+    );
+}
+
+#[test]
+fn a_reboot_loop_is_bounded() {
+    if !prerequisites() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "vm/busybox-loop", "v1", &busybox_init_image());
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    // Every boot reboots at once: the second reboot passes the bound.
+    let ws = start_cvmd(
+        &cvmd,
+        &reference,
+        &[
+            "--max-reboots",
+            "1",
+            "--reboot-window",
+            "600",
+            "--bootstrap-script",
+            "sleep 0.5; reboot -f",
+        ],
+    );
+    let (code, stderr, on_its_own) = ws.wait_exit(Duration::from_secs(60));
+    assert!(on_its_own, "the loop ends cvmd: {stderr}");
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the workspace rebooted 2 times within 600s (CVMD_MAX_REBOOTS=1"),
+        "one clear line: {stderr}"
     );
 }

@@ -53,6 +53,7 @@ pub fn status_of(s: &Snapshot) -> pb::StatusResponse {
         preflight: s.preflight.iter().map(check_of).collect(),
         workspace: s.workspace.clone(),
         boots: s.boots,
+        reboots: s.reboots,
     }
 }
 
@@ -79,6 +80,7 @@ fn event_of(e: &Event) -> pb::Event {
             EventKind::Phase => "phase",
             EventKind::Warning => "warning",
             EventKind::Error => "error",
+            EventKind::Reboot => "reboot",
         }
         .into(),
         phase: e.phase.to_string(),

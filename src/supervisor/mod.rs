@@ -4,5 +4,6 @@
 pub mod lifecycle;
 pub mod logbook;
 pub mod reaper;
+pub mod reboot;
 pub mod signals;
 pub mod state;

@@ -19,6 +19,8 @@ pub enum EventKind {
     Phase,
     Warning,
     Error,
+    /// The workspace rebooted itself and boots again in place.
+    Reboot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct Snapshot {
     pub exit_status: Option<i32>,
     pub last_error: Option<String>,
     pub boots: u32,
+    /// Reboots from inside, each booted again in place.
+    pub reboots: u32,
     pub preflight: Vec<crate::preflight::Check>,
 }
 
@@ -86,6 +90,7 @@ struct Inner {
     exit_status: Option<i32>,
     last_error: Option<String>,
     boots: u32,
+    reboots: u32,
     container: Option<Container>,
     layers: BTreeMap<String, LayerState>,
     restart_requested: bool,
@@ -128,6 +133,7 @@ impl StateHandle {
                 exit_status: None,
                 last_error: None,
                 boots: 0,
+                reboots: 0,
                 container: None,
                 layers: BTreeMap::new(),
                 restart_requested: false,
@@ -227,6 +233,27 @@ impl StateHandle {
         inner.exit_status = Some(code);
     }
 
+    /// The workspace rebooted itself (reboot number `n`): a `reboot` event,
+    /// and `stopping` until the next boot's `create`.
+    pub fn rebooted(&self, n: u32) {
+        let phase = {
+            let mut inner = self.lock();
+            inner.reboots = n;
+            inner.lifecycle.phase()
+        };
+        let _ = self.0.events.send(Event {
+            time: SystemTime::now(),
+            kind: EventKind::Reboot,
+            phase,
+            message: format!(
+                "the workspace rebooted itself (reboot {n}): booting it again on the same rootfs"
+            ),
+        });
+        if phase != Phase::Stopping {
+            self.enter(Phase::Stopping);
+        }
+    }
+
     /// Records the error cvmd ends with, and moves to `failed`.
     pub fn fail(&self, error: &str) {
         self.lock().last_error = Some(error.to_string());
@@ -256,6 +283,7 @@ impl StateHandle {
             exit_status: inner.exit_status,
             last_error: inner.last_error.clone(),
             boots: inner.boots,
+            reboots: inner.reboots,
             preflight: inner.preflight.clone(),
         }
     }
