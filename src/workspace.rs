@@ -24,6 +24,7 @@ use crate::rootfs;
 use crate::runtime::{ContainerIo, Runtime};
 use crate::supervisor::lifecycle::Phase;
 use crate::supervisor::logbook::{LogBook, Source};
+use crate::supervisor::oom;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::reboot::{self, RebootBudget};
 use crate::supervisor::signals::{self, StopPolicy};
@@ -210,6 +211,7 @@ async fn boot(
                 return Err(e.into());
             }
         };
+        let (exit, oom) = oom::watch(created.pid, exit, state);
         // Before start: systemd as PID 1 in a user namespace needs its
         // cgroups writable by the mapped root (see `launch::cgroups`);
         // another init only loses the nesting of its own cgroups.
@@ -298,6 +300,14 @@ async fn boot(
         // A stop cvmd asked for is never undone by the init's reboot.
         let own_end = state.phase() != Phase::Stopping;
         state.set_exited(outcome.code);
+        if oom.killed_init(outcome.exit, own_end) {
+            let kills = state.snapshot().oom_kills;
+            let message = oom::init_killed_message(kills, info.memory_limit);
+            tracing::error!("{message}");
+            crate::cli::run::write_termination_log(&settings.termination_log, &message);
+            daemons.stop().await;
+            return Ok(outcome.code);
+        }
         if state.take_restart() {
             tracing::info!("restarting the workspace");
             continue;

@@ -168,3 +168,100 @@ fn a_reboot_loop_is_bounded() {
         "one clear line: {stderr}"
     );
 }
+
+/// Allocates (and touches) 64 MiB: past a 32 MiB limit, with no swap.
+const HOG: &[&str] = &[
+    "/bin/dd",
+    "if=/dev/zero",
+    "of=/dev/null",
+    "bs=64M",
+    "count=1",
+];
+
+#[test]
+fn oom_kills_inside_are_counted_and_reported() {
+    if !prerequisites() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "vm/busybox-oom", "v1", &busybox_init_image());
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let ws = start_cvmd(&cvmd, &reference, &["--memory", "32M"]);
+    let first = ws.wait_for("running", |s| s["phase"] == "running");
+    assert_eq!(first["oom_kills"], 0, "{first}");
+    let events = ws
+        .ctl(&["events", "-f", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut args = vec!["exec", "--"];
+    args.extend_from_slice(HOG);
+    let out = ws.run(&args);
+    assert_ne!(out.status.code(), Some(0), "dd was killed: {}", text(&out));
+    let s = ws.wait_for("an OOM kill counted", |s| s["oom_kills"] == 1);
+    assert_eq!(s["phase"], "running", "the init lives on: {s}");
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the kernel's OOM killer killed 1 process(es) in the workspace"),
+        "a log line: {stderr}"
+    );
+    let events = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        events
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .any(|e| e["kind"] == "oom"),
+        "an oom event: {events}"
+    );
+}
+
+#[test]
+fn an_init_killed_by_oom_ends_cvmd_saying_so() {
+    if !prerequisites() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let image = ImageBuilder::new(Format::Oci)
+        .layer(
+            LayerBuilder::new()
+                .dir("bin", 0o755)
+                .file("bin/busybox", &busybox, 0o755)
+                .symlink("bin/dd", "busybox")
+                .build(Compression::Gzip),
+        )
+        .entrypoint(HOG)
+        .build();
+    let reference = push(&reg, "vm/init-oom", "v1", &image);
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let state = tempfile::tempdir().unwrap();
+    let termination_log = state.path().join("termination-log");
+    std::fs::write(&termination_log, "").unwrap();
+    let out = cvmd
+        .workspace(
+            state.path(),
+            &reference,
+            &[
+                "--memory",
+                "32M",
+                "--termination-log",
+                termination_log.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "128 + SIGKILL: {stderr}");
+    assert!(
+        stderr.contains("the workspace's init was killed by the kernel's OOM killer"),
+        "cvmd says why: {stderr}"
+    );
+    let message = std::fs::read_to_string(&termination_log).unwrap();
+    assert!(
+        message.contains("OOM killer") && message.contains("32 MiB"),
+        "the termination message says so: {message:?}"
+    );
+}

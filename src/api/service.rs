@@ -54,6 +54,7 @@ pub fn status_of(s: &Snapshot) -> pb::StatusResponse {
         workspace: s.workspace.clone(),
         boots: s.boots,
         reboots: s.reboots,
+        oom_kills: s.oom_kills,
     }
 }
 
@@ -81,6 +82,7 @@ fn event_of(e: &Event) -> pb::Event {
             EventKind::Warning => "warning",
             EventKind::Error => "error",
             EventKind::Reboot => "reboot",
+            EventKind::Oom => "oom",
         }
         .into(),
         phase: e.phase.to_string(),

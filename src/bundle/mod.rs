@@ -138,6 +138,8 @@ pub struct BundleInfo {
     /// Which init boots, when one does.
     pub init_flavor: Option<InitFlavor>,
     pub stop_signal: i32,
+    /// The workspace's memory limit in bytes, when it has one.
+    pub memory_limit: Option<u64>,
     pub args: Vec<String>,
     pub user: ResolvedUser,
     /// Where GPU libraries were bound, when any were.
@@ -255,6 +257,7 @@ pub fn plan_bundle(
         init_verdict: verdict,
         init_flavor,
         stop_signal: plan.stop_signal,
+        memory_limit: input.limits.memory,
         args: plan.args,
         user: plan.user,
         lib_dir,

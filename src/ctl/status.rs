@@ -30,6 +30,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "last_error": (!s.last_error.is_empty()).then_some(&s.last_error),
         "boots": s.boots,
         "reboots": s.reboots,
+        "oom_kills": s.oom_kills,
         "preflight": s.preflight.iter().map(|c| json!({
             "name": c.name, "status": c.status, "detail": c.detail, "fix": c.fix,
         })).collect::<Vec<_>>(),
@@ -69,6 +70,9 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
     }
     if s.reboots > 0 {
         out.push_str(&format!("reboots    {}\n", s.reboots));
+    }
+    if s.oom_kills > 0 {
+        out.push_str(&format!("oom kills  {}\n", s.oom_kills));
     }
     if s.has_exit_status {
         out.push_str(&format!("exit       {}\n", s.exit_status));

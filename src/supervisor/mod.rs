@@ -3,6 +3,7 @@
 
 pub mod lifecycle;
 pub mod logbook;
+pub mod oom;
 pub mod reaper;
 pub mod reboot;
 pub mod signals;
