@@ -265,3 +265,45 @@ fn an_init_killed_by_oom_ends_cvmd_saying_so() {
         "the termination message says so: {message:?}"
     );
 }
+
+#[test]
+fn systemd_reboots_in_place_and_powers_off_with_0() {
+    if !prerequisites() || !common::debootstrap::available() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let reference =
+        common::debootstrap::build_and_push("systemd", &format!("{}/examples", reg.host()), None);
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let ws = start_cvmd(&cvmd, &reference, &[]);
+    let first = ws.wait_for("running", |s| s["phase"] == "running");
+    let is_running = |ws: &api_support::Running| {
+        let out = ws.run(&["exec", "--", "systemctl", "is-system-running"]);
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        said == "running" || said == "degraded"
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(60), || is_running(&ws)),
+        "systemd never reached running"
+    );
+    // systemd's own reboot: reboot.target, then reboot(2) from
+    // systemd-shutdown, which ends PID 1 as if by SIGHUP.
+    let _ = ws.run(&["exec", "--", "systemctl", "reboot"]);
+    let again = ws.wait_for("booted again", |s| {
+        s["phase"] == "running" && s["reboots"] == 1 && s["boots"] == 2
+    });
+    assert_ne!(again["init_pid"], first["init_pid"], "{again}");
+    assert!(
+        common::wait_until(Duration::from_secs(60), || is_running(&ws)),
+        "systemd never came back after the reboot"
+    );
+    let _ = ws.run(&["exec", "--", "systemctl", "poweroff"]);
+    let (code, stderr, on_its_own) = ws.wait_exit(Duration::from_secs(30));
+    assert!(on_its_own, "poweroff ends cvmd: {stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("init_flavor=\"systemd\"") || stderr.contains("init_flavor=systemd"),
+        "{stderr}"
+    );
+}
