@@ -78,6 +78,8 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "sysbox_timeout", env: "CVMD_SYSBOX_TIMEOUT", envbox: None, default: Some("30"), help: "seconds to wait for each sysbox daemon's socket" },
     Spec { key: "termination_log", env: "CVMD_TERMINATION_LOG", envbox: None, default: Some("/dev/termination-log"), help: "a fatal error's message is written here when the file exists (Kubernetes shows it)" },
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
+    Spec { key: "max_reboots", env: "CVMD_MAX_REBOOTS", envbox: None, default: Some("5"), help: "reboots from inside the workspace booted again in place within CVMD_REBOOT_WINDOW; one more ends cvmd with an error (0: a reboot ends cvmd with 129)" },
+    Spec { key: "reboot_window", env: "CVMD_REBOOT_WINDOW", envbox: None, default: Some("300"), help: "seconds over which CVMD_MAX_REBOOTS counts reboots" },
     Spec { key: "socket", env: "CVMD_SOCKET", envbox: None, default: None, help: "unix socket of the control API (cvmctl); never mounted into the workspace [default: STATE_DIR/cvmd.sock, so /run/cvmd/cvmd.sock]" },
     Spec { key: "admin_group", env: "CVMD_ADMIN_GROUP", envbox: None, default: None, help: "group (name or gid) whose members may use the control API besides root; makes the socket 0660 [default: root only, 0600]" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
@@ -157,6 +159,7 @@ pub struct Settings {
     pub shiftfs_src: PathBuf,
     pub shiftfs_install: bool,
     pub stop_timeout: std::time::Duration,
+    pub reboots: crate::supervisor::reboot::RebootPolicy,
     pub socket: PathBuf,
     pub admin_group: Option<String>,
     pub network: crate::network::NetworkSettings,
@@ -490,6 +493,15 @@ impl Settings {
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_secs)
             .unwrap_or(std::time::Duration::from_secs(25));
+        let reboots = crate::supervisor::reboot::RebootPolicy {
+            max: parse("max_reboots", &|v| in_range(v, 0, 1000))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5),
+            window: parse("reboot_window", &|v| in_range(v, 1, 86400))
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(std::time::Duration::from_secs(300)),
+        };
         // Beside the state: one socket per state dir, as runtime_root.
         let socket = parse("socket", &absolute)
             .map(PathBuf::from)
@@ -590,6 +602,7 @@ impl Settings {
             shiftfs_src,
             shiftfs_install,
             stop_timeout,
+            reboots,
             socket,
             admin_group,
             network,

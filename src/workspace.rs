@@ -24,7 +24,9 @@ use crate::runtime::{ContainerIo, Runtime};
 use crate::supervisor::lifecycle::Phase;
 use crate::supervisor::logbook::{LogBook, Source};
 use crate::supervisor::loglines;
+use crate::supervisor::oom;
 use crate::supervisor::reaper::Reaper;
+use crate::supervisor::reboot::{self, RebootBudget};
 use crate::supervisor::signals::{self, StopPolicy};
 use crate::supervisor::state::{Container, StateHandle, Tee};
 
@@ -148,7 +150,14 @@ async fn boot(
     // own children. A restart reuses this bundle (same rootfs, same mounts).
     let bundle_dir = ws_dir.join("bundle");
     let info = write_bundle(settings, image, ws_dir, rootfs_dir, idmap, &bundle_dir)?;
-    tracing::info!(init = info.init, verdict = ?info.init_verdict, args = ?info.args, "bundle written");
+    tracing::info!(
+        init = info.init,
+        init_flavor = info.init_flavor.map(|f| f.as_str()),
+        stop_signal = info.stop_signal,
+        verdict = ?info.init_verdict,
+        args = ?info.args,
+        "bundle written"
+    );
 
     let reaper = Reaper::start()?;
     let runtime_root = settings
@@ -170,8 +179,10 @@ async fn boot(
         RuntimeFlavor::Runc => launch::sysbox::Daemons::none(),
     };
     let id = settings.workspace.as_str();
-    // One pass per boot: a Restart through the API stops the container and
-    // comes back here, on the same rootfs.
+    let mut reboots = RebootBudget::new(settings.reboots);
+    let booted = std::time::Instant::now();
+    // One pass per boot: a Restart through the API, or a reboot from
+    // inside, stops the container and comes back here, on the same rootfs.
     loop {
         // sysbox-runc's rule: always delete, also what a crash left behind.
         let _ = runtime.delete(id, true).await;
@@ -200,6 +211,7 @@ async fn boot(
                 return Err(e.into());
             }
         };
+        let (exit, oom) = oom::watch(created.pid, exit, state);
         // Before start: systemd as PID 1 in a user namespace needs its
         // cgroups writable by the mapped root (see `launch::cgroups`);
         // another init only loses the nesting of its own cgroups.
@@ -289,20 +301,48 @@ async fn boot(
             tracing::warn!(error = %e, "the runtime could not delete the workspace container");
         }
         tracing::info!(exit = %outcome.exit, code = outcome.code, "workspace ended");
+        // A stop cvmd asked for is never undone by the init's reboot.
+        let own_end = state.phase() != Phase::Stopping;
         state.set_exited(outcome.code);
-        if !state.take_restart() {
+        if oom.killed_init(outcome.exit, own_end) {
+            let kills = state.snapshot().oom_kills;
+            let message = oom::init_killed_message(kills, info.memory_limit);
+            tracing::error!("{message}");
+            crate::cli::run::write_termination_log(&settings.termination_log, &message);
             daemons.stop().await;
             return Ok(outcome.code);
         }
-        if let Some(signal) = signals::drain_before_restart(signals) {
-            tracing::info!(
-                signal,
-                "a stop request arrived with the restart: not restarting"
-            );
-            daemons.stop().await;
-            return Ok(outcome.code);
+        if state.take_restart() {
+            if let Some(signal) = signals::drain_before_restart(signals) {
+                tracing::info!(
+                    signal,
+                    "a stop request arrived with the restart: not restarting"
+                );
+                daemons.stop().await;
+                return Ok(outcome.code);
+            }
+            tracing::info!("restarting the workspace");
+            continue;
         }
-        tracing::info!("restarting the workspace");
+        if own_end && reboot::is_reboot(outcome.exit, info.init) {
+            match reboots.on_reboot(booted.elapsed()) {
+                reboot::Decision::Reboot { n } => {
+                    tracing::info!(
+                        reboot = n,
+                        "the workspace rebooted itself; booting it again in place"
+                    );
+                    state.rebooted(n);
+                    continue;
+                }
+                reboot::Decision::Loop(e) => {
+                    daemons.stop().await;
+                    return Err(e.into());
+                }
+                reboot::Decision::Exit => {}
+            }
+        }
+        daemons.stop().await;
+        return Ok(outcome.code);
     }
 }
 

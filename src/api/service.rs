@@ -53,6 +53,8 @@ pub fn status_of(s: &Snapshot) -> pb::StatusResponse {
         preflight: s.preflight.iter().map(check_of).collect(),
         workspace: s.workspace.clone(),
         boots: s.boots,
+        reboots: s.reboots,
+        oom_kills: s.oom_kills,
     }
 }
 
@@ -79,6 +81,8 @@ fn event_of(e: &Event) -> pb::Event {
             EventKind::Phase => "phase",
             EventKind::Warning => "warning",
             EventKind::Error => "error",
+            EventKind::Reboot => "reboot",
+            EventKind::Oom => "oom",
         }
         .into(),
         phase: e.phase.to_string(),

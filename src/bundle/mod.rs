@@ -11,6 +11,7 @@ mod caps;
 mod env;
 mod error;
 mod init;
+mod init_flavor;
 mod inroot;
 mod limits;
 mod mounts;
@@ -31,6 +32,7 @@ pub use caps::{own_bounding_set, parse_capbnd, CAP_NAMES};
 pub use env::{passthrough_env, sysbox_accepts, SYSBOX_KNOBS};
 pub use error::BundleError;
 pub use init::{detect_init, InitVerdict, NoInit, INIT_PATH};
+pub use init_flavor::InitFlavor;
 pub use limits::{outer_limits, parse_cpus, read_limits, Limits};
 pub use mounts::{
     choose_lib_dir, device_node_name, multiarch_triplet, parse_mount, parse_mounts, Device,
@@ -133,7 +135,11 @@ pub struct BundleInfo {
     pub init: bool,
     /// Why init was or was not found, for the log.
     pub init_verdict: InitVerdict,
+    /// Which init boots, when one does.
+    pub init_flavor: Option<InitFlavor>,
     pub stop_signal: i32,
+    /// The workspace's memory limit in bytes, when it has one.
+    pub memory_limit: Option<u64>,
     pub args: Vec<String>,
     pub user: ResolvedUser,
     /// Where GPU libraries were bound, when any were.
@@ -174,7 +180,16 @@ pub fn plan_bundle(
     })?;
     let verdict = detect_init(&rootfs)?;
     let init = process::boots_init(&input.overrides, verdict.is_present());
-    tracing::info!(image = %input.image, init, "{verdict}");
+    let init_flavor = if init {
+        let flavor = init_flavor::detect(&rootfs).map_err(|source| BundleError::Rootfs {
+            path: rootfs.clone(),
+            source,
+        })?;
+        Some(flavor)
+    } else {
+        None
+    };
+    tracing::info!(image = %input.image, init, init_flavor = init_flavor.map(|f| f.as_str()), "{verdict}");
     let user_value =
         process::user_value(&input.image_run, &input.overrides, init).unwrap_or_default();
     let user = user::resolve_in_rootfs(&rootfs, &input.image, &user_value)?;
@@ -187,7 +202,7 @@ pub fn plan_bundle(
         &input.image_run,
         &input.overrides,
         input.flavor,
-        init,
+        init_flavor,
         has_sh,
         user,
         &passthrough,
@@ -240,7 +255,9 @@ pub fn plan_bundle(
     let info = BundleInfo {
         init,
         init_verdict: verdict,
+        init_flavor,
         stop_signal: plan.stop_signal,
+        memory_limit: input.limits.memory,
         args: plan.args,
         user: plan.user,
         lib_dir,

@@ -3,7 +3,8 @@
 //! with which environment, working dir, user and stop signal.
 
 use super::env::{drop_bad_sysbox_env, SYSBOX_KNOBS};
-use super::signal::{parse_signal, SYSTEMD_STOP_SIGNAL};
+use super::init_flavor::{self, InitFlavor};
+use super::signal::parse_signal;
 use super::user::ResolvedUser;
 use super::{BundleError, RuntimeFlavor, INIT_PATH};
 
@@ -76,19 +77,21 @@ pub fn boots_init(ov: &Overrides, init_present: bool) -> bool {
     }
 }
 
-/// Decides args, env, cwd and stop signal. `user` is already resolved
-/// (see [`user_value`]); `passthrough` comes from [`super::passthrough_env`].
+/// Decides args, env, cwd and stop signal. `init` is the flavour of the
+/// init that boots, if one does; `user` is already resolved (see
+/// [`user_value`]); `passthrough` comes from [`super::passthrough_env`].
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     image_name: &str,
     image: &ImageRun,
     ov: &Overrides,
     flavor: RuntimeFlavor,
-    init: bool,
+    init_flavor: Option<InitFlavor>,
     has_sh: bool,
     user: ResolvedUser,
     passthrough: &[(String, String)],
 ) -> Result<ProcessPlan, BundleError> {
+    let init = init_flavor.is_some();
     let args = if init {
         // Literal: sysbox recognises systemd by args[0] == "/sbin/init" only.
         vec![INIT_PATH.to_string()]
@@ -151,14 +154,14 @@ pub fn plan(
     } else {
         format!("/{cwd}")
     };
-    let stop_signal = match &image.stop_signal {
-        Some(s) => parse_signal(s).ok_or_else(|| BundleError::BadStopSignal {
+    let image_signal = match &image.stop_signal {
+        Some(s) => Some(parse_signal(s).ok_or_else(|| BundleError::BadStopSignal {
             image: image_name.into(),
             value: s.clone(),
-        })?,
-        None if init => SYSTEMD_STOP_SIGNAL,
-        None => libc::SIGTERM,
+        })?),
+        None => None,
     };
+    let stop_signal = init_flavor::stop_signal(init_flavor, image_signal);
     Ok(ProcessPlan {
         init,
         args,
@@ -200,6 +203,7 @@ mod tests {
         init: bool,
         sh: bool,
     ) -> Result<ProcessPlan, BundleError> {
+        let init = init.then_some(InitFlavor::Systemd);
         plan("img", img, ov, RuntimeFlavor::Runc, init, sh, bob(), &[])
     }
 
@@ -215,7 +219,7 @@ mod tests {
             &image(),
             &Overrides::default(),
             RuntimeFlavor::Sysbox,
-            true,
+            Some(InitFlavor::Systemd),
             true,
             bob(),
             &[],
@@ -280,7 +284,7 @@ mod tests {
             &img,
             &Overrides::default(),
             RuntimeFlavor::Sysbox,
-            false,
+            None,
             true,
             bob(),
             &[],
@@ -303,6 +307,18 @@ mod tests {
                 .stop_signal,
             10
         );
+        let busybox = plan(
+            "i",
+            &image(),
+            &Overrides::default(),
+            RuntimeFlavor::Runc,
+            Some(InitFlavor::Busybox),
+            true,
+            bob(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(busybox.stop_signal, libc::SIGUSR2, "busybox's poweroff");
         let img = ImageRun {
             stop_signal: Some("BOGUS".into()),
             ..image()
@@ -322,7 +338,7 @@ mod tests {
             &image(),
             &Overrides::default(),
             RuntimeFlavor::Runc,
-            false,
+            None,
             true,
             bob(),
             &got,
@@ -336,7 +352,7 @@ mod tests {
             &image(),
             &Overrides::default(),
             RuntimeFlavor::Runc,
-            false,
+            None,
             true,
             bob(),
             &over,

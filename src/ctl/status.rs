@@ -29,6 +29,8 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "exit_status": s.has_exit_status.then_some(s.exit_status),
         "last_error": (!s.last_error.is_empty()).then_some(&s.last_error),
         "boots": s.boots,
+        "reboots": s.reboots,
+        "oom_kills": s.oom_kills,
         "preflight": s.preflight.iter().map(|c| json!({
             "name": c.name, "status": c.status, "detail": c.detail, "fix": c.fix,
         })).collect::<Vec<_>>(),
@@ -65,6 +67,12 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
     }
     if s.boots > 1 {
         out.push_str(&format!("boots      {}\n", s.boots));
+    }
+    if s.reboots > 0 {
+        out.push_str(&format!("reboots    {}\n", s.reboots));
+    }
+    if s.oom_kills > 0 {
+        out.push_str(&format!("oom kills  {}\n", s.oom_kills));
     }
     if s.has_exit_status {
         out.push_str(&format!("exit       {}\n", s.exit_status));

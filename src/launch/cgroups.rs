@@ -166,7 +166,7 @@ pub fn cgroup_dirs(proc_cgroup: &str, mounts: &[CgroupMount]) -> Vec<PathBuf> {
 
 /// `path` below a mount whose root is `root` (both absolute in the
 /// hierarchy); a path outside it is taken as is, trimmed of its `/`.
-fn relative<'a>(path: &'a str, root: &str) -> &'a str {
+pub(crate) fn relative<'a>(path: &'a str, root: &str) -> &'a str {
     let trimmed = if root == "/" {
         path
     } else {

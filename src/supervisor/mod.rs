@@ -4,7 +4,9 @@
 pub mod lifecycle;
 pub mod logbook;
 pub mod loglines;
+pub mod oom;
 pub mod pidfd;
 pub mod reaper;
+pub mod reboot;
 pub mod signals;
 pub mod state;

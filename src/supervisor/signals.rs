@@ -89,8 +89,9 @@ pub struct StopPolicy {
 /// pid_namespaces(7), `reboot_pid_ns` in kernel/pid_namespace.c. systemd
 /// does exactly that on its stop signal SIGRTMIN+3 when it holds
 /// CAP_SYS_BOOT, so "killed by SIGINT" is its clean shutdown: 0, as
-/// systemd-nspawn reports it. A restart stays 129 (cvmd does not restart
-/// workspaces), and for any other process SIGINT keeps its shell meaning.
+/// systemd-nspawn reports it. A restart stays 129 (the code cvmd ends with
+/// when `supervisor::reboot` does not boot it again), and for any other
+/// process SIGINT keeps its shell meaning.
 pub fn exit_code(exit: Exit, system_init: bool) -> i32 {
     if system_init && exit.signal == Some(libc::SIGINT) {
         return 0;

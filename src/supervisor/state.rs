@@ -19,6 +19,10 @@ pub enum EventKind {
     Phase,
     Warning,
     Error,
+    /// The workspace rebooted itself and boots again in place.
+    Reboot,
+    /// The kernel's OOM killer killed processes in the workspace.
+    Oom,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +60,10 @@ pub struct Snapshot {
     pub exit_status: Option<i32>,
     pub last_error: Option<String>,
     pub boots: u32,
+    /// Reboots from inside, each booted again in place.
+    pub reboots: u32,
+    /// OOM kills in the workspace's memory cgroup, over every boot.
+    pub oom_kills: u64,
     pub preflight: Vec<crate::preflight::Check>,
 }
 
@@ -86,6 +94,8 @@ struct Inner {
     exit_status: Option<i32>,
     last_error: Option<String>,
     boots: u32,
+    reboots: u32,
+    oom_kills: u64,
     container: Option<Container>,
     layers: BTreeMap<String, LayerState>,
     restart_requested: bool,
@@ -128,6 +138,8 @@ impl StateHandle {
                 exit_status: None,
                 last_error: None,
                 boots: 0,
+                reboots: 0,
+                oom_kills: 0,
                 container: None,
                 layers: BTreeMap::new(),
                 restart_requested: false,
@@ -227,6 +239,47 @@ impl StateHandle {
         inner.exit_status = Some(code);
     }
 
+    /// The workspace rebooted itself (reboot number `n`): a `reboot` event,
+    /// and `stopping` until the next boot's `create`.
+    pub fn rebooted(&self, n: u32) {
+        let phase = {
+            let mut inner = self.lock();
+            inner.reboots = n;
+            inner.lifecycle.phase()
+        };
+        let _ = self.0.events.send(Event {
+            time: SystemTime::now(),
+            kind: EventKind::Reboot,
+            phase,
+            message: format!(
+                "the workspace rebooted itself (reboot {n}): booting it again on the same rootfs"
+            ),
+        });
+        if phase != Phase::Stopping {
+            self.enter(Phase::Stopping);
+        }
+    }
+
+    /// `new` OOM kills in the workspace (`boot_total` in this boot): an
+    /// `oom` event and a warning in the log.
+    pub fn oom_killed(&self, new: u64, boot_total: u64) {
+        let (phase, total) = {
+            let mut inner = self.lock();
+            inner.oom_kills += new;
+            (inner.lifecycle.phase(), inner.oom_kills)
+        };
+        let message = format!(
+            "the kernel's OOM killer killed {new} process(es) in the workspace: it reached its memory limit ({total} OOM kill(s) in all)"
+        );
+        tracing::warn!(new, boot_total, total, "{message}");
+        let _ = self.0.events.send(Event {
+            time: SystemTime::now(),
+            kind: EventKind::Oom,
+            phase,
+            message,
+        });
+    }
+
     /// Records the error cvmd ends with, and moves to `failed`.
     pub fn fail(&self, error: &str) {
         self.lock().last_error = Some(error.to_string());
@@ -256,6 +309,8 @@ impl StateHandle {
             exit_status: inner.exit_status,
             last_error: inner.last_error.clone(),
             boots: inner.boots,
+            reboots: inner.reboots,
+            oom_kills: inner.oom_kills,
             preflight: inner.preflight.clone(),
         }
     }

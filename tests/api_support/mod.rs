@@ -146,6 +146,22 @@ impl Running {
         }
     }
 
+    /// Waits up to `within` for cvmd to end on its own (SIGTERM after
+    /// that, as [`Running::finish`]); returns its exit code, its stderr and
+    /// whether it ended on its own.
+    // Only tests/vm_lifecycle.rs waits for a workspace that ends itself.
+    #[allow(dead_code)]
+    pub fn wait_exit(mut self, within: Duration) -> (Option<i32>, String, bool) {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + within;
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let on_its_own = child.try_wait().unwrap().is_some();
+        let (code, stderr) = self.finish();
+        (code, stderr, on_its_own)
+    }
+
     /// Ends cvmd (SIGTERM) if the test left it running, checks it left
     /// nothing behind, and returns its exit code and stderr.
     pub fn finish(mut self) -> (Option<i32>, String) {
