@@ -76,6 +76,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "stop_timeout", env: "CVMD_STOP_TIMEOUT", envbox: None, default: Some("25"), help: "seconds the workspace has to stop before SIGKILL (keep under the pod's terminationGracePeriodSeconds)" },
     Spec { key: "socket", env: "CVMD_SOCKET", envbox: None, default: None, help: "unix socket of the control API (cvmctl); never mounted into the workspace [default: STATE_DIR/cvmd.sock, so /run/cvmd/cvmd.sock]" },
     Spec { key: "admin_group", env: "CVMD_ADMIN_GROUP", envbox: None, default: None, help: "group (name or gid) whose members may use the control API besides root; makes the socket 0660 [default: root only, 0600]" },
+    Spec { key: "metrics_addr", env: "CVMD_METRICS_ADDR", envbox: None, default: None, help: "ADDRESS:PORT to serve Prometheus metrics on over HTTP at /metrics (e.g. 0.0.0.0:9464) [default: only `cvmctl metrics`]" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
 ];
@@ -152,6 +153,7 @@ pub struct Settings {
     pub stop_timeout: std::time::Duration,
     pub socket: PathBuf,
     pub admin_group: Option<String>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub network: crate::network::NetworkSettings,
     pub add_gpu: bool,
     pub usr_lib_dir: Option<PathBuf>,
@@ -420,6 +422,12 @@ impl Settings {
         let admin_group = parse("admin_group", &|v| {
             crate::api::peer::resolve_group(v).map(|_| ())
         });
+        let metrics_addr = parse("metrics_addr", &|v| {
+            v.parse::<std::net::SocketAddr>()
+                .map(|_| ())
+                .map_err(|_| format!("{v:?} is not an ADDRESS:PORT such as 0.0.0.0:9464"))
+        })
+        .and_then(|v| v.parse().ok());
         let network = crate::network::NetworkSettings {
             mode: parse("network", &|v| {
                 v.parse::<crate::network::Mode>().map(|_| ())
@@ -509,6 +517,7 @@ impl Settings {
             stop_timeout,
             socket,
             admin_group,
+            metrics_addr,
             network,
             add_gpu,
             usr_lib_dir,

@@ -96,6 +96,7 @@ pub async fn exec(
         .await
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
 
+    let metrics = state.metrics().clone();
     let (tx, rx) = mpsc::channel(64);
     let (resize_tx, mut resize_rx) = mpsc::channel::<(u16, u16)>(8);
     let stdin = session.stdin.take();
@@ -107,6 +108,7 @@ pub async fn exec(
         .take()
         .map(|e| tokio::spawn(pump_out(e, tx.clone(), Out::Stderr)));
     tokio::spawn(async move {
+        let _session = metrics.exec_started();
         // Resizes matter while the command runs; its output ending means it
         // is done (or detached its output), and then its status is next.
         let outputs = async {

@@ -81,6 +81,8 @@ enum Command {
     /// The image pull's per-layer progress while it runs.
     #[command(alias = "progress")]
     Pull,
+    /// cvmd's metrics as OpenMetrics text (names in the README).
+    Metrics,
 }
 
 fn main() -> ExitCode {
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
             Command::Stop => ctl::status::stop(&socket).await.map(|e| e as i32),
             Command::Restart => ctl::status::restart(&socket).await.map(|e| e as i32),
             Command::Pull => ctl::pull::pull(&socket).await.map(|e| e as i32),
+            Command::Metrics => ctl::metrics::metrics(&socket).await.map(|e| e as i32),
         }
     });
     // A blocked stdin reader must not hold the exit.
