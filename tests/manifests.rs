@@ -328,6 +328,26 @@ fn workspace_pod_gives_cvmd_what_it_needs() {
 
     let probe = &c["readinessProbe"]["exec"]["command"];
     assert_eq!(probe, &serde_json::json!(["cvmctl", "status", "--ready"]));
+    // A loaded node misses the default 1 s during a cold pull; liveness
+    // must not restart a pod whose cvmd answers, whatever its phase.
+    let ready = &c["readinessProbe"];
+    assert!(
+        ready["timeoutSeconds"].as_u64().unwrap_or(1) >= 5,
+        "{ready}"
+    );
+    let live = &c["livenessProbe"];
+    assert_eq!(
+        live["exec"]["command"],
+        serde_json::json!(["cvmctl", "status"]),
+        "alive = cvmd answers, in any phase"
+    );
+    assert!(live["timeoutSeconds"].as_u64().unwrap_or(1) >= 10, "{live}");
+    let patience = live["periodSeconds"].as_u64().unwrap_or(10)
+        * live["failureThreshold"].as_u64().unwrap_or(3);
+    assert!(
+        patience >= 120,
+        "liveness gives up after {patience} s: {live}"
+    );
 }
 
 #[test]
