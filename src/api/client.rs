@@ -12,7 +12,7 @@ use super::pb::control_client::ControlClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("no cvmd socket at {0}: is cvmd running? (set --socket or CVMD_SOCKET)")]
+    #[error("no cvmd socket at {0}: is cvmd running? (give cvmctl the CVMD_SOCKET, CVMD_STATE_DIR or CVMD_CONFIG cvmd has, or --socket)")]
     Missing(PathBuf),
     #[error("permission denied on {0}: run cvmctl as root or as a member of cvmd's admin group")]
     Denied(PathBuf),
