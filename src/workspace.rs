@@ -59,11 +59,14 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         Some(addr) => Some(crate::metrics::http::serve(addr, state.metrics().clone()).await?),
         None => None,
     };
+    let notify = tokio::spawn(crate::supervisor::notify::follow(state.clone()));
     let result = run_with(settings, &state, &mut signals).await;
     match &result {
         Ok(_) => state.enter(Phase::Exited),
         Err(e) => state.fail(&crate::cli::error_line(e)),
     }
+    // The final phase's STATUS= goes out before cvmd exits.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notify).await;
     server.shutdown().await;
     result
 }

@@ -3,6 +3,7 @@
 
 pub mod lifecycle;
 pub mod logbook;
+pub mod notify;
 pub mod reaper;
 pub mod signals;
 pub mod state;

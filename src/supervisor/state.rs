@@ -312,6 +312,11 @@ impl StateHandle {
         Ok(())
     }
 
+    /// Whether a restart was asked for and the container is not yet back.
+    pub fn restart_pending(&self) -> bool {
+        self.lock().restart_requested
+    }
+
     /// Whether the stop that just ended was a restart; clears the request.
     pub fn take_restart(&self) -> bool {
         std::mem::take(&mut self.lock().restart_requested)
