@@ -57,7 +57,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "memory", env: "CVMD_MEMORY", envbox: Some("CODER_MEMORY"), default: None, help: "memory limit (bytes or 4GiB) [default: the outer container's]" },
     Spec { key: "add_tun", env: "CVMD_ADD_TUN", envbox: Some("CODER_ADD_TUN"), default: Some("false"), help: "give the workspace /dev/net/tun" },
     Spec { key: "add_fuse", env: "CVMD_ADD_FUSE", envbox: Some("CODER_ADD_FUSE"), default: Some("false"), help: "give the workspace /dev/fuse" },
-    Spec { key: "shiftfs_src", env: "CVMD_SHIFTFS_SRC", envbox: None, default: Some("/usr/src/shiftfs"), help: "shiftfs module source that `cvmd shiftfs install` builds (shipped in the outer image)" },
+    Spec { key: "shiftfs_src", env: "CVMD_SHIFTFS_SRC", envbox: None, default: Some("/usr/local/src/shiftfs"), help: "shiftfs module source that `cvmd shiftfs install` builds (shipped in the outer image; not under /usr/src, which the pod mounts from the node for kernel headers)" },
     Spec { key: "shiftfs_install", env: "CVMD_SHIFTFS_INSTALL", envbox: None, default: Some("false"), help: "at start, build and load shiftfs when the node needs it and allows it" },
     Spec { key: "network", env: "CVMD_NETWORK", envbox: None, default: Some("veth"), help: "the workspace's network: veth (a veth pair to the outer container, NAT to what it reaches) or none (loopback only)" },
     Spec { key: "subnet", env: "CVMD_SUBNET", envbox: None, default: Some("172.19.0.0/30"), help: "IPv4 subnet of the veth pair (at least 2 usable hosts): the outer end takes the first, the workspace the second" },
@@ -407,7 +407,7 @@ impl Settings {
             .unwrap_or(false);
         let shiftfs_src = parse("shiftfs_src", &absolute)
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/src/shiftfs"));
+            .unwrap_or_else(|| PathBuf::from("/usr/local/src/shiftfs"));
         let shiftfs_install = parse("shiftfs_install", &|v| parse_bool(v).map(|_| ()))
             .and_then(|v| parse_bool(&v).ok())
             .unwrap_or(false);

@@ -326,6 +326,21 @@ fn workspace_pod_gives_cvmd_what_it_needs() {
         assert_eq!(v["hostPath"]["path"], path);
     }
 
+    // Nothing the pod mounts hides what the outer image ships for cvmd:
+    // the shiftfs source under the node's /usr/src would be invisible.
+    let shiftfs_src = cvmd::config::SETTINGS
+        .iter()
+        .find(|s| s.key == "shiftfs_src")
+        .and_then(|s| s.default)
+        .unwrap();
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let at = m["mountPath"].as_str().unwrap();
+        assert!(
+            !Path::new(shiftfs_src).starts_with(at),
+            "{at} is mounted over the shiftfs source {shiftfs_src}"
+        );
+    }
+
     let probe = &c["readinessProbe"]["exec"]["command"];
     assert_eq!(probe, &serde_json::json!(["cvmctl", "status", "--ready"]));
     // A loaded node misses the default 1 s during a cold pull; liveness

@@ -81,6 +81,16 @@ fn outer_dockerfile_runs_cvmd_beside_sysbox() {
     }
 
     let runs = args_of(stage, "RUN").join("\n");
+    // The shiftfs source goes where cvmd looks by default.
+    let shiftfs_src = cvmd::config::SETTINGS
+        .iter()
+        .find(|s| s.key == "shiftfs_src")
+        .and_then(|s| s.default)
+        .unwrap();
+    assert!(
+        runs.contains(&format!("\"$SHIFTFS_REPO\" {shiftfs_src}")),
+        "the image does not clone shiftfs into {shiftfs_src}"
+    );
     for pkg in ["rsync", "kmod", "iptables", "fuse3", "ca-certificates"] {
         assert!(
             runs.split_whitespace().any(|w| w == pkg),
