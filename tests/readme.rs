@@ -99,21 +99,19 @@ fn readme() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
 }
 
-/// The text a reader copies: `inline code` spans and indented code lines.
+/// The text a reader copies: `inline code` spans (which may wrap across
+/// lines) and indented code lines.
 fn code_spans(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with("    ") {
-            out.push(line.trim().to_string());
-            continue;
-        }
-        let mut parts = line.split('`');
-        parts.next();
-        while let Some(code) = parts.next() {
-            out.push(code.to_string());
-            parts.next();
-        }
-    }
+    let (code, prose): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.starts_with("    "));
+    let mut out: Vec<String> = code.iter().map(|l| l.trim().to_string()).collect();
+    let prose = prose.join("\n");
+    out.extend(
+        prose
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|span| span.replace('\n', " ")),
+    );
     out
 }
 
