@@ -261,6 +261,31 @@ fn workspace_pod_gives_cvmd_what_it_needs() {
     let c = &spec["containers"][0];
     assert_eq!(c["securityContext"]["privileged"], true);
 
+    // A death before cvmd could write its termination log still says why.
+    assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+    // The disk one workspace may take is bounded: every emptyDir has a
+    // sizeLimit, and the container's ephemeral-storage limit covers them.
+    let gib = |q: &Value| -> u64 {
+        let q = q.as_str().unwrap_or_else(|| panic!("not a quantity: {q}"));
+        q.strip_suffix("Gi")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{q}: give it in Gi"))
+    };
+    let empty_dirs: u64 = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["emptyDir"].is_object())
+        .map(|v| gib(&v["emptyDir"]["sizeLimit"]))
+        .sum();
+    assert!(empty_dirs > 0);
+    let limit = gib(&c["resources"]["limits"]["ephemeral-storage"]);
+    assert!(
+        limit > empty_dirs,
+        "ephemeral-storage limit {limit}Gi must exceed the emptyDirs' {empty_dirs}Gi"
+    );
+    assert!(c["resources"]["requests"]["ephemeral-storage"].is_string());
+
     // The kubelet's SIGKILL comes after cvmd's own (stop timeout) plus
     // time to delete the container and unmount.
     let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();

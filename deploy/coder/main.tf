@@ -180,6 +180,7 @@ resource "kubernetes_pod" "main" {
       security_context {
         privileged = true
       }
+      termination_message_policy = "FallbackToLogsOnError"
 
       env {
         name  = "CVMD_IMAGE"
@@ -230,13 +231,17 @@ resource "kubernetes_pod" "main" {
       }
 
       resources {
+        # Sysbox's emptyDir (50Gi) plus logs and the outer layer; the
+        # writable layer is on the PVC, not counted here.
         requests = {
-          cpu    = data.coder_parameter.cpu.value
-          memory = "${data.coder_parameter.memory.value}Gi"
+          cpu                 = data.coder_parameter.cpu.value
+          memory              = "${data.coder_parameter.memory.value}Gi"
+          "ephemeral-storage" = "10Gi"
         }
         limits = merge({
-          cpu    = data.coder_parameter.cpu.value
-          memory = "${data.coder_parameter.memory.value}Gi"
+          cpu                 = data.coder_parameter.cpu.value
+          memory              = "${data.coder_parameter.memory.value}Gi"
+          "ephemeral-storage" = "60Gi"
         }, local.gpu_limit)
       }
 
@@ -301,7 +306,9 @@ resource "kubernetes_pod" "main" {
     }
     volume {
       name = "sysbox"
-      empty_dir {}
+      empty_dir {
+        size_limit = "50Gi"
+      }
     }
     volume {
       name = "state"
