@@ -82,6 +82,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "reboot_window", env: "CVMD_REBOOT_WINDOW", envbox: None, default: Some("300"), help: "seconds over which CVMD_MAX_REBOOTS counts reboots" },
     Spec { key: "socket", env: "CVMD_SOCKET", envbox: None, default: None, help: "unix socket of the control API (cvmctl); never mounted into the workspace [default: STATE_DIR/cvmd.sock, so /run/cvmd/cvmd.sock]" },
     Spec { key: "admin_group", env: "CVMD_ADMIN_GROUP", envbox: None, default: None, help: "group (name or gid) whose members may use the control API besides root; makes the socket 0660 [default: root only, 0600]" },
+    Spec { key: "metrics_addr", env: "CVMD_METRICS_ADDR", envbox: None, default: None, help: "ADDRESS:PORT to serve Prometheus metrics on over HTTP at /metrics (e.g. 0.0.0.0:9464) [default: only `cvmctl metrics`]" },
     Spec { key: "log_level", env: "CVMD_LOG_LEVEL", envbox: None, default: Some("info"), help: "error, warn, info, debug, trace, or a tracing filter" },
     Spec { key: "log_format", env: "CVMD_LOG_FORMAT", envbox: None, default: Some("auto"), help: "text, json, or auto (text on a terminal, json otherwise)" },
 ];
@@ -162,6 +163,7 @@ pub struct Settings {
     pub reboots: crate::supervisor::reboot::RebootPolicy,
     pub socket: PathBuf,
     pub admin_group: Option<String>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub network: crate::network::NetworkSettings,
     pub add_gpu: bool,
     pub usr_lib_dir: Option<PathBuf>,
@@ -509,6 +511,12 @@ impl Settings {
         let admin_group = parse("admin_group", &|v| {
             crate::api::peer::resolve_group(v).map(|_| ())
         });
+        let metrics_addr = parse("metrics_addr", &|v| {
+            v.parse::<std::net::SocketAddr>()
+                .map(|_| ())
+                .map_err(|_| format!("{v:?} is not an ADDRESS:PORT such as 0.0.0.0:9464"))
+        })
+        .and_then(|v| v.parse().ok());
         let network = crate::network::NetworkSettings {
             mode: parse("network", &|v| {
                 v.parse::<crate::network::Mode>().map(|_| ())
@@ -605,6 +613,7 @@ impl Settings {
             reboots,
             socket,
             admin_group,
+            metrics_addr,
             network,
             add_gpu,
             usr_lib_dir,
@@ -761,6 +770,34 @@ fn parse_mirrors(v: &str) -> Result<HashMap<String, Vec<String>>, String> {
 }
 
 /// The TOML file as key -> value string; lists are joined with ','.
+/// Where cvmd's control socket is, from the settings cvmd itself reads
+/// for it, with the same precedence: `flag` (cvmctl's --socket), then
+/// CVMD_SOCKET, then the config file's `socket` (CVMD_CONFIG), else
+/// `cvmd.sock` in the state dir (CVMD_STATE_DIR, the file's `state_dir`,
+/// the default). Only these keys are read, so cvmctl works beside a
+/// config file whose other settings it need not understand.
+pub fn control_socket(
+    flag: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf, String> {
+    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    let file = match env("CVMD_CONFIG") {
+        Some(path) => load_file(&path)?,
+        None => BTreeMap::new(),
+    };
+    let pick = |key: &str| {
+        let spec = spec(key);
+        env(spec.env).or_else(|| file.get(key).cloned())
+    };
+    if let Some(socket) = flag.map(str::to_string).or_else(|| pick("socket")) {
+        return Ok(PathBuf::from(socket));
+    }
+    let state_dir = pick("state_dir")
+        .or_else(|| spec("state_dir").default.map(str::to_string))
+        .unwrap_or_default();
+    Ok(PathBuf::from(state_dir).join("cvmd.sock"))
+}
+
 fn load_file(path: &str) -> Result<BTreeMap<String, String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {path}: {e}"))?;
@@ -1021,6 +1058,47 @@ mod tests {
                 assert!(help.contains(a), "{a}");
             }
         }
+    }
+    #[test]
+    fn cvmctl_finds_the_socket_as_cvmd_places_it() {
+        fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        }
+        let socket = |pairs: &[(&str, &str)]| control_socket(None, &env(pairs));
+        assert_eq!(socket(&[]).unwrap(), PathBuf::from("/run/cvmd/cvmd.sock"));
+        assert_eq!(
+            socket(&[("CVMD_STATE_DIR", "/var/lib/cvmd-state")]).unwrap(),
+            PathBuf::from("/var/lib/cvmd-state/cvmd.sock")
+        );
+        let both = [("CVMD_STATE_DIR", "/s"), ("CVMD_SOCKET", "/x/c.sock")];
+        assert_eq!(socket(&both).unwrap(), PathBuf::from("/x/c.sock"));
+        assert_eq!(
+            control_socket(Some("/flag.sock"), &env(&both)).unwrap(),
+            PathBuf::from("/flag.sock")
+        );
+        // The config file: its state_dir, and its socket over that.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cvmd.toml");
+        let path = file.to_str().unwrap();
+        std::fs::write(&file, "state_dir = \"/from/file\"\nimage = \"busybox\"\n").unwrap();
+        assert_eq!(
+            socket(&[("CVMD_CONFIG", path)]).unwrap(),
+            PathBuf::from("/from/file/cvmd.sock")
+        );
+        let with_env = [("CVMD_CONFIG", path), ("CVMD_STATE_DIR", "/env")];
+        assert_eq!(
+            socket(&with_env).unwrap(),
+            PathBuf::from("/env/cvmd.sock"),
+            "the environment over the file, as for cvmd"
+        );
+        std::fs::write(&file, "socket = \"/f/s.sock\"\n").unwrap();
+        assert_eq!(socket(&with_env).unwrap(), PathBuf::from("/f/s.sock"));
+        std::fs::write(&file, "nonsense = 1\n").unwrap();
+        assert!(socket(&with_env).unwrap_err().contains("unknown setting"));
     }
 }
 

@@ -11,6 +11,7 @@ pub mod digest;
 pub mod exec;
 pub mod image;
 pub mod launch;
+pub mod metrics;
 pub mod network;
 pub mod preflight;
 pub mod progress;

@@ -56,6 +56,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         settings.admin_group.as_deref(),
         state.clone(),
     )?;
+    // Bound before the pull, so a scrape sees the cold start as it happens.
+    let _metrics = match settings.metrics_addr {
+        Some(addr) => Some(crate::metrics::http::serve(addr, state.metrics().clone()).await?),
+        None => None,
+    };
+    let notify = tokio::spawn(crate::supervisor::notify::follow(state.clone()));
     let result = run_with(settings, &state, &mut signals).await;
     if let Ok(0) = result {
         // Status 0 ends the pod for good (restartPolicy OnFailure): its
@@ -72,6 +78,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         Ok(_) => state.enter(Phase::Exited),
         Err(e) => state.fail(&crate::cli::error_line(e)),
     }
+    // The final phase's STATUS= goes out before cvmd exits.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notify).await;
     server.shutdown().await;
     result
 }
@@ -100,7 +108,13 @@ async fn run_with(
     state.enter(Phase::Pull);
     state.set_image(&reference.to_string(), "");
     let backend = crate::backend::Backend::select(settings).await?;
+    if matches!(backend, crate::backend::Backend::Native) {
+        state
+            .metrics()
+            .watch_cache(settings.cache_dir.clone(), settings.cache_budget);
+    }
     let progress = Tee(state, &PlainLines);
+    let pull_began = std::time::Instant::now();
     let ready = tokio::select! {
         ready = backend.ensure(settings, &reference, settings.pull_policy, &progress) => ready?,
         signal = stop_requested(signals) => {
@@ -111,6 +125,10 @@ async fn run_with(
     };
     state.set_image(&ready.reference, &ready.digest.to_string());
     state.set_image_source(&ready.origin);
+    state.metrics().image_lookup(!ready.pulled);
+    if ready.pulled {
+        state.metrics().pulled(pull_began.elapsed());
+    }
 
     state.enter(Phase::Rootfs);
     let target = ws_dir.join("rootfs");

@@ -438,3 +438,69 @@ fn status_warns_when_the_workspace_runs_in_the_hosts_user_namespace() {
     let (code, stderr) = ws.finish();
     assert_eq!(code, Some(3), "the workspace's trap code: {stderr}");
 }
+
+/// What systemd host mode does (systemd/cvmd.env): cvmd started with
+/// CVMD_STATE_DIR and no CVMD_SOCKET, and a root shell with the same
+/// environment running `cvmctl status` without --socket.
+#[test]
+fn cvmctl_finds_the_socket_from_the_state_dir_cvmd_uses() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "api/statedir", "v1", &chatty_image());
+    let state = tempfile::Builder::new()
+        .prefix("cvmd-api-")
+        .tempdir()
+        .unwrap();
+    let workspace = workspace_name(state.path());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cvmd"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", sandbox.cache())
+        .env("CVMD_STATE_DIR", state.path())
+        .env("CVMD_CACHE_DIR", sandbox.cache())
+        .env("CVMD_INSECURE_REGISTRIES", reg.host())
+        .env("CVMD_IMAGE", &reference)
+        .env("CVMD_WORKSPACE", &workspace)
+        .env("CVMD_RUNTIME", "runc")
+        .env("CVMD_NETWORK", "none")
+        .env("CVMD_STOP_TIMEOUT", "5")
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+            .env_clear()
+            .env("CVMD_STATE_DIR", state.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let mut last = None;
+    let reached = common::wait_until(Duration::from_secs(60), || {
+        let out = ctl(&["status", "--ready"]);
+        let ok = out.status.code() == Some(0);
+        last = Some(out);
+        ok
+    });
+    let out = stop(child);
+    assert!(
+        reached,
+        "cvmctl with only CVMD_STATE_DIR never saw the workspace run: {}\ncvmd: {}",
+        text(last.as_ref().unwrap()),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_clean(state.path());
+}

@@ -275,6 +275,31 @@ fn workspace_pod_gives_cvmd_what_it_needs() {
     let c = &spec["containers"][0];
     assert_eq!(c["securityContext"]["privileged"], true);
 
+    // A death before cvmd could write its termination log still says why.
+    assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+    // The disk one workspace may take is bounded: every emptyDir has a
+    // sizeLimit, and the container's ephemeral-storage limit covers them.
+    let gib = |q: &Value| -> u64 {
+        let q = q.as_str().unwrap_or_else(|| panic!("not a quantity: {q}"));
+        q.strip_suffix("Gi")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{q}: give it in Gi"))
+    };
+    let empty_dirs: u64 = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["emptyDir"].is_object())
+        .map(|v| gib(&v["emptyDir"]["sizeLimit"]))
+        .sum();
+    assert!(empty_dirs > 0);
+    let limit = gib(&c["resources"]["limits"]["ephemeral-storage"]);
+    assert!(
+        limit > empty_dirs,
+        "ephemeral-storage limit {limit}Gi must exceed the emptyDirs' {empty_dirs}Gi"
+    );
+    assert!(c["resources"]["requests"]["ephemeral-storage"].is_string());
+
     // The kubelet's SIGKILL comes after cvmd's own (stop timeout) plus
     // time to delete the container and unmount.
     let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
@@ -340,8 +365,43 @@ fn workspace_pod_gives_cvmd_what_it_needs() {
         assert_eq!(v["hostPath"]["path"], path);
     }
 
+    // Nothing the pod mounts hides what the outer image ships for cvmd:
+    // the shiftfs source under the node's /usr/src would be invisible.
+    let shiftfs_src = cvmd::config::SETTINGS
+        .iter()
+        .find(|s| s.key == "shiftfs_src")
+        .and_then(|s| s.default)
+        .unwrap();
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let at = m["mountPath"].as_str().unwrap();
+        assert!(
+            !Path::new(shiftfs_src).starts_with(at),
+            "{at} is mounted over the shiftfs source {shiftfs_src}"
+        );
+    }
+
     let probe = &c["readinessProbe"]["exec"]["command"];
     assert_eq!(probe, &serde_json::json!(["cvmctl", "status", "--ready"]));
+    // A loaded node misses the default 1 s during a cold pull; liveness
+    // must not restart a pod whose cvmd answers, whatever its phase.
+    let ready = &c["readinessProbe"];
+    assert!(
+        ready["timeoutSeconds"].as_u64().unwrap_or(1) >= 5,
+        "{ready}"
+    );
+    let live = &c["livenessProbe"];
+    assert_eq!(
+        live["exec"]["command"],
+        serde_json::json!(["cvmctl", "status"]),
+        "alive = cvmd answers, in any phase"
+    );
+    assert!(live["timeoutSeconds"].as_u64().unwrap_or(1) >= 10, "{live}");
+    let patience = live["periodSeconds"].as_u64().unwrap_or(10)
+        * live["failureThreshold"].as_u64().unwrap_or(3);
+    assert!(
+        patience >= 120,
+        "liveness gives up after {patience} s: {live}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The files that ship cvmd but cannot be exercised here: the outer
 //! image's Dockerfile (no Docker engine, no internet on this machine) and
-//! the host unit `systemd/cvmd.service`. Parsed and held to the
+//! the host units `systemd/cvmd.service` and `systemd/cvmd@.service`
+//! (tests/systemd_notify.rs runs cvmd against a fake NOTIFY_SOCKET). Parsed and held to the
 //! invariants that matter; the parts that can run (the example images,
 //! the manifests) have their own tests.
 
@@ -80,6 +81,16 @@ fn outer_dockerfile_runs_cvmd_beside_sysbox() {
     }
 
     let runs = args_of(stage, "RUN").join("\n");
+    // The shiftfs source goes where cvmd looks by default.
+    let shiftfs_src = cvmd::config::SETTINGS
+        .iter()
+        .find(|s| s.key == "shiftfs_src")
+        .and_then(|s| s.default)
+        .unwrap();
+    assert!(
+        runs.contains(&format!("\"$SHIFTFS_REPO\" {shiftfs_src}")),
+        "the image does not clone shiftfs into {shiftfs_src}"
+    );
     for pkg in ["rsync", "kmod", "iptables", "fuse3", "ca-certificates"] {
         assert!(
             runs.split_whitespace().any(|w| w == pkg),
@@ -132,7 +143,52 @@ fn unit_value<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 
 #[test]
 fn host_unit_outlasts_cvmds_stop_and_delegates_cgroups() {
-    let unit = read("systemd/cvmd.service");
+    for path in ["systemd/cvmd.service", "systemd/cvmd@.service"] {
+        host_unit_invariants(path, &read(path));
+    }
+    assert_eq!(
+        unit_value(&read("systemd/cvmd.service"), "EnvironmentFile"),
+        ["/etc/cvmd/cvmd.env"]
+    );
+}
+
+/// The template: one env file, workspace name and state dir (so socket)
+/// per instance, set before the file so the file could override them.
+#[test]
+fn template_unit_gives_each_instance_its_workspace_and_state() {
+    let unit = read("systemd/cvmd@.service");
+    assert_eq!(unit_value(&unit, "EnvironmentFile"), ["/etc/cvmd/%i.env"]);
+    let env = unit_value(&unit, "Environment");
+    assert!(env.contains(&"CVMD_WORKSPACE=%i"), "{env:?}");
+    assert!(
+        env.contains(&"CVMD_STATE_DIR=/var/lib/cvmd-state/%i"),
+        "{env:?}"
+    );
+    let text = read("systemd/cvmd-instance.env");
+    let keys: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    for k in ["CVMD_WORKSPACE", "CVMD_STATE_DIR", "CVMD_SOCKET"] {
+        assert!(
+            !keys.contains(&k),
+            "{k} in the instance env would override the unit's"
+        );
+    }
+}
+
+fn host_unit_invariants(path: &str, unit: &str) {
+    let unit = unit.to_string();
+    // Readiness from cvmd (READY=1 when the workspace runs), and time for
+    // a cold pull before systemd gives up on the start.
+    assert_eq!(unit_value(&unit, "Type"), ["notify"], "{path}");
+    assert_eq!(unit_value(&unit, "NotifyAccess"), ["main"], "{path}");
+    let start = unit_value(&unit, "TimeoutStartSec");
+    assert!(
+        start == ["infinity"] || start.first().is_some_and(|v| v.ends_with("min")),
+        "{path}: TimeoutStartSec {start:?} must allow a cold pull"
+    );
     let stop_timeout: u64 = cvmd::config::SETTINGS
         .iter()
         .find(|s| s.key == "stop_timeout")
@@ -153,14 +209,19 @@ fn host_unit_outlasts_cvmds_stop_and_delegates_cgroups() {
     assert_eq!(unit_value(&unit, "Delegate"), ["yes"]);
     assert_eq!(unit_value(&unit, "Restart"), ["on-failure"]);
     assert_eq!(unit_value(&unit, "ExecStart"), ["/usr/local/bin/cvmd run"]);
-    assert_eq!(unit_value(&unit, "EnvironmentFile"), ["/etc/cvmd/cvmd.env"]);
 }
 
 /// The sample EnvironmentFile sets only real settings, to values cvmd
 /// accepts.
 #[test]
 fn host_unit_env_file_holds_real_settings() {
-    let text = read("systemd/cvmd.env");
+    for path in ["systemd/cvmd.env", "systemd/cvmd-instance.env"] {
+        env_file_holds_real_settings(path);
+    }
+}
+
+fn env_file_holds_real_settings(path: &str) {
+    let text = read(path);
     let vars: Vec<(String, String)> = text
         .lines()
         .map(str::trim)
@@ -185,7 +246,7 @@ fn host_unit_env_file_holds_real_settings() {
         .unwrap();
     let lookup = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     if let Err(e) = cvmd::config::Settings::resolve(&matches, &lookup) {
-        panic!("systemd/cvmd.env: cvmd refuses the values: {e}");
+        panic!("{path}: cvmd refuses the values: {e}");
     }
 }
 

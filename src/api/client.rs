@@ -12,7 +12,7 @@ use super::pb::control_client::ControlClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("no cvmd socket at {0}: is cvmd running? (set --socket or CVMD_SOCKET)")]
+    #[error("no cvmd socket at {0}: is cvmd running? (give cvmctl the CVMD_SOCKET, CVMD_STATE_DIR or CVMD_CONFIG cvmd has, or --socket)")]
     Missing(PathBuf),
     #[error("permission denied on {0}: run cvmctl as root or as a member of cvmd's admin group")]
     Denied(PathBuf),
@@ -46,6 +46,14 @@ fn classify(path: &Path, e: std::io::Error) -> ConnectError {
 /// A client on `path`. The first connection is made here, so its failure
 /// is reported as what it is rather than as a transport error later.
 pub async fn connect(path: &Path) -> Result<ControlClient<Channel>, ConnectError> {
+    // No encoding limit here: cvmd judges what is too large.
+    Ok(ControlClient::new(channel(path).await?)
+        .max_decoding_message_size(super::server::MAX_RESPONSE))
+}
+
+/// A gRPC channel on `path`, for any of the socket's services (Control,
+/// grpc.health.v1, reflection).
+pub async fn channel(path: &Path) -> Result<Channel, ConnectError> {
     let first = UnixStream::connect(path)
         .await
         .map_err(|e| classify(path, e))?;
@@ -70,6 +78,5 @@ pub async fn connect(path: &Path) -> Result<ControlClient<Channel>, ConnectError
             path: path.into(),
             source,
         })?;
-    // No encoding limit here: cvmd judges what is too large.
-    Ok(ControlClient::new(channel).max_decoding_message_size(super::server::MAX_RESPONSE))
+    Ok(channel)
 }

@@ -94,6 +94,7 @@ pub async fn exec(
     tracing::info!(args = ?spec.args, tty = spec.tty, "exec through the control API");
     let (tx, rx) = mpsc::channel(64);
     let (started_tx, started) = tokio::sync::oneshot::channel();
+    let metrics = state.metrics().clone();
     // The start and the session run in a task of their own: a client that
     // leaves while the runtime starts the process drops this call's future,
     // and a process started then must still be hung up, not run unseen.
@@ -106,6 +107,8 @@ pub async fn exec(
             }
         };
         let _ = started_tx.send(Ok(()));
+        // Counted from the start to the end of the session.
+        let _counted = metrics.exec_started();
         serve_session(session, requests, tx).await;
     });
     started

@@ -1,6 +1,8 @@
 //! Serving the Control API on the unix socket: claim the path (a stale
 //! socket is replaced, a live cvmd on it is not), restrict it to root or
-//! the admin group, check every call's peer, bound every message.
+//! the admin group, check every call's peer, bound every message. Beside
+//! the Control service: `grpc.health.v1` (see `health`) and server
+//! reflection (`grpc.reflection.v1`), under the same peer check.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,8 @@ pub enum ApiError {
     },
     #[error("invalid CVMD_ADMIN_GROUP: {0}")]
     Group(String),
+    #[error("cannot build the reflection service from the control API's descriptors: {0} (a build problem: please report it)")]
+    Reflection(String),
 }
 
 /// What to do with a path before binding it, from what is there.
@@ -149,12 +153,22 @@ pub fn serve(
             source,
         }
     })?;
-    let service = ControlServer::new(ControlService { state })
-        .max_decoding_message_size(MAX_REQUEST)
-        .max_encoding_message_size(MAX_RESPONSE);
-    let guarded = tonic::service::interceptor::InterceptedService::new(service, move |req| {
-        check_peer(req, admin_gid)
-    });
+    let service = ControlServer::new(ControlService {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(MAX_REQUEST)
+    .max_encoding_message_size(MAX_RESPONSE);
+    let guard = move |req| check_peer(req, admin_gid);
+    let guarded = tonic::service::interceptor::InterceptedService::new(service, guard);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let health = tonic::service::interceptor::InterceptedService::new(health, guard);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(super::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ApiError::Reflection(e.to_string()))?;
+    let reflection = tonic::service::interceptor::InterceptedService::new(reflection, guard);
+    let follow = tokio::spawn(super::health::follow(reporter, state.clone()));
     let incoming = UnixListenerStream::new(listener);
     let socket = path.display().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -162,10 +176,13 @@ pub fn serve(
         let result = tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(out_of_range_is_invalid))
             .add_service(guarded)
+            .add_service(health)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             })
             .await;
+        follow.abort();
         if let Err(e) = result {
             tracing::error!(socket, error = %e, "the control API stopped");
         }

@@ -283,6 +283,18 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::StopResponse {}))
     }
 
+    async fn metrics(
+        &self,
+        _: Request<pb::MetricsRequest>,
+    ) -> Result<Response<pb::MetricsResponse>, Status> {
+        let metrics = self.state.metrics().clone();
+        // Measuring the cache reads the disk.
+        let text = tokio::task::spawn_blocking(move || metrics.render())
+            .await
+            .map_err(|e| Status::internal(format!("rendering metrics: {e}")))?;
+        Ok(Response::new(pb::MetricsResponse { text }))
+    }
+
     async fn restart(
         &self,
         _: Request<pb::RestartRequest>,

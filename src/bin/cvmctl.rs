@@ -16,14 +16,11 @@ use cvmd::ctl::{self, exec::ExecArgs, Exit};
     after_help = ctl::EXIT_CODES_HELP
 )]
 struct Cli {
-    /// cvmd's control socket.
-    #[arg(
-        long,
-        env = "CVMD_SOCKET",
-        default_value = "/run/cvmd/cvmd.sock",
-        global = true
-    )]
-    socket: PathBuf,
+    /// cvmd's control socket [default: as cvmd places it: CVMD_SOCKET, the
+    /// config file's (CVMD_CONFIG) socket, else cvmd.sock in CVMD_STATE_DIR
+    /// or the file's state_dir, else /run/cvmd/cvmd.sock].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +78,8 @@ enum Command {
     /// The image pull's per-layer progress while it runs.
     #[command(alias = "progress")]
     Pull,
+    /// cvmd's metrics as OpenMetrics text (names in the README).
+    Metrics,
 }
 
 fn main() -> ExitCode {
@@ -92,7 +91,14 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Error as u8);
         }
     };
-    let socket = cli.socket;
+    let flag = cli.socket.as_ref().and_then(|p| p.to_str());
+    let socket = match cvmd::config::control_socket(flag, &|k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cvmctl: finding cvmd's socket: {e}");
+            return ExitCode::from(Exit::Usage as u8);
+        }
+    };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Status { json, ready } => ctl::status::status(&socket, json, ready)
@@ -129,6 +135,7 @@ fn main() -> ExitCode {
             Command::Stop => ctl::status::stop(&socket).await.map(|e| e as i32),
             Command::Restart => ctl::status::restart(&socket).await.map(|e| e as i32),
             Command::Pull => ctl::pull::pull(&socket).await.map(|e| e as i32),
+            Command::Metrics => ctl::metrics::metrics(&socket).await.map(|e| e as i32),
         }
     });
     // A blocked stdin reader must not hold the exit.

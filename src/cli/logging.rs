@@ -1,6 +1,7 @@
 //! tracing set-up: human lines on a terminal, JSON lines otherwise (what
 //! Kubernetes log collectors expect); every line also goes to the log book
-//! that `cvmctl logs --source cvmd` reads.
+//! that `cvmctl logs --source cvmd` reads. Lines reach stderr through
+//! `progress::LogWriter`, so they do not garble `cvmd pull`'s bars.
 
 use std::io::IsTerminal;
 
@@ -25,14 +26,14 @@ pub fn init(settings: &Settings) {
         .with(filter)
         .with(json.then(|| {
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(crate::progress::LogWriter::stderr())
                 .with_ansi(ansi)
                 .json()
                 .with_current_span(true)
         }))
         .with((!json).then(|| {
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(crate::progress::LogWriter::stderr())
                 .with_ansi(ansi)
         }))
         .with(BookLayer {

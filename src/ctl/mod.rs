@@ -3,6 +3,7 @@
 
 pub mod exec;
 pub mod logs;
+pub mod metrics;
 pub mod pull;
 pub mod status;
 

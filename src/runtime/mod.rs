@@ -261,6 +261,10 @@ impl Runtime {
                 source,
             })?;
         let mut cmd = Command::new(&self.binary);
+        // runc given NOTIFY_SOCKET (cvmd under systemd's Type=notify)
+        // proxies it into the container and waits for the workspace's own
+        // READY=1: systemd's readiness is cvmd's to report (supervisor::notify).
+        cmd.env_remove("NOTIFY_SOCKET");
         if let Some(root) = &self.root {
             cmd.arg("--root").arg(root);
         }

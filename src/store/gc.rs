@@ -182,6 +182,15 @@ fn remove_old_temp_files(dir: &Path) -> Result<u64, StoreError> {
 
 /// The cache's size as gc counts it: blob sizes plus the file bytes each
 /// layer's record states (walking every layer tree would be too slow).
+/// The cache's estimated size at `cache_dir`: what [`collect`] weighs
+/// against the budget (blobs plus unpacked layers' file bytes).
+pub fn usage_of(cache_dir: &Path) -> Result<u64, StoreError> {
+    usage(
+        &ContentStore::open(cache_dir)?,
+        &LayerCache::open(cache_dir)?,
+    )
+}
+
 fn usage(store: &ContentStore, layers: &LayerCache) -> Result<u64, StoreError> {
     let blobs_dir = store.root().join("blobs").join("sha256");
     let mut total = 0;

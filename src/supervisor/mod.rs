@@ -4,6 +4,7 @@
 pub mod lifecycle;
 pub mod logbook;
 pub mod loglines;
+pub mod notify;
 pub mod oom;
 pub mod pidfd;
 pub mod reaper;

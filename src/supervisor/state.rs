@@ -113,6 +113,7 @@ struct Shared {
     /// path as SIGTERM.
     stop: mpsc::Sender<i32>,
     logs: Arc<LogBook>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Cheap to clone; every clone is the same state.
@@ -149,6 +150,7 @@ impl StateHandle {
             progress: broadcast::channel(1024).0,
             stop,
             logs: LogBook::global(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }))
     }
 
@@ -158,6 +160,11 @@ impl StateHandle {
 
     pub fn logs(&self) -> &Arc<LogBook> {
         &self.0.logs
+    }
+
+    /// What the Metrics call and the HTTP endpoint render.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.0.metrics
     }
 
     pub fn phase(&self) -> Phase {
@@ -173,6 +180,13 @@ impl StateHandle {
             tracing::warn!(error = %e, "ignoring a phase change");
             return;
         }
+        let timeline = inner.lifecycle.timeline();
+        let ended = timeline
+            .iter()
+            .rev()
+            .nth(1)
+            .map(|t| (t.phase, t.duration.unwrap_or_default()));
+        self.0.metrics.phase_changed(ended, phase, now);
         if let Some(last) = inner.lifecycle.timeline().iter().rev().nth(1) {
             tracing::info!(
                 phase = last.phase.as_str(),
@@ -184,6 +198,9 @@ impl StateHandle {
             Phase::Running => {
                 inner.running_since = Some(Instant::now());
                 inner.boots += 1;
+                if inner.boots > 1 {
+                    self.0.metrics.restarted();
+                }
             }
             Phase::Stopping | Phase::Exited | Phase::Failed => inner.running_since = None,
             _ => {}
@@ -354,6 +371,11 @@ impl StateHandle {
         Ok(())
     }
 
+    /// Whether a restart was asked for and the container is not yet back.
+    pub fn restart_pending(&self) -> bool {
+        self.lock().restart_requested
+    }
+
     /// Whether the stop that just ended was a restart; clears the request.
     pub fn take_restart(&self) -> bool {
         std::mem::take(&mut self.lock().restart_requested)
@@ -399,6 +421,7 @@ impl StateHandle {
 
 impl ProgressSink for StateHandle {
     fn event(&self, event: PullEvent) {
+        self.0.metrics.pull_event(&event);
         match event {
             PullEvent::LayerWaiting { digest } => self.layer(digest.to_string(), |_| {}),
             PullEvent::LayerStarted {
