@@ -200,6 +200,12 @@ fn oom_kills_inside_are_counted_and_reported() {
     let out = ws.run(&args);
     assert_ne!(out.status.code(), Some(0), "dd was killed: {}", text(&out));
     let s = ws.wait_for("an OOM kill counted", |s| s["oom_kills"] == 1);
+    let metrics = ws.ctl(&["metrics"]).output().unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        text.lines().any(|l| l == "cvmd_oom_kills_total 1"),
+        "the metric follows Status:\n{text}"
+    );
     assert_eq!(s["phase"], "running", "the init lives on: {s}");
     let (code, stderr) = ws.finish();
     assert_eq!(code, Some(0), "{stderr}");

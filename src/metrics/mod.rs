@@ -50,6 +50,7 @@ pub struct Metrics {
     cache_size: Gauge,
     cache_budget: Gauge,
     restarts: Counter,
+    oom_kills: Counter,
     exec_sessions: Counter,
     exec_active: Gauge,
     /// The cache whose size a scrape reads, when cvmd's own cache is used.
@@ -156,8 +157,8 @@ impl Metrics {
         );
         registry.register(
             "oom_kills",
-            "Workspace processes killed for memory (not yet reported: always 0)",
-            oom_kills,
+            "Workspace processes killed by the kernel's OOM killer (its memory cgroup)",
+            oom_kills.clone(),
         );
         registry.register(
             "exec_sessions",
@@ -194,6 +195,7 @@ impl Metrics {
             cache_size,
             cache_budget,
             restarts,
+            oom_kills,
             exec_sessions,
             exec_active,
             cache_dir: OnceLock::new(),
@@ -225,6 +227,11 @@ impl Metrics {
 
     pub fn restarted(&self) {
         self.restarts.inc();
+    }
+
+    /// `new` OOM kills in the workspace, as the memory cgroup counted them.
+    pub fn oom_killed(&self, new: u64) {
+        self.oom_kills.inc_by(new);
     }
 
     /// The image was ready in the cache (`hit`), or had to be pulled.

@@ -285,6 +285,7 @@ impl StateHandle {
             inner.oom_kills += new;
             (inner.lifecycle.phase(), inner.oom_kills)
         };
+        self.0.metrics.oom_killed(new);
         let message = format!(
             "the kernel's OOM killer killed {new} process(es) in the workspace: it reached its memory limit ({total} OOM kill(s) in all)"
         );
