@@ -85,7 +85,7 @@ if [[ $BUILD == 1 ]]; then
   echo "== cargo build --release"
   (cd "$ROOT" && cargo build --release --locked --bins 2>&1 | tail -n 2)
 fi
-CVMD=${CVMD_BIN:-$ROOT/target/release/cvmd}  # CVMD_BIN: try another build
+CVMD=${CVMD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/cvmd}  # CVMD_BIN: try another build
 [[ -x $CVMD ]] || { echo "no $CVMD: build it first" >&2; exit 2; }
 
 mkdir -p "$CACHE/images" "$CACHE/registry"

@@ -12,7 +12,8 @@ cargo build --release --locked --bins
 
 work=$(mktemp -d /tmp/cvmd-demo.XXXXXX)
 port=${CVMD_DEMO_PORT:-5055}
-cvmd=$PWD/target/release/cvmd
+# Where cargo put it (CARGO_TARGET_DIR moves the target dir).
+cvmd=${CARGO_TARGET_DIR:-$PWD/target}/release/cvmd
 runc=$(command -v runc)
 ws=demo-$$
 runtime_root=$work/state/runtime
@@ -53,7 +54,7 @@ t0=$EPOCHREALTIME
   --runtime runc --log-format text run >"$work/cvmd.log" 2>&1 &
 cvmd_pid=$!
 
-cvmctl=$PWD/target/release/cvmctl
+cvmctl=${CARGO_TARGET_DIR:-$PWD/target}/release/cvmctl
 # cvmctl reaches cvmd through CVMD_SOCKET (exported above): first the
 # readiness probe Kubernetes would use, then systemd itself.
 state=

@@ -59,21 +59,6 @@ pub struct Metrics {
     render: Mutex<()>,
 }
 
-/// Every phase, so a scrape shows 0 for those not current.
-const PHASES: [Phase; 11] = [
-    Phase::Preflight,
-    Phase::Pull,
-    Phase::Rootfs,
-    Phase::Bundle,
-    Phase::Create,
-    Phase::Network,
-    Phase::Start,
-    Phase::Running,
-    Phase::Stopping,
-    Phase::Exited,
-    Phase::Failed,
-];
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -170,7 +155,8 @@ impl Metrics {
             "Exec sessions running now",
             exec_active.clone(),
         );
-        for p in PHASES {
+        // Every phase, so a scrape shows 0 for those not current.
+        for p in Phase::ALL {
             let _ = phase.get_or_create(&PhaseLabel { phase: p.as_str() });
         }
         // Every cvmd begins in preflight (see supervisor::lifecycle).

@@ -23,6 +23,21 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in boot order.
+    pub const ALL: [Phase; 11] = [
+        Phase::Preflight,
+        Phase::Pull,
+        Phase::Rootfs,
+        Phase::Bundle,
+        Phase::Create,
+        Phase::Network,
+        Phase::Start,
+        Phase::Running,
+        Phase::Stopping,
+        Phase::Exited,
+        Phase::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Preflight => "preflight",
@@ -149,18 +164,7 @@ mod tests {
     #[test]
     fn boot_order_with_timeline() {
         let mut l = Lifecycle::default();
-        let order = [
-            Phase::Pull,
-            Phase::Rootfs,
-            Phase::Bundle,
-            Phase::Create,
-            Phase::Network,
-            Phase::Start,
-            Phase::Running,
-            Phase::Stopping,
-            Phase::Exited,
-        ];
-        for (i, p) in order.into_iter().enumerate() {
+        for (i, p) in Phase::ALL[1..10].iter().copied().enumerate() {
             l.enter(p, ms(10 * (i as u64 + 1))).unwrap();
         }
         assert_eq!(l.phase(), Phase::Exited);

@@ -485,16 +485,8 @@ mod tests {
         let (s, _rx) = handle();
         let (phase, mut events) = s.subscribe();
         assert_eq!(phase, Phase::Preflight);
-        for p in [
-            Phase::Pull,
-            Phase::Rootfs,
-            Phase::Bundle,
-            Phase::Create,
-            Phase::Network,
-            Phase::Start,
-            Phase::Running,
-        ] {
-            s.enter(p);
+        for p in &Phase::ALL[1..8] {
+            s.enter(*p);
         }
         let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
             .map(|e| e.phase)
@@ -526,16 +518,8 @@ mod tests {
         s.request_stop().await.unwrap();
         assert_eq!(rx.recv().await, Some(libc::SIGTERM));
         assert!(!s.take_restart());
-        for p in [
-            Phase::Pull,
-            Phase::Rootfs,
-            Phase::Bundle,
-            Phase::Create,
-            Phase::Network,
-            Phase::Start,
-            Phase::Running,
-        ] {
-            s.enter(p);
+        for p in &Phase::ALL[1..8] {
+            s.enter(*p);
         }
         s.request_restart().await.unwrap();
         assert_eq!(
