@@ -46,6 +46,35 @@ impl Config {
             ("sysbox-fs", &self.fs, self.run_dir.join("sysfs.sock")),
         ]
     }
+
+    /// The pid file each daemon keeps beside its socket (Sysbox's own
+    /// names); a daemon refuses to start while its file names a live pid.
+    fn pid_file(&self, name: &str) -> PathBuf {
+        self.run_dir.join(match name {
+            "sysbox-mgr" => "sysmgr.pid",
+            _ => "sysfs.pid",
+        })
+    }
+}
+
+/// Removes what a daemon that is gone left in the run dir: its pid file and
+/// socket. Called only when nothing answers on the socket, so no live
+/// daemon serves this run dir. A cvmd killed with its daemons leaves both
+/// behind, and in a new PID namespace the old pid (e.g. 34) may well name
+/// some other live process: sysbox-mgr then refuses to start ("program is
+/// running as pid 34").
+fn clear_leftovers(name: &str, pid_file: &Path, socket: &Path) {
+    for path in [pid_file, socket] {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::info!(daemon = name, path = %path.display(), "removed what a daemon that is gone left behind")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(daemon = name, path = %path.display(), error = %e, "cannot remove a stale sysbox file")
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +330,7 @@ pub async fn start(reaper: &Reaper, config: &Config) -> Result<Daemons, SysboxEr
             name,
             binary: binary.to_string(),
         })?;
+        clear_leftovers(name, &config.pid_file(name), &socket);
         let started = spawn_one(reaper, name, &path, &socket, config.timeout, &daemons.tx).await?;
         daemons.started.push(started);
     }

@@ -320,3 +320,103 @@ fn launch_sysbox_daemons_that_already_answer_are_left_alone() {
     assert_eq!(log.matches("already running").count(), 2, "{log}");
     world.assert_clean();
 }
+
+/// A daemon that behaves as Sysbox's do about their pid file: it refuses
+/// to start while `pidfile` exists (sysbox-mgr: "program is running as pid
+/// N"), else writes its pid there and serves `socket` until killed.
+fn sysbox_like_daemon(path: &Path, socket: &Path, pidfile: &Path) -> PathBuf {
+    script(
+        path,
+        &format!(
+            r#"#!/usr/bin/env python3
+import os, socket, sys
+if "--version" in sys.argv:
+    print("fake sysbox daemon\n\tversion: 0.0.0")
+    sys.exit(0)
+if os.path.exists({pidfile:?}):
+    print("program is running as pid " + open({pidfile:?}).read().strip(), file=sys.stderr, flush=True)
+    sys.exit(1)
+open({pidfile:?}, "w").write(str(os.getpid()))
+s = socket.socket(socket.AF_UNIX)
+s.bind({socket:?})
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.close()
+"#
+        ),
+    )
+}
+
+/// A cvmd killed with its daemons leaves their pid files and sockets in the
+/// run dir; the next cvmd (a restarted container on the same run dir)
+/// clears them before starting the daemons, which otherwise refuse.
+#[test]
+fn launch_sysbox_leftovers_of_a_dead_predecessor_are_cleared() {
+    if !can_run() || !runc_present() || !python_present() {
+        return;
+    }
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // What the dead predecessor left: pid files naming a pid that is alive
+    // now (this test's own) and sockets nobody serves.
+    for (pid, sock) in [("sysmgr.pid", "sysmgr.sock"), ("sysfs.pid", "sysfs.sock")] {
+        std::fs::write(run_dir.join(pid), std::process::id().to_string()).unwrap();
+        let stale = std::os::unix::net::UnixListener::bind(run_dir.join(sock)).unwrap();
+        drop(stale);
+    }
+    let (wrapper, path) = bin_dir(dir.path());
+    let mgr = sysbox_like_daemon(
+        &dir.path().join("sysbox-mgr"),
+        &run_dir.join("sysmgr.sock"),
+        &run_dir.join("sysmgr.pid"),
+    );
+    let fs = sysbox_like_daemon(
+        &dir.path().join("sysbox-fs"),
+        &run_dir.join("sysfs.sock"),
+        &run_dir.join("sysfs.pid"),
+    );
+    let reference = world.push("launch/sysbox-stale", &busybox_image(UNTIL_TERM));
+    let mut cmd = world.cvmd(
+        &reference,
+        &[
+            "--runtime",
+            wrapper.to_str().unwrap(),
+            "--sysbox-mgr",
+            mgr.to_str().unwrap(),
+            "--sysbox-fs",
+            fs.to_str().unwrap(),
+            "--sysbox-run-dir",
+            run_dir.to_str().unwrap(),
+            "--sysbox-timeout",
+            "20",
+        ],
+    );
+    cmd.env("PATH", &path);
+    let mut run = Running::spawn(cmd);
+    run.wait_for("workspace up", Duration::from_secs(60));
+    let log = run.log();
+    assert!(
+        log.contains("removed what a daemon that is gone left behind"),
+        "{log}"
+    );
+    let mgr_pid: i32 = std::fs::read_to_string(run_dir.join("sysmgr.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        mgr_pid,
+        std::process::id() as i32,
+        "a new sysbox-mgr wrote its pid"
+    );
+    run.terminate();
+    let (status, log) = run.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        crate::common::wait_until(Duration::from_secs(5), || !alive(mgr_pid)),
+        "sysbox-mgr was left running"
+    );
+    world.assert_clean();
+}
