@@ -11,6 +11,10 @@ bash scripts/deps.sh
 cargo build --release --locked --bins
 
 work=$(mktemp -d /tmp/cvmd-demo.XXXXXX)
+# The workspace's root is an unprivileged host ID: it must be able to
+# search down to its rootfs under the state dir, as it can in a pod's
+# emptyDir (mktemp makes the dir 0700).
+chmod 0711 "$work"
 port=${CVMD_DEMO_PORT:-5055}
 # Where cargo put it (CARGO_TARGET_DIR moves the target dir).
 cvmd=${CARGO_TARGET_DIR:-$PWD/target}/release/cvmd

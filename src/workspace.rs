@@ -137,6 +137,12 @@ async fn run_with(
         .await?;
     let idmap = rootfs.idmap;
     state.set_rootfs(rootfs.mode, rootfs.idmap_mode);
+    if let Err(e) = launch::reach::check(&target, idmap) {
+        if let Err(release) = backend.release(rootfs).await {
+            tracing::warn!(error = %release, "cannot release the workspace rootfs");
+        }
+        return Err(e.into());
+    }
     // Only now, with this workspace's layers leased: a budget gc must never
     // take the image being started, and its failure never fails a start.
     {

@@ -392,3 +392,41 @@ fn run_a_workspace_writing_one_endless_line_keeps_cvmd_small() {
     );
     assert_clean(state.path());
 }
+
+/// The workspace's root is an unprivileged host ID in its user namespace:
+/// a state dir below a directory it may not search gets one line naming
+/// that directory and the fix, instead of runc's bare "permission denied"
+/// on the rootfs mount.
+#[test]
+fn run_a_state_dir_the_workspace_root_cannot_reach_is_named() {
+    if !can_run() || !runc_present() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let outer = tempfile::tempdir().unwrap();
+    let closed = outer.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let state = closed.join("state");
+    let reg = Registry::plain().unwrap();
+    let reference = push(
+        &reg,
+        "run/unreachable",
+        "v1",
+        &busybox_image(&["/bin/sh", "-c", "exit 0"]),
+    );
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let out = cvmd_run(&cvmd, &state, &reference, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("cvmd: error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    assert!(
+        line.contains(&format!("chmod o+x {}", closed.display())),
+        "{line}"
+    );
+    assert_clean(&state);
+}

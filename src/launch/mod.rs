@@ -8,4 +8,5 @@ pub mod cgroups;
 pub mod devices;
 pub mod gpu;
 pub mod mounts;
+pub mod reach;
 pub mod sysbox;
