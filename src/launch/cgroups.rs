@@ -107,23 +107,9 @@ fn is_controller(opt: &str) -> bool {
     !flag && !opt.contains('=')
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
+/// A mountinfo field, unescaped (`rootfs::mountinfo`'s rule).
 fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
+    String::from_utf8_lossy(&crate::rootfs::mountinfo::unescape(s.as_bytes())).into_owned()
 }
 
 /// The host directories of a process's cgroups: each `/proc/PID/cgroup`

@@ -17,7 +17,7 @@ mod error;
 mod flat;
 mod fsx;
 mod idshift;
-mod mountinfo;
+pub(crate) mod mountinfo;
 mod overlay;
 mod plan;
 pub mod probe;

@@ -15,7 +15,9 @@ pub fn mount_points(mountinfo: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
-fn unescape(field: &[u8]) -> Vec<u8> {
+/// A mountinfo field with its octal escapes (space, tab, newline, `\`)
+/// undone, as bytes: a mount point need not be UTF-8.
+pub(crate) fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {

@@ -149,35 +149,13 @@ fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Mount points in this mount namespace: field 5 of mountinfo, as bytes
-/// (a mount point need not be UTF-8), with the kernel's octal escapes for
-/// space, tab, newline and backslash undone.
+/// Mount points in this mount namespace (read as bytes: a mount point need
+/// not be UTF-8).
 fn mount_points() -> BTreeSet<PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
     let text = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    text.split(|b| *b == b'\n')
-        .filter_map(|l| l.split(|b| *b == b' ').nth(4))
-        .map(|p| PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(p))))
+    crate::rootfs::mountinfo::mount_points(&text)
+        .into_iter()
         .collect()
-}
-
-fn unescape_octal(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let digits = field.get(i + 1..i + 4);
-        match digits {
-            Some(d) if field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            _ => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// What a lease file found unlocked still protects.
@@ -407,13 +385,6 @@ mod tests {
         };
         assert_eq!(judge(&run), Unlocked::Stale);
         assert_eq!(judge_unlocked(None, None, None, mounted), Unlocked::Stale);
-    }
-
-    #[test]
-    fn mount_points_are_read_as_bytes() {
-        assert_eq!(unescape_octal(br"/a\040b\134c"), b"/a b\\c".to_vec());
-        assert_eq!(unescape_octal(b"/\xff\x80"), b"/\xff\x80".to_vec());
-        assert_eq!(unescape_octal(br"/end\04"), br"/end\04".to_vec());
     }
 
     #[tokio::test]
