@@ -137,12 +137,6 @@ async fn run_with(
         .await?;
     let idmap = rootfs.idmap;
     state.set_rootfs(rootfs.mode, rootfs.idmap_mode);
-    if let Err(e) = launch::reach::check(&target, idmap) {
-        if let Err(release) = backend.release(rootfs).await {
-            tracing::warn!(error = %release, "cannot release the workspace rootfs");
-        }
-        return Err(e.into());
-    }
     // Only now, with this workspace's layers leased: a budget gc must never
     // take the image being started, and its failure never fails a start.
     {
@@ -150,7 +144,12 @@ async fn run_with(
         tokio::spawn(async move { crate::image::keep_within_budget(&settings, &[]).await });
     }
 
-    let result = boot(settings, &ready, &ws_dir, &target, idmap, signals, state).await;
+    // An unreachable rootfs ends the start here, through the same release
+    // as every other end.
+    let result = match launch::reach::check(&target, idmap) {
+        Ok(()) => boot(settings, &ready, &ws_dir, &target, idmap, signals, state).await,
+        Err(e) => Err(e.into()),
+    };
     launch::mounts::teardown(&ws_dir.join("mounts"));
     launch::devices::teardown(&ws_dir.join("devices"));
     if let Err(e) = backend.release(rootfs).await {

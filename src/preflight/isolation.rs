@@ -33,16 +33,9 @@ mod tests {
 
     fn opts(runtime: &str, host_userns: bool) -> Options {
         Options {
-            runtime: runtime.into(),
-            cache_dir: "/var/lib/cvmd".into(),
             idmap: !host_userns,
             host_userns,
-            add_fuse: false,
-            add_tun: false,
-            usr_lib_dir: None,
-            sysbox_mgr: "sysbox-mgr".into(),
-            sysbox_fs: "sysbox-fs".into(),
-            sysbox_run_dir: "/run/sysbox".into(),
+            ..super::super::tests::opts(runtime)
         }
     }
 

@@ -89,7 +89,8 @@ impl Host for FakeHost {
     }
 }
 
-fn opts(runtime: &str) -> Options {
+/// Options with every feature off, for `runtime`.
+pub(super) fn opts(runtime: &str) -> Options {
     Options {
         runtime: runtime.into(),
         cache_dir: "/var/lib/cvmd".into(),
