@@ -112,11 +112,15 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&crate::rootfs::mountinfo::unescape(s.as_bytes())).into_owned()
 }
 
-/// The host directories of a process's cgroups: each `/proc/PID/cgroup`
-/// line matched to the mount of its hierarchy, the path taken relative
-/// to that mount's root; hierarchies mounted nowhere here are left out.
-pub fn cgroup_dirs(proc_cgroup: &str, mounts: &[CgroupMount]) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
+/// Where a process's cgroups are: each `/proc/PID/cgroup` line matched to
+/// the mount of its hierarchy here, with the directory in it (the path
+/// taken relative to that mount's root); hierarchies mounted nowhere here
+/// are left out.
+pub fn placements<'m>(
+    proc_cgroup: &str,
+    mounts: &'m [CgroupMount],
+) -> Vec<(&'m CgroupMount, PathBuf)> {
+    let mut out = Vec::new();
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -142,9 +146,17 @@ pub fn cgroup_dirs(proc_cgroup: &str, mounts: &[CgroupMount]) -> Vec<PathBuf> {
             tracing::debug!(hierarchy = ctrls, "cgroup hierarchy not mounted here");
             continue;
         };
-        let rel = relative(path, &mount.root);
-        dirs.push(mount.mountpoint.join(rel));
+        out.push((mount, mount.mountpoint.join(relative(path, &mount.root))));
     }
+    out
+}
+
+/// The host directories of a process's cgroups ([`placements`]).
+pub fn cgroup_dirs(proc_cgroup: &str, mounts: &[CgroupMount]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = placements(proc_cgroup, mounts)
+        .into_iter()
+        .map(|(_, dir)| dir)
+        .collect();
     dirs.sort();
     dirs.dedup();
     dirs

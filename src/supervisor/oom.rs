@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::launch::cgroups::{parse_mountinfo, relative, CgroupMount};
+use crate::launch::cgroups::{parse_mountinfo, placements, CgroupMount};
 use crate::supervisor::reaper::{Exit, ExitWaiter};
 use crate::supervisor::state::StateHandle;
 
@@ -50,29 +50,14 @@ pub fn parse_oom_kill(text: &str) -> Option<u64> {
 /// cgroup mounts here: v1's `memory` hierarchy when the host has one,
 /// else the v2 hierarchy.
 pub fn memory_cgroup(proc_cgroup: &str, mounts: &[CgroupMount]) -> Option<MemoryCgroup> {
-    let mut v2_path = None;
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if ctrls.is_empty() {
-            v2_path = Some(path);
-        } else if ctrls.split(',').any(|c| c == "memory") {
-            let mount = mounts
-                .iter()
-                .find(|m| !m.v2 && m.controllers.iter().any(|c| c == "memory"))?;
-            return Some(MemoryCgroup {
-                dir: mount.mountpoint.join(relative(path, &mount.root)),
-                v2: false,
-            });
-        }
-    }
-    let path = v2_path?;
-    let mount = mounts.iter().find(|m| m.v2)?;
+    let placed = placements(proc_cgroup, mounts);
+    let v1 = placed
+        .iter()
+        .find(|(m, _)| !m.v2 && m.controllers.iter().any(|c| c == "memory"));
+    let (mount, dir) = v1.or_else(|| placed.iter().find(|(m, _)| m.v2))?;
     Some(MemoryCgroup {
-        dir: mount.mountpoint.join(relative(path, &mount.root)),
-        v2: true,
+        dir: dir.clone(),
+        v2: mount.v2,
     })
 }
 
