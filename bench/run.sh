@@ -83,7 +83,7 @@ done
 
 if [[ $BUILD == 1 ]]; then
   echo "== cargo build --release"
-  (cd "$ROOT" && cargo build --release --locked --bins 2>&1 | tail -n 2)
+  (cd "$ROOT" && cargo build --release --locked --workspace --bins 2>&1 | tail -n 2)
 fi
 CVMD=${CVMD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/cvmd}  # CVMD_BIN: try another build
 [[ -x $CVMD ]] || { echo "no $CVMD: build it first" >&2; exit 2; }

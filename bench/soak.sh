@@ -49,6 +49,8 @@ echo "soak: $PODS pods, $SECS s, budget $BUDGET" >&2
 table=$(mktemp)
 trap 'rm -f "$table"' EXIT
 status=0
+# The pods run cvmctl too: it is its own package, which `--test node` alone does not build.
+cargo build "${PROFILE[@]}" --locked -p cvmctl
 CVMD_SOAK_SECS=$SECS CVMD_SOAK_PODS=$PODS CVMD_SOAK_BUDGET=$BUDGET CVMD_SOAK_OUT=$table \
   cargo test "${PROFILE[@]}" --test node node_soak -- --ignored --nocapture --exact || status=$?
 if [[ -s $table ]]; then

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 
 work=$(mktemp -d /tmp/cvmd-demo.XXXXXX)
 # The workspace's root is an unprivileged host ID: it must be able to

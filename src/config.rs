@@ -25,7 +25,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "config", env: "CVMD_CONFIG", envbox: None, default: None, help: "TOML file with settings (keys as the flags, '_' for '-')" },
     Spec { key: "image", env: "CVMD_IMAGE", envbox: Some("CODER_INNER_IMAGE"), default: None, help: "workspace image reference" },
     Spec { key: "cache_dir", env: "CVMD_CACHE_DIR", envbox: None, default: Some("/var/lib/cvmd"), help: "node-wide content store and layer cache" },
-    Spec { key: "state_dir", env: "CVMD_STATE_DIR", envbox: None, default: Some("/run/cvmd"), help: "this workspace's state (bundle, upper dir)" },
+    Spec { key: "state_dir", env: "CVMD_STATE_DIR", envbox: None, default: Some(cvmd_api::socket::DEFAULT_STATE_DIR), help: "this workspace's state (bundle, upper dir)" },
     Spec { key: "pull_secret", env: "CVMD_PULL_SECRET", envbox: Some("CODER_IMAGE_PULL_SECRET"), default: None, help: "registry credentials: path to, or inline, .dockerconfigjson / .dockercfg" },
     Spec { key: "docker_config", env: "CVMD_DOCKER_CONFIG", envbox: None, default: None, help: "docker config.json with auths/credHelpers/credsStore [default: $DOCKER_CONFIG/config.json, ~/.docker/config.json]" },
     Spec { key: "extra_certs", env: "CVMD_EXTRA_CERTS", envbox: Some("CODER_EXTRA_CERTS_PATH"), default: None, help: "CA certificates (PEM files or folders, comma-separated) trusted beside the system roots" },
@@ -736,24 +736,7 @@ pub fn parse_idmap_setting(v: &str) -> Result<IdMapSetting, String> {
     }
 }
 
-/// `123`, `10MiB`, `64GiB` (binary units; `K`/`M`/`G`/`T` too).
-pub fn parse_size(v: &str) -> Result<u64, String> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "K" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        "T" | "TiB" => 40,
-        _ => return Err(format!("{v:?} is not a size like 1048576, 512MiB or 64GiB")),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(|| format!("{v:?} is not a size like 1048576, 512MiB or 64GiB"))
-}
+pub use crate::unpack::parse_size;
 
 fn parse_mirrors(v: &str) -> Result<HashMap<String, Vec<String>>, String> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
@@ -770,34 +753,6 @@ fn parse_mirrors(v: &str) -> Result<HashMap<String, Vec<String>>, String> {
 }
 
 /// The TOML file as key -> value string; lists are joined with ','.
-/// Where cvmd's control socket is, from the settings cvmd itself reads
-/// for it, with the same precedence: `flag` (cvmctl's --socket), then
-/// CVMD_SOCKET, then the config file's `socket` (CVMD_CONFIG), else
-/// `cvmd.sock` in the state dir (CVMD_STATE_DIR, the file's `state_dir`,
-/// the default). Only these keys are read, so cvmctl works beside a
-/// config file whose other settings it need not understand.
-pub fn control_socket(
-    flag: Option<&str>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<PathBuf, String> {
-    let env = |name: &str| env(name).filter(|v| !v.is_empty());
-    let file = match env("CVMD_CONFIG") {
-        Some(path) => load_file(&path)?,
-        None => BTreeMap::new(),
-    };
-    let pick = |key: &str| {
-        let spec = spec(key);
-        env(spec.env).or_else(|| file.get(key).cloned())
-    };
-    if let Some(socket) = flag.map(str::to_string).or_else(|| pick("socket")) {
-        return Ok(PathBuf::from(socket));
-    }
-    let state_dir = pick("state_dir")
-        .or_else(|| spec("state_dir").default.map(str::to_string))
-        .unwrap_or_default();
-    Ok(PathBuf::from(state_dir).join("cvmd.sock"))
-}
-
 fn load_file(path: &str) -> Result<BTreeMap<String, String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {path}: {e}"))?;
@@ -1058,47 +1013,6 @@ mod tests {
                 assert!(help.contains(a), "{a}");
             }
         }
-    }
-    #[test]
-    fn cvmctl_finds_the_socket_as_cvmd_places_it() {
-        fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-            let pairs: Vec<(String, String)> = pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        }
-        let socket = |pairs: &[(&str, &str)]| control_socket(None, &env(pairs));
-        assert_eq!(socket(&[]).unwrap(), PathBuf::from("/run/cvmd/cvmd.sock"));
-        assert_eq!(
-            socket(&[("CVMD_STATE_DIR", "/var/lib/cvmd-state")]).unwrap(),
-            PathBuf::from("/var/lib/cvmd-state/cvmd.sock")
-        );
-        let both = [("CVMD_STATE_DIR", "/s"), ("CVMD_SOCKET", "/x/c.sock")];
-        assert_eq!(socket(&both).unwrap(), PathBuf::from("/x/c.sock"));
-        assert_eq!(
-            control_socket(Some("/flag.sock"), &env(&both)).unwrap(),
-            PathBuf::from("/flag.sock")
-        );
-        // The config file: its state_dir, and its socket over that.
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("cvmd.toml");
-        let path = file.to_str().unwrap();
-        std::fs::write(&file, "state_dir = \"/from/file\"\nimage = \"busybox\"\n").unwrap();
-        assert_eq!(
-            socket(&[("CVMD_CONFIG", path)]).unwrap(),
-            PathBuf::from("/from/file/cvmd.sock")
-        );
-        let with_env = [("CVMD_CONFIG", path), ("CVMD_STATE_DIR", "/env")];
-        assert_eq!(
-            socket(&with_env).unwrap(),
-            PathBuf::from("/env/cvmd.sock"),
-            "the environment over the file, as for cvmd"
-        );
-        std::fs::write(&file, "socket = \"/f/s.sock\"\n").unwrap();
-        assert_eq!(socket(&with_env).unwrap(), PathBuf::from("/f/s.sock"));
-        std::fs::write(&file, "nonsense = 1\n").unwrap();
-        assert!(socket(&with_env).unwrap_err().contains("unknown setting"));
     }
 }
 

@@ -1,26 +1,23 @@
 //! cvmd: the supervisor of a container-based virtual machine workspace.
-//! See docs/ARCHITECTURE.md for the data path; each stage is a module here.
+//! See docs/ARCHITECTURE.md for the data path. The stages below the daemon
+//! are crates of their own (crates/): they are re-exported here under the
+//! names the daemon's modules and the tests use.
 
 pub mod api;
 pub mod backend;
-pub mod bundle;
 pub mod cli;
 pub mod config;
-pub mod ctl;
-pub mod digest;
-pub mod exec;
 pub mod image;
 pub mod launch;
 pub mod metrics;
 pub mod network;
 pub mod preflight;
-pub mod progress;
-pub mod pull;
-pub mod registry;
-pub mod rootfs;
-pub mod runtime;
 pub mod shiftfs;
-pub mod store;
 pub mod supervisor;
-pub mod unpack;
 pub mod workspace;
+
+pub use cvmd_digest as digest;
+pub use cvmd_image::{pull, registry, store, unpack};
+pub use cvmd_oci::{bundle, exec, runtime};
+pub use cvmd_progress as progress;
+pub use cvmd_rootfs as rootfs;

@@ -673,7 +673,7 @@ fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
     let child = run_through(&proxy, &ctd, state.path(), "ctd/progress:v1");
     let socket = state.path().join("state/cvmd.sock");
     let ctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        Command::new(common::cvmctl_bin())
             .env_clear()
             .arg("--socket")
             .arg(&socket)

@@ -275,7 +275,7 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
         text(&out)
     );
     // No socket: exit 3 and a line saying so.
-    let out = Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+    let out = Command::new(common::cvmctl_bin())
         .arg("--socket")
         .arg(other.path().join("none.sock"))
         .args(["status", "--ready"])
@@ -474,7 +474,7 @@ fn cvmctl_finds_the_socket_from_the_state_dir_cvmd_uses() {
         .spawn()
         .unwrap();
     let ctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        Command::new(common::cvmctl_bin())
             .env_clear()
             .env("CVMD_STATE_DIR", state.path())
             .args(args)

@@ -166,7 +166,7 @@ fn subcommands_used(spans: &[String], program: &str) -> Vec<String> {
 }
 
 /// A binary's subcommands (and their aliases), from its --help.
-fn subcommands_of(bin: &str) -> Vec<String> {
+fn subcommands_of(bin: &Path) -> Vec<String> {
     let out = std::process::Command::new(bin)
         .arg("--help")
         .output()
@@ -175,7 +175,7 @@ fn subcommands_of(bin: &str) -> Vec<String> {
     let commands = help
         .split("Commands:")
         .nth(1)
-        .unwrap_or_else(|| panic!("{bin} --help lists no commands"));
+        .unwrap_or_else(|| panic!("{} --help lists no commands", bin.display()));
     let mut names: Vec<String> = commands
         .lines()
         .skip(1)
@@ -253,9 +253,11 @@ fn readme_names_only_real_settings_commands_and_files() {
         }
     }
     let spans = code_spans(&readme);
+    // cvmctl is its own package: cargo gives this one no CARGO_BIN_EXE_cvmctl.
+    let cvmctl = Path::new(env!("CARGO_BIN_EXE_cvmd")).with_file_name("cvmctl");
     for (program, bin) in [
-        ("cvmd", env!("CARGO_BIN_EXE_cvmd")),
-        ("cvmctl", env!("CARGO_BIN_EXE_cvmctl")),
+        ("cvmd", Path::new(env!("CARGO_BIN_EXE_cvmd"))),
+        ("cvmctl", cvmctl.as_path()),
     ] {
         let known = subcommands_of(bin);
         for used in subcommands_used(&spans, program) {

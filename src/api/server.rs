@@ -21,8 +21,7 @@ use crate::supervisor::state::StateHandle;
 /// Requests are small (an exec's start, stdin pieces); tonic refuses a
 /// larger one before any handler sees it (see [`out_of_range_is_invalid`]).
 pub const MAX_REQUEST: usize = 256 << 10;
-/// Responses carry at most a log line or an output chunk.
-pub const MAX_RESPONSE: usize = 1 << 20;
+pub use cvmd_api::MAX_RESPONSE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -111,7 +111,7 @@ pub fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
 
 impl Running {
     pub fn ctl(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmctl"));
+        let mut c = Command::new(common::cvmctl_bin());
         c.env_clear()
             .arg("--socket")
             .arg(&self.socket)

@@ -117,3 +117,17 @@ pub fn url_encode(s: &str) -> String {
     }
     out
 }
+
+/// The cvmctl binary. It is its own package (crates/cvmctl), so cargo
+/// gives the cvmd package's tests no `CARGO_BIN_EXE_cvmctl`; a workspace
+/// build (`cargo test --workspace`, as scripts/test.sh runs) puts it beside
+/// cvmd.
+pub fn cvmctl_bin() -> std::path::PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cvmd")).with_file_name("cvmctl");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p cvmctl` (scripts/test.sh builds the workspace)",
+        bin.display()
+    );
+    bin
+}

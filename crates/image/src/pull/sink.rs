@@ -1,0 +1,283 @@
+//! The disk side of one layer's download, on a blocking thread: the bytes
+//! from the network are written to the blob's partial file and hashed, and
+//! the same stream is decompressed, hashed again (the diff_id) and unpacked
+//! into a staging dir. One pass: nothing is read twice or held whole.
+
+use std::fs::File;
+use std::io::{self, Read};
+
+use bytes::{Buf, Bytes};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc::Receiver;
+
+use crate::registry::manifest::Compression;
+use crate::store::{BlobWriter, StoreError};
+use crate::unpack::{unpack_layer, UnpackError, UnpackOptions, UnpackStats};
+use cvmd_digest::Digest;
+
+pub enum Msg {
+    Data(Bytes),
+    /// The registry ignored a Range request: what was unpacked is void.
+    Restart,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    #[error("{what}: the uncompressed layer has digest {actual}, but the image config lists diff_id {expected}; nothing was stored")]
+    DiffIdMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("the download restarted from the beginning")]
+    Restarted,
+    #[error(
+        "{what}: the cache file system is full ({source}); the partial download was removed; \
+         free space in the cache (cvmd gc --budget, CVMD_CACHE_BUDGET) or give the cache a \
+         bigger volume"
+    )]
+    NoSpace {
+        what: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The compressed stream as the unpacker reads it: first what an earlier
+/// run left on disk (`prefix`), then chunks from the network, each written
+/// to the blob file before it is handed on.
+pub struct Feed {
+    prefix: Option<io::Take<File>>,
+    rx: Option<Receiver<Msg>>,
+    writer: Option<BlobWriter>,
+    chunk: Bytes,
+    failure: Option<SinkError>,
+}
+
+impl Feed {
+    /// A download: `writer` already holds `prefix` bytes on disk.
+    pub fn download(writer: BlobWriter, prefix: Option<io::Take<File>>, rx: Receiver<Msg>) -> Self {
+        Feed {
+            prefix,
+            rx: Some(rx),
+            writer: Some(writer),
+            chunk: Bytes::new(),
+            failure: None,
+        }
+    }
+
+    /// A blob already in the store, read back for unpacking.
+    pub fn stored(file: File) -> Self {
+        Feed {
+            prefix: Some(file.take(u64::MAX)),
+            rx: None,
+            writer: None,
+            chunk: Bytes::new(),
+            failure: None,
+        }
+    }
+
+    fn fail(&mut self, e: SinkError) -> io::Error {
+        let text = e.to_string();
+        self.failure = Some(e);
+        io::Error::other(text)
+    }
+}
+
+impl Read for Feed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(prefix) = &mut self.prefix {
+            let n = prefix.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            self.prefix = None;
+        }
+        while self.chunk.is_empty() {
+            let Some(rx) = &mut self.rx else { return Ok(0) };
+            match rx.blocking_recv() {
+                Some(Msg::Data(b)) => {
+                    if let Some(w) = &mut self.writer {
+                        if let Err(e) = w.write(&b) {
+                            // A partial download is kept for a resume, but
+                            // not one that filled the disk: it is what
+                            // holds the space.
+                            if is_no_space(&e) {
+                                if let Some(w) = self.writer.take() {
+                                    w.abandon();
+                                }
+                            }
+                            return Err(self.fail(e.into()));
+                        }
+                    }
+                    self.chunk = b;
+                }
+                Some(Msg::Restart) => {
+                    if let Some(w) = &mut self.writer {
+                        if let Err(e) = w.restart() {
+                            return Err(self.fail(e.into()));
+                        }
+                    }
+                    return Err(self.fail(SinkError::Restarted));
+                }
+                // The network side is done (or gave up: it reports why).
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Ok(n)
+    }
+}
+
+/// Hashes what passes through: the uncompressed stream's digest is the
+/// layer's diff_id.
+impl SinkError {
+    /// A store write that hit ENOSPC, said with the layer and image it was
+    /// for (the store names only its own path).
+    pub fn in_context(self, what: &str) -> SinkError {
+        match self {
+            SinkError::Store(source) if is_no_space(&source) => SinkError::NoSpace {
+                what: what.to_string(),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+fn is_no_space(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+}
+
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Drains `feed` into its blob writer only (a content-only pull).
+pub fn store_only(mut feed: Feed) -> Result<BlobWriter, SinkError> {
+    let drained = io::copy(&mut feed, &mut io::sink());
+    if let Some(f) = feed.failure.take() {
+        return Err(f);
+    }
+    drained.map_err(|source| SinkError::Read {
+        what: "the layer's download".into(),
+        source,
+    })?;
+    Ok(feed.writer.take().expect("a download feed has a writer"))
+}
+
+/// Why a layer did not unpack. A stream that does not decode may have been
+/// damaged on the way: the rest is read so the blob's digest can say so
+/// (the more useful message). Either way the download is not kept: its
+/// content is bad, not merely incomplete.
+fn classify_failure(mut feed: Feed, e: UnpackError) -> SinkError {
+    let Some(mut writer) = feed.writer.take() else {
+        return e.into();
+    };
+    if matches!(e, UnpackError::Read { .. }) {
+        feed.writer = Some(writer);
+        let drained = io::copy(&mut feed, &mut io::sink());
+        if let Some(f) = feed.failure.take() {
+            return f;
+        }
+        writer = feed.writer.take().expect("put back above");
+        if drained.is_ok() {
+            if let Err(mismatch @ StoreError::DigestMismatch { .. }) = writer.verify() {
+                return mismatch.into();
+            }
+        }
+    }
+    writer.abandon();
+    e.into()
+}
+
+pub struct Unpacked {
+    pub stats: UnpackStats,
+    /// The blob writer, for the caller to verify and commit.
+    pub writer: Option<BlobWriter>,
+}
+
+/// Decompresses and unpacks `feed` into `dest`, checking the diff_id.
+pub fn unpack(
+    mut feed: Feed,
+    compression: Compression,
+    expected_diff_id: &Digest,
+    dest: &std::path::Path,
+    opts: &UnpackOptions,
+    what: &str,
+) -> Result<Unpacked, SinkError> {
+    let result = {
+        let decoded: Box<dyn Read + '_> = match compression {
+            // Multi-member: a gzip stream may be several concatenated members
+            // (pigz, some registries' re-compression).
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+                io::BufReader::with_capacity(64 << 10, &mut feed),
+            )),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(&mut feed).map_err(|e| {
+                    SinkError::Read {
+                        what: what.to_string(),
+                        source: e,
+                    }
+                })?)
+            }
+            Compression::None => Box::new(&mut feed),
+        };
+        let mut hashing = Hashing {
+            inner: decoded,
+            hasher: Sha256::new(),
+        };
+        unpack_layer(&mut hashing, dest, opts)
+            .map(|stats| (stats, Digest::from_hasher(hashing.hasher)))
+    };
+    // A failure of the feed (disk full, restart) explains the unpack error.
+    if let Some(f) = feed.failure.take() {
+        return Err(f);
+    }
+    let (stats, diff_id) = match result {
+        Ok(v) => v,
+        Err(e) => return Err(classify_failure(feed, e)),
+    };
+    // Whatever follows the compressed stream still belongs to the blob and
+    // its digest.
+    io::copy(&mut feed, &mut io::sink()).map_err(|source| SinkError::Read {
+        what: what.to_string(),
+        source,
+    })?;
+    if let Some(f) = feed.failure.take() {
+        return Err(f);
+    }
+    if &diff_id != expected_diff_id {
+        return Err(SinkError::DiffIdMismatch {
+            what: what.to_string(),
+            expected: expected_diff_id.clone(),
+            actual: diff_id,
+        });
+    }
+    Ok(Unpacked {
+        stats,
+        writer: feed.writer.take(),
+    })
+}

@@ -1,0 +1,476 @@
+//! Manifests, indexes and their media types (OCI image spec and Docker
+//! schema 2), and choosing the manifest for a platform.
+
+use serde::{Deserialize, Serialize};
+
+use super::RegistryError;
+use cvmd_digest::Digest;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+
+/// The Accept header: every kind we can read, so that the registry never
+/// falls back to schema 1.
+pub const ACCEPTED_MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let valid =
+            |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !(2..=3).contains(&parts.len()) || !parts.iter().all(valid) {
+            return Err(format!(
+                "platform {s:?} is not os/arch[/variant], e.g. linux/amd64"
+            ));
+        }
+        Ok(Platform {
+            os: parts[0].to_string(),
+            architecture: parts[1].to_string(),
+            variant: parts.get(2).map(|v| v.to_string()),
+        })
+    }
+}
+
+impl Platform {
+    /// The platform this binary runs on, in OCI's GOARCH names.
+    pub fn host() -> Self {
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "aarch64" => ("arm64", Some("v8")),
+            "x86" => ("386", None),
+            "arm" => ("arm", Some("v7")),
+            "powerpc64" => ("ppc64le", None),
+            "s390x" => ("s390x", None),
+            "riscv64" => ("riscv64", None),
+            other => (other, None),
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: variant.map(Into::into),
+        }
+    }
+
+    /// OCI image-index platform matching: os and architecture equal; a
+    /// variant is compared only when both name one (arm64's `v8` is the
+    /// default and often left out).
+    fn matches(&self, candidate: &Platform) -> bool {
+        self.os == candidate.os
+            && self.architecture == candidate.architecture
+            && match (&self.variant, &candidate.variant) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawImageManifest {
+    #[serde(rename = "schemaVersion")]
+    schema_version: u32,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawIndex {
+    #[serde(rename = "schemaVersion")]
+    schema_version: u32,
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layer {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageManifest {
+    pub media_type: String,
+    pub config: Descriptor,
+    pub layers: Vec<Layer>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Manifest {
+    Image(ImageManifest),
+    Index(Vec<Descriptor>),
+}
+
+/// Upper bounds against hostile manifests.
+const MAX_LAYERS: usize = 1024;
+const MAX_INDEX_ENTRIES: usize = 4096;
+
+/// Parses a manifest, deciding its kind from the Content-Type the registry
+/// sent or, failing that, from the document's own `mediaType`.
+pub fn parse(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    what: &str,
+) -> Result<Manifest, RegistryError> {
+    let invalid = |why: String| RegistryError::Invalid {
+        what: what.to_string(),
+        why,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON ({e})")))?;
+    let declared = value
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .map(str::to_string);
+    let media_type = match (content_type, declared.as_deref()) {
+        // Registries answer "application/json" or "text/plain" for OCI
+        // documents that omit mediaType; the body's shape decides then.
+        (Some(ct), _) if is_known(ct) => ct.to_string(),
+        (_, Some(d)) => d.to_string(),
+        _ if value.get("manifests").is_some() => OCI_INDEX.to_string(),
+        _ if value.get("layers").is_some() => OCI_MANIFEST.to_string(),
+        _ => content_type.unwrap_or("unknown").to_string(),
+    };
+    match media_type.as_str() {
+        OCI_INDEX | DOCKER_LIST => {
+            let raw: RawIndex =
+                serde_json::from_value(value).map_err(|e| invalid(format!("bad index ({e})")))?;
+            if raw.schema_version != 2 {
+                return Err(invalid(format!(
+                    "schemaVersion {} (expected 2)",
+                    raw.schema_version
+                )));
+            }
+            if raw.manifests.len() > MAX_INDEX_ENTRIES {
+                return Err(invalid(format!("{} index entries", raw.manifests.len())));
+            }
+            Ok(Manifest::Index(raw.manifests))
+        }
+        OCI_MANIFEST | DOCKER_MANIFEST => {
+            let raw: RawImageManifest = serde_json::from_value(value)
+                .map_err(|e| invalid(format!("bad image manifest ({e})")))?;
+            if raw.schema_version != 2 {
+                return Err(invalid(format!(
+                    "schemaVersion {} (expected 2)",
+                    raw.schema_version
+                )));
+            }
+            if let Some(m) = &raw.media_type {
+                if m != &media_type && is_known(m) {
+                    return Err(invalid(format!(
+                        "Content-Type {media_type} but mediaType {m}"
+                    )));
+                }
+            }
+            if raw.layers.len() > MAX_LAYERS {
+                return Err(invalid(format!(
+                    "{} layers (at most {MAX_LAYERS})",
+                    raw.layers.len()
+                )));
+            }
+            if !matches!(raw.config.media_type.as_str(), OCI_CONFIG | DOCKER_CONFIG) {
+                return Err(RegistryError::UnsupportedMediaType {
+                    what: format!("the config of {what}"),
+                    media_type: raw.config.media_type,
+                });
+            }
+            let layers = raw
+                .layers
+                .into_iter()
+                .map(|d| layer(d, what))
+                .collect::<Result<_, _>>()?;
+            Ok(Manifest::Image(ImageManifest {
+                media_type,
+                config: raw.config,
+                layers,
+            }))
+        }
+        other => Err(RegistryError::UnsupportedMediaType {
+            what: what.to_string(),
+            media_type: other.to_string(),
+        }),
+    }
+}
+
+fn is_known(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        OCI_INDEX | DOCKER_LIST | OCI_MANIFEST | DOCKER_MANIFEST
+    )
+}
+
+fn layer(d: Descriptor, what: &str) -> Result<Layer, RegistryError> {
+    let compression = match d.media_type.as_str() {
+        // Docker's uncompressed layer type: not in the schema 2 spec, but
+        // written by some tools and accepted by containerd.
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Compression::Gzip,
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
+        other => {
+            return Err(RegistryError::UnsupportedMediaType {
+                what: format!("layer {} of {what}", d.digest),
+                media_type: other.to_string(),
+            })
+        }
+    };
+    Ok(Layer {
+        digest: d.digest,
+        size: d.size,
+        media_type: d.media_type,
+        compression,
+    })
+}
+
+/// The index entry for `wanted`, or an error listing what the index has.
+pub fn select_platform<'a>(
+    entries: &'a [Descriptor],
+    wanted: &Platform,
+    reference: &str,
+) -> Result<&'a Descriptor, RegistryError> {
+    let candidates = || {
+        entries
+            .iter()
+            .filter(|d| is_known(&d.media_type) || d.media_type.is_empty())
+            .filter(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)))
+    };
+    // An exact variant match beats a match that ignored the variant.
+    candidates()
+        .find(|d| d.platform.as_ref().map(|p| &p.variant) == Some(&wanted.variant))
+        .or_else(|| candidates().next())
+        .ok_or_else(|| {
+            let mut available: Vec<String> = entries
+                .iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(|p| p.to_string())
+                .filter(|p| p != "unknown/unknown")
+                .collect();
+            available.dedup();
+            RegistryError::NoPlatform {
+                reference: reference.to_string(),
+                wanted: wanted.to_string(),
+                available: if available.is_empty() {
+                    "no platforms".into()
+                } else {
+                    available.join(", ")
+                },
+            }
+        })
+}
+
+/// The parts of an image config cvmd needs now; the rest is read where it
+/// is used (the bundle).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageConfigHead {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    pub rootfs: RootFs,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub diff_ids: Vec<Digest>,
+}
+
+/// Reads and checks an image config against its manifest.
+pub fn parse_config(
+    bytes: &[u8],
+    manifest: &ImageManifest,
+    what: &str,
+) -> Result<ImageConfigHead, RegistryError> {
+    let config: ImageConfigHead =
+        serde_json::from_slice(bytes).map_err(|e| RegistryError::Invalid {
+            what: format!("image config of {what}"),
+            why: e.to_string(),
+        })?;
+    if config.rootfs.kind != "layers" || config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(RegistryError::Invalid {
+            what: format!("image config of {what}"),
+            why: format!(
+                "it lists {} diff_ids of type {:?} for {} layers",
+                config.rootfs.diff_ids.len(),
+                config.rootfs.kind,
+                manifest.layers.len()
+            ),
+        });
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn manifest(mt: &str, layer_mt: &str) -> String {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{mt}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{D1}","size":10}},"layers":[{{"mediaType":"{layer_mt}","digest":"{D2}","size":20}}]}}"#
+        )
+    }
+
+    #[test]
+    fn oci_and_docker_manifests_parse() {
+        let m = parse(
+            manifest(OCI_MANIFEST, "application/vnd.oci.image.layer.v1.tar+zstd").as_bytes(),
+            Some(OCI_MANIFEST),
+            "x",
+        )
+        .unwrap();
+        let Manifest::Image(m) = m else { panic!() };
+        assert_eq!(m.layers[0].compression, Compression::Zstd);
+        let m = parse(
+            manifest(
+                DOCKER_MANIFEST,
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            )
+            .as_bytes(),
+            None,
+            "x",
+        )
+        .unwrap();
+        assert!(
+            matches!(m, Manifest::Image(ImageManifest { ref layers, .. }) if layers[0].compression == Compression::Gzip)
+        );
+    }
+
+    #[test]
+    fn unsupported_media_types_are_named() {
+        let e = parse(
+            manifest(
+                OCI_MANIFEST,
+                "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+            )
+            .as_bytes(),
+            None,
+            "img",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("encrypted layers are not supported"),
+            "{e}"
+        );
+        let e = parse(
+            br#"{"schemaVersion":1,"name":"x"}"#,
+            Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+            "img",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("schema 1"), "{e}");
+        let e = parse(b"{}", Some("application/vnd.example.thing"), "img").unwrap_err();
+        assert!(
+            matches!(e, RegistryError::UnsupportedMediaType { .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn content_type_and_body_must_agree() {
+        let e = parse(
+            manifest(DOCKER_MANIFEST, "application/vnd.oci.image.layer.v1.tar").as_bytes(),
+            Some(OCI_MANIFEST),
+            "x",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("but mediaType"), "{e}");
+    }
+
+    fn entry(p: &str) -> Descriptor {
+        Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: D1.parse().unwrap(),
+            size: 1,
+            platform: Some(p.parse().unwrap()),
+            urls: None,
+        }
+    }
+
+    #[test]
+    fn platform_selection_prefers_exact_variant() {
+        let entries = vec![
+            entry("linux/arm/v6"),
+            entry("linux/arm/v7"),
+            entry("linux/amd64"),
+            entry("linux/arm64/v8"),
+        ];
+        let pick = |p: &str| {
+            select_platform(&entries, &p.parse().unwrap(), "r")
+                .unwrap()
+                .platform
+                .clone()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(pick("linux/arm/v7"), "linux/arm/v7");
+        assert_eq!(pick("linux/amd64"), "linux/amd64");
+        assert_eq!(pick("linux/arm64"), "linux/arm64/v8");
+        let e = select_platform(&entries, &"linux/s390x".parse().unwrap(), "r")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("linux/s390x")
+                && e.contains("linux/arm/v6, linux/arm/v7, linux/amd64, linux/arm64/v8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_platform_strings_are_refused() {
+        for bad in ["linux", "linux/", "a/b/c/d", "linux/amd 64"] {
+            assert!(bad.parse::<Platform>().is_err(), "{bad}");
+        }
+    }
+}
