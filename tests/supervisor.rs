@@ -151,6 +151,28 @@ async fn runc_container_output_and_exit_code_needs_root() {
 }
 
 #[tokio::test]
+async fn runc_create_over_a_killed_creates_pid_files_needs_root() {
+    let Some(runc) = runc_as_root("runc_create_over_a_killed_creates_pid_files_needs_root") else {
+        return;
+    };
+    let s = setup(&runc);
+    let bundle = bundle(&runc, &s.dir, &["sleep", "1000"]).await;
+    let id = id("repid");
+    // What a runc SIGKILLed mid-create leaves: its O_EXCL temp, and maybe
+    // the pid file of a container long gone.
+    let pid_file = s.dir.join("init.pid");
+    std::fs::write(s.dir.join(".init.pid"), "").unwrap();
+    std::fs::write(&pid_file, "999999").unwrap();
+    let created =
+        s.rt.create(&id, &bundle, &pid_file, ContainerIo::Null)
+            .await
+            .expect("create over the leftovers");
+    assert_ne!(created.pid, 999999, "the stale pid file was read");
+    assert_eq!(s.rt.state(&id).await.unwrap().status, Status::Created);
+    s.rt.delete(&id, true).await.unwrap();
+}
+
+#[tokio::test]
 async fn runc_sleep_stopped_by_term_then_kill_needs_root() {
     let Some(runc) = runc_as_root("runc_sleep_stopped_by_term_then_kill_needs_root") else {
         return;

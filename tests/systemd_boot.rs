@@ -203,16 +203,11 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         status.lines().any(|l| l == "Seccomp:\t2"),
         "no seccomp filter on PID 1:\n{status}"
     );
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .expect("CapEff in /proc/1/status");
+    let cap_eff = cvmd_oci::proc_status::parse(&status)
+        .expect("/proc/1/status as the kernel writes it")
+        .capeff;
     let has = |name: &str| {
-        let bit = cvmd::bundle::CAP_NAMES
-            .iter()
-            .position(|n| *n == name)
-            .unwrap();
+        let bit = cvmd::bundle::capability_bit(name).unwrap();
         cap_eff & (1 << bit) != 0
     };
     assert!(has("SYS_ADMIN") && has("NET_ADMIN"), "CapEff {cap_eff:x}");

@@ -44,28 +44,6 @@ pub fn authorize(
     ))
 }
 
-/// The supplementary groups in a /proc/PID/status text (`Groups:` line).
-pub fn parse_groups(status: &str) -> Vec<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The effective uid in a /proc/PID/status text (`Uid:` real, effective, ...).
-pub fn parse_euid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|u| u.split_whitespace().nth(1))
-        .and_then(|u| u.parse().ok())
-}
-
 /// The peer's supplementary groups; none when its process is gone or its
 /// pid now belongs to a process of another user (pid reuse after the peer
 /// exited): then only the uid and primary gid count, which fails closed.
@@ -74,8 +52,11 @@ pub fn groups_of(proc_root: &Path, peer: &Peer) -> Vec<u32> {
         return Vec::new();
     };
     match std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")) {
-        Ok(s) if parse_euid(&s) == Some(peer.uid) => parse_groups(&s),
-        _ => Vec::new(),
+        Ok(s) => match cvmd_oci::proc_status::parse(&s) {
+            Some(status) if status.euid == peer.uid => status.groups,
+            _ => Vec::new(),
+        },
+        Err(_) => Vec::new(),
     }
 }
 
@@ -138,14 +119,6 @@ mod tests {
     }
 
     #[test]
-    fn groups_line_parses() {
-        let status = "Name:\tbash\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 27 1000 \nNgid:\t0\n";
-        assert_eq!(parse_groups(status), vec![4, 27, 1000]);
-        assert_eq!(parse_groups("Groups:\t\n"), Vec::<u32>::new());
-        assert_eq!(parse_groups("garbage"), Vec::<u32>::new());
-    }
-
-    #[test]
     fn a_vanished_or_replaced_peer_has_no_groups() {
         let dir = tempfile::tempdir().unwrap();
         let p = |pid| Peer {
@@ -156,15 +129,15 @@ mod tests {
         assert!(groups_of(dir.path(), &p(Some(12345))).is_empty());
         assert!(groups_of(dir.path(), &p(None)).is_empty());
         std::fs::create_dir(dir.path().join("7")).unwrap();
-        let status = "Uid:\t1000\t1000\t1000\t1000\nGroups:\t9 10\n";
+        let status = cvmd_oci::proc_status::sample(0, 0, 1000, &[9, 10]);
         std::fs::write(dir.path().join("7/status"), status).unwrap();
         assert_eq!(groups_of(dir.path(), &p(Some(7))), vec![9, 10]);
         // The pid now belongs to another user's process.
-        std::fs::write(
-            dir.path().join("7/status"),
-            "Uid:\t0\t0\t0\t0\nGroups:\t9\n",
-        )
-        .unwrap();
+        let status = cvmd_oci::proc_status::sample(0, 0, 0, &[9]);
+        std::fs::write(dir.path().join("7/status"), status).unwrap();
+        assert!(groups_of(dir.path(), &p(Some(7))).is_empty());
+        // A garbled status gives no groups either: fail closed.
+        std::fs::write(dir.path().join("7/status"), "Uid:\t1000\nGroups:\t9\n").unwrap();
         assert!(groups_of(dir.path(), &p(Some(7))).is_empty());
     }
 

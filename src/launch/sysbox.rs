@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
+use crate::rootfs::version::Version;
 use crate::supervisor::reaper::{Exit, Reaper, ReaperError};
 
 /// Tools sysbox-mgr runs (rsync for its shiftfs-less rootfs copies,
@@ -149,28 +150,18 @@ impl HostFacts {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         HostFacts {
             privileged: cap_sys_admin(&status),
-            kernel: kernel_version(&release),
+            // An unreadable release counts as too old to blame anything else.
+            kernel: Version::parse(&release).map_or((0, 0), |v| (v.0, v.1)),
             release,
             bad_data_root: fs_magic_of(Path::new(DATA_ROOT)).and_then(unusable_fs),
         }
     }
 }
 
-/// Whether the `CapEff` line of /proc/self/status holds CAP_SYS_ADMIN (21).
+/// Whether a /proc/self/status text's effective set holds CAP_SYS_ADMIN.
 pub fn cap_sys_admin(status: &str) -> bool {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << 21) != 0)
-}
-
-/// `6.18.44-foo` -> (6, 18); unknown parts are 0.
-pub fn kernel_version(release: &str) -> (u32, u32) {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    let bit = caps::Capability::CAP_SYS_ADMIN.index();
+    cvmd_oci::proc_status::parse(status).is_some_and(|s| s.capeff & (1 << bit) != 0)
 }
 
 /// The most likely reason a daemon died, from what is known of the host
@@ -441,8 +432,9 @@ mod tests {
 
     #[test]
     fn privilege_from_capeff() {
-        assert!(cap_sys_admin("Name:\tx\nCapEff:\t000001ffffffffff\n"));
-        assert!(!cap_sys_admin("CapEff:\t00000000a80425fb\n"));
+        use cvmd_oci::proc_status::sample;
+        assert!(cap_sys_admin(&sample(0x1ffffffffff, 0x1ffffffffff, 0, &[])));
+        assert!(!cap_sys_admin(&sample(0xa80425fb, 0xa80425fb, 0, &[])));
         assert!(!cap_sys_admin("no caps here"));
     }
 
@@ -452,13 +444,6 @@ mod tests {
         assert_eq!(unusable_fs(0x01021994), Some("tmpfs"));
         assert_eq!(unusable_fs(0xEF53), None); // ext4
         assert!(fs_magic_of(Path::new("/nonexistent/below/root")).is_some());
-    }
-
-    #[test]
-    fn kernel_versions() {
-        assert_eq!(kernel_version("6.18.44-fc-v669"), (6, 18));
-        assert_eq!(kernel_version("5.4.0-150-generic"), (5, 4));
-        assert_eq!(kernel_version("junk"), (0, 0));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `/proc/self/status`.
 
 use super::{Check, Host};
-use crate::bundle::CAP_NAMES;
+use crate::bundle::{capability_bit, capability_name, known_capabilities};
+use cvmd_oci::proc_status;
 
 /// CAP_SYS_ADMIN's bit (linux/capability.h).
 pub const CAP_SYS_ADMIN: u32 = 21;
@@ -31,15 +32,10 @@ pub struct Caps {
 
 impl Caps {
     pub fn parse(status: &str) -> Option<Caps> {
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        };
+        let status = proc_status::parse(status)?;
         Some(Caps {
-            effective: field("CapEff:")?,
-            bounding: field("CapBnd:")?,
+            effective: status.capeff,
+            bounding: status.capbnd?,
         })
     }
 
@@ -48,17 +44,22 @@ impl Caps {
     }
 }
 
-/// Names of the known capabilities up to `last` that `mask` lacks.
-fn missing(mask: u64, names: &[&'static str], last: usize) -> Vec<&'static str> {
+/// Those of `names` (without `CAP_`) up to bit `last` that `mask` lacks.
+fn missing(mask: u64, names: &[String], last: usize) -> Vec<String> {
     names
         .iter()
         .filter(|n| {
-            CAP_NAMES
-                .iter()
-                .position(|c| c == *n)
-                .is_some_and(|b| b <= last && mask & (1 << b) == 0)
+            capability_bit(n).is_some_and(|b| usize::from(b) <= last && mask & (1 << b) == 0)
         })
-        .copied()
+        .cloned()
+        .collect()
+}
+
+/// Every capability's name, in bit order.
+fn all_names() -> Vec<String> {
+    known_capabilities()
+        .into_iter()
+        .map(capability_name)
         .collect()
 }
 
@@ -72,7 +73,7 @@ pub fn check(host: &dyn Host, caps: Option<Caps>) -> Check {
     let last = host
         .read("/proc/sys/kernel/cap_last_cap")
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(CAP_NAMES.len() - 1);
+        .unwrap_or(known_capabilities().len() - 1);
     judge(caps, last)
 }
 
@@ -87,7 +88,8 @@ pub fn judge(caps: Option<Caps>, last_cap: usize) -> Check {
             "check that /proc is mounted in the outer container",
         );
     };
-    let lacking = missing(caps.effective, ESSENTIAL, last_cap);
+    let essential: Vec<String> = ESSENTIAL.iter().map(|n| n.to_string()).collect();
+    let lacking = missing(caps.effective, &essential, last_cap);
     if !lacking.is_empty() {
         return Check::fail(
             name,
@@ -95,7 +97,7 @@ pub fn judge(caps: Option<Caps>, last_cap: usize) -> Check {
             PRIVILEGED,
         );
     }
-    let bounded = missing(caps.bounding, CAP_NAMES, last_cap);
+    let bounded = missing(caps.bounding, &all_names(), last_cap);
     if !bounded.is_empty() {
         return Check::warn(
             name,
@@ -117,7 +119,7 @@ mod tests {
     use crate::preflight::Status;
 
     fn status(eff: u64, bnd: u64) -> String {
-        format!("Name:\tcvmd\nCapInh:\t0000000000000000\nCapPrm:\t{eff:016x}\nCapEff:\t{eff:016x}\nCapBnd:\t{bnd:016x}\n")
+        cvmd_oci::proc_status::sample(eff, bnd, 0, &[])
     }
 
     #[test]

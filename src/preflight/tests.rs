@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
-const ALL_CAPS: &str = "CapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\n";
 const V2_MOUNTINFO: &str = "40 30 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
 
 struct FakeHost {
@@ -30,7 +29,10 @@ impl FakeHost {
             overlay: Probe::Works,
             magic: 0xEF53,
         };
-        h.write("/proc/self/status", ALL_CAPS);
+        h.write(
+            "/proc/self/status",
+            cvmd_oci::proc_status::sample(0x1ffffffffff, 0x1ffffffffff, 0, &[]),
+        );
         h.write("/proc/sys/kernel/cap_last_cap", "40\n");
         h.write("/proc/sys/user/max_user_namespaces", "63000\n");
         h.write("/proc/self/mountinfo", V2_MOUNTINFO);
@@ -234,7 +236,7 @@ fn without_cap_sys_admin_the_probes_blame_the_privilege_not_the_kernel() {
     h.release = "5.10.0-28-amd64".into(); // old enough to be blamed wrongly
     h.write(
         "/proc/self/status",
-        "CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n",
+        cvmd_oci::proc_status::sample(0xa80425fb, 0xa80425fb, 0, &[]),
     );
     let eperm = Probe::Failed {
         step: "open_tree".into(),

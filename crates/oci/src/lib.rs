@@ -6,5 +6,6 @@
 pub mod bundle;
 pub mod exec;
 pub mod pidfd;
+pub mod proc_status;
 pub mod reaper;
 pub mod runtime;

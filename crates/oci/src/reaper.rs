@@ -350,13 +350,7 @@ impl Reaper {
     }
 }
 
-/// The parent pid from /proc/PID/stat (field 4, after the parenthesised
-/// command name, which may itself hold spaces and parentheses).
-pub(crate) fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
+pub(crate) use crate::proc_status::parent_of;
 
 fn reap_thread(table: Arc<Mutex<Table>>, ready: std::sync::mpsc::Sender<io::Result<()>>) {
     let rt = match tokio::runtime::Builder::new_current_thread()

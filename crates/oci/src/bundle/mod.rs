@@ -7,7 +7,7 @@
 //! the bounding set) sit in small functions at the edges, and
 //! [`write_bundle`] strings them together.
 
-mod caps;
+mod capabilities;
 mod env;
 mod error;
 mod init;
@@ -28,7 +28,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use caps::{own_bounding_set, parse_capbnd, CAP_NAMES};
+pub use capabilities::{
+    bit as capability_bit, known as known_capabilities, own_bounding_set, parse_capbnd,
+    short_name as capability_name,
+};
 pub use env::{passthrough_env, sysbox_accepts, SYSBOX_KNOBS};
 pub use error::BundleError;
 pub use init::{detect_init, InitVerdict, NoInit, INIT_PATH};

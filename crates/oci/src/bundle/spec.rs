@@ -19,7 +19,7 @@ use super::error::spec_err;
 use super::limits::{cpu_quota, Limits};
 use super::mounts::{device_node_name, Device, UserMount};
 use super::process::ProcessPlan;
-use super::{caps, seccomp, BundleError, RuntimeFlavor};
+use super::{capabilities, seccomp, BundleError, RuntimeFlavor};
 use cvmd_rootfs::IdMap;
 
 /// Files the caller prepared for the container's name resolution.
@@ -234,14 +234,14 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, BundleError> {
         .additional_gids(p.user.additional_gids.clone())
         .build()
         .map_err(spec_err("user"))?;
-    let names = caps::wanted(runc, p.init, input.bounding);
+    let names = capabilities::wanted(runc, p.init, input.bounding);
     let mut process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
         .args(p.args.clone())
         .env(p.env.clone())
         .cwd(&p.cwd)
-        .capabilities(caps::to_spec(&names)?)
+        .capabilities(capabilities::to_spec(&names)?)
         // Empty: the container inherits cvmd's rlimits, not runc's 1024 files.
         .rlimits(Vec::new())
         // Workspace users run sudo and setuid helpers; systemd needs it off.

@@ -346,6 +346,7 @@ impl Runtime {
         pid_file: &Path,
         io: ContainerIo,
     ) -> Result<Created, RuntimeError> {
+        clear_pid_file(pid_file);
         let (mut cmd, call) = self.command(
             "create",
             id,
@@ -498,6 +499,29 @@ async fn read_all(fd: Option<OwnedFd>) -> std::io::Result<Vec<u8>> {
     match fd {
         Some(fd) => read_pipe(pipe::Receiver::from_owned_fd(fd)?).await,
         None => Ok(Vec::new()),
+    }
+}
+
+/// Removes a pid file and the temp file runc writes it through (`.NAME`,
+/// created with O_EXCL, then renamed): a runc killed between the two (its
+/// pod SIGKILLed mid-create) leaves the temp, and every later create on the
+/// same state dir fails with "open .NAME: file exists".
+fn clear_pid_file(path: &Path) {
+    let temp = path.file_name().map(|name| {
+        let mut dotted = std::ffi::OsString::from(".");
+        dotted.push(name);
+        path.with_file_name(dotted)
+    });
+    for stale in std::iter::once(path.to_path_buf()).chain(temp) {
+        match std::fs::remove_file(&stale) {
+            Ok(()) => {
+                tracing::debug!(path = %stale.display(), "removed a pid file an earlier create left")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %stale.display(), error = %e, "cannot remove an earlier create's pid file")
+            }
+        }
     }
 }
 

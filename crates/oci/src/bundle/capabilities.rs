@@ -7,50 +7,28 @@ use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, LinuxCapabi
 
 use super::{error::spec_err, BundleError};
 
-/// Kernel capability numbers (linux/capability.h), index = bit.
-pub const CAP_NAMES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
+/// Every capability the `caps` crate knows, in bit order
+/// (linux/capability.h): what a mask's bits are named.
+pub fn known() -> Vec<caps::Capability> {
+    let mut all: Vec<caps::Capability> = caps::all().into_iter().collect();
+    all.sort_by_key(caps::Capability::index);
+    all
+}
+
+/// The bit of a capability named without its `CAP_` prefix (`SYS_ADMIN`).
+pub fn bit(name: &str) -> Option<u8> {
+    format!("CAP_{name}")
+        .parse::<caps::Capability>()
+        .ok()
+        .map(|c| c.index())
+}
+
+/// A capability's name without its `CAP_` prefix, as the lists here and
+/// the messages a user reads spell it.
+pub fn short_name(cap: caps::Capability) -> String {
+    let name = cap.to_string();
+    name.strip_prefix("CAP_").unwrap_or(&name).to_string()
+}
 
 /// Docker's default capability set (moby `oci/caps/defaults.go`): what
 /// package managers and ordinary services in a workspace expect of root.
@@ -94,14 +72,7 @@ pub const RUNC_DEFAULT: &[&str] = &["AUDIT_WRITE", "KILL", "NET_BIND_SERVICE"];
 
 /// The `CapBnd:` mask of a `/proc/<pid>/status` text.
 pub fn parse_capbnd(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-}
-
-fn bit(name: &str) -> Option<usize> {
-    CAP_NAMES.iter().position(|n| *n == name)
+    crate::proc_status::parse(status).and_then(|s| s.capbnd)
 }
 
 /// `wanted`, without those the bounding `mask` lacks; names in order.
@@ -148,11 +119,11 @@ pub fn to_spec(names: &[&str]) -> Result<LinuxCapabilities, BundleError> {
 /// This process's bounding set, what the inner container may have at most.
 pub fn own_bounding_set() -> Result<u64, BundleError> {
     let path = std::path::PathBuf::from("/proc/self/status");
-    let text = std::fs::read_to_string(&path).map_err(|source| BundleError::HostFile {
+    let status = crate::proc_status::read("self").map_err(|e| BundleError::HostParse {
         path: path.clone(),
-        source,
+        reason: e.to_string(),
     })?;
-    parse_capbnd(&text).ok_or(BundleError::HostParse {
+    status.capbnd.ok_or(BundleError::HostParse {
         path,
         reason: "no CapBnd line".into(),
     })
@@ -164,8 +135,9 @@ mod tests {
 
     #[test]
     fn names_match_oci_spec() {
-        for n in CAP_NAMES {
-            assert!(n.parse::<Capability>().is_ok(), "{n}");
+        for c in known() {
+            assert!(short_name(c).parse::<Capability>().is_ok(), "{c}");
+            assert_eq!(bit(&short_name(c)), Some(c.index()));
         }
         assert_eq!(bit("SYS_RESOURCE"), Some(24));
         assert_eq!(bit("CHECKPOINT_RESTORE"), Some(40));
@@ -174,7 +146,7 @@ mod tests {
     #[test]
     fn bounding_set_filters() {
         // This sandbox's mask: everything but SYS_RESOURCE (bit 24).
-        let mask = parse_capbnd("Name:\tx\nCapBnd:\t000001fffeffffff\n").unwrap();
+        let mask = parse_capbnd(&crate::proc_status::sample(0, 0x1fffeffffff, 0, &[])).unwrap();
         assert_eq!(mask, 0x1fffeffffff);
         let w = wanted(true, true, mask);
         assert!(w.contains(&"SYS_ADMIN"));
