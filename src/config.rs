@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgMatches};
 
+use crate::idmap::IdMapSetting;
 use crate::registry::client::{ClientOptions, RetryPolicy};
 use crate::registry::credentials::{CredentialSource, Keychain};
 use crate::registry::manifest::Platform;
@@ -175,47 +176,6 @@ pub struct Settings {
     pub sysbox_run_dir: PathBuf,
     pub sysbox_timeout: std::time::Duration,
     pub termination_log: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdMapSetting {
-    /// `none`: no mapping in the bundle; sysbox-runc then allocates its
-    /// own (the sysbox-runc contract). Refused under runc, where it would
-    /// mean the node's root.
-    None,
-    Auto,
-    Explicit(crate::rootfs::IdMap),
-    /// `host-unsafe`: runc with no user namespace at all; a workspace
-    /// root that escapes is the node's root. Only by this name.
-    HostUnsafe,
-}
-
-/// The spelling of [`IdMapSetting::HostUnsafe`].
-pub const HOST_UNSAFE: &str = "host-unsafe";
-
-impl IdMapSetting {
-    /// Whether the workspace runs in the node's user namespace.
-    pub fn host_userns(self) -> bool {
-        self == IdMapSetting::HostUnsafe
-    }
-}
-
-/// Whether `setting` can run under `flavor`: `none` needs sysbox-runc to
-/// allocate a mapping, and sysbox-runc always makes a user namespace.
-pub fn idmap_fits(
-    setting: IdMapSetting,
-    flavor: crate::bundle::RuntimeFlavor,
-) -> Result<(), String> {
-    use crate::bundle::RuntimeFlavor;
-    match (setting, flavor) {
-        (IdMapSetting::None, RuntimeFlavor::Runc) => Err(format!(
-            "none leaves the ID mapping to sysbox-runc, and under runc the workspace's root would be the node's root: leave it unset (auto: a user namespace with the workspace's own ID range), or set {HOST_UNSAFE} to accept that"
-        )),
-        (IdMapSetting::HostUnsafe, RuntimeFlavor::Sysbox) => Err(format!(
-            "{HOST_UNSAFE} applies to runc only: sysbox-runc always runs the workspace in a user namespace; use auto or none"
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Every bad value, one line each.
@@ -430,21 +390,17 @@ impl Settings {
         });
         let runtime = parse("runtime", &any).unwrap_or_else(|| "sysbox-runc".into());
         let runtime_root = parse("runtime_root", &absolute).map(PathBuf::from);
-        let rootfs_mode = match parse("rootfs_mode", &|v| match v {
-            "auto" | "overlay" | "flat" => Ok(()),
-            _ => Err(format!("{v:?} is not one of auto, overlay, flat")),
+        let rootfs_mode = parse("rootfs_mode", &|v| {
+            v.parse::<crate::rootfs::ModePreference>().map(|_| ())
         })
-        .as_deref()
-        {
-            Some("overlay") => crate::rootfs::ModePreference::Overlay,
-            Some("flat") => crate::rootfs::ModePreference::Flat,
-            _ => crate::rootfs::ModePreference::Auto,
-        };
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::rootfs::ModePreference::Auto);
         let flavor = crate::bundle::RuntimeFlavor::of_runtime(&runtime);
         let idmap = parse("idmap", &|v| {
-            parse_idmap_setting(v).and_then(|setting| idmap_fits(setting, flavor))
+            v.parse::<IdMapSetting>()
+                .and_then(|setting| setting.fits(flavor))
         })
-        .and_then(|v| parse_idmap_setting(&v).ok())
+        .and_then(|v| v.parse().ok())
         .unwrap_or(IdMapSetting::Auto);
         let command = parse("command", &|v| parse_command(v).map(|_| ()))
             .and_then(|v| parse_command(&v).ok());
@@ -727,15 +683,6 @@ fn parse_command(v: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-pub fn parse_idmap_setting(v: &str) -> Result<IdMapSetting, String> {
-    match v {
-        "none" => Ok(IdMapSetting::None),
-        "auto" => Ok(IdMapSetting::Auto),
-        HOST_UNSAFE => Ok(IdMapSetting::HostUnsafe),
-        explicit => explicit.parse().map(IdMapSetting::Explicit),
-    }
-}
-
 /// `123`, `10MiB`, `64GiB` (binary units; `K`/`M`/`G`/`T` too).
 pub fn parse_size(v: &str) -> Result<u64, String> {
     let v = v.trim();
@@ -873,7 +820,7 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("invalid CVMD_IDMAP"), "{text}");
         assert!(
-            text.contains("node's root") && text.contains(HOST_UNSAFE),
+            text.contains("node's root") && text.contains(crate::idmap::HOST_UNSAFE),
             "{text}"
         );
         // sysbox-runc allocates a mapping itself: its contract.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod ctl;
 pub mod digest;
 pub mod exec;
+pub mod idmap;
 pub mod image;
 pub mod launch;
 pub mod metrics;

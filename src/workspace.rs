@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::bundle::{self, BundleInput, HostFiles, ImageRun, Limits, Overrides, RuntimeFlavor};
-use crate::config::{IdMapSetting, Settings};
+use crate::config::Settings;
 use crate::launch;
 use crate::network;
 use crate::progress::PlainLines;
@@ -76,7 +76,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
     }
     match &result {
         Ok(_) => state.enter(Phase::Exited),
-        Err(e) => state.fail(&crate::cli::error_line(e)),
+        Err(e) => state.fail(&crate::supervisor::termination::error_line(e)),
     }
     // The final phase's STATUS= goes out before cvmd exits.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notify).await;
@@ -136,7 +136,7 @@ async fn run_with(
         .mount_rootfs(settings, &ready, &ws_dir, &target)
         .await?;
     let idmap = rootfs.idmap;
-    state.set_rootfs(rootfs.mode, rootfs.idmap_mode);
+    state.set_rootfs(&rootfs.mode.to_string(), &rootfs.idmap_mode.to_string());
     // Only now, with this workspace's layers leased: a budget gc must never
     // take the image being started, and its failure never fails a start.
     {
@@ -331,7 +331,10 @@ async fn boot(
             let kills = state.snapshot().oom_kills;
             let message = oom::init_killed_message(kills, info.memory_limit);
             tracing::error!("{message}");
-            crate::cli::run::write_termination_log(&settings.termination_log, &message);
+            crate::supervisor::termination::write_termination_log(
+                &settings.termination_log,
+                &message,
+            );
             daemons.stop().await;
             return Ok(outcome.code);
         }
@@ -432,21 +435,6 @@ fn write_bundle(
     Ok(bundle::write_bundle(bundle_dir, &input)?)
 }
 
-pub(crate) fn rootfs_mode_name(mode: rootfs::Mode) -> &'static str {
-    match mode {
-        rootfs::Mode::Overlay => "overlay",
-        rootfs::Mode::Flat => "flat",
-    }
-}
-
-pub(crate) fn idmap_mode_name(mode: rootfs::IdMapMode) -> &'static str {
-    match mode {
-        rootfs::IdMapMode::None => "none",
-        rootfs::IdMapMode::IdMappedMount => "idmapped-mount",
-        rootfs::IdMapMode::ChownedCopy => "chowned-copy",
-    }
-}
-
 /// Kills and deletes the workspace container: a container breaks without
 /// the Sysbox daemons, so one's death ends it at once.
 async fn end_now(runtime: &Runtime, id: &str) {
@@ -516,21 +504,6 @@ async fn stop_requested(signals: &mut tokio::sync::mpsc::Receiver<i32>) -> i32 {
             None => std::future::pending::<()>().await,
         }
     }
-}
-
-/// The ID mapping a setting asks for; `auto` is the workspace's own range
-/// on the node; `none` (sysbox allocates) and `host-unsafe` put none in
-/// the bundle.
-pub async fn idmap_for(
-    setting: IdMapSetting,
-    cache_dir: &Path,
-    workspace: &str,
-) -> Result<Option<rootfs::IdMap>, crate::store::StoreError> {
-    Ok(match setting {
-        IdMapSetting::None | IdMapSetting::HostUnsafe => None,
-        IdMapSetting::Auto => Some(crate::store::idranges::allocate(cache_dir, workspace).await?),
-        IdMapSetting::Explicit(m) => Some(m),
-    })
 }
 
 /// The workspace's resolv.conf (the outer one, minus nameservers only the

@@ -109,8 +109,8 @@ pub struct Rootfs {
     pub idmap: Option<IdMap>,
     /// How it was assembled, as Status reports it: overlay or flat; and
     /// none, idmapped-mount or chowned-copy.
-    pub mode: &'static str,
-    pub idmap_mode: &'static str,
+    pub mode: crate::rootfs::Mode,
+    pub idmap_mode: crate::rootfs::IdMapMode,
     hold: Hold,
 }
 
@@ -271,12 +271,10 @@ async fn assemble(
     hold: Hold,
 ) -> Result<Rootfs, BackendError> {
     let assembled = async {
-        let idmap = crate::workspace::idmap_for(
-            settings.idmap,
-            &settings.cache_dir,
-            &settings.node_identity(),
-        )
-        .await?;
+        let idmap = settings
+            .idmap
+            .resolve(&settings.cache_dir, &settings.node_identity())
+            .await?;
         // A crashed earlier run may have left its mount.
         crate::rootfs::teardown(target)?;
         let assembled = crate::rootfs::assemble(&crate::rootfs::Request {
@@ -296,8 +294,8 @@ async fn assemble(
             Ok(Rootfs {
                 target: target.to_path_buf(),
                 idmap,
-                mode: crate::workspace::rootfs_mode_name(assembled.mode),
-                idmap_mode: crate::workspace::idmap_mode_name(assembled.idmap_mode),
+                mode: assembled.mode,
+                idmap_mode: assembled.idmap_mode,
                 hold,
             })
         }

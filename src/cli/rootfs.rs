@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::digest::Digest;
+use crate::idmap::IdMapSetting;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
 use crate::rootfs::{self, IdMapMode, Mode, ModePreference, Request};
@@ -23,7 +24,7 @@ pub struct RootfsArgs {
     /// Where the rootfs appears.
     pub dir: Option<PathBuf>,
     /// overlay, flat, or auto (overlay, falling back to a flat copy).
-    #[arg(long, default_value = "auto", value_parser = parse_mode)]
+    #[arg(long, default_value = "auto")]
     pub mode: ModePreference,
     /// Shift owners for a user namespace: `none`, `auto` (this workspace's own
     /// range on the node) or HOST_UID[:HOST_GID[:SIZE]] (container ID 0 maps
@@ -42,15 +43,6 @@ pub struct RootfsArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_mode(s: &str) -> Result<ModePreference, String> {
-    match s {
-        "auto" => Ok(ModePreference::Auto),
-        "overlay" => Ok(ModePreference::Overlay),
-        "flat" => Ok(ModePreference::Flat),
-        _ => Err(format!("{s:?} is not one of auto, overlay, flat")),
-    }
 }
 
 /// A workspace's state lives under the state dir by name; an unnamed
@@ -104,9 +96,8 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
     let idmap = match args.idmap.as_deref() {
         None => None,
         Some(v) => {
-            let setting = crate::config::parse_idmap_setting(v)
-                .map_err(|e| anyhow::anyhow!("--idmap: {e}"))?;
-            crate::workspace::idmap_for(setting, &settings.cache_dir, &name).await?
+            let setting: IdMapSetting = v.parse().map_err(|e| anyhow::anyhow!("--idmap: {e}"))?;
+            setting.resolve(&settings.cache_dir, &name).await?
         }
     };
     let request = Request {

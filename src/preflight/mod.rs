@@ -37,7 +37,7 @@ pub use start::at_start;
 pub use version::run_with as version_with;
 
 use crate::bundle::RuntimeFlavor;
-use crate::config::{IdMapSetting, Settings};
+use crate::config::Settings;
 
 /// One finding; maps 1:1 onto the control API's `Check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -108,7 +108,7 @@ impl Options {
         Options {
             runtime: s.runtime.clone(),
             cache_dir: s.cache_dir.clone(),
-            idmap: matches!(s.idmap, IdMapSetting::Auto | IdMapSetting::Explicit(_)),
+            idmap: s.idmap.maps(),
             host_userns: s.idmap.host_userns(),
             add_fuse: s.add_fuse,
             add_tun: s.add_tun,

@@ -11,3 +11,4 @@ pub mod reaper;
 pub mod reboot;
 pub mod signals;
 pub mod state;
+pub mod termination;
