@@ -5,13 +5,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Arg, ArgMatches};
 
+use crate::backend::{BackendOptions, RootfsOptions};
+use crate::bundle::RuntimeFlavor;
 use crate::idmap::IdMapSetting;
-use crate::registry::client::{ClientOptions, RetryPolicy};
-use crate::registry::credentials::{CredentialSource, Keychain};
+use crate::image::{PullOptions, RegistryAccess};
 use crate::registry::manifest::Platform;
+use crate::workspace::{
+    ApiOptions, BundleOptions, GpuOptions, Identity, RunOptions, RuntimeOptions, SuperviseOptions,
+};
 
 pub struct Spec {
     /// The TOML key; the flag is the same with '-' for '_'.
@@ -117,65 +122,26 @@ pub enum LogFormat {
     Json,
 }
 
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Self, String> {
+        match v {
+            "auto" => Ok(LogFormat::Auto),
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{v:?} is not one of text, json, auto")),
+        }
+    }
+}
+
+/// Every setting, resolved: the log set-up, and what `cvmd run` reads,
+/// grouped by stage. The other commands take the groups they need.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub image: Option<String>,
-    pub cache_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub pull_secret: Option<String>,
-    pub docker_config: PathBuf,
-    pub extra_certs: Vec<PathBuf>,
-    pub insecure_registries: Vec<String>,
-    pub mirrors: HashMap<String, Vec<String>>,
-    pub platform: Platform,
-    pub image_backend: crate::backend::Choice,
-    pub containerd_socket: PathBuf,
-    pub containerd_namespace: String,
-    pub containerd_pull: crate::backend::containerd::PullPath,
-    pub containerd_hosts_dir: Option<PathBuf>,
-    pub pull_policy: crate::image::PullPolicy,
-    pub pull_concurrency: usize,
-    pub pull_retries: u32,
-    pub max_layer_size: u64,
-    pub max_image_size: u64,
-    pub cache_reserve: crate::unpack::Reserve,
-    pub cache_budget: Option<u64>,
+    /// A tracing filter (validated).
     pub log_level: String,
     pub log_format: LogFormat,
-    pub workspace: String,
-    pub pod_namespace: Option<String>,
-    pub runtime: String,
-    pub runtime_root: Option<PathBuf>,
-    pub rootfs_mode: crate::rootfs::ModePreference,
-    pub idmap: IdMapSetting,
-    pub command: Option<Vec<String>>,
-    pub user: Option<String>,
-    pub workdir: Option<String>,
-    pub hostname: Option<String>,
-    pub mounts: Option<String>,
-    pub envs: Vec<String>,
-    pub cpus: Option<f64>,
-    pub memory: Option<u64>,
-    pub add_tun: bool,
-    pub add_fuse: bool,
-    pub shiftfs_src: PathBuf,
-    pub shiftfs_install: bool,
-    pub stop_timeout: std::time::Duration,
-    pub reboots: crate::supervisor::reboot::RebootPolicy,
-    pub socket: PathBuf,
-    pub admin_group: Option<String>,
-    pub metrics_addr: Option<std::net::SocketAddr>,
-    pub network: crate::network::NetworkSettings,
-    pub add_gpu: bool,
-    pub usr_lib_dir: Option<PathBuf>,
-    pub gpu_dev_dir: PathBuf,
-    pub bootstrap_script: Option<String>,
-    pub runtime_timeout: std::time::Duration,
-    pub sysbox_mgr: String,
-    pub sysbox_fs: String,
-    pub sysbox_run_dir: PathBuf,
-    pub sysbox_timeout: std::time::Duration,
-    pub termination_log: PathBuf,
+    pub run: RunOptions,
 }
 
 /// Every bad value, one line each.
@@ -204,6 +170,98 @@ impl Origin {
     }
 }
 
+/// Reads each setting once, in order of precedence: the flag, the
+/// environment (`CVMD_*`, then the envbox alias), the TOML file, then the
+/// table's default; every bad value becomes one problem naming where it
+/// came from.
+struct Resolver<'a> {
+    matches: &'a ArgMatches,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file: BTreeMap<String, String>,
+    file_path: PathBuf,
+    problems: Vec<String>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(matches: &'a ArgMatches, env: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        let mut r = Resolver {
+            matches,
+            env,
+            file: BTreeMap::new(),
+            file_path: PathBuf::new(),
+            problems: Vec::new(),
+        };
+        if let Some((path, _)) = r.given(spec("config")) {
+            match load_file(&path) {
+                Ok(file) => r.file = file,
+                Err(e) => r.problems.push(e),
+            }
+            r.file_path = PathBuf::from(path);
+        }
+        r
+    }
+
+    /// The flag's or the environment's value (an empty variable is unset).
+    fn given(&self, spec: &Spec) -> Option<(String, Origin)> {
+        if let Some(v) = self.matches.try_get_one::<String>(spec.key).ok().flatten() {
+            return Some((v.clone(), Origin::Flag));
+        }
+        let env = |name: &'static str| {
+            (self.env)(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| (v, Origin::Env(name)))
+        };
+        env(spec.env).or_else(|| spec.envbox.and_then(env))
+    }
+
+    fn raw(&self, spec: &Spec) -> Option<(String, Origin)> {
+        self.given(spec)
+            .or_else(|| {
+                let v = self.file.get(spec.key)?;
+                Some((v.clone(), Origin::File(self.file_path.clone())))
+            })
+            .or_else(|| spec.default.map(|d| (d.to_string(), Origin::Default)))
+    }
+
+    /// The setting parsed; `None` when it is unset and has no default, or
+    /// when it is bad (then a problem is noted).
+    fn opt<T>(&mut self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        let spec = spec(key);
+        let (value, origin) = self.raw(spec)?;
+        match parse(&value) {
+            Ok(v) => Some(v),
+            Err(why) => {
+                self.problems
+                    .push(format!("invalid {}: {why}", origin.describe(spec)));
+                None
+            }
+        }
+    }
+
+    /// A setting with a default in the table. When its value is bad, the
+    /// problem is noted and the default stands in: resolving fails anyway,
+    /// so it is never used.
+    fn get<T>(&mut self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> T {
+        if let Some(v) = self.opt(key, &parse) {
+            return v;
+        }
+        let default = spec(key)
+            .default
+            .unwrap_or_else(|| panic!("setting {key} has no default in SETTINGS"));
+        parse(default).unwrap_or_else(|e| panic!("the default of {key} is bad: {e}"))
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
+    }
+}
+
 impl Settings {
     /// Resolves settings from parsed flags, an environment (a function so
     /// tests need not touch the process's), and the TOML file if one is named.
@@ -211,414 +269,282 @@ impl Settings {
         matches: &ArgMatches,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut problems = Vec::new();
-        let flag = |key: &str| matches.try_get_one::<String>(key).ok().flatten().cloned();
-        let from_env = |spec: &Spec| {
-            let get = |name: &'static str| {
-                env(name)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| (v, Origin::Env(name)))
-            };
-            get(spec.env).or_else(|| spec.envbox.and_then(get))
-        };
-        let config_spec = spec("config");
-        let file_path = flag("config").or_else(|| from_env(config_spec).map(|(v, _)| v));
-        let file = match &file_path {
-            Some(p) => match load_file(p) {
-                Ok(f) => f,
-                Err(e) => {
-                    problems.push(e);
-                    BTreeMap::new()
-                }
-            },
-            None => BTreeMap::new(),
-        };
-        let raw = |key: &str| -> Option<(String, Origin)> {
-            let s = spec(key);
-            flag(key)
-                .map(|v| (v, Origin::Flag))
-                .or_else(|| from_env(s))
-                .or_else(|| {
-                    file.get(key).map(|v| {
-                        (
-                            v.clone(),
-                            Origin::File(PathBuf::from(file_path.clone().unwrap_or_default())),
-                        )
-                    })
-                })
-                .or_else(|| s.default.map(|d| (d.to_string(), Origin::Default)))
-        };
-        let mut parse = |key: &str, check: &dyn Fn(&str) -> Result<(), String>| -> Option<String> {
-            let (value, origin) = raw(key)?;
-            match check(&value) {
-                Ok(()) => Some(value),
-                Err(why) => {
-                    problems.push(format!("invalid {}: {why}", origin.describe(spec(key))));
-                    None
-                }
-            }
-        };
-        let any = |_: &str| Ok(());
-        let image = parse("image", &|v| {
-            v.parse::<crate::registry::Reference>()
-                .map(|_| ())
+        let mut r = Resolver::new(matches, env);
+        let log_level = r.get("log_level", |v| {
+            tracing_subscriber::EnvFilter::try_new(v)
+                .map(|_| v.to_string())
                 .map_err(|e| e.to_string())
         });
-        let cache_dir = parse("cache_dir", &absolute).unwrap_or_default();
-        let state_dir = parse("state_dir", &absolute).unwrap_or_default();
-        let pull_secret = parse("pull_secret", &any);
-        let docker_config = parse("docker_config", &any)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| default_docker_config(env));
-        let extra_certs = parse("extra_certs", &|v| {
-            for p in list(v) {
-                if !std::path::Path::new(&p).exists() {
+        let log_format = r.get("log_format", str::parse);
+        let run = run_options(&mut r, env);
+        r.finish(Settings {
+            log_level,
+            log_format,
+            run,
+        })
+    }
+}
+
+fn run_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> RunOptions {
+    let image = r.opt("image", |v| {
+        v.parse::<crate::registry::Reference>()
+            .map(|_| v.to_string())
+            .map_err(|e| e.to_string())
+    });
+    let state_dir = r.get("state_dir", absolute);
+    let identity = identity(r);
+    let pull = pull_options(r, env);
+    let backend = backend_options(r);
+    let runtime = runtime_options(r);
+    let flavor = RuntimeFlavor::of_runtime(&runtime.name);
+    let rootfs = RootfsOptions {
+        mode: r.get("rootfs_mode", str::parse),
+        idmap: r.get("idmap", |v| {
+            let setting: IdMapSetting = v.parse()?;
+            setting.fits(flavor).map(|()| setting)
+        }),
+    };
+    let bundle = bundle_options(r);
+    let usr_lib_dir = r.opt("usr_lib_dir", absolute);
+    let gpu_dev_dir = r.get("gpu_dev_dir", absolute);
+    let add_gpu = r.get("add_gpu", parse_bool);
+    let sysbox = sysbox_config(r);
+    let preflight = crate::preflight::Options {
+        runtime: runtime.name.clone(),
+        cache_dir: pull.cache_dir.clone(),
+        idmap: rootfs.idmap.maps(),
+        host_userns: rootfs.idmap.host_userns(),
+        add_fuse: bundle.fuse,
+        add_tun: bundle.tun,
+        // The dir `cvmd run` looks in (launch::gpu), so both agree.
+        usr_lib_dir: Some(
+            usr_lib_dir
+                .clone()
+                .unwrap_or_else(crate::launch::gpu::default_lib_dir),
+        ),
+        sysbox_mgr: sysbox.mgr.clone(),
+        sysbox_fs: sysbox.fs.clone(),
+        sysbox_run_dir: sysbox.run_dir.clone(),
+    };
+    let shiftfs = crate::shiftfs::Options {
+        src: r.get("shiftfs_src", absolute),
+        build_root: state_dir.join("shiftfs-build"),
+        install_at_start: r.get("shiftfs_install", parse_bool),
+    };
+    let network = network_settings(r);
+    let supervise = SuperviseOptions {
+        stop_timeout: r.get("stop_timeout", seconds(1, 3600)),
+        reboots: crate::supervisor::reboot::RebootPolicy {
+            max: r.get("max_reboots", |v| whole(v, 0, 1000).map(|n| n as u32)),
+            window: r.get("reboot_window", seconds(1, 86400)),
+        },
+        bootstrap_script: r
+            .opt("bootstrap_script", |v| Ok(v.to_string()))
+            .filter(|s| !s.trim().is_empty()),
+        termination_log: r.get("termination_log", absolute),
+    };
+    let api = api_options(r, &state_dir);
+    RunOptions {
+        image,
+        identity,
+        state_dir,
+        pull,
+        backend,
+        rootfs,
+        preflight,
+        shiftfs,
+        bundle: BundleOptions {
+            gpu: add_gpu.then_some(GpuOptions {
+                lib_dir: usr_lib_dir,
+                dev_dir: gpu_dev_dir,
+            }),
+            ..bundle
+        },
+        runtime,
+        sysbox,
+        network,
+        supervise,
+        api,
+    }
+}
+
+fn identity(r: &mut Resolver) -> Identity {
+    let name = r.get("workspace", |v| {
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && !v.starts_with('.');
+        if ok {
+            Ok(v.to_string())
+        } else {
+            Err(format!(
+                "{v:?} must be 1-64 of [A-Za-z0-9._-], not starting with '.'"
+            ))
+        }
+    });
+    // Kubernetes namespaces are DNS labels.
+    let pod_namespace = r.opt("pod_namespace", |v| {
+        let ok = !v.is_empty()
+            && v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !v.starts_with('-')
+            && !v.ends_with('-');
+        if ok {
+            Ok(v.to_string())
+        } else {
+            Err(format!(
+                "{v:?} is not a Kubernetes namespace name (1-63 of [a-z0-9-], not starting or ending with '-')"
+            ))
+        }
+    });
+    Identity {
+        name,
+        pod_namespace,
+    }
+}
+
+fn pull_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> PullOptions {
+    let registry = RegistryAccess {
+        pull_secret: r.opt("pull_secret", |v| Ok(v.to_string())),
+        docker_config: r
+            .opt("docker_config", |v| Ok(PathBuf::from(v)))
+            .unwrap_or_else(|| default_docker_config(env)),
+        extra_certs: r
+            .opt("extra_certs", |v| {
+                let paths = list(v);
+                if let Some(p) = paths.iter().find(|p| !std::path::Path::new(p).exists()) {
                     return Err(format!("{p} does not exist"));
                 }
-            }
-            Ok(())
-        })
-        .map(|v| list(&v).into_iter().map(PathBuf::from).collect())
-        .unwrap_or_default();
-        let insecure_registries = parse("insecure_registries", &any)
-            .map(|v| list(&v))
-            .unwrap_or_default();
-        let mirrors = parse("mirrors", &|v| parse_mirrors(v).map(|_| ()))
-            .map(|v| parse_mirrors(&v).unwrap_or_default())
-            .unwrap_or_default();
-        let platform = parse("platform", &|v| v.parse::<Platform>().map(|_| ()))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(Platform::host);
-        let image_backend = parse("image_backend", &|v| {
-            v.parse::<crate::backend::Choice>().map(|_| ())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(crate::backend::Choice::Native);
-        let containerd_socket = parse("containerd_socket", &absolute)
-            .map(PathBuf::from)
-            .unwrap_or_default();
-        let containerd_namespace = parse("containerd_namespace", &|v| {
-            crate::backend::containerd::check_namespace(v)
-        })
-        .unwrap_or_else(|| "cvmd".into());
-        let containerd_pull = parse("containerd_pull", &|v| {
-            v.parse::<crate::backend::containerd::PullPath>()
-                .map(|_| ())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(crate::backend::containerd::PullPath::Auto);
-        let containerd_hosts_dir = parse("containerd_hosts_dir", &absolute).map(PathBuf::from);
-        let pull_policy = parse("pull_policy", &|v| {
-            v.parse::<crate::image::PullPolicy>().map(|_| ())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(crate::image::PullPolicy::IfNotPresent);
-        let pull_concurrency = parse("pull_concurrency", &|v| in_range(v, 1, 64))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4);
-        let pull_retries = parse("pull_retries", &|v| in_range(v, 1, 100))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5);
-        let max_layer_size = parse("max_layer_size", &|v| parse_size(v).map(|_| ()))
-            .and_then(|v| parse_size(&v).ok())
-            .unwrap_or(64 << 30);
+                Ok(paths.into_iter().map(PathBuf::from).collect())
+            })
+            .unwrap_or_default(),
+        insecure_registries: r
+            .opt("insecure_registries", |v| Ok(list(v)))
+            .unwrap_or_default(),
+        mirrors: r.opt("mirrors", parse_mirrors).unwrap_or_default(),
+        retries: r.get("pull_retries", |v| whole(v, 1, 100).map(|n| n as u32)),
+    };
+    PullOptions {
+        cache_dir: r.get("cache_dir", absolute),
+        registry,
+        platform: r
+            .opt("platform", str::parse::<Platform>)
+            .unwrap_or_else(Platform::host),
+        policy: r.get("pull_policy", str::parse),
+        concurrency: r.get("pull_concurrency", |v| whole(v, 1, 64).map(|n| n as usize)),
+        max_layer_size: r.get("max_layer_size", parse_size),
         // Under half of a 100 GB node disk: room for a second image, the
         // workspaces' upper dirs, sysbox and the kubelet beside the largest
         // image; real workspace images are a few GiB to ~30 GiB unpacked.
-        let max_image_size = parse("max_image_size", &|v| parse_size(v).map(|_| ()))
-            .and_then(|v| parse_size(&v).ok())
-            .unwrap_or(40 << 30);
+        max_image_size: r.get("max_image_size", parse_size),
         // 10%: the kubelet's default hard eviction threshold for the node's
         // file system (nodefs.available<10%): a pull never takes the node
         // into evicting pods. A node that also wants to stay out of the
         // kubelet's image gc (from 85% used) sets 15%. Higher defaults made
         // cvmd refuse pulls on nodes with plenty of room in absolute terms
         // (a 250 GB disk with 30 GB free).
-        let cache_reserve = parse("cache_reserve", &|v| {
-            crate::unpack::Reserve::parse(v).map(|_| ())
-        })
-        .and_then(|v| crate::unpack::Reserve::parse(&v).ok())
-        .unwrap_or(crate::unpack::Reserve::Percent(10));
-        let cache_budget =
-            parse("cache_budget", &|v| parse_size(v).map(|_| ())).and_then(|v| parse_size(&v).ok());
-        let log_level = parse("log_level", &|v| {
-            tracing_subscriber::EnvFilter::try_new(v)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .unwrap_or_else(|| "info".into());
-        let log_format = match parse("log_format", &|v| match v {
-            "auto" | "text" | "json" => Ok(()),
-            _ => Err(format!("{v:?} is not one of text, json, auto")),
-        })
-        .as_deref()
-        {
-            Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            _ => LogFormat::Auto,
-        };
-        let workspace = parse("workspace", &|v| {
-            let ok = !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                && !v.starts_with('.');
-            if ok {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{v:?} must be 1-64 of [A-Za-z0-9._-], not starting with '.'"
-                ))
-            }
-        })
-        .unwrap_or_else(|| "workspace".into());
-        // Kubernetes namespaces are DNS labels.
-        let pod_namespace = parse("pod_namespace", &|v| {
-            let ok = !v.is_empty()
-                && v.len() <= 63
-                && v.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !v.starts_with('-')
-                && !v.ends_with('-');
-            if ok {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{v:?} is not a Kubernetes namespace name (1-63 of [a-z0-9-], not starting or ending with '-')"
-                ))
-            }
-        });
-        let runtime = parse("runtime", &any).unwrap_or_else(|| "sysbox-runc".into());
-        let runtime_root = parse("runtime_root", &absolute).map(PathBuf::from);
-        let rootfs_mode = parse("rootfs_mode", &|v| {
-            v.parse::<crate::rootfs::ModePreference>().map(|_| ())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(crate::rootfs::ModePreference::Auto);
-        let flavor = crate::bundle::RuntimeFlavor::of_runtime(&runtime);
-        let idmap = parse("idmap", &|v| {
-            v.parse::<IdMapSetting>()
-                .and_then(|setting| setting.fits(flavor))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(IdMapSetting::Auto);
-        let command = parse("command", &|v| parse_command(v).map(|_| ()))
-            .and_then(|v| parse_command(&v).ok());
-        let user = parse("user", &any);
-        let workdir = parse("workdir", &|v| {
-            if v.starts_with('/') {
-                Ok(())
-            } else {
-                Err(format!("{v:?} is not an absolute path"))
-            }
-        });
-        let hostname = parse("hostname", &|v| {
+        cache_reserve: r.get("cache_reserve", crate::unpack::Reserve::parse),
+        cache_budget: r.opt("cache_budget", parse_size),
+    }
+}
+
+fn backend_options(r: &mut Resolver) -> BackendOptions {
+    BackendOptions {
+        choice: r.get("image_backend", str::parse),
+        containerd: crate::backend::containerd::Options {
+            socket: r.get("containerd_socket", absolute),
+            namespace: r.get("containerd_namespace", |v| {
+                crate::backend::containerd::check_namespace(v).map(|()| v.to_string())
+            }),
+            route: crate::backend::containerd::PullRoute {
+                path: r.get("containerd_pull", str::parse),
+                hosts_dir: r.opt("containerd_hosts_dir", absolute),
+            },
+        },
+    }
+}
+
+fn runtime_options(r: &mut Resolver) -> RuntimeOptions {
+    RuntimeOptions {
+        name: r.get("runtime", |v| Ok(v.to_string())),
+        root: r.opt("runtime_root", absolute),
+        timeout: r.get("runtime_timeout", seconds(1, 3600)),
+    }
+}
+
+/// Everything but the GPUs, which need settings preflight reads too.
+fn bundle_options(r: &mut Resolver) -> BundleOptions {
+    BundleOptions {
+        hostname: r.opt("hostname", |v| {
             let ok = !v.is_empty()
                 && v.len() <= 63
                 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !v.starts_with('-');
             if ok {
-                Ok(())
+                Ok(v.to_string())
             } else {
                 Err(format!(
                     "{v:?} is not a valid hostname (1-63 of [A-Za-z0-9-])"
                 ))
             }
-        });
-        let mounts = parse("mounts", &any);
-        let envs = parse("envs", &any).map(|v| list(&v)).unwrap_or_default();
-        let cpus = parse("cpus", &|v| {
-            crate::bundle::parse_cpus(v)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .and_then(|v| crate::bundle::parse_cpus(&v).ok());
-        let memory =
-            parse("memory", &|v| parse_size(v).map(|_| ())).and_then(|v| parse_size(&v).ok());
-        let add_tun = parse("add_tun", &|v| parse_bool(v).map(|_| ()))
-            .and_then(|v| parse_bool(&v).ok())
-            .unwrap_or(false);
-        let add_fuse = parse("add_fuse", &|v| parse_bool(v).map(|_| ()))
-            .and_then(|v| parse_bool(&v).ok())
-            .unwrap_or(false);
-        let shiftfs_src = parse("shiftfs_src", &absolute)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/opt/cvmd/shiftfs-src"));
-        let shiftfs_install = parse("shiftfs_install", &|v| parse_bool(v).map(|_| ()))
-            .and_then(|v| parse_bool(&v).ok())
-            .unwrap_or(false);
-        let stop_timeout = parse("stop_timeout", &|v| in_range(v, 1, 3600))
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_secs)
-            .unwrap_or(std::time::Duration::from_secs(25));
-        let reboots = crate::supervisor::reboot::RebootPolicy {
-            max: parse("max_reboots", &|v| in_range(v, 0, 1000))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(5),
-            window: parse("reboot_window", &|v| in_range(v, 1, 86400))
-                .and_then(|v| v.parse().ok())
-                .map(std::time::Duration::from_secs)
-                .unwrap_or(std::time::Duration::from_secs(300)),
-        };
+        }),
+        command: r.opt("command", parse_command),
+        user: r.opt("user", |v| Ok(v.to_string())),
+        workdir: r.opt("workdir", |v| absolute(v).map(|_| v.to_string())),
+        mounts: r.opt("mounts", |v| Ok(v.to_string())),
+        envs: r.opt("envs", |v| Ok(list(v))).unwrap_or_default(),
+        cpus: r.opt("cpus", |v| {
+            crate::bundle::parse_cpus(v).map_err(|e| e.to_string())
+        }),
+        memory: r.opt("memory", parse_size),
+        tun: r.get("add_tun", parse_bool),
+        fuse: r.get("add_fuse", parse_bool),
+        gpu: None,
+    }
+}
+
+fn sysbox_config(r: &mut Resolver) -> crate::launch::sysbox::Config {
+    crate::launch::sysbox::Config {
+        mgr: r.get("sysbox_mgr", |v| Ok(v.to_string())),
+        fs: r.get("sysbox_fs", |v| Ok(v.to_string())),
+        run_dir: r.get("sysbox_run_dir", absolute),
+        timeout: r.get("sysbox_timeout", seconds(1, 3600)),
+    }
+}
+
+fn network_settings(r: &mut Resolver) -> crate::network::NetworkSettings {
+    let network = crate::network::NetworkSettings {
+        mode: Some(r.get("network", str::parse)),
+        subnet: r.get("subnet", str::parse),
+        mtu: r.opt("mtu", crate::network::plan::parse_mtu),
+        ports: r
+            .opt("ports", crate::network::plan::parse_ports)
+            .unwrap_or_default(),
+        allow_link_local: r.get("allow_link_local", parse_bool),
+    };
+    if network.mode() == crate::network::Mode::None && !network.ports.is_empty() {
+        r.problems.push(
+            "ports are forwarded to the workspace's veth: they need network veth, not none".into(),
+        );
+    }
+    network
+}
+
+fn api_options(r: &mut Resolver, state_dir: &std::path::Path) -> ApiOptions {
+    ApiOptions {
         // Beside the state: one socket per state dir, as runtime_root.
-        let socket = parse("socket", &absolute)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(&state_dir).join("cvmd.sock"));
-        let admin_group = parse("admin_group", &|v| {
-            crate::api::peer::resolve_group(v).map(|_| ())
-        });
-        let metrics_addr = parse("metrics_addr", &|v| {
+        socket: r
+            .opt("socket", absolute)
+            .unwrap_or_else(|| state_dir.join("cvmd.sock")),
+        admin_group: r.opt("admin_group", |v| {
+            crate::api::peer::resolve_group(v).map(|_| v.to_string())
+        }),
+        metrics_addr: r.opt("metrics_addr", |v| {
             v.parse::<std::net::SocketAddr>()
-                .map(|_| ())
                 .map_err(|_| format!("{v:?} is not an ADDRESS:PORT such as 0.0.0.0:9464"))
-        })
-        .and_then(|v| v.parse().ok());
-        let network = crate::network::NetworkSettings {
-            mode: parse("network", &|v| {
-                v.parse::<crate::network::Mode>().map(|_| ())
-            })
-            .and_then(|v| v.parse().ok()),
-            subnet: parse("subnet", &|v| {
-                v.parse::<crate::network::Subnet>().map(|_| ())
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default(),
-            mtu: parse("mtu", &|v| crate::network::plan::parse_mtu(v).map(|_| ()))
-                .and_then(|v| crate::network::plan::parse_mtu(&v).ok()),
-            ports: parse("ports", &|v| {
-                crate::network::plan::parse_ports(v).map(|_| ())
-            })
-            .and_then(|v| crate::network::plan::parse_ports(&v).ok())
-            .unwrap_or_default(),
-            allow_link_local: parse("allow_link_local", &|v| parse_bool(v).map(|_| ()))
-                .and_then(|v| parse_bool(&v).ok())
-                .unwrap_or(false),
-        };
-        let add_gpu = parse("add_gpu", &|v| parse_bool(v).map(|_| ()))
-            .and_then(|v| parse_bool(&v).ok())
-            .unwrap_or(false);
-        let usr_lib_dir = parse("usr_lib_dir", &absolute).map(PathBuf::from);
-        let gpu_dev_dir = parse("gpu_dev_dir", &absolute).unwrap_or_else(|| "/dev".into());
-        let bootstrap_script = parse("bootstrap_script", &any).filter(|s| !s.trim().is_empty());
-        let runtime_timeout = parse("runtime_timeout", &|v| in_range(v, 1, 3600))
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_secs)
-            .unwrap_or(std::time::Duration::from_secs(120));
-        let sysbox_mgr = parse("sysbox_mgr", &any).unwrap_or_else(|| "sysbox-mgr".into());
-        let sysbox_fs = parse("sysbox_fs", &any).unwrap_or_else(|| "sysbox-fs".into());
-        let sysbox_run_dir =
-            parse("sysbox_run_dir", &absolute).unwrap_or_else(|| "/run/sysbox".into());
-        let sysbox_timeout = parse("sysbox_timeout", &|v| in_range(v, 1, 3600))
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_secs)
-            .unwrap_or(std::time::Duration::from_secs(30));
-        let termination_log =
-            parse("termination_log", &absolute).unwrap_or_else(|| "/dev/termination-log".into());
-        if network.mode() == crate::network::Mode::None && !network.ports.is_empty() {
-            problems.push(
-                "ports are forwarded to the workspace's veth: they need network veth, not none"
-                    .into(),
-            );
-        }
-        if !problems.is_empty() {
-            return Err(ConfigError { problems });
-        }
-        Ok(Settings {
-            image,
-            cache_dir: cache_dir.into(),
-            state_dir: state_dir.into(),
-            pull_secret,
-            docker_config,
-            extra_certs,
-            insecure_registries,
-            mirrors,
-            platform,
-            image_backend,
-            containerd_socket,
-            containerd_namespace,
-            containerd_pull,
-            containerd_hosts_dir,
-            pull_policy,
-            pull_concurrency,
-            pull_retries,
-            max_layer_size,
-            max_image_size,
-            cache_reserve,
-            cache_budget,
-            log_level,
-            log_format,
-            workspace,
-            pod_namespace,
-            runtime,
-            runtime_root,
-            rootfs_mode,
-            idmap,
-            command,
-            user,
-            workdir,
-            hostname,
-            mounts,
-            envs,
-            cpus,
-            memory,
-            add_tun,
-            add_fuse,
-            shiftfs_src,
-            shiftfs_install,
-            stop_timeout,
-            reboots,
-            socket,
-            admin_group,
-            metrics_addr,
-            network,
-            add_gpu,
-            usr_lib_dir,
-            gpu_dev_dir: gpu_dev_dir.into(),
-            bootstrap_script,
-            runtime_timeout,
-            sysbox_mgr,
-            sysbox_fs,
-            sysbox_run_dir: sysbox_run_dir.into(),
-            sysbox_timeout,
-            termination_log: termination_log.into(),
-        })
-    }
-
-    /// The workspace's identity on the node, which every pod on it shares
-    /// a cache with: `NAMESPACE/NAME` when the pod's namespace is known
-    /// (pod names are unique only within one), else the name. Its lease
-    /// and its host ID range are keyed by this; its container id and state
-    /// dir stay the plain name (they are the pod's own).
-    pub fn node_identity(&self) -> String {
-        match &self.pod_namespace {
-            Some(ns) => format!("{ns}/{}", self.workspace),
-            None => self.workspace.clone(),
-        }
-    }
-
-    /// Registry client options, with the credential sources in the order
-    /// they are consulted: the pull secret first, then the docker config.
-    pub fn client_options(
-        &self,
-    ) -> Result<ClientOptions, crate::registry::credentials::CredentialError> {
-        let mut sources = Vec::new();
-        if let Some(secret) = &self.pull_secret {
-            sources.push(CredentialSource::from_pull_secret(secret)?);
-        }
-        sources.push(CredentialSource::from_docker_config(&self.docker_config)?);
-        Ok(ClientOptions {
-            insecure_registries: self.insecure_registries.clone(),
-            extra_ca_paths: self.extra_certs.clone(),
-            mirrors: self.mirrors.clone(),
-            keychain: Keychain {
-                sources,
-                helper_path: None,
-            },
-            retry: RetryPolicy {
-                attempts: self.pull_retries,
-                ..RetryPolicy::default()
-            },
-        })
+        }),
     }
 }
 
@@ -647,19 +573,24 @@ fn list(v: &str) -> Vec<String> {
         .collect()
 }
 
-fn absolute(v: &str) -> Result<(), String> {
+fn absolute(v: &str) -> Result<PathBuf, String> {
     if v.starts_with('/') {
-        Ok(())
+        Ok(PathBuf::from(v))
     } else {
         Err(format!("{v:?} is not an absolute path"))
     }
 }
 
-fn in_range(v: &str, lo: u64, hi: u64) -> Result<(), String> {
+fn whole(v: &str, lo: u64, hi: u64) -> Result<u64, String> {
     match v.parse::<u64>() {
-        Ok(n) if (lo..=hi).contains(&n) => Ok(()),
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
         _ => Err(format!("{v:?} is not a whole number from {lo} to {hi}")),
     }
+}
+
+/// Whole seconds from `lo` to `hi`.
+fn seconds(lo: u64, hi: u64) -> impl Fn(&str) -> Result<Duration, String> {
+    move |v| whole(v, lo, hi).map(Duration::from_secs)
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -809,8 +740,8 @@ mod tests {
     fn the_default_id_mapping_is_the_workspaces_own_range_under_every_runtime() {
         for runtime in ["runc", "sysbox-runc", "/usr/bin/runc"] {
             let s = resolve(&["--runtime", runtime], &[]).unwrap();
-            assert_eq!(s.idmap, IdMapSetting::Auto, "{runtime}");
-            assert!(!s.idmap.host_userns());
+            assert_eq!(s.run.rootfs.idmap, IdMapSetting::Auto, "{runtime}");
+            assert!(!s.run.rootfs.idmap.host_userns());
         }
     }
 
@@ -825,13 +756,13 @@ mod tests {
         );
         // sysbox-runc allocates a mapping itself: its contract.
         let s = resolve(&["--runtime", "sysbox-runc", "--idmap", "none"], &[]).unwrap();
-        assert_eq!(s.idmap, IdMapSetting::None);
+        assert_eq!(s.run.rootfs.idmap, IdMapSetting::None);
     }
 
     #[test]
     fn the_host_user_namespace_only_by_its_unsafe_name_and_only_under_runc() {
         let s = resolve(&["--runtime", "runc", "--idmap", "host-unsafe"], &[]).unwrap();
-        assert!(s.idmap.host_userns());
+        assert!(s.run.rootfs.idmap.host_userns());
         let e = resolve(&["--runtime", "sysbox-runc", "--idmap", "host-unsafe"], &[]).unwrap_err();
         assert!(e.to_string().contains("runc only"), "{e}");
     }
@@ -839,40 +770,50 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let s = resolve(&[], &[]).unwrap();
-        assert_eq!(s.cache_dir, PathBuf::from("/var/lib/cvmd"));
-        assert_eq!(s.pull_concurrency, 4);
-        assert_eq!(s.docker_config, PathBuf::from("/root/.docker/config.json"));
-        assert_eq!(s.platform, Platform::host());
-        assert_eq!(s.socket, PathBuf::from("/run/cvmd/cvmd.sock"));
-        assert_eq!(s.admin_group, None);
-        assert_eq!(s.image_backend, crate::backend::Choice::Native);
+        assert_eq!(s.run.pull.cache_dir, PathBuf::from("/var/lib/cvmd"));
+        assert_eq!(s.run.pull.concurrency, 4);
         assert_eq!(
-            s.containerd_socket,
+            s.run.pull.registry.docker_config,
+            PathBuf::from("/root/.docker/config.json")
+        );
+        assert_eq!(s.run.pull.platform, Platform::host());
+        assert_eq!(s.run.api.socket, PathBuf::from("/run/cvmd/cvmd.sock"));
+        assert_eq!(s.run.api.admin_group, None);
+        assert_eq!(s.run.backend.choice, crate::backend::Choice::Native);
+        assert_eq!(
+            s.run.backend.containerd.socket,
             PathBuf::from("/run/containerd/containerd.sock")
         );
-        assert_eq!(s.containerd_namespace, "cvmd");
+        assert_eq!(s.run.backend.containerd.namespace, "cvmd");
     }
 
     #[test]
     fn the_socket_follows_the_state_dir_and_the_admin_group_must_exist() {
         let s = resolve(&[], &[("CVMD_STATE_DIR", "/tmp/x")]).unwrap();
-        assert_eq!(s.socket, PathBuf::from("/tmp/x/cvmd.sock"));
+        assert_eq!(s.run.api.socket, PathBuf::from("/tmp/x/cvmd.sock"));
         let e = resolve(&[], &[("CVMD_ADMIN_GROUP", "no-such-group-cvmd")]).unwrap_err();
         assert!(e.problems[0].contains("CVMD_ADMIN_GROUP"), "{e}");
         let s = resolve(&[], &[("CVMD_ADMIN_GROUP", "4242")]).unwrap();
-        assert_eq!(s.admin_group.as_deref(), Some("4242"));
+        assert_eq!(s.run.api.admin_group.as_deref(), Some("4242"));
     }
 
     #[test]
     fn flag_beats_cvmd_env_beats_envbox_alias() {
         let env = [("CVMD_IMAGE", "a:1"), ("CODER_INNER_IMAGE", "b:1")];
-        assert_eq!(resolve(&[], &env).unwrap().image.as_deref(), Some("a:1"));
         assert_eq!(
-            resolve(&[], &env[1..]).unwrap().image.as_deref(),
+            resolve(&[], &env).unwrap().run.image.as_deref(),
+            Some("a:1")
+        );
+        assert_eq!(
+            resolve(&[], &env[1..]).unwrap().run.image.as_deref(),
             Some("b:1")
         );
         assert_eq!(
-            resolve(&["--image", "c:1"], &env).unwrap().image.as_deref(),
+            resolve(&["--image", "c:1"], &env)
+                .unwrap()
+                .run
+                .image
+                .as_deref(),
             Some("c:1")
         );
     }
@@ -888,11 +829,11 @@ mod tests {
         .unwrap();
         let p = path.to_str().unwrap();
         let s = resolve(&["--config", p], &[]).unwrap();
-        assert_eq!(s.image.as_deref(), Some("f:1"));
-        assert_eq!(s.insecure_registries, ["a:5000", "b"]);
-        assert_eq!(s.pull_concurrency, 8);
+        assert_eq!(s.run.image.as_deref(), Some("f:1"));
+        assert_eq!(s.run.pull.registry.insecure_registries, ["a:5000", "b"]);
+        assert_eq!(s.run.pull.concurrency, 8);
         let s = resolve(&[], &[("CVMD_CONFIG", p), ("CVMD_IMAGE", "e:1")]).unwrap();
-        assert_eq!(s.image.as_deref(), Some("e:1"));
+        assert_eq!(s.run.image.as_deref(), Some("e:1"));
     }
 
     #[test]
@@ -955,24 +896,27 @@ mod tests {
             )],
         )
         .unwrap();
-        assert_eq!(s.mirrors["docker.io"], ["m1:5000", "https://m2"]);
-        assert_eq!(s.mirrors["quay.io"], ["m3"]);
+        assert_eq!(
+            s.run.pull.registry.mirrors["docker.io"],
+            ["m1:5000", "https://m2"]
+        );
+        assert_eq!(s.run.pull.registry.mirrors["quay.io"], ["m3"]);
     }
 
     #[test]
     fn network_settings_resolve_and_report_bad_values() {
         let s = resolve(&[], &[]).unwrap();
-        assert_eq!(s.network.mode(), crate::network::Mode::Veth);
-        assert_eq!(s.network.subnet.to_string(), "172.19.0.0/30");
+        assert_eq!(s.run.network.mode(), crate::network::Mode::Veth);
+        assert_eq!(s.run.network.subnet.to_string(), "172.19.0.0/30");
         let s = resolve(
             &["--network", "veth", "--mtu", "1400"],
             &[("CVMD_SUBNET", "10.1.0.0/29"), ("CVMD_PORTS", "8080:80")],
         )
         .unwrap();
-        assert_eq!(s.network.mode(), crate::network::Mode::Veth);
-        assert_eq!(s.network.mtu, Some(1400));
-        assert_eq!(s.network.subnet.inner().to_string(), "10.1.0.2");
-        assert_eq!(s.network.ports.len(), 1);
+        assert_eq!(s.run.network.mode(), crate::network::Mode::Veth);
+        assert_eq!(s.run.network.mtu, Some(1400));
+        assert_eq!(s.run.network.subnet.inner().to_string(), "10.1.0.2");
+        assert_eq!(s.run.network.ports.len(), 1);
         let e = resolve(
             &["--subnet", "10.1.0.0/31", "--ports", "80:0"],
             &[("CVMD_NETWORK", "host")],
