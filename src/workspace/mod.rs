@@ -237,63 +237,54 @@ async fn boot(
         let _ = runtime.delete(id, true).await;
         state.enter(Phase::Create);
         let pid_file = ws_dir.join("init.pid");
-        let created = match runtime
-            .create(
-                id,
-                &bundle_dir,
-                &pid_file,
-                ContainerIo::Pipes { stdin: false },
-            )
-            .await
-        {
-            Ok(created) => created,
-            Err(e) => {
-                // A create that timed out may have left a half-made container.
-                let _ = runtime.delete(id, true).await;
-                return Err(e.into());
-            }
-        };
-        let exit = match reaper.watch(created.pid) {
-            Ok(exit) => exit,
-            Err(e) => {
-                let _ = runtime.delete(id, true).await;
-                return Err(e.into());
-            }
-        };
-        let (exit, oom) = oom::watch(created.pid, exit, state);
-        // Before start: systemd as PID 1 in a user namespace needs its
-        // cgroups writable by the mapped root (see `launch::cgroups`);
-        // another init only loses the nesting of its own cgroups.
-        if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
-            match launch::cgroups::delegate(created.pid, &map) {
-                Ok(_) => {}
-                Err(e) if !info.init => {
-                    tracing::warn!(error = %e, "the workspace's cgroups stay the node root's");
-                }
-                Err(e) => {
-                    let _ = runtime.delete(id, true).await;
-                    return Err(e.into());
+        let made = async {
+            let created = runtime
+                .create(
+                    id,
+                    &bundle_dir,
+                    &pid_file,
+                    ContainerIo::Pipes { stdin: false },
+                )
+                .await?;
+            let pid = created.pid;
+            let exit = reaper.watch(pid)?;
+            let (exit, oom) = oom::watch(pid, exit, state);
+            // Before start: systemd as PID 1 in a user namespace needs its
+            // cgroups writable by the mapped root (see `launch::cgroups`);
+            // another init only loses the nesting of its own cgroups.
+            if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
+                match launch::cgroups::delegate(pid, &map) {
+                    Ok(_) => {}
+                    Err(e) if !info.init => {
+                        tracing::warn!(error = %e, "the workspace's cgroups stay the node root's");
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
-        }
-        for (source, pipe) in [
-            (Source::Stdout, created.io.stdout),
-            (Source::Stderr, created.io.stderr),
-        ] {
-            if let Some(pipe) = pipe {
-                tokio::spawn(log_lines(source, pipe, state.logs().clone()));
+            for (source, pipe) in [
+                (Source::Stdout, created.io.stdout),
+                (Source::Stderr, created.io.stderr),
+            ] {
+                if let Some(pipe) = pipe {
+                    tokio::spawn(log_lines(source, pipe, state.logs().clone()));
+                }
             }
+            state.enter(Phase::Network);
+            let mut plan = network::Plan::new(id, &settings.network);
+            plan.link_local_dns = network::plan::link_local_nameservers(
+                &std::fs::read_to_string(ws_dir.join("resolv.conf")).unwrap_or_default(),
+            );
+            let net = network::setup(&plan, pid, Arc::new(reaper.clone())).await?;
+            Ok::<_, anyhow::Error>((pid, exit, oom, net))
         }
-        state.enter(Phase::Network);
-        let mut plan = network::Plan::new(id, &settings.network);
-        plan.link_local_dns = network::plan::link_local_nameservers(
-            &std::fs::read_to_string(ws_dir.join("resolv.conf")).unwrap_or_default(),
-        );
-        let net = match network::setup(&plan, created.pid, Arc::new(reaper.clone())).await {
-            Ok(net) => net,
+        .await;
+        let (pid, exit, oom, net) = match made {
+            Ok(made) => made,
             Err(e) => {
+                // Whichever step failed, a create that timed out
+                // included: the half-made container goes.
                 let _ = runtime.delete(id, true).await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         // The network goes on every path from here: start failure, the
@@ -309,10 +300,10 @@ async fn boot(
                     runtime: runtime.clone(),
                     id: id.to_string(),
                 },
-                created.pid,
+                pid,
             );
             state.enter(Phase::Running);
-            tracing::info!(id, pid = created.pid, "workspace running");
+            tracing::info!(id, pid = pid, "workspace running");
             // From here on `died` below watches the daemons; one that died
             // during create or start is reported now.
             if let Err(death) = daemons.check() {
@@ -326,7 +317,7 @@ async fn boot(
             let supervised = signals::supervise(
                 &runtime,
                 id,
-                created.pid,
+                pid,
                 exit,
                 StopPolicy {
                     stop_signal: info.stop_signal,
