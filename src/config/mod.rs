@@ -1,13 +1,19 @@
 //! Settings: each is a flag, a `CVMD_*` environment variable, an envbox
 //! `CODER_*` alias where envbox has the same setting, and a key of the
 //! optional TOML file, in that order of precedence. One table below is the
-//! single source of the flags, the help text and the validation.
+//! single source of the flags, the help text and the defaults; each
+//! setting is parsed once, into the options of the stage that reads it
+//! (`workspace::RunOptions` groups them), so no stage reads `config`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Arg, ArgMatches};
+
+mod source;
+
+use source::{load_file, Resolver};
 
 use crate::backend::{BackendOptions, RootfsOptions};
 use crate::bundle::RuntimeFlavor;
@@ -149,117 +155,6 @@ pub struct Settings {
 #[error("{}", problems.join("\n"))]
 pub struct ConfigError {
     pub problems: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-enum Origin {
-    Flag,
-    Env(&'static str),
-    File(PathBuf),
-    Default,
-}
-
-impl Origin {
-    fn describe(&self, spec: &Spec) -> String {
-        match self {
-            Origin::Flag => format!("--{}", spec.key.replace('_', "-")),
-            Origin::Env(name) => (*name).to_string(),
-            Origin::File(p) => format!("{} in {}", spec.key, p.display()),
-            Origin::Default => format!("the default of {}", spec.key),
-        }
-    }
-}
-
-/// Reads each setting once, in order of precedence: the flag, the
-/// environment (`CVMD_*`, then the envbox alias), the TOML file, then the
-/// table's default; every bad value becomes one problem naming where it
-/// came from.
-struct Resolver<'a> {
-    matches: &'a ArgMatches,
-    env: &'a dyn Fn(&str) -> Option<String>,
-    file: BTreeMap<String, String>,
-    file_path: PathBuf,
-    problems: Vec<String>,
-}
-
-impl<'a> Resolver<'a> {
-    fn new(matches: &'a ArgMatches, env: &'a dyn Fn(&str) -> Option<String>) -> Self {
-        let mut r = Resolver {
-            matches,
-            env,
-            file: BTreeMap::new(),
-            file_path: PathBuf::new(),
-            problems: Vec::new(),
-        };
-        if let Some((path, _)) = r.given(spec("config")) {
-            match load_file(&path) {
-                Ok(file) => r.file = file,
-                Err(e) => r.problems.push(e),
-            }
-            r.file_path = PathBuf::from(path);
-        }
-        r
-    }
-
-    /// The flag's or the environment's value (an empty variable is unset).
-    fn given(&self, spec: &Spec) -> Option<(String, Origin)> {
-        if let Some(v) = self.matches.try_get_one::<String>(spec.key).ok().flatten() {
-            return Some((v.clone(), Origin::Flag));
-        }
-        let env = |name: &'static str| {
-            (self.env)(name)
-                .filter(|v| !v.is_empty())
-                .map(|v| (v, Origin::Env(name)))
-        };
-        env(spec.env).or_else(|| spec.envbox.and_then(env))
-    }
-
-    fn raw(&self, spec: &Spec) -> Option<(String, Origin)> {
-        self.given(spec)
-            .or_else(|| {
-                let v = self.file.get(spec.key)?;
-                Some((v.clone(), Origin::File(self.file_path.clone())))
-            })
-            .or_else(|| spec.default.map(|d| (d.to_string(), Origin::Default)))
-    }
-
-    /// The setting parsed; `None` when it is unset and has no default, or
-    /// when it is bad (then a problem is noted).
-    fn opt<T>(&mut self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
-        let spec = spec(key);
-        let (value, origin) = self.raw(spec)?;
-        match parse(&value) {
-            Ok(v) => Some(v),
-            Err(why) => {
-                self.problems
-                    .push(format!("invalid {}: {why}", origin.describe(spec)));
-                None
-            }
-        }
-    }
-
-    /// A setting with a default in the table. When its value is bad, the
-    /// problem is noted and the default stands in: resolving fails anyway,
-    /// so it is never used.
-    fn get<T>(&mut self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> T {
-        if let Some(v) = self.opt(key, &parse) {
-            return v;
-        }
-        let default = spec(key)
-            .default
-            .unwrap_or_else(|| panic!("setting {key} has no default in SETTINGS"));
-        parse(default).unwrap_or_else(|e| panic!("the default of {key} is bad: {e}"))
-    }
-
-    fn finish<T>(self, value: T) -> Result<T, ConfigError> {
-        if self.problems.is_empty() {
-            Ok(value)
-        } else {
-            Err(ConfigError {
-                problems: self.problems,
-            })
-        }
-    }
 }
 
 impl Settings {
@@ -647,7 +542,6 @@ fn parse_mirrors(v: &str) -> Result<HashMap<String, Vec<String>>, String> {
     Ok(out)
 }
 
-/// The TOML file as key -> value string; lists are joined with ','.
 /// Where cvmd's control socket is, from the settings cvmd itself reads
 /// for it, with the same precedence: `flag` (cvmctl's --socket), then
 /// CVMD_SOCKET, then the config file's `socket` (CVMD_CONFIG), else
@@ -676,322 +570,8 @@ pub fn control_socket(
     Ok(PathBuf::from(state_dir).join("cvmd.sock"))
 }
 
-fn load_file(path: &str) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {path}: {e}"))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| format!("config file {path}: {}", e.message()))?;
-    let mut out = BTreeMap::new();
-    for (key, value) in table {
-        if key == "config" || !SETTINGS.iter().any(|s| s.key == key) {
-            let known: Vec<&str> = SETTINGS
-                .iter()
-                .map(|s| s.key)
-                .filter(|k| *k != "config")
-                .collect();
-            return Err(format!(
-                "config file {path}: unknown setting {key:?} (known: {})",
-                known.join(", ")
-            ));
-        }
-        let text = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) => items
-                .into_iter()
-                .map(|i| match i {
-                    toml::Value::String(s) => Ok(s),
-                    other => Err(format!(
-                        "config file {path}: {key} must list strings, found {other}"
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .join(","),
-            other => {
-                return Err(format!(
-                    "config file {path}: {key} has an unsupported value {other}"
-                ))
-            }
-        };
-        out.insert(key, text);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resolve(argv: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let cmd = clap::Command::new("cvmd").args(args());
-        let matches = cmd
-            .try_get_matches_from(std::iter::once("cvmd").chain(argv.iter().copied()))
-            .unwrap();
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::resolve(&matches, &|k| env.get(k).cloned())
-    }
-
-    #[test]
-    fn the_default_id_mapping_is_the_workspaces_own_range_under_every_runtime() {
-        for runtime in ["runc", "sysbox-runc", "/usr/bin/runc"] {
-            let s = resolve(&["--runtime", runtime], &[]).unwrap();
-            assert_eq!(s.run.rootfs.idmap, IdMapSetting::Auto, "{runtime}");
-            assert!(!s.run.rootfs.idmap.host_userns());
-        }
-    }
-
-    #[test]
-    fn none_under_runc_is_refused_naming_the_unsafe_setting() {
-        let e = resolve(&["--runtime", "runc"], &[("CVMD_IDMAP", "none")]).unwrap_err();
-        let text = e.to_string();
-        assert!(text.contains("invalid CVMD_IDMAP"), "{text}");
-        assert!(
-            text.contains("node's root") && text.contains(crate::idmap::HOST_UNSAFE),
-            "{text}"
-        );
-        // sysbox-runc allocates a mapping itself: its contract.
-        let s = resolve(&["--runtime", "sysbox-runc", "--idmap", "none"], &[]).unwrap();
-        assert_eq!(s.run.rootfs.idmap, IdMapSetting::None);
-    }
-
-    #[test]
-    fn the_host_user_namespace_only_by_its_unsafe_name_and_only_under_runc() {
-        let s = resolve(&["--runtime", "runc", "--idmap", "host-unsafe"], &[]).unwrap();
-        assert!(s.run.rootfs.idmap.host_userns());
-        let e = resolve(&["--runtime", "sysbox-runc", "--idmap", "host-unsafe"], &[]).unwrap_err();
-        assert!(e.to_string().contains("runc only"), "{e}");
-    }
-
-    #[test]
-    fn defaults_apply() {
-        let s = resolve(&[], &[]).unwrap();
-        assert_eq!(s.run.pull.cache_dir, PathBuf::from("/var/lib/cvmd"));
-        assert_eq!(s.run.pull.concurrency, 4);
-        assert_eq!(
-            s.run.pull.registry.docker_config,
-            PathBuf::from("/root/.docker/config.json")
-        );
-        assert_eq!(s.run.pull.platform, Platform::host());
-        assert_eq!(s.run.api.socket, PathBuf::from("/run/cvmd/cvmd.sock"));
-        assert_eq!(s.run.api.admin_group, None);
-        assert_eq!(s.run.backend.choice, crate::backend::Choice::Native);
-        assert_eq!(
-            s.run.backend.containerd.socket,
-            PathBuf::from("/run/containerd/containerd.sock")
-        );
-        assert_eq!(s.run.backend.containerd.namespace, "cvmd");
-    }
-
-    #[test]
-    fn the_socket_follows_the_state_dir_and_the_admin_group_must_exist() {
-        let s = resolve(&[], &[("CVMD_STATE_DIR", "/tmp/x")]).unwrap();
-        assert_eq!(s.run.api.socket, PathBuf::from("/tmp/x/cvmd.sock"));
-        let e = resolve(&[], &[("CVMD_ADMIN_GROUP", "no-such-group-cvmd")]).unwrap_err();
-        assert!(e.problems[0].contains("CVMD_ADMIN_GROUP"), "{e}");
-        let s = resolve(&[], &[("CVMD_ADMIN_GROUP", "4242")]).unwrap();
-        assert_eq!(s.run.api.admin_group.as_deref(), Some("4242"));
-    }
-
-    #[test]
-    fn flag_beats_cvmd_env_beats_envbox_alias() {
-        let env = [("CVMD_IMAGE", "a:1"), ("CODER_INNER_IMAGE", "b:1")];
-        assert_eq!(
-            resolve(&[], &env).unwrap().run.image.as_deref(),
-            Some("a:1")
-        );
-        assert_eq!(
-            resolve(&[], &env[1..]).unwrap().run.image.as_deref(),
-            Some("b:1")
-        );
-        assert_eq!(
-            resolve(&["--image", "c:1"], &env)
-                .unwrap()
-                .run
-                .image
-                .as_deref(),
-            Some("c:1")
-        );
-    }
-
-    #[test]
-    fn file_values_are_below_env() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cvmd.toml");
-        std::fs::write(
-            &path,
-            "image = \"f:1\"\ninsecure_registries = [\"a:5000\", \"b\"]\npull_concurrency = 8\n",
-        )
-        .unwrap();
-        let p = path.to_str().unwrap();
-        let s = resolve(&["--config", p], &[]).unwrap();
-        assert_eq!(s.run.image.as_deref(), Some("f:1"));
-        assert_eq!(s.run.pull.registry.insecure_registries, ["a:5000", "b"]);
-        assert_eq!(s.run.pull.concurrency, 8);
-        let s = resolve(&[], &[("CVMD_CONFIG", p), ("CVMD_IMAGE", "e:1")]).unwrap();
-        assert_eq!(s.run.image.as_deref(), Some("e:1"));
-    }
-
-    #[test]
-    fn every_bad_value_is_reported_once_with_its_origin() {
-        let e = resolve(
-            &["--pull-concurrency", "0"],
-            &[
-                ("CVMD_CACHE_DIR", "relative"),
-                ("CODER_INNER_IMAGE", "Bad Image"),
-                ("CVMD_MIRRORS", "nomirror"),
-                ("CVMD_LOG_FORMAT", "xml"),
-            ],
-        )
-        .unwrap_err();
-        let text = e.to_string();
-        assert_eq!(e.problems.len(), 5, "{text}");
-        assert!(
-            text.contains("invalid --pull-concurrency: \"0\" is not a whole number from 1 to 64"),
-            "{text}"
-        );
-        assert!(
-            text.contains("invalid CVMD_CACHE_DIR: \"relative\" is not an absolute path"),
-            "{text}"
-        );
-        assert!(text.contains("invalid CODER_INNER_IMAGE"), "{text}");
-        assert!(
-            text.contains("\"nomirror\" is not REGISTRY=MIRROR"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn unknown_file_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "imagee = \"x\"\n").unwrap();
-        let e = resolve(&["--config", path.to_str().unwrap()], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("unknown setting \"imagee\""), "{e}");
-    }
-
-    #[test]
-    fn sizes_take_binary_units() {
-        assert_eq!(parse_size("123"), Ok(123));
-        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
-        assert_eq!(parse_size("64G"), Ok(64 << 30));
-        assert!(parse_size("1.5GiB").is_err());
-        assert!(parse_size("99999999999TiB").is_err());
-        assert!(parse_size("").is_err());
-    }
-
-    #[test]
-    fn mirrors_keep_their_order() {
-        let s = resolve(
-            &[],
-            &[(
-                "CVMD_MIRRORS",
-                "docker.io=m1:5000, docker.io=https://m2,quay.io=m3",
-            )],
-        )
-        .unwrap();
-        assert_eq!(
-            s.run.pull.registry.mirrors["docker.io"],
-            ["m1:5000", "https://m2"]
-        );
-        assert_eq!(s.run.pull.registry.mirrors["quay.io"], ["m3"]);
-    }
-
-    #[test]
-    fn network_settings_resolve_and_report_bad_values() {
-        let s = resolve(&[], &[]).unwrap();
-        assert_eq!(s.run.network.mode(), crate::network::Mode::Veth);
-        assert_eq!(s.run.network.subnet.to_string(), "172.19.0.0/30");
-        let s = resolve(
-            &["--network", "veth", "--mtu", "1400"],
-            &[("CVMD_SUBNET", "10.1.0.0/29"), ("CVMD_PORTS", "8080:80")],
-        )
-        .unwrap();
-        assert_eq!(s.run.network.mode(), crate::network::Mode::Veth);
-        assert_eq!(s.run.network.mtu, Some(1400));
-        assert_eq!(s.run.network.subnet.inner().to_string(), "10.1.0.2");
-        assert_eq!(s.run.network.ports.len(), 1);
-        let e = resolve(
-            &["--subnet", "10.1.0.0/31", "--ports", "80:0"],
-            &[("CVMD_NETWORK", "host")],
-        )
-        .unwrap_err();
-        assert_eq!(e.problems.len(), 3, "{e}");
-        assert!(
-            e.to_string()
-                .contains("invalid CVMD_NETWORK: \"host\" is not one of veth, none"),
-            "{e}"
-        );
-        let e = resolve(&["--network", "none", "--ports", "80"], &[]).unwrap_err();
-        assert!(e.to_string().contains("need network veth"), "{e}");
-    }
-
-    #[test]
-    fn every_setting_has_a_flag_and_an_env_var() {
-        let help = clap::Command::new("cvmd")
-            .args(args())
-            .render_long_help()
-            .to_string();
-        for s in SETTINGS {
-            assert!(help.contains(s.env), "{}", s.env);
-            assert!(
-                help.contains(&format!("--{}", s.key.replace('_', "-"))),
-                "{}",
-                s.key
-            );
-            if let Some(a) = s.envbox {
-                assert!(help.contains(a), "{a}");
-            }
-        }
-    }
-    #[test]
-    fn cvmctl_finds_the_socket_as_cvmd_places_it() {
-        fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-            let pairs: Vec<(String, String)> = pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        }
-        let socket = |pairs: &[(&str, &str)]| control_socket(None, &env(pairs));
-        assert_eq!(socket(&[]).unwrap(), PathBuf::from("/run/cvmd/cvmd.sock"));
-        assert_eq!(
-            socket(&[("CVMD_STATE_DIR", "/var/lib/cvmd-state")]).unwrap(),
-            PathBuf::from("/var/lib/cvmd-state/cvmd.sock")
-        );
-        let both = [("CVMD_STATE_DIR", "/s"), ("CVMD_SOCKET", "/x/c.sock")];
-        assert_eq!(socket(&both).unwrap(), PathBuf::from("/x/c.sock"));
-        assert_eq!(
-            control_socket(Some("/flag.sock"), &env(&both)).unwrap(),
-            PathBuf::from("/flag.sock")
-        );
-        // The config file: its state_dir, and its socket over that.
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("cvmd.toml");
-        let path = file.to_str().unwrap();
-        std::fs::write(&file, "state_dir = \"/from/file\"\nimage = \"busybox\"\n").unwrap();
-        assert_eq!(
-            socket(&[("CVMD_CONFIG", path)]).unwrap(),
-            PathBuf::from("/from/file/cvmd.sock")
-        );
-        let with_env = [("CVMD_CONFIG", path), ("CVMD_STATE_DIR", "/env")];
-        assert_eq!(
-            socket(&with_env).unwrap(),
-            PathBuf::from("/env/cvmd.sock"),
-            "the environment over the file, as for cvmd"
-        );
-        std::fs::write(&file, "socket = \"/f/s.sock\"\n").unwrap();
-        assert_eq!(socket(&with_env).unwrap(), PathBuf::from("/f/s.sock"));
-        std::fs::write(&file, "nonsense = 1\n").unwrap();
-        assert!(socket(&with_env).unwrap_err().contains("unknown setting"));
-    }
-}
+mod tests;
 
 #[cfg(test)]
 mod readme {
@@ -999,7 +579,7 @@ mod readme {
     /// name every setting.
     #[test]
     fn readme_lists_every_setting() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         for s in super::SETTINGS.iter().filter(|s| s.key != "config") {
             assert!(
                 readme.contains(&format!("`{}`", s.env)),
