@@ -327,9 +327,10 @@ impl Backend {
     }
 
     /// Unmounts a rootfs [`Backend::keep_mounted`] left at `target` for
-    /// `identity`, and gives back what held its layers.
+    /// `identity`, and gives back what held its layers. The unmount comes
+    /// first: it needs no containerd, whose view goes after.
     pub async fn unmount(
-        &self,
+        options: &BackendOptions,
         cache_dir: &Path,
         identity: &str,
         target: &Path,
@@ -337,7 +338,7 @@ impl Backend {
         crate::rootfs::teardown(target)?;
         // Whichever backend mounted it: the lease file is cvmd's.
         crate::store::lease::Lease::release(cache_dir, identity);
-        if let Backend::Containerd(c, _) = self {
+        if let Backend::Containerd(c, _) = Backend::select(options).await? {
             c.release_workspace(identity).await?;
         }
         Ok(())

@@ -70,14 +70,14 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
     let dir = std::path::absolute(&dir).with_context(|| format!("rootfs dir {}", dir.display()))?;
     let name = workspace_name(args, &dir);
     let cache_dir = &run.pull.cache_dir;
-    // The backend `cvmd run` uses, so every image setting means the same
-    // here: with containerd the image and its layers stay containerd's.
-    let backend = Backend::select(&run.backend).await?;
     if args.unmount {
-        backend.unmount(cache_dir, &name, &dir).await?;
+        Backend::unmount(&run.backend, cache_dir, &name, &dir).await?;
         println!("unmounted {}", dir.display());
         return Ok(());
     }
+    // The backend `cvmd run` uses, so every image setting means the same
+    // here: with containerd the image and its layers stay containerd's.
+    let backend = Backend::select(&run.backend).await?;
     let image = image.context("no image: give one as an argument or set CVMD_IMAGE")?;
     let reference: Reference = image.parse()?;
     let holder = Holder {
