@@ -2,11 +2,15 @@
 //! is complete (a warm start costs no network), otherwise by pulling, as the
 //! pull policy says.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::config::Settings;
 use crate::pull::{ProgressSink, PullError, Puller};
+use crate::registry::client::{ClientOptions, RetryPolicy};
+use crate::registry::credentials::{CredentialError, CredentialSource, Keychain};
+use crate::registry::manifest::Platform;
 use crate::registry::{Reference, RegistryClient, RegistryError};
 use crate::store::images::ImageRecord;
 use crate::store::layers::LayerCache;
@@ -32,6 +36,64 @@ impl FromStr for PullPolicy {
     }
 }
 
+/// How cvmd's own registry client reaches registries (the native backend,
+/// and the containerd backend's content path).
+#[derive(Debug, Clone)]
+pub struct RegistryAccess {
+    /// A `.dockerconfigjson` / `.dockercfg`, or a path to one.
+    pub pull_secret: Option<String>,
+    pub docker_config: PathBuf,
+    pub extra_certs: Vec<PathBuf>,
+    pub insecure_registries: Vec<String>,
+    pub mirrors: HashMap<String, Vec<String>>,
+    /// Attempts per request.
+    pub retries: u32,
+}
+
+impl RegistryAccess {
+    /// Registry client options, with the credential sources in the order
+    /// they are consulted: the pull secret first, then the docker config.
+    /// Read at each pull, so a rotated secret is seen by the next one.
+    pub fn client_options(&self) -> Result<ClientOptions, CredentialError> {
+        let mut sources = Vec::new();
+        if let Some(secret) = &self.pull_secret {
+            sources.push(CredentialSource::from_pull_secret(secret)?);
+        }
+        sources.push(CredentialSource::from_docker_config(&self.docker_config)?);
+        Ok(ClientOptions {
+            insecure_registries: self.insecure_registries.clone(),
+            extra_ca_paths: self.extra_certs.clone(),
+            mirrors: self.mirrors.clone(),
+            keychain: Keychain {
+                sources,
+                helper_path: None,
+            },
+            retry: RetryPolicy {
+                attempts: self.retries,
+                ..RetryPolicy::default()
+            },
+        })
+    }
+}
+
+/// Where images are pulled from and into, and within which bounds.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// The node cache.
+    pub cache_dir: PathBuf,
+    pub registry: RegistryAccess,
+    pub platform: Platform,
+    /// When to ask the registry (a command may ask for another).
+    pub policy: PullPolicy,
+    /// Layers downloaded at once.
+    pub concurrency: usize,
+    pub max_layer_size: u64,
+    pub max_image_size: u64,
+    pub cache_reserve: crate::unpack::Reserve,
+    /// Least recently used images go beyond this size, after a pull.
+    pub cache_budget: Option<u64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("image {0} is not in the node cache and the pull policy is Never: prefetch it (cvmd prefetch) or allow pulls")]
@@ -54,10 +116,10 @@ pub struct ReadyImage {
     pub pulled: bool,
 }
 
-/// A puller configured from the settings.
-fn puller(settings: &Settings) -> Result<Puller, ImageError> {
+/// A puller configured by `settings`.
+fn puller(settings: &PullOptions) -> Result<Puller, ImageError> {
     crate::store::fs_check::check(&settings.cache_dir)?;
-    let client = RegistryClient::new(settings.client_options()?)?;
+    let client = RegistryClient::new(settings.registry.client_options()?)?;
     Ok(Puller {
         client: Arc::new(client),
         store: ContentStore::open(&settings.cache_dir)?,
@@ -67,7 +129,7 @@ fn puller(settings: &Settings) -> Result<Puller, ImageError> {
         cache_reserve: Some(settings.cache_reserve),
         preserve_ownership: nix::unistd::geteuid().is_root(),
         platform: settings.platform.clone(),
-        concurrency: settings.pull_concurrency,
+        concurrency: settings.concurrency,
         unpack: true,
     })
 }
@@ -77,7 +139,7 @@ fn puller(settings: &Settings) -> Result<Puller, ImageError> {
 /// `prefetch` and `run`; each keeps the cache within its budget afterwards
 /// ([`keep_within_budget`]), once what it pulled is protected.
 pub async fn pull(
-    settings: &Settings,
+    settings: &PullOptions,
     reference: &Reference,
     unpack: bool,
     progress: &dyn ProgressSink,
@@ -91,7 +153,7 @@ pub async fn pull(
 /// images in `spare` (what this command just pulled) beside everything
 /// leased. Never fails its caller: a gc that cannot run is a warning, and
 /// the next one catches up.
-pub async fn keep_within_budget(settings: &Settings, spare: &[String]) {
+pub async fn keep_within_budget(settings: &PullOptions, spare: &[String]) {
     let Some(budget) = settings.cache_budget else {
         return;
     };
@@ -104,7 +166,7 @@ pub async fn keep_within_budget(settings: &Settings, spare: &[String]) {
 
 /// The cached record of `reference` if every layer it names is unpacked.
 pub fn cached(
-    settings: &Settings,
+    settings: &PullOptions,
     reference: &Reference,
 ) -> Result<Option<ImageRecord>, ImageError> {
     let store = ContentStore::open(&settings.cache_dir)?;
@@ -122,7 +184,7 @@ pub fn cached(
 /// lock: no gc can run between the image being found (or pulled) and its
 /// layers being leased, so a start never loses its image to a budget.
 pub async fn ensure_leased(
-    settings: &Settings,
+    settings: &PullOptions,
     reference: &Reference,
     policy: PullPolicy,
     progress: &dyn ProgressSink,
@@ -146,7 +208,7 @@ pub async fn ensure_leased(
 
 /// Makes `reference` ready in the cache according to `policy`.
 pub async fn ensure(
-    settings: &Settings,
+    settings: &PullOptions,
     reference: &Reference,
     policy: PullPolicy,
     progress: &dyn ProgressSink,

@@ -1094,3 +1094,64 @@ fn prefetch_fills_containerd_when_it_is_the_image_backend() {
     assert_eq!(out.status.code(), Some(6), "{stderr}");
     assert!(stderr.contains("image is in containerd"), "{stderr}");
 }
+
+#[test]
+fn rootfs_with_the_containerd_backend_leaves_the_image_in_containerd_not_in_cvmds_cache() {
+    if !ready() {
+        return;
+    }
+    let ctd = PrivateContainerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "ctd/rootfs", "v1", &busybox_image(&["/bin/sh"]));
+    let dir = state.path().join("root");
+    let rootfs = |registry: &str, args: &[&str]| {
+        let out = cvmd_run(&ctd, state.path(), registry, &reference)
+            .arg("rootfs")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}\n{}", ctd.log());
+        (String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+    };
+    let mount = |registry: &str| {
+        let (stdout, stderr) = rootfs(registry, &[&reference, dir.to_str().unwrap(), "--json"]);
+        assert!(stderr.contains("image backend: containerd"), "{stderr}");
+        let said: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+        assert_eq!(said["mode"], "overlay", "{said}");
+        assert_eq!(
+            std::fs::read(dir.join("etc/motd")).unwrap(),
+            b"from the second layer\n"
+        );
+        said
+    };
+
+    let said = mount(&reg.host());
+    assert_eq!(said["pulled"], true, "{said}");
+    assert_eq!(
+        ctd.list(&["images", "ls"]),
+        std::slice::from_ref(&reference)
+    );
+    // The mount outlives the command, held by containerd's view and lease.
+    let view = format!("cvmd-workspace-{}", said["workspace"].as_str().unwrap());
+    assert!(ctd.snapshots().contains(&view), "{:?}", ctd.snapshots());
+    assert!(
+        ctd.list(&["leases", "ls"]).contains(&view),
+        "{:?}",
+        ctd.list(&["leases", "ls"])
+    );
+    // cvmd's own cache holds nothing: no blob, no layer, no record, no lease.
+    let cached = std::fs::read_dir(state.path().join("cache"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(cached, 0, "the native cache was filled instead");
+    rootfs("127.0.0.1:1", &["--unmount", dir.to_str().unwrap()]);
+    assert_clean(state.path(), &ctd);
+
+    // Warm from containerd alone.
+    drop(reg);
+    assert_eq!(mount("127.0.0.1:1")["pulled"], false);
+    rootfs("127.0.0.1:1", &["--unmount", dir.to_str().unwrap()]);
+    assert_clean(state.path(), &ctd);
+}

@@ -1,8 +1,10 @@
 //! Where a workspace's image and rootfs come from, behind one interface:
 //! `native` (cvmd's own registry client, content store and layer cache) or
 //! `containerd` (the node's containerd: its content store, snapshots and
-//! differ, through its gRPC socket). `cvmd run` asks a [`Backend`] to make
-//! the image ready, to mount its rootfs, and to release both at the end.
+//! differ, through its gRPC socket). `cvmd run`, `cvmd rootfs` and
+//! `cvmd prefetch` all ask a [`Backend`] to make the image ready; `run`
+//! and `rootfs` to mount its rootfs, and to release both at the end (or, for
+//! `rootfs`, to keep them until `--unmount`).
 
 pub mod containerd;
 mod native;
@@ -12,12 +14,47 @@ use std::str::FromStr;
 
 use oci_spec::image::ImageConfiguration;
 
-use crate::config::Settings;
 use crate::digest::Digest;
-use crate::image::PullPolicy;
+use crate::idmap::IdMapSetting;
+use crate::image::{PullOptions, PullPolicy};
 use crate::pull::ProgressSink;
 use crate::registry::Reference;
-use crate::rootfs::IdMap;
+use crate::rootfs::{IdMap, IdMapMode, Mode, ModePreference};
+
+/// Which backend, and the containerd it would use.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    pub choice: Choice,
+    pub containerd: containerd::Options,
+}
+
+/// How a workspace's rootfs is assembled over the image's layers.
+#[derive(Debug, Clone, Copy)]
+pub struct RootfsOptions {
+    pub mode: ModePreference,
+    pub idmap: IdMapSetting,
+}
+
+/// Who holds an image while it is used: the workspace identity its leases
+/// are named after, and where its rootfs is mounted when that outlives
+/// cvmd (`cvmd rootfs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Holder<'a> {
+    pub identity: &'a str,
+    pub mount: Option<&'a Path>,
+}
+
+/// One rootfs to mount for `identity`.
+#[derive(Debug, Clone)]
+pub struct MountRequest<'a> {
+    pub identity: &'a str,
+    /// The workspace's disk: its upper dir or flat copy.
+    pub disk: PathBuf,
+    pub target: PathBuf,
+    pub options: RootfsOptions,
+    /// Discard the disk first.
+    pub reset: bool,
+}
 
 /// The `image_backend` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +144,10 @@ enum Source {
 pub struct Rootfs {
     pub target: PathBuf,
     pub idmap: Option<IdMap>,
-    /// How it was assembled, as Status reports it: overlay or flat; and
-    /// none, idmapped-mount or chowned-copy.
-    pub mode: &'static str,
-    pub idmap_mode: &'static str,
+    pub mode: Mode,
+    pub idmap_mode: IdMapMode,
+    /// How long each step took.
+    pub phases: Vec<(&'static str, std::time::Duration)>,
     hold: Hold,
 }
 
@@ -122,22 +159,22 @@ enum Hold {
 
 pub enum Backend {
     Native,
-    Containerd(containerd::Containerd),
+    Containerd(containerd::Containerd, containerd::PullRoute),
 }
 
 impl Backend {
     /// The backend the settings ask for; `auto` falls back to native with
     /// one warning when a containerd socket is present but does not answer.
-    pub async fn select(settings: &Settings) -> Result<Backend, BackendError> {
-        let socket = &settings.containerd_socket;
-        match plan(settings.image_backend, socket.exists()) {
+    pub async fn select(options: &BackendOptions) -> Result<Backend, BackendError> {
+        let socket = &options.containerd.socket;
+        let namespace = &options.containerd.namespace;
+        match plan(options.choice, socket.exists()) {
             Plan::Native => {
-                tracing::debug!(choice = ?settings.image_backend, "image backend: native");
+                tracing::debug!(choice = ?options.choice, "image backend: native");
                 Ok(Backend::Native)
             }
             Plan::Containerd { required } => {
-                let connected =
-                    containerd::Containerd::connect(socket, &settings.containerd_namespace).await;
+                let connected = containerd::Containerd::connect(socket, namespace).await;
                 // auto uses containerd only where cvmd can read its
                 // snapshots; preflight says the same.
                 let connected = match connected {
@@ -155,8 +192,8 @@ impl Backend {
                 };
                 match connected {
                     Ok(c) => {
-                        tracing::info!(socket = %socket.display(), version = %c.version(), namespace = %settings.containerd_namespace, "image backend: containerd");
-                        Ok(Backend::Containerd(c))
+                        tracing::info!(socket = %socket.display(), version = %c.version(), namespace = %namespace, "image backend: containerd");
+                        Ok(Backend::Containerd(c, options.containerd.route.clone()))
                     }
                     Err(e) if !required => {
                         tracing::warn!(error = %e, "image backend auto: containerd cannot serve, using cvmd's own");
@@ -171,26 +208,30 @@ impl Backend {
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Native => "native",
-            Backend::Containerd(_) => "containerd",
+            Backend::Containerd(..) => "containerd",
         }
     }
 
-    /// Makes `reference` ready according to `policy`, reporting progress.
+    /// Makes `reference` ready according to `policy`, reporting progress;
+    /// from here on it is held for `holder` (cvmd's lease on its layers, or
+    /// containerd's image record).
     pub async fn ensure(
         &self,
-        settings: &Settings,
+        pull: &PullOptions,
         reference: &Reference,
         policy: PullPolicy,
+        holder: Holder<'_>,
         progress: &dyn ProgressSink,
     ) -> Result<ReadyImage, BackendError> {
         match self {
-            Backend::Native => native::ensure(settings, reference, policy, progress).await,
-            Backend::Containerd(c) => {
-                let settings = &Settings {
-                    pull_policy: policy,
-                    ..settings.clone()
+            Backend::Native => native::ensure(pull, reference, policy, holder, progress).await,
+            Backend::Containerd(c, route) => {
+                let request = containerd::PullRequest {
+                    image: pull,
+                    route,
+                    policy,
                 };
-                let pulled = c.ensure(settings, reference, progress).await?;
+                let pulled = c.ensure(&request, reference, progress).await?;
                 Ok(ReadyImage {
                     reference: reference.to_string(),
                     digest: pulled.manifest_digest,
@@ -199,7 +240,7 @@ impl Backend {
                     origin: format!(
                         "containerd {} (namespace {}), {}",
                         c.version(),
-                        settings.containerd_namespace,
+                        c.namespace(),
                         pulled.via.describe()
                     ),
                     source: Source::Containerd {
@@ -210,34 +251,104 @@ impl Backend {
         }
     }
 
-    /// Mounts the workspace's rootfs of `image` at `target`; what a crashed
-    /// earlier run left there is removed first.
+    /// Pulls `reference` as the registry has it now (whatever the pull
+    /// policy) into this backend's store, unpacked, for workspaces to come;
+    /// returns the manifest digest. Nothing holds it afterwards.
+    pub async fn prefetch(
+        &self,
+        pull: &PullOptions,
+        reference: &Reference,
+        progress: &dyn ProgressSink,
+    ) -> Result<Digest, BackendError> {
+        match self {
+            Backend::Native => Ok(crate::image::pull(pull, reference, true, progress)
+                .await?
+                .manifest_digest),
+            Backend::Containerd(c, route) => {
+                let request = containerd::PullRequest {
+                    image: pull,
+                    route,
+                    policy: PullPolicy::Always,
+                };
+                Ok(c.ensure(&request, reference, progress)
+                    .await?
+                    .manifest_digest)
+            }
+        }
+    }
+
+    /// After a pull into cvmd's cache, drops least recently used images
+    /// beyond the budget (sparing `spare` and everything leased); the
+    /// containerd backend's store is containerd's to collect.
+    pub async fn keep_within_budget(&self, pull: &PullOptions, spare: &[String]) {
+        if let Backend::Native = self {
+            crate::image::keep_within_budget(pull, spare).await;
+        }
+    }
+
+    /// Mounts the rootfs of `image` at `request.target`; what a crashed
+    /// earlier run left there is removed first. `cache_dir` is the node
+    /// cache: cvmd's layers and the table of workspace ID ranges.
     pub async fn mount_rootfs(
         &self,
-        settings: &Settings,
+        cache_dir: &Path,
         image: &ReadyImage,
-        ws_dir: &Path,
-        target: &Path,
+        request: &MountRequest<'_>,
     ) -> Result<Rootfs, BackendError> {
         match (self, &image.source) {
             (Backend::Native, Source::Native { record, lease }) => {
-                native::mount_rootfs(settings, record, lease.clone(), ws_dir, target).await
+                native::mount_rootfs(cache_dir, record, lease.clone(), request).await
             }
-            (Backend::Containerd(c), Source::Containerd { chain_id }) => {
+            (Backend::Containerd(c, _), Source::Containerd { chain_id }) => {
                 let (snapshot, dirs) = c
-                    .workspace_layers(&settings.node_identity(), chain_id.as_ref())
+                    .workspace_layers(request.identity, chain_id.as_ref())
                     .await?;
-                assemble(settings, dirs, ws_dir, target, Hold::Containerd(snapshot)).await
+                assemble(cache_dir, dirs, request, Hold::Containerd(snapshot)).await
             }
             _ => unreachable!("an image is mounted by the backend that made it ready"),
         }
+    }
+
+    /// Leaves `rootfs` mounted after this process ends, with what holds
+    /// its layers (cvmd's lease file, or containerd's view and lease),
+    /// until [`Backend::unmount`]. `image` is the one it was mounted from.
+    pub fn keep_mounted(&self, rootfs: Rootfs, image: ReadyImage) {
+        // The image shares the lease; the rootfs's is the last one then.
+        drop(image);
+        match rootfs.hold {
+            Hold::Native(lease) => match std::sync::Arc::try_unwrap(lease) {
+                Ok(lease) => lease.keep_while_mounted(),
+                // Still shared: never dropped, so never removed either.
+                Err(shared) => std::mem::forget(shared),
+            },
+            // containerd keeps the view and its lease until they are removed.
+            Hold::Containerd(snapshot) => drop(snapshot),
+        }
+    }
+
+    /// Unmounts a rootfs [`Backend::keep_mounted`] left at `target` for
+    /// `identity`, and gives back what held its layers. The unmount comes
+    /// first: it needs no containerd, whose view goes after.
+    pub async fn unmount(
+        options: &BackendOptions,
+        cache_dir: &Path,
+        identity: &str,
+        target: &Path,
+    ) -> Result<(), BackendError> {
+        crate::rootfs::teardown(target)?;
+        // Whichever backend mounted it: the lease file is cvmd's.
+        crate::store::lease::Lease::release(cache_dir, identity);
+        if let Backend::Containerd(c, _) = Backend::select(options).await? {
+            c.release_workspace(identity).await?;
+        }
+        Ok(())
     }
 
     /// Gives back what this process's interrupted pulls held (containerd's
     /// pull leases), so nothing waits for their expiry; cvmd's own store
     /// needs nothing (its partial downloads are kept for resuming).
     pub async fn abandon_pulls(&self) {
-        if let Backend::Containerd(c) = self {
+        if let Backend::Containerd(c, _) = self {
             if let Err(e) = c.delete_pull_leases().await {
                 tracing::warn!(error = %e, "cannot delete the interrupted pull's lease; containerd drops it within the hour");
             }
@@ -260,32 +371,31 @@ async fn release_hold(hold: Hold) -> Result<(), BackendError> {
     Ok(())
 }
 
-/// Assembles the rootfs at `target` from layer dirs (bottom to top), the
-/// workspace's disk under `ws_dir`, the same way for both backends; `hold`
-/// keeps the layers while it is mounted, and is given back on a failure.
+/// Assembles the rootfs from layer dirs (bottom to top) as `request`
+/// says, the same way for both backends; `hold` keeps the layers while it
+/// is mounted, and is given back on a failure.
 async fn assemble(
-    settings: &Settings,
+    cache_dir: &Path,
     layers: Vec<PathBuf>,
-    ws_dir: &Path,
-    target: &Path,
+    request: &MountRequest<'_>,
     hold: Hold,
 ) -> Result<Rootfs, BackendError> {
+    let target = &request.target;
     let assembled = async {
-        let idmap = crate::workspace::idmap_for(
-            settings.idmap,
-            &settings.cache_dir,
-            &settings.node_identity(),
-        )
-        .await?;
+        let idmap = request
+            .options
+            .idmap
+            .resolve(cache_dir, request.identity)
+            .await?;
         // A crashed earlier run may have left its mount.
         crate::rootfs::teardown(target)?;
         let assembled = crate::rootfs::assemble(&crate::rootfs::Request {
             layers,
-            workspace_dir: ws_dir.join("disk"),
-            target: target.to_path_buf(),
-            mode: settings.rootfs_mode,
+            workspace_dir: request.disk.clone(),
+            target: target.clone(),
+            mode: request.options.mode,
             idmap,
-            reset: false,
+            reset: request.reset,
         })?;
         Ok::<_, BackendError>((idmap, assembled))
     }
@@ -294,10 +404,11 @@ async fn assemble(
         Ok((idmap, assembled)) => {
             tracing::info!(mode = ?assembled.mode, idmap = ?assembled.idmap_mode, "rootfs ready");
             Ok(Rootfs {
-                target: target.to_path_buf(),
+                target: target.clone(),
                 idmap,
-                mode: crate::workspace::rootfs_mode_name(assembled.mode),
-                idmap_mode: crate::workspace::idmap_mode_name(assembled.idmap_mode),
+                mode: assembled.mode,
+                idmap_mode: assembled.idmap_mode,
+                phases: assembled.phases,
                 hold,
             })
         }

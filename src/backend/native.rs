@@ -4,9 +4,8 @@
 
 use std::path::Path;
 
-use super::{BackendError, Hold, ReadyImage, Rootfs, Source};
-use crate::config::Settings;
-use crate::image::PullPolicy;
+use super::{BackendError, Hold, Holder, MountRequest, ReadyImage, Rootfs, Source};
+use crate::image::{PullOptions, PullPolicy};
 use crate::pull::ProgressSink;
 use crate::registry::Reference;
 use crate::store::images::ImageRecord;
@@ -15,21 +14,22 @@ use crate::store::lease::Lease;
 use crate::store::ContentStore;
 
 pub async fn ensure(
-    settings: &Settings,
+    pull: &PullOptions,
     reference: &Reference,
     policy: PullPolicy,
+    holder: Holder<'_>,
     progress: &dyn ProgressSink,
 ) -> Result<ReadyImage, BackendError> {
     let (ready, lease) = crate::image::ensure_leased(
-        settings,
+        pull,
         reference,
         policy,
         progress,
-        &settings.node_identity(),
-        None,
+        holder.identity,
+        holder.mount,
     )
     .await?;
-    let store = ContentStore::open(&settings.cache_dir)?;
+    let store = ContentStore::open(&pull.cache_dir)?;
     let config = super::parse_config(
         &store.read_blob(&ready.record.config)?,
         &ready.record.reference,
@@ -54,17 +54,16 @@ pub async fn ensure(
 /// Mounts the rootfs over the layers `lease` (taken by [`ensure`]) keeps
 /// from gc.
 pub async fn mount_rootfs(
-    settings: &Settings,
+    cache_dir: &Path,
     record: &ImageRecord,
     lease: std::sync::Arc<Lease>,
-    ws_dir: &Path,
-    target: &Path,
+    request: &MountRequest<'_>,
 ) -> Result<Rootfs, BackendError> {
-    let layers = LayerCache::open(&settings.cache_dir)?;
+    let layers = LayerCache::open(cache_dir)?;
     let dirs = record
         .layers
         .iter()
         .map(|l| layers.tree(&l.diff_id))
         .collect();
-    super::assemble(settings, dirs, ws_dir, target, Hold::Native(lease)).await
+    super::assemble(cache_dir, dirs, request, Hold::Native(lease)).await
 }

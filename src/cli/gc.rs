@@ -21,9 +21,9 @@ pub async fn gc(settings: &Settings, args: &GcArgs) -> anyhow::Result<()> {
         Some(b) => {
             Some(crate::config::parse_size(b).map_err(|e| anyhow::anyhow!("--budget: {e}"))?)
         }
-        None => settings.cache_budget,
+        None => settings.run.pull.cache_budget,
     };
-    let report = gc::collect(&settings.cache_dir, budget).await?;
+    let report = gc::collect(&settings.run.pull.cache_dir, budget).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

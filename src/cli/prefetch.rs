@@ -4,7 +4,6 @@
 
 use crate::backend::Backend;
 use crate::config::Settings;
-use crate::image::PullPolicy;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
 
@@ -16,13 +15,20 @@ pub struct PrefetchArgs {
 }
 
 pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Result<()> {
+    let pull = &settings.run.pull;
     // Into the cache the workspaces will read: cvmd's own, or the node's
     // containerd with CVMD_IMAGE_BACKEND=containerd (or auto finding it).
-    let backend = Backend::select(settings).await?;
+    let backend = Backend::select(&settings.run.backend).await?;
     let mut failed = Vec::new();
     for image in &args.images {
+        // Asking the registry for what the tag names now; printed pinned
+        // to the digest pulled.
         let pulled = match image.parse::<Reference>() {
-            Ok(reference) => pull(settings, &backend, &reference).await,
+            Ok(reference) => backend
+                .prefetch(pull, &reference, &PlainLines)
+                .await
+                .map(|digest| reference.with_digest(digest).to_string())
+                .map_err(anyhow::Error::from),
             Err(e) => Err(anyhow::Error::from(e)),
         };
         match pulled {
@@ -34,20 +40,15 @@ pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Resul
             }
         }
     }
-    if matches!(backend, Backend::Native) {
-        // Sparing every image asked for: a prefetch that evicts what it
-        // just fetched would be no prefetch.
-        crate::image::keep_within_budget(
-            settings,
-            &args
-                .images
-                .iter()
-                .filter_map(|i| i.parse::<Reference>().ok())
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .await;
-    }
+    // Sparing every image asked for: a prefetch that evicts what it just
+    // fetched would be no prefetch.
+    let spare: Vec<String> = args
+        .images
+        .iter()
+        .filter_map(|i| i.parse::<Reference>().ok())
+        .map(|r| r.to_string())
+        .collect();
+    backend.keep_within_budget(pull, &spare).await;
     if failed.is_empty() {
         Ok(())
     } else {
@@ -57,26 +58,5 @@ pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Resul
             args.images.len(),
             failed.join(", ")
         )
-    }
-}
-
-/// Pulls (asking the registry for what the tag names now) and unpacks one
-/// image; its reference pinned to the digest pulled.
-async fn pull(
-    settings: &Settings,
-    backend: &Backend,
-    reference: &Reference,
-) -> anyhow::Result<String> {
-    match backend {
-        Backend::Native => Ok(crate::image::pull(settings, reference, true, &PlainLines)
-            .await?
-            .reference
-            .to_string()),
-        Backend::Containerd(_) => {
-            let ready = backend
-                .ensure(settings, reference, PullPolicy::Always, &PlainLines)
-                .await?;
-            Ok(reference.with_digest(ready.digest).to_string())
-        }
     }
 }

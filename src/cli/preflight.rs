@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use crate::config::Settings;
-use crate::preflight::{self, Options, RealHost, Symbols};
+use crate::preflight::{self, RealHost, Symbols};
 
 #[derive(clap::Args)]
 pub struct PreflightArgs {
@@ -16,10 +16,10 @@ pub struct PreflightArgs {
 /// Runs every check (blocking probes and `--version` calls) off the async
 /// threads.
 pub async fn report(settings: &Settings) -> anyhow::Result<preflight::Report> {
-    let opts = Options::from_settings(settings);
+    let opts = settings.run.preflight.clone();
     let host = tokio::task::spawn_blocking(move || preflight::collect(&RealHost::default(), &opts))
         .await?;
-    let containerd = preflight::containerd::facts(settings).await;
+    let containerd = preflight::containerd::facts(&settings.run.backend).await;
     Ok(host.with(preflight::containerd::judge(&containerd)))
 }
 

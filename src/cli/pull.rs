@@ -27,7 +27,7 @@ pub async fn pull(settings: &Settings, args: &PullArgs) -> anyhow::Result<()> {
     let image = args
         .image
         .clone()
-        .or_else(|| settings.image.clone())
+        .or_else(|| settings.run.image.clone())
         .context("no image: give one as an argument or set CVMD_IMAGE")?;
     let progress: Box<dyn ProgressSink> = if args.json {
         Box::new(JsonLines)
@@ -37,9 +37,9 @@ pub async fn pull(settings: &Settings, args: &PullArgs) -> anyhow::Result<()> {
         Box::new(PlainLines)
     };
     let reference: Reference = image.parse()?;
-    let pulled =
-        crate::image::pull(settings, &reference, !args.no_unpack, progress.as_ref()).await?;
-    crate::image::keep_within_budget(settings, &[reference.to_string()]).await;
+    let pull = &settings.run.pull;
+    let pulled = crate::image::pull(pull, &reference, !args.no_unpack, progress.as_ref()).await?;
+    crate::image::keep_within_budget(pull, &[reference.to_string()]).await;
     if !args.json {
         println!("{}", pulled.reference);
     }

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::backend::{Backend, Holder, MountRequest, RootfsOptions};
 use crate::config::Settings;
 use crate::digest::Digest;
+use crate::idmap::IdMapSetting;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
-use crate::rootfs::{self, IdMapMode, Mode, ModePreference, Request};
-use crate::store::layers::LayerCache;
-use crate::store::lease::Lease;
+use crate::rootfs::{IdMapMode, ModePreference};
 
 #[derive(clap::Args)]
 pub struct RootfsArgs {
@@ -23,7 +23,7 @@ pub struct RootfsArgs {
     /// Where the rootfs appears.
     pub dir: Option<PathBuf>,
     /// overlay, flat, or auto (overlay, falling back to a flat copy).
-    #[arg(long, default_value = "auto", value_parser = parse_mode)]
+    #[arg(long, default_value = "auto")]
     pub mode: ModePreference,
     /// Shift owners for a user namespace: `none`, `auto` (this workspace's own
     /// range on the node) or HOST_UID[:HOST_GID[:SIZE]] (container ID 0 maps
@@ -44,15 +44,6 @@ pub struct RootfsArgs {
     pub json: bool,
 }
 
-fn parse_mode(s: &str) -> Result<ModePreference, String> {
-    match s {
-        "auto" => Ok(ModePreference::Auto),
-        "overlay" => Ok(ModePreference::Overlay),
-        "flat" => Ok(ModePreference::Flat),
-        _ => Err(format!("{s:?} is not one of auto, overlay, flat")),
-    }
-}
-
 /// A workspace's state lives under the state dir by name; an unnamed
 /// rootfs is named after where it is mounted, so the same DIR gets the same
 /// disk back.
@@ -67,82 +58,78 @@ fn workspace_name(args: &RootfsArgs, dir: &Path) -> String {
 
 pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let run = &settings.run;
     // With --unmount the only positional is the DIR.
     let (image, dir) = match (args.unmount, &args.image, &args.dir) {
         (true, _, Some(d)) => (None, d.clone()),
         (true, Some(d), None) => (None, PathBuf::from(d)),
         (false, Some(i), Some(d)) => (Some(i.clone()), d.clone()),
-        (false, Some(d), None) if settings.image.is_some() => {
-            (settings.image.clone(), PathBuf::from(d))
-        }
+        (false, Some(d), None) if run.image.is_some() => (run.image.clone(), PathBuf::from(d)),
         _ => anyhow::bail!("usage: cvmd rootfs IMAGE DIR (or cvmd rootfs --unmount DIR)"),
     };
     let dir = std::path::absolute(&dir).with_context(|| format!("rootfs dir {}", dir.display()))?;
     let name = workspace_name(args, &dir);
+    let cache_dir = &run.pull.cache_dir;
     if args.unmount {
-        rootfs::teardown(&dir)?;
-        Lease::release(&settings.cache_dir, &name);
+        Backend::unmount(&run.backend, cache_dir, &name, &dir).await?;
         println!("unmounted {}", dir.display());
         return Ok(());
     }
+    // The backend `cvmd run` uses, so every image setting means the same
+    // here: with containerd the image and its layers stay containerd's.
+    let backend = Backend::select(&run.backend).await?;
     let image = image.context("no image: give one as an argument or set CVMD_IMAGE")?;
     let reference: Reference = image.parse()?;
-    let (ready, lease) = crate::image::ensure_leased(
-        settings,
-        &reference,
-        settings.pull_policy,
-        &PlainLines,
-        &name,
-        Some(&dir),
-    )
-    .await?;
-    let resolved = started.elapsed();
-    crate::image::keep_within_budget(settings, &[]).await;
-
-    let layers = LayerCache::open(&settings.cache_dir)?;
-    let diff_ids = ready.record.diff_ids();
-    let idmap = match args.idmap.as_deref() {
-        None => None,
-        Some(v) => {
-            let setting = crate::config::parse_idmap_setting(v)
-                .map_err(|e| anyhow::anyhow!("--idmap: {e}"))?;
-            crate::workspace::idmap_for(setting, &settings.cache_dir, &name).await?
-        }
+    let holder = Holder {
+        identity: &name,
+        mount: Some(&dir),
     };
-    let request = Request {
-        layers: diff_ids.iter().map(|d| layers.tree(d)).collect(),
-        workspace_dir: settings.state_dir.join("workspaces").join(&name),
+    let ready = backend
+        .ensure(&run.pull, &reference, run.pull.policy, holder, &PlainLines)
+        .await?;
+    let resolved = started.elapsed();
+    backend.keep_within_budget(&run.pull, &[]).await;
+
+    let idmap = match args.idmap.as_deref() {
+        None => IdMapSetting::None,
+        Some(v) => v.parse().map_err(|e| anyhow::anyhow!("--idmap: {e}"))?,
+    };
+    let request = MountRequest {
+        identity: &name,
+        disk: run.state_dir.join("workspaces").join(&name),
         target: dir.clone(),
-        mode: args.mode,
-        idmap,
+        options: RootfsOptions {
+            mode: args.mode,
+            idmap,
+        },
         reset: args.reset,
     };
-    let assembled = rootfs::assemble(&request)?;
-    // The mount outlives this command; so must the layers' protection.
-    lease.keep_while_mounted();
+    let mounted = backend.mount_rootfs(cache_dir, &ready, &request).await?;
     let total = started.elapsed();
 
-    let mode = match assembled.mode {
-        Mode::Overlay => "overlay",
-        Mode::Flat => "flat",
-    };
-    let idmap_mode = match assembled.idmap_mode {
+    let mode = mounted.mode.to_string();
+    // Spelled for people here; Status's spelling is the mode's Display.
+    let idmap_mode = match mounted.idmap_mode {
         IdMapMode::None => "none",
         IdMapMode::IdMappedMount => "id-mapped mount",
         IdMapMode::ChownedCopy => "chowned copy",
     };
     let mut phases: Vec<(&str, Duration)> = vec![("image", resolved)];
-    phases.extend(assembled.phases.iter().copied());
+    phases.extend(mounted.phases.iter().copied());
+    let host_id = mounted.idmap.map(|m| m.host_uid);
+    let (image, digest, pulled) = (ready.reference.clone(), ready.digest.clone(), ready.pulled);
+    // The mount outlives this command; so must what holds its layers.
+    backend.keep_mounted(mounted, ready);
     if args.json {
         let json = serde_json::json!({
-            "image": ready.record.reference,
-            "digest": ready.record.manifest,
+            "image": image,
+            "digest": digest,
             "dir": dir,
             "workspace": name,
             "mode": mode,
             "idmap": idmap_mode,
-            "host_id": request.idmap.map(|m| m.host_uid),
-            "pulled": ready.pulled,
+            "host_id": host_id,
+            "pulled": pulled,
             "phases_ms": phases.iter().map(|(p, d)| (p.to_string(), serde_json::json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
             "total_ms": total.as_secs_f64() * 1e3,
         });
@@ -153,8 +140,7 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
             .map(|(p, d)| format!("{p} {:.1} ms", d.as_secs_f64() * 1e3))
             .collect();
         println!(
-            "{} at {}: mode {mode}, id mapping {idmap_mode}; {}; total {:.1} ms",
-            ready.record.reference,
+            "{image} at {}: mode {mode}, id mapping {idmap_mode}; {}; total {:.1} ms",
             dir.display(),
             timings.join(", "),
             total.as_secs_f64() * 1e3

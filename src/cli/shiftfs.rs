@@ -2,7 +2,7 @@
 //! building and loading it from the source the outer image ships.
 
 use crate::config::Settings;
-use crate::preflight::{self, Options, RealHost, Status};
+use crate::preflight::{self, RealHost, Status};
 use crate::runtime::{DirectSpawner, Spawner};
 use crate::shiftfs::{self, install::Outcome};
 
@@ -23,7 +23,7 @@ pub enum Action {
 
 /// The node's shiftfs facts, with ID-mapped mounts probed in the cache dir.
 pub async fn facts(settings: &Settings) -> anyhow::Result<shiftfs::Facts> {
-    let opts = Options::from_settings(settings);
+    let opts = settings.run.preflight.clone();
     Ok(tokio::task::spawn_blocking(move || {
         let host = RealHost::default();
         let report = preflight::collect(&host, &opts);
@@ -42,11 +42,9 @@ pub async fn facts(settings: &Settings) -> anyhow::Result<shiftfs::Facts> {
 /// Installs if needed; `spawner` is the reaper under `cvmd run`.
 pub async fn install(settings: &Settings, spawner: &dyn Spawner) -> anyhow::Result<Outcome> {
     let facts = facts(settings).await?;
-    let build = settings
-        .state_dir
-        .join("shiftfs-build")
-        .join(&facts.release);
-    let outcome = shiftfs::install::install(spawner, &facts, &settings.shiftfs_src, &build).await?;
+    let options = &settings.run.shiftfs;
+    let build = options.build_root.join(&facts.release);
+    let outcome = shiftfs::install::install(spawner, &facts, &options.src, &build).await?;
     match outcome {
         Outcome::AlreadyLoaded => tracing::info!("shiftfs is already loaded"),
         Outcome::NotNeeded => {

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::Check;
 use crate::backend::containerd::{Containerd, PullPath, Snapshotter};
-use crate::backend::{plan, Choice, Plan};
-use crate::config::Settings;
+use crate::backend::{plan, BackendOptions, Choice, Plan};
 
 const NAME: &str = "containerd";
 
@@ -31,20 +30,20 @@ pub struct Answer {
     pub snapshotter: Snapshotter,
 }
 
-pub async fn facts(settings: &Settings) -> Facts {
-    let socket = settings.containerd_socket.clone();
+pub async fn facts(options: &BackendOptions) -> Facts {
+    let socket = options.containerd.socket.clone();
     let socket_present = socket.exists();
-    let wanted = plan(settings.image_backend, socket_present) != Plan::Native;
+    let wanted = plan(options.choice, socket_present) != Plan::Native;
     let answer = if wanted {
-        ask(&socket, &settings.containerd_namespace).await
+        ask(&socket, &options.containerd.namespace).await
     } else {
         Err("not asked".into())
     };
     Facts {
-        choice: settings.image_backend,
+        choice: options.choice,
         socket,
         socket_present,
-        pull: settings.containerd_pull,
+        pull: options.containerd.route.path,
         answer,
     }
 }

@@ -37,7 +37,6 @@ pub use start::at_start;
 pub use version::run_with as version_with;
 
 use crate::bundle::RuntimeFlavor;
-use crate::config::{IdMapSetting, Settings};
 
 /// One finding; maps 1:1 onto the control API's `Check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -82,7 +81,8 @@ impl Check {
     }
 }
 
-/// What the checks depend on, from the settings.
+/// What the checks depend on, from the settings (`usr_lib_dir` is the
+/// dir `cvmd run` looks in, so both agree).
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The runtime setting (name or path).
@@ -104,26 +104,6 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_settings(s: &Settings) -> Options {
-        Options {
-            runtime: s.runtime.clone(),
-            cache_dir: s.cache_dir.clone(),
-            idmap: matches!(s.idmap, IdMapSetting::Auto | IdMapSetting::Explicit(_)),
-            host_userns: s.idmap.host_userns(),
-            add_fuse: s.add_fuse,
-            add_tun: s.add_tun,
-            // The dir `cvmd run` looks in (launch::gpu), so both agree.
-            sysbox_mgr: s.sysbox_mgr.clone(),
-            sysbox_fs: s.sysbox_fs.clone(),
-            sysbox_run_dir: s.sysbox_run_dir.clone(),
-            usr_lib_dir: Some(
-                s.usr_lib_dir
-                    .clone()
-                    .unwrap_or_else(crate::launch::gpu::default_lib_dir),
-            ),
-        }
-    }
-
     pub fn sysbox(&self) -> bool {
         RuntimeFlavor::of_runtime(&self.runtime) == RuntimeFlavor::Sysbox
     }

@@ -3,22 +3,26 @@
 //! check's fix.
 
 use super::{collect, Options, PreflightError, RealHost, Report, Status};
-use crate::config::Settings;
+use crate::backend::BackendOptions;
 use crate::runtime::DirectSpawner;
 
-pub async fn at_start(settings: &Settings) -> Result<Report, PreflightError> {
-    let opts = Options::from_settings(settings);
+pub async fn at_start(
+    opts: &Options,
+    backend: &BackendOptions,
+    shiftfs: &crate::shiftfs::Options,
+) -> Result<Report, PreflightError> {
+    let opts = opts.clone();
     let report = tokio::task::spawn_blocking(move || collect(&RealHost::default(), &opts))
         .await
         .map_err(|e| PreflightError::Internal {
             reason: e.to_string(),
         })?
         .with(super::containerd::judge(
-            &super::containerd::facts(settings).await,
+            &super::containerd::facts(backend).await,
         ));
     report.log();
-    if settings.shiftfs_install {
-        install_shiftfs(settings, &report).await;
+    if shiftfs.install_at_start {
+        install_shiftfs(shiftfs, &report).await;
     }
     match report.clone().into_error() {
         Some(e) => Err(e),
@@ -28,7 +32,7 @@ pub async fn at_start(settings: &Settings) -> Result<Report, PreflightError> {
 
 /// Opt-in (CVMD_SHIFTFS_INSTALL): a failed install is logged, not fatal:
 /// Sysbox still runs without shiftfs, by chowning each rootfs.
-async fn install_shiftfs(settings: &Settings, report: &Report) {
+async fn install_shiftfs(shiftfs: &crate::shiftfs::Options, report: &Report) {
     let works = |name: &str| {
         report
             .checks
@@ -37,15 +41,10 @@ async fn install_shiftfs(settings: &Settings, report: &Report) {
     };
     let serves = works("idmapped-mounts") && works("overlay-idmapped");
     let facts = super::shiftfs::facts(&RealHost::default(), serves);
-    let build = settings
-        .state_dir
-        .join("shiftfs-build")
-        .join(&facts.release);
+    let build = shiftfs.build_root.join(&facts.release);
     // The reaper is not running yet at this point of `cvmd run`: a
     // direct waiter per child is safe.
-    match crate::shiftfs::install::install(&DirectSpawner, &facts, &settings.shiftfs_src, &build)
-        .await
-    {
+    match crate::shiftfs::install::install(&DirectSpawner, &facts, &shiftfs.src, &build).await {
         Ok(outcome) => tracing::info!(?outcome, "shiftfs"),
         Err(e) => {
             tracing::error!(error = %e, "shiftfs install failed; Sysbox will chown each rootfs instead")

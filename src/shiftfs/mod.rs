@@ -8,6 +8,17 @@
 
 pub mod install;
 
+/// Where the module's source is, where it is built, and whether
+/// `cvmd run` installs it at start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The source the outer image ships.
+    pub src: PathBuf,
+    /// Builds go under `<build_root>/<kernel release>`.
+    pub build_root: PathBuf,
+    pub install_at_start: bool,
+}
+
 use std::path::PathBuf;
 
 /// The EFI global variable GUID (UEFI spec, "Globally Defined Variables").

@@ -10,3 +10,4 @@ pub use cvmd_oci::{pidfd, reaper};
 pub mod reboot;
 pub mod signals;
 pub mod state;
+pub mod termination;

@@ -46,10 +46,34 @@ pub enum ModePreference {
     Flat,
 }
 
+/// `auto`, `overlay` or `flat`, as the setting and `cvmd rootfs --mode`
+/// spell it.
+impl std::str::FromStr for ModePreference {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ModePreference::Auto),
+            "overlay" => Ok(ModePreference::Overlay),
+            "flat" => Ok(ModePreference::Flat),
+            _ => Err(format!("{s:?} is not one of auto, overlay, flat")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Overlay,
     Flat,
+}
+
+/// As Status reports it.
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Overlay => "overlay",
+            Mode::Flat => "flat",
+        })
+    }
 }
 
 /// Container ID 0 maps to `host_uid`/`host_gid`, for `size` IDs (≥ 65536,
@@ -113,6 +137,17 @@ pub enum IdMapMode {
     None,
     IdMappedMount,
     ChownedCopy,
+}
+
+/// As Status reports it.
+impl std::fmt::Display for IdMapMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdMapMode::None => "none",
+            IdMapMode::IdMappedMount => "idmapped-mount",
+            IdMapMode::ChownedCopy => "chowned-copy",
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

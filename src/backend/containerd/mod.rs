@@ -27,7 +27,7 @@ use containerd_client::tonic::{self, transport::Channel, Code};
 
 pub use ids::{chain_ids, check_namespace};
 pub use introspect::Snapshotter;
-pub use pull::Pulled;
+pub use pull::{PullRequest, Pulled};
 pub use snapshot::WorkspaceSnapshot;
 
 use crate::digest::Digest;
@@ -52,6 +52,24 @@ impl std::str::FromStr for PullPath {
             _ => Err(format!("{s:?} is not one of auto, transfer, content")),
         }
     }
+}
+
+/// Where the node's containerd is and how cvmd uses it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub socket: PathBuf,
+    /// The namespace that holds cvmd's images, snapshots and leases.
+    pub namespace: String,
+    pub route: PullRoute,
+}
+
+/// Which way the containerd backend pulls, and what containerd's own
+/// resolver reads.
+#[derive(Debug, Clone)]
+pub struct PullRoute {
+    pub path: PullPath,
+    /// The node's hosts.toml folder, for the transfer service.
+    pub hosts_dir: Option<PathBuf>,
 }
 
 /// The snapshotter cvmd unpacks into and mounts from: the one every
@@ -175,6 +193,10 @@ impl Containerd {
 
     /// Whether this containerd's version has the transfer service (an
     /// unreadable version is taken as recent, as `connect` does).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     pub fn has_transfer_service(&self) -> bool {
         self.at_least(ids::TRANSFER_VERSION)
     }

@@ -21,7 +21,6 @@ use futures_util::StreamExt;
 use super::{
     gc_ref_content, ids, Containerd, ContainerdError, PullPath, PULL_LEASE_TTL, SNAPSHOTTER,
 };
-use crate::config::Settings;
 use crate::digest::Digest;
 use crate::image::PullPolicy;
 use crate::pull::{ProgressSink, PullEvent};
@@ -34,6 +33,14 @@ use crate::registry::{Reference, RegistryClient, RegistryError};
 enum Path {
     Transfer(Option<Credential>),
     Content,
+}
+
+/// One pull: cvmd's pull options, the containerd route, and the policy
+/// this command asks for.
+pub struct PullRequest<'a> {
+    pub image: &'a crate::image::PullOptions,
+    pub route: &'a super::PullRoute,
+    pub policy: PullPolicy,
 }
 
 /// An image ready in containerd.
@@ -71,28 +78,28 @@ impl Containerd {
     /// Makes `reference` ready in containerd according to the pull policy.
     pub async fn ensure(
         &self,
-        settings: &Settings,
+        req: &PullRequest<'_>,
         reference: &Reference,
         progress: &dyn ProgressSink,
     ) -> Result<Pulled, ContainerdError> {
-        if settings.pull_policy != PullPolicy::Always {
-            if let Some(ready) = self.present(reference, &settings.platform).await? {
+        if req.policy != PullPolicy::Always {
+            if let Some(ready) = self.present(reference, &req.image.platform).await? {
                 tracing::info!(image = %reference, digest = %ready.manifest_digest, "image is in containerd");
                 return Ok(ready);
             }
-            if settings.pull_policy == PullPolicy::Never {
+            if req.policy == PullPolicy::Never {
                 return Err(ContainerdError::NotPresent {
                     image: reference.to_string(),
                     namespace: self.namespace.clone(),
                 });
             }
         }
-        let options = settings
+        let options = req
+            .image
+            .registry
             .client_options()
             .map_err(RegistryError::Credentials)?;
-        let path = self
-            .pull_path(settings, reference, &options.keychain)
-            .await?;
+        let path = self.pull_path(req, reference, &options.keychain).await?;
         let lease = super::unique("cvmd-pull");
         debug_assert!(lease.starts_with(&super::pull_lease_prefix()));
         self.create_lease(&lease, Some(PULL_LEASE_TTL)).await?;
@@ -101,7 +108,7 @@ impl Containerd {
                 self.pull_by_transfer(
                     &lease,
                     reference,
-                    settings,
+                    req,
                     &options,
                     credential.as_ref(),
                     progress,
@@ -109,7 +116,7 @@ impl Containerd {
                 .await
             }
             Path::Content => {
-                self.pull_by_content(&lease, reference, settings, &options, progress)
+                self.pull_by_content(&lease, reference, req, &options, progress)
                     .await
             }
         };
@@ -124,15 +131,15 @@ impl Containerd {
     /// containerd's version and what the pull needs.
     async fn pull_path(
         &self,
-        settings: &Settings,
+        req: &PullRequest<'_>,
         reference: &Reference,
         keychain: &crate::registry::credentials::Keychain,
     ) -> Result<Path, ContainerdError> {
-        if settings.containerd_pull == PullPath::Content {
+        if req.route.path == PullPath::Content {
             return Ok(Path::Content);
         }
         if !self.has_transfer_service() {
-            if settings.containerd_pull == PullPath::Transfer {
+            if req.route.path == PullPath::Transfer {
                 return Err(self.no_transfer());
             }
             tracing::debug!(version = %self.version, "containerd has no transfer service: cvmd fetches into its content store");
@@ -150,12 +157,12 @@ impl Containerd {
             .map_err(RegistryError::Credentials)?
             .map(|(credential, _source)| credential);
         if let Some(why) = super::transfer::unsuitable(
-            settings,
+            req,
             reference,
             credential.as_ref(),
             self.at_least(ids::RESOLVER_OPTIONS_VERSION),
         ) {
-            if settings.containerd_pull == PullPath::Transfer {
+            if req.route.path == PullPath::Transfer {
                 tracing::warn!(reason = %why, "CVMD_CONTAINERD_PULL=transfer, but the transfer service may not serve this pull");
             } else {
                 tracing::info!(reason = %why, "pulling with cvmd's own client into containerd's content store");
@@ -170,7 +177,7 @@ impl Containerd {
         &self,
         lease: &str,
         reference: &Reference,
-        settings: &Settings,
+        req: &PullRequest<'_>,
         options: &ClientOptions,
         credential: Option<&Credential>,
         progress: &dyn ProgressSink,
@@ -178,23 +185,23 @@ impl Containerd {
         let started = Instant::now();
         let not_unpacked = || ContainerdError::NotUnpacked {
             image: reference.to_string(),
-            platform: settings.platform.to_string(),
+            platform: req.image.platform.to_string(),
         };
         let outcome = match self
-            .transfer_pull(lease, reference, settings, credential, progress)
+            .transfer_pull(lease, reference, req, credential, progress)
             .await
         {
             Ok(true) => self
-                .present(reference, &settings.platform)
+                .present(reference, &req.image.platform)
                 .await
                 .and_then(|ready| ready.ok_or_else(not_unpacked)),
-            Ok(false) if settings.containerd_pull == PullPath::Transfer => Err(self.no_transfer()),
+            Ok(false) if req.route.path == PullPath::Transfer => Err(self.no_transfer()),
             Ok(false) => {
                 tracing::info!(
                     "containerd's transfer service is not enabled: cvmd fetches into its content store"
                 );
                 return self
-                    .pull_by_content(lease, reference, settings, options, progress)
+                    .pull_by_content(lease, reference, req, options, progress)
                     .await;
             }
             Err(e) => Err(e),
@@ -206,13 +213,11 @@ impl Containerd {
                 tracing::info!(digest = %ready.manifest_digest, elapsed_ms = started.elapsed().as_millis() as u64, "pulled by containerd's transfer service");
                 Ok(ready)
             }
-            Err(e @ ContainerdError::NotUnpacked { .. })
-                if settings.containerd_pull == PullPath::Auto =>
-            {
+            Err(e @ ContainerdError::NotUnpacked { .. }) if req.route.path == PullPath::Auto => {
                 // Whatever blobs containerd fetched stay: the content path
                 // resolves the manifest again and applies the layers.
                 tracing::info!(reason = %e, "unpacking layer by layer instead");
-                self.pull_by_content(lease, reference, settings, options, progress)
+                self.pull_by_content(lease, reference, req, options, progress)
                     .await
             }
             Err(e) => Err(e),
@@ -231,13 +236,12 @@ impl Containerd {
         &self,
         lease: &str,
         reference: &Reference,
-        settings: &Settings,
+        req: &PullRequest<'_>,
         options: &ClientOptions,
         progress: &dyn ProgressSink,
     ) -> Result<Pulled, ContainerdError> {
         let client = RegistryClient::new(options.clone())?;
-        self.pull(lease, &client, reference, settings, progress)
-            .await
+        self.pull(lease, &client, reference, req, progress).await
     }
 
     /// The image as containerd has it, if its record, manifest, config and
@@ -331,13 +335,13 @@ impl Containerd {
         lease: &str,
         client: &RegistryClient,
         reference: &Reference,
-        settings: &Settings,
+        req: &PullRequest<'_>,
         progress: &dyn ProgressSink,
     ) -> Result<Pulled, ContainerdError> {
         let started = Instant::now();
         let what = reference.to_string();
         let (manifest_digest, manifest_bytes, manifest) =
-            super::fetch::resolve(client, reference, &settings.platform).await?;
+            super::fetch::resolve(client, reference, &req.image.platform).await?;
         let pinned = reference.with_digest(manifest_digest.clone());
         let config_digest = &manifest.config.digest;
         let config = match self.read_small(config_digest).await? {
@@ -393,7 +397,7 @@ impl Containerd {
             }
         }
         let results: Vec<Result<(), ContainerdError>> = futures_util::stream::iter(downloads)
-            .buffer_unordered(settings.pull_concurrency.max(1))
+            .buffer_unordered(req.image.concurrency.max(1))
             .collect()
             .await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;

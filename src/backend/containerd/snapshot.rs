@@ -60,6 +60,14 @@ impl Containerd {
         }
     }
 
+    /// Removes the view and lease of `identity`'s workspace, if any: a
+    /// rootfs left mounted after its command ended (`cvmd rootfs`).
+    pub async fn release_workspace(&self, identity: &str) -> Result<(), ContainerdError> {
+        let key = workspace_key(identity);
+        self.remove_snapshot(&key).await?;
+        self.delete_lease(&key).await
+    }
+
     async fn view(
         &self,
         key: &str,

@@ -21,8 +21,8 @@ use prost_types::Any;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::PullRequest;
 use super::{Containerd, ContainerdError, CONNECT_TIMEOUT, SNAPSHOTTER};
-use crate::config::Settings;
 use crate::digest::Digest;
 use crate::pull::{ProgressSink, PullEvent};
 use crate::registry::credentials::Credential;
@@ -37,16 +37,21 @@ const PROGRESS_DRAIN: std::time::Duration = std::time::Duration::from_millis(200
 /// `resolver_options`: whether this containerd's transfer service takes a
 /// hosts dir and a default scheme (2.0 and later).
 pub(super) fn unsuitable(
-    settings: &Settings,
+    req: &PullRequest<'_>,
     reference: &Reference,
     credential: Option<&Credential>,
     resolver_options: bool,
 ) -> Option<String> {
     if !resolver_options {
-        if settings.insecure_registries.contains(&reference.registry) {
+        if req
+            .image
+            .registry
+            .insecure_registries
+            .contains(&reference.registry)
+        {
             return Some(format!("{} is reached over plain HTTP and containerd 1.7's transfer service speaks only HTTPS", reference.registry));
         }
-        if settings.containerd_hosts_dir.is_some() {
+        if req.route.hosts_dir.is_some() {
             return Some("CVMD_CONTAINERD_HOSTS_DIR is set and containerd 1.7's transfer service does not read a hosts dir".into());
         }
     }
@@ -54,10 +59,10 @@ pub(super) fn unsuitable(
     if let Some(Credential::RegistryToken(_)) = credential {
         return Some(format!("the credential for {} is a bare registry token, which containerd's transfer service cannot use", reference.registry));
     }
-    if !settings.extra_certs.is_empty() {
+    if !req.image.registry.extra_certs.is_empty() {
         return Some("CVMD_EXTRA_CERTS is set and containerd cannot be handed CA certificates (use CVMD_CONTAINERD_HOSTS_DIR for its own)".into());
     }
-    if settings.mirrors.contains_key(&reference.registry) {
+    if req.image.registry.mirrors.contains_key(&reference.registry) {
         return Some(format!(
             "CVMD_MIRRORS has mirrors for {} and containerd cannot be handed them (use CVMD_CONTAINERD_HOSTS_DIR for its own)",
             reference.registry
@@ -81,7 +86,7 @@ impl Containerd {
         &self,
         lease: &str,
         reference: &Reference,
-        settings: &Settings,
+        req: &PullRequest<'_>,
         credential: Option<&Credential>,
         progress: &dyn ProgressSink,
     ) -> Result<bool, ContainerdError> {
@@ -93,12 +98,12 @@ impl Containerd {
             return Ok(false);
         };
 
-        let request = transfer_request(reference, settings, &auth_stream.id, &progress_stream.id);
+        let request = transfer_request(reference, req, &auth_stream.id, &progress_stream.id);
         let mut client = TransferClient::new(self.channel.clone());
         let call = client.transfer(self.req(request, Some(lease)));
         tokio::pin!(call);
 
-        let mut tracker = Tracker::new(reference.clone(), settings.platform.clone());
+        let mut tracker = Tracker::new(reference.clone(), req.image.platform.clone());
         let mut progress_open = true;
         let mut auth_open = true;
         let result = loop {
@@ -127,7 +132,7 @@ impl Containerd {
             Err(s) if s.message().contains("no unpack platforms") => {
                 return Err(ContainerdError::NotUnpacked {
                     image: what,
-                    platform: settings.platform.to_string(),
+                    platform: req.image.platform.to_string(),
                 })
             }
             Err(s) => {
@@ -361,17 +366,22 @@ impl Tracker {
 /// cvmd's platform, reporting on the progress stream.
 fn transfer_request(
     reference: &Reference,
-    settings: &Settings,
+    req: &PullRequest<'_>,
     auth_stream: &str,
     progress_stream: &str,
 ) -> TransferRequest {
-    let insecure = settings.insecure_registries.contains(&reference.registry);
+    let insecure = req
+        .image
+        .registry
+        .insecure_registries
+        .contains(&reference.registry);
     let source = OciRegistry {
         reference: reference.to_string(),
         resolver: Some(RegistryResolver {
             auth_stream: auth_stream.to_string(),
-            host_dir: settings
-                .containerd_hosts_dir
+            host_dir: req
+                .route
+                .hosts_dir
                 .as_ref()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default(),
@@ -383,7 +393,7 @@ fn transfer_request(
             ..Default::default()
         }),
     };
-    let platform = api_platform(&settings.platform);
+    let platform = api_platform(&req.image.platform);
     let destination = ImageStore {
         name: reference.to_string(),
         platforms: vec![platform.clone()],
@@ -568,27 +578,41 @@ mod tests {
         ));
     }
 
-    fn settings(extra: &[&str]) -> Settings {
-        let mut args = vec!["cvmd"];
-        args.extend_from_slice(extra);
-        let matches = clap::Command::new("cvmd")
-            .args(crate::config::args())
-            .try_get_matches_from(args)
-            .unwrap();
-        Settings::resolve(&matches, &|_| None).unwrap()
+    /// Pull options with only what the transfer request reads set.
+    fn options(insecure: &[&str], platform: &str) -> crate::image::PullOptions {
+        crate::image::PullOptions {
+            cache_dir: "/nonexistent".into(),
+            registry: crate::image::RegistryAccess {
+                pull_secret: None,
+                docker_config: "/nonexistent/config.json".into(),
+                extra_certs: Vec::new(),
+                insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
+                mirrors: Default::default(),
+                retries: 1,
+            },
+            platform: platform.parse().unwrap(),
+            policy: crate::image::PullPolicy::IfNotPresent,
+            concurrency: 1,
+            max_layer_size: 0,
+            max_image_size: 0,
+            cache_reserve: crate::unpack::Reserve::Percent(0),
+            cache_budget: None,
+        }
     }
 
     #[test]
     fn the_request_carries_scheme_hosts_dir_platform_and_streams() {
         let reference: Reference = "reg.example:5000/team/ws:1".parse().unwrap();
-        let s = settings(&[
-            "--insecure-registries",
-            "reg.example:5000",
-            "--containerd-hosts-dir",
-            "/etc/containerd/certs.d",
-            "--platform",
-            "linux/arm64/v8",
-        ]);
+        let image = options(&["reg.example:5000"], "linux/arm64/v8");
+        let route = super::super::PullRoute {
+            path: super::super::PullPath::Auto,
+            hosts_dir: Some("/etc/containerd/certs.d".into()),
+        };
+        let s = PullRequest {
+            image: &image,
+            route: &route,
+            policy: crate::image::PullPolicy::IfNotPresent,
+        };
         let r = transfer_request(&reference, &s, "creds-1", "progress-1");
         let source: OciRegistry = decode(r.source.as_ref().unwrap()).unwrap();
         assert_eq!(source.reference, "reg.example:5000/team/ws:1");
@@ -608,7 +632,17 @@ mod tests {
         assert_eq!(r.options.unwrap().progress_stream, "progress-1");
 
         // HTTPS by default, and no hosts dir unless one is set.
-        let r = transfer_request(&reference, &settings(&[]), "c", "p");
+        let image = options(&[], "linux/amd64");
+        let route = super::super::PullRoute {
+            path: super::super::PullPath::Auto,
+            hosts_dir: None,
+        };
+        let plain = PullRequest {
+            image: &image,
+            route: &route,
+            policy: crate::image::PullPolicy::IfNotPresent,
+        };
+        let r = transfer_request(&reference, &plain, "c", "p");
         let resolver = decode::<OciRegistry>(r.source.as_ref().unwrap())
             .unwrap()
             .resolver

@@ -13,8 +13,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+mod options;
+
+pub use options::{
+    ApiOptions, BundleOptions, GpuOptions, Identity, RunOptions, RuntimeOptions, SuperviseOptions,
+};
+
+use crate::backend::{Backend, Holder, MountRequest};
 use crate::bundle::{self, BundleInput, HostFiles, ImageRun, Limits, Overrides, RuntimeFlavor};
-use crate::config::{IdMapSetting, Settings};
 use crate::launch;
 use crate::network;
 use crate::progress::PlainLines;
@@ -32,14 +38,18 @@ use crate::supervisor::state::{Container, StateHandle, Tee};
 
 /// Runs the workspace to its end; returns the exit code cvmd should exit
 /// with (the workspace's, 128+signal when signalled). The control API
-/// serves on `settings.socket` from the start to the end.
-pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
+/// serves on `settings.api.socket` from the start to the end.
+pub async fn run(settings: &RunOptions) -> anyhow::Result<i32> {
     // Listening from the start: PID 1 ignores signals it has no handler
     // for, and a stop asked for during a long pull must be honoured. The
     // API's Stop and Restart feed the same channel as the OS signals.
     let mut os_signals = signals::listen()?;
     let (signal_tx, mut signals) = tokio::sync::mpsc::channel(16);
-    let state = StateHandle::new(&settings.workspace, &settings.runtime, signal_tx.clone());
+    let state = StateHandle::new(
+        &settings.identity.name,
+        &settings.runtime.name,
+        signal_tx.clone(),
+    );
     let forward = state.clone();
     tokio::spawn(async move {
         while let Some(signal) = os_signals.recv().await {
@@ -52,12 +62,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         }
     });
     let server = crate::api::server::serve(
-        &settings.socket,
-        settings.admin_group.as_deref(),
+        &settings.api.socket,
+        settings.api.admin_group.as_deref(),
         state.clone(),
     )?;
     // Bound before the pull, so a scrape sees the cold start as it happens.
-    let _metrics = match settings.metrics_addr {
+    let _metrics = match settings.api.metrics_addr {
         Some(addr) => Some(crate::metrics::http::serve(addr, state.metrics().clone()).await?),
         None => None,
     };
@@ -69,14 +79,15 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
         // the restart, and a node short of ranges reclaims it if the
         // workspace never comes back.
         if let Err(e) =
-            crate::store::idranges::release(&settings.cache_dir, &settings.node_identity()).await
+            crate::store::idranges::release(&settings.pull.cache_dir, &settings.identity.node())
+                .await
         {
             tracing::warn!(error = %e, "cannot release the workspace's host ID range");
         }
     }
     match &result {
         Ok(_) => state.enter(Phase::Exited),
-        Err(e) => state.fail(&crate::cli::error_line(e)),
+        Err(e) => state.fail(&crate::supervisor::termination::error_line(e)),
     }
     // The final phase's STATUS= goes out before cvmd exits.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notify).await;
@@ -85,7 +96,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<i32> {
 }
 
 async fn run_with(
-    settings: &Settings,
+    settings: &RunOptions,
     state: &StateHandle,
     signals: &mut tokio::sync::mpsc::Receiver<i32>,
 ) -> anyhow::Result<i32> {
@@ -96,27 +107,34 @@ async fn run_with(
     let reference: Reference = image.parse()?;
     // Before anything is downloaded: a host that cannot run the workspace
     // says why at once, with the fixes (and Status shows the checks).
-    let report = crate::preflight::at_start(settings).await?;
+    let report =
+        crate::preflight::at_start(&settings.preflight, &settings.backend, &settings.shiftfs)
+            .await?;
     state.set_preflight(report.checks);
     let ws_dir = settings
         .state_dir
         .join("workspaces")
-        .join(&settings.workspace);
+        .join(&settings.identity.name);
     std::fs::create_dir_all(&ws_dir)
         .with_context(|| format!("workspace state dir {}", ws_dir.display()))?;
 
     state.enter(Phase::Pull);
     state.set_image(&reference.to_string(), "");
-    let backend = crate::backend::Backend::select(settings).await?;
-    if matches!(backend, crate::backend::Backend::Native) {
+    let backend = Backend::select(&settings.backend).await?;
+    if matches!(backend, Backend::Native) {
         state
             .metrics()
-            .watch_cache(settings.cache_dir.clone(), settings.cache_budget);
+            .watch_cache(settings.pull.cache_dir.clone(), settings.pull.cache_budget);
     }
+    let identity = settings.identity.node();
+    let holder = Holder {
+        identity: &identity,
+        mount: None,
+    };
     let progress = Tee(state, &PlainLines);
     let pull_began = std::time::Instant::now();
     let ready = tokio::select! {
-        ready = backend.ensure(settings, &reference, settings.pull_policy, &progress) => ready?,
+        ready = backend.ensure(&settings.pull, &reference, settings.pull.policy, holder, &progress) => ready?,
         signal = stop_requested(signals) => {
             tracing::info!(signal, "stop requested before the workspace booted");
             backend.abandon_pulls().await;
@@ -132,16 +150,23 @@ async fn run_with(
 
     state.enter(Phase::Rootfs);
     let target = ws_dir.join("rootfs");
+    let request = MountRequest {
+        identity: &identity,
+        disk: ws_dir.join("disk"),
+        target: target.clone(),
+        options: settings.rootfs,
+        reset: false,
+    };
     let rootfs = backend
-        .mount_rootfs(settings, &ready, &ws_dir, &target)
+        .mount_rootfs(&settings.pull.cache_dir, &ready, &request)
         .await?;
     let idmap = rootfs.idmap;
-    state.set_rootfs(rootfs.mode, rootfs.idmap_mode);
+    state.set_rootfs(&rootfs.mode.to_string(), &rootfs.idmap_mode.to_string());
     // Only now, with this workspace's layers leased: a budget gc must never
     // take the image being started, and its failure never fails a start.
     {
-        let settings = settings.clone();
-        tokio::spawn(async move { crate::image::keep_within_budget(&settings, &[]).await });
+        let pull = settings.pull.clone();
+        tokio::spawn(async move { crate::image::keep_within_budget(&pull, &[]).await });
     }
 
     // An unreachable rootfs ends the start here, through the same release
@@ -159,7 +184,7 @@ async fn run_with(
 }
 
 async fn boot(
-    settings: &Settings,
+    settings: &RunOptions,
     image: &crate::backend::ReadyImage,
     ws_dir: &Path,
     rootfs_dir: &Path,
@@ -168,7 +193,7 @@ async fn boot(
     state: &StateHandle,
 ) -> anyhow::Result<i32> {
     state.enter(Phase::Bundle);
-    let flavor = RuntimeFlavor::of_runtime(&settings.runtime);
+    let flavor = RuntimeFlavor::of_runtime(&settings.runtime.name);
     // Before the reaper starts: staging ID-mapped user mounts waits for its
     // own children. A restart reuses this bundle (same rootfs, same mounts).
     let bundle_dir = ws_dir.join("bundle");
@@ -184,25 +209,26 @@ async fn boot(
 
     let reaper = Reaper::start()?;
     let runtime_root = settings
-        .runtime_root
+        .runtime
+        .root
         .clone()
         .unwrap_or_else(|| settings.state_dir.join("runtime"));
     let log_dir = ws_dir.join("logs");
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("runtime log dir {}", log_dir.display()))?;
     let runtime = Runtime::new(
-        resolve_runtime(&settings.runtime)?,
+        resolve_runtime(&settings.runtime.name)?,
         &log_dir,
         Arc::new(reaper.clone()),
     )
     .with_root(&runtime_root)
-    .with_timeout(settings.runtime_timeout);
+    .with_timeout(settings.runtime.timeout);
     let mut daemons = match flavor {
-        RuntimeFlavor::Sysbox => launch::sysbox::start(&reaper, &sysbox_config(settings)).await?,
+        RuntimeFlavor::Sysbox => launch::sysbox::start(&reaper, &settings.sysbox).await?,
         RuntimeFlavor::Runc => launch::sysbox::Daemons::none(),
     };
-    let id = settings.workspace.as_str();
-    let mut reboots = RebootBudget::new(settings.reboots);
+    let id = settings.identity.name.as_str();
+    let mut reboots = RebootBudget::new(settings.supervise.reboots);
     let booted = std::time::Instant::now();
     // One pass per boot: a Restart through the API, or a reboot from
     // inside, stops the container and comes back here, on the same rootfs.
@@ -211,63 +237,54 @@ async fn boot(
         let _ = runtime.delete(id, true).await;
         state.enter(Phase::Create);
         let pid_file = ws_dir.join("init.pid");
-        let created = match runtime
-            .create(
-                id,
-                &bundle_dir,
-                &pid_file,
-                ContainerIo::Pipes { stdin: false },
-            )
-            .await
-        {
-            Ok(created) => created,
-            Err(e) => {
-                // A create that timed out may have left a half-made container.
-                let _ = runtime.delete(id, true).await;
-                return Err(e.into());
-            }
-        };
-        let exit = match reaper.watch(created.pid) {
-            Ok(exit) => exit,
-            Err(e) => {
-                let _ = runtime.delete(id, true).await;
-                return Err(e.into());
-            }
-        };
-        let (exit, oom) = oom::watch(created.pid, exit, state);
-        // Before start: systemd as PID 1 in a user namespace needs its
-        // cgroups writable by the mapped root (see `launch::cgroups`);
-        // another init only loses the nesting of its own cgroups.
-        if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
-            match launch::cgroups::delegate(created.pid, &map) {
-                Ok(_) => {}
-                Err(e) if !info.init => {
-                    tracing::warn!(error = %e, "the workspace's cgroups stay the node root's");
-                }
-                Err(e) => {
-                    let _ = runtime.delete(id, true).await;
-                    return Err(e.into());
+        let made = async {
+            let created = runtime
+                .create(
+                    id,
+                    &bundle_dir,
+                    &pid_file,
+                    ContainerIo::Pipes { stdin: false },
+                )
+                .await?;
+            let pid = created.pid;
+            let exit = reaper.watch(pid)?;
+            let (exit, oom) = oom::watch(pid, exit, state);
+            // Before start: systemd as PID 1 in a user namespace needs its
+            // cgroups writable by the mapped root (see `launch::cgroups`);
+            // another init only loses the nesting of its own cgroups.
+            if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
+                match launch::cgroups::delegate(pid, &map) {
+                    Ok(_) => {}
+                    Err(e) if !info.init => {
+                        tracing::warn!(error = %e, "the workspace's cgroups stay the node root's");
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
-        }
-        for (source, pipe) in [
-            (Source::Stdout, created.io.stdout),
-            (Source::Stderr, created.io.stderr),
-        ] {
-            if let Some(pipe) = pipe {
-                tokio::spawn(log_lines(source, pipe, state.logs().clone()));
+            for (source, pipe) in [
+                (Source::Stdout, created.io.stdout),
+                (Source::Stderr, created.io.stderr),
+            ] {
+                if let Some(pipe) = pipe {
+                    tokio::spawn(log_lines(source, pipe, state.logs().clone()));
+                }
             }
+            state.enter(Phase::Network);
+            let mut plan = network::Plan::new(id, &settings.network);
+            plan.link_local_dns = network::plan::link_local_nameservers(
+                &std::fs::read_to_string(ws_dir.join("resolv.conf")).unwrap_or_default(),
+            );
+            let net = network::setup(&plan, pid, Arc::new(reaper.clone())).await?;
+            Ok::<_, anyhow::Error>((pid, exit, oom, net))
         }
-        state.enter(Phase::Network);
-        let mut plan = network::Plan::new(id, &settings.network);
-        plan.link_local_dns = network::plan::link_local_nameservers(
-            &std::fs::read_to_string(ws_dir.join("resolv.conf")).unwrap_or_default(),
-        );
-        let net = match network::setup(&plan, created.pid, Arc::new(reaper.clone())).await {
-            Ok(net) => net,
+        .await;
+        let (pid, exit, oom, net) = match made {
+            Ok(made) => made,
             Err(e) => {
+                // Whichever step failed, a create that timed out
+                // included: the half-made container goes.
                 let _ = runtime.delete(id, true).await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         // The network goes on every path from here: start failure, the
@@ -283,28 +300,28 @@ async fn boot(
                     runtime: runtime.clone(),
                     id: id.to_string(),
                 },
-                created.pid,
+                pid,
             );
             state.enter(Phase::Running);
-            tracing::info!(id, pid = created.pid, "workspace running");
+            tracing::info!(id, pid = pid, "workspace running");
             // From here on `died` below watches the daemons; one that died
             // during create or start is reported now.
             if let Err(death) = daemons.check() {
                 end_now(&runtime, id).await;
                 return Err(death.into());
             }
-            if let Some(script) = settings.bootstrap_script.clone() {
+            if let Some(script) = settings.supervise.bootstrap_script.clone() {
                 let (runtime, id) = (runtime.clone(), id.to_string());
                 tokio::spawn(async move { launch::bootstrap::run(&runtime, &id, &script).await });
             }
             let supervised = signals::supervise(
                 &runtime,
                 id,
-                created.pid,
+                pid,
                 exit,
                 StopPolicy {
                     stop_signal: info.stop_signal,
-                    grace: settings.stop_timeout,
+                    grace: settings.supervise.stop_timeout,
                     system_init: info.init,
                 },
                 signals,
@@ -331,7 +348,10 @@ async fn boot(
             let kills = state.snapshot().oom_kills;
             let message = oom::init_killed_message(kills, info.memory_limit);
             tracing::error!("{message}");
-            crate::cli::run::write_termination_log(&settings.termination_log, &message);
+            crate::supervisor::termination::write_termination_log(
+                &settings.supervise.termination_log,
+                &message,
+            );
             daemons.stop().await;
             return Ok(outcome.code);
         }
@@ -371,49 +391,50 @@ async fn boot(
 
 /// The OCI bundle for this boot, from the image config and the settings.
 fn write_bundle(
-    settings: &Settings,
+    settings: &RunOptions,
     image: &crate::backend::ReadyImage,
     ws_dir: &Path,
     rootfs_dir: &Path,
     idmap: Option<rootfs::IdMap>,
     bundle_dir: &Path,
 ) -> anyhow::Result<bundle::BundleInfo> {
-    let flavor = RuntimeFlavor::of_runtime(&settings.runtime);
-    let hostname = settings
+    let flavor = RuntimeFlavor::of_runtime(&settings.runtime.name);
+    let wanted = &settings.bundle;
+    let hostname = wanted
         .hostname
         .clone()
-        .unwrap_or_else(|| settings.workspace.clone());
+        .unwrap_or_else(|| settings.identity.name.clone());
     let host_files = host_files(ws_dir, &hostname)?;
     let mut input = BundleInput::new(&image.reference, rootfs_dir, flavor);
     input.image_run = ImageRun::from_oci(&image.config);
     input.overrides = Overrides {
-        command: settings.command.clone(),
-        user: settings.user.clone(),
-        working_dir: settings.workdir.clone(),
+        command: wanted.command.clone(),
+        user: wanted.user.clone(),
+        working_dir: wanted.workdir.clone(),
         hostname: None,
     };
     input.hostname = hostname;
-    input.env_passthrough = settings.envs.clone();
+    input.env_passthrough = wanted.envs.clone();
     input.outer_env = std::env::vars().collect::<BTreeMap<_, _>>();
     input.idmap = idmap;
     input.host_files = host_files;
-    input.mounts = user_mounts(settings, flavor, idmap, ws_dir)?;
+    input.mounts = user_mounts(wanted, flavor, idmap, ws_dir)?;
     // The control socket stays in the outer container (docs/ARCHITECTURE.md).
     if let Some(m) = input
         .mounts
         .iter()
-        .find(|m| crate::api::server::exposes(&m.source, &settings.socket))
+        .find(|m| crate::api::server::exposes(&m.source, &settings.api.socket))
     {
         anyhow::bail!(
             "CVMD_MOUNTS entry {} would put cvmd's control socket {} into the workspace: mount a narrower directory, or move the socket with CVMD_SOCKET",
             m.source.display(),
-            settings.socket.display()
+            settings.api.socket.display()
         );
     }
-    input.tun = settings.add_tun;
-    input.fuse = settings.add_fuse;
-    if settings.add_gpu {
-        add_gpus(settings, &mut input)?;
+    input.tun = wanted.tun;
+    input.fuse = wanted.fuse;
+    if let Some(gpu) = &wanted.gpu {
+        add_gpus(gpu, &mut input)?;
     }
     // runc cannot mknod in a user namespace: the workspace's own nodes.
     if let (RuntimeFlavor::Runc, Some(map)) = (flavor, idmap) {
@@ -425,26 +446,11 @@ fn write_bundle(
         }
     }
     input.limits = Limits {
-        cpus: settings.cpus,
-        memory: settings.memory,
+        cpus: wanted.cpus,
+        memory: wanted.memory,
     }
     .or(bundle::outer_limits());
     Ok(bundle::write_bundle(bundle_dir, &input)?)
-}
-
-pub(crate) fn rootfs_mode_name(mode: rootfs::Mode) -> &'static str {
-    match mode {
-        rootfs::Mode::Overlay => "overlay",
-        rootfs::Mode::Flat => "flat",
-    }
-}
-
-pub(crate) fn idmap_mode_name(mode: rootfs::IdMapMode) -> &'static str {
-    match mode {
-        rootfs::IdMapMode::None => "none",
-        rootfs::IdMapMode::IdMappedMount => "idmapped-mount",
-        rootfs::IdMapMode::ChownedCopy => "chowned-copy",
-    }
 }
 
 /// Kills and deletes the workspace container: a container breaks without
@@ -457,7 +463,7 @@ async fn end_now(runtime: &Runtime, id: &str) {
 /// The user mounts, staged as ID-mapped mounts when the workspace has an
 /// ID range (see `launch::mounts`).
 fn user_mounts(
-    settings: &Settings,
+    settings: &BundleOptions,
     flavor: RuntimeFlavor,
     idmap: Option<rootfs::IdMap>,
     ws_dir: &Path,
@@ -478,12 +484,12 @@ fn user_mounts(
 
 /// The outer container's NVIDIA nodes, driver libraries and `NVIDIA_*`
 /// variables into the bundle (see `launch::gpu`).
-fn add_gpus(settings: &Settings, input: &mut BundleInput) -> anyhow::Result<()> {
-    let lib_dir = settings
-        .usr_lib_dir
+fn add_gpus(gpu: &GpuOptions, input: &mut BundleInput) -> anyhow::Result<()> {
+    let lib_dir = gpu
+        .lib_dir
         .clone()
         .unwrap_or_else(launch::gpu::default_lib_dir);
-    let gpus = launch::gpu::discover(&settings.gpu_dev_dir, &lib_dir)?;
+    let gpus = launch::gpu::discover(&gpu.dev_dir, &lib_dir)?;
     tracing::info!(
         devices = gpus.devices.len(),
         libs = gpus.libs.len(),
@@ -497,15 +503,6 @@ fn add_gpus(settings: &Settings, input: &mut BundleInput) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn sysbox_config(settings: &Settings) -> launch::sysbox::Config {
-    launch::sysbox::Config {
-        mgr: settings.sysbox_mgr.clone(),
-        fs: settings.sysbox_fs.clone(),
-        run_dir: settings.sysbox_run_dir.clone(),
-        timeout: settings.sysbox_timeout,
-    }
-}
-
 /// Resolves at the first stop request (SIGTERM, SIGINT); other signals
 /// have no container to go to yet.
 async fn stop_requested(signals: &mut tokio::sync::mpsc::Receiver<i32>) -> i32 {
@@ -516,21 +513,6 @@ async fn stop_requested(signals: &mut tokio::sync::mpsc::Receiver<i32>) -> i32 {
             None => std::future::pending::<()>().await,
         }
     }
-}
-
-/// The ID mapping a setting asks for; `auto` is the workspace's own range
-/// on the node; `none` (sysbox allocates) and `host-unsafe` put none in
-/// the bundle.
-pub async fn idmap_for(
-    setting: IdMapSetting,
-    cache_dir: &Path,
-    workspace: &str,
-) -> Result<Option<rootfs::IdMap>, crate::store::StoreError> {
-    Ok(match setting {
-        IdMapSetting::None | IdMapSetting::HostUnsafe => None,
-        IdMapSetting::Auto => Some(crate::store::idranges::allocate(cache_dir, workspace).await?),
-        IdMapSetting::Explicit(m) => Some(m),
-    })
 }
 
 /// The workspace's resolv.conf (the outer one, minus nameservers only the
