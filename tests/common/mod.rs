@@ -7,10 +7,14 @@
 // Each integration-test binary compiles this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod api;
 pub mod cli;
+pub mod containerd;
 pub mod cred;
 pub mod debootstrap;
+pub mod exec;
 pub mod image;
+pub mod layers;
 pub mod pki;
 pub mod prereq;
 pub mod proxy;

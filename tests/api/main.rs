@@ -1,0 +1,12 @@
+//! The control API and what rides on it: cvmctl, health, metrics, stop and
+//! exec, sd_notify, the VM lifecycle.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod control_api;
+mod health;
+mod metrics;
+mod stop_exec;
+mod systemd_notify;
+mod vm_lifecycle;

@@ -1,0 +1,16 @@
+//! Running workspaces with real runc: `cvmd run`, the launch sequence,
+//! bundles, escape attempts, the example images, systemd, the terminal,
+//! the network and preflight.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bundle_runc;
+mod escape;
+mod example_images;
+mod launch;
+mod network;
+mod preflight;
+mod run_cli;
+mod systemd_boot;
+mod terminal;
