@@ -6,6 +6,7 @@
 //!
 //! Needs root, runc and docker-registry; skips with a reason otherwise.
 
+use crate::common::prereq;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -17,9 +18,8 @@ use crate::common::Registry;
 
 #[test]
 fn control_api_through_a_workspaces_life() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let proxy = crate::common::proxy::FaultProxy::start(&reg.url());
@@ -241,9 +241,8 @@ fn control_api_through_a_workspaces_life() {
 
 #[test]
 fn control_api_refuses_other_peers_and_survives_garbage() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "api/guard", "v1", &chatty_image());
@@ -396,9 +395,8 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
 
 #[test]
 fn status_warns_when_the_workspace_runs_in_the_hosts_user_namespace() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "api/unsafe", "v1", &chatty_image());
@@ -440,9 +438,8 @@ fn status_warns_when_the_workspace_runs_in_the_hosts_user_namespace() {
 /// environment running `cvmctl status` without --socket.
 #[test]
 fn cvmctl_finds_the_socket_from_the_state_dir_cvmd_uses() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "api/statedir", "v1", &chatty_image());

@@ -8,6 +8,7 @@
 //! Needs root, runc and docker-registry; skips with a reason otherwise.
 
 #[allow(dead_code)] // the exec and permission helpers are control_api.rs's
+use crate::common::prereq;
 use std::time::Duration;
 
 use crate::common::api::*;
@@ -55,9 +56,8 @@ async fn reflect(socket: &std::path::Path, req: MessageRequest) -> MessageRespon
 
 #[test]
 fn health_follows_the_phase_and_reflection_describes_the_api() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let proxy = crate::common::proxy::FaultProxy::start(&reg.url());

@@ -2,6 +2,7 @@
 //! exec, sd_notify, the VM lifecycle.
 
 #[path = "../common/mod.rs"]
+#[macro_use]
 mod common;
 
 mod control_api;

@@ -7,6 +7,7 @@
 //! Needs root, runc and docker-registry; skips with a reason otherwise.
 
 #[allow(dead_code)] // the exec and permission helpers are control_api.rs's
+use crate::common::prereq;
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -52,9 +53,8 @@ fn scrape(ws: &Running) -> String {
 
 #[test]
 fn metrics_over_the_socket_and_http_match_a_real_run() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let image = chatty_image();

@@ -7,6 +7,7 @@
 //! reason otherwise, and fails instead under CI=true.
 
 #[allow(dead_code)]
+use crate::common::prereq::{self, Need};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -17,12 +18,9 @@ use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use crate::common::layers::*;
 use crate::common::Registry;
 
-fn prerequisites() -> bool {
-    let ok = can_run() && runc_present();
-    if !ok && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true: this test's prerequisites are missing (see the skip reason above)");
-    }
-    ok
+fn prerequisites() -> Need {
+    can_run()?;
+    prereq::runc().map(drop)
 }
 
 fn image(script: &str) -> crate::common::image::Image {
@@ -80,9 +78,7 @@ fn exec_then_ctrl_c(ws: &Running, args: &[&str], marker: &str) -> Instant {
 
 #[test]
 fn exec_whose_client_disconnects_is_hung_up_then_killed_needs_root() {
-    if !prerequisites() {
-        return;
-    }
+    require!(prerequisites());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(
@@ -143,9 +139,7 @@ fn exec_whose_client_disconnects_is_hung_up_then_killed_needs_root() {
 
 #[test]
 fn restart_racing_the_workspaces_own_exit_keeps_the_new_container_needs_root() {
-    if !prerequisites() {
-        return;
-    }
+    require!(prerequisites());
     let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
         .into_iter()
         .find(|p| Path::new(p).exists())

@@ -7,6 +7,7 @@
 //! Needs root, runc and docker-registry; skips with a reason otherwise.
 
 #[allow(dead_code)] // the exec and permission helpers are control_api.rs's
+use crate::common::prereq;
 use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -34,9 +35,8 @@ fn read_until(sock: &UnixDatagram, seen: &mut Vec<String>, until: &str) -> bool 
 
 #[test]
 fn cvmd_tells_systemd_its_phases_readiness_and_stop() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "notify/ws", "v1", &chatty_image());

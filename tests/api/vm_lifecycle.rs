@@ -7,10 +7,11 @@
 //! reason otherwise (panics under CI=true).
 
 #[allow(dead_code)]
+use crate::common::prereq::{self, Need};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::api::{runc_present, start_cvmd, text};
+use crate::common::api::{start_cvmd, text};
 use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use crate::common::layers::*;
 use crate::common::Registry;
@@ -43,15 +44,14 @@ fn busybox_init_image() -> crate::common::image::Image {
         .build()
 }
 
-fn prerequisites() -> bool {
-    can_run() && runc_present()
+fn prerequisites() -> Need {
+    can_run()?;
+    prereq::runc().map(drop)
 }
 
 #[test]
 fn busybox_init_stops_cleanly_on_sigterm_within_seconds() {
-    if !prerequisites() {
-        return;
-    }
+    require!(prerequisites());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "vm/busybox-init", "v1", &busybox_init_image());
@@ -82,9 +82,7 @@ fn busybox_init_stops_cleanly_on_sigterm_within_seconds() {
 
 #[test]
 fn reboot_inside_boots_again_in_place_and_poweroff_ends_with_0() {
-    if !prerequisites() {
-        return;
-    }
+    require!(prerequisites());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "vm/busybox-reboot", "v1", &busybox_init_image());
@@ -136,9 +134,7 @@ fn reboot_inside_boots_again_in_place_and_poweroff_ends_with_0() {
 
 #[test]
 fn a_reboot_loop_is_bounded() {
-    if !prerequisites() {
-        return;
-    }
+    require!(prerequisites());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "vm/busybox-loop", "v1", &busybox_init_image());
@@ -176,9 +172,7 @@ const HOG: &[&str] = &[
 
 #[test]
 fn oom_kills_inside_are_counted_and_reported() {
-    if !prerequisites() {
-        return;
-    }
+    require!(prerequisites());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "vm/busybox-oom", "v1", &busybox_init_image());
@@ -221,9 +215,7 @@ fn oom_kills_inside_are_counted_and_reported() {
 
 #[test]
 fn an_init_killed_by_oom_ends_cvmd_saying_so() {
-    if !prerequisites() {
-        return;
-    }
+    require!(prerequisites());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
@@ -270,9 +262,8 @@ fn an_init_killed_by_oom_ends_cvmd_saying_so() {
 
 #[test]
 fn systemd_reboots_in_place_and_powers_off_with_0() {
-    if !prerequisites() || !crate::common::debootstrap::available() {
-        return;
-    }
+    require!(prerequisites());
+    require!(crate::common::debootstrap::available());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = crate::common::debootstrap::build_and_push(

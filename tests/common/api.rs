@@ -1,8 +1,6 @@
 //! The pieces of `tests/api/control_api.rs`: a chatty busybox workspace, a
 //! `cvmd run` that stops itself when a test fails, `cvmctl` as root or as
 //! another user.
-//!
-//! Needs `mod common;` and `mod layers_support;` beside `mod api_support;`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -12,16 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use crate::common::layers::Cvmd;
-
-pub fn runc_present() -> bool {
-    let found = ["/usr/sbin/runc", "/usr/bin/runc"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if !found {
-        crate::prereq_missing!("runc is not installed (apt-get install runc)");
-    }
-    found
-}
 
 /// A workspace that prints a numbered line every 200 ms and exits 3 on
 /// SIGTERM (sh as PID 1 gets the signal because it traps it).

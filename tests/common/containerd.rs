@@ -42,21 +42,21 @@ impl Release {
         self != Release::Bookworm
     }
 
-    /// Whether this release is installed; says why not when it is not.
-    pub fn present(self) -> bool {
+    /// This release, installed.
+    pub fn present(self) -> crate::common::prereq::Need {
         let dir = self.bin_dir();
-        let found = dir.join("containerd").exists() && dir.join("ctr").exists();
-        if !found {
-            crate::prereq_missing!(
+        if dir.join("containerd").exists() && dir.join("ctr").exists() {
+            Ok(())
+        } else {
+            Err(format!(
                 "containerd ({self:?}) is not installed in {} (bash scripts/deps.sh installs it)",
                 dir.display()
-            );
+            ))
         }
-        found
     }
 }
 
-pub fn containerd_present() -> bool {
+pub fn containerd_present() -> crate::common::prereq::Need {
     Release::Bookworm.present()
 }
 

@@ -2,8 +2,6 @@
 //! real `docker-registry`, assembled by `cvmd rootfs`, written as a bundle
 //! by `cvmd::bundle::write_bundle` and created and started by the real
 //! `runc` through the process-wide reaper.
-//!
-//! Needs `mod common;` and `mod layers_support;` beside `mod exec_support;`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,28 +15,12 @@ use tokio::net::unix::pipe;
 
 use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use crate::common::layers::{self, can_run, Cvmd};
+use crate::common::prereq::{self, Need};
 use crate::common::{self, Registry};
 
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "id", "pwd", "tty", "stty", "sleep", "env", "true", "kill", "ls",
 ];
-
-fn tools(test: &str) -> Option<PathBuf> {
-    if !can_run() {
-        return None;
-    }
-    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    let why = match (&runc, Path::new("/bin/busybox").exists()) {
-        (Some(_), true) => return runc,
-        (None, _) => "runc is not installed (apt-get install runc)",
-        (_, false) => "busybox is not installed (apt-get install busybox-static)",
-    };
-    crate::prereq_missing!("{test}: {why}");
-    None
-}
 
 /// busybox-static with a user `bob` (1000, member of `wheel`) whose home
 /// exists, and a /tmp.
@@ -141,14 +123,16 @@ pub fn is_mounted(dir: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == dir.to_str())
 }
 
-pub async fn workspace(test: &str) -> Option<Workspace> {
+pub async fn workspace(test: &str) -> Need<Workspace> {
     workspace_mapped(test, None).await
 }
 
 /// With `idmap`, the workspace runs in a user namespace: container ID 0 is
 /// host ID `idmap.host_uid`, as under sysbox-runc.
-pub async fn workspace_mapped(test: &str, idmap: Option<cvmd::rootfs::IdMap>) -> Option<Workspace> {
-    let runc = tools(test)?;
+pub async fn workspace_mapped(test: &str, idmap: Option<cvmd::rootfs::IdMap>) -> Need<Workspace> {
+    can_run()?;
+    prereq::busybox()?;
+    let runc = prereq::runc()?;
     let reaper = Reaper::start().unwrap();
     let tmp = tempfile::Builder::new()
         .prefix("cvmd-exec-")
@@ -216,5 +200,5 @@ pub async fn workspace_mapped(test: &str, idmap: Option<cvmd::rootfs::IdMap>) ->
         .unwrap();
     reaper.watch(created.pid).unwrap();
     ws.rt.start(&ws.id).await.unwrap();
-    Some(ws)
+    Ok(ws)
 }

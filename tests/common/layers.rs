@@ -1,8 +1,6 @@
 //! Shared pieces of the `layers_*` integration tests: running `cvmd`, a
 //! cache dir inside a watched sandbox, a comparable snapshot of a tree, the
 //! merged overlay view of an image's layers and the umoci oracle.
-//!
-//! Needs `mod common;` beside `mod layers_support;` in the test file.
 
 // Each test binary uses only part of this module.
 #![allow(dead_code)]
@@ -17,17 +15,15 @@ use std::process::{Command, Output, Stdio};
 use sha2::{Digest as _, Sha256};
 
 use crate::common::image::Image;
-use crate::common::{require_registry, Registry};
+use crate::common::prereq::{self, Need};
+use crate::common::Registry;
 
-/// Prints why and returns false unless the test can run: it needs root
-/// (0:0 whiteout devices, trusted xattrs, chown, overlay mounts) and the
+/// What every test running `cvmd` against a registry needs: root (0:0
+/// whiteout devices, trusted xattrs, chown, overlay mounts) and the
 /// registry binary.
-pub fn can_run() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        crate::prereq_missing!("needs root (whiteout devices, trusted.* xattrs, overlay mounts)");
-        return false;
-    }
-    require_registry()
+pub fn can_run() -> Need {
+    prereq::root("whiteout devices, trusted.* xattrs, overlay mounts")?;
+    prereq::registry()
 }
 
 /// A temp dir holding the cache dir (`<sandbox>/cache`) and sentinels

@@ -7,6 +7,10 @@
 // Each integration-test binary compiles this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+// First: its macros (`require!`) are used by the modules below.
+#[macro_use]
+pub mod prereq;
+
 pub mod api;
 pub mod cli;
 pub mod containerd;
@@ -16,7 +20,6 @@ pub mod exec;
 pub mod image;
 pub mod layers;
 pub mod pki;
-pub mod prereq;
 pub mod proxy;
 pub mod push;
 pub mod registry;
@@ -24,7 +27,7 @@ pub mod server;
 pub mod token;
 
 pub use cred::cred_helper;
-pub use registry::{require_registry, Registry};
+pub use registry::Registry;
 
 use sha2::{Digest, Sha256};
 use std::future::Future;

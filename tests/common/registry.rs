@@ -10,17 +10,6 @@ use std::time::{Duration, Instant};
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
-/// Prints why and returns false when the registry binary is absent, so a
-/// test can `if !require_registry() { return; }`.
-pub fn require_registry() -> bool {
-    if Path::new(REGISTRY_BIN).exists() {
-        true
-    } else {
-        crate::prereq_missing!("docker-registry not installed (apt-get install docker-registry)");
-        false
-    }
-}
-
 #[derive(Clone, Debug, Default)]
 pub enum Auth {
     #[default]

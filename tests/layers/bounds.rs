@@ -9,6 +9,7 @@
 //!
 //! Needs root and docker-registry; skips with a reason otherwise.
 
+use crate::common::prereq::Need;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -41,15 +42,11 @@ impl Drop for Tmpfs {
     }
 }
 
-fn tar_present() -> bool {
-    let ok = Command::new("tar").arg("--version").output().is_ok();
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("GNU tar is needed (apt-get install tar)");
-        }
-        eprintln!("skipping: GNU tar is not installed");
+fn tar_present() -> Need {
+    match Command::new("tar").arg("--version").output() {
+        Ok(_) => Ok(()),
+        Err(_) => Err("GNU tar is not installed (apt-get install tar)".into()),
     }
-    ok
 }
 
 struct Pulled {
@@ -118,9 +115,8 @@ impl Pulled {
 
 #[test]
 fn layers_bounds_a_60gib_sparse_bomb_is_refused_by_the_image_bound() {
-    if !can_run() || !tar_present() {
-        return;
-    }
+    require!(can_run());
+    require!(tar_present());
     let tar = sparse_tar("bomb", 60 << 30, 0, b"");
     // On a 1 GiB tmpfs: were it written out, the disk would refuse it, not
     // the bound.
@@ -136,9 +132,8 @@ fn layers_bounds_a_60gib_sparse_bomb_is_refused_by_the_image_bound() {
 
 #[test]
 fn layers_bounds_the_image_bound_counts_all_layers() {
-    if !can_run() || !tar_present() {
-        return;
-    }
+    require!(can_run());
+    require!(tar_present());
     // Two layers of 30 GiB (declared) each: each within the 64 GiB layer
     // bound, together past the 40 GiB image bound.
     let a = Layer::from_tar(sparse_tar("a", 30 << 30, 0, b"a"), Compression::Gzip);
@@ -157,9 +152,8 @@ fn layers_bounds_the_image_bound_counts_all_layers() {
 
 #[test]
 fn layers_bounds_cached_layers_count_toward_the_image_bound() {
-    if !can_run() || !tar_present() {
-        return;
-    }
+    require!(can_run());
+    require!(tar_present());
     // Image one is a 30 GiB (declared) layer; image two is that layer,
     // now cached, and another 30 GiB one: refused, though this pull
     // unpacks only 30 GiB (as a failed pull retried would).
@@ -195,9 +189,8 @@ fn layers_bounds_cached_layers_count_toward_the_image_bound() {
 
 #[test]
 fn layers_bounds_holes_of_a_sparse_file_stay_holes() {
-    if !can_run() || !tar_present() {
-        return;
-    }
+    require!(can_run());
+    require!(tar_present());
     let at = 3 << 30;
     let tar = sparse_tar("holey", 4 << 30, at, b"middle");
     let layer = Layer::from_tar(tar, Compression::Gzip);
@@ -221,9 +214,7 @@ fn layers_bounds_holes_of_a_sparse_file_stay_holes() {
 
 #[test]
 fn layers_bounds_the_cache_reserve_stops_an_unpack() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     // 40 MiB of file on a 64 MiB tmpfs that keeps half free.
     let layer = LayerBuilder::new()
         .file("big", &vec![7u8; 40 << 20], 0o644)
@@ -244,9 +235,7 @@ fn layers_bounds_the_cache_reserve_stops_an_unpack() {
 
 #[test]
 fn layers_bounds_enospc_leaves_no_staging_behind() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     // Inodes run out a few hundred files in: a real ENOSPC from the kernel.
     let mut b = LayerBuilder::new();
     for i in 0..400 {
@@ -264,9 +253,7 @@ fn layers_bounds_enospc_leaves_no_staging_behind() {
 
 #[test]
 fn layers_bounds_enospc_in_the_download_leaves_no_partial_blob() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     // 4 MiB of incompressible data on a 2 MiB cache, content only (as
     // `cvmd prefetch` of a content-only node does): the blob does not fit.
     let reg = Registry::plain().unwrap();
@@ -368,9 +355,7 @@ fn pull_measured(cvmd: &Cvmd, reference: &str, out_dir: &Path) -> (std::process:
 
 #[test]
 fn layers_bounds_a_million_dot_slash_headers_keep_cvmd_small() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let layer = streamed_layer(|b| {
         let h = dir_header("./");
         for _ in 0..1_000_000 {
@@ -389,9 +374,7 @@ fn layers_bounds_a_million_dot_slash_headers_keep_cvmd_small() {
 
 #[test]
 fn layers_bounds_megabyte_xattr_names_are_refused_with_memory_bounded() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     // 300 directories, each with a trusted.overlay.* xattr of a ~1 MB name
     // (under the 1 MiB extension bound): once kept whole per directory
     // until the layer ended, and logged whole.
@@ -429,9 +412,7 @@ fn layers_bounds_megabyte_xattr_names_are_refused_with_memory_bounded() {
 
 #[test]
 fn layers_bounds_dropped_overlay_xattrs_are_counted_in_one_line() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let layer = streamed_layer(|b| {
         for i in 0..1000 {
             let key = "SCHILY.xattr.trusted.overlay.redirect";

@@ -32,9 +32,7 @@ fn many_files() -> Layer {
 
 #[test]
 fn layers_crash_mid_unpack_is_redone_on_the_next_pull() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     let proxy = FaultProxy::start(&reg.url());
     let small = LayerBuilder::new()

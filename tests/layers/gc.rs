@@ -46,9 +46,7 @@ fn set_last_use(cache: &Path, reference: &str, ago: Duration) {
 
 #[test]
 fn layers_gc_removes_exactly_the_unreferenced_and_unleased() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     let (a, b) = (image(1, 1), image(2, 1));
     let ref_a = push(&reg, "gc/a", "v1", &a);
@@ -107,9 +105,7 @@ fn layers_gc_removes_exactly_the_unreferenced_and_unleased() {
 
 #[test]
 fn layers_gc_budget_drops_least_recently_used_first() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     let (a, b, c) = (image(3, 1), image(4, 1), image(5, 1));
     let refs = [

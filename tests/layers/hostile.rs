@@ -91,9 +91,7 @@ impl Pulled {
 
 #[test]
 fn layers_hostile_dotdot_path_is_refused() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     for (i, name) in ["../../../../../escape", "a/b/../../../escape"]
         .iter()
         .enumerate()
@@ -109,9 +107,7 @@ fn layers_hostile_dotdot_path_is_refused() {
 
 #[test]
 fn layers_hostile_absolute_path_lands_inside_the_layer() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let host = host_target("abs");
     let name = format!("{}/x", host.display());
     let layer = LayerBuilder::new()
@@ -131,9 +127,7 @@ fn layers_hostile_absolute_path_lands_inside_the_layer() {
 
 #[test]
 fn layers_hostile_write_through_absolute_symlink_is_refused() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let host = host_target("slash");
     let through = format!("l{}", host.display());
     let layer = LayerBuilder::new()
@@ -147,9 +141,7 @@ fn layers_hostile_write_through_absolute_symlink_is_refused() {
 
 #[test]
 fn layers_hostile_write_through_dotdot_symlink_is_refused() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     // The layer root is <sandbox>/cache/layers/staging/<id>/root: `../..`
     // is the staging dir, five levels up the sandbox, both watched.
     for (i, target) in ["../..", "../../../../.."].iter().enumerate() {
@@ -164,9 +156,7 @@ fn layers_hostile_write_through_dotdot_symlink_is_refused() {
 
 #[test]
 fn layers_hostile_symlink_chains_are_refused() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let host = host_target("chain");
     // a -> b -> c -> /tmp: the last hop leaves the root.
     let leaf = format!("a/{}", host.file_name().unwrap().to_string_lossy());
@@ -193,9 +183,7 @@ fn layers_hostile_symlink_chains_are_refused() {
 
 #[test]
 fn layers_hostile_hardlinks_to_outside_targets_are_refused() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let passwd_links = std::fs::metadata("/etc/passwd").unwrap().nlink();
     let cases: [(&str, LayerBuilder, &str); 3] = [
         // Up and out: the sandbox's own sentinel, five levels up.
@@ -239,9 +227,7 @@ fn layers_hostile_hardlinks_to_outside_targets_are_refused() {
 
 #[test]
 fn layers_hostile_whiteout_escapes_are_refused() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let host = host_target("whiteout");
     std::fs::write(&host, b"must survive").unwrap();
     let host_wh = format!("l/.wh.{}", host.file_name().unwrap().to_string_lossy());
@@ -291,9 +277,7 @@ fn layers_hostile_whiteout_escapes_are_refused() {
 
 #[test]
 fn layers_hostile_diff_id_mismatch_is_refused() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let layer = LayerBuilder::new()
         .file("etc/issue", b"honest content\n", 0o644)
         .build(Compression::Gzip);
@@ -352,9 +336,7 @@ fn gzip_bomb() -> Layer {
 
 #[test]
 fn layers_hostile_gzip_bomb_is_bounded() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let bomb = gzip_bomb();
     assert!(bomb.size < 1 << 20, "the bomb is small: {}", bomb.size);
     let (_reg, p) = pull_layer("hostile/bomb", bomb, &["--max-layer-size", "50MiB"]);

@@ -3,6 +3,7 @@
 //! rootfs`, and the overlay/flat/idmapped views.
 
 #[path = "../common/mod.rs"]
+#[macro_use]
 mod common;
 
 mod bounds;

@@ -221,9 +221,7 @@ fn check_against_umoci(reg: &Registry, repo: &str, img: &Image) {
 
 #[test]
 fn layers_merged_view_matches_umoci_for_a_system_image() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     let img = system_image(Compression::Gzip);
     check_against_umoci(&reg, "oracle/system", &img);
@@ -277,18 +275,14 @@ fn layers_merged_view_matches_umoci_for_a_system_image() {
 
 #[test]
 fn layers_merged_view_matches_umoci_for_opaque_trees() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     check_against_umoci(&reg, "oracle/tree", &tree_image());
 }
 
 #[test]
 fn layers_merged_view_matches_umoci_for_hardlinks_and_symlinks() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     check_against_umoci(&reg, "oracle/links", &links_image());
 }
@@ -298,9 +292,7 @@ fn layers_merged_view_matches_umoci_for_hardlinks_and_symlinks() {
 /// cache: the diff_ids are equal, so one cache would share the layers.
 #[test]
 fn layers_every_compression_unpacks_to_the_same_tree() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     let mut trees = Vec::new();
     for c in [

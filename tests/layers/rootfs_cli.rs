@@ -69,9 +69,7 @@ fn is_mounted(dir: &Path) -> bool {
 
 #[test]
 fn rootfs_warm_start_needs_no_registry() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let (reference, host) = {
@@ -121,9 +119,7 @@ fn rootfs_warm_start_needs_no_registry() {
 
 #[test]
 fn rootfs_cold_start_pulls_what_is_missing() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -142,9 +138,7 @@ fn rootfs_cold_start_pulls_what_is_missing() {
 
 #[test]
 fn rootfs_disk_survives_a_remount_and_reset_discards_it() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -194,9 +188,7 @@ fn rootfs_disk_survives_a_remount_and_reset_discards_it() {
 
 #[test]
 fn rootfs_idmap_auto_gives_each_workspace_its_own_range() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -237,9 +229,7 @@ fn rootfs_idmap_auto_gives_each_workspace_its_own_range() {
 
 #[test]
 fn gc_never_takes_the_layers_of_a_mounted_rootfs() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();

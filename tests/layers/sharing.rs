@@ -36,9 +36,7 @@ fn layer_done(events: &[serde_json::Value], digest: &str) -> Vec<bool> {
 
 #[test]
 fn layers_shared_base_is_reused_not_fetched() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     let proxy = FaultProxy::start(&reg.url());
     let a = image_on_base(Layer::random("app/a.bin", 1, 10, Compression::Gzip));
@@ -77,9 +75,7 @@ fn layers_shared_base_is_reused_not_fetched() {
 
 #[test]
 fn layers_concurrent_pulls_unpack_each_layer_once() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     let proxy = FaultProxy::start(&reg.url());
     let img = image_on_base(Layer::random("app/c.bin", 2, 12, Compression::Gzip));
@@ -129,9 +125,7 @@ fn layers_concurrent_pulls_unpack_each_layer_once() {
 
 #[test]
 fn layers_content_only_pull_then_unpack_from_the_store() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let reg = Registry::plain().unwrap();
     let proxy = FaultProxy::start(&reg.url());
     let img = image_on_base(Layer::random("app/c.bin", 1, 12, Compression::Gzip));

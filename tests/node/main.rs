@@ -5,6 +5,7 @@
 //! fails under CI=true).
 
 #[path = "../common/mod.rs"]
+#[macro_use]
 mod common;
 
 mod support;
@@ -18,9 +19,7 @@ use support::{checks, fixtures, Exit, Node, PodConfig};
 /// `cvmctl`, reads its files, and stops cleanly on SIGTERM.
 #[test]
 fn node_pod_runs_a_workspace_and_stops_on_sigterm() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let node = Node::new();
     let images = fixtures::shared_layer_images(&node);
     let mut pod = node.start(PodConfig::run("ws-smoke", &images[0]));
@@ -49,9 +48,7 @@ fn node_pod_runs_a_workspace_and_stops_on_sigterm() {
 /// so anything named after the PID is shared between them.
 #[test]
 fn node_concurrent_pulls_into_a_fresh_cache_all_succeed() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let node = Node::new();
     let image = fixtures::small_image(&node);
     let mut failures = Vec::new();
@@ -89,9 +86,7 @@ fn node_concurrent_pulls_into_a_fresh_cache_all_succeed() {
 /// never the one being started: the run reaches running and reads its files.
 #[test]
 fn node_cache_budget_never_evicts_the_image_being_started() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let node = Node::new();
     let images = fixtures::shared_layer_images(&node);
     let (exit, log) = node.run_once(
@@ -123,9 +118,7 @@ fn node_cache_budget_never_evicts_the_image_being_started() {
 /// that shares no layer with a running workspace.
 #[test]
 fn node_gc_in_one_pod_keeps_layers_mounted_in_others() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let node = Node::new();
     let images = fixtures::shared_layer_images(&node);
     let mut running = node.start(PodConfig::run("ws-running", &images[0]));
@@ -178,9 +171,7 @@ fn node_gc_in_one_pod_keeps_layers_mounted_in_others() {
 /// `CVMD_NODE_CHURN_SECS` sets how long (60 s), `CVMD_NODE_SEED` replays a run.
 #[test]
 fn node_churn_with_gc_prefetch_sigkills_and_a_registry_outage() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let node = Node::new();
     let images = fixtures::shared_layer_images(&node);
     let secs = std::env::var("CVMD_NODE_CHURN_SECS").map_or(60, |s| s.parse().unwrap());
@@ -273,9 +264,7 @@ fn summary(r: &ChurnReport) -> String {
 #[test]
 #[ignore = "a benchmark: bench/soak.sh runs it"]
 fn node_soak() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_string());
     let pods: usize = env("CVMD_SOAK_PODS", "8").parse().unwrap();
     let secs: u64 = env("CVMD_SOAK_SECS", "600").parse().unwrap();
@@ -328,9 +317,7 @@ fn node_soak() {
 /// recovers from one).
 #[test]
 fn node_pull_during_a_registry_outage_fails_clearly_then_succeeds() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let node = Node::new();
     let image = fixtures::small_image(&node);
     node.stop_registry();
@@ -359,9 +346,7 @@ fn node_pull_during_a_registry_outage_fails_clearly_then_succeeds() {
 /// veth or cgroup behind.
 #[test]
 fn node_sigkilled_pod_restarts_on_its_state_dir() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let node = Node::new();
     let images = fixtures::shared_layer_images(&node);
     let cfg = PodConfig::run("ws-phoenix", &images[1]);
@@ -398,9 +383,7 @@ fn node_sigkilled_pod_restarts_on_its_state_dir() {
 /// its range goes back to the node.
 #[test]
 fn node_equal_pod_names_in_two_namespaces_get_their_own_identity() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let node = Node::new();
     let images = fixtures::shared_layer_images(&node);
     let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -469,9 +452,7 @@ fn node_equal_pod_names_in_two_namespaces_get_their_own_identity() {
 /// running beside it keeps running.
 #[test]
 fn node_a_sparse_bomb_is_refused_and_the_cache_stays_as_it_was() {
-    if !support::can_run() {
-        return;
-    }
+    require!(support::can_run());
     let node = Node::new();
     let images = fixtures::shared_layer_images(&node);
     let mut neighbour = node.start(PodConfig::run("ws-neighbour", &images[0]));

@@ -5,9 +5,10 @@
 use crate::common::cli::{small_image, Cvmd, Run};
 use crate::common::cred::cred_helper_calls;
 use crate::common::image::{pseudo_random, Compression, Format, Image, ImageBuilder, LayerBuilder};
+use crate::common::prereq;
 use crate::common::proxy::FaultProxy;
 use crate::common::token::{Grant, TokenConfig};
-use crate::common::{block_on, cred_helper, require_registry, Registry};
+use crate::common::{block_on, cred_helper, Registry};
 use base64::Engine;
 use serde_json::json;
 
@@ -65,9 +66,7 @@ impl Tls {
 
 #[test]
 fn anonymous_pull_from_a_plain_registry() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let img = small_image(Format::Oci, 1);
     push(&reg, "lib/anon", "v1", &img);
@@ -81,9 +80,7 @@ fn anonymous_pull_from_a_plain_registry() {
 
 #[test]
 fn basic_over_tls_with_ca_file_and_config_json_auth_field() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     let cvmd = Cvmd::new(CVMD);
     cvmd.write_docker_config(
@@ -95,9 +92,7 @@ fn basic_over_tls_with_ca_file_and_config_json_auth_field() {
 
 #[test]
 fn basic_over_tls_with_ca_folder_and_config_json_username_password() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     let cvmd = Cvmd::new(CVMD);
     let pem = std::fs::read(t.reg.ca_pem_path().unwrap()).unwrap();
@@ -113,9 +108,7 @@ fn basic_over_tls_with_ca_folder_and_config_json_username_password() {
 
 #[test]
 fn basic_over_tls_with_inline_dockerconfigjson_pull_secret() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     let mut cvmd = Cvmd::new(CVMD);
     cvmd.env("CVMD_PULL_SECRET", t.dockerconfigjson())
@@ -126,9 +119,7 @@ fn basic_over_tls_with_inline_dockerconfigjson_pull_secret() {
 
 #[test]
 fn basic_over_tls_with_pull_secret_file() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     let cvmd = Cvmd::new(CVMD);
     let secret = cvmd.write_file("secret/.dockerconfigjson", t.dockerconfigjson());
@@ -146,9 +137,7 @@ fn basic_over_tls_with_pull_secret_file() {
 
 #[test]
 fn basic_over_tls_with_legacy_dockercfg_pull_secret() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     let cvmd = Cvmd::new(CVMD);
     let legacy = json!({
@@ -172,9 +161,7 @@ fn basic_over_tls_with_legacy_dockercfg_pull_secret() {
 
 #[test]
 fn basic_over_tls_with_kubernetes_secret_object() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     let cvmd = Cvmd::new(CVMD);
     let object = json!({
@@ -199,9 +186,7 @@ fn basic_over_tls_with_kubernetes_secret_object() {
 
 #[test]
 fn envbox_aliases_coder_image_pull_secret_and_coder_extra_certs_path() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     let mut cvmd = Cvmd::new(CVMD);
     let pem = std::fs::read(t.reg.ca_pem_path().unwrap()).unwrap();
@@ -215,9 +200,7 @@ fn envbox_aliases_coder_image_pull_secret_and_coder_extra_certs_path() {
 
 #[test]
 fn a_secret_without_the_host_does_not_hide_config_json_credentials() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     let cvmd = Cvmd::new(CVMD);
     let other = json!({"auths": {"other.example:5000": {"username": "x", "password": "y"}}});
@@ -238,9 +221,7 @@ fn a_secret_without_the_host_does_not_hide_config_json_credentials() {
 
 #[test]
 fn a_config_json_without_the_host_does_not_hide_pull_secret_credentials() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     let cvmd = Cvmd::new(CVMD);
     // Exists, parses, and names other hosts only (a credsStore-less file).
@@ -278,9 +259,7 @@ fn token_registry(cfg: TokenConfig, repo: &str) -> (Registry, Image) {
 
 #[test]
 fn bearer_token_with_basic_credentials_is_fetched_once_and_reused() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
     let ts = reg.token_server().unwrap();
     let before = ts.request_count();
@@ -300,9 +279,7 @@ fn bearer_token_with_basic_credentials_is_fetched_once_and_reused() {
 
 #[test]
 fn anonymous_bearer_token_on_a_public_repository() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let cfg = TokenConfig::new().user(USER, PASS).public_repo("pub/img");
     let (reg, img) = token_registry(cfg, "pub/img");
     let ts = reg.token_server().unwrap();
@@ -328,9 +305,7 @@ fn refresh_token(reg: &Registry) -> String {
 
 #[test]
 fn identity_token_from_config_json_uses_the_refresh_token_grant() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
     let ts = reg.token_server().unwrap();
     let rt = refresh_token(&reg);
@@ -351,9 +326,7 @@ fn identity_token_from_config_json_uses_the_refresh_token_grant() {
 
 #[test]
 fn cred_helpers_entry_is_run_from_path() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
     let helpers = tempfile::tempdir().unwrap();
     cred_helper(helpers.path(), "fake", &reg.host(), USER, PASS);
@@ -380,9 +353,7 @@ fn cred_helpers_entry_is_run_from_path() {
 
 #[test]
 fn creds_store_helper_is_run_from_path() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
     let helpers = tempfile::tempdir().unwrap();
     cred_helper(helpers.path(), "teststore", &reg.host(), USER, PASS);
@@ -399,9 +370,7 @@ fn creds_store_helper_is_run_from_path() {
 
 #[test]
 fn a_token_that_expires_mid_pull_is_renewed() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     // The registry rejects each token 2 s after it is issued.
     let cfg = TokenConfig::new()
         .user(USER, PASS)
@@ -453,9 +422,7 @@ fn a_token_that_expires_mid_pull_is_renewed() {
 
 #[test]
 fn a_token_lifetime_too_large_for_a_clock_is_clamped_not_a_panic() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     for answered in [json!(u64::MAX), json!(-1), json!(1e300)] {
         let cfg = TokenConfig::new()
             .user(USER, PASS)
@@ -479,21 +446,9 @@ fn a_token_lifetime_too_large_for_a_clock_is_clamped_not_a_panic() {
     }
 }
 
-/// Skips a test whose prerequisites are missing, except under CI, where
-/// that is a failure rather than a silent pass.
-fn registry_or_skip() -> bool {
-    let ok = require_registry();
-    if !ok && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true: docker-registry is missing");
-    }
-    ok
-}
-
 #[test]
 fn an_https_registry_naming_a_plain_http_realm_gets_no_credentials() {
-    if !registry_or_skip() {
-        return;
-    }
+    require!(prereq::registry());
     // The registry over HTTPS, its token server (the realm) over plain HTTP.
     let (reg, _img) = token_registry(
         TokenConfig::new().user(USER, PASS).registry_tls(true),
@@ -529,9 +484,7 @@ fn an_https_registry_naming_a_plain_http_realm_gets_no_credentials() {
 
 #[test]
 fn a_fetched_token_is_logged_by_registry_and_realm_never_by_value() {
-    if !registry_or_skip() {
-        return;
-    }
+    require!(prereq::registry());
     let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
     let ts = reg.token_server().unwrap();
     let cvmd = Cvmd::new(CVMD);
@@ -633,16 +586,8 @@ impl Drop for Netns {
 
 #[test]
 fn a_registry_cannot_send_cvmd_to_a_link_local_metadata_address_as_its_realm() {
-    let root = nix::unistd::geteuid().is_root();
-    let tools = std::path::Path::new("/usr/bin/nsenter").exists();
-    if !root || !tools {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "CI=true: needs root and nsenter (util-linux)"
-        );
-        eprintln!("skipping: needs root and nsenter for a network namespace of its own");
-        return;
-    }
+    require!(prereq::root("a network namespace of its own"));
+    require!(prereq::tool("nsenter"));
     // In a namespace of the test's own: a hostile registry on 127.0.0.1 whose
     // challenge names a realm on 169.254.169.254, where a metadata-style
     // listener waits.
@@ -686,9 +631,7 @@ fn a_registry_cannot_send_cvmd_to_a_link_local_metadata_address_as_its_realm() {
 
 #[test]
 fn a_base64_pull_secret_is_refused_without_being_echoed() {
-    if !registry_or_skip() {
-        return;
-    }
+    require!(prereq::registry());
     let t = tls();
     // The Secret's .dockerconfigjson as Kubernetes stores it: base64.
     let secret = b64(&t.dockerconfigjson());

@@ -11,6 +11,7 @@
 //! Needs root, runc, containerd and docker-registry; skips with a reason
 //! otherwise.
 
+use crate::common::prereq::{self, Need};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -21,22 +22,16 @@ use crate::common::layers::*;
 use crate::common::Registry;
 use base64::Engine as _;
 
-fn runc_present() -> bool {
-    let found = ["/usr/sbin/runc", "/usr/bin/runc"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if !found {
-        crate::prereq_missing!("runc is not installed (apt-get install runc)");
-    }
-    found
+fn ready() -> Need {
+    can_run()?;
+    prereq::runc()?;
+    containerd_present()
 }
 
-fn ready() -> bool {
-    can_run() && runc_present() && containerd_present()
-}
-
-fn ready_with(release: Release) -> bool {
-    can_run() && runc_present() && release.present()
+fn ready_with(release: Release) -> Need {
+    can_run()?;
+    prereq::runc()?;
+    release.present()
 }
 
 /// One test per containerd release, each calling `$body(release)`.
@@ -46,21 +41,18 @@ macro_rules! per_release {
             use super::*;
             #[test]
             fn bookworm_1_6() {
-                if ready_with(Release::Bookworm) {
-                    $body(Release::Bookworm);
-                }
+                require!(ready_with(Release::Bookworm));
+                $body(Release::Bookworm);
             }
             #[test]
             fn trixie_1_7() {
-                if ready_with(Release::Trixie) {
-                    $body(Release::Trixie);
-                }
+                require!(ready_with(Release::Trixie));
+                $body(Release::Trixie);
             }
             #[test]
             fn sid_2() {
-                if ready_with(Release::Sid) {
-                    $body(Release::Sid);
-                }
+                require!(ready_with(Release::Sid));
+                $body(Release::Sid);
             }
         }
     };
@@ -464,9 +456,7 @@ fn killed_mid_pull(release: Release) {
 
 #[test]
 fn containerd_backend_retries_a_cut_download_from_the_start() {
-    if !ready() {
-        return;
-    }
+    require!(ready());
     let ctd = PrivateContainerd::start();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -490,9 +480,7 @@ fn containerd_backend_retries_a_cut_download_from_the_start() {
 
 #[test]
 fn containerd_down_is_one_line_and_auto_without_a_socket_is_native_and_quiet() {
-    if !ready() {
-        return;
-    }
+    require!(ready());
     let state = tempfile::tempdir().unwrap();
     let missing = state.path().join("no-containerd.sock");
     let reg = Registry::plain().unwrap();
@@ -590,9 +578,7 @@ fn starts_what_the_node_pulled(release: Release) {
 
 #[test]
 fn transfer_asked_of_a_containerd_without_it_is_one_clear_line() {
-    if !ready() {
-        return;
-    }
+    require!(ready());
     let ctd = PrivateContainerd::start_release(Release::Bookworm);
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -617,9 +603,7 @@ fn transfer_asked_of_a_containerd_without_it_is_one_clear_line() {
 
 #[test]
 fn auto_uses_cvmds_own_client_where_the_transfer_service_cannot_take_the_ca() {
-    if !ready_with(Release::Sid) {
-        return;
-    }
+    require!(ready_with(Release::Sid));
     const USER: &str = "ctduser";
     const PASS: &str = "s3cret-ctd-pass";
     let ctd = PrivateContainerd::start_release(Release::Sid);
@@ -654,9 +638,7 @@ fn auto_uses_cvmds_own_client_where_the_transfer_service_cannot_take_the_ca() {
 
 #[test]
 fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
-    if !ready_with(Release::Sid) {
-        return;
-    }
+    require!(ready_with(Release::Sid));
     let ctd = PrivateContainerd::start_release(Release::Sid);
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -727,9 +709,7 @@ fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
 
 #[test]
 fn transfer_answers_a_token_registry_with_the_password_or_the_identity_token() {
-    if !ready_with(Release::Sid) {
-        return;
-    }
+    require!(ready_with(Release::Sid));
     use crate::common::token::{Grant, TokenConfig};
     const USER: &str = "tokenuser";
     const PASS: &str = "s3cret-token-pass";
@@ -793,16 +773,14 @@ fn transfer_answers_a_token_registry_with_the_password_or_the_identity_token() {
 
 #[test]
 fn a_snapshotter_the_transfer_service_does_not_unpack_to_falls_back_to_layer_by_layer_on_1_7() {
-    if ready_with(Release::Trixie) {
-        falls_back_to_layer_by_layer(Release::Trixie);
-    }
+    require!(ready_with(Release::Trixie));
+    falls_back_to_layer_by_layer(Release::Trixie);
 }
 
 #[test]
 fn a_snapshotter_the_transfer_service_does_not_unpack_to_falls_back_to_layer_by_layer_on_2() {
-    if ready_with(Release::Sid) {
-        falls_back_to_layer_by_layer(Release::Sid);
-    }
+    require!(ready_with(Release::Sid));
+    falls_back_to_layer_by_layer(Release::Sid);
 }
 
 fn falls_back_to_layer_by_layer(release: Release) {
@@ -859,9 +837,7 @@ fn falls_back_to_layer_by_layer(release: Release) {
 
 #[test]
 fn preflight_names_the_pull_path_and_without_the_snapshots_fails_or_auto_goes_native() {
-    if !ready_with(Release::Sid) {
-        return;
-    }
+    require!(ready_with(Release::Sid));
     let ctd = PrivateContainerd::start_release(Release::Sid);
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -1046,9 +1022,7 @@ fn keeps_writes_and_maps_ids(release: Release) {
 
 #[test]
 fn prefetch_fills_containerd_when_it_is_the_image_backend() {
-    if !ready_with(Release::Sid) {
-        return;
-    }
+    require!(ready_with(Release::Sid));
     let ctd = PrivateContainerd::start_release(Release::Sid);
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();

@@ -6,8 +6,9 @@ use crate::common::cli::{small_image, Cvmd};
 use crate::common::image::{
     Compression, Format, ImageBuilder, IndexBuilder, LayerBuilder, Platform, OCI_LAYER_GZIP,
 };
+use crate::common::prereq;
 use crate::common::token::TokenConfig;
-use crate::common::{block_on, require_registry, sha256_digest, Registry};
+use crate::common::{block_on, sha256_digest, Registry};
 use serde_json::json;
 
 const CVMD: &str = env!("CARGO_BIN_EXE_cvmd");
@@ -32,9 +33,7 @@ fn ca(reg: &Registry) -> String {
 
 #[test]
 fn unauthorized_without_credentials_points_at_cvmd_pull_secret() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = tls_registry();
     let cvmd = Cvmd::new(CVMD);
     let run = cvmd.pull(
@@ -53,9 +52,7 @@ fn unauthorized_without_credentials_points_at_cvmd_pull_secret() {
 
 #[test]
 fn unauthorized_on_a_private_repository_of_a_token_registry() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::token(TokenConfig::new().user(USER, PASS)).expect("registry");
     push(&reg, "priv/img", "v1", &small_image(Format::Oci, 4));
     let cvmd = Cvmd::new(CVMD);
@@ -74,9 +71,7 @@ fn unauthorized_on_a_private_repository_of_a_token_registry() {
 
 #[test]
 fn wrong_password_in_config_json_names_the_file_and_hides_the_password() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = tls_registry();
     let cvmd = Cvmd::new(CVMD);
     let wrong = "wrong-Xy77-secret";
@@ -100,9 +95,7 @@ fn wrong_password_in_config_json_names_the_file_and_hides_the_password() {
 
 #[test]
 fn wrong_password_in_pull_secret_at_the_token_endpoint_names_the_pull_secret() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::token(TokenConfig::new().user(USER, PASS)).expect("registry");
     push(&reg, "priv/img", "v1", &small_image(Format::Oci, 5));
     let wrong = "wrong-Tk42-secret";
@@ -142,9 +135,7 @@ fn a_malformed_pull_secret_is_refused_without_echoing_it() {
 
 #[test]
 fn tag_and_repository_not_found() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     push(&reg, "team/app", "v1", &small_image(Format::Oci, 6));
     let h = reg.host();
@@ -186,9 +177,7 @@ fn unknown_host() {
 
 #[test]
 fn tls_unknown_authority_names_cvmd_extra_certs() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = tls_registry();
     let cvmd = Cvmd::new(CVMD);
     cvmd.write_docker_config(&json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}));
@@ -205,9 +194,7 @@ fn tls_unknown_authority_names_cvmd_extra_certs() {
 
 #[test]
 fn plain_http_registry_not_listed_as_insecure() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let cvmd = Cvmd::new(CVMD);
     let run = cvmd.pull(&format!("{}/team/app:v1", reg.host()), &[]);
@@ -222,9 +209,7 @@ fn plain_http_registry_not_listed_as_insecure() {
 
 #[test]
 fn pinned_digest_with_other_content_is_refused_and_nothing_stored() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let img = small_image(Format::Oci, 7);
     push(&reg, "team/app", "v1", &img);
@@ -262,9 +247,7 @@ fn pinned_digest_with_other_content_is_refused_and_nothing_stored() {
 
 #[test]
 fn unsupported_layer_media_type_and_helm_config_are_refused() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let h = reg.host();
     let odd_type = "application/vnd.example.unknown.layer.v1";
@@ -309,9 +292,7 @@ fn unsupported_layer_media_type_and_helm_config_are_refused() {
 
 #[test]
 fn no_manifest_for_the_platform_lists_what_there_is_and_platform_selects() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let h = reg.host();
     let arm64 = ImageBuilder::new(Format::Oci)

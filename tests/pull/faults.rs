@@ -5,8 +5,9 @@
 
 use crate::common::cli::{small_image, Cvmd};
 use crate::common::image::{Compression, Format, Image, ImageBuilder, Layer};
+use crate::common::prereq;
 use crate::common::proxy::{Fault, FaultProxy};
-use crate::common::{block_on, require_registry, sha256_digest, wait_until, Registry};
+use crate::common::{block_on, sha256_digest, wait_until, Registry};
 use std::time::Duration;
 
 const CVMD: &str = env!("CARGO_BIN_EXE_cvmd");
@@ -60,9 +61,7 @@ fn range_starts(proxy: &FaultProxy, digest: &str) -> Vec<Option<u64>> {
 
 #[test]
 fn a_cut_mid_blob_is_resumed_with_a_range_request() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (_reg, proxy, img) = setup(4, 1);
     let layer = &img.layers[0].digest;
     let cvmd = Cvmd::new(CVMD);
@@ -83,9 +82,7 @@ fn a_cut_mid_blob_is_resumed_with_a_range_request() {
 
 #[test]
 fn server_errors_are_retried_then_the_pull_succeeds() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (_reg, proxy, img) = setup(1, 2);
     let layer = &img.layers[0].digest;
     let cvmd = Cvmd::new(CVMD);
@@ -106,9 +103,7 @@ fn server_errors_are_retried_then_the_pull_succeeds() {
 
 #[test]
 fn server_errors_past_the_retry_limit_fail_with_one_line() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (_reg, proxy, img) = setup(1, 3);
     let layer = &img.layers[0].digest;
     let cvmd = Cvmd::new(CVMD);
@@ -134,9 +129,7 @@ fn server_errors_past_the_retry_limit_fail_with_one_line() {
 /// puller's download loop (that made N attempts N*N requests).
 #[test]
 fn pull_retries_counts_attempts_per_request() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (_reg, proxy, img) = setup(1, 3);
     let layer = &img.layers[0].digest;
     let cvmd = Cvmd::new(CVMD);
@@ -157,9 +150,7 @@ fn pull_retries_counts_attempts_per_request() {
 
 #[test]
 fn corrupted_bytes_are_refused_and_nothing_is_stored() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (_reg, proxy, img) = setup(1, 4);
     let h = proxy.host();
     let pinned = format!("{h}/faults/app:v1@{}", img.manifest_digest);
@@ -206,9 +197,7 @@ fn corrupted_bytes_are_refused_and_nothing_is_stored() {
 
 #[test]
 fn a_pull_killed_mid_download_is_resumed_by_the_next() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (_reg, proxy, img) = setup(6, 5);
     let layer = &img.layers[0].digest;
     let h = proxy.host();
@@ -246,9 +235,7 @@ fn a_pull_killed_mid_download_is_resumed_by_the_next() {
 
 #[test]
 fn four_concurrent_pulls_download_each_layer_once() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let img = ImageBuilder::new(Format::Oci)
         .layer(Layer::random("a.bin", 2, 6, Compression::None))
@@ -287,9 +274,7 @@ fn four_concurrent_pulls_download_each_layer_once() {
 
 #[test]
 fn a_mirror_that_has_the_image_serves_it() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let origin = Registry::plain().unwrap();
     let mirror = Registry::plain().unwrap();
     let img = small_image(Format::Oci, 8);
@@ -326,9 +311,7 @@ fn a_mirror_that_has_the_image_serves_it() {
 
 #[test]
 fn a_mirror_that_is_down_falls_back_to_the_origin() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let (_reg, proxy, img) = setup(1, 9);
     let o = proxy.host();
     let dead = format!("127.0.0.1:{}", crate::common::free_port());

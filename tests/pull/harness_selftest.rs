@@ -4,10 +4,11 @@ use crate::common::image::{
     Compression, Format, ImageBuilder, IndexBuilder, Layer, LayerBuilder, Platform,
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
 };
+use crate::common::prereq;
 use crate::common::proxy::FaultProxy;
 use crate::common::push::{parse_challenge, RegistryClient};
 use crate::common::token::{Grant, TokenConfig};
-use crate::common::{cred_helper, http_client, require_registry, sha256_digest, Registry};
+use crate::common::{cred_helper, http_client, sha256_digest, Registry};
 use base64::Engine;
 use futures_util::StreamExt;
 use std::io::Read;
@@ -144,9 +145,7 @@ fn layer_contents_round_trip() {
 
 #[tokio::test]
 async fn plain_registry_images_and_indexes() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let client = reg.client();
     let oci = sample_image(Format::Oci, Platform::linux_amd64(), Compression::Gzip);
@@ -261,9 +260,7 @@ async fn plain_registry_images_and_indexes() {
 
 #[tokio::test]
 async fn tls_basic_registry() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::tls_basic("alice", "s3cret").unwrap();
     assert!(reg.url().starts_with("https://127.0.0.1:"));
     let ca = reg.ca_pem_path().unwrap();
@@ -312,9 +309,7 @@ async fn token_json(r: reqwest::Response) -> serde_json::Value {
 
 #[tokio::test]
 async fn token_registry_dance() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let cfg = TokenConfig::new()
         .user("bob", "pw")
         .public_repo("pub/img")
@@ -445,9 +440,7 @@ async fn token_registry_dance() {
 
 #[tokio::test]
 async fn token_registry_over_tls() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::token(TokenConfig::new().user("u", "p").registry_tls(true)).unwrap();
     assert!(reg.url().starts_with("https://"));
     let client = reg.client();
@@ -458,9 +451,7 @@ async fn token_registry_over_tls() {
 
 #[tokio::test]
 async fn fault_proxy_knobs() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let proxy = FaultProxy::start(&reg.url());
     let layer = Layer::random("big.bin", 1, 42, Compression::None);

@@ -3,6 +3,7 @@
 //! containerds, and the harness pieces those tests stand on.
 
 #[path = "../common/mod.rs"]
+#[macro_use]
 mod common;
 
 mod auth;

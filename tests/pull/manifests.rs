@@ -6,8 +6,9 @@ use crate::common::image::{
     Compression, Format, Image, ImageBuilder, IndexBuilder, Layer, LayerBuilder, Platform,
     DOCKER_LAYER_GZIP, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
 };
+use crate::common::prereq;
 use crate::common::proxy::FaultProxy;
-use crate::common::{block_on, require_registry, Registry};
+use crate::common::{block_on, Registry};
 use std::sync::{Arc, Mutex};
 
 const CVMD: &str = env!("CARGO_BIN_EXE_cvmd");
@@ -54,9 +55,7 @@ fn pull_and_check(reg: &Registry, repo: &str, img: &Image) {
 
 #[test]
 fn oci_manifest() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let img = image_of(
         Format::Oci,
@@ -75,9 +74,7 @@ fn oci_manifest() {
 
 #[test]
 fn docker_schema2_manifest() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let img = image_of(
         Format::Docker,
@@ -96,9 +93,7 @@ fn docker_schema2_manifest() {
 
 #[test]
 fn zstd_multi_member_gzip_and_uncompressed_layers() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let img = image_of(
         Format::Oci,
@@ -163,25 +158,19 @@ fn index_pulls(format: Format, repo: &str) {
 
 #[test]
 fn oci_index_selects_the_platform() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     index_pulls(Format::Oci, "kinds/oci-index");
 }
 
 #[test]
 fn docker_manifest_list_selects_the_platform() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     index_pulls(Format::Docker, "kinds/docker-list");
 }
 
 #[test]
 fn digest_pinned_reference_wins_over_the_tag() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let h = reg.host();
     let old = small_image(Format::Oci, 20);
@@ -205,9 +194,7 @@ fn digest_pinned_reference_wins_over_the_tag() {
 
 #[test]
 fn json_output_is_one_event_per_line_ending_with_done() {
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let h = reg.host();
     let img = small_image(Format::Oci, 40);
@@ -268,9 +255,7 @@ impl cvmd::pull::ProgressSink for Recorder {
 fn library_puller_fetches_each_blob_once_per_store() {
     use cvmd::pull::{PullEvent, Puller};
     use cvmd::registry::{ClientOptions, Reference, RegistryClient};
-    if !require_registry() {
-        return;
-    }
+    require!(prereq::registry());
     let reg = Registry::plain().unwrap();
     let proxy = FaultProxy::start(&reg.url());
     let img = small_image(Format::Docker, 50);

@@ -5,6 +5,7 @@
 //! and every preflight check the requirement table names is one that
 //! `cvmd preflight` really runs, so a failing check leads back to its line.
 
+use crate::common::prereq::Need;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,25 +16,24 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/clusters")
 }
 
-fn venv_python() -> Option<PathBuf> {
+fn venv_python() -> Need<PathBuf> {
     let venv = std::env::var_os("CVMD_TOOLS_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/opt/cvmd-tools/venv"));
     let py = venv.join("bin/python3");
     if py.exists() {
-        Some(py)
+        Ok(py)
     } else {
-        crate::prereq_missing!(
+        Err(format!(
             "{} is missing (scripts/deps.sh installs it with PyYAML)",
             py.display()
-        );
-        None
+        ))
     }
 }
 
 #[test]
 fn eksctl_nodegroup_asks_for_ubuntu_nodes_with_local_disk() {
-    let Some(py) = venv_python() else { return };
+    let py = require!(venv_python());
     let file = dir().join("eks-nodegroup.yaml");
     let out = Command::new(py)
         .args([

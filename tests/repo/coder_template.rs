@@ -6,12 +6,13 @@
 //! are ones cvmd accepts, and the agent starts through the bootstrap
 //! script.
 
+use crate::common::prereq::Need;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-fn python() -> Option<PathBuf> {
+fn python() -> Need<PathBuf> {
     let venv = std::env::var_os("CVMD_TOOLS_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/opt/cvmd-tools/venv"));
@@ -21,13 +22,12 @@ fn python() -> Option<PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success());
     if has_hcl2 {
-        Some(py)
+        Ok(py)
     } else {
-        crate::prereq_missing!(
+        Err(format!(
             "python-hcl2 is missing from {} (scripts/deps.sh installs it)",
             py.display()
-        );
-        None
+        ))
     }
 }
 
@@ -90,15 +90,15 @@ fn env_blocks(v: &Value, out: &mut Vec<(String, Option<String>)>) {
     }
 }
 
-fn template() -> Option<Value> {
+fn template() -> Need<Value> {
     let py = python()?;
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/coder/main.tf");
-    Some(parse(&py, &file).unwrap_or_else(|e| panic!("{}: {e}", file.display())))
+    Ok(parse(&py, &file).unwrap_or_else(|e| panic!("{}: {e}", file.display())))
 }
 
 #[test]
 fn coder_template_parses_as_hcl() {
-    let Some(py) = python() else { return };
+    let py = require!(python());
     for file in template_files() {
         if let Err(e) = parse(&py, &file) {
             panic!("{} does not parse:\n{e}", file.display());
@@ -109,7 +109,7 @@ fn coder_template_parses_as_hcl() {
 /// The parser is not a no-op: a missing closing brace fails it.
 #[test]
 fn hcl_parser_rejects_a_broken_template() {
-    let Some(py) = python() else { return };
+    let py = require!(python());
     let dir = tempfile::tempdir().unwrap();
     let main =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/coder/main.tf"))
@@ -124,7 +124,7 @@ fn hcl_parser_rejects_a_broken_template() {
 /// setting, and cvmd accepts every literal value among them.
 #[test]
 fn coder_template_env_vars_are_real_cvmd_settings() {
-    let Some(doc) = template() else { return };
+    let doc = require!(template());
     let mut env = Vec::new();
     env_blocks(&doc, &mut env);
     assert!(env.len() >= 5, "found only {env:?}");
@@ -161,7 +161,7 @@ fn coder_template_env_vars_are_real_cvmd_settings() {
 /// GPUs come from workspace parameters, and the state is on a claim.
 #[test]
 fn coder_template_starts_the_agent_and_takes_its_resources_from_parameters() {
-    let Some(doc) = template() else { return };
+    let doc = require!(template());
     let text = doc.to_string();
     let mut env = Vec::new();
     env_blocks(&doc, &mut env);
@@ -203,7 +203,7 @@ fn coder_template_starts_the_agent_and_takes_its_resources_from_parameters() {
 /// Kubernetes schemas) mounts, at the same paths.
 #[test]
 fn coder_template_mounts_what_the_pvc_manifest_mounts() {
-    let Some(doc) = template() else { return };
+    let doc = require!(template());
     let py = python().unwrap();
     let manifest =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/workspace-pod-pvc.yaml");

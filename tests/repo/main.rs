@@ -2,6 +2,7 @@
 //! Coder template, the shipped files and the Kubernetes manifests.
 
 #[path = "../common/mod.rs"]
+#[macro_use]
 mod common;
 
 mod cluster_guides;

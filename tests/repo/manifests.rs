@@ -8,6 +8,7 @@
 //! The YAML is read through the validator's own Python (PyYAML comes with
 //! it) as JSON, so no YAML crate is needed here.
 
+use crate::common::prereq::Need;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,13 +20,15 @@ fn venv() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/opt/cvmd-tools/venv"))
 }
 
-fn validator() -> Option<PathBuf> {
+fn validator() -> Need<PathBuf> {
     let bin = venv().join("bin/kubernetes-validate");
     if bin.exists() {
-        Some(bin)
+        Ok(bin)
     } else {
-        crate::prereq_missing!("{} is missing (scripts/deps.sh installs it)", bin.display());
-        None
+        Err(format!(
+            "{} is missing (scripts/deps.sh installs it)",
+            bin.display()
+        ))
     }
 }
 
@@ -83,9 +86,7 @@ fn containerd_variant() -> PathBuf {
 
 #[test]
 fn the_containerd_variant_of_the_workspace_pod_mounts_the_socket_and_root() {
-    if validator().is_none() {
-        return;
-    }
+    require!(validator());
     let doc = load(&containerd_variant());
     let spec = pod_spec(&doc);
     let c = &spec["containers"][0];
@@ -191,7 +192,7 @@ fn default_stop_timeout() -> u64 {
 
 #[test]
 fn manifests_validate_against_the_kubernetes_schemas() {
-    let Some(bin) = validator() else { return };
+    let bin = require!(validator());
     for file in manifests() {
         let out = validate(&bin, &file);
         assert!(
@@ -207,7 +208,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
 /// The validator is not a no-op: a misspelt field fails it.
 #[test]
 fn validator_rejects_a_broken_manifest() {
-    let Some(bin) = validator() else { return };
+    let bin = require!(validator());
     let dir = tempfile::tempdir().unwrap();
     let pod = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/workspace-pod.yaml"),
@@ -226,9 +227,7 @@ fn validator_rejects_a_broken_manifest() {
 /// parser).
 #[test]
 fn manifest_env_vars_are_real_cvmd_settings() {
-    if validator().is_none() {
-        return;
-    }
+    require!(validator());
     for file in manifests() {
         let doc = load(&file);
         for c in pod_spec(&doc)["containers"].as_array().unwrap() {
@@ -263,9 +262,7 @@ fn manifest_env_vars_are_real_cvmd_settings() {
 
 #[test]
 fn workspace_pod_gives_cvmd_what_it_needs() {
-    if validator().is_none() {
-        return;
-    }
+    require!(validator());
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/workspace-pod.yaml");
     let doc = load(&file);
     let spec = pod_spec(&doc);
@@ -403,9 +400,7 @@ fn workspace_pod_gives_cvmd_what_it_needs() {
 
 #[test]
 fn prefetch_daemonset_fills_the_same_cache() {
-    if validator().is_none() {
-        return;
-    }
+    require!(validator());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
     let pod = load(&dir.join("workspace-pod.yaml"));
     let ds = load(&dir.join("prefetch-daemonset.yaml"));
@@ -457,9 +452,7 @@ fn bytes(q: &Value) -> u64 {
 /// message still shows why.
 #[test]
 fn workspace_pods_bound_their_disk_and_explain_their_end() {
-    if validator().is_none() {
-        return;
-    }
+    require!(validator());
     for name in POD_FILES {
         let doc = load(&deploy_file(name));
         let spec = pod_spec(&doc);
@@ -501,7 +494,7 @@ fn workspace_pods_bound_their_disk_and_explain_their_end() {
 /// its own claim, and passes the home into the workspace.
 #[test]
 fn pvc_variant_keeps_state_and_home_on_its_claim() {
-    let Some(bin) = validator() else { return };
+    let bin = require!(validator());
     let file = deploy_file("workspace-pod-pvc.yaml");
     assert!(
         manifests().contains(&file),
@@ -544,9 +537,7 @@ fn pvc_variant_keeps_state_and_home_on_its_claim() {
 /// workspace pods is mounted over it.
 #[test]
 fn the_shiftfs_source_is_not_hidden_by_a_pod_mount() {
-    if validator().is_none() {
-        return;
-    }
+    require!(validator());
     let default = cvmd::config::SETTINGS
         .iter()
         .find(|s| s.key == "shiftfs_src")
@@ -586,9 +577,7 @@ fn the_shiftfs_source_is_not_hidden_by_a_pod_mount() {
 /// change to one manifest is made in both.
 #[test]
 fn pvc_variant_matches_the_workspace_pod_outside_the_state() {
-    if validator().is_none() {
-        return;
-    }
+    require!(validator());
     let plain = load(&deploy_file("workspace-pod.yaml"));
     let pvc = load(&deploy_file("workspace-pod-pvc.yaml"));
     let (a, b) = (pod_spec(&plain), pod_spec(&pvc));

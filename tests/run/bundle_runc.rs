@@ -2,6 +2,7 @@
 //! rootfs: the process, its exit status, and the keep-alive's answer to
 //! SIGTERM. Needs root and runc; skips with a reason otherwise.
 
+use crate::common::prereq::{self, Need};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,26 +10,10 @@ use std::time::{Duration, Instant};
 
 use cvmd::bundle::{write_bundle, BundleInput, ImageRun, RuntimeFlavor};
 
-fn find(names: &[&str]) -> Option<PathBuf> {
-    names.iter().map(PathBuf::from).find(|p| p.is_file())
-}
-
-/// runc and busybox, or the reason the test cannot run.
-fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let why = if !rustix::process::geteuid().is_root() {
-        "needs root (runc creates namespaces and cgroups)".to_string()
-    } else {
-        match (
-            find(&["/usr/bin/runc", "/usr/sbin/runc", "/usr/local/bin/runc"]),
-            find(&["/bin/busybox", "/usr/bin/busybox"]),
-        ) {
-            (Some(r), Some(b)) => return Some((r, b)),
-            (None, _) => "runc is not installed (apt-get install runc)".into(),
-            (_, None) => "busybox is not installed (apt-get install busybox-static)".into(),
-        }
-    };
-    crate::prereq_missing!("{test}: {why}");
-    None
+/// runc and busybox, and root to run them.
+fn tools() -> Need<(PathBuf, PathBuf)> {
+    prereq::root("runc creates namespaces and cgroups")?;
+    Ok((prereq::runc()?, prereq::busybox()?))
 }
 
 /// A busybox-static rootfs: /bin/busybox with its applets as links.
@@ -69,11 +54,7 @@ impl Drop for Runc {
 
 #[test]
 fn runc_runs_the_image_command_and_returns_its_status_needs_root() {
-    let Some((runc, busybox)) =
-        tools("runc_runs_the_image_command_and_returns_its_status_needs_root")
-    else {
-        return;
-    };
+    let (runc, busybox) = require!(tools());
     let t = tempfile::tempdir().unwrap();
     let rootfs = t.path().join("rootfs");
     busybox_rootfs(&rootfs, &busybox);
@@ -111,9 +92,7 @@ fn runc_runs_the_image_command_and_returns_its_status_needs_root() {
 
 #[test]
 fn runc_keepalive_stops_on_sigterm_needs_root() {
-    let Some((runc, busybox)) = tools("runc_keepalive_stops_on_sigterm_needs_root") else {
-        return;
-    };
+    let (runc, busybox) = require!(tools());
     let t = tempfile::tempdir().unwrap();
     let rootfs = t.path().join("rootfs");
     busybox_rootfs(&rootfs, &busybox);
@@ -185,10 +164,7 @@ fn chown_tree(dir: &Path, by: u32) {
 
 #[test]
 fn runc_runs_a_mapped_bundle_in_a_user_namespace_needs_root() {
-    let Some((runc, busybox)) = tools("runc_runs_a_mapped_bundle_in_a_user_namespace_needs_root")
-    else {
-        return;
-    };
+    let (runc, busybox) = require!(tools());
     let t = tempfile::tempdir().unwrap();
     // The mapped root must be able to reach the rootfs.
     std::fs::set_permissions(

@@ -17,6 +17,7 @@
 //! for the systemd image, the build script's tools; under `CI=true` a
 //! missing one fails the test, elsewhere it is skipped with the reason.
 
+use crate::common::prereq::{self, Need};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -29,27 +30,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// In the outer process's command line, to find it from inside.
 const MARKER: &str = "4242.0424";
 
-fn skip(why: &str) -> bool {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("cannot run the escape suite under CI: {why}");
-    }
-    eprintln!("skipping: {why}");
-    false
-}
-
-fn runc() -> Option<PathBuf> {
-    let found = ["/usr/sbin/runc", "/usr/bin/runc"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        skip("runc is not installed (apt-get install runc)");
-    }
-    found
-}
-
 /// The attempt program, built static into `dir`.
-fn build_attempts(dir: &Path) -> bool {
+fn build_attempts(dir: &Path) -> Need {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/run/escape_support/attempt.c");
     let out = Command::new("gcc")
         .args(["-static", "-O1", "-Wall", "-o"])
@@ -57,13 +39,13 @@ fn build_attempts(dir: &Path) -> bool {
         .arg(&src)
         .output();
     match out {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => skip(&format!(
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
             "gcc cannot build {} statically (apt-get install gcc libc6-dev): {}",
             src.display(),
             String::from_utf8_lossy(&o.stderr)
         )),
-        Err(e) => skip(&format!("gcc is not installed (apt-get install gcc): {e}")),
+        Err(e) => Err(format!("gcc is not installed (apt-get install gcc): {e}")),
     }
 }
 
@@ -144,8 +126,8 @@ impl Drop for Workspace {
 impl Workspace {
     /// Starts `reference` and waits until its init runs (and, with
     /// `systemd`, until systemd answers `running` or `degraded`).
-    fn start(sandbox: &Sandbox, reg: &Registry, reference: &str, systemd: bool) -> Option<Self> {
-        let runc = runc()?;
+    fn start(sandbox: &Sandbox, reg: &Registry, reference: &str, systemd: bool) -> Need<Self> {
+        let runc = prereq::runc()?;
         let tools = tempfile::Builder::new()
             .prefix("cvmd-escape-")
             .tempdir()
@@ -155,9 +137,7 @@ impl Workspace {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        if !build_attempts(tools.path()) {
-            return None;
-        }
+        build_attempts(tools.path())?;
         std::fs::write(tools.path().join("bound"), b"a file of the outer machine\n").unwrap();
         let state = tempfile::tempdir().unwrap();
         let secret_dir = tempfile::tempdir().unwrap();
@@ -239,16 +219,11 @@ impl Workspace {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn();
-        match outside {
-            Ok(o) => ws.outside = Some(o),
-            Err(e) => {
-                skip(&format!("nsenter is not installed (util-linux): {e}"));
-                return None;
-            }
-        }
+            .spawn()
+            .map_err(|e| format!("nsenter is not installed (util-linux): {e}"));
+        ws.outside = Some(outside?);
         std::thread::sleep(Duration::from_millis(300));
-        Some(ws)
+        Ok(ws)
     }
 
     fn name(&self) -> String {
@@ -500,20 +475,14 @@ fn try_every_way_out(ws: &Workspace) {
 
 #[test]
 fn escapes_fail_from_the_systemd_example_image_root() {
-    if !can_run() || runc().is_none() {
-        return;
-    }
-    if !debootstrap::available() {
-        skip("the example image's build tools are missing");
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
+    require!(debootstrap::available());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference =
         debootstrap::build_and_push("systemd", &format!("{}/examples", reg.host()), None);
-    let Some(ws) = Workspace::start(&sandbox, &reg, &reference, true) else {
-        return;
-    };
+    let ws = require!(Workspace::start(&sandbox, &reg, &reference, true));
     try_every_way_out(&ws);
     drop(ws);
     sandbox.assert_outside_untouched();
@@ -521,15 +490,12 @@ fn escapes_fail_from_the_systemd_example_image_root() {
 
 #[test]
 fn escapes_fail_from_a_busybox_image_root() {
-    if !can_run() || runc().is_none() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "escape/busybox", "v1", &busybox_image());
-    let Some(ws) = Workspace::start(&sandbox, &reg, &reference, false) else {
-        return;
-    };
+    let ws = require!(Workspace::start(&sandbox, &reg, &reference, false));
     try_every_way_out(&ws);
     drop(ws);
     sandbox.assert_outside_untouched();

@@ -37,9 +37,8 @@ fn layout_config(layout: &Path, tag: &str) -> serde_json::Value {
 
 #[test]
 fn docker_image_builds_with_docker_enabled_root() {
-    if !can_run() || !debootstrap::available() {
-        return;
-    }
+    require!(can_run());
+    require!(debootstrap::available());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let work = tempfile::tempdir().unwrap();

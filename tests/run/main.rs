@@ -3,6 +3,7 @@
 //! the network and preflight.
 
 #[path = "../common/mod.rs"]
+#[macro_use]
 mod common;
 
 mod bundle_runc;

@@ -8,6 +8,7 @@
 //! Needs root, runc, iptables, iproute2, busybox-static and docker-registry;
 //! skips with a reason otherwise.
 
+use crate::common::prereq::{self, Need};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -19,17 +20,11 @@ use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use crate::common::layers::*;
 use crate::common::Registry;
 
-fn tools_present() -> bool {
+fn tools_present() -> Need {
     for tool in ["runc", "iptables", "ip", "unshare", "nsenter"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            crate::prereq_missing!("{tool} is not installed (scripts/deps.sh installs it)");
-            return false;
-        }
+        prereq::tool(tool)?;
     }
-    true
+    Ok(())
 }
 
 /// A network namespace held open by a sleeping process; killed on drop.
@@ -242,9 +237,8 @@ while :; do sleep 1 & wait $!; done
 
 #[test]
 fn network_veth_nat_port_forwards_mtu_and_cleanup() {
-    if !can_run() || !tools_present() {
-        return;
-    }
+    require!(can_run());
+    require!(tools_present());
     let setup = Setup::new("net/veth", WORKSPACE_SCRIPT);
     let outer = Netns::new();
     let internet = Netns::new();
@@ -358,9 +352,8 @@ fn network_veth_nat_port_forwards_mtu_and_cleanup() {
 
 #[test]
 fn network_none_gives_only_loopback() {
-    if !can_run() || !tools_present() {
-        return;
-    }
+    require!(can_run());
+    require!(tools_present());
     let setup = Setup::new(
         "net/none",
         "echo \"links=$(ls /sys/class/net | tr '\\n' ' ')\"; ip -o link show lo",
@@ -398,9 +391,8 @@ fn network_bad_ports_are_refused_before_anything_runs() {
 
 #[test]
 fn network_failure_after_create_says_why_and_leaves_nothing() {
-    if !can_run() || !tools_present() {
-        return;
-    }
+    require!(can_run());
+    require!(tools_present());
     let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -435,9 +427,8 @@ fn network_failure_after_create_says_why_and_leaves_nothing() {
 
 #[test]
 fn network_subnet_overlapping_the_outer_network_is_refused() {
-    if !can_run() || !tools_present() {
-        return;
-    }
+    require!(can_run());
+    require!(tools_present());
     let setup = Setup::new("net/overlap", "exit 0");
     let outer = Netns::new();
     outer.sh("ip link add up0 type veth peer name up1 && ip addr add 172.19.3.4/16 dev up0 && ip link set up0 up");
@@ -452,14 +443,9 @@ fn network_subnet_overlapping_the_outer_network_is_refused() {
     assert!(!outer.sh("ip -o link").contains(&plan.outer_if));
 }
 
-/// Skips a test whose prerequisites are missing, except under CI, where
-/// that is a failure rather than a silent pass.
-fn prerequisites() -> bool {
-    let ok = can_run() && tools_present();
-    if !ok && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true: this test's prerequisites are missing (see the skip reason above)");
-    }
-    ok
+fn prerequisites() -> Need {
+    can_run()?;
+    tools_present()
 }
 
 /// An image whose `/sbin/init` is a busybox script: cvmd boots it as an
@@ -586,9 +572,7 @@ fn attack(setup: &Setup, outer: &Netns, extra: &[&str], env: &[(&str, &str)]) ->
 
 #[test]
 fn network_escape_outer_loopback_and_link_local_metadata_are_unreachable() {
-    if !prerequisites() {
-        return;
-    }
+    require!(prerequisites());
     let setup = Setup::with_image("net/escape", &init_image(ATTACK_SCRIPT));
     let outer = Netns::new();
     // A "node" namespace holding a metadata-style service on

@@ -5,18 +5,11 @@
 //!
 //! Needs root (the ID-mapped mount probes); skips with a reason otherwise.
 
+use crate::common::prereq;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-
-fn is_root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        crate::prereq_missing!("preflight's mount probes need root");
-    }
-    root
-}
 
 fn sysbox_installed() -> bool {
     [
@@ -79,9 +72,7 @@ fn cgroup_layout() -> &'static str {
 
 #[test]
 fn preflight_json_reports_this_machine() {
-    if !is_root() {
-        return;
-    }
+    require!(prereq::root("preflight's mount probes"));
     let cache = tempfile::tempdir().unwrap();
     let out = cvmd(cache.path(), &["--runtime", "runc", "preflight", "--json"])
         .output()
@@ -162,9 +153,7 @@ fn preflight_json_reports_this_machine() {
 
 #[test]
 fn preflight_with_sysbox_absent_fails_naming_sysbox_runc() {
-    if !is_root() {
-        return;
-    }
+    require!(prereq::root("preflight's mount probes"));
     if sysbox_installed() {
         crate::prereq_missing!("sysbox-runc is installed here");
         return;
@@ -217,13 +206,8 @@ fn preflight_with_sysbox_absent_fails_naming_sysbox_runc() {
 
 #[test]
 fn preflight_without_cap_sys_admin_blames_the_privilege_not_the_kernel() {
-    if !is_root() {
-        return;
-    }
-    if !Path::new("/usr/bin/setpriv").exists() {
-        crate::prereq_missing!("setpriv (util-linux) is missing");
-        return;
-    }
+    require!(prereq::root("preflight's mount probes"));
+    require!(prereq::installed("/usr/bin/setpriv"));
     let cache = tempfile::tempdir().unwrap();
     // Dropped from the bounding set, CAP_SYS_ADMIN is gone from root's
     // effective set after exec: an outer container that is not privileged.
@@ -256,9 +240,7 @@ fn preflight_without_cap_sys_admin_blames_the_privilege_not_the_kernel() {
 
 #[test]
 fn run_logs_the_findings_and_stops_before_the_pull_on_a_hard_failure() {
-    if !is_root() {
-        return;
-    }
+    require!(prereq::root("preflight's mount probes"));
     let cache = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let ws = format!("pf-{}", std::process::id());
@@ -334,9 +316,7 @@ fn run_logs_the_findings_and_stops_before_the_pull_on_a_hard_failure() {
 
 #[test]
 fn shiftfs_is_never_loaded_where_idmapped_mounts_serve() {
-    if !is_root() {
-        return;
-    }
+    require!(prereq::root("preflight's mount probes"));
     let cache = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let report = json(
@@ -392,9 +372,7 @@ fn shiftfs_is_never_loaded_where_idmapped_mounts_serve() {
 
 #[test]
 fn the_host_user_namespace_is_warned_about_with_the_fix() {
-    if !is_root() {
-        return;
-    }
+    require!(prereq::root("preflight's mount probes"));
     let cache = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         let mut all = vec!["--runtime", "runc"];

@@ -5,6 +5,7 @@
 //!
 //! Needs root, runc and docker-registry; skips with a reason otherwise.
 
+use crate::common::prereq;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,16 +13,6 @@ use std::time::{Duration, Instant};
 use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use crate::common::layers::*;
 use crate::common::Registry;
-
-fn runc_present() -> bool {
-    let found = ["/usr/sbin/runc", "/usr/bin/runc"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if !found {
-        crate::prereq_missing!("runc is not installed (apt-get install runc)");
-    }
-    found
-}
 
 /// busybox-static as the image's only content, with `entrypoint`.
 fn busybox_image(entrypoint: &[&str]) -> crate::common::image::Image {
@@ -58,9 +49,8 @@ fn assert_clean(state: &Path) {
 
 #[test]
 fn run_entrypoint_exit_code_becomes_cvmds() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -86,9 +76,8 @@ fn run_entrypoint_exit_code_becomes_cvmds() {
 
 #[test]
 fn run_command_override_and_no_init() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -124,9 +113,8 @@ fn run_command_override_and_no_init() {
 
 #[test]
 fn run_sigterm_stops_the_workspace_within_the_grace_period() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -176,9 +164,8 @@ fn run_sigterm_stops_the_workspace_within_the_grace_period() {
 
 #[test]
 fn run_with_a_failing_runtime_says_why_and_cleans_up() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -212,9 +199,8 @@ fn run_with_a_failing_runtime_says_why_and_cleans_up() {
 
 #[test]
 fn run_sigterm_during_the_pull_stops_at_once() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -277,9 +263,8 @@ fn run_sigterm_during_the_pull_stops_at_once() {
 /// its own image (it used to run right after the pull and evict it).
 #[test]
 fn run_cache_budget_never_evicts_the_image_being_started() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -342,9 +327,8 @@ fn tail_contains(path: &Path, needle: &str) -> bool {
 
 #[test]
 fn run_a_workspace_writing_one_endless_line_keeps_cvmd_small() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
@@ -396,9 +380,8 @@ fn run_a_workspace_writing_one_endless_line_keeps_cvmd_small() {
 /// on the rootfs mount.
 #[test]
 fn run_a_state_dir_the_workspace_root_cannot_reach_is_named() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     use std::os::unix::fs::PermissionsExt;
     let sandbox = Sandbox::new();
     let outer = tempfile::tempdir().unwrap();

@@ -14,6 +14,7 @@
 //! Needs root, runc, docker-registry and the build script's tools with a
 //! reachable Debian mirror; skips with a reason otherwise.
 
+use crate::common::prereq;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +22,6 @@ use std::time::{Duration, Instant};
 use crate::common::layers::*;
 use crate::common::{debootstrap, Registry};
 
-const RUNC: &str = "/usr/sbin/runc";
 /// Unique per run: runc names the container's cgroup after it, and other
 /// checkouts may run this test at the same time.
 static WORKSPACE: std::sync::LazyLock<String> =
@@ -29,17 +29,6 @@ static WORKSPACE: std::sync::LazyLock<String> =
 /// Grace period cvmd gives the stop signal before SIGKILL.
 const GRACE: Duration = Duration::from_secs(20);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn runc() -> Option<PathBuf> {
-    let found = [RUNC, "/usr/bin/runc"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        crate::prereq_missing!("runc is not installed (apt-get install runc)");
-    }
-    found
-}
 
 fn runc_at(runc: &Path, root: &Path, args: &[&str]) -> std::process::Output {
     Command::new(runc)
@@ -96,13 +85,9 @@ fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
 
 #[test]
 fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
-    if !can_run() {
-        return;
-    }
-    let Some(runc) = runc() else { return };
-    if !debootstrap::available() {
-        return;
-    }
+    require!(can_run());
+    let runc = require!(prereq::runc());
+    require!(debootstrap::available());
     let started = Instant::now();
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();

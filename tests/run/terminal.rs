@@ -15,9 +15,7 @@ use crate::common::Registry;
 
 #[test]
 fn pull_bars_and_log_lines_do_not_garble_each_other() {
-    if !can_run() {
-        return;
-    }
+    require!(can_run());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let proxy = crate::common::proxy::FaultProxy::start(&reg.url());

@@ -52,9 +52,7 @@ async fn run(ws: &Workspace, spec: ExecSpec) -> (String, String, i32) {
 
 #[tokio::test]
 async fn exec_separates_stdout_and_stderr_without_a_tty_needs_root() {
-    let Some(ws) = workspace("streams").await else {
-        return;
-    };
+    let ws = require!(workspace("streams").await);
     let (out, err, code) = run(
         &ws,
         cmd(&["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"]),
@@ -81,9 +79,7 @@ async fn exec_separates_stdout_and_stderr_without_a_tty_needs_root() {
 
 #[tokio::test]
 async fn exec_pipes_stdin_needs_root() {
-    let Some(ws) = workspace("stdin").await else {
-        return;
-    };
+    let ws = require!(workspace("stdin").await);
     let mut s = exec::spawn(&ws.rt, &ws.id, cmd(&["cat"])).await.unwrap();
     let mut stdin = s.stdin.take().expect("a stdin pipe without a tty");
     stdin.write_all(b"hello\nworld\n").await.unwrap();
@@ -105,9 +101,7 @@ async fn exec_pipes_stdin_needs_root() {
 
 #[tokio::test]
 async fn exec_exit_codes_needs_root() {
-    let Some(ws) = workspace("codes").await else {
-        return;
-    };
+    let ws = require!(workspace("codes").await);
     assert_eq!(run(&ws, cmd(&["true"])).await.2, 0);
     assert_eq!(run(&ws, cmd(&["sh", "-c", "exit 3"])).await.2, 3);
     // Killed by a signal: 128 + 9, as a shell reports it.
@@ -150,9 +144,7 @@ async fn exec_exit_codes_needs_root() {
 
 #[tokio::test]
 async fn exec_as_user_by_name_and_uid_needs_root() {
-    let Some(ws) = workspace("user").await else {
-        return;
-    };
+    let ws = require!(workspace("user").await);
     let probe = "id -u; id -g; id -G; echo $HOME; pwd";
     let as_user = |user: Option<&str>| ExecSpec {
         user: user.map(String::from),
@@ -200,9 +192,7 @@ async fn exec_as_user_by_name_and_uid_needs_root() {
 
 #[tokio::test]
 async fn exec_env_and_cwd_needs_root() {
-    let Some(ws) = workspace("env").await else {
-        return;
-    };
+    let ws = require!(workspace("env").await);
     let spec = ExecSpec {
         env: vec!["FOO=bar baz".into(), "IMG=overridden".into()],
         cwd: Some("/tmp".into()),
@@ -237,9 +227,7 @@ async fn exec_in_a_user_namespace_reopens_its_stdio_needs_root() {
         host_gid: 100000,
         size: 65536,
     };
-    let Some(ws) = workspace_mapped("userns", Some(map)).await else {
-        return;
-    };
+    let ws = require!(workspace_mapped("userns", Some(map)).await);
     // Root and bob inside map to 100000 and 101000 outside; either may
     // reopen its stdio, which it could not if host root owned the pipes
     // (the runtime cannot chown them from inside the namespace).
@@ -282,9 +270,7 @@ async fn read_until(
 
 #[tokio::test]
 async fn exec_with_a_tty_needs_root() {
-    let Some(ws) = workspace("tty").await else {
-        return;
-    };
+    let ws = require!(workspace("tty").await);
     let spec = ExecSpec {
         tty: true,
         size: Some((33, 111)),

@@ -6,10 +6,12 @@
 //! Tests that need root or runc print why and return when they cannot run.
 
 #[path = "../common/mod.rs"]
+#[macro_use]
 mod common;
 
 mod exec;
 
+use crate::common::prereq::{self, Need};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,25 +41,10 @@ async fn output(mut cmd: Command) -> (Exit, String) {
     (spawned.exit.await.unwrap(), out)
 }
 
-fn runc() -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join("runc"))
-        .find(|p| p.exists())
-}
-
-/// runc, when this test can use it; else prints why not.
-fn runc_as_root(test: &str) -> Option<PathBuf> {
-    if !nix::unistd::geteuid().is_root() {
-        crate::prereq_missing!("{test}: needs root to run containers with runc");
-        return None;
-    }
-    let runc = runc();
-    if runc.is_none() {
-        crate::prereq_missing!("{test}: runc is not on PATH (apt-get install runc)");
-    }
-    runc
+/// runc, and root to run containers with it.
+fn runc_as_root() -> Need<PathBuf> {
+    prereq::root("runs containers with runc")?;
+    prereq::runc()
 }
 
 struct Setup {
@@ -113,9 +100,7 @@ fn state_left(root: &Path, id: &str) -> bool {
 
 #[tokio::test]
 async fn runc_container_output_and_exit_code_needs_root() {
-    let Some(runc) = runc_as_root("runc_container_output_and_exit_code_needs_root") else {
-        return;
-    };
+    let runc = require!(runc_as_root());
     let s = setup(&runc);
     let bundle = bundle(&runc, &s.dir, &["sh", "-c", "echo hello; exit 7"]).await;
     let id = id("hello");
@@ -154,9 +139,7 @@ async fn runc_container_output_and_exit_code_needs_root() {
 
 #[tokio::test]
 async fn runc_sleep_stopped_by_term_then_kill_needs_root() {
-    let Some(runc) = runc_as_root("runc_sleep_stopped_by_term_then_kill_needs_root") else {
-        return;
-    };
+    let runc = require!(runc_as_root());
     let s = setup(&runc);
     let bundle = bundle(&runc, &s.dir, &["sleep", "1000"]).await;
     let id = id("sleep");
@@ -224,9 +207,7 @@ async fn runc_sleep_stopped_by_term_then_kill_needs_root() {
 
 #[tokio::test]
 async fn runc_create_failure_reports_runcs_reason_needs_root() {
-    let Some(runc) = runc_as_root("runc_create_failure_reports_runcs_reason_needs_root") else {
-        return;
-    };
+    let runc = require!(runc_as_root());
     let s = setup(&runc);
     let bundle = bundle(&runc, &s.dir, &["/bin/no-such-program"]).await;
     let id = id("nope");
@@ -430,13 +411,7 @@ fn runc_with_failing_kill(runc: &Path, dir: &Path) -> PathBuf {
 
 #[tokio::test]
 async fn runc_stop_escalates_when_the_runtimes_kill_fails_needs_root() {
-    let Some(runc) = runc_as_root("runc_stop_escalates_when_the_runtimes_kill_fails_needs_root")
-    else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true: needs root and runc");
-        }
-        return;
-    };
+    let runc = require!(runc_as_root());
     let s = setup(&runc);
     let rt = Runtime::new(
         runc_with_failing_kill(&runc, &s.dir),

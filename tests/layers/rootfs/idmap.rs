@@ -1,17 +1,16 @@
 //! ID mapping: ID-mapped mounts (overlay layers, flat bind) and the
 //! chowned-copy fallback.
 
+use crate::common::prereq;
 use std::os::unix::fs::MetadataExt;
 
 use cvmd::rootfs::{self, assemble, assemble_with, teardown, IdMapMode, Mode, ModePreference};
 
-use super::{layers, mounted_under, request, root_or_skip, wrap, Mounted, MAP};
+use super::{layers, mounted_under, request, wrap, Mounted, MAP};
 
 #[test]
 fn idmapped_overlay_shows_host_ids_needs_root() {
-    if !root_or_skip("idmapped_overlay_shows_host_ids_needs_root") {
-        return;
-    }
+    require!(prereq::root("mounts, chown, mknod, trusted.* xattrs"));
     let tmp = tempfile::tempdir().unwrap();
     let layers = layers::sample(tmp.path());
     let mut req = request(tmp.path(), layers.clone(), "ws", ModePreference::Overlay);
@@ -55,9 +54,7 @@ fn idmapped_overlay_shows_host_ids_needs_root() {
 
 #[test]
 fn idmapped_flat_bind_shows_host_ids_needs_root() {
-    if !root_or_skip("idmapped_flat_bind_shows_host_ids_needs_root") {
-        return;
-    }
+    require!(prereq::root("mounts, chown, mknod, trusted.* xattrs"));
     let tmp = tempfile::tempdir().unwrap();
     let mut req = request(
         tmp.path(),
@@ -88,9 +85,7 @@ fn idmapped_flat_bind_shows_host_ids_needs_root() {
 
 #[test]
 fn chowned_copy_shifts_owners_and_acls_needs_root() {
-    if !root_or_skip("chowned_copy_shifts_owners_and_acls_needs_root") {
-        return;
-    }
+    require!(prereq::root("mounts, chown, mknod, trusted.* xattrs"));
     let tmp = tempfile::tempdir().unwrap();
     let mut req = request(
         tmp.path(),

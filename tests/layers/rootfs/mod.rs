@@ -5,6 +5,7 @@ mod idmap;
 mod layers;
 mod wrap;
 
+use crate::common::prereq;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,14 +13,6 @@ use std::time::{Duration, Instant};
 use cvmd::rootfs::{
     self, assemble, assemble_with, teardown, IdMap, IdMapMode, Mode, ModePreference, Request,
 };
-
-fn root_or_skip(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    crate::prereq_missing!("{test}: needs root (mounts, chown, mknod, trusted.* xattrs)");
-    false
-}
 
 const MAP: IdMap = IdMap {
     host_uid: 100000,
@@ -63,9 +56,7 @@ fn ms(d: Duration) -> f64 {
 
 #[test]
 fn overlay_and_flat_views_are_identical_needs_root() {
-    if !root_or_skip("overlay_and_flat_views_are_identical_needs_root") {
-        return;
-    }
+    require!(prereq::root("mounts, chown, mknod, trusted.* xattrs"));
     let tmp = tempfile::tempdir().unwrap();
     let layers = layers::sample(tmp.path());
     let before = layers::snapshot(&layers[0]);
@@ -141,9 +132,7 @@ fn many_layers(base: &Path, n: usize) -> Vec<PathBuf> {
 
 #[test]
 fn two_hundred_layers_mount_as_overlay_needs_root() {
-    if !root_or_skip("two_hundred_layers_mount_as_overlay_needs_root") {
-        return;
-    }
+    require!(prereq::root("mounts, chown, mknod, trusted.* xattrs"));
     let tmp = tempfile::tempdir().unwrap();
     // A long workspace path on purpose: the layer list must not depend on
     // fitting path names into one page.
@@ -176,9 +165,7 @@ fn two_hundred_layers_mount_as_overlay_needs_root() {
 
 #[test]
 fn assemble_time_five_layers_needs_root() {
-    if !root_or_skip("assemble_time_five_layers_needs_root") {
-        return;
-    }
+    require!(prereq::root("mounts, chown, mknod, trusted.* xattrs"));
     let tmp = tempfile::tempdir().unwrap();
     let layers = many_layers(tmp.path(), 5);
     let req = request(tmp.path(), layers.clone(), "ws", ModePreference::Overlay);
@@ -214,9 +201,7 @@ fn assemble_time_five_layers_needs_root() {
 
 #[test]
 fn upper_persists_and_reset_discards_it_needs_root() {
-    if !root_or_skip("upper_persists_and_reset_discards_it_needs_root") {
-        return;
-    }
+    require!(prereq::root("mounts, chown, mknod, trusted.* xattrs"));
     let tmp = tempfile::tempdir().unwrap();
     let layers = layers::sample(tmp.path());
     for (ws, mode) in [
@@ -251,9 +236,7 @@ fn upper_persists_and_reset_discards_it_needs_root() {
 
 #[test]
 fn nested_overlay_falls_back_to_flat_and_empty_image_mounts_needs_root() {
-    if !root_or_skip("nested_overlay_falls_back_to_flat_and_empty_image_mounts_needs_root") {
-        return;
-    }
+    require!(prereq::root("mounts, chown, mknod, trusted.* xattrs"));
     let tmp = tempfile::tempdir().unwrap();
     let layers = layers::sample(tmp.path());
     // An outer overlay, as when cvmd itself runs in an overlay-rooted container.
@@ -290,9 +273,7 @@ fn nested_overlay_falls_back_to_flat_and_empty_image_mounts_needs_root() {
 
 #[test]
 fn classic_mount_fallback_with_short_links_needs_root() {
-    if !root_or_skip("classic_mount_fallback_with_short_links_needs_root") {
-        return;
-    }
+    require!(prereq::root("mounts, chown, mknod, trusted.* xattrs"));
     let tmp = tempfile::tempdir().unwrap();
     let deep = tmp
         .path()

@@ -10,6 +10,7 @@
 mod support;
 mod sysbox;
 
+use crate::common::prereq;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
@@ -32,9 +33,8 @@ fn mknod(path: &Path, major: u64, minor: u64, mode: u32) {
 
 #[test]
 fn launch_gpu_nodes_libs_and_env_inside() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let world = World::new();
     let fake = tempfile::tempdir().unwrap();
     let dev = fake.path().join("dev");
@@ -114,9 +114,8 @@ fn launch_gpu_nodes_libs_and_env_inside() {
 
 #[test]
 fn launch_tun_and_fuse_nodes_inside_open_for_everyone() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let world = World::new();
     // Opening (not reading) proves the device cgroup allows the node: a
     // denied open fails with EPERM before any driver is reached.
@@ -159,9 +158,8 @@ fn launch_tun_and_fuse_nodes_inside_open_for_everyone() {
 
 #[test]
 fn launch_gpu_without_nodes_is_a_clear_error() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let world = World::new();
     let empty = tempfile::tempdir().unwrap();
     let reference = world.push("launch/nogpu", &busybox_image(&["/bin/true"]));
@@ -184,9 +182,8 @@ fn launch_gpu_without_nodes_is_a_clear_error() {
 
 #[test]
 fn launch_user_mounts_idmapped_owned_by_root_inside() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let world = World::new();
     let host = tempfile::tempdir().unwrap();
     let rw = host.path().join("rw");
@@ -241,9 +238,8 @@ fn launch_user_mounts_idmapped_owned_by_root_inside() {
 
 #[test]
 fn launch_bootstrap_script_runs_as_the_workspace_user_and_failure_is_a_warning() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let world = World::new();
     let reference = world.push("launch/bootstrap", &busybox_image(UNTIL_TERM));
     let script = "echo \"boot as $(id -u):$(id -g) in $PWD\"\necho to-stderr >&2\nexit 3";
@@ -277,9 +273,8 @@ fn launch_bootstrap_script_runs_as_the_workspace_user_and_failure_is_a_warning()
 
 #[test]
 fn launch_as_pid1_reaps_orphaned_zombies() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let world = World::new();
     let reference = world.push("launch/zombies", &busybox_image(UNTIL_TERM));
     // cvmd as PID 1 of its own PID (and mount) namespace, as in a pod.
@@ -381,9 +376,8 @@ fn stat_field(pid: i32, n: usize) -> Option<String> {
 
 #[test]
 fn launch_fatal_error_goes_to_the_termination_log() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let world = World::new();
     let reference = world.push("launch/termlog", &busybox_image(&["/bin/true"]));
     let termlog = world.state.path().join("termination-log");

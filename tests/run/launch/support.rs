@@ -11,16 +11,6 @@ use std::time::Duration;
 use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use crate::common::layers::{workspace_name, Cvmd, Sandbox};
 
-pub fn runc_present() -> bool {
-    let found = ["/usr/sbin/runc", "/usr/bin/runc"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if !found {
-        crate::prereq_missing!("runc is not installed (apt-get install runc)");
-    }
-    found
-}
-
 /// busybox-static with the applets the tests use, /tmp, a Debian-style
 /// multiarch lib dir and /mnt, running `entrypoint`.
 pub fn busybox_image(entrypoint: &[&str]) -> crate::common::image::Image {

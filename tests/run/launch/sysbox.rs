@@ -2,22 +2,24 @@
 //! around runc and the daemons played by python3 scripts that serve (or do
 //! not serve) their unix sockets in a temp run dir.
 
+use crate::common::prereq::{self, Need};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::support::*;
 use crate::common::layers::{can_run, error_line};
 
-fn python_present() -> bool {
+fn python_present() -> Need {
     let ok = std::process::Command::new("python3")
         .arg("-c")
         .arg("import socket")
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        crate::prereq_missing!("python3 is needed for the fake sysbox daemons");
+    if ok {
+        Ok(())
+    } else {
+        Err("python3 is needed for the fake sysbox daemons".into())
     }
-    ok
 }
 
 /// A daemon that writes its pid, serves `socket` and, once `quit` exists,
@@ -99,9 +101,9 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn launch_sysbox_daemons_start_first_and_a_death_ends_the_workspace() {
-    if !can_run() || !runc_present() || !python_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
+    require!(python_present());
     let world = World::new();
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
@@ -189,9 +191,8 @@ fn launch_sysbox_daemons_start_first_and_a_death_ends_the_workspace() {
 
 #[test]
 fn launch_sysbox_mgr_exiting_at_once_names_the_cause() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let world = World::new();
     let dir = tempfile::tempdir().unwrap();
     let (wrapper, path) = bin_dir(dir.path());
@@ -231,9 +232,8 @@ fn launch_sysbox_mgr_exiting_at_once_names_the_cause() {
 
 #[test]
 fn launch_sysbox_without_its_tools_says_which() {
-    if !can_run() || !runc_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
     let world = World::new();
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
@@ -272,9 +272,9 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn launch_sysbox_daemons_that_already_answer_are_left_alone() {
-    if !can_run() || !runc_present() || !python_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
+    require!(python_present());
     let world = World::new();
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
@@ -353,9 +353,9 @@ while True:
 /// clears them before starting the daemons, which otherwise refuse.
 #[test]
 fn launch_sysbox_leftovers_of_a_dead_predecessor_are_cleared() {
-    if !can_run() || !runc_present() || !python_present() {
-        return;
-    }
+    require!(can_run());
+    require!(prereq::runc());
+    require!(python_present());
     let world = World::new();
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
