@@ -26,7 +26,7 @@ fn control_api_through_a_workspaces_life() {
     push(&reg, "api/life", "v1", &chatty_image());
     // Slow enough that the pull phase can be watched.
     proxy.throttle_blobs(512 << 10);
-    let cvmd = Cvmd::new(&sandbox.cache(), &proxy.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
     let reference = format!("{}/api/life:v1", proxy.host());
     let ws = start_cvmd(&cvmd, &reference, &[]);
 
@@ -246,7 +246,7 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "api/guard", "v1", &chatty_image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let ws = start_cvmd(&cvmd, &reference, &["--admin-group", "65534"]);
     ws.wait_for("running", |s| s["phase"] == "running");
     let mode = std::fs::metadata(&ws.socket).unwrap().permissions().mode() & 0o777;
@@ -254,7 +254,7 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
 
     // A second cvmd on the same socket refuses to start.
     let other = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cvmd"))
+    let out = Command::new(crate::common::cvmd_bin())
         .env_clear()
         .arg("--state-dir")
         .arg(other.path())
@@ -270,7 +270,7 @@ fn control_api_refuses_other_peers_and_survives_garbage() {
         text(&out)
     );
     // No socket: exit 3 and a line saying so.
-    let out = Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+    let out = Command::new(crate::common::cvmctl_bin())
         .arg("--socket")
         .arg(other.path().join("none.sock"))
         .args(["status", "--ready"])
@@ -400,7 +400,7 @@ fn status_warns_when_the_workspace_runs_in_the_hosts_user_namespace() {
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "api/unsafe", "v1", &chatty_image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let ws = start_cvmd(&cvmd, &reference, &["--idmap", "host-unsafe"]);
     let s = ws.wait_for("running", |s| s["phase"] == "running");
     let isolation = s["preflight"]
@@ -448,7 +448,7 @@ fn cvmctl_finds_the_socket_from_the_state_dir_cvmd_uses() {
         .tempdir()
         .unwrap();
     let workspace = workspace_name(state.path());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cvmd"))
+    let child = std::process::Command::new(crate::common::cvmd_bin())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", sandbox.cache())
@@ -467,7 +467,7 @@ fn cvmctl_finds_the_socket_from_the_state_dir_cvmd_uses() {
         .spawn()
         .unwrap();
     let ctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        Command::new(crate::common::cvmctl_bin())
             .env_clear()
             .env("CVMD_STATE_DIR", state.path())
             .args(args)

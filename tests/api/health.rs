@@ -64,7 +64,7 @@ fn health_follows_the_phase_and_reflection_describes_the_api() {
     push(&reg, "health/ws", "v1", &chatty_image());
     // Slow enough that the pull phase can be asked about.
     proxy.throttle_blobs(256 << 10);
-    let cvmd = Cvmd::new(&sandbox.cache(), &proxy.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
     let reference = format!("{}/health/ws:v1", proxy.host());
     let ws = start_cvmd(&cvmd, &reference, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -60,7 +60,7 @@ fn metrics_over_the_socket_and_http_match_a_real_run() {
     let image = chatty_image();
     let reference = push(&reg, "metrics/ws", "v1", &image);
     let layer_bytes: u64 = image.layers.iter().map(|l| l.size).sum();
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
 
     // First run: a cold cache.
     let port = free_port();

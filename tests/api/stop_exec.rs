@@ -7,6 +7,7 @@
 //! reason otherwise, and fails instead under CI=true.
 
 #[allow(dead_code)]
+use crate::common::busybox::busybox_layer;
 use crate::common::prereq::{self, Need};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::api::*;
-use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
+use crate::common::image::{Compression, Format, ImageBuilder};
 use crate::common::layers::*;
 use crate::common::Registry;
 
@@ -24,13 +25,7 @@ fn prerequisites() -> Need {
 }
 
 fn image(script: &str) -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755);
-    for app in ["sh", "sleep", "echo", "touch", "cat"] {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
+    let layer = busybox_layer(&["sh", "sleep", "echo", "touch", "cat"]);
     ImageBuilder::new(Format::Oci)
         .layer(layer.build(Compression::Gzip))
         .entrypoint(&["/bin/sh", "-c", script])
@@ -87,7 +82,7 @@ fn exec_whose_client_disconnects_is_hung_up_then_killed_needs_root() {
         "v1",
         &image("trap 'exit 0' TERM; while :; do sleep 1; done"),
     );
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let ws = start_cvmd(&cvmd, &reference, &[]);
     ws.wait_for("running", |s| s["phase"] == "running");
 
@@ -165,7 +160,7 @@ fn restart_racing_the_workspaces_own_exit_keeps_the_new_container_needs_root() {
                   echo second-boot; trap 'exit 0' TERM; while :; do sleep 1; done";
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "stop/restart", "v1", &image(script));
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let mounts = format!("{}:/shared", state.display());
     let ws = start_cvmd(
         &cvmd,

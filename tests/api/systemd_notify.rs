@@ -40,7 +40,7 @@ fn cvmd_tells_systemd_its_phases_readiness_and_stop() {
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "notify/ws", "v1", &chatty_image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let state = tempfile::Builder::new()
         .prefix("cvmd-api-")
         .tempdir()

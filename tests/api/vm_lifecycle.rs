@@ -7,12 +7,13 @@
 //! reason otherwise (panics under CI=true).
 
 #[allow(dead_code)]
+use crate::common::busybox::{busybox_image, busybox_layer};
 use crate::common::prereq::{self, Need};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::api::{start_cvmd, text};
-use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
+use crate::common::image::{Compression, Format, ImageBuilder};
 use crate::common::layers::*;
 use crate::common::Registry;
 
@@ -25,20 +26,14 @@ const INITTAB: &str = "\
 /// busybox-static with `/sbin/init` a link to it, and an inittab that keeps
 /// one service alive and says when it shuts down.
 fn busybox_init_image() -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .dir("sbin", 0o755)
-        .dir("etc", 0o755)
-        .dir("tmp", 0o1777)
-        .file("bin/busybox", &busybox, 0o755)
-        .file("etc/inittab", INITTAB.as_bytes(), 0o644)
-        .symlink("sbin/init", "/bin/busybox");
-    for app in [
+    let layer = busybox_layer(&[
         "sh", "sleep", "echo", "cat", "reboot", "poweroff", "halt", "head", "dd",
-    ] {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
+    ])
+    .dir("sbin", 0o755)
+    .dir("etc", 0o755)
+    .dir("tmp", 0o1777)
+    .file("etc/inittab", INITTAB.as_bytes(), 0o644)
+    .symlink("sbin/init", "/bin/busybox");
     ImageBuilder::new(Format::Oci)
         .layer(layer.build(Compression::Gzip))
         .build()
@@ -55,7 +50,7 @@ fn busybox_init_stops_cleanly_on_sigterm_within_seconds() {
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "vm/busybox-init", "v1", &busybox_init_image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     // start_cvmd's stop timeout is 5 s: ending before it, with 0, is the
     // init's own shutdown, not SIGKILL after the grace period.
     let running = start_cvmd(&cvmd, &reference, &[]);
@@ -86,7 +81,7 @@ fn reboot_inside_boots_again_in_place_and_poweroff_ends_with_0() {
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "vm/busybox-reboot", "v1", &busybox_init_image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let ws = start_cvmd(&cvmd, &reference, &[]);
     let first = ws.wait_for("running", |s| s["phase"] == "running");
     assert_eq!(first["boots"], 1, "{first}");
@@ -138,7 +133,7 @@ fn a_reboot_loop_is_bounded() {
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "vm/busybox-loop", "v1", &busybox_init_image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     // Every boot reboots at once: the second reboot passes the bound.
     let ws = start_cvmd(
         &cvmd,
@@ -176,7 +171,7 @@ fn oom_kills_inside_are_counted_and_reported() {
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "vm/busybox-oom", "v1", &busybox_init_image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let ws = start_cvmd(&cvmd, &reference, &["--memory", "32M"]);
     let first = ws.wait_for("running", |s| s["phase"] == "running");
     assert_eq!(first["oom_kills"], 0, "{first}");
@@ -218,19 +213,9 @@ fn an_init_killed_by_oom_ends_cvmd_saying_so() {
     require!(prerequisites());
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let image = ImageBuilder::new(Format::Oci)
-        .layer(
-            LayerBuilder::new()
-                .dir("bin", 0o755)
-                .file("bin/busybox", &busybox, 0o755)
-                .symlink("bin/dd", "busybox")
-                .build(Compression::Gzip),
-        )
-        .entrypoint(HOG)
-        .build();
+    let image = busybox_image(&["dd"], HOG);
     let reference = push(&reg, "vm/init-oom", "v1", &image);
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let state = tempfile::tempdir().unwrap();
     let termination_log = state.path().join("termination-log");
     std::fs::write(&termination_log, "").unwrap();
@@ -271,7 +256,7 @@ fn systemd_reboots_in_place_and_powers_off_with_0() {
         &format!("{}/examples", reg.host()),
         None,
     );
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let ws = start_cvmd(&cvmd, &reference, &[]);
     let first = ws.wait_for("running", |s| s["phase"] == "running");
     let is_running = |ws: &crate::common::api::Running| {

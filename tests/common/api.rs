@@ -8,27 +8,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::busybox::busybox_image;
 use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
-use crate::common::layers::Cvmd;
+use crate::common::layers::CvmdOnCache;
 
 /// A workspace that prints a numbered line every 200 ms and exits 3 on
 /// SIGTERM (sh as PID 1 gets the signal because it traps it).
 pub fn chatty_image() -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755);
-    for app in ["sh", "sleep", "echo", "cat", "stty", "tty"] {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
-    ImageBuilder::new(Format::Oci)
-        .layer(layer.build(Compression::Gzip))
-        .entrypoint(&[
+    busybox_image(
+        &["sh", "sleep", "echo", "cat", "stty", "tty"],
+        &[
             "/bin/sh",
             "-c",
             "trap 'echo bye; exit 3' TERM; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done",
-        ])
-        .build()
+        ],
+    )
 }
 
 /// A running `cvmd run`. Dropped without [`Running::finish`] (a failed
@@ -63,7 +57,7 @@ pub fn stop(mut child: Child) -> Output {
     child.wait_with_output().unwrap()
 }
 
-pub fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
+pub fn start_cvmd(cvmd: &CvmdOnCache, reference: &str, extra: &[&str]) -> Running {
     let state = tempfile::Builder::new()
         .prefix("cvmd-api-")
         .tempdir()
@@ -98,7 +92,7 @@ pub fn start_cvmd(cvmd: &Cvmd, reference: &str, extra: &[&str]) -> Running {
 
 impl Running {
     pub fn ctl(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmctl"));
+        let mut c = Command::new(crate::common::cvmctl_bin());
         c.env_clear()
             .arg("--socket")
             .arg(&self.socket)

@@ -13,8 +13,9 @@ use cvmd::supervisor::reaper::{Exit, Reaper};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
+use crate::common::busybox::busybox_layer;
 use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
-use crate::common::layers::{self, can_run, Cvmd};
+use crate::common::layers::{self, can_run, CvmdOnCache};
 use crate::common::prereq::{self, Need};
 use crate::common::{self, Registry};
 
@@ -25,10 +26,7 @@ const APPLETS: &[&str] = &[
 /// busybox-static with a user `bob` (1000, member of `wheel`) whose home
 /// exists, and a /tmp.
 fn busybox_image() -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755)
+    let layer = busybox_layer(APPLETS)
         .dir("etc", 0o755)
         .file(
             "etc/passwd",
@@ -44,9 +42,6 @@ fn busybox_image() -> crate::common::image::Image {
         .dir("tmp", 0o1777)
         .dir("home", 0o755)
         .dir("home/bob", 0o755);
-    for app in APPLETS {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
     ImageBuilder::new(Format::Oci)
         .layer(layer.build(Compression::Gzip))
         .build()
@@ -81,7 +76,7 @@ pub struct Workspace {
     pub id: String,
     runc: PathBuf,
     root: PathBuf,
-    cvmd: Cvmd,
+    cvmd: CvmdOnCache,
     pub rootfs: PathBuf,
     state: PathBuf,
     pub tmp: tempfile::TempDir,
@@ -151,7 +146,7 @@ pub async fn workspace_mapped(test: &str, idmap: Option<cvmd::rootfs::IdMap>) ->
     let cvmd = {
         let reg = Registry::plain().unwrap();
         let reference = crate::common::layers::push(&reg, "exec/busybox", "v1", &busybox_image());
-        let cvmd = Cvmd::new(&cache, &reg.host());
+        let cvmd = CvmdOnCache::new(&cache, &reg.host());
         let map = idmap.map(|m| format!("{}:{}:{}", m.host_uid, m.host_gid, m.size));
         let mut args = vec![
             "rootfs",

@@ -93,15 +93,17 @@ impl Sandbox {
     }
 }
 
-/// Runs the `cvmd` binary against one cache dir and one insecure registry.
-pub struct Cvmd {
+/// Runs the real `cvmd` against a cache dir the test owns and one insecure
+/// registry (HOME is the cache dir; see [`SealedCvmd`](super::cli::SealedCvmd)
+/// for runs with a docker config of their own).
+pub struct CvmdOnCache {
     pub cache: PathBuf,
     pub registry: String,
 }
 
-impl Cvmd {
-    pub fn new(cache: &Path, registry_host: &str) -> Cvmd {
-        Cvmd {
+impl CvmdOnCache {
+    pub fn new(cache: &Path, registry_host: &str) -> CvmdOnCache {
+        CvmdOnCache {
             cache: cache.to_path_buf(),
             registry: registry_host.to_string(),
         }
@@ -109,7 +111,7 @@ impl Cvmd {
 
     /// `cvmd <args>` with a clean environment and the test's settings.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+        let mut c = Command::new(crate::common::cvmd_bin());
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.cache)
@@ -130,7 +132,7 @@ impl Cvmd {
     /// veth (a veth and NAT rules would touch the host's netns;
     /// tests/run/network.rs covers the network) unless `extra` says otherwise.
     pub fn workspace(&self, state: &Path, reference: &str, extra: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+        let mut c = Command::new(crate::common::cvmd_bin());
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.cache)
@@ -452,7 +454,7 @@ pub struct MergedView {
 
 impl MergedView {
     fn cvmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+        let mut c = Command::new(crate::common::cvmd_bin());
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .arg("--cache-dir")
@@ -537,7 +539,7 @@ pub fn assert_no_whiteouts(tree: &BTreeMap<String, Node>) {
     }
 }
 
-/// The workspace name `Cvmd::workspace` gives a run in `state`.
+/// The workspace name `CvmdOnCache::workspace` gives a run in `state`.
 pub fn workspace_name(state: &Path) -> String {
     let dir = state.file_name().unwrap().to_string_lossy();
     format!("ws-{}", dir.trim_start_matches('.'))

@@ -12,6 +12,7 @@
 pub mod prereq;
 
 pub mod api;
+pub mod busybox;
 pub mod cli;
 pub mod containerd;
 pub mod cred;
@@ -103,11 +104,18 @@ pub fn http_client(ca: Option<&Path>) -> reqwest::Client {
     b.build().expect("reqwest client")
 }
 
-/// Path of the `cvmd` binary; pass `env!("CARGO_BIN_EXE_cvmd")`, which only
-/// the main crate's integration tests can expand.
-pub fn cvmd_bin(cargo_bin_exe: &str) -> PathBuf {
-    let p = PathBuf::from(cargo_bin_exe);
+/// The `cvmd` binary under test. The only place the tests name its path.
+pub fn cvmd_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_cvmd"));
     assert!(p.exists(), "cvmd binary missing at {}", p.display());
+    p
+}
+
+/// The `cvmctl` binary under test. The only place the tests name its path
+/// (cargo sets `CARGO_BIN_EXE_*` only for the package's own binaries).
+pub fn cvmctl_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_cvmctl"));
+    assert!(p.exists(), "cvmctl binary missing at {}", p.display());
     p
 }
 

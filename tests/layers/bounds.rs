@@ -70,7 +70,7 @@ fn pull(repo: &str, layers: Vec<Layer>, tmpfs: Option<&str>, env: &[(&str, &str)
         img = img.layer(l);
     }
     let reference = push(&reg, repo, "v1", &img.build());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let mut cmd = cvmd.command(&["pull", &reference]);
     for (k, v) in env {
         cmd.env(k, v);
@@ -176,7 +176,7 @@ fn layers_bounds_cached_layers_count_toward_the_image_bound() {
             .layer(b.clone())
             .build(),
     );
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     cvmd.pull_ok(&one);
     let out = cvmd.pull(&two, &[]);
     let line = error_line(&out);
@@ -263,7 +263,7 @@ fn layers_bounds_enospc_in_the_download_leaves_no_partial_blob() {
         .layer(Layer::random("noise", 4, 3, Compression::Gzip))
         .build();
     let reference = push(&reg, "bounds/enospc-blob", "v1", &img);
-    let out = Cvmd::new(&sandbox.cache(), &reg.host()).pull(&reference, &["--no-unpack"]);
+    let out = CvmdOnCache::new(&sandbox.cache(), &reg.host()).pull(&reference, &["--no-unpack"]);
     let p = Pulled {
         _mount: Some(mount),
         sandbox,
@@ -320,7 +320,11 @@ fn dir_header(name: &str) -> tar::Header {
 /// Runs `cvmd pull` and returns its output and peak RSS in KiB: its
 /// VmHWM, read until it exits. (wait4's ru_maxrss would also count the
 /// test process, whose memory the child shares between vfork and exec.)
-fn pull_measured(cvmd: &Cvmd, reference: &str, out_dir: &Path) -> (std::process::Output, u64) {
+fn pull_measured(
+    cvmd: &CvmdOnCache,
+    reference: &str,
+    out_dir: &Path,
+) -> (std::process::Output, u64) {
     let (stdout, stderr) = (out_dir.join("stdout"), out_dir.join("stderr"));
     let mut child = cvmd
         .command(&["pull", reference])
@@ -366,7 +370,7 @@ fn layers_bounds_a_million_dot_slash_headers_keep_cvmd_small() {
     let sandbox = Sandbox::new();
     let img = ImageBuilder::new(Format::Oci).layer(layer).build();
     let reference = push(&reg, "bounds/dots", "v1", &img);
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let (out, peak) = pull_measured(&cvmd, &reference, sandbox.dir.path());
     assert_success(&out, "pull of a layer of a million ./ headers");
     assert!(peak < 100 << 10, "cvmd's peak RSS was {} MiB", peak >> 10);
@@ -392,7 +396,7 @@ fn layers_bounds_megabyte_xattr_names_are_refused_with_memory_bounded() {
     let sandbox = Sandbox::new();
     let img = ImageBuilder::new(Format::Oci).layer(layer).build();
     let reference = push(&reg, "bounds/xattrs", "v1", &img);
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let (out, peak) = pull_measured(&cvmd, &reference, sandbox.dir.path());
     let line = error_line(&out);
     eprintln!("refused as expected: {line}");
@@ -425,7 +429,7 @@ fn layers_bounds_dropped_overlay_xattrs_are_counted_in_one_line() {
     let sandbox = Sandbox::new();
     let img = ImageBuilder::new(Format::Oci).layer(layer).build();
     let reference = push(&reg, "bounds/dropped", "v1", &img);
-    let out = Cvmd::new(&sandbox.cache(), &reg.host()).pull(&reference, &[]);
+    let out = CvmdOnCache::new(&sandbox.cache(), &reg.host()).pull(&reference, &[]);
     assert_success(&out, "pull of a layer with overlay xattrs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<_> = stderr

@@ -47,7 +47,7 @@ fn layers_crash_mid_unpack_is_redone_on_the_next_pull() {
     let reference = format!("{}/crash/many:v1", proxy.host());
     let sandbox = Sandbox::new();
     let cache = sandbox.cache();
-    let cvmd = Cvmd::new(&cache, &proxy.host());
+    let cvmd = CvmdOnCache::new(&cache, &proxy.host());
 
     // Slow enough that the unpack is seconds from done when we kill it.
     proxy.throttle_blobs((big.size / 10).max(1));

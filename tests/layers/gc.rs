@@ -53,7 +53,7 @@ fn layers_gc_removes_exactly_the_unreferenced_and_unleased() {
     let ref_b = push(&reg, "gc/b", "v1", &b);
     let sandbox = Sandbox::new();
     let cache = sandbox.cache();
-    let cvmd = Cvmd::new(&cache, &reg.host());
+    let cvmd = CvmdOnCache::new(&cache, &reg.host());
     cvmd.pull_ok(&ref_a);
     cvmd.pull_ok(&ref_b);
     let all = [&a.layers[0], &a.layers[1], &b.layers[1]];
@@ -115,7 +115,7 @@ fn layers_gc_budget_drops_least_recently_used_first() {
     ];
     let sandbox = Sandbox::new();
     let cache = sandbox.cache();
-    let cvmd = Cvmd::new(&cache, &reg.host());
+    let cvmd = CvmdOnCache::new(&cache, &reg.host());
     for r in &refs {
         cvmd.pull_ok(r);
     }

@@ -44,7 +44,7 @@ fn pull_image(
     let reg = Registry::plain().unwrap();
     let sandbox = Sandbox::new();
     let reference = push(&reg, repo, "v1", &img);
-    let out = Cvmd::new(&sandbox.cache(), &reg.host()).pull(&reference, extra);
+    let out = CvmdOnCache::new(&sandbox.cache(), &reg.host()).pull(&reference, extra);
     (
         reg,
         Pulled {

@@ -201,7 +201,7 @@ fn links_image() -> Image {
 
 fn check_against_umoci(reg: &Registry, repo: &str, img: &Image) {
     let sandbox = Sandbox::new();
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let reference = push(reg, repo, "v1", img);
     cvmd.pull_ok(&reference);
 
@@ -228,7 +228,7 @@ fn layers_merged_view_matches_umoci_for_a_system_image() {
 
     // Spot checks, so a shared blind spot of umoci and cvmd still shows.
     let sandbox = Sandbox::new();
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let reference = push(&reg, "oracle/system", "again", &img);
     cvmd.pull_ok(&reference);
     let view = merged_view(&sandbox.cache(), &reference, "overlay");
@@ -303,7 +303,7 @@ fn layers_every_compression_unpacks_to_the_same_tree() {
     ] {
         let img = system_image(c);
         let sandbox = Sandbox::new();
-        let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+        let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
         let reference = push(
             &reg,
             "oracle/compression",

@@ -28,7 +28,7 @@ fn image() -> crate::common::image::Image {
 }
 
 struct Rootfs<'a> {
-    cvmd: &'a Cvmd,
+    cvmd: &'a CvmdOnCache,
     state: &'a Path,
 }
 
@@ -75,11 +75,11 @@ fn rootfs_warm_start_needs_no_registry() {
     let (reference, host) = {
         let reg = Registry::plain().unwrap();
         let reference = push(&reg, "rootfs/warm", "v1", &image());
-        Cvmd::new(&sandbox.cache(), &reg.host()).pull_ok(&reference);
+        CvmdOnCache::new(&sandbox.cache(), &reg.host()).pull_ok(&reference);
         (reference, reg.host())
         // The registry stops here: the warm start must not need it.
     };
-    let cvmd = Cvmd::new(&sandbox.cache(), &host);
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &host);
     let rootfs = Rootfs {
         cvmd: &cvmd,
         state: state.path(),
@@ -124,7 +124,7 @@ fn rootfs_cold_start_pulls_what_is_missing() {
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "rootfs/cold", "v1", &image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let rootfs = Rootfs {
         cvmd: &cvmd,
         state: state.path(),
@@ -143,7 +143,7 @@ fn rootfs_disk_survives_a_remount_and_reset_discards_it() {
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "rootfs/disk", "v1", &image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let rootfs = Rootfs {
         cvmd: &cvmd,
         state: state.path(),
@@ -193,7 +193,7 @@ fn rootfs_idmap_auto_gives_each_workspace_its_own_range() {
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "rootfs/idmap", "v1", &image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let rootfs = Rootfs {
         cvmd: &cvmd,
         state: state.path(),
@@ -234,7 +234,7 @@ fn gc_never_takes_the_layers_of_a_mounted_rootfs() {
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "rootfs/gc", "v1", &image());
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let rootfs = Rootfs {
         cvmd: &cvmd,
         state: state.path(),

@@ -44,7 +44,7 @@ fn layers_shared_base_is_reused_not_fetched() {
     push(&reg, "share/a", "v1", &a);
     push(&reg, "share/b", "v1", &b);
     let sandbox = Sandbox::new();
-    let cvmd = Cvmd::new(&sandbox.cache(), &proxy.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
 
     let out = cvmd.pull(&format!("{}/share/a:v1", proxy.host()), &["--json"]);
     assert_success(&out, "pull a");
@@ -82,7 +82,7 @@ fn layers_concurrent_pulls_unpack_each_layer_once() {
     push(&reg, "share/c", "v1", &img);
     let reference = format!("{}/share/c:v1", proxy.host());
     let sandbox = Sandbox::new();
-    let cvmd = Cvmd::new(&sandbox.cache(), &proxy.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
 
     // Slow blobs: all four pulls are started long before any layer is done.
     proxy.throttle_blobs(2 << 20);
@@ -131,7 +131,7 @@ fn layers_content_only_pull_then_unpack_from_the_store() {
     let img = image_on_base(Layer::random("app/c.bin", 1, 12, Compression::Gzip));
     push(&reg, "share/c", "v1", &img);
     let sandbox = Sandbox::new();
-    let cvmd = Cvmd::new(&sandbox.cache(), &proxy.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
     let reference = format!("{}/share/c:v1", proxy.host());
 
     let out = cvmd.pull(&reference, &["--no-unpack"]);

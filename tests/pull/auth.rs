@@ -2,7 +2,7 @@
 //! anonymous, HTTP Basic over HTTPS with a test CA, and the distribution
 //! token flow, with credentials from each source cvmd reads.
 
-use crate::common::cli::{small_image, Cvmd, Run};
+use crate::common::cli::{small_image, Run, SealedCvmd};
 use crate::common::cred::cred_helper_calls;
 use crate::common::image::{pseudo_random, Compression, Format, Image, ImageBuilder, LayerBuilder};
 use crate::common::prereq;
@@ -12,7 +12,6 @@ use crate::common::{block_on, cred_helper, Registry};
 use base64::Engine;
 use serde_json::json;
 
-const CVMD: &str = env!("CARGO_BIN_EXE_cvmd");
 const USER: &str = "alice";
 const PASS: &str = "pw-Zq81-never-shown";
 
@@ -26,7 +25,7 @@ fn push(reg: &Registry, repo: &str, tag: &str, img: &Image) {
 }
 
 /// What a successful pull prints and stores.
-fn assert_pulled(run: &Run, cvmd: &Cvmd, host: &str, repo: &str, img: &Image) {
+fn assert_pulled(run: &Run, cvmd: &SealedCvmd, host: &str, repo: &str, img: &Image) {
     run.assert_ok();
     assert_eq!(
         run.stdout,
@@ -56,7 +55,7 @@ impl Tls {
     fn ca(&self) -> String {
         self.reg.ca_pem_path().unwrap().display().to_string()
     }
-    fn check(&self, run: &Run, cvmd: &Cvmd) {
+    fn check(&self, run: &Run, cvmd: &SealedCvmd) {
         assert_pulled(run, cvmd, &self.reg.host(), "team/app", &self.img);
     }
     fn dockerconfigjson(&self) -> String {
@@ -70,7 +69,7 @@ fn anonymous_pull_from_a_plain_registry() {
     let reg = Registry::plain().unwrap();
     let img = small_image(Format::Oci, 1);
     push(&reg, "lib/anon", "v1", &img);
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(
         &format!("{}/lib/anon:v1", reg.host()),
         &["--insecure-registries", &reg.host()],
@@ -82,7 +81,7 @@ fn anonymous_pull_from_a_plain_registry() {
 fn basic_over_tls_with_ca_file_and_config_json_auth_field() {
     require!(prereq::registry());
     let t = tls();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     cvmd.write_docker_config(
         &json!({"auths": {t.reg.host(): {"auth": b64(&format!("{USER}:{PASS}"))}}}),
     );
@@ -94,7 +93,7 @@ fn basic_over_tls_with_ca_file_and_config_json_auth_field() {
 fn basic_over_tls_with_ca_folder_and_config_json_username_password() {
     require!(prereq::registry());
     let t = tls();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let pem = std::fs::read(t.reg.ca_pem_path().unwrap()).unwrap();
     cvmd.write_file("certs/registry-ca.crt", pem);
     // The key as `docker login` writes it for a URL, scheme and path included.
@@ -110,7 +109,7 @@ fn basic_over_tls_with_ca_folder_and_config_json_username_password() {
 fn basic_over_tls_with_inline_dockerconfigjson_pull_secret() {
     require!(prereq::registry());
     let t = tls();
-    let mut cvmd = Cvmd::new(CVMD);
+    let mut cvmd = SealedCvmd::new();
     cvmd.env("CVMD_PULL_SECRET", t.dockerconfigjson())
         .env("CVMD_EXTRA_CERTS", t.ca());
     let run = cvmd.pull(&t.image, &[]);
@@ -121,7 +120,7 @@ fn basic_over_tls_with_inline_dockerconfigjson_pull_secret() {
 fn basic_over_tls_with_pull_secret_file() {
     require!(prereq::registry());
     let t = tls();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let secret = cvmd.write_file("secret/.dockerconfigjson", t.dockerconfigjson());
     let run = cvmd.pull(
         &t.image,
@@ -139,7 +138,7 @@ fn basic_over_tls_with_pull_secret_file() {
 fn basic_over_tls_with_legacy_dockercfg_pull_secret() {
     require!(prereq::registry());
     let t = tls();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let legacy = json!({
         format!("https://{}", t.reg.host()): {
             "auth": b64(&format!("{USER}:{PASS}")),
@@ -163,7 +162,7 @@ fn basic_over_tls_with_legacy_dockercfg_pull_secret() {
 fn basic_over_tls_with_kubernetes_secret_object() {
     require!(prereq::registry());
     let t = tls();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let object = json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -188,7 +187,7 @@ fn basic_over_tls_with_kubernetes_secret_object() {
 fn envbox_aliases_coder_image_pull_secret_and_coder_extra_certs_path() {
     require!(prereq::registry());
     let t = tls();
-    let mut cvmd = Cvmd::new(CVMD);
+    let mut cvmd = SealedCvmd::new();
     let pem = std::fs::read(t.reg.ca_pem_path().unwrap()).unwrap();
     cvmd.write_file("coder-certs/ca.pem", pem);
     let folder = cvmd.home.path().join("coder-certs");
@@ -202,7 +201,7 @@ fn envbox_aliases_coder_image_pull_secret_and_coder_extra_certs_path() {
 fn a_secret_without_the_host_does_not_hide_config_json_credentials() {
     require!(prereq::registry());
     let t = tls();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let other = json!({"auths": {"other.example:5000": {"username": "x", "password": "y"}}});
     cvmd.write_docker_config(
         &json!({"auths": {t.reg.host(): {"username": USER, "password": PASS}}}),
@@ -223,7 +222,7 @@ fn a_secret_without_the_host_does_not_hide_config_json_credentials() {
 fn a_config_json_without_the_host_does_not_hide_pull_secret_credentials() {
     require!(prereq::registry());
     let t = tls();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     // Exists, parses, and names other hosts only (a credsStore-less file).
     cvmd.write_docker_config(&json!({
         "auths": {"other.example:5000": {"username": "x", "password": "y"}},
@@ -263,7 +262,7 @@ fn bearer_token_with_basic_credentials_is_fetched_once_and_reused() {
     let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
     let ts = reg.token_server().unwrap();
     let before = ts.request_count();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     cvmd.write_docker_config(&json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}));
     let run = cvmd.pull(
         &format!("{}/team/app:v1", reg.host()),
@@ -284,7 +283,7 @@ fn anonymous_bearer_token_on_a_public_repository() {
     let (reg, img) = token_registry(cfg, "pub/img");
     let ts = reg.token_server().unwrap();
     let before = ts.request_count();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(
         &format!("{}/pub/img:v1", reg.host()),
         &["--insecure-registries", &reg.host()],
@@ -310,7 +309,7 @@ fn identity_token_from_config_json_uses_the_refresh_token_grant() {
     let ts = reg.token_server().unwrap();
     let rt = refresh_token(&reg);
     let before = ts.request_count();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     cvmd.write_docker_config(&json!({"auths": {reg.host(): {"auth": "", "identitytoken": rt}}}));
     let run = cvmd.pull(
         &format!("{}/team/app:v1", reg.host()),
@@ -330,7 +329,7 @@ fn cred_helpers_entry_is_run_from_path() {
     let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
     let helpers = tempfile::tempdir().unwrap();
     cred_helper(helpers.path(), "fake", &reg.host(), USER, PASS);
-    let mut cvmd = Cvmd::new(CVMD);
+    let mut cvmd = SealedCvmd::new();
     cvmd.path_prefix(helpers.path());
     cvmd.write_docker_config(&json!({"credHelpers": {reg.host(): "fake"}}));
     let run = cvmd.pull(
@@ -357,7 +356,7 @@ fn creds_store_helper_is_run_from_path() {
     let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
     let helpers = tempfile::tempdir().unwrap();
     cred_helper(helpers.path(), "teststore", &reg.host(), USER, PASS);
-    let mut cvmd = Cvmd::new(CVMD);
+    let mut cvmd = SealedCvmd::new();
     cvmd.path_prefix(helpers.path());
     cvmd.write_docker_config(&json!({"auths": {reg.host(): {}}, "credsStore": "teststore"}));
     let run = cvmd.pull(
@@ -397,7 +396,7 @@ fn a_token_that_expires_mid_pull_is_renewed() {
     let ts = reg.token_server().unwrap();
     let before = ts.request_count();
     proxy.throttle_blobs(400 << 10);
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     cvmd.write_docker_config(
         &json!({"auths": {proxy.host(): {"username": USER, "password": PASS}}}),
     );
@@ -430,7 +429,7 @@ fn a_token_lifetime_too_large_for_a_clock_is_clamped_not_a_panic() {
         let reg = Registry::token(cfg).expect("registry");
         let img = small_image(Format::Oci, 12);
         push(&reg, "team/app", "v1", &img);
-        let cvmd = Cvmd::new(CVMD);
+        let cvmd = SealedCvmd::new();
         cvmd.write_docker_config(
             &json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}),
         );
@@ -456,7 +455,7 @@ fn an_https_registry_naming_a_plain_http_realm_gets_no_credentials() {
     );
     let ts = reg.token_server().unwrap();
     let before = ts.request_count();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     cvmd.write_docker_config(&json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}));
     let ca = reg.ca_pem_path().unwrap().display().to_string();
     let run = cvmd.pull(
@@ -487,7 +486,7 @@ fn a_fetched_token_is_logged_by_registry_and_realm_never_by_value() {
     require!(prereq::registry());
     let (reg, img) = token_registry(TokenConfig::new().user(USER, PASS), "team/app");
     let ts = reg.token_server().unwrap();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     cvmd.write_docker_config(&json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}));
     let run = cvmd.pull(
         &format!("{}/team/app:v1", reg.host()),
@@ -599,7 +598,7 @@ fn a_registry_cannot_send_cvmd_to_a_link_local_metadata_address_as_its_realm() {
         "169.254.169.254:80",
         "HTTP/1.1 200 OK\r\nContent-Length: 22\r\nConnection: close\r\n\r\n{\"token\":\"node-creds\"}".to_string(),
     );
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     cvmd.write_docker_config(
         &json!({"auths": {"127.0.0.1:5999": {"username": USER, "password": PASS}}}),
     );
@@ -635,7 +634,7 @@ fn a_base64_pull_secret_is_refused_without_being_echoed() {
     let t = tls();
     // The Secret's .dockerconfigjson as Kubernetes stores it: base64.
     let secret = b64(&t.dockerconfigjson());
-    let mut cvmd = Cvmd::new(CVMD);
+    let mut cvmd = SealedCvmd::new();
     cvmd.env("CVMD_PULL_SECRET", &secret);
     let run = cvmd.pull(&t.image, &["--extra-certs", &t.ca()]);
     assert_ne!(run.code, Some(0), "{run}");

@@ -11,6 +11,7 @@
 //! Needs root, runc, containerd and docker-registry; skips with a reason
 //! otherwise.
 
+use crate::common::busybox::busybox_layer;
 use crate::common::prereq::{self, Need};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -108,13 +109,7 @@ fn pull_path_line(transfer: bool) -> &'static str {
 
 /// busybox-static and a second layer on top, with `entrypoint`.
 fn busybox_image(entrypoint: &[&str]) -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755);
-    for app in ["sh", "sleep", "echo", "cat", "ls"] {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
+    let layer = busybox_layer(&["sh", "sleep", "echo", "cat", "ls"]);
     let top =
         LayerBuilder::new()
             .dir("etc", 0o755)
@@ -143,7 +138,7 @@ fn busybox_and_random(mib: usize, seed: u64, entrypoint: &[&str]) -> crate::comm
 
 /// `cvmd run` with the containerd backend against `ctd`.
 fn cvmd_run(ctd: &PrivateContainerd, state: &Path, registry: &str, reference: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+    let mut c = Command::new(crate::common::cvmd_bin());
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", state)
@@ -491,7 +486,7 @@ fn containerd_down_is_one_line_and_auto_without_a_socket_is_native_and_quiet() {
         &busybox_image(&["/bin/sh", "-c", "exit 3"]),
     );
     let base = |backend: &str| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+        let mut c = Command::new(crate::common::cvmd_bin());
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", state.path())
@@ -651,7 +646,7 @@ fn transfer_pull_progress_reaches_cvmctl_as_with_the_registry_backend() {
     let child = run_through(&proxy, &ctd, state.path(), "ctd/progress:v1");
     let socket = state.path().join("state/cvmd.sock");
     let ctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cvmctl"))
+        Command::new(crate::common::cvmctl_bin())
             .env_clear()
             .arg("--socket")
             .arg(&socket)
@@ -852,7 +847,7 @@ fn preflight_names_the_pull_path_and_without_the_snapshots_fails_or_auto_goes_na
     let cvmd = |hide_root: bool, backend: &str, args: &str| {
         let command = format!(
             "exec {cvmd} --cache-dir {cache} --state-dir {state} --workspace {ws} --runtime runc --network none --insecure-registries {reg} --image {reference} --image-backend {backend} --containerd-socket {sock} {args}",
-            cvmd = env!("CARGO_BIN_EXE_cvmd"),
+            cvmd = crate::common::cvmd_bin().display(),
             cache = state.path().join("cache").display(),
             state = state.path().join("state").display(),
             ws = workspace_name(state.path()),

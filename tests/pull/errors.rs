@@ -2,7 +2,7 @@
 //! what to do, never showing a password or token, and leaves nothing
 //! unverified in the store.
 
-use crate::common::cli::{small_image, Cvmd};
+use crate::common::cli::{small_image, SealedCvmd};
 use crate::common::image::{
     Compression, Format, ImageBuilder, IndexBuilder, LayerBuilder, Platform, OCI_LAYER_GZIP,
 };
@@ -11,7 +11,6 @@ use crate::common::token::TokenConfig;
 use crate::common::{block_on, sha256_digest, Registry};
 use serde_json::json;
 
-const CVMD: &str = env!("CARGO_BIN_EXE_cvmd");
 const USER: &str = "alice";
 const PASS: &str = "pw-Zq81-never-shown";
 const HINT: &str = "pass a pull secret with CVMD_PULL_SECRET (or CODER_IMAGE_PULL_SECRET): a path to a .dockerconfigjson file or the JSON itself";
@@ -35,7 +34,7 @@ fn ca(reg: &Registry) -> String {
 fn unauthorized_without_credentials_points_at_cvmd_pull_secret() {
     require!(prereq::registry());
     let reg = tls_registry();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(
         &format!("{}/team/app:v1", reg.host()),
         &["--extra-certs", &ca(&reg)],
@@ -55,7 +54,7 @@ fn unauthorized_on_a_private_repository_of_a_token_registry() {
     require!(prereq::registry());
     let reg = Registry::token(TokenConfig::new().user(USER, PASS)).expect("registry");
     push(&reg, "priv/img", "v1", &small_image(Format::Oci, 4));
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(
         &format!("{}/priv/img:v1", reg.host()),
         &["--insecure-registries", &reg.host()],
@@ -73,7 +72,7 @@ fn unauthorized_on_a_private_repository_of_a_token_registry() {
 fn wrong_password_in_config_json_names_the_file_and_hides_the_password() {
     require!(prereq::registry());
     let reg = tls_registry();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let wrong = "wrong-Xy77-secret";
     cvmd.write_docker_config(
         &json!({"auths": {reg.host(): {"username": USER, "password": wrong}}}),
@@ -99,7 +98,7 @@ fn wrong_password_in_pull_secret_at_the_token_endpoint_names_the_pull_secret() {
     let reg = Registry::token(TokenConfig::new().user(USER, PASS)).expect("registry");
     push(&reg, "priv/img", "v1", &small_image(Format::Oci, 5));
     let wrong = "wrong-Tk42-secret";
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let secret = json!({"auths": {reg.host(): {"username": USER, "password": wrong}}});
     let run = cvmd.pull(
         &format!("{}/priv/img:v1", reg.host()),
@@ -122,7 +121,7 @@ fn wrong_password_in_pull_secret_at_the_token_endpoint_names_the_pull_secret() {
 
 #[test]
 fn a_malformed_pull_secret_is_refused_without_echoing_it() {
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let broken = r#"{"auths": {"r.io": {"auth": "c2VjcmV0LUhrOTk="}}"#;
     let run = cvmd.pull("r.io/a/b:v1", &["--pull-secret", broken]);
     let line = run.error_line();
@@ -139,7 +138,7 @@ fn tag_and_repository_not_found() {
     let reg = Registry::plain().unwrap();
     push(&reg, "team/app", "v1", &small_image(Format::Oci, 6));
     let h = reg.host();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(
         &format!("{h}/team/app:nope"),
         &["--insecure-registries", &h],
@@ -167,7 +166,7 @@ fn tag_and_repository_not_found() {
 
 #[test]
 fn unknown_host() {
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull("nonexistent.invalid:5000/x", &[]);
     assert_eq!(
         run.error_line(),
@@ -179,7 +178,7 @@ fn unknown_host() {
 fn tls_unknown_authority_names_cvmd_extra_certs() {
     require!(prereq::registry());
     let reg = tls_registry();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     cvmd.write_docker_config(&json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}));
     let run = cvmd.pull(&format!("{}/team/app:v1", reg.host()), &[]);
     assert_eq!(
@@ -196,7 +195,7 @@ fn tls_unknown_authority_names_cvmd_extra_certs() {
 fn plain_http_registry_not_listed_as_insecure() {
     require!(prereq::registry());
     let reg = Registry::plain().unwrap();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(&format!("{}/team/app:v1", reg.host()), &[]);
     assert_eq!(
         run.error_line(),
@@ -231,7 +230,7 @@ fn pinned_digest_with_other_content_is_refused_and_nothing_stored() {
     let actual = sha256_digest(tampered.as_bytes());
 
     let h = reg.host();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let pinned = format!("{h}/team/app@{}", img.manifest_digest);
     let run = cvmd.pull(&pinned, &["--insecure-registries", &h]);
     assert_eq!(
@@ -270,7 +269,7 @@ fn unsupported_layer_media_type_and_helm_config_are_refused() {
         .build();
     push(&reg, "charts/helm", "v1", &helm);
 
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(&format!("{h}/team/odd:v1"), &["--insecure-registries", &h]);
     assert_eq!(
         run.error_line(),
@@ -318,7 +317,7 @@ fn no_manifest_for_the_platform_lists_what_there_is_and_platform_selects() {
     let c = reg.client();
     block_on(c.push_index("multi/img", "v1", &index)).unwrap();
 
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let image = format!("{h}/multi/img:v1");
     let run = cvmd.pull(
         &image,

@@ -3,14 +3,13 @@
 //! retried, corruption refused, a killed process resumed, concurrent pulls
 //! sharing one download, and registry mirrors.
 
-use crate::common::cli::{small_image, Cvmd};
+use crate::common::cli::{small_image, SealedCvmd};
 use crate::common::image::{Compression, Format, Image, ImageBuilder, Layer};
 use crate::common::prereq;
 use crate::common::proxy::{Fault, FaultProxy};
 use crate::common::{block_on, sha256_digest, wait_until, Registry};
 use std::time::Duration;
 
-const CVMD: &str = env!("CARGO_BIN_EXE_cvmd");
 const MIB: u64 = 1 << 20;
 
 fn push(reg: &Registry, repo: &str, tag: &str, img: &Image) {
@@ -36,7 +35,7 @@ fn image(proxy: &FaultProxy) -> String {
 
 /// Puts the image's config in the store beforehand, so the layer's GETs are
 /// the only blob GETs the proxy's knobs apply to.
-fn seed_config(cvmd: &Cvmd, img: &Image) {
+fn seed_config(cvmd: &SealedCvmd, img: &Image) {
     let p = cvmd.blob_path(&img.config_digest);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, &img.config).unwrap();
@@ -64,7 +63,7 @@ fn a_cut_mid_blob_is_resumed_with_a_range_request() {
     require!(prereq::registry());
     let (_reg, proxy, img) = setup(4, 1);
     let layer = &img.layers[0].digest;
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     seed_config(&cvmd, &img);
     proxy.cut_blob_after(MIB, 1);
     let run = cvmd.pull(&image(&proxy), &["--insecure-registries", &proxy.host()]);
@@ -85,7 +84,7 @@ fn server_errors_are_retried_then_the_pull_succeeds() {
     require!(prereq::registry());
     let (_reg, proxy, img) = setup(1, 2);
     let layer = &img.layers[0].digest;
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     seed_config(&cvmd, &img);
     proxy.fail_blob_gets_with(500, 2);
     let run = cvmd.pull(&image(&proxy), &["--insecure-registries", &proxy.host()]);
@@ -106,7 +105,7 @@ fn server_errors_past_the_retry_limit_fail_with_one_line() {
     require!(prereq::registry());
     let (_reg, proxy, img) = setup(1, 3);
     let layer = &img.layers[0].digest;
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     seed_config(&cvmd, &img);
     proxy.fail_blob_gets_with(503, 100);
     let h = proxy.host();
@@ -132,7 +131,7 @@ fn pull_retries_counts_attempts_per_request() {
     require!(prereq::registry());
     let (_reg, proxy, img) = setup(1, 3);
     let layer = &img.layers[0].digest;
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     seed_config(&cvmd, &img);
     proxy.fail_blob_gets_with(503, 100);
     let h = proxy.host();
@@ -162,7 +161,7 @@ fn corrupted_bytes_are_refused_and_nothing_is_stored() {
 
     // A layer.
     let layer = &img.layers[0];
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     seed_config(&cvmd, &img);
     proxy.corrupt_blob_bytes(1);
     let run = cvmd.pull(&image(&proxy), &["--insecure-registries", &h]);
@@ -179,7 +178,7 @@ fn corrupted_bytes_are_refused_and_nothing_is_stored() {
     assert!(cvmd.partials().is_empty(), "{:?}", cvmd.partials());
 
     // The config.
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     proxy.corrupt_blob_bytes(1);
     let run = cvmd.pull(&image(&proxy), &["--insecure-registries", &h]);
     assert_eq!(
@@ -201,7 +200,7 @@ fn a_pull_killed_mid_download_is_resumed_by_the_next() {
     let (_reg, proxy, img) = setup(6, 5);
     let layer = &img.layers[0].digest;
     let h = proxy.host();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     proxy.throttle_blobs(2 * MIB);
     let mut child = cvmd.spawn_pull(&image(&proxy), &["--insecure-registries", &h]);
     let started = wait_until(Duration::from_secs(20), || cvmd.partial_bytes() >= MIB);
@@ -246,7 +245,7 @@ fn four_concurrent_pulls_download_each_layer_once() {
     // Slow enough that all four are running while the layers download.
     proxy.throttle_blobs(4 * MIB);
     let h = proxy.host();
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let children: Vec<_> = (0..4)
         .map(|_| cvmd.spawn_pull(&image(&proxy), &["--insecure-registries", &h]))
         .collect();
@@ -283,7 +282,7 @@ fn a_mirror_that_has_the_image_serves_it() {
     let origin_proxy = FaultProxy::start(&origin.url());
     let mirror_proxy = FaultProxy::start(&mirror.url());
     let (o, m) = (origin_proxy.host(), mirror_proxy.host());
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(
         &image(&origin_proxy),
         &[
@@ -315,7 +314,7 @@ fn a_mirror_that_is_down_falls_back_to_the_origin() {
     let (_reg, proxy, img) = setup(1, 9);
     let o = proxy.host();
     let dead = format!("127.0.0.1:{}", crate::common::free_port());
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(
         &image(&proxy),
         &[

@@ -1,7 +1,7 @@
 //! `cvmd pull` of each kind of manifest and layer compression the registry
 //! serves, digest-pinned references, and the `--json` event stream.
 
-use crate::common::cli::{small_image, Cvmd};
+use crate::common::cli::{small_image, SealedCvmd};
 use crate::common::image::{
     Compression, Format, Image, ImageBuilder, IndexBuilder, Layer, LayerBuilder, Platform,
     DOCKER_LAYER_GZIP, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
@@ -10,8 +10,6 @@ use crate::common::prereq;
 use crate::common::proxy::FaultProxy;
 use crate::common::{block_on, Registry};
 use std::sync::{Arc, Mutex};
-
-const CVMD: &str = env!("CARGO_BIN_EXE_cvmd");
 
 fn push(reg: &Registry, repo: &str, tag: &str, img: &Image) {
     let c = reg.client();
@@ -40,7 +38,7 @@ fn file_layer(name: &str, seed: u64, c: Compression) -> Layer {
 /// Pushes `img` as `repo:v1`, pulls it and checks output and store.
 fn pull_and_check(reg: &Registry, repo: &str, img: &Image) {
     push(reg, repo, "v1", img);
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let run = cvmd.pull(
         &format!("{}/{repo}:v1", reg.host()),
         &["--insecure-registries", &reg.host()],
@@ -131,7 +129,7 @@ fn index_pulls(format: Format, repo: &str) {
     block_on(c.push_index(repo, "v1", &index)).unwrap();
     let image = format!("{h}/{repo}:v1");
     for (platform, want) in [("linux/amd64", &amd64), ("linux/arm64", &arm64)] {
-        let cvmd = Cvmd::new(CVMD);
+        let cvmd = SealedCvmd::new();
         let run = cvmd.pull(
             &image,
             &["--insecure-registries", &h, "--platform", platform],
@@ -178,7 +176,7 @@ fn digest_pinned_reference_wins_over_the_tag() {
     push(&reg, "kinds/pinned", "v1", &old);
     // The tag moves on; the pinned reference still gets the old image.
     push(&reg, "kinds/pinned", "v1", &new);
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let pinned = format!("{h}/kinds/pinned:v1@{}", old.manifest_digest);
     let run = cvmd.pull(&pinned, &["--insecure-registries", &h]);
     run.assert_ok();
@@ -187,7 +185,7 @@ fn digest_pinned_reference_wins_over_the_tag() {
     assert!(!cvmd.has_blob(&new.manifest_digest));
 
     let bare = format!("{h}/kinds/pinned@{}", old.manifest_digest);
-    let run = Cvmd::new(CVMD).pull(&bare, &["--insecure-registries", &h]);
+    let run = SealedCvmd::new().pull(&bare, &["--insecure-registries", &h]);
     run.assert_ok();
     assert_eq!(run.stdout, format!("{bare}\n"));
 }
@@ -199,7 +197,7 @@ fn json_output_is_one_event_per_line_ending_with_done() {
     let h = reg.host();
     let img = small_image(Format::Oci, 40);
     push(&reg, "kinds/json", "v1", &img);
-    let cvmd = Cvmd::new(CVMD);
+    let cvmd = SealedCvmd::new();
     let image = format!("{h}/kinds/json:v1");
     let run = cvmd.pull(&image, &["--insecure-registries", &h, "--json"]);
     run.assert_ok();

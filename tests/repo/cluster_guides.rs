@@ -92,7 +92,7 @@ fn gke_and_aks_scripts_are_valid_bash_asking_for_ubuntu() {
 
 #[test]
 fn requirement_table_names_only_checks_preflight_runs() {
-    let out = Command::new(env!("CARGO_BIN_EXE_cvmd"))
+    let out = Command::new(crate::common::cvmd_bin())
         .args(["--runtime", "sysbox-runc", "preflight", "--json"])
         .env(
             "CVMD_CACHE_DIR",

@@ -166,7 +166,7 @@ fn subcommands_used(spans: &[String], program: &str) -> Vec<String> {
 }
 
 /// A binary's subcommands (and their aliases), from its --help.
-fn subcommands_of(bin: &str) -> Vec<String> {
+fn subcommands_of(bin: &Path) -> Vec<String> {
     let out = std::process::Command::new(bin)
         .arg("--help")
         .output()
@@ -175,7 +175,7 @@ fn subcommands_of(bin: &str) -> Vec<String> {
     let commands = help
         .split("Commands:")
         .nth(1)
-        .unwrap_or_else(|| panic!("{bin} --help lists no commands"));
+        .unwrap_or_else(|| panic!("{} --help lists no commands", bin.display()));
     let mut names: Vec<String> = commands
         .lines()
         .skip(1)
@@ -254,10 +254,10 @@ fn readme_names_only_real_settings_commands_and_files() {
     }
     let spans = code_spans(&readme);
     for (program, bin) in [
-        ("cvmd", env!("CARGO_BIN_EXE_cvmd")),
-        ("cvmctl", env!("CARGO_BIN_EXE_cvmctl")),
+        ("cvmd", crate::common::cvmd_bin()),
+        ("cvmctl", crate::common::cvmctl_bin()),
     ] {
-        let known = subcommands_of(bin);
+        let known = subcommands_of(&bin);
         for used in subcommands_used(&spans, program) {
             if !known.contains(&used) {
                 wrong.push(format!(

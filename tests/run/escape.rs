@@ -17,12 +17,13 @@
 //! for the systemd image, the build script's tools; under `CI=true` a
 //! missing one fails the test, elsewhere it is skipped with the reason.
 
+use crate::common::busybox::busybox_layer;
 use crate::common::prereq::{self, Need};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
+use crate::common::image::{Compression, Format, ImageBuilder};
 use crate::common::layers::*;
 use crate::common::{debootstrap, Registry};
 
@@ -51,16 +52,10 @@ fn build_attempts(dir: &Path) -> Need {
 
 /// busybox-static with a shell and `sleep`, run as the workspace's command.
 fn busybox_image() -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755)
+    let layer = busybox_layer(&["sh", "sleep", "cat"])
         .dir("tmp", 0o1777)
         .dir("etc", 0o755)
         .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644);
-    for app in ["sh", "sleep", "cat"] {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
     ImageBuilder::new(Format::Oci)
         .layer(layer.build(Compression::Gzip))
         .entrypoint(&["/bin/sleep", "3600"])
@@ -155,7 +150,7 @@ impl Workspace {
             pull_secret: pull_secret.clone(),
             termination_log: termination_log.clone(),
         };
-        let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+        let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
         let mounts = format!("{}:/escape:ro", tools.path().display());
         let child = cvmd
             .workspace(

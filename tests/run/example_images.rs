@@ -51,7 +51,7 @@ fn docker_image_builds_with_docker_enabled_root() {
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["/sbin/init"]));
 
     // What cvmd makes of it: the rootfs a workspace would boot.
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let state = work.path().join("state");
     let dir = work.path().join("rootfs");
     let s = state.to_str().unwrap();

@@ -8,6 +8,7 @@
 //! Needs root, runc, iptables, iproute2, busybox-static and docker-registry;
 //! skips with a reason otherwise.
 
+use crate::common::busybox::{self, busybox_layer};
 use crate::common::prereq::{self, Need};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
+use crate::common::image::{Compression, Format, ImageBuilder};
 use crate::common::layers::*;
 use crate::common::Registry;
 
@@ -60,7 +61,7 @@ impl Netns {
     }
 
     /// `nsenter --net=NS PROGRAM ARGS`.
-    fn command(&self, program: &str) -> Command {
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         // By path: a test runs cvmd with a PATH that lacks tools.
         let nsenter = ["/usr/bin/nsenter", "/bin/nsenter"]
             .into_iter()
@@ -140,26 +141,19 @@ fn http_get(ns: &Netns, addr: &str) -> Result<String, String> {
 
 /// busybox-static with the applets the workspace scripts use.
 fn busybox_image(script: &str) -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755);
-    for app in [
-        "sh", "sleep", "echo", "cat", "ls", "ip", "nc", "httpd", "mkdir", "tr", "sed",
-    ] {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
-    ImageBuilder::new(Format::Oci)
-        .layer(layer.build(Compression::Gzip))
-        .entrypoint(&["/bin/sh", "-c", script])
-        .build()
+    busybox::busybox_image(
+        &[
+            "sh", "sleep", "echo", "cat", "ls", "ip", "nc", "httpd", "mkdir", "tr", "sed",
+        ],
+        &["/bin/sh", "-c", script],
+    )
 }
 
 struct Setup {
     _sandbox: Sandbox,
     state: tempfile::TempDir,
     _reg: Registry,
-    cvmd: Cvmd,
+    cvmd: CvmdOnCache,
     reference: String,
 }
 
@@ -175,7 +169,7 @@ impl Setup {
         let state = tempfile::tempdir().unwrap();
         let reg = Registry::plain().unwrap();
         let reference = push(&reg, repo, "v1", image);
-        let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+        let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
         cvmd.pull_ok(&reference);
         Setup {
             _sandbox: sandbox,
@@ -194,7 +188,7 @@ impl Setup {
 
     /// `cvmd run` inside `ns`, as PID 1 of the outer container would be.
     fn run(&self, ns: &Netns, extra: &[&str]) -> Command {
-        let mut c = ns.command(env!("CARGO_BIN_EXE_cvmd"));
+        let mut c = ns.command(crate::common::cvmd_bin());
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.cvmd.cache)
@@ -370,7 +364,7 @@ fn network_none_gives_only_loopback() {
 
 #[test]
 fn network_bad_ports_are_refused_before_anything_runs() {
-    let out = Command::new(env!("CARGO_BIN_EXE_cvmd"))
+    let out = Command::new(crate::common::cvmd_bin())
         .args([
             "--image",
             "example.com/x:1",
@@ -452,19 +446,13 @@ fn prerequisites() -> Need {
 /// init, with the capabilities an init gets (NET_ADMIN among them), as a
 /// real workspace image with systemd would be.
 fn init_image(script: &str) -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
+    let layer = busybox_layer(&["sh", "sleep", "echo", "cat", "ip", "nc", "mkdir", "mount"])
         .dir("sbin", 0o755)
-        .file("bin/busybox", &busybox, 0o755)
         .file(
             "sbin/init",
             format!("#!/bin/sh\n{script}").as_bytes(),
             0o755,
         );
-    for app in ["sh", "sleep", "echo", "cat", "ip", "nc", "mkdir", "mount"] {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
     ImageBuilder::new(Format::Oci)
         .layer(layer.build(Compression::Gzip))
         .build()

@@ -25,7 +25,7 @@ fn sysbox_installed() -> bool {
 }
 
 fn cvmd(cache: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cvmd"));
+    let mut c = Command::new(crate::common::cvmd_bin());
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", cache)
@@ -213,7 +213,7 @@ fn preflight_without_cap_sys_admin_blames_the_privilege_not_the_kernel() {
     // effective set after exec: an outer container that is not privileged.
     let out = Command::new("/usr/bin/setpriv")
         .args(["--bounding-set", "-sys_admin", "--"])
-        .arg(env!("CARGO_BIN_EXE_cvmd"))
+        .arg(crate::common::cvmd_bin())
         .arg("--cache-dir")
         .arg(cache.path())
         .args(["--runtime", "runc", "preflight", "--json"])

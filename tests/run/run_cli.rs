@@ -5,31 +5,25 @@
 //!
 //! Needs root, runc and docker-registry; skips with a reason otherwise.
 
+use crate::common::busybox::{self, busybox_layer};
 use crate::common::prereq;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
+use crate::common::image::{Compression, Format, ImageBuilder};
 use crate::common::layers::*;
 use crate::common::Registry;
 
 /// busybox-static as the image's only content, with `entrypoint`.
 fn busybox_image(entrypoint: &[&str]) -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755);
-    for app in ["sh", "sleep", "echo", "cat", "ls", "head", "tr"] {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
-    ImageBuilder::new(Format::Oci)
-        .layer(layer.build(Compression::Gzip))
-        .entrypoint(entrypoint)
-        .build()
+    busybox::busybox_image(
+        &["sh", "sleep", "echo", "cat", "ls", "head", "tr"],
+        entrypoint,
+    )
 }
 
-fn cvmd_run(cvmd: &Cvmd, state: &Path, reference: &str, extra: &[&str]) -> Command {
+fn cvmd_run(cvmd: &CvmdOnCache, state: &Path, reference: &str, extra: &[&str]) -> Command {
     cvmd.workspace(state, reference, extra)
 }
 
@@ -60,7 +54,7 @@ fn run_entrypoint_exit_code_becomes_cvmds() {
         "v1",
         &busybox_image(&["/bin/sh", "-c", "echo hello from the workspace; exit 7"]),
     );
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let out = cvmd_run(&cvmd, state.path(), &reference, &[])
         .output()
         .unwrap();
@@ -87,7 +81,7 @@ fn run_command_override_and_no_init() {
         "v1",
         &busybox_image(&["/bin/sh", "-c", "exit 1"]),
     );
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let out = cvmd_run(
         &cvmd,
         state.path(),
@@ -125,7 +119,7 @@ fn run_sigterm_stops_the_workspace_within_the_grace_period() {
         "v1",
         &busybox_image(&["/bin/sleep", "1000"]),
     );
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let child = cvmd_run(&cvmd, state.path(), &reference, &["--stop-timeout", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -179,7 +173,7 @@ fn run_with_a_failing_runtime_says_why_and_cleans_up() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let out = cvmd_run(
         &cvmd,
         state.path(),
@@ -217,7 +211,7 @@ fn run_sigterm_during_the_pull_stops_at_once() {
     push(&reg, "run/slow", "v1", &img);
     // 8 MiB at 256 KiB/s: the pull takes half a minute unless stopped.
     proxy.throttle_blobs(256 << 10);
-    let cvmd = Cvmd::new(&sandbox.cache(), &proxy.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
     let reference = format!("{}/run/slow:v1", proxy.host());
     let child = cvmd_run(&cvmd, state.path(), &reference, &[])
         .stdout(Stdio::null())
@@ -268,13 +262,7 @@ fn run_cache_budget_never_evicts_the_image_being_started() {
     let sandbox = Sandbox::new();
     let state = tempfile::tempdir().unwrap();
     let reg = Registry::plain().unwrap();
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut base = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755);
-    for app in ["sh", "wc", "cat"] {
-        base = base.symlink(&format!("bin/{app}"), "busybox");
-    }
+    let base = busybox_layer(&["sh", "wc", "cat"]);
     let image = ImageBuilder::new(Format::Oci)
         .layer(base.build(Compression::Gzip))
         .layer(crate::common::image::Layer::random(
@@ -290,7 +278,7 @@ fn run_cache_budget_never_evicts_the_image_being_started() {
         ])
         .build();
     let reference = push(&reg, "run/budget", "v1", &image);
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     for round in ["cold", "warm"] {
         let out = cvmd_run(&cvmd, state.path(), &reference, &["--cache-budget", "1KiB"])
             .output()
@@ -343,7 +331,7 @@ fn run_a_workspace_writing_one_endless_line_keeps_cvmd_small() {
             "head -c 134217728 /dev/zero | tr '\\0' x; echo; echo flood-done-$((6*7)); exec sleep 1000",
         ]),
     );
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let log = state.path().join("cvmd.log");
     let mut child = cvmd_run(&cvmd, state.path(), &reference, &["--stop-timeout", "1"])
         .stdout(Stdio::null())
@@ -396,7 +384,7 @@ fn run_a_state_dir_the_workspace_root_cannot_reach_is_named() {
         "v1",
         &busybox_image(&["/bin/sh", "-c", "exit 0"]),
     );
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let out = cvmd_run(&cvmd, &state, &reference, &[]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

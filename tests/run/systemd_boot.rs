@@ -97,8 +97,8 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
         debootstrap::build_and_push("systemd", &format!("{}/examples", reg.host()), None);
     eprintln!("built and pushed after {:?}", started.elapsed());
 
-    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cvmd"))
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+    let mut child = Command::new(crate::common::cvmd_bin())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", &cvmd.cache)

@@ -44,7 +44,7 @@ fn pull_bars_and_log_lines_do_not_garble_each_other() {
     };
     let pty = nix::pty::openpty(Some(&size), None).unwrap();
     let stderr: OwnedFd = pty.slave;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cvmd"))
+    let mut child = Command::new(crate::common::cvmd_bin())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", sandbox.cache())

@@ -184,11 +184,9 @@ impl Node {
         let env = cfg.container_env(&self.registry_host());
         let mut args = vec!["/usr/local/bin/cvmd".to_string()];
         args.extend(cfg.args.iter().cloned());
-        let bin = |name: &str| {
-            PathBuf::from(match name {
-                "cvmd" => env!("CARGO_BIN_EXE_cvmd"),
-                _ => env!("CARGO_BIN_EXE_cvmctl"),
-            })
+        let bin = |name: &str| match name {
+            "cvmd" => crate::common::cvmd_bin(),
+            _ => crate::common::cvmctl_bin(),
         };
         let spec = PodSpec {
             hostname: cfg.name.clone(),

@@ -8,26 +8,21 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
-use crate::common::layers::{workspace_name, Cvmd, Sandbox};
+use crate::common::busybox::busybox_layer;
+use crate::common::image::{Compression, Format, ImageBuilder};
+use crate::common::layers::{workspace_name, CvmdOnCache, Sandbox};
 
 /// busybox-static with the applets the tests use, /tmp, a Debian-style
 /// multiarch lib dir and /mnt, running `entrypoint`.
 pub fn busybox_image(entrypoint: &[&str]) -> crate::common::image::Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut layer = LayerBuilder::new()
-        .dir("bin", 0o755)
-        .dir("tmp", 0o1777)
-        .dir("mnt", 0o755)
-        .dir("usr", 0o755)
-        .dir("usr/lib", 0o755)
-        .dir("usr/lib/x86_64-linux-gnu", 0o755)
-        .file("bin/busybox", &busybox, 0o755);
-    for app in [
+    let layer = busybox_layer(&[
         "sh", "sleep", "echo", "cat", "ls", "id", "stat", "touch", "test", "true", "false", "sed",
-    ] {
-        layer = layer.symlink(&format!("bin/{app}"), "busybox");
-    }
+    ])
+    .dir("tmp", 0o1777)
+    .dir("mnt", 0o755)
+    .dir("usr", 0o755)
+    .dir("usr/lib", 0o755)
+    .dir("usr/lib/x86_64-linux-gnu", 0o755);
     ImageBuilder::new(Format::Oci)
         .layer(layer.build(Compression::Gzip))
         .entrypoint(entrypoint)
@@ -73,7 +68,7 @@ impl World {
 
     /// `cvmd ... run` (runtime runc unless `extra` names one).
     pub fn cvmd(&self, reference: &str, extra: &[&str]) -> Command {
-        Cvmd::new(&self.sandbox.cache(), &self.reg.host()).workspace(
+        CvmdOnCache::new(&self.sandbox.cache(), &self.reg.host()).workspace(
             self.state.path(),
             reference,
             extra,
