@@ -163,16 +163,7 @@ pub fn text(out: &Output) -> String {
 }
 
 pub fn assert_clean(state: &Path) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !info.contains(state.to_str().unwrap()),
-        "a mount under {} is left",
-        state.display()
-    );
-    let left: Vec<_> = std::fs::read_dir(state.join("runtime"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "runtime state left: {left:?}");
+    crate::common::layers::assert_state_clean(state);
     assert!(
         !state.join("cvmd.sock").exists(),
         "the socket is removed at exit"

@@ -113,10 +113,7 @@ impl Drop for Workspace {
     }
 }
 
-pub fn is_mounted(dir: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().any(|l| l.split(' ').nth(4) == dir.to_str())
-}
+pub use crate::common::is_mounted;
 
 pub async fn workspace(test: &str) -> Need<Workspace> {
     workspace_mapped(test, None).await

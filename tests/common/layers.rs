@@ -217,13 +217,7 @@ pub fn events(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Pushes `img` as `repo:tag` and returns the reference cvmd pulls.
-pub fn push(reg: &Registry, repo: &str, tag: &str, img: &Image) -> String {
-    let client = reg.client();
-    crate::common::block_on(async { client.push_image(repo, tag, img).await })
-        .unwrap_or_else(|e| panic!("push {repo}:{tag}: {e}"));
-    format!("{}/{repo}:{tag}", reg.host())
-}
+pub use crate::common::registry::push;
 
 /// The record cvmd wrote for `reference` (the one whose `reference` field
 /// is it), with its path.
@@ -248,11 +242,7 @@ pub fn layer_dir(cache: &Path, diff_id: &str) -> PathBuf {
         .join(diff_id.strip_prefix("sha256:").expect("sha256 digest"))
 }
 
-pub fn blob_path(cache: &Path, digest: &str) -> PathBuf {
-    cache
-        .join("blobs/sha256")
-        .join(digest.strip_prefix("sha256:").expect("sha256 digest"))
-}
+pub use crate::common::cli::blob_path;
 
 pub fn dir_names(p: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(p) {
@@ -537,6 +527,21 @@ pub fn assert_no_whiteouts(tree: &BTreeMap<String, Node>) {
         let leaf = Path::new(p).file_name().unwrap().as_bytes();
         assert!(!leaf.starts_with(b".wh."), "whiteout name visible at {p}");
     }
+}
+
+/// Nothing mounted under a `cvmd run`'s state dir and nothing left in its
+/// runtime's root: what every run leaves when it has ended.
+pub fn assert_state_clean(state: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains(state.to_str().unwrap()),
+        "a mount under {} is left",
+        state.display()
+    );
+    let left: Vec<_> = std::fs::read_dir(state.join("runtime"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime state left: {left:?}");
 }
 
 /// The workspace name `CvmdOnCache::workspace` gives a run in `state`.

@@ -132,3 +132,10 @@ pub fn url_encode(s: &str) -> String {
     }
     out
 }
+
+/// Whether `dir` is a mount point in this mount namespace (mountinfo's
+/// fifth field; test dirs have no characters mountinfo escapes).
+pub fn is_mounted(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| l.split(' ').nth(4) == dir.to_str())
+}

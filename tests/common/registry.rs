@@ -319,3 +319,11 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// Pushes `img` to `reg` as `repo:tag` and returns the reference cvmd pulls.
+pub fn push(reg: &Registry, repo: &str, tag: &str, img: &super::image::Image) -> String {
+    let client = reg.client();
+    super::block_on(async { client.push_image(repo, tag, img).await })
+        .unwrap_or_else(|e| panic!("push {repo}:{tag}: {e}"));
+    format!("{}/{repo}:{tag}", reg.host())
+}

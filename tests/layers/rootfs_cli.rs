@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::common::image::{Compression, Format, ImageBuilder, LayerBuilder};
 use crate::common::layers::*;
-use crate::common::Registry;
+use crate::common::{is_mounted, Registry};
 
 fn image() -> crate::common::image::Image {
     ImageBuilder::new(Format::Oci)
@@ -59,12 +59,6 @@ impl Rootfs<'_> {
         assert_success(&out, "cvmd rootfs --unmount");
         assert!(!is_mounted(dir), "{} is still mounted", dir.display());
     }
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
 }
 
 #[test]

@@ -7,8 +7,9 @@ use crate::common::cred::cred_helper_calls;
 use crate::common::image::{pseudo_random, Compression, Format, Image, ImageBuilder, LayerBuilder};
 use crate::common::prereq;
 use crate::common::proxy::FaultProxy;
+use crate::common::registry::push;
 use crate::common::token::{Grant, TokenConfig};
-use crate::common::{block_on, cred_helper, Registry};
+use crate::common::{cred_helper, Registry};
 use base64::Engine;
 use serde_json::json;
 
@@ -17,11 +18,6 @@ const PASS: &str = "pw-Zq81-never-shown";
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn push(reg: &Registry, repo: &str, tag: &str, img: &Image) {
-    let c = reg.client();
-    block_on(c.push_image(repo, tag, img)).expect("push");
 }
 
 /// What a successful pull prints and stores.

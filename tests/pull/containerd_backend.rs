@@ -176,11 +176,6 @@ fn run_through(
         .unwrap()
 }
 
-fn workspace_name(state: &Path) -> String {
-    let dir = state.file_name().unwrap().to_string_lossy();
-    format!("ws-{}", dir.trim_start_matches('.'))
-}
-
 /// No mount under the test's dirs, and containerd holds no workspace
 /// snapshot and no lease of cvmd's.
 fn assert_clean(state: &Path, ctd: &PrivateContainerd) {

@@ -7,6 +7,7 @@ use crate::common::image::{
     Compression, Format, ImageBuilder, IndexBuilder, LayerBuilder, Platform, OCI_LAYER_GZIP,
 };
 use crate::common::prereq;
+use crate::common::registry::push;
 use crate::common::token::TokenConfig;
 use crate::common::{block_on, sha256_digest, Registry};
 use serde_json::json;
@@ -14,11 +15,6 @@ use serde_json::json;
 const USER: &str = "alice";
 const PASS: &str = "pw-Zq81-never-shown";
 const HINT: &str = "pass a pull secret with CVMD_PULL_SECRET (or CODER_IMAGE_PULL_SECRET): a path to a .dockerconfigjson file or the JSON itself";
-
-fn push(reg: &Registry, repo: &str, tag: &str, img: &crate::common::image::Image) {
-    let c = reg.client();
-    block_on(c.push_image(repo, tag, img)).expect("push");
-}
 
 fn tls_registry() -> Registry {
     let reg = Registry::tls_basic(USER, PASS).expect("registry");

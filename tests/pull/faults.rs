@@ -7,15 +7,11 @@ use crate::common::cli::{small_image, SealedCvmd};
 use crate::common::image::{Compression, Format, Image, ImageBuilder, Layer};
 use crate::common::prereq;
 use crate::common::proxy::{Fault, FaultProxy};
-use crate::common::{block_on, sha256_digest, wait_until, Registry};
+use crate::common::registry::push;
+use crate::common::{sha256_digest, wait_until, Registry};
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-fn push(reg: &Registry, repo: &str, tag: &str, img: &Image) {
-    let c = reg.client();
-    block_on(c.push_image(repo, tag, img)).expect("push");
-}
 
 /// A plain registry with `faults/app:v1` (one random layer of `mb` MiB)
 /// behind a fault proxy.

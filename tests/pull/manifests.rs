@@ -8,13 +8,9 @@ use crate::common::image::{
 };
 use crate::common::prereq;
 use crate::common::proxy::FaultProxy;
+use crate::common::registry::push;
 use crate::common::{block_on, Registry};
 use std::sync::{Arc, Mutex};
-
-fn push(reg: &Registry, repo: &str, tag: &str, img: &Image) {
-    let c = reg.client();
-    block_on(c.push_image(repo, tag, img)).expect("push");
-}
 
 fn image_of(format: Format, platform: Platform, layers: Vec<Layer>) -> Image {
     let mut b = ImageBuilder::new(format).platform(platform);

@@ -27,20 +27,6 @@ fn cvmd_run(cvmd: &CvmdOnCache, state: &Path, reference: &str, extra: &[&str]) -
     cvmd.workspace(state, reference, extra)
 }
 
-fn assert_clean(state: &Path) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !info.contains(state.to_str().unwrap()),
-        "a mount under {} is left",
-        state.display()
-    );
-    let runtime_root = state.join("runtime");
-    let left: Vec<_> = std::fs::read_dir(&runtime_root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "runtime state left: {left:?}");
-}
-
 #[test]
 fn run_entrypoint_exit_code_becomes_cvmds() {
     require!(can_run());
@@ -64,7 +50,7 @@ fn run_entrypoint_exit_code_becomes_cvmds() {
         stderr.contains("hello from the workspace"),
         "the workspace's output is logged: {stderr}"
     );
-    assert_clean(state.path());
+    assert_state_clean(state.path());
     sandbox.assert_outside_untouched();
 }
 
@@ -102,7 +88,7 @@ fn run_command_override_and_no_init() {
         stderr.contains("init=false"),
         "no /sbin/init in busybox: {stderr}"
     );
-    assert_clean(state.path());
+    assert_state_clean(state.path());
 }
 
 #[test]
@@ -153,7 +139,7 @@ fn run_sigterm_stops_the_workspace_within_the_grace_period() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(10),
         "took {took:?}: {stderr}"
     );
-    assert_clean(state.path());
+    assert_state_clean(state.path());
 }
 
 #[test]
@@ -188,7 +174,7 @@ fn run_with_a_failing_runtime_says_why_and_cleans_up() {
         line.contains("broken runtime: cgroup v9 not supported"),
         "the runtime's own message: {line}"
     );
-    assert_clean(state.path());
+    assert_state_clean(state.path());
 }
 
 #[test]
@@ -249,7 +235,7 @@ fn run_sigterm_during_the_pull_stops_at_once() {
         stderr.contains("stop requested before the workspace booted"),
         "{stderr}"
     );
-    assert_clean(state.path());
+    assert_state_clean(state.path());
 }
 
 /// A budget smaller than the image: the gc that keeps the cache within it
@@ -286,7 +272,7 @@ fn run_cache_budget_never_evicts_the_image_being_started() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{round} start: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
-        assert_clean(state.path());
+        assert_state_clean(state.path());
     }
 }
 /// The peak resident set of process `pid` (VmHWM), in KiB.
@@ -359,7 +345,7 @@ fn run_a_workspace_writing_one_endless_line_keeps_cvmd_small() {
         tail_contains(&log, "partial=true"),
         "no partial records logged"
     );
-    assert_clean(state.path());
+    assert_state_clean(state.path());
 }
 
 /// The workspace's root is an unprivileged host ID in its user namespace:
@@ -396,5 +382,5 @@ fn run_a_state_dir_the_workspace_root_cannot_reach_is_named() {
         line.contains(&format!("chmod o+x {}", closed.display())),
         "{line}"
     );
-    assert_clean(&state);
+    assert_state_clean(&state);
 }

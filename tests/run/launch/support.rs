@@ -77,13 +77,7 @@ impl World {
 
     /// Nothing mounted under the state dir, nothing left in the runtime's root.
     pub fn assert_clean(&self) {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let state = self.state.path().to_str().unwrap();
-        assert!(!info.contains(state), "a mount under {state} is left");
-        let left: Vec<_> = std::fs::read_dir(self.state.path().join("runtime"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "runtime state left: {left:?}");
+        crate::common::layers::assert_state_clean(self.state.path());
     }
 }
 
