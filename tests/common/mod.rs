@@ -1,8 +1,20 @@
-//! Integration-test harness: real `docker-registry` instances, a token server,
-//! an image builder/pusher and a fault-injecting proxy.
+//! The one integration-test harness, shared by every test binary (each
+//! `tests/AREA/main.rs` pulls it in with `#[path = "../common/mod.rs"]
+//! #[macro_use] mod common;`). One builder or helper per fixture:
 //!
-//! Self-contained so the folder can be copied to `tests/common/` and pulled in
-//! with `mod common;`.
+//! - prerequisites and [`require!`](crate::require): [`prereq`]
+//! - the binaries under test: [`cvmd_bin`], [`cvmctl_bin`]
+//! - registries (plain, TLS, basic and token auth): [`registry`], [`token`],
+//!   [`pki`], [`cred`]; pushing: [`registry::push`], [`push`]
+//! - images and layers: [`image`], [`busybox`], [`cli::small_image`],
+//!   [`debootstrap`] (the example images)
+//! - a fault-injecting proxy: [`proxy`]
+//! - running cvmd: [`cli::SealedCvmd`] (own HOME and docker config, for
+//!   pulls), [`layers::CvmdOnCache`] (a test's cache dir and registry, for
+//!   everything past the pull) with the cache's sandbox and tree snapshots
+//! - a running workspace: [`api`] (through `cvmd run` and cvmctl), [`exec`]
+//!   (bundle and runc driven from the test, through the reaper)
+//! - a private containerd: [`containerd`]
 
 // Each integration-test binary compiles this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
