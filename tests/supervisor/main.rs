@@ -3,7 +3,9 @@
 //!
 //! Every process in this test binary is spawned through the one reaper: a
 //! `std::process::Command::output()` here would race its `waitpid(-1)`.
-//! Tests that need root or runc print why and return when they cannot run.
+//! That is why the exec tests ([`exec`]), which run their workspace
+//! through the reaper too, share this binary and no other test does.
+//! Tests that need root or runc say so with `require!`.
 
 #[path = "../common/mod.rs"]
 #[macro_use]
