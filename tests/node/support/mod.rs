@@ -67,33 +67,15 @@ pub mod spec;
 pub use node::Node;
 pub use pod::{Exit, PodConfig};
 
-use std::path::Path;
+use crate::common::prereq::{self, Need};
 
 /// What the harness needs: root, the tools, the registry and the outer
 /// tree (built on first use).
-pub fn can_run() -> crate::common::prereq::Need {
-    match missing_prerequisite() {
-        None => Ok(()),
-        Some(why) => Err(why),
-    }
-}
-
-fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (runc containers, mounts, namespaces)".into());
-    }
+pub fn can_run() -> Need {
+    prereq::root("runc containers, mounts, namespaces")?;
     for tool in ["runc", "ip", "nsenter", "unshare", "debootstrap"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!(
-                "{tool} is not installed (scripts/deps.sh installs it)"
-            ));
-        }
+        prereq::tool(tool)?;
     }
-    if !Path::new(crate::common::registry::REGISTRY_BIN).exists() {
-        return Some("docker-registry is not installed (apt-get install docker-registry)".into());
-    }
-    outer::tree().err()
+    prereq::registry()?;
+    outer::tree().map(drop)
 }
