@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak benchmark: pods churning on a node in a box (tests/node_support/):
+# Soak benchmark: pods churning on a node in a box (tests/node/support/):
 # each pod a privileged runc container with cvmd as PID 1, all sharing one
 # layer cache, starting, stopping, restarting and sometimes SIGKILLing
 # workspaces of three small images that share layers, with `cvmd gc

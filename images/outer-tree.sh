@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the root file system of a stand-in for the outer image
 # (images/outer/Dockerfile) offline, for tests that run cvmd as PID 1 of a
-# privileged container the way a node does (tests/node_support/):
+# privileged container the way a node does (tests/node/support/):
 #
 #   images/outer-tree.sh [--cache DIR] [--mirror URL]
 #

@@ -4,9 +4,9 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 # iptables, iproute2: the workspace network; python3: the fake sysbox daemons
-# of tests/launch; util-linux: unshare and nsenter; protobuf-compiler:
+# of tests/run/launch; util-linux: unshare and nsenter; protobuf-compiler:
 # build.rs compiles the control API (and containerd's) with protoc; gcc,
-# libc6-dev: tests/escape.rs builds its static attempt program.
+# libc6-dev: tests/run/escape.rs builds its static attempt program.
 pkgs=(protobuf-compiler docker-registry runc skopeo umoci busybox-static apache2-utils openssl containerd debootstrap time iptables iproute2 python3 util-linux
   python3-venv gcc libc6-dev)
 missing=()
@@ -24,7 +24,7 @@ fi
 systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
 
 # kubernetes-validate checks deploy/kubernetes/ against the Kubernetes API
-# schemas it ships (no network at validation time); tests/manifests.rs runs
+# schemas it ships (no network at validation time); tests/repo/manifests.rs runs
 # it. Pinned, in its own venv, with Debian's python3.
 venv=${CVMD_TOOLS_VENV:-/opt/cvmd-tools/venv}
 kv_version=1.37.0
@@ -34,7 +34,7 @@ if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$kv_versi
   "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version"
 fi
 # python-hcl2 parses the Coder template's Terraform (deploy/coder/) for
-# tests/coder_template.rs: a syntax error fails there, not at `coder
+# tests/repo/coder_template.rs: a syntax error fails there, not at `coder
 # templates push`. Pinned, in the same venv.
 hcl2_version=8.1.4
 if [ "$("$venv/bin/python3" -c 'import importlib.metadata as m; print(m.version("python-hcl2"))' 2>/dev/null)" != "$hcl2_version" ]; then
@@ -42,7 +42,7 @@ if [ "$("$venv/bin/python3" -c 'import importlib.metadata as m; print(m.version(
   "$venv/bin/pip" install -q --disable-pip-version-check "python-hcl2==$hcl2_version"
 fi
 
-# Newer containerd releases for tests/containerd_backend.rs: the transfer
+# Newer containerd releases for tests/pull/containerd_backend.rs: the transfer
 # service (containerd 1.7 and 2.x) is what cvmd uses where it exists, and
 # Debian 12 has only 1.6. Debian's own builds from trixie (1.7) and sid
 # (2.x), fetched by apt from a private source list (so apt checks the

@@ -13,9 +13,9 @@ cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one per test binary).
-# A test whose prerequisite is missing says `ignored: WHY` and returns
-# (under CI=true it fails instead): those are counted as not run, not as
-# passed.
+# A test whose prerequisite is missing (`require!`, tests/common/prereq.rs)
+# says `ignored: TEST: WHY` and returns (under CI=true it fails instead):
+# those are counted as not run, not as passed.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } /^ignored: / { n++ }
   END { printf "tests: %d passed, %d failed, %d skipped, %d not run for a missing prerequisite\n", p - n, f, i, n }' "$log"
 exit "$status"

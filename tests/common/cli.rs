@@ -8,7 +8,9 @@ use super::sha256_digest;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-pub struct Cvmd {
+/// The real `cvmd` with a temp HOME (and DOCKER_CONFIG, cache dir) of its
+/// own; each run gets only PATH from the machine's environment.
+pub struct SealedCvmd {
     bin: PathBuf,
     /// HOME; `DOCKER_CONFIG` is `<home>/.docker`.
     pub home: tempfile::TempDir,
@@ -67,16 +69,15 @@ impl std::fmt::Display for Run {
     }
 }
 
-impl Cvmd {
-    /// `bin` is `env!("CARGO_BIN_EXE_cvmd")`.
-    pub fn new(bin: &str) -> Cvmd {
+impl SealedCvmd {
+    pub fn new() -> SealedCvmd {
         let home = tempfile::Builder::new()
             .prefix("cvmd-home-")
             .tempdir()
             .expect("temp home");
         std::fs::create_dir_all(home.path().join(".docker")).expect("mkdir .docker");
-        Cvmd {
-            bin: super::cvmd_bin(bin),
+        SealedCvmd {
+            bin: super::cvmd_bin(),
             home,
             envs: Vec::new(),
             path_prefix: None,

@@ -24,18 +24,12 @@ pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh")
 }
 
-/// Prints why and returns false unless the script's tools are installed.
-pub fn available() -> bool {
+/// The script's tools.
+pub fn available() -> super::prereq::Need {
     for tool in ["debootstrap", "umoci", "skopeo"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            crate::prereq_missing!("{tool} is not installed (scripts/deps.sh installs it)");
-            return false;
-        }
+        super::prereq::tool(tool)?;
     }
-    true
+    Ok(())
 }
 
 /// Builds (or reuses from the cache) example image `kind` (`systemd`,

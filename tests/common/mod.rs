@@ -1,18 +1,38 @@
-//! Integration-test harness: real `docker-registry` instances, a token server,
-//! an image builder/pusher and a fault-injecting proxy.
+//! The one integration-test harness, shared by every test binary (each
+//! `tests/AREA/main.rs` pulls it in with `#[path = "../common/mod.rs"]
+//! #[macro_use] mod common;`). One builder or helper per fixture:
 //!
-//! Self-contained so the folder can be copied to `tests/common/` and pulled in
-//! with `mod common;`.
+//! - prerequisites and [`require!`](crate::require): [`prereq`]
+//! - the binaries under test: [`cvmd_bin`], [`cvmctl_bin`]
+//! - registries (plain, TLS, basic and token auth): [`registry`], [`token`],
+//!   [`pki`], [`cred`]; pushing: [`registry::push`], [`push`]
+//! - images and layers: [`image`], [`busybox`], [`cli::small_image`],
+//!   [`debootstrap`] (the example images)
+//! - a fault-injecting proxy: [`proxy`]
+//! - running cvmd: [`cli::SealedCvmd`] (own HOME and docker config, for
+//!   pulls), [`layers::CvmdOnCache`] (a test's cache dir and registry, for
+//!   everything past the pull) with the cache's sandbox and tree snapshots
+//! - a running workspace: [`api`] (through `cvmd run` and cvmctl), [`exec`]
+//!   (bundle and runc driven from the test, through the reaper)
+//! - a private containerd: [`containerd`]
 
 // Each integration-test binary compiles this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+// First: its macros (`require!`) are used by the modules below.
+#[macro_use]
+pub mod prereq;
+
+pub mod api;
+pub mod busybox;
 pub mod cli;
+pub mod containerd;
 pub mod cred;
 pub mod debootstrap;
+pub mod exec;
 pub mod image;
+pub mod layers;
 pub mod pki;
-pub mod prereq;
 pub mod proxy;
 pub mod push;
 pub mod registry;
@@ -20,7 +40,7 @@ pub mod server;
 pub mod token;
 
 pub use cred::cred_helper;
-pub use registry::{require_registry, Registry};
+pub use registry::Registry;
 
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -96,11 +116,25 @@ pub fn http_client(ca: Option<&Path>) -> reqwest::Client {
     b.build().expect("reqwest client")
 }
 
-/// Path of the `cvmd` binary; pass `env!("CARGO_BIN_EXE_cvmd")`, which only
-/// the main crate's integration tests can expand.
-pub fn cvmd_bin(cargo_bin_exe: &str) -> PathBuf {
-    let p = PathBuf::from(cargo_bin_exe);
+/// The `cvmd` binary under test. The only place the tests name its path.
+pub fn cvmd_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_cvmd"));
     assert!(p.exists(), "cvmd binary missing at {}", p.display());
+    p
+}
+
+/// The `cvmctl` binary under test, the only place the tests name its
+/// path. It is its own package (crates/cvmctl) and cargo sets
+/// `CARGO_BIN_EXE_*` only for the package's own binaries; a workspace
+/// build (`cargo test --workspace`, as scripts/test.sh runs) puts it
+/// beside cvmd.
+pub fn cvmctl_bin() -> PathBuf {
+    let p = cvmd_bin().with_file_name("cvmctl");
+    assert!(
+        p.exists(),
+        "cvmctl binary missing at {}: build it with `cargo build -p cvmctl`",
+        p.display()
+    );
     p
 }
 
@@ -118,16 +152,9 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-/// The cvmctl binary. It is its own package (crates/cvmctl), so cargo
-/// gives the cvmd package's tests no `CARGO_BIN_EXE_cvmctl`; a workspace
-/// build (`cargo test --workspace`, as scripts/test.sh runs) puts it beside
-/// cvmd.
-pub fn cvmctl_bin() -> std::path::PathBuf {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cvmd")).with_file_name("cvmctl");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p cvmctl` (scripts/test.sh builds the workspace)",
-        bin.display()
-    );
-    bin
+/// Whether `dir` is a mount point in this mount namespace (mountinfo's
+/// fifth field; test dirs have no characters mountinfo escapes).
+pub fn is_mounted(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| l.split(' ').nth(4) == dir.to_str())
 }

@@ -10,17 +10,6 @@ use std::time::{Duration, Instant};
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
-/// Prints why and returns false when the registry binary is absent, so a
-/// test can `if !require_registry() { return; }`.
-pub fn require_registry() -> bool {
-    if Path::new(REGISTRY_BIN).exists() {
-        true
-    } else {
-        crate::prereq_missing!("docker-registry not installed (apt-get install docker-registry)");
-        false
-    }
-}
-
 #[derive(Clone, Debug, Default)]
 pub enum Auth {
     #[default]
@@ -329,4 +318,12 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Pushes `img` to `reg` as `repo:tag` and returns the reference cvmd pulls.
+pub fn push(reg: &Registry, repo: &str, tag: &str, img: &super::image::Image) -> String {
+    let client = reg.client();
+    super::block_on(async { client.push_image(repo, tag, img).await })
+        .unwrap_or_else(|e| panic!("push {repo}:{tag}: {e}"));
+    format!("{}/{repo}:{tag}", reg.host())
 }

@@ -1,0 +1,17 @@
+//! Running workspaces with real runc: `cvmd run`, the launch sequence,
+//! bundles, escape attempts, the example images, systemd, the terminal,
+//! the network and preflight.
+
+#[path = "../common/mod.rs"]
+#[macro_use]
+mod common;
+
+mod bundle_runc;
+mod escape;
+mod example_images;
+mod launch;
+mod network;
+mod preflight;
+mod run_cli;
+mod systemd_boot;
+mod terminal;
