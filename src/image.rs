@@ -110,7 +110,7 @@ pub enum ImageError {
     CacheFs(#[from] crate::store::fs_check::CacheFsError),
 }
 
-pub struct ReadyImage {
+pub struct CachedImage {
     pub record: ImageRecord,
     /// False when everything came from the cache without asking a registry.
     pub pulled: bool,
@@ -190,7 +190,7 @@ pub async fn ensure_leased(
     progress: &dyn ProgressSink,
     lease_name: &str,
     target: Option<&std::path::Path>,
-) -> Result<(ReadyImage, crate::store::lease::Lease), ImageError> {
+) -> Result<(CachedImage, crate::store::lease::Lease), ImageError> {
     crate::store::create_private_dir(&settings.cache_dir)?;
     let _no_gc = crate::store::lease::pull_lock(&settings.cache_dir).await?;
     let ready = ensure(settings, reference, policy, progress).await?;
@@ -212,11 +212,11 @@ pub async fn ensure(
     reference: &Reference,
     policy: PullPolicy,
     progress: &dyn ProgressSink,
-) -> Result<ReadyImage, ImageError> {
+) -> Result<CachedImage, ImageError> {
     if policy != PullPolicy::Always {
         if let Some(record) = cached(settings, reference)? {
             tracing::info!(image = %reference, digest = %record.manifest, "image is in the node cache");
-            return Ok(ReadyImage {
+            return Ok(CachedImage {
                 record,
                 pulled: false,
             });
@@ -232,7 +232,7 @@ pub async fn ensure(
         &pulled.manifest,
         &pulled.config,
     );
-    Ok(ReadyImage {
+    Ok(CachedImage {
         record,
         pulled: true,
     })

@@ -3,7 +3,7 @@
 //! re-exported here under the names the daemon uses.
 
 pub use cvmd_api::{client, pb};
-mod exec;
+mod exec_call;
 pub mod health;
 pub mod peer;
 pub mod server;

@@ -271,7 +271,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<Streaming<pb::ExecRequest>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        super::exec::exec(&self.state, request.into_inner()).await
+        super::exec_call::exec(&self.state, request.into_inner()).await
     }
 
     async fn stop(

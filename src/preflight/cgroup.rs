@@ -5,40 +5,10 @@ use std::path::PathBuf;
 
 use super::{Check, Host};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub point: String,
-    pub fstype: String,
-    pub options: String,
-}
-
-/// cgroup and cgroup2 mounts from mountinfo (`... - FSTYPE SOURCE SUPER`).
-pub fn mounts(mountinfo: &str) -> Vec<Mount> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?;
-            let _source = r.next();
-            let options = r.next().unwrap_or("");
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| Mount {
-                point: unescape(point),
-                fstype: fstype.into(),
-                options: options.into(),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
+/// The cgroup mounts, read by the launcher's parser: preflight judges
+/// the same mounts the launch then writes to.
+pub use crate::launch::cgroups::parse_mountinfo as mounts;
+use crate::launch::cgroups::{placements, CgroupMount};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -48,9 +18,9 @@ pub enum Layout {
     None,
 }
 
-pub fn layout(mounts: &[Mount]) -> Layout {
-    let v1 = mounts.iter().any(|m| m.fstype == "cgroup");
-    let v2 = mounts.iter().any(|m| m.fstype == "cgroup2");
+pub fn layout(mounts: &[CgroupMount]) -> Layout {
+    let v1 = mounts.iter().any(|m| !m.v2);
+    let v2 = mounts.iter().any(|m| m.v2);
     match (v1, v2) {
         (true, true) => Layout::Hybrid,
         (true, false) => Layout::V1,
@@ -62,38 +32,29 @@ pub fn layout(mounts: &[Mount]) -> Layout {
 /// The directories this process's cgroups are in, one per hierarchy that
 /// the runtime writes to: the unified one on v2, the memory, pids and cpu
 /// controllers on v1 and hybrid (runc fails on those; named ones it skips).
-pub fn own_dirs(layout: Layout, mounts: &[Mount], proc_cgroup: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let mount = if ctrls.is_empty() {
-            if layout != Layout::V2 {
-                continue;
+pub fn own_dirs(
+    layout: Layout,
+    mounts: &[CgroupMount],
+    proc_cgroup: &str,
+) -> Vec<(String, String)> {
+    const WRITTEN: [&str; 3] = ["memory", "pids", "cpu"];
+    placements(proc_cgroup, mounts)
+        .into_iter()
+        .filter(|(m, _)| {
+            if m.v2 {
+                layout == Layout::V2
+            } else {
+                m.controllers.iter().any(|c| WRITTEN.contains(&c.as_str()))
             }
-            mounts.iter().find(|m| m.fstype == "cgroup2")
-        } else {
-            let wanted = ["memory", "pids", "cpu"];
-            let ctrl_list: Vec<&str> = ctrls.split(',').collect();
-            if !wanted.iter().any(|w| ctrl_list.contains(w)) {
-                continue;
-            }
-            mounts.iter().find(|m| {
-                m.fstype == "cgroup" && m.options.split(',').any(|o| ctrl_list.contains(&o))
-            })
-        };
-        if let Some(m) = mount {
-            let dir = format!(
-                "{}/{}",
-                m.point.trim_end_matches('/'),
-                path.trim_start_matches('/')
-            );
-            out.push((ctrls.to_string(), dir.trim_end_matches('/').to_string()));
-        }
-    }
-    out
+        })
+        .map(|(m, dir)| {
+            let dir = dir.to_string_lossy();
+            (
+                m.controllers.join(","),
+                dir.trim_end_matches('/').to_string(),
+            )
+        })
+        .collect()
 }
 
 pub fn check(host: &dyn Host) -> Check {

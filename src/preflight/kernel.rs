@@ -5,6 +5,10 @@ use super::{Check, Host, Options};
 
 pub use cvmd_rootfs::version::{Version, IDMAPPED_MOUNTS, OVERLAY_IDMAPPED};
 
+/// openat2(2), with which the unpacker resolves every path of a layer
+/// beneath its directory, arrived in 5.6.
+pub const OPENAT2: Version = Version(5, 6, 0);
+
 /// Sysbox's minimum: 5.5, or 5.0 on Ubuntu (whose kernels carry shiftfs
 /// and the backports Sysbox needs).
 pub fn sysbox_minimum(ubuntu: bool) -> Version {
@@ -36,9 +40,16 @@ pub fn judge(release: &str, ubuntu: bool, sysbox: bool) -> Check {
         return Check::warn(
             name,
             format!("cannot read a version from the release {release:?}"),
-            "check `uname -r`; Sysbox needs 5.5 or newer (5.0 on Ubuntu)",
+            "check `uname -r`; cvmd needs 5.6 or newer (openat2), Sysbox 5.5 (5.0 on Ubuntu)",
         );
     };
+    if v < OPENAT2 {
+        return Check::fail(
+            name,
+            format!("{release} is older than 5.6: cvmd unpacks layers with openat2(2) (RESOLVE_BENEATH), which 5.6 added"),
+            "run the node on kernel 5.6 or newer",
+        );
+    }
     let min = sysbox_minimum(ubuntu);
     if v < min {
         let detail = format!("{release} is older than the {min} Sysbox needs");
@@ -132,7 +143,7 @@ mod tests {
     #[test]
     fn kernel_thresholds_for_sysbox() {
         assert_eq!(judge("5.4.0-1049", false, true).status, Status::Fail);
-        let c = judge("5.4.0-1049-gke", true, true);
+        let c = judge("5.8.0-1049-gke", true, true);
         assert_eq!(c.status, Status::Warn, "5.0+ is enough on Ubuntu: {c:?}");
         assert!(c.detail.contains("shiftfs"), "{c:?}");
         let c = judge("5.15.0-91-generic", false, true);
@@ -143,11 +154,24 @@ mod tests {
     }
 
     #[test]
-    fn an_old_kernel_does_not_fail_runc() {
-        let c = judge("4.19.0", false, false);
-        assert_eq!(c.status, Status::Warn, "{c:?}");
-        assert!(c.detail.contains("runc does not need it"));
-        assert!(c.fix.is_some());
+    fn openat2_is_enough_for_runc() {
+        let c = judge("5.6.0", false, false);
+        assert_eq!(c.status, Status::Warn, "only the ID-mapping warning: {c:?}");
+        assert!(c.detail.contains("5.12"), "{c:?}");
+    }
+
+    #[test]
+    fn a_kernel_without_openat2_fails_for_every_runtime() {
+        for (release, ubuntu, sysbox) in [
+            ("4.19.0", false, false),
+            ("5.5.19", false, true),
+            ("5.4.0-1049-gke", true, true),
+        ] {
+            let c = judge(release, ubuntu, sysbox);
+            assert_eq!(c.status, Status::Fail, "{release}: {c:?}");
+            assert!(c.detail.contains("openat2"), "{c:?}");
+            assert!(c.fix.as_deref().unwrap().contains("5.6"), "{c:?}");
+        }
     }
 
     #[test]

@@ -15,9 +15,6 @@ const MESH_PORTS: &[(u16, &str)] = &[
     (4143, "Linkerd (proxy inbound)"),
 ];
 
-/// TCP state LISTEN in /proc/net/tcp (include/net/tcp_states.h).
-const LISTEN: &str = "0A";
-
 pub fn check(host: &dyn Host) -> Check {
     let name = "pod-proxy";
     let mut listening = Vec::new();
@@ -44,22 +41,29 @@ pub fn check(host: &dyn Host) -> Check {
     )
 }
 
-/// Local ports in state LISTEN of a /proc/net/tcp{,6} table.
+/// Local ports in state LISTEN of a /proc/net/tcp{,6} table (procfs-core
+/// parses it); a table that is not the kernel's gives none.
 pub fn listening_ports(table: &str) -> Vec<u16> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1)?;
-            let state = fields.nth(1)?;
-            if state != LISTEN {
-                return None;
-            }
-            let port = local.rsplit(':').next()?;
-            u16::from_str_radix(port, 16).ok()
+    use procfs_core::net::{TcpNetEntries, TcpState};
+    use procfs_core::{ExplicitSystemInfo, FromBufReadSI};
+    // The kernel prints addresses in host byte order; the other fields are
+    // not read from a TCP table.
+    let host = ExplicitSystemInfo {
+        boot_time_secs: 0,
+        ticks_per_second: 100,
+        page_size: 4096,
+        is_little_endian: cfg!(target_endian = "little"),
+    };
+    TcpNetEntries::from_buf_read(table.as_bytes(), &host)
+        .map(|entries| {
+            entries
+                .0
+                .into_iter()
+                .filter(|e| e.state == TcpState::Listen)
+                .map(|e| e.local_address.port())
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -160,7 +160,7 @@ fn a_mesh_sidecar_in_the_pod_is_a_warning_naming_the_mesh() {
     // Envoy's outbound capture port 15001 (0x3A99), listening on ::.
     h.write(
         "/proc/net/tcp6",
-        "  sl  local_address                         remote_address                        st\n   0: 00000000000000000000000000000000:3A99 00000000000000000000000000000000:0000 0A\n",
+        "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000000000000000000000000000:3A99 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 7 1 0000000000000000 100 0 0 10 0\n",
     );
     let r = collect(&h, &opts("runc"));
     let c = get(&r, "pod-proxy");

@@ -24,7 +24,7 @@ pub mod probe;
 mod sys;
 mod userns;
 pub mod version;
-mod workspace;
+mod ws_dir;
 
 #[cfg(test)]
 mod tests;
@@ -234,13 +234,13 @@ pub fn assemble_with(ops: &dyn MountOps, req: &Request) -> Result<Assembled, Roo
     if !mounts_under(&target)?.is_empty() {
         return Err(RootfsError::TargetBusy { path: target });
     }
-    workspace::prepare(ops, &ws)?;
+    ws_dir::prepare(ops, &ws)?;
     if req.reset {
-        workspace::discard_disk(&ws)?;
+        ws_dir::discard_disk(&ws)?;
     }
     let facts = plan::Facts {
         workspace_on_overlay: sys::fs_magic(&ws).is_ok_and(|m| m == plan::OVERLAYFS_SUPER_MAGIC),
-        has_flat_disk: ws.join(workspace::FLAT).exists(),
+        has_flat_disk: ws.join(ws_dir::FLAT).exists(),
         layers: layers.len(),
     };
     let (mode, why) =
@@ -286,13 +286,9 @@ pub fn assemble_with(ops: &dyn MountOps, req: &Request) -> Result<Assembled, Roo
             return ctx.flat(None, ph);
         }
         Mode::Overlay => {
-            workspace::prepare_overlay(
-                &ws,
-                layers.last().map(PathBuf::as_path),
-                req.idmap.as_ref(),
-            )?;
+            ws_dir::prepare_overlay(&ws, layers.last().map(PathBuf::as_path), req.idmap.as_ref())?;
             let lowers = if layers.is_empty() {
-                vec![ws.join(workspace::EMPTY)]
+                vec![ws.join(ws_dir::EMPTY)]
             } else {
                 layers.clone()
             };
@@ -339,7 +335,7 @@ impl Ctx<'_> {
     /// Flat mode: reuse or build `<ws>/flat`, then bind it (ID-mapped when
     /// possible) at the target.
     fn flat(&self, ns: Option<BorrowedFd<'_>>, mut ph: Phases) -> Result<Assembled, RootfsError> {
-        let flat = self.ws.join(workspace::FLAT);
+        let flat = self.ws.join(ws_dir::FLAT);
         // Probe on the workspace's own fs: that is where flat/ lives.
         let idmapped = ns.filter(|ns| self.ops.idmapped_tree(self.ws, *ns).is_ok());
         let idmap_mode = plan::choose_idmap(self.req.idmap.as_ref(), idmapped.is_some());
@@ -348,9 +344,9 @@ impl Ctx<'_> {
             .idmap
             .as_ref()
             .filter(|_| idmap_mode == IdMapMode::ChownedCopy);
-        let want = workspace::flat_note(shift);
+        let want = ws_dir::flat_note(shift);
         if flat.exists() {
-            let found = workspace::read_note(self.ws);
+            let found = ws_dir::read_note(self.ws);
             if found != want {
                 return Err(RootfsError::FlatMismatch {
                     path: flat,
@@ -359,8 +355,8 @@ impl Ctx<'_> {
                 });
             }
         } else {
-            let tmp = self.ws.join(workspace::FLAT_TMP);
-            workspace::write_note(self.ws, &want)?;
+            let tmp = self.ws.join(ws_dir::FLAT_TMP);
+            ws_dir::write_note(self.ws, &want)?;
             let stats = flat::build(self.layers, &tmp, shift)?;
             std::fs::rename(&tmp, &flat).map_err(|source| RootfsError::Copy {
                 path: flat.clone(),

@@ -1,4 +1,8 @@
-//! Reading mount points out of `/proc/self/mountinfo` (parsing is pure).
+//! Reading mount points out of `/proc/self/mountinfo` (parsing is pure),
+//! the one mountinfo parser here. Not procfs-core's: it reads the file as
+//! UTF-8 lines (one mount point that is not UTF-8 fails the whole parse,
+//! and with it every lease check) and leaves the octal escapes of spaces
+//! and tabs in the paths.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;

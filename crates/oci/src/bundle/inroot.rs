@@ -6,8 +6,12 @@
 //! restart at the rootfs, `..` at the rootfs stays there, as
 //! `openat2(RESOLVE_IN_ROOT)` does). At most [`MAX_LINKS`] links are
 //! followed, the kernel's own limit (`MAXSYMLINKS`, path_resolution(7)).
-//! A hand walk rather than openat2 so that kernels before 5.6 work and the
-//! log line can say where a path led.
+//! A walk of our own rather than one `openat2(RESOLVE_IN_ROOT)` call (or
+//! the pathrs crate over it): the kernel answers only "not found" or "too
+//! many links", while a user whose `/sbin/init` is a dangling link needs
+//! to read where it led (`/sbin/init -> /lib/systemd/systemd`, missing).
+//! Each step is the same no-follow `openat`/`statat` the kernel's own
+//! resolution does, so nothing here can leave the rootfs.
 
 use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};

@@ -9,7 +9,7 @@
 //! process-wide reaper.
 
 mod error;
-mod exec;
+mod exec_process;
 mod spawner;
 
 use std::ffi::OsString;
@@ -27,7 +27,7 @@ use tokio::net::unix::pipe;
 use tracing::Instrument;
 
 pub use error::{error_from_log, failure_message, RuntimeError};
-pub use exec::{Detached, Exec, ExecSpec};
+pub use exec_process::{Detached, Exec, ExecSpec};
 pub use spawner::{DirectSpawner, Spawner};
 
 use crate::reaper::{Exit, ExitWaiter, Spawned};
