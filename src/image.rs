@@ -110,6 +110,7 @@ pub enum ImageError {
     CacheFs(#[from] crate::store::fs_check::CacheFsError),
 }
 
+#[derive(Debug)]
 pub struct CachedImage {
     pub record: ImageRecord,
     /// False when everything came from the cache without asking a registry.

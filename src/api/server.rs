@@ -80,6 +80,7 @@ pub fn probe(path: &Path) -> Claim {
 }
 
 /// The serving task; dropping it stops serving and removes the socket.
+#[derive(Debug)]
 pub struct Server {
     path: PathBuf,
     task: tokio::task::JoinHandle<()>,

@@ -15,6 +15,7 @@ use crate::supervisor::state::{ControlError, Event, EventKind, LayerState, Snaps
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+#[derive(Debug)]
 pub struct ControlService {
     pub state: StateHandle,
 }

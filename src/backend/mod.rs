@@ -141,6 +141,7 @@ enum Source {
 }
 
 /// A mounted workspace rootfs; hand it back to [`Backend::release`].
+#[derive(Debug)]
 pub struct Rootfs {
     pub target: PathBuf,
     pub idmap: Option<IdMap>,
@@ -151,12 +152,14 @@ pub struct Rootfs {
     hold: Hold,
 }
 
+#[derive(Debug)]
 enum Hold {
     /// Keeps the layers from cvmd's gc while mounted.
     Native(#[allow(dead_code)] std::sync::Arc<crate::store::lease::Lease>),
     Containerd(containerd::WorkspaceSnapshot),
 }
 
+#[derive(Debug)]
 pub enum Backend {
     Native,
     Containerd(containerd::Containerd, containerd::PullRoute),

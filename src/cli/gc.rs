@@ -5,7 +5,7 @@ use crate::config::Settings;
 use crate::progress::human_bytes;
 use crate::store::gc;
 
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct GcArgs {
     /// Also drop least recently used images until the cache is under this
     /// size (e.g. 50GiB); defaults to the cache_budget setting.

@@ -7,7 +7,7 @@ use crate::config::Settings;
 use crate::progress::PlainLines;
 use crate::registry::Reference;
 
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct PrefetchArgs {
     /// Image references.
     #[arg(required = true)]

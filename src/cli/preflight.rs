@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use crate::config::Settings;
 use crate::preflight::{self, RealHost, Symbols};
 
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct PreflightArgs {
     /// Print the report as JSON.
     #[arg(long)]

@@ -9,7 +9,7 @@ use crate::progress::{JsonLines, PlainLines, TerminalBars};
 use crate::pull::ProgressSink;
 use crate::registry::Reference;
 
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct PullArgs {
     /// Image reference (defaults to the image setting).
     // Its own id: "image" is the global setting's.

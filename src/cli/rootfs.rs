@@ -14,7 +14,7 @@ use crate::progress::PlainLines;
 use crate::registry::Reference;
 use crate::rootfs::{IdMapMode, ModePreference};
 
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct RootfsArgs {
     /// Image reference (defaults to the image setting).
     // Its own id: "image" is the global setting's.

@@ -6,13 +6,13 @@ use crate::preflight::{self, RealHost, Status};
 use crate::runtime::{DirectSpawner, Spawner};
 use crate::shiftfs::{self, install::Outcome};
 
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct ShiftfsArgs {
     #[command(subcommand)]
     pub action: Action,
 }
 
-#[derive(clap::Subcommand)]
+#[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Say whether shiftfs is needed, present, and installable here.
     Status,

@@ -24,6 +24,7 @@ use crate::workspace::{
     ApiOptions, BundleOptions, GpuOptions, Identity, RunOptions, RuntimeOptions, SuperviseOptions,
 };
 
+#[derive(Debug)]
 pub struct Spec {
     /// The TOML key; the flag is the same with '-' for '_'.
     pub key: &'static str,

@@ -224,6 +224,7 @@ fn tail_text(tail: &Tail) -> String {
     }
 }
 
+#[derive(Debug)]
 struct Started {
     name: &'static str,
     pid: i32,
@@ -231,6 +232,7 @@ struct Started {
 }
 
 /// The daemons cvmd started (none when they already ran).
+#[derive(Debug)]
 pub struct Daemons {
     started: Vec<Started>,
     deaths: mpsc::UnboundedReceiver<SysboxError>,

@@ -21,6 +21,7 @@ pub struct ListenError {
 }
 
 /// Serving until dropped.
+#[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,

@@ -38,6 +38,7 @@ struct LevelLabel {
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric of one cvmd; cheap to update from any thread.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     phase: Family<PhaseLabel, Gauge>,
@@ -282,6 +283,7 @@ fn gauge_value(bytes: u64) -> i64 {
 }
 
 /// Held for the life of an exec session.
+#[derive(Debug)]
 pub struct ExecGuard<'a>(&'a Metrics);
 
 impl Drop for ExecGuard<'_> {

@@ -67,6 +67,14 @@ pub struct Active {
     spawner: Arc<dyn Spawner>,
 }
 
+impl std::fmt::Debug for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Active")
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Sets up the network of the workspace whose init is `pid`. Removes first
 /// what an earlier run of the same workspace left (after a crash); on
 /// failure removes what it had done.

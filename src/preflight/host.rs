@@ -71,6 +71,15 @@ pub struct RealHost {
     pub version_timeout: std::time::Duration,
 }
 
+impl std::fmt::Debug for RealHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealHost")
+            .field("root", &self.root)
+            .field("version_timeout", &self.version_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for RealHost {
     fn default() -> Self {
         RealHost {

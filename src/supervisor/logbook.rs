@@ -86,7 +86,7 @@ pub struct LogLine {
     pub line: String,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Rings {
     seq: u64,
     workspace: Ring,
@@ -94,7 +94,7 @@ struct Rings {
 }
 
 /// Lines of one group, bounded by [`KEPT_LINES`] and [`KEPT_BYTES`].
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Ring {
     lines: VecDeque<LogLine>,
     bytes: usize,
@@ -113,6 +113,7 @@ impl Ring {
     }
 }
 
+#[derive(Debug)]
 pub struct LogBook {
     rings: Mutex<Rings>,
     tx: broadcast::Sender<LogLine>,
@@ -197,6 +198,7 @@ fn tail(rings: &Rings, filter: Filter, n: usize) -> Vec<LogLine> {
 /// one line each (message, then fields as `key=value`). The workspace's
 /// output is logged under the `workspace` target and recorded by the
 /// reader of its pipes, so it is skipped here.
+#[derive(Debug)]
 pub struct BookLayer {
     pub book: Arc<LogBook>,
 }

@@ -143,7 +143,7 @@ impl OomTracker {
 }
 
 /// The OOM watch of one container.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct OomWatch {
     tracker: Arc<Mutex<OomTracker>>,
     exited_at: Arc<Mutex<Option<Instant>>>,

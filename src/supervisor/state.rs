@@ -68,7 +68,7 @@ pub struct Snapshot {
 }
 
 /// The running container, for Exec.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Container {
     pub runtime: Runtime,
     pub id: String,
@@ -82,6 +82,7 @@ pub enum ControlError {
     AlreadyStopping(Phase),
 }
 
+#[derive(Debug)]
 struct Inner {
     lifecycle: Lifecycle,
     image_reference: String,
@@ -102,6 +103,7 @@ struct Inner {
     preflight: Vec<crate::preflight::Check>,
 }
 
+#[derive(Debug)]
 struct Shared {
     started: Instant,
     workspace: String,
@@ -117,7 +119,7 @@ struct Shared {
 }
 
 /// Cheap to clone; every clone is the same state.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct StateHandle(Arc<Shared>);
 
 impl StateHandle {
@@ -462,6 +464,12 @@ impl ProgressSink for StateHandle {
 
 /// Both sinks get every event: the API's and the log's.
 pub struct Tee<'a>(pub &'a dyn ProgressSink, pub &'a dyn ProgressSink);
+
+impl std::fmt::Debug for Tee<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tee")
+    }
+}
 
 impl ProgressSink for Tee<'_> {
     fn event(&self, event: PullEvent) {

@@ -59,12 +59,14 @@ pub trait ProgressSink: Send + Sync {
 }
 
 /// Drops every event.
+#[derive(Debug)]
 pub struct NoProgress;
 impl ProgressSink for NoProgress {
     fn event(&self, _: PullEvent) {}
 }
 
 /// One JSON object per line on stdout.
+#[derive(Debug)]
 pub struct JsonLines;
 
 impl ProgressSink for JsonLines {
@@ -78,6 +80,7 @@ impl ProgressSink for JsonLines {
 
 /// Lines a person reads in a log (no terminal): a layer's start, retries,
 /// and end; no byte counts in between.
+#[derive(Debug)]
 pub struct PlainLines;
 
 impl ProgressSink for PlainLines {
@@ -140,6 +143,7 @@ fn plain_line(event: &PullEvent) -> Option<String> {
 }
 
 /// indicatif bars, one per layer, on stderr.
+#[derive(Debug)]
 pub struct TerminalBars {
     multi: MultiProgress,
     bars: Mutex<HashMap<Digest, ProgressBar>>,
@@ -161,7 +165,7 @@ pub fn terminal() -> &'static MultiProgress {
 /// with the bars of `multi` cleared first and redrawn after (indicatif's
 /// `suspend`), so a log line never lands inside a bar. Without bars on
 /// screen that is a plain write.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LogWriter {
     multi: MultiProgress,
     out: fn() -> Box<dyn Write>,
@@ -192,6 +196,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 }
 
 /// One event's text, written when tracing drops it.
+#[derive(Debug)]
 pub struct LogLine {
     multi: MultiProgress,
     out: fn() -> Box<dyn Write>,

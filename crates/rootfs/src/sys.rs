@@ -61,6 +61,7 @@ pub trait MountOps {
 }
 
 /// The real kernel.
+#[derive(Debug)]
 pub struct Kernel;
 
 /// `struct mount_attr` (include/uapi/linux/mount.h, MOUNT_ATTR_SIZE_VER0).

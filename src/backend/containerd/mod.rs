@@ -131,7 +131,7 @@ pub enum ContainerdError {
 }
 
 /// A connection to one containerd, in one namespace.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Containerd {
     channel: Channel,
     socket: PathBuf,

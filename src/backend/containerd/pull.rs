@@ -37,6 +37,7 @@ enum Path {
 
 /// One pull: cvmd's pull options, the containerd route, and the policy
 /// this command asks for.
+#[derive(Debug)]
 pub struct PullRequest<'a> {
     pub image: &'a crate::image::PullOptions,
     pub route: &'a super::PullRoute,

@@ -18,6 +18,7 @@ use super::{Containerd, ContainerdError, SNAPSHOTTER};
 use crate::digest::Digest;
 
 /// A workspace's view snapshot and the lease that holds it.
+#[derive(Debug)]
 pub struct WorkspaceSnapshot {
     containerd: Containerd,
     key: String,

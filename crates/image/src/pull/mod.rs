@@ -39,6 +39,7 @@ pub struct PulledImage {
     pub config: ImageConfigHead,
 }
 
+#[derive(Debug)]
 pub struct Puller {
     pub client: Arc<RegistryClient>,
     pub store: ContentStore,

@@ -117,8 +117,19 @@ struct CachedToken {
     valid_until: Instant,
 }
 
+/// The header is a credential: never printed.
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("header", &"<redacted>")
+            .field("valid_until", &self.valid_until)
+            .finish()
+    }
+}
+
 /// Remembers, per registry host, which scheme the registry asked for and the
 /// tokens it issued per scope.
+#[derive(Debug)]
 pub struct Authenticator {
     keychain: Keychain,
     basic_hosts: Mutex<HashMap<String, ()>>,
@@ -337,6 +348,17 @@ async fn fetch_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_token_never_prints() {
+        let token = CachedToken {
+            header: "Bearer s3cr3t-token".into(),
+            valid_until: Instant::now(),
+        };
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
 
     #[test]
     fn parses_bearer_challenges() {

@@ -65,6 +65,7 @@ pub struct Endpoint {
     pub mirror: bool,
 }
 
+#[derive(Debug)]
 pub struct RegistryClient {
     http: reqwest::Client,
     auth: Authenticator,
@@ -72,6 +73,7 @@ pub struct RegistryClient {
 }
 
 /// A manifest as the registry sent it.
+#[derive(Debug)]
 pub struct RawManifest {
     pub bytes: Bytes,
     pub media_type: Option<String>,
@@ -79,6 +81,7 @@ pub struct RawManifest {
 }
 
 /// A blob body, possibly starting at an offset (a honoured Range request).
+#[derive(Debug)]
 pub struct BlobResponse {
     pub response: Response,
     pub offset: u64,

@@ -13,6 +13,7 @@ use cvmd_digest::Digest;
 
 /// Holds the node-wide lock on one blob's download; released on drop (the
 /// flock goes with the file descriptor).
+#[derive(Debug)]
 pub struct IngestGuard {
     _lock: File,
     partial: PathBuf,
@@ -84,6 +85,7 @@ impl IngestGuard {
     }
 }
 
+#[derive(Debug)]
 pub struct BlobWriter {
     guard: IngestGuard,
     file: File,

@@ -120,6 +120,7 @@ impl LayerCache {
 }
 
 /// The lock on one layer: while held, no other process unpacks or removes it.
+#[derive(Debug)]
 pub struct LayerGuard {
     _lock: File,
     cache: LayerCache,
@@ -161,6 +162,7 @@ impl LayerGuard {
 }
 
 /// A layer being unpacked; removed on drop unless published.
+#[derive(Debug)]
 pub struct Staging {
     dir: PathBuf,
     target: PathBuf,
