@@ -231,7 +231,7 @@ fn run_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> RunOpt
     let supervise = SuperviseOptions {
         stop_timeout: r.get("stop_timeout", seconds(1, 3600)),
         reboots: crate::supervisor::reboot::RebootPolicy {
-            max: r.get("max_reboots", |v| whole(v, 0, 1000).map(|n| n as u32)),
+            max: r.get("max_reboots", |v| whole(v, 0, 1000)),
             window: r.get("reboot_window", seconds(1, 86400)),
         },
         bootstrap_script: r
@@ -320,7 +320,7 @@ fn pull_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> PullO
             .opt("insecure_registries", |v| Ok(list(v)))
             .unwrap_or_default(),
         mirrors: r.opt("mirrors", parse_mirrors).unwrap_or_default(),
-        retries: r.get("pull_retries", |v| whole(v, 1, 100).map(|n| n as u32)),
+        retries: r.get("pull_retries", |v| whole(v, 1, 100)),
     };
     PullOptions {
         cache_dir: r.get("cache_dir", absolute),
@@ -329,7 +329,7 @@ fn pull_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> PullO
             .opt("platform", str::parse::<Platform>)
             .unwrap_or_else(Platform::host),
         policy: r.get("pull_policy", str::parse),
-        concurrency: r.get("pull_concurrency", |v| whole(v, 1, 64).map(|n| n as usize)),
+        concurrency: r.get("pull_concurrency", |v| whole(v, 1, 64)),
         max_layer_size: r.get("max_layer_size", parse_size),
         // Under half of a 100 GB node disk: room for a second image, the
         // workspaces' upper dirs, sysbox and the kubelet beside the largest
@@ -477,16 +477,18 @@ fn absolute(v: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn whole(v: &str, lo: u64, hi: u64) -> Result<u64, String> {
+fn whole<T: TryFrom<u64>>(v: &str, lo: u64, hi: u64) -> Result<T, String> {
     match v.parse::<u64>() {
-        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        Ok(n) if (lo..=hi).contains(&n) => {
+            T::try_from(n).map_err(|_| format!("{v:?} is too large here"))
+        }
         _ => Err(format!("{v:?} is not a whole number from {lo} to {hi}")),
     }
 }
 
 /// Whole seconds from `lo` to `hi`.
 fn seconds(lo: u64, hi: u64) -> impl Fn(&str) -> Result<Duration, String> {
-    move |v| whole(v, lo, hi).map(Duration::from_secs)
+    move |v| whole::<u64>(v, lo, hi).map(Duration::from_secs)
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {

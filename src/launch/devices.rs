@@ -55,7 +55,11 @@ pub fn stage(devices: &[Device], map: &IdMap, dir: &Path) -> Result<(), DeviceEr
             minor: d.minor,
             source,
         };
-        let dev = rustix::fs::makedev(d.major as u32, d.minor as u32);
+        let number = |n: i64| {
+            u32::try_from(n)
+                .map_err(|_| node_err(std::io::Error::from(std::io::ErrorKind::InvalidInput)))
+        };
+        let dev = rustix::fs::makedev(number(d.major)?, number(d.minor)?);
         rustix::fs::mknodat(
             rustix::fs::CWD,
             &path,

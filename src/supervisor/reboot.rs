@@ -80,7 +80,7 @@ impl RebootBudget {
             }
         }
         self.recent.push_back(now);
-        let count = self.recent.len() as u32;
+        let count = u32::try_from(self.recent.len()).unwrap_or(u32::MAX);
         if count > self.policy.max {
             return Decision::Loop(RebootLoop {
                 count,

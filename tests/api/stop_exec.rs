@@ -63,7 +63,7 @@ fn exec_then_ctrl_c(ws: &Running, args: &[&str], marker: &str) -> Instant {
     );
     // Ctrl-C: cvmctl dies of SIGINT and its connection closes.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(client.id() as i32),
+        nix::unistd::Pid::from_raw(client.id().cast_signed()),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();

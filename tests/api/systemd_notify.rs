@@ -59,7 +59,7 @@ fn cvmd_tells_systemd_its_phases_readiness_and_stop() {
         .unwrap();
     let mut seen = Vec::new();
     let ready = read_until(&manager, &mut seen, "READY=1");
-    let nix_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let nix_pid = nix::unistd::Pid::from_raw(child.id().cast_signed());
     let _ = nix::sys::signal::kill(nix_pid, nix::sys::signal::Signal::SIGTERM);
     let stopping = ready && read_until(&manager, &mut seen, "STOPPING=1");
     let exited = stopping && read_until(&manager, &mut seen, "STATUS=workspace exited");

@@ -45,7 +45,7 @@ impl Drop for Running {
 /// SIGTERM to cvmd, SIGKILL if it has not ended after the stop timeout
 /// and some; returns its output.
 pub fn stop(mut child: Child) -> Output {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(child.id().cast_signed());
     if child.try_wait().unwrap().is_none() {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);

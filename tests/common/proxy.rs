@@ -268,7 +268,7 @@ async fn proxy(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
             if let Some(limit) = cut {
                 if sent + chunk.len() as u64 > limit {
-                    let keep = (limit - sent) as usize;
+                    let keep = usize::try_from(limit - sent).unwrap();
                     if keep > 0 && tx.send(Ok(Frame::data(chunk.slice(..keep)))).await.is_err() {
                         return;
                     }

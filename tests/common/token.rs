@@ -211,7 +211,7 @@ fn now() -> u64 {
 
 /// RFC 3339 UTC for unix seconds (no chrono in the allowed deps).
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
+    let days = (secs / 86400).cast_signed();
     let rem = secs % 86400;
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;

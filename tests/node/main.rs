@@ -177,11 +177,10 @@ fn node_churn_with_gc_prefetch_sigkills_and_a_registry_outage() {
     let secs = std::env::var("CVMD_NODE_CHURN_SECS").map_or(60, |s| s.parse().unwrap());
     let seed = std::env::var("CVMD_NODE_SEED").map_or_else(
         |_| {
-            std::time::SystemTime::now()
+            let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
+                .unwrap();
+            (now.as_secs() << 30) ^ u64::from(now.subsec_nanos()) | 1
         },
         |s| s.parse().unwrap(),
     );

@@ -929,7 +929,7 @@ fn sigterm_mid_pull(release: Release) {
     std::thread::sleep(Duration::from_millis(500));
     let asked = std::time::Instant::now();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

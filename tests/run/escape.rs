@@ -100,7 +100,7 @@ impl Drop for Workspace {
             let _ = o.wait();
         }
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.cvmd.id() as i32),
+            nix::unistd::Pid::from_raw(self.cvmd.id().cast_signed()),
             nix::sys::signal::Signal::SIGTERM,
         );
         let ended = crate::common::wait_until(Duration::from_secs(30), || {

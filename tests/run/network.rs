@@ -282,7 +282,7 @@ fn network_veth_nat_port_forwards_mtu_and_cleanup() {
     let during = outer.sh("ip -o link; ip -o addr; iptables-save");
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(cvmd_pid as i32),
+        nix::unistd::Pid::from_raw(cvmd_pid.cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -547,7 +547,7 @@ fn attack(setup: &Setup, outer: &Netns, extra: &[&str], env: &[(&str, &str)]) ->
     let done = rx.recv_timeout(Duration::from_secs(90)).is_ok();
     let counters = outer.sh("iptables-save -c");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

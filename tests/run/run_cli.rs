@@ -123,7 +123,7 @@ fn run_sigterm_stops_the_workspace_within_the_grace_period() {
     std::thread::sleep(Duration::from_millis(300));
     let sent = Instant::now();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -219,7 +219,7 @@ fn run_sigterm_during_the_pull_stops_at_once() {
     );
     let sent = Instant::now();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -329,7 +329,7 @@ fn run_a_workspace_writing_one_endless_line_keeps_cvmd_small() {
     });
     let peak = peak_rss_kib(child.id());
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();

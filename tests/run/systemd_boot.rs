@@ -145,7 +145,7 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
     });
     if !booted || !(last == "running" || last == "degraded") {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::unistd::Pid::from_raw(child.id().cast_signed()),
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = child.wait();
@@ -265,7 +265,7 @@ fn systemd_boots_under_runc_and_halts_on_sigterm_root() {
 
     let sent = Instant::now();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

@@ -328,7 +328,7 @@ async fn orphaned_grandchildren_are_reaped() {
     let (exit, out) = output(cmd).await;
     assert_eq!(exit, Exit::code(0));
     let grandchild: i32 = out.trim().parse().unwrap();
-    let me = std::process::id() as i32;
+    let me = std::process::id().cast_signed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The grandchild was reparented to us (subreaper) when the shell exec'd
     // away and died: the reaper collected it although nobody asked.

@@ -22,8 +22,11 @@ impl Signaller {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // syscall(2) returns a long; a descriptor is a c_int.
+        let fd = libc::c_int::try_from(fd)
+            .map_err(|_| std::io::Error::other("pidfd_open returned no descriptor"))?;
         // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Signaller {
             pid,
             pidfd: Arc::new(pidfd),

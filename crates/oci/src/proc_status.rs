@@ -77,9 +77,9 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let me = read("self").unwrap();
-        assert_eq!(me.pid, std::process::id() as i32);
+        assert_eq!(me.pid, std::process::id().cast_signed());
         assert!(me.capbnd.is_some());
-        assert_eq!(parent_of(std::process::id() as i32), Some(me.ppid));
+        assert_eq!(parent_of(std::process::id().cast_signed()), Some(me.ppid));
     }
 
     #[test]

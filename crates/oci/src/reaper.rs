@@ -299,7 +299,7 @@ impl Reaper {
             program: cmd.get_program().to_string_lossy().into_owned(),
             source,
         })?;
-        let pid = child.id() as i32;
+        let pid = child.id().cast_signed();
         // Under the lock the new process cannot have been reaped yet, so a
         // status kept for this pid belongs to an earlier process that had
         // the same number.
@@ -333,7 +333,7 @@ impl Reaper {
         // Reaping happens under this lock, so a child of ours that is not in
         // `unclaimed` is still in /proc (alive or a zombie).
         let me = std::process::id();
-        if parent_of(pid) != Some(me as i32) {
+        if parent_of(pid) != Some(me.cast_signed()) {
             return Err(ReaperError::NotAChild { pid, me });
         }
         table.waiting.insert(pid, tx);
@@ -452,7 +452,7 @@ mod tests {
 
     #[test]
     fn parent_parses_odd_names() {
-        assert_eq!(parent_of(std::process::id() as i32), {
+        assert_eq!(parent_of(std::process::id().cast_signed()), {
             Some(nix::unistd::getppid().as_raw())
         });
     }

@@ -238,8 +238,8 @@ impl Copier<'_> {
                     | OFlags::NOFOLLOW
                     | OFlags::CLOEXEC;
                 let d = rustix::fs::openat(dst, name, flags, Mode::from_raw_mode(0o600))?;
-                fsx::copy_content(&s, &d, st.st_size as u64, &mut self.reflink)?;
-                self.stats.bytes += st.st_size as u64;
+                fsx::copy_content(&s, &d, st.st_size.cast_unsigned(), &mut self.reflink)?;
+                self.stats.bytes += st.st_size.cast_unsigned();
             }
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(src, name, Vec::new())?;
@@ -314,11 +314,11 @@ fn times(st: &Stat) -> Timestamps {
     Timestamps {
         last_access: Timespec {
             tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec as _,
+            tv_nsec: st.st_atime_nsec.cast_signed(),
         },
         last_modification: Timespec {
             tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec as _,
+            tv_nsec: st.st_mtime_nsec.cast_signed(),
         },
     }
 }

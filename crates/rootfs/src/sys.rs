@@ -206,7 +206,7 @@ pub fn idmapped_clone(
         attr_set: u64::from(MountAttrFlags::MOUNT_ATTR_IDMAP.bits()),
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: u64::from(userns.as_raw_fd().cast_unsigned()),
     };
     let empty = CString::default();
     // SAFETY: mount_setattr(2) reads `size_of::<MountAttr>()` bytes from

@@ -52,6 +52,8 @@ pub fn userns_fd(map: &IdMap) -> io::Result<OwnedFd> {
             libc::_exit(0);
         }
     }
+    // syscall(2) returns a long; clone's is a pid, which fits pid_t.
+    #[allow(clippy::cast_possible_truncation)]
     let pid = pid as libc::pid_t;
     drop(r);
     let result = write_maps_and_open(pid, map);

@@ -128,9 +128,9 @@ impl Containerd {
         let message = |action: WriteAction, offset: u64, data: Vec<u8>| WriteContentRequest {
             action: action as i32,
             r#ref: reference.clone(),
-            total: size as i64,
+            total: i64::try_from(size).unwrap_or(i64::MAX),
             expected: digest.to_string(),
-            offset: offset as i64,
+            offset: i64::try_from(offset).unwrap_or(i64::MAX),
             data,
             labels: HashMap::new(),
         };

@@ -211,7 +211,7 @@ impl Containerd {
             Ok(mut ready) => {
                 ready.pulled = true;
                 ready.via = Via::Transfer;
-                tracing::info!(digest = %ready.manifest_digest, elapsed_ms = started.elapsed().as_millis() as u64, "pulled by containerd's transfer service");
+                tracing::info!(digest = %ready.manifest_digest, elapsed_ms = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX), "pulled by containerd's transfer service");
                 Ok(ready)
             }
             Err(e @ ContainerdError::NotUnpacked { .. }) if req.route.path == PullPath::Auto => {
@@ -431,17 +431,17 @@ impl Containerd {
             Descriptor {
                 media_type: manifest.media_type.clone(),
                 digest: manifest_digest.to_string(),
-                size: manifest_bytes.len() as i64,
+                size: i64::try_from(manifest_bytes.len()).unwrap_or(i64::MAX),
                 annotations: HashMap::new(),
             },
         )
         .await?;
         let elapsed = started.elapsed();
-        tracing::info!(digest = %manifest_digest, elapsed_ms = elapsed.as_millis() as u64, "pulled into containerd");
+        tracing::info!(digest = %manifest_digest, elapsed_ms = elapsed.as_millis().try_into().unwrap_or(u64::MAX), "pulled into containerd");
         progress.event(PullEvent::Done {
             reference: what,
             digest: manifest_digest.clone(),
-            elapsed_ms: elapsed.as_millis() as u64,
+            elapsed_ms: elapsed.as_millis().try_into().unwrap_or(u64::MAX),
         });
         Ok(Pulled {
             manifest_digest,

@@ -354,7 +354,12 @@ impl Tracker {
         sink.event(PullEvent::Done {
             reference: self.reference.to_string(),
             digest,
-            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            elapsed_ms: self
+                .started
+                .elapsed()
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
         });
         Ok(())
     }

@@ -90,7 +90,7 @@ impl Containerd {
             diff: Some(Descriptor {
                 media_type: layer.media_type.clone(),
                 digest: layer.digest.to_string(),
-                size: layer.size as i64,
+                size: i64::try_from(layer.size).unwrap_or(i64::MAX),
                 annotations: HashMap::new(),
             }),
             mounts,

@@ -154,7 +154,8 @@ fn workspaces(sh: &Shared, slot: usize) {
             Some(pod) if rng.below(2) == 0 => pod,
             _ => {
                 generation += 1;
-                let image = sh.cfg.images[rng.below(sh.cfg.images.len() as u64) as usize].clone();
+                let pick = rng.below(sh.cfg.images.len() as u64);
+                let image = sh.cfg.images[usize::try_from(pick).unwrap()].clone();
                 let name = format!("ws{slot}g{generation}");
                 let state = sh.node.state_dir(&name);
                 (name, image, state)

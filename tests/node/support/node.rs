@@ -258,7 +258,7 @@ impl Node {
             .parse()
             .unwrap();
         let addr = format!("10.88.{}.{}", 1 + seq / 250, 1 + seq % 250);
-        netns::attach(&self.net, &format!("vp{seq}"), pid as u32, &addr);
+        netns::attach(&self.net, &format!("vp{seq}"), pid.cast_unsigned(), &addr);
         let pod = Pod {
             node: self,
             name: cfg.name,

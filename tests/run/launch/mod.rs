@@ -298,7 +298,7 @@ fn launch_as_pid1_reaps_orphaned_zombies() {
     }
     let mut run = Running::spawn(cmd);
     run.wait_for("workspace up", Duration::from_secs(60));
-    let unshare = run.child.id() as i32;
+    let unshare = run.child.id().cast_signed();
     let cvmd = children(unshare)
         .into_iter()
         .next()

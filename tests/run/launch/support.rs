@@ -148,7 +148,7 @@ impl Running {
 
     pub fn terminate(&self) {
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(self.child.id().cast_signed()),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();

@@ -408,7 +408,7 @@ fn launch_sysbox_leftovers_of_a_dead_predecessor_are_cleared() {
         .unwrap();
     assert_ne!(
         mgr_pid,
-        std::process::id() as i32,
+        std::process::id().cast_signed(),
         "a new sysbox-mgr wrote its pid"
     );
     run.terminate();

@@ -210,7 +210,7 @@ impl Puller {
                 file_bytes: unpacked.stats.file_bytes,
             };
             blocking(move || staging.publish(&meta)).await??;
-            tracing::info!(%diff_id, cached_blob, elapsed_ms = started.elapsed().as_millis() as u64, "layer ready");
+            tracing::info!(%diff_id, cached_blob, elapsed_ms = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX), "layer ready");
             progress.event(done(cached_blob));
             return Ok(());
         }

@@ -117,11 +117,11 @@ impl Puller {
         let record = ImageRecord::new(reference, &manifest_digest, &manifest, &config);
         self.store.images().save(&record)?;
         let elapsed = started.elapsed();
-        tracing::info!(digest = %manifest_digest, elapsed_ms = elapsed.as_millis() as u64, "pulled");
+        tracing::info!(digest = %manifest_digest, elapsed_ms = elapsed.as_millis().try_into().unwrap_or(u64::MAX), "pulled");
         progress.event(PullEvent::Done {
             reference: reference.to_string(),
             digest: manifest_digest.clone(),
-            elapsed_ms: elapsed.as_millis() as u64,
+            elapsed_ms: elapsed.as_millis().try_into().unwrap_or(u64::MAX),
         });
         Ok(PulledImage {
             reference: pinned,

@@ -105,7 +105,9 @@ fn token_lifetime(expires_in: Option<&serde_json::Number>) -> u64 {
     };
     let secs = match (n.as_u64(), n.as_f64()) {
         (Some(secs), _) => secs,
-        // Negative or fractional: `as` saturates (NaN and below 0 give 0).
+        // Negative or fractional: `as` saturates (NaN and below 0 give 0),
+        // which is the clamp wanted here.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         (None, Some(f)) => f as u64,
         (None, None) => 0,
     };

@@ -206,7 +206,7 @@ mod tests {
         ));
         let fresh = allocate(dir.path(), "new").await.unwrap();
         let table = load(&dir.path().join("idranges.json")).unwrap();
-        assert_eq!(table.len() as u32, MAX_RANGES);
+        assert_eq!(u32::try_from(table.len()).unwrap(), MAX_RANGES);
         assert_eq!(table["w7"], 7, "the running workspace keeps its range");
         assert_ne!(fresh.host_uid, FIRST_HOST_ID + 7 * RANGE_SIZE);
     }

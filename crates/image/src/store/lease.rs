@@ -247,7 +247,7 @@ fn read_lease(file: &File) -> Option<LeaseFile> {
     if len > MAX_LEASE_BYTES {
         return None;
     }
-    let mut buf = vec![0; len as usize];
+    let mut buf = vec![0; usize::try_from(len).ok()?];
     file.read_exact_at(&mut buf, 0).ok()?;
     serde_json::from_slice(&buf).ok()
 }

@@ -26,6 +26,9 @@ pub enum Mode {
     Exclusive,
 }
 
+// flock's l_type and l_whence are shorts that hold these small c_int
+// constants (fcntl(2)).
+#[allow(clippy::cast_possible_truncation)]
 fn whole_file(kind: libc::c_int) -> libc::flock {
     // SAFETY: flock is a plain C struct; all-zero is a valid value (and
     // l_pid must be 0 for OFD locks).
@@ -103,7 +106,7 @@ pub fn is_held(path: &Path) -> bool {
 pub fn is_held_file(file: &File) -> bool {
     let mut probe = whole_file(libc::F_WRLCK);
     match fcntl(file, FcntlArg::F_OFD_GETLK(&mut probe)) {
-        Ok(_) => probe.l_type != libc::F_UNLCK as libc::c_short,
+        Ok(_) => libc::c_int::from(probe.l_type) != libc::F_UNLCK,
         Err(_) => true,
     }
 }

@@ -113,7 +113,10 @@ impl Reserve {
     pub fn bytes(self, total: u64) -> u64 {
         match self {
             Reserve::Bytes(n) => n,
-            Reserve::Percent(p) => (total as u128 * u128::from(p) / 100) as u64,
+            // p < 100: the share always fits.
+            Reserve::Percent(p) => {
+                u64::try_from(u128::from(total) * u128::from(p) / 100).unwrap_or(u64::MAX)
+            }
         }
     }
 }
@@ -199,7 +202,7 @@ mod tests {
         assert_eq!(Reserve::Percent(10).bytes(1000), 100);
         assert_eq!(
             Reserve::Percent(99).bytes(u64::MAX),
-            (u64::MAX as u128 * 99 / 100) as u64
+            u64::try_from(u128::from(u64::MAX) * 99 / 100).unwrap()
         );
     }
 

@@ -120,8 +120,8 @@ pub(super) fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
     }
     let secs: i64 = secs.parse().ok()?;
     let mut nanos: u32 = 0;
-    for (i, digit) in frac.bytes().take(9).enumerate() {
-        nanos += u32::from(digit - b'0') * 10u32.pow(8 - i as u32);
+    for (digit, scale) in frac.bytes().zip((0..9u32).rev()) {
+        nanos += u32::from(digit - b'0') * 10u32.pow(scale);
     }
     if !neg {
         return Some((secs, nanos));

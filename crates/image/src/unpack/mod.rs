@@ -306,7 +306,7 @@ fn unpack<R: Read>(
         file_bytes = stats.file_bytes,
         skipped_devices = stats.skipped_devices,
         skipped_xattrs = stats.skipped_xattrs,
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
         "layer unpacked"
     );
     Ok(stats)
@@ -327,7 +327,8 @@ fn read_extension<R: Read>(
             limit: opts.limits.ext_bytes_per_member,
         });
     }
-    let mut data = Vec::with_capacity(size as usize);
+    // Bounded above, so the capacity is at most the limit.
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     entry
         .read_to_end(&mut data)
         .map_err(|source| UnpackError::Read {

@@ -49,6 +49,8 @@ pub fn parse_cpus(v: &str) -> Result<f64, BundleError> {
 
 /// CPUs → (quota, period) in microseconds.
 pub fn cpu_quota(cpus: f64) -> (i64, u64) {
+    // Saturating float-to-int `as` is the clamp wanted: config bounds cpus.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
     let quota = (cpus * CPU_PERIOD_US as f64).round() as i64;
     (quota.max(1000), CPU_PERIOD_US)
 }

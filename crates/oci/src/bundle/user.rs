@@ -303,7 +303,7 @@ mod tests {
         assert!(read_etc(&root, "img", "passwd").unwrap().is_none());
         std::fs::write(
             root.join("etc/group"),
-            "x".repeat(ETC_FILE_LIMIT as usize + 1),
+            "x".repeat(usize::try_from(ETC_FILE_LIMIT).unwrap() + 1),
         )
         .unwrap();
         assert!(matches!(

@@ -42,7 +42,7 @@ impl Spawner for DirectSpawner {
             program: cmd.get_program().to_string_lossy().into_owned(),
             source,
         })?;
-        let pid = child.id() as i32;
+        let pid = child.id().cast_signed();
         let (tx, exit) = ExitWaiter::channel(pid);
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
@@ -68,7 +68,7 @@ impl Spawner for DirectSpawner {
     /// and only while no `waitpid(-1)` runs in this process.
     fn watch(&self, pid: i32) -> Result<ExitWaiter, ReaperError> {
         let me = std::process::id();
-        if parent_of(pid) != Some(me as i32) {
+        if parent_of(pid) != Some(me.cast_signed()) {
             return Err(ReaperError::NotAChild { pid, me });
         }
         let (tx, exit) = ExitWaiter::channel(pid);

@@ -469,7 +469,7 @@ async fn direct_spawner_watches_only_its_children() {
         .args(["-c", "exit 6"])
         .spawn()
         .unwrap();
-    let exit = DirectSpawner.watch(child.id() as i32).unwrap();
+    let exit = DirectSpawner.watch(child.id().cast_signed()).unwrap();
     assert_eq!(exit.await.unwrap(), Exit::code(6));
     // Not ours: pid 1 (or our parent) has another parent.
     let parent = nix::unistd::getppid().as_raw();

@@ -162,7 +162,7 @@ fn modes_ownership_xattrs_and_times_are_applied() {
 
     let meta = |p: &str| fs::symlink_metadata(sb.path(p)).unwrap();
     assert_eq!(fs::metadata(&sb.dest).unwrap().mode() & 0o7777, 0o750);
-    assert_eq!(fs::metadata(&sb.dest).unwrap().mtime(), MTIME as i64);
+    assert_eq!(fs::metadata(&sb.dest).unwrap().mtime(), MTIME.cast_signed());
     assert_eq!(meta("tmp").mode() & 0o7777, 0o1777);
     // setuid survives because chmod runs after chown.
     assert_eq!(
