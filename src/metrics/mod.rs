@@ -1,7 +1,7 @@
 //! What a Prometheus scrape or a dashboard reads about one workspace:
 //! OpenMetrics text from `prometheus-client`, served by the control API's
 //! Metrics call (`cvmctl metrics`) and, with CVMD_METRICS_ADDR, on HTTP
-//! (`http`). The names are listed in the README's "Metrics" section.
+//! (`http`). The names are listed in docs/operations.md, "Metrics".
 
 pub mod http;
 

@@ -1,7 +1,7 @@
 //! What confines the workspace's root, and a warning with the fix when
 //! nothing does: `CVMD_IDMAP=host-unsafe` under runc leaves it in the
 //! node's user namespace, where the known container escapes reach the
-//! node (README, Security).
+//! node (docs/security.md).
 
 use super::{Check, Options};
 

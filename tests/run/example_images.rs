@@ -3,7 +3,7 @@
 //! registry, has Docker installed and `docker.service` enabled beside the
 //! masked units. (Booting it is Sysbox's job: under plain runc, without
 //! Sysbox's user-namespaced /proc, /sys and nested overlay support,
-//! dockerd's containers do not run; see the README.)
+//! dockerd's containers do not run; see docs/features.md.)
 //!
 //! Needs root, docker-registry and the build script's tools with a
 //! reachable Debian mirror (the first build takes a few minutes; cached

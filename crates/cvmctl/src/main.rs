@@ -80,7 +80,7 @@ enum Command {
     /// The image pull's per-layer progress while it runs.
     #[command(alias = "progress")]
     Pull,
-    /// cvmd's metrics as OpenMetrics text (names in the README).
+    /// cvmd's metrics as OpenMetrics text (names in docs/operations.md).
     Metrics,
 }
 
