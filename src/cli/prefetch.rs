@@ -1,10 +1,19 @@
 //! `cvmd prefetch IMAGE...`: pull images into the node cache ahead of the
-//! workspaces that will use them (what the pre-pull DaemonSet runs), so
-//! their first start on the node is a warm start.
+//! workspaces that will use them, so their first start on the node is a
+//! warm start. With `--every`, it is what the prefetch DaemonSet runs: a
+//! round now and one per interval until SIGTERM, serving the cache's
+//! metrics on CVMD_METRICS_ADDR.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backend::Backend;
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::progress::PlainLines;
+use crate::pull::{ProgressSink, PullEvent};
 use crate::registry::Reference;
 
 #[derive(Debug, clap::Args)]
@@ -12,20 +21,69 @@ pub struct PrefetchArgs {
     /// Image references.
     #[arg(required = true)]
     pub images: Vec<String>,
+    /// Keep running: a round now, then one every SECONDS until SIGTERM or
+    /// SIGINT (exit 0); a failed round is retried at the next one. With
+    /// CVMD_METRICS_ADDR, serves the cache's and the rounds' metrics.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub every: Option<u64>,
 }
 
 pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Result<()> {
-    let pull = &settings.run.pull;
     // Into the cache the workspaces will read: cvmd's own, or the node's
     // containerd with CVMD_IMAGE_BACKEND=containerd (or auto finding it).
     let backend = Backend::select(&settings.run.backend).await?;
+    let Some(every) = args.every else {
+        let failed = round(settings, &backend, &args.images, &PlainLines).await;
+        return outcome(&failed, args.images.len());
+    };
+    let metrics = Arc::new(Metrics::new());
+    if matches!(backend, Backend::Native) {
+        let pull = &settings.run.pull;
+        metrics.watch_cache(pull.cache_dir.clone(), pull.cache_budget);
+    }
+    let _server = match settings.run.api.metrics_addr {
+        Some(addr) => Some(crate::metrics::http::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let progress = Counted(&metrics, &PlainLines);
+    loop {
+        // A signal mid-round ends it there: a cut download resumes at the
+        // next start, and nothing unverified was published.
+        let failed = tokio::select! {
+            failed = round(settings, &backend, &args.images, &progress) => failed,
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        };
+        metrics.prefetch_round(failed.len());
+        if let Err(e) = outcome(&failed, args.images.len()) {
+            eprintln!("cvmd: prefetch: {e}; next round in {every} s");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(every)) => {}
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
+}
+
+/// Pulls every image, then keeps the cache within its budget; the images
+/// that failed.
+async fn round<'a>(
+    settings: &Settings,
+    backend: &Backend,
+    images: &'a [String],
+    progress: &dyn ProgressSink,
+) -> Vec<&'a str> {
+    let pull = &settings.run.pull;
     let mut failed = Vec::new();
-    for image in &args.images {
+    for image in images {
         // Asking the registry for what the tag names now; printed pinned
         // to the digest pulled.
         let pulled = match image.parse::<Reference>() {
             Ok(reference) => backend
-                .prefetch(pull, &reference, &PlainLines)
+                .prefetch(pull, &reference, progress)
                 .await
                 .map(|digest| reference.with_digest(digest).to_string())
                 .map_err(anyhow::Error::from),
@@ -42,21 +100,38 @@ pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Resul
     }
     // Sparing every image asked for: a prefetch that evicts what it just
     // fetched would be no prefetch.
-    let spare: Vec<String> = args
-        .images
+    let spare: Vec<String> = images
         .iter()
         .filter_map(|i| i.parse::<Reference>().ok())
         .map(|r| r.to_string())
         .collect();
     backend.keep_within_budget(pull, &spare).await;
+    failed
+}
+
+fn outcome(failed: &[&str], asked: usize) -> anyhow::Result<()> {
     if failed.is_empty() {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "{} of {} images failed: {}",
-            failed.len(),
-            args.images.len(),
-            failed.join(", ")
-        )
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} of {asked} images failed: {}",
+        failed.len(),
+        failed.join(", ")
+    )
+}
+
+/// Counts each layer into the metrics, then shows it as `show` does.
+struct Counted<'a>(&'a Metrics, &'a dyn ProgressSink);
+
+impl std::fmt::Debug for Counted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counted")
+    }
+}
+
+impl ProgressSink for Counted<'_> {
+    fn event(&self, event: PullEvent) {
+        self.0.pull_event(&event);
+        self.1.event(event);
     }
 }

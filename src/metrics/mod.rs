@@ -35,6 +35,11 @@ struct LevelLabel {
     level: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric of one cvmd; cheap to update from any thread.
@@ -54,6 +59,9 @@ pub struct Metrics {
     oom_kills: Counter,
     exec_sessions: Counter,
     exec_active: Gauge,
+    prefetch_runs: Family<OutcomeLabel, Counter>,
+    prefetch_failed_images: Gauge,
+    prefetch_last_success: Gauge,
     /// The cache whose size a scrape reads, when cvmd's own cache is used.
     cache_dir: OnceLock<PathBuf>,
     /// Serializes rendering: the cache size is read and encoded together.
@@ -85,6 +93,9 @@ impl Metrics {
         let oom_kills = Counter::<u64>::default();
         let exec_sessions = Counter::default();
         let exec_active = Gauge::default();
+        let prefetch_runs = Family::<OutcomeLabel, Counter>::default();
+        let prefetch_failed_images = Gauge::default();
+        let prefetch_last_success = Gauge::default();
         registry.register(
             "workspace_phase",
             "1 for the phase the workspace is in, 0 for the others",
@@ -156,6 +167,22 @@ impl Metrics {
             "Exec sessions running now",
             exec_active.clone(),
         );
+        registry.register(
+            "prefetch_runs",
+            "Rounds of `cvmd prefetch --every` (outcome: ok when every image was pulled, failed otherwise)",
+            prefetch_runs.clone(),
+        );
+        registry.register(
+            "prefetch_failed_images",
+            "Images the last prefetch round could not pull",
+            prefetch_failed_images.clone(),
+        );
+        registry.register_with_unit(
+            "prefetch_last_success",
+            "When a prefetch round last pulled every image, in seconds since the epoch (0: never)",
+            Unit::Seconds,
+            prefetch_last_success.clone(),
+        );
         // Every phase, so a scrape shows 0 for those not current.
         for p in Phase::ALL {
             let _ = phase.get_or_create(&PhaseLabel { phase: p.as_str() });
@@ -185,6 +212,9 @@ impl Metrics {
             oom_kills,
             exec_sessions,
             exec_active,
+            prefetch_runs,
+            prefetch_failed_images,
+            prefetch_last_success,
             cache_dir: OnceLock::new(),
             render: Mutex::new(()),
         }
@@ -251,6 +281,23 @@ impl Metrics {
     pub fn watch_cache(&self, dir: PathBuf, budget: Option<u64>) {
         let _ = self.cache_dir.set(dir);
         self.cache_budget.set(gauge_value(budget.unwrap_or(0)));
+    }
+
+    /// A prefetch round ended with `failed` images not pulled.
+    pub fn prefetch_round(&self, failed: usize) {
+        let outcome = if failed == 0 { "ok" } else { "failed" };
+        self.prefetch_runs
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        self.prefetch_failed_images
+            .set(i64::try_from(failed).unwrap_or(i64::MAX));
+        if failed == 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.prefetch_last_success
+                .set(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
+        }
     }
 
     /// One exec session began; the guard ends it when dropped.

@@ -133,3 +133,105 @@ fn metrics_over_the_socket_and_http_match_a_real_run() {
     assert_eq!(sample(&t, "cvmd_cache_budget_bytes"), (1u64 << 30) as f64);
     ws.finish();
 }
+
+/// A sample's value, or `None` while the metric has not appeared.
+fn try_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes `port` until `ready` holds of the text, for at most a minute.
+fn scrape_until(port: u16, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| http_get(port, "/metrics"))
+            .and_then(|r| r.split("\r\n\r\n").nth(1).map(str::to_string));
+        if let Some(body) = body.filter(|b| ready(b)) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The prefetch DaemonSet's loop (`cvmd prefetch --every`): it serves the
+/// cache's metrics while it runs, counts its rounds and the images that
+/// failed, and ends with 0 on SIGTERM. One image that cannot be pulled
+/// fails the round but not the others.
+#[test]
+fn prefetch_every_serves_cache_metrics_and_ends_on_sigterm() {
+    require!(can_run());
+    let sandbox = Sandbox::new();
+    let reg = Registry::plain().unwrap();
+    let image = chatty_image();
+    let reference = push(&reg, "metrics/prefetch", "v1", &image);
+    let layer_bytes: u64 = image.layers.iter().map(|l| l.size).sum();
+    let missing = format!("{}/metrics/nothing-here:v1", reg.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+    let serve = |images: &[&str]| {
+        let port = free_port();
+        let mut args = vec!["prefetch", "--every", "1"];
+        args.extend_from_slice(images);
+        let child = cvmd
+            .command(&args)
+            .env("CVMD_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        (port, child)
+    };
+
+    // A good image and one the registry does not have: rounds fail.
+    let (port, child) = serve(&[&missing, &reference]);
+    let t = scrape_until(port, "two failed rounds", |t| {
+        try_sample(t, "cvmd_prefetch_runs_total{outcome=\"failed\"}") >= Some(2.0)
+    });
+    assert_eq!(
+        try_sample(&t, "cvmd_prefetch_runs_total{outcome=\"ok\"}"),
+        None
+    );
+    assert_eq!(sample(&t, "cvmd_prefetch_failed_images"), 1.0);
+    assert_eq!(sample(&t, "cvmd_prefetch_last_success_seconds"), 0.0);
+    assert_eq!(sample(&t, "cvmd_pull_bytes_total"), layer_bytes as f64);
+    let layers = image.layers.len() as f64;
+    assert_eq!(
+        sample(&t, "cvmd_cache_misses_total{level=\"layer\"}"),
+        layers
+    );
+    assert!(sample(&t, "cvmd_cache_hits_total{level=\"layer\"}") >= layers);
+    assert!(sample(&t, "cvmd_cache_size_bytes") >= layer_bytes as f64);
+    let began = std::time::Instant::now();
+    let out = stop(child);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        began.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 of 2 images failed"), "{stderr}");
+    assert!(stderr.contains("nothing-here"), "{stderr}");
+
+    // The good image alone: rounds succeed from the cache, nothing fetched.
+    let (port, child) = serve(&[&reference]);
+    let t = scrape_until(port, "a good round", |t| {
+        try_sample(t, "cvmd_prefetch_runs_total{outcome=\"ok\"}") >= Some(1.0)
+    });
+    assert_eq!(sample(&t, "cvmd_prefetch_failed_images"), 0.0);
+    assert!(sample(&t, "cvmd_prefetch_last_success_seconds") > 1.7e9);
+    assert_eq!(sample(&t, "cvmd_pull_bytes_total"), 0.0);
+    let out = stop(child);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("metrics/prefetch") && stdout.contains("@sha256:"),
+        "pinned: {stdout}"
+    );
+}

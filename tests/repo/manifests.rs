@@ -407,8 +407,28 @@ fn prefetch_daemonset_fills_the_same_cache() {
     assert_eq!(ds["kind"], "DaemonSet");
     let spec = pod_spec(&ds);
     let c = &spec["containers"][0];
-    let script = c["args"][0].as_str().unwrap();
-    assert!(script.contains("cvmd prefetch"), "{script}");
+    // cvmd itself keeps the rounds (`prefetch --every`): no shell loop.
+    let command: Vec<&str> = c["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(command[..3], ["cvmd", "prefetch", "--every"], "{command:?}");
+    let every: u64 = command[3].parse().unwrap();
+    assert!(every >= 600, "a round every {every} s hammers the registry");
+    assert!(command.len() > 4, "no images: {command:?}");
+    // Its metrics are served where the pod and Prometheus look for them.
+    let env = c["env"].as_array().unwrap();
+    let addr = env
+        .iter()
+        .find(|e| e["name"] == "CVMD_METRICS_ADDR")
+        .and_then(|e| e["value"].as_str())
+        .expect("CVMD_METRICS_ADDR");
+    let port = addr.rsplit(':').next().unwrap();
+    assert_eq!(c["ports"][0]["containerPort"].to_string(), port);
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], port);
     let cache_path = |spec: &Value, c: &Value| {
         let m = mount(c, "/var/lib/cvmd");
         volume(spec, m["name"].as_str().unwrap())["hostPath"]["path"].clone()
