@@ -120,18 +120,20 @@ pub fn placements<'m>(
     proc_cgroup: &str,
     mounts: &'m [CgroupMount],
 ) -> Vec<(&'m CgroupMount, PathBuf)> {
+    use procfs_core::FromBufRead;
+    // procfs-core reads the lines; a text that is not the kernel's gives
+    // no placement (the callers then find no cgroup and say so).
+    let Ok(groups) = procfs_core::ProcessCGroups::from_buf_read(proc_cgroup.as_bytes()) else {
+        tracing::debug!("not a /proc/PID/cgroup text");
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let mount = if ctrls.is_empty() {
+    for group in groups {
+        let mount = if group.controllers.is_empty() {
             mounts.iter().find(|m| m.v2)
         } else {
-            let mut want: Vec<&str> = ctrls.split(',').collect();
-            want.sort();
+            let mut want: Vec<&str> = group.controllers.iter().map(String::as_str).collect();
+            want.sort_unstable();
             mounts.iter().find(|m| {
                 !m.v2
                     && m.controllers
@@ -143,10 +145,18 @@ pub fn placements<'m>(
         let Some(mount) = mount else {
             // A hierarchy nobody mounted here (net_cls on many hosts) is
             // not mounted in the workspace either: nothing writes to it.
-            tracing::debug!(hierarchy = ctrls, "cgroup hierarchy not mounted here");
+            tracing::debug!(
+                hierarchy = group.hierarchy,
+                "cgroup hierarchy not mounted here"
+            );
             continue;
         };
-        out.push((mount, mount.mountpoint.join(relative(path, &mount.root))));
+        out.push((
+            mount,
+            mount
+                .mountpoint
+                .join(relative(&group.pathname, &mount.root)),
+        ));
     }
     out
 }
