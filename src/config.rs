@@ -26,6 +26,10 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "image", env: "CVMD_IMAGE", envbox: Some("CODER_INNER_IMAGE"), default: None, help: "workspace image reference" },
     Spec { key: "cache_dir", env: "CVMD_CACHE_DIR", envbox: None, default: Some("/var/lib/cvmd"), help: "node-wide content store and layer cache" },
     Spec { key: "state_dir", env: "CVMD_STATE_DIR", envbox: None, default: Some(cvmd_api::socket::DEFAULT_STATE_DIR), help: "this workspace's state (bundle, upper dir)" },
+    Spec { key: "persist_dir", env: "CVMD_PERSIST_DIR", envbox: None, default: None, help: "the workspace's persistent volume (a PVC): what CVMD_PERSIST names is kept there across pods [default: nothing persists beyond the state dir]" },
+    Spec { key: "persist", env: "CVMD_PERSIST", envbox: None, default: Some("paths"), help: "what CVMD_PERSIST_DIR keeps: paths (each of CVMD_PERSIST_PATHS, mounted from the volume) or disk (the whole writable layer)" },
+    Spec { key: "persist_paths", env: "CVMD_PERSIST_PATHS", envbox: None, default: Some("/home,/root,/var/lib/docker"), help: "paths that persist (comma-separated, absolute): on the volume with CVMD_PERSIST=paths, and what a rebase keeps" },
+    Spec { key: "on_image_change", env: "CVMD_ON_IMAGE_CHANGE", envbox: None, default: Some("rebase"), help: "when the writable layer was made on another image: keep (all of it), reset (start it fresh) or rebase (keep only CVMD_PERSIST_PATHS)" },
     Spec { key: "pull_secret", env: "CVMD_PULL_SECRET", envbox: Some("CODER_IMAGE_PULL_SECRET"), default: None, help: "registry credentials: path to, or inline, .dockerconfigjson / .dockercfg" },
     Spec { key: "docker_config", env: "CVMD_DOCKER_CONFIG", envbox: None, default: None, help: "docker config.json with auths/credHelpers/credsStore [default: $DOCKER_CONFIG/config.json, ~/.docker/config.json]" },
     Spec { key: "extra_certs", env: "CVMD_EXTRA_CERTS", envbox: Some("CODER_EXTRA_CERTS_PATH"), default: None, help: "CA certificates (PEM files or folders, comma-separated) trusted beside the system roots" },
@@ -175,6 +179,7 @@ pub struct Settings {
     pub sysbox_run_dir: PathBuf,
     pub sysbox_timeout: std::time::Duration,
     pub termination_log: PathBuf,
+    pub disk: crate::disk::DiskSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,6 +311,24 @@ impl Settings {
         });
         let cache_dir = parse("cache_dir", &absolute).unwrap_or_default();
         let state_dir = parse("state_dir", &absolute).unwrap_or_default();
+        let disk = crate::disk::DiskSettings {
+            persist_dir: parse("persist_dir", &absolute).map(PathBuf::from),
+            persist: parse("persist", &|v| {
+                v.parse::<crate::disk::Persist>().map(|_| ())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::disk::Persist::Paths),
+            paths: parse("persist_paths", &|v| {
+                crate::disk::parse_paths(v).map(|_| ())
+            })
+            .and_then(|v| crate::disk::parse_paths(&v).ok())
+            .unwrap_or_default(),
+            on_image_change: parse("on_image_change", &|v| {
+                v.parse::<crate::disk::OnImageChange>().map(|_| ())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::disk::OnImageChange::Rebase),
+        };
         let pull_secret = parse("pull_secret", &any);
         let docker_config = parse("docker_config", &any)
             .map(PathBuf::from)
@@ -625,6 +648,7 @@ impl Settings {
             sysbox_run_dir: sysbox_run_dir.into(),
             sysbox_timeout,
             termination_log: termination_log.into(),
+            disk,
         })
     }
 

@@ -132,9 +132,21 @@ async fn run_with(
 
     state.enter(Phase::Rootfs);
     let target = ws_dir.join("rootfs");
+    let disk = crate::disk::prepare(&settings.disk, &ws_dir, &ready.digest)?;
     let rootfs = backend
-        .mount_rootfs(settings, &ready, &ws_dir, &target)
+        .mount_rootfs(settings, &ready, &disk, &target)
         .await?;
+    // Recorded only once mounted: a start that failed before leaves the
+    // old record, and the next start decides again.
+    if let Err(e) = crate::disk::write_record(&disk.dir, &ready.digest) {
+        tracing::warn!(error = %e, "the next start cannot tell which image this disk was made on");
+    }
+    let described = disk.describe(&settings.disk, &ready.digest);
+    tracing::info!(disk = %disk.dir.display(), "disk: {described}");
+    state.set_disk(
+        &described,
+        matches!(disk.decision, crate::disk::Decision::Changed { .. }),
+    );
     let idmap = rootfs.idmap;
     state.set_rootfs(rootfs.mode, rootfs.idmap_mode);
     // Only now, with this workspace's layers leased: a budget gc must never
@@ -397,7 +409,7 @@ fn write_bundle(
     input.outer_env = std::env::vars().collect::<BTreeMap<_, _>>();
     input.idmap = idmap;
     input.host_files = host_files;
-    input.mounts = user_mounts(settings, flavor, idmap, ws_dir)?;
+    input.mounts = user_mounts(settings, flavor, idmap, ws_dir, rootfs_dir)?;
     // The control socket stays in the outer container (docs/ARCHITECTURE.md).
     if let Some(m) = input
         .mounts
@@ -461,11 +473,16 @@ fn user_mounts(
     flavor: RuntimeFlavor,
     idmap: Option<rootfs::IdMap>,
     ws_dir: &Path,
+    rootfs_dir: &Path,
 ) -> anyhow::Result<Vec<bundle::UserMount>> {
-    let mounts = match &settings.mounts {
-        Some(m) => bundle::parse_mounts(m, flavor)?,
-        None => return Ok(Vec::new()),
-    };
+    // The persistent paths first: a user mount beneath one still shows.
+    let mut mounts = crate::disk::persistent_mounts(&settings.disk, rootfs_dir, idmap.as_ref())?;
+    if let Some(m) = &settings.mounts {
+        mounts.extend(bundle::parse_mounts(m, flavor)?);
+    }
+    if mounts.is_empty() {
+        return Ok(mounts);
+    }
     let Some(map) = idmap else {
         return Ok(mounts);
     };

@@ -216,18 +216,18 @@ impl Backend {
         &self,
         settings: &Settings,
         image: &ReadyImage,
-        ws_dir: &Path,
+        disk: &crate::disk::Prepared,
         target: &Path,
     ) -> Result<Rootfs, BackendError> {
         match (self, &image.source) {
             (Backend::Native, Source::Native { record, lease }) => {
-                native::mount_rootfs(settings, record, lease.clone(), ws_dir, target).await
+                native::mount_rootfs(settings, record, lease.clone(), disk, target).await
             }
             (Backend::Containerd(c), Source::Containerd { chain_id }) => {
                 let (snapshot, dirs) = c
                     .workspace_layers(&settings.node_identity(), chain_id.as_ref())
                     .await?;
-                assemble(settings, dirs, ws_dir, target, Hold::Containerd(snapshot)).await
+                assemble(settings, dirs, disk, target, Hold::Containerd(snapshot)).await
             }
             _ => unreachable!("an image is mounted by the backend that made it ready"),
         }
@@ -261,12 +261,12 @@ async fn release_hold(hold: Hold) -> Result<(), BackendError> {
 }
 
 /// Assembles the rootfs at `target` from layer dirs (bottom to top), the
-/// workspace's disk under `ws_dir`, the same way for both backends; `hold`
+/// workspace's disk as `disk` says, the same way for both backends; `hold`
 /// keeps the layers while it is mounted, and is given back on a failure.
 async fn assemble(
     settings: &Settings,
     layers: Vec<PathBuf>,
-    ws_dir: &Path,
+    disk: &crate::disk::Prepared,
     target: &Path,
     hold: Hold,
 ) -> Result<Rootfs, BackendError> {
@@ -281,11 +281,12 @@ async fn assemble(
         crate::rootfs::teardown(target)?;
         let assembled = crate::rootfs::assemble(&crate::rootfs::Request {
             layers,
-            workspace_dir: ws_dir.join("disk"),
+            workspace_dir: disk.dir.clone(),
             target: target.to_path_buf(),
             mode: settings.rootfs_mode,
             idmap,
-            reset: false,
+            reset: disk.reset,
+            carry: disk.carry.clone(),
         })?;
         Ok::<_, BackendError>((idmap, assembled))
     }

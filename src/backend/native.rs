@@ -57,7 +57,7 @@ pub async fn mount_rootfs(
     settings: &Settings,
     record: &ImageRecord,
     lease: std::sync::Arc<Lease>,
-    ws_dir: &Path,
+    disk: &crate::disk::Prepared,
     target: &Path,
 ) -> Result<Rootfs, BackendError> {
     let layers = LayerCache::open(&settings.cache_dir)?;
@@ -66,5 +66,5 @@ pub async fn mount_rootfs(
         .iter()
         .map(|l| layers.tree(&l.diff_id))
         .collect();
-    super::assemble(settings, dirs, ws_dir, target, Hold::Native(lease)).await
+    super::assemble(settings, dirs, disk, target, Hold::Native(lease)).await
 }

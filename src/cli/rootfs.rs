@@ -116,6 +116,7 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
         mode: args.mode,
         idmap,
         reset: args.reset,
+        carry: Vec::new(),
     };
     let assembled = rootfs::assemble(&request)?;
     // The mount outlives this command; so must the layers' protection.
