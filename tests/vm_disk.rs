@@ -79,7 +79,7 @@ fn sh(ws: &Running, user: Option<&str>, script: &str) -> String {
 
 /// Boots `reference` on a fresh cache and state dir with `extra`, runs
 /// `f`, stops it with 0; the cache is gone afterwards.
-fn boot(reg: &Registry, reference: &str, extra: &[&str], f: impl FnOnce(&Running)) {
+fn boot(reg: &Registry, reference: &str, extra: &[&str], f: impl FnOnce(&Running)) -> String {
     let sandbox = Sandbox::new();
     let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
     let ws = start_cvmd(&cvmd, reference, extra);
@@ -87,6 +87,7 @@ fn boot(reg: &Registry, reference: &str, extra: &[&str], f: impl FnOnce(&Running
     f(&ws);
     let (code, stderr) = ws.finish();
     assert_eq!(code, Some(0), "stopped on SIGTERM: {stderr}");
+    stderr
 }
 
 const WRITE: &str = "echo notes > /home/dev/notes && chmod 640 /home/dev/notes \
@@ -206,7 +207,13 @@ fn an_image_update_keeps_resets_or_rebases_the_disk() {
     let reg = Registry::plain().unwrap();
     let v1 = push(&reg, "vm/disk-update", "v1", &image("1"));
     let v2 = push(&reg, "vm/disk-update", "v2", &image("2"));
-    for policy in ["keep", "reset", "rebase"] {
+    // The flat copy (no overlay) goes through the same rebase.
+    for (policy, mode) in [
+        ("keep", "overlay"),
+        ("reset", "overlay"),
+        ("rebase", "overlay"),
+        ("rebase", "flat"),
+    ] {
         let volume = tempfile::tempdir().unwrap();
         let vol = volume.path().to_str().unwrap();
         let args = [
@@ -216,6 +223,8 @@ fn an_image_update_keeps_resets_or_rebases_the_disk() {
             "disk",
             "--on-image-change",
             policy,
+            "--rootfs-mode",
+            mode,
         ];
         boot(&reg, &v1, &args, |ws| {
             sh(ws, Some("1000"), WRITE);
@@ -225,7 +234,8 @@ fn an_image_update_keeps_resets_or_rebases_the_disk() {
                 "echo 'Package: tool' >> /var/lib/dpkg/status && echo kept > /etc/marker",
             );
         });
-        boot(&reg, &v2, &args, |ws| {
+        let log = boot(&reg, &v2, &args, |ws| {
+            assert_eq!(ws.status()["rootfs_mode"], mode);
             let dpkg = sh(ws, None, "cat /var/lib/dpkg/status");
             let marker = sh(ws, None, "cat /etc/marker 2>/dev/null; true");
             let notes = sh(ws, None, "cat /home/dev/notes 2>/dev/null; true");
@@ -260,6 +270,10 @@ fn an_image_update_keeps_resets_or_rebases_the_disk() {
                 }
             }
         });
+        assert!(
+            log.contains("the workspace's disk was made on another image"),
+            "{log}"
+        );
         // The record follows the image it now runs.
         let record = std::fs::read_to_string(volume.path().join("disk/image")).unwrap();
         assert!(record.starts_with("sha256:"), "{record}");
