@@ -30,6 +30,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "persist", env: "CVMD_PERSIST", envbox: None, default: Some("paths"), help: "what CVMD_PERSIST_DIR keeps: paths (each of CVMD_PERSIST_PATHS, mounted from the volume) or disk (the whole writable layer)" },
     Spec { key: "persist_paths", env: "CVMD_PERSIST_PATHS", envbox: None, default: Some("/home,/root,/var/lib/docker"), help: "paths that persist (comma-separated, absolute): on the volume with CVMD_PERSIST=paths, and what a rebase keeps" },
     Spec { key: "on_image_change", env: "CVMD_ON_IMAGE_CHANGE", envbox: None, default: Some("rebase"), help: "when the writable layer was made on another image: keep (all of it), reset (start it fresh) or rebase (keep only CVMD_PERSIST_PATHS)" },
+    Spec { key: "disk_size", env: "CVMD_DISK_SIZE", envbox: None, default: None, help: "bound the writable layer and the persistent paths together (bytes, or with KiB/MiB/GiB/TiB): one ext4 image file of that size on CVMD_PERSIST_DIR (else the state dir), loop-mounted [default: unbounded]" },
     Spec { key: "pull_secret", env: "CVMD_PULL_SECRET", envbox: Some("CODER_IMAGE_PULL_SECRET"), default: None, help: "registry credentials: path to, or inline, .dockerconfigjson / .dockercfg" },
     Spec { key: "docker_config", env: "CVMD_DOCKER_CONFIG", envbox: None, default: None, help: "docker config.json with auths/credHelpers/credsStore [default: $DOCKER_CONFIG/config.json, ~/.docker/config.json]" },
     Spec { key: "extra_certs", env: "CVMD_EXTRA_CERTS", envbox: Some("CODER_EXTRA_CERTS_PATH"), default: None, help: "CA certificates (PEM files or folders, comma-separated) trusted beside the system roots" },
@@ -328,6 +329,14 @@ impl Settings {
             })
             .and_then(|v| v.parse().ok())
             .unwrap_or(crate::disk::OnImageChange::Rebase),
+            size: parse("disk_size", &|v| match parse_size(v) {
+                Ok(n) if n >= 16 << 20 => Ok(()),
+                Ok(_) => Err(format!(
+                    "{v:?} is under 16MiB, too small for ext4's own metadata"
+                )),
+                Err(e) => Err(e),
+            })
+            .and_then(|v| parse_size(&v).ok()),
         };
         let pull_secret = parse("pull_secret", &any);
         let docker_config = parse("docker_config", &any)

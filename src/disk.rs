@@ -25,6 +25,8 @@ use std::str::FromStr;
 use crate::digest::Digest;
 use crate::rootfs::IdMap;
 
+pub mod size;
+
 /// `CVMD_PERSIST`: what lives on `CVMD_PERSIST_DIR`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persist {
@@ -84,6 +86,9 @@ pub struct DiskSettings {
     pub persist: Persist,
     pub paths: Vec<PathBuf>,
     pub on_image_change: OnImageChange,
+    /// `CVMD_DISK_SIZE`: bytes of the one file system that holds the
+    /// writable layer and the persistent paths.
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +102,8 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot bound the workspace's disk (CVMD_DISK_SIZE): {what}: {why}")]
+    Size { what: String, why: String },
     #[error("cannot record the image of the workspace's disk in {path:?}: {source}")]
     Record {
         path: PathBuf,
@@ -231,6 +238,10 @@ pub struct Prepared {
     /// Kept by a rebase.
     pub carry: Vec<PathBuf>,
     pub decision: Decision,
+    /// The settings as the rest of the start sees them: with a size, the
+    /// volume is the mounted image file.
+    pub effective: DiskSettings,
+    pub bounded: Option<size::Bounded>,
 }
 
 impl Prepared {
@@ -279,7 +290,28 @@ fn action_name(a: OnImageChange) -> &'static str {
 
 /// Looks at the disk's record and decides; logs an unreadable record.
 pub fn prepare(s: &DiskSettings, ws_dir: &Path, current: &Digest) -> Result<Prepared, DiskError> {
-    let dir = disk_dir(s, ws_dir)?;
+    let (dir, effective, bounded) = match s.size {
+        None => (disk_dir(s, ws_dir)?, s.clone(), None),
+        Some(bytes) => {
+            let home = match &s.persist_dir {
+                Some(vol) => {
+                    volume_dir(vol)?;
+                    vol.clone()
+                }
+                None => ws_dir.to_path_buf(),
+            };
+            let bounded = size::mount(&home, ws_dir, bytes)?;
+            let effective = DiskSettings {
+                persist_dir: s.persist_dir.as_ref().map(|_| bounded.mount.clone()),
+                ..s.clone()
+            };
+            // One file system bounds both: the writable layer is in it
+            // whatever CVMD_PERSIST says.
+            let dir = bounded.mount.join("disk");
+            volume_dir(&dir)?;
+            (dir, effective, Some(bounded))
+        }
+    };
     let recorded = read_record(&dir);
     if let Recorded::Unknown(why) = &recorded {
         tracing::warn!(record = %dir.join(RECORD).display(), why, "the disk's image record is unreadable: treating the disk as made on an unknown image");
@@ -301,7 +333,65 @@ pub fn prepare(s: &DiskSettings, ws_dir: &Path, current: &Digest) -> Result<Prep
         reset,
         carry,
         decision,
+        effective,
+        bounded,
     })
+}
+
+/// Watches a bounded disk's free space: one `disk` event (and a warning)
+/// when it fills up, again only after it had room once more.
+pub async fn watch_full(mount: PathBuf, size: u64, state: crate::supervisor::state::StateHandle) {
+    let bounded = size::Bounded {
+        mount,
+        image: PathBuf::new(),
+        size,
+    };
+    let mut reported = false;
+    loop {
+        if let Some((free, total)) = bounded.free() {
+            if !reported && size::full(free, total) {
+                reported = true;
+                state.disk_event(&format!(
+                    "the workspace's disk is full ({} MiB, CVMD_DISK_SIZE): writes inside fail with ENOSPC until files are removed",
+                    total >> 20
+                ));
+            } else if reported && size::free_again(free, total) {
+                reported = false;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+/// Preflight's word on the disk's bound.
+pub fn size_check(s: &DiskSettings) -> crate::preflight::Check {
+    use crate::preflight::Check;
+    let name = "disk-size";
+    let Some(bytes) = s.size else {
+        return Check::skip(
+            name,
+            "the disk is unbounded (CVMD_DISK_SIZE unset)".to_string(),
+        );
+    };
+    let missing = size::tools_missing();
+    let at = s
+        .persist_dir
+        .as_ref()
+        .map_or("the state dir".to_string(), |p| p.display().to_string());
+    if !missing.is_empty() {
+        return Check::fail(
+            name,
+            format!("CVMD_DISK_SIZE needs {} on PATH", missing.join(", ")),
+            "install e2fsprogs and mount (util-linux) in the outer image, or unset CVMD_DISK_SIZE",
+        );
+    }
+    Check::ok(
+        name,
+        format!(
+            "{} MiB in a loop-mounted ext4 image file on {at} (project quotas are not used)",
+            bytes >> 20
+        ),
+    )
 }
 
 /// The volume dir name of a persistent path: `/var/lib/docker` is

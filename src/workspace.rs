@@ -97,6 +97,7 @@ async fn run_with(
     // Before anything is downloaded: a host that cannot run the workspace
     // says why at once, with the fixes (and Status shows the checks).
     let report = crate::preflight::at_start(settings).await?;
+    let report = report.with(crate::disk::size_check(&settings.disk));
     state.set_preflight(report.checks);
     let ws_dir = settings
         .state_dir
@@ -133,9 +134,26 @@ async fn run_with(
     state.enter(Phase::Rootfs);
     let target = ws_dir.join("rootfs");
     let disk = crate::disk::prepare(&settings.disk, &ws_dir, &ready.digest)?;
-    let rootfs = backend
-        .mount_rootfs(settings, &ready, &disk, &target)
-        .await?;
+    // From here on the persistent volume is where the disk really is (the
+    // mounted image file when the disk has a size).
+    let settings = &Settings {
+        disk: disk.effective.clone(),
+        ..settings.clone()
+    };
+    let watch = disk.bounded.as_ref().map(|b| {
+        tokio::spawn(crate::disk::watch_full(
+            b.mount.clone(),
+            b.size,
+            state.clone(),
+        ))
+    });
+    let rootfs = match backend.mount_rootfs(settings, &ready, &disk, &target).await {
+        Ok(r) => r,
+        Err(e) => {
+            end_disk(&disk, watch);
+            return Err(e.into());
+        }
+    };
     // Recorded only once mounted: a start that failed before leaves the
     // old record, and the next start decides again.
     if let Err(e) = crate::disk::write_record(&disk.dir, &ready.digest) {
@@ -167,7 +185,18 @@ async fn run_with(
     if let Err(e) = backend.release(rootfs).await {
         tracing::warn!(error = %e, backend = backend.name(), "cannot release the workspace rootfs");
     }
+    end_disk(&disk, watch);
     result
+}
+
+/// Stops watching the disk and unmounts its image file, if it has one.
+fn end_disk(disk: &crate::disk::Prepared, watch: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(w) = watch {
+        w.abort();
+    }
+    if let Some(b) = &disk.bounded {
+        b.unmount();
+    }
 }
 
 async fn boot(

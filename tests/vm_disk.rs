@@ -48,7 +48,7 @@ fn image(version: &str) -> common::image::Image {
         );
     layer = layer.owner(1000, 1000).dir("home/dev", 0o750).owner(0, 0);
     for app in [
-        "sh", "sleep", "echo", "cat", "stat", "chmod", "chown", "mkdir", "id",
+        "sh", "sleep", "echo", "cat", "stat", "chmod", "chown", "mkdir", "id", "dd", "rm",
     ] {
         layer = layer.symlink(&format!("bin/{app}"), "busybox");
     }
@@ -305,4 +305,76 @@ fn a_symlink_on_the_volume_is_refused_not_followed() {
         "named: {stderr}"
     );
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_sized_disk_fills_up_inside_with_enospc_and_one_event_outside() {
+    if !prerequisites() {
+        return;
+    }
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "vm/disk-size", "v1", &image("1"));
+    let volume = tempfile::tempdir().unwrap();
+    let vol = volume.path().to_str().unwrap();
+    let args = [
+        "--persist-dir",
+        vol,
+        "--persist",
+        "paths",
+        "--disk-size",
+        "32MiB",
+    ];
+    let log = boot(&reg, &reference, &args, |ws| {
+        let status = ws.status();
+        let check = status["preflight"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "disk-size")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(check["status"], "ok", "{status}");
+        assert!(
+            check["detail"]
+                .as_str()
+                .unwrap()
+                .contains("loop-mounted ext4"),
+            "{check}"
+        );
+        let events = ws
+            .ctl(&["events", "-f", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Twice over the bound: in a persistent path and in the writable
+        // layer, which share it.
+        let out = ws.run(&[
+            "exec",
+            "--",
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/home/dev/big bs=1M count=64; echo rc=$?; \
+             dd if=/dev/zero of=/big bs=1M count=8 2>&1; echo rc=$?",
+        ]);
+        let said = text(&out);
+        assert!(said.contains("No space left on device"), "{said}");
+        assert!(!said.contains("rc=0"), "{said}");
+        // cvmd looks every 2 s; it says so once, however long it stays full.
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        sh(ws, None, "rm -f /home/dev/big /big");
+        let mut events = events;
+        let _ = events.kill();
+        let out = events.wait_with_output().unwrap();
+        let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+        let full: Vec<&str> = lines
+            .lines()
+            .filter(|l| l.contains("\"disk\"") && l.contains("is full"))
+            .collect();
+        assert_eq!(full.len(), 1, "one event: {lines}");
+    });
+    assert!(log.contains("the workspace's disk is full"), "{log}");
+    // The node's disk holds no more than the bound.
+    let image = std::fs::metadata(volume.path().join("disk.ext4")).unwrap();
+    assert_eq!(image.len(), 32 << 20);
+    assert!(image.blocks() * 512 <= 32 << 20);
 }

@@ -260,6 +260,17 @@ impl StateHandle {
         }
     }
 
+    /// A `disk` event and a warning, e.g. the disk is full.
+    pub fn disk_event(&self, message: &str) {
+        tracing::warn!("{message}");
+        let _ = self.0.events.send(Event {
+            time: SystemTime::now(),
+            kind: EventKind::Disk,
+            phase: self.phase(),
+            message: message.to_string(),
+        });
+    }
+
     pub fn set_rootfs(&self, mode: &str, idmap_mode: &str) {
         let mut inner = self.lock();
         inner.rootfs_mode = mode.to_string();
