@@ -232,10 +232,16 @@ pub fn reshift(root: &Path, from: Option<&IdMap>, to: Option<&IdMap>) -> Result<
         .map_err(keep_err(root))?
         .dev();
     let mut changed = 0;
+    // A hard link's inode is shifted once: a second visit would take the
+    // new owner for a foreign one.
+    let mut linked = std::collections::HashSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(path) = stack.pop() {
         let meta = std::fs::symlink_metadata(&path).map_err(keep_err(&path))?;
         if meta.dev() != dev {
+            continue;
+        }
+        if !meta.is_dir() && meta.nlink() > 1 && !linked.insert(meta.ino()) {
             continue;
         }
         let uid = remap(meta.uid(), uids(from), uids(to));
