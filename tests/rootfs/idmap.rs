@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use cvmd::rootfs::{self, assemble, assemble_with, teardown, IdMapMode, Mode, ModePreference};
+use cvmd::rootfs::{assemble, assemble_with, teardown, IdMapMode, Mode, ModePreference};
 
 use super::{layers, mounted_under, request, root_or_skip, wrap, Mounted, MAP};
 
