@@ -247,7 +247,18 @@ pub fn reshift(root: &Path, from: Option<&IdMap>, to: Option<&IdMap>) -> Result<
         let uid = remap(meta.uid(), uids(from), uids(to));
         let gid = remap(meta.gid(), gids(from), gids(to));
         if (uid, gid) != (meta.uid(), meta.gid()) {
+            // chown drops a file's capabilities (security.capability): kept
+            // and put back, a v3 one's root ID following the range.
+            let caps = meta.is_file().then(|| file_caps(&path)).flatten();
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(keep_err(&path))?;
+            if let Some(mut caps) = caps {
+                if caps.len() == CAPS_V3_LEN {
+                    let root = u32::from_le_bytes(caps[20..24].try_into().expect("4 bytes"));
+                    caps[20..24].copy_from_slice(&remap(root, uids(from), uids(to)).to_le_bytes());
+                }
+                rustix::fs::lsetxattr(&path, CAPS, &caps, rustix::fs::XattrFlags::empty())
+                    .map_err(|e| keep_err(&path)(e.into()))?;
+            }
             // chown clears set-user/group-ID bits; the disk keeps its modes.
             if !meta.is_symlink() && meta.mode() & 0o6000 != 0 {
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode()))
@@ -262,6 +273,17 @@ pub fn reshift(root: &Path, from: Option<&IdMap>, to: Option<&IdMap>) -> Result<
         }
     }
     Ok(changed)
+}
+
+const CAPS: &str = "security.capability";
+/// `vfs_ns_cap_data`: magic, 2 × (permitted, inheritable), rootid.
+const CAPS_V3_LEN: usize = 24;
+
+fn file_caps(path: &Path) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 64];
+    let n = rustix::fs::lgetxattr(path, CAPS, &mut buf[..]).ok()?;
+    buf.truncate(n);
+    Some(buf)
 }
 
 /// Brings the owners of a kept disk root into range `to`, going by the
@@ -339,6 +361,37 @@ mod tests {
         // Neither range's: another workspace's or the node's own.
         assert_eq!(remap(0, a, b), 300000 + NOBODY);
         assert_eq!(remap(500000, a, None), NOBODY);
+    }
+
+    #[test]
+    fn a_reshift_keeps_file_capabilities_needs_root() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: needs root to chown and set capabilities");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (v2, v3) = (dir.path().join("v2"), dir.path().join("v3"));
+        let mut caps2 = 0x0200_0001u32.to_le_bytes().to_vec();
+        caps2.extend([0x00, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let mut caps3 = 0x0300_0001u32.to_le_bytes().to_vec();
+        caps3.extend(&caps2[4..]);
+        caps3.extend(100_000u32.to_le_bytes());
+        for (p, caps) in [(&v2, &caps2), (&v3, &caps3)] {
+            std::fs::write(p, "x").unwrap();
+            std::os::unix::fs::lchown(p, Some(100_000), Some(100_000)).unwrap();
+            rustix::fs::lsetxattr(p, CAPS, caps, rustix::fs::XattrFlags::empty()).unwrap();
+        }
+        let map = |b| IdMap {
+            host_uid: b,
+            host_gid: b,
+            size: 65536,
+        };
+        std::os::unix::fs::lchown(dir.path(), Some(100_000), Some(100_000)).unwrap();
+        reshift(dir.path(), Some(&map(100_000)), Some(&map(300_000))).unwrap();
+        assert_eq!(std::fs::metadata(&v2).unwrap().uid(), 300_000);
+        assert_eq!(file_caps(&v2).unwrap(), caps2);
+        let after = file_caps(&v3).unwrap();
+        assert_eq!(&after[20..24], &300_000u32.to_le_bytes());
     }
 
     #[test]
