@@ -130,6 +130,11 @@ fn chowned_copy_shifts_owners_and_acls_needs_root() {
     assert_eq!((snap["etc/passwd"].uid, snap["hl/b"].gid), (0, 4));
     assert_eq!(snap["home/user/file"].uid, 1000);
     assert_eq!(snap["usr/bin/su"].mode, 0o4755, "setuid survives the chown");
+    let journal = &snap["var/log/journal"];
+    for name in ["system.posix_acl_access", "system.posix_acl_default"] {
+        let v = &journal.xattrs.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(v, &layers::acl(1000, 4), "{name} follows too");
+    }
     teardown(&b.target).unwrap();
     assert!(mounted_under(tmp.path()).is_empty());
 }

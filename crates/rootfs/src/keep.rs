@@ -266,6 +266,17 @@ pub fn reshift(root: &Path, from: Option<&IdMap>, to: Option<&IdMap>) -> Result<
             }
             changed += 1;
         }
+        if !meta.is_symlink() {
+            for name in ACLS {
+                let Some(acl) = xattr(&path, name) else {
+                    continue;
+                };
+                if let Some(new) = remap_acl(&acl, from, to) {
+                    rustix::fs::lsetxattr(&path, name, &new, rustix::fs::XattrFlags::empty())
+                        .map_err(|e| keep_err(&path)(e.into()))?;
+                }
+            }
+        }
         if meta.is_dir() {
             for entry in std::fs::read_dir(&path).map_err(keep_err(&path))? {
                 stack.push(entry.map_err(keep_err(&path))?.path());
@@ -279,11 +290,58 @@ const CAPS: &str = "security.capability";
 /// `vfs_ns_cap_data`: magic, 2 × (permitted, inheritable), rootid.
 const CAPS_V3_LEN: usize = 24;
 
+const ACLS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+
 fn file_caps(path: &Path) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 64];
-    let n = rustix::fs::lgetxattr(path, CAPS, &mut buf[..]).ok()?;
-    buf.truncate(n);
-    Some(buf)
+    xattr(path, CAPS)
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    // Capabilities are 24 bytes and ACLs rarely over a few entries; the
+    // kernel's bound (XATTR_SIZE_MAX) only when it says ERANGE.
+    for size in [4096, 65536] {
+        let mut buf = vec![0u8; size];
+        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Some(buf);
+            }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// A POSIX ACL xattr (header, then entries of tag u16, perm u16, id u32,
+/// little-endian) with its named users and groups moved from range `from`
+/// to `to`; `None` when nothing changes or it is malformed (kept as is).
+fn remap_acl(value: &[u8], from: Option<&IdMap>, to: Option<&IdMap>) -> Option<Vec<u8>> {
+    const ACL_USER: u16 = 0x02;
+    const ACL_GROUP: u16 = 0x08;
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
+        return None;
+    }
+    let mut out = value.to_vec();
+    for entry in out[4..].chunks_exact_mut(8) {
+        let tag = u16::from_le_bytes([entry[0], entry[1]]);
+        let id = u32::from_le_bytes(entry[4..8].try_into().expect("4 bytes"));
+        let new = match tag {
+            ACL_USER => remap(
+                id,
+                from.map(|m| (m.host_uid, m.size)),
+                to.map(|m| (m.host_uid, m.size)),
+            ),
+            ACL_GROUP => remap(
+                id,
+                from.map(|m| (m.host_gid, m.size)),
+                to.map(|m| (m.host_gid, m.size)),
+            ),
+            _ => continue,
+        };
+        entry[4..8].copy_from_slice(&new.to_le_bytes());
+    }
+    (out != value).then_some(out)
 }
 
 /// Brings the owners of a kept disk root into range `to`, going by the
@@ -392,6 +450,27 @@ mod tests {
         assert_eq!(file_caps(&v2).unwrap(), caps2);
         let after = file_caps(&v3).unwrap();
         assert_eq!(&after[20..24], &300_000u32.to_le_bytes());
+    }
+
+    #[test]
+    fn acl_named_entries_follow_the_range() {
+        let m = |b| IdMap {
+            host_uid: b,
+            host_gid: b,
+            size: 65536,
+        };
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, id) in [(0x01u16, u32::MAX), (0x02, 101_000), (0x08, 100_004)] {
+            acl.extend(tag.to_le_bytes());
+            acl.extend(6u16.to_le_bytes());
+            acl.extend(id.to_le_bytes());
+        }
+        let out = remap_acl(&acl, Some(&m(100_000)), Some(&m(300_000))).unwrap();
+        assert_eq!(&out[4..12], &acl[4..12], "the owner entry has no ID");
+        assert_eq!(&out[16..20], &301_000u32.to_le_bytes());
+        assert_eq!(&out[24..28], &300_004u32.to_le_bytes());
+        assert_eq!(remap_acl(&acl, Some(&m(100_000)), Some(&m(100_000))), None);
+        assert_eq!(remap_acl(&acl[..7], None, Some(&m(1))), None);
     }
 
     #[test]
