@@ -97,7 +97,6 @@ async fn run_with(
     // Before anything is downloaded: a host that cannot run the workspace
     // says why at once, with the fixes (and Status shows the checks).
     let report = crate::preflight::at_start(settings).await?;
-    let report = report.with(crate::disk::size_check(&settings.disk));
     state.set_preflight(report.checks);
     let ws_dir = settings
         .state_dir

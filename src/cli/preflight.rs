@@ -20,7 +20,9 @@ pub async fn report(settings: &Settings) -> anyhow::Result<preflight::Report> {
     let host = tokio::task::spawn_blocking(move || preflight::collect(&RealHost::default(), &opts))
         .await?;
     let containerd = preflight::containerd::facts(settings).await;
-    Ok(host.with(preflight::containerd::judge(&containerd)))
+    Ok(host
+        .with(preflight::containerd::judge(&containerd))
+        .with(crate::disk::size_check(&settings.disk)))
 }
 
 pub async fn preflight(settings: &Settings, args: &PreflightArgs) -> anyhow::Result<i32> {

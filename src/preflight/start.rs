@@ -15,7 +15,8 @@ pub async fn at_start(settings: &Settings) -> Result<Report, PreflightError> {
         })?
         .with(super::containerd::judge(
             &super::containerd::facts(settings).await,
-        ));
+        ))
+        .with(crate::disk::size_check(&settings.disk));
     report.log();
     if settings.shiftfs_install {
         install_shiftfs(settings, &report).await;
