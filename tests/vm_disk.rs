@@ -378,3 +378,46 @@ fn a_sized_disk_fills_up_inside_with_enospc_and_one_event_outside() {
     assert_eq!(image.len(), 32 << 20);
     assert!(image.blocks() * 512 <= 32 << 20);
 }
+
+#[test]
+fn a_corrupt_image_record_is_an_unknown_image_with_a_log_line() {
+    if !prerequisites() {
+        return;
+    }
+    let reg = Registry::plain().unwrap();
+    let reference = push(&reg, "vm/disk-record", "v1", &image("1"));
+    let volume = tempfile::tempdir().unwrap();
+    let vol = volume.path().to_str().unwrap();
+    let args = ["--persist-dir", vol, "--persist", "disk"];
+    boot(&reg, &reference, &args, |ws| {
+        sh(ws, Some("1000"), WRITE);
+        sh(ws, None, "echo kept > /etc/marker");
+    });
+    std::fs::write(
+        volume.path().join("disk/image"),
+        "sha256:../../etc\n\0garbage",
+    )
+    .unwrap();
+    // The same image: only the record says otherwise, and the default
+    // rebase keeps the persistent paths.
+    let log = boot(&reg, &reference, &args, |ws| {
+        let disk = ws.status()["disk"].as_str().unwrap().to_string();
+        assert!(
+            disk.contains("an unknown image (unreadable record)"),
+            "{disk}"
+        );
+        assert_eq!(sh(ws, None, "cat /etc/marker 2>/dev/null; true"), "");
+        assert_eq!(sh(ws, None, "cat /home/dev/notes"), "notes");
+    });
+    assert!(
+        log.contains("the disk's image record is unreadable"),
+        "{log}"
+    );
+    let record = std::fs::read_to_string(volume.path().join("disk/image")).unwrap();
+    assert!(record
+        .trim()
+        .parse::<String>()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert!(!record.contains("garbage"), "rewritten: {record}");
+}
