@@ -364,7 +364,8 @@ pub async fn watch_full(mount: PathBuf, size: u64, state: crate::supervisor::sta
 }
 
 /// Preflight's word on the disk's bound.
-pub fn size_check(s: &DiskSettings) -> crate::preflight::Check {
+/// `state_dir` holds the image file when there is no persistent volume.
+pub fn size_check(s: &DiskSettings, state_dir: &Path) -> crate::preflight::Check {
     use crate::preflight::Check;
     let name = "disk-size";
     let Some(bytes) = s.size else {
@@ -385,10 +386,18 @@ pub fn size_check(s: &DiskSettings) -> crate::preflight::Check {
             "install e2fsprogs and mount (util-linux) in the outer image, or unset CVMD_DISK_SIZE",
         );
     }
+    let dir = s.persist_dir.as_deref().unwrap_or(state_dir);
+    let quotas =
+        std::fs::read("/proc/self/mountinfo").is_ok_and(|info| size::project_quotas(&info, dir));
+    let why = if quotas {
+        "its file system has project quotas, which cvmd does not use yet"
+    } else {
+        "its file system has no project quotas"
+    };
     Check::ok(
         name,
         format!(
-            "{} MiB in a loop-mounted ext4 image file on {at} (project quotas are not used)",
+            "{} MiB in a loop-mounted ext4 image file on {at} ({why})",
             bytes >> 20
         ),
     )

@@ -22,7 +22,7 @@ pub async fn report(settings: &Settings) -> anyhow::Result<preflight::Report> {
     let containerd = preflight::containerd::facts(settings).await;
     Ok(host
         .with(preflight::containerd::judge(&containerd))
-        .with(crate::disk::size_check(&settings.disk)))
+        .with(crate::disk::size_check(&settings.disk, &settings.state_dir)))
 }
 
 pub async fn preflight(settings: &Settings, args: &PreflightArgs) -> anyhow::Result<i32> {

@@ -128,6 +128,32 @@ pub fn free_again(free: u64, total: u64) -> bool {
     free > total / 20
 }
 
+/// Whether the file system holding `path` (its mount in `mountinfo`) is
+/// mounted with project quotas (ext4 `prjquota`, XFS `prjquota`/`pquota`).
+pub fn project_quotas(mountinfo: &[u8], path: &Path) -> bool {
+    let mut best: Option<(usize, bool)> = None;
+    for line in mountinfo.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(point) = fields.get(4) else { continue };
+        let point = PathBuf::from(std::ffi::OsString::from(
+            String::from_utf8_lossy(&crate::rootfs::mountinfo::unescape(point)).into_owned(),
+        ));
+        if !path.starts_with(&point) {
+            continue;
+        }
+        // Super options are the last field, after the " - " separator.
+        let quota = fields.last().is_some_and(|opts| {
+            opts.split(|&b| b == b',')
+                .any(|o| matches!(o, b"prjquota" | b"pquota" | b"prjjquota"))
+        });
+        let depth = point.components().count();
+        if best.is_none_or(|(d, _)| depth >= d) {
+            best = Some((depth, quota));
+        }
+    }
+    best.is_some_and(|(_, q)| q)
+}
+
 /// Whether the tools the image file needs are on PATH.
 pub fn tools_missing() -> Vec<&'static str> {
     let path = std::env::var_os("PATH")
@@ -141,6 +167,16 @@ pub fn tools_missing() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn project_quotas_are_read_from_the_nearest_mount() {
+        let info = b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+            30 22 8:2 / /data rw,relatime - xfs /dev/sdb rw,attr2,prjquota\n\
+            31 30 8:3 / /data/x rw - ext4 /dev/sdc rw\n";
+        assert!(project_quotas(info, Path::new("/data/vol")));
+        assert!(!project_quotas(info, Path::new("/data/x/vol")));
+        assert!(!project_quotas(info, Path::new("/srv")));
+    }
 
     #[test]
     fn full_and_free_again_have_a_gap() {

@@ -16,7 +16,7 @@ pub async fn at_start(settings: &Settings) -> Result<Report, PreflightError> {
         .with(super::containerd::judge(
             &super::containerd::facts(settings).await,
         ))
-        .with(crate::disk::size_check(&settings.disk));
+        .with(crate::disk::size_check(&settings.disk, &settings.state_dir));
     report.log();
     if settings.shiftfs_install {
         install_shiftfs(settings, &report).await;
