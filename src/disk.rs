@@ -18,14 +18,18 @@
 //! followed out of it, and a corrupt record is an unknown image.
 
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::digest::Digest;
-use crate::rootfs::IdMap;
 
+mod paths;
 pub mod size;
+mod watch;
+
+pub use paths::{path_name, persistent_mounts};
+pub use watch::{size_check, watch_full};
 
 /// `CVMD_PERSIST`: what lives on `CVMD_PERSIST_DIR`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,189 +342,6 @@ pub fn prepare(s: &DiskSettings, ws_dir: &Path, current: &Digest) -> Result<Prep
     })
 }
 
-/// Watches a bounded disk's free space: one `disk` event (and a warning)
-/// when it fills up, again only after it had room once more.
-pub async fn watch_full(mount: PathBuf, size: u64, state: crate::supervisor::state::StateHandle) {
-    let bounded = size::Bounded {
-        mount,
-        image: PathBuf::new(),
-        size,
-    };
-    let mut reported = false;
-    loop {
-        if let Some((free, total)) = bounded.free() {
-            if !reported && size::full(free, total) {
-                reported = true;
-                state.disk_event(&format!(
-                    "the workspace's disk is full ({} MiB, CVMD_DISK_SIZE): writes inside fail with ENOSPC until files are removed",
-                    total >> 20
-                ));
-            } else if reported && size::free_again(free, total) {
-                reported = false;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    }
-}
-
-/// Preflight's word on the disk's bound.
-/// `state_dir` holds the image file when there is no persistent volume.
-pub fn size_check(s: &DiskSettings, state_dir: &Path) -> crate::preflight::Check {
-    use crate::preflight::Check;
-    let name = "disk-size";
-    let Some(bytes) = s.size else {
-        return Check::skip(
-            name,
-            "the disk is unbounded (CVMD_DISK_SIZE unset)".to_string(),
-        );
-    };
-    let missing = size::tools_missing();
-    let at = s
-        .persist_dir
-        .as_ref()
-        .map_or("the state dir".to_string(), |p| p.display().to_string());
-    if !missing.is_empty() {
-        return Check::fail(
-            name,
-            format!("CVMD_DISK_SIZE needs {} on PATH", missing.join(", ")),
-            "install e2fsprogs and mount (util-linux) in the outer image, or unset CVMD_DISK_SIZE",
-        );
-    }
-    let dir = s.persist_dir.as_deref().unwrap_or(state_dir);
-    let quotas =
-        std::fs::read("/proc/self/mountinfo").is_ok_and(|info| size::project_quotas(&info, dir));
-    let why = if quotas {
-        "its file system has project quotas, which cvmd does not use yet"
-    } else {
-        "its file system has no project quotas"
-    };
-    Check::ok(
-        name,
-        format!(
-            "{} MiB in a loop-mounted ext4 image file on {at} ({why})",
-            bytes >> 20
-        ),
-    )
-}
-
-/// The volume dir name of a persistent path: `/var/lib/docker` is
-/// `var%2Flib%2Fdocker`.
-pub fn path_name(path: &Path) -> String {
-    path.to_string_lossy()
-        .trim_start_matches('/')
-        .replace('%', "%25")
-        .replace('/', "%2F")
-}
-
-/// For `persist=paths`: each persistent path's volume dir (made from the
-/// image's copy in the mounted `rootfs` when new), as mounts in order.
-/// Owners on the volume are unshifted: `idmap` is the range the rootfs
-/// shows its owners in.
-pub fn persistent_mounts(
-    s: &DiskSettings,
-    rootfs: &Path,
-    idmap: Option<&IdMap>,
-) -> Result<Vec<crate::bundle::UserMount>, DiskError> {
-    let (Some(vol), Persist::Paths) = (&s.persist_dir, s.persist) else {
-        return Ok(Vec::new());
-    };
-    volume_dir(vol)?;
-    let base = vol.join("paths");
-    volume_dir(&base)?;
-    let mut out = Vec::new();
-    for path in &s.paths {
-        let at = base.join(path_name(path));
-        let err = |source| DiskError::Path {
-            path: path.clone(),
-            at: at.clone(),
-            source,
-        };
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(DiskError::Volume {
-                    path: at.clone(),
-                    why: "it is not a directory (a symlink is not followed)".into(),
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let tmp = base.join(format!(".{}.new", path_name(path)));
-                let rel = crate::rootfs::keep_relative(path).expect("checked when parsed");
-                seed(&rootfs.join(rel), &tmp, idmap).map_err(err)?;
-                std::fs::rename(&tmp, &at).map_err(err)?;
-                tracing::info!(path = %path.display(), at = %at.display(), "persistent path made from the image's copy");
-            }
-            Err(e) => return Err(err(e)),
-        }
-        out.push(crate::bundle::UserMount {
-            source: at,
-            destination: path.clone(),
-            readonly: false,
-        });
-    }
-    Ok(out)
-}
-
-/// The ID the workspace sees for a host ID of its rootfs.
-fn unshift(id: u32, base: Option<u32>, size: u32) -> u32 {
-    match base {
-        None => id,
-        Some(b) if (b..b.saturating_add(size)).contains(&id) => id - b,
-        Some(_) => 65534,
-    }
-}
-
-/// Copies the image's `from` (not following links, not leaving its file
-/// system) to a new `to`, owners unshifted; a missing `from` gives an empty
-/// root-owned dir. Devices and sockets are not copied.
-fn seed(from: &Path, to: &Path, idmap: Option<&IdMap>) -> std::io::Result<()> {
-    if to.symlink_metadata().is_ok() {
-        std::fs::remove_dir_all(to)?;
-    }
-    let (ub, gb, size) = match idmap {
-        Some(m) => (Some(m.host_uid), Some(m.host_gid), m.size),
-        None => (None, None, u32::MAX),
-    };
-    let meta = match std::fs::symlink_metadata(from) {
-        Ok(m) if m.is_dir() => m,
-        _ => {
-            std::fs::DirBuilder::new().mode(0o755).create(to)?;
-            return std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755));
-        }
-    };
-    let dev = meta.dev();
-    let mut stack = vec![(from.to_path_buf(), to.to_path_buf())];
-    while let Some((src, dst)) = stack.pop() {
-        let m = std::fs::symlink_metadata(&src)?;
-        if m.dev() != dev {
-            continue;
-        }
-        let ft = m.file_type();
-        if ft.is_dir() {
-            std::fs::DirBuilder::new().mode(0o700).create(&dst)?;
-            for entry in std::fs::read_dir(&src)? {
-                let entry = entry?;
-                stack.push((entry.path(), dst.join(entry.file_name())));
-            }
-        } else if ft.is_file() {
-            std::fs::copy(&src, &dst)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else {
-            continue;
-        }
-        std::os::unix::fs::lchown(
-            &dst,
-            Some(unshift(m.uid(), ub, size)),
-            Some(unshift(m.gid(), gb, size)),
-        )?;
-        if !ft.is_symlink() {
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,15 +416,5 @@ mod tests {
         std::fs::write(dir.path().join("elsewhere"), format!("{}\n", digest('d'))).unwrap();
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join(RECORD)).unwrap();
         assert!(matches!(read_record(dir.path()), Recorded::Unknown(_)));
-    }
-
-    #[test]
-    fn path_names_are_one_component_and_distinct() {
-        assert_eq!(
-            path_name(Path::new("/var/lib/docker")),
-            "var%2Flib%2Fdocker"
-        );
-        assert_ne!(path_name(Path::new("/a-b")), path_name(Path::new("/a/b")));
-        assert_ne!(path_name(Path::new("/a%2Fb")), path_name(Path::new("/a/b")));
     }
 }
