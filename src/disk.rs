@@ -292,6 +292,35 @@ fn action_name(a: OnImageChange) -> &'static str {
     }
 }
 
+/// What the rootfs stage opens, writes or mounts in the disk dir: a
+/// symlink there (a hostile volume) would point the overlay's upper dir or
+/// a note's write at the outer container's files.
+const DISK_ENTRIES: &[&str] = &[
+    "upper",
+    "work",
+    "flat",
+    "flat.tmp",
+    "flat.idmap",
+    "upper.idmap",
+    "carry",
+    "empty",
+    "l",
+    "idmapped",
+];
+
+fn no_links(dir: &Path) -> Result<(), DiskError> {
+    for name in DISK_ENTRIES {
+        let path = dir.join(name);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(DiskError::Volume {
+                path,
+                why: "it is a symlink (a symlink is not followed)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Looks at the disk's record and decides; logs an unreadable record.
 pub fn prepare(s: &DiskSettings, ws_dir: &Path, current: &Digest) -> Result<Prepared, DiskError> {
     let (dir, effective, bounded) = match s.size {
@@ -316,6 +345,7 @@ pub fn prepare(s: &DiskSettings, ws_dir: &Path, current: &Digest) -> Result<Prep
             (dir, effective, Some(bounded))
         }
     };
+    no_links(&dir)?;
     let recorded = read_record(&dir);
     if let Recorded::Unknown(why) = &recorded {
         tracing::warn!(record = %dir.join(RECORD).display(), why, "the disk's image record is unreadable: treating the disk as made on an unknown image");

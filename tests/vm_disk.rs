@@ -313,6 +313,22 @@ fn a_symlink_on_the_volume_is_refused_not_followed() {
         "named: {stderr}"
     );
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    // A whole disk whose upper dir is a link out of the volume.
+    let volume = tempfile::tempdir().unwrap();
+    std::fs::create_dir(volume.path().join("disk")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), volume.path().join("disk/upper")).unwrap();
+    let sandbox = Sandbox::new();
+    let cvmd = Cvmd::new(&sandbox.cache(), &reg.host());
+    let vol = volume.path().to_str().unwrap();
+    let ws = start_cvmd(
+        &cvmd,
+        &reference,
+        &with_no_reserve(&["--persist-dir", vol, "--persist", "disk"]),
+    );
+    let (code, stderr, _) = ws.wait_exit(std::time::Duration::from_secs(30));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("it is a symlink"), "named: {stderr}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
 
 #[test]
