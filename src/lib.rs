@@ -7,6 +7,7 @@ pub mod api;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod disk;
 pub mod idmap;
 pub mod image;
 pub mod launch;

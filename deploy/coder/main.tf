@@ -279,6 +279,16 @@ resource "kubernetes_pod_v1" "main" {
         name  = "CVMD_USER"
         value = var.workspace_user
       }
+      # The whole writable layer on the claim (the state dir is on it):
+      # it follows the node's ID range and is rebased on a new image.
+      env {
+        name  = "CVMD_PERSIST_DIR"
+        value = "/run/cvmd/persist"
+      }
+      env {
+        name  = "CVMD_PERSIST"
+        value = "disk"
+      }
       env {
         name  = "CVMD_MOUNTS"
         value = "/home/coder:/home/coder"

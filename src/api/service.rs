@@ -56,6 +56,7 @@ pub fn status_of(s: &Snapshot) -> pb::StatusResponse {
         boots: s.boots,
         reboots: s.reboots,
         oom_kills: s.oom_kills,
+        disk: s.disk.clone(),
     }
 }
 
@@ -84,6 +85,7 @@ fn event_of(e: &Event) -> pb::Event {
             EventKind::Error => "error",
             EventKind::Reboot => "reboot",
             EventKind::Oom => "oom",
+            EventKind::Disk => "disk",
         }
         .into(),
         phase: e.phase.to_string(),

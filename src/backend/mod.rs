@@ -54,6 +54,9 @@ pub struct MountRequest<'a> {
     pub options: RootfsOptions,
     /// Discard the disk first.
     pub reset: bool,
+    /// With `reset`: the paths (as the workspace sees them) moved from the
+    /// old disk into the new one (a rebase on an image change).
+    pub carry: Vec<PathBuf>,
 }
 
 /// The `image_backend` setting.
@@ -399,6 +402,7 @@ async fn assemble(
             mode: request.options.mode,
             idmap,
             reset: request.reset,
+            carry: request.carry.clone(),
         })?;
         Ok::<_, BackendError>((idmap, assembled))
     }

@@ -20,7 +20,12 @@ pub async fn report(settings: &Settings) -> anyhow::Result<preflight::Report> {
     let host = tokio::task::spawn_blocking(move || preflight::collect(&RealHost::default(), &opts))
         .await?;
     let containerd = preflight::containerd::facts(&settings.run.backend).await;
-    Ok(host.with(preflight::containerd::judge(&containerd)))
+    Ok(host
+        .with(preflight::containerd::judge(&containerd))
+        .with(crate::disk::size_check(
+            &settings.run.disk,
+            &settings.run.state_dir,
+        )))
 }
 
 pub async fn preflight(settings: &Settings, args: &PreflightArgs) -> anyhow::Result<i32> {

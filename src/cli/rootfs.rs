@@ -103,6 +103,7 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
             idmap,
         },
         reset: args.reset,
+        carry: Vec::new(),
     };
     let mounted = backend.mount_rootfs(cache_dir, &ready, &request).await?;
     let total = started.elapsed();

@@ -39,6 +39,11 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "image", env: "CVMD_IMAGE", envbox: Some("CODER_INNER_IMAGE"), default: None, help: "workspace image reference" },
     Spec { key: "cache_dir", env: "CVMD_CACHE_DIR", envbox: None, default: Some("/var/lib/cvmd"), help: "node-wide content store and layer cache" },
     Spec { key: "state_dir", env: "CVMD_STATE_DIR", envbox: None, default: Some(cvmd_api::socket::DEFAULT_STATE_DIR), help: "this workspace's state (bundle, upper dir)" },
+    Spec { key: "persist_dir", env: "CVMD_PERSIST_DIR", envbox: None, default: None, help: "the workspace's persistent volume (a PVC): what CVMD_PERSIST names is kept there across pods [default: nothing persists beyond the state dir]" },
+    Spec { key: "persist", env: "CVMD_PERSIST", envbox: None, default: Some("paths"), help: "what CVMD_PERSIST_DIR keeps: paths (each of CVMD_PERSIST_PATHS, mounted from the volume) or disk (the whole writable layer)" },
+    Spec { key: "persist_paths", env: "CVMD_PERSIST_PATHS", envbox: None, default: Some("/home,/root,/var/lib/docker"), help: "paths that persist (comma-separated, absolute): on the volume with CVMD_PERSIST=paths, and what a rebase keeps" },
+    Spec { key: "on_image_change", env: "CVMD_ON_IMAGE_CHANGE", envbox: None, default: Some("rebase"), help: "when the writable layer was made on another image: keep (all of it), reset (start it fresh) or rebase (keep only CVMD_PERSIST_PATHS)" },
+    Spec { key: "disk_size", env: "CVMD_DISK_SIZE", envbox: None, default: None, help: "bound the writable layer and the persistent paths together (bytes, or with KiB/MiB/GiB/TiB): one ext4 image file of that size on CVMD_PERSIST_DIR (else the state dir), loop-mounted [default: unbounded]" },
     Spec { key: "pull_secret", env: "CVMD_PULL_SECRET", envbox: Some("CODER_IMAGE_PULL_SECRET"), default: None, help: "registry credentials: path to, or inline, .dockerconfigjson / .dockercfg" },
     Spec { key: "docker_config", env: "CVMD_DOCKER_CONFIG", envbox: None, default: None, help: "docker config.json with auths/credHelpers/credsStore [default: $DOCKER_CONFIG/config.json, ~/.docker/config.json]" },
     Spec { key: "extra_certs", env: "CVMD_EXTRA_CERTS", envbox: Some("CODER_EXTRA_CERTS_PATH"), default: None, help: "CA certificates (PEM files or folders, comma-separated) trusted beside the system roots" },
@@ -188,6 +193,18 @@ fn run_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> RunOpt
             .map_err(|e| e.to_string())
     });
     let state_dir = r.get("state_dir", absolute);
+    let disk = crate::disk::DiskSettings {
+        persist_dir: r.opt("persist_dir", absolute),
+        persist: r.get("persist", str::parse),
+        paths: r.get("persist_paths", crate::disk::parse_paths),
+        on_image_change: r.get("on_image_change", str::parse),
+        size: r.opt("disk_size", |v| match parse_size(v)? {
+            n if n >= 16 << 20 => Ok(n),
+            _ => Err(format!(
+                "{v:?} is under 16MiB, too small for ext4's own metadata"
+            )),
+        }),
+    };
     let identity = identity(r);
     let pull = pull_options(r, env);
     let backend = backend_options(r);
@@ -244,6 +261,7 @@ fn run_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> RunOpt
         image,
         identity,
         state_dir,
+        disk,
         pull,
         backend,
         rootfs,

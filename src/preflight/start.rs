@@ -10,6 +10,8 @@ pub async fn at_start(
     opts: &Options,
     backend: &BackendOptions,
     shiftfs: &crate::shiftfs::Options,
+    disk: &crate::disk::DiskSettings,
+    state_dir: &std::path::Path,
 ) -> Result<Report, PreflightError> {
     let opts = opts.clone();
     let report = tokio::task::spawn_blocking(move || collect(&RealHost::default(), &opts))
@@ -19,7 +21,8 @@ pub async fn at_start(
         })?
         .with(super::containerd::judge(
             &super::containerd::facts(backend).await,
-        ));
+        ))
+        .with(crate::disk::size_check(disk, state_dir));
     report.log();
     if shiftfs.install_at_start {
         install_shiftfs(shiftfs, &report).await;

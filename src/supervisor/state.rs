@@ -23,6 +23,8 @@ pub enum EventKind {
     Reboot,
     /// The kernel's OOM killer killed processes in the workspace.
     Oom,
+    /// What a start did with the workspace's disk (an image change).
+    Disk,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,8 @@ pub struct Snapshot {
     /// OOM kills in the workspace's memory cgroup, over every boot.
     pub oom_kills: u64,
     pub preflight: Vec<crate::preflight::Check>,
+    /// Where the disk is and what this start did with it.
+    pub disk: String,
 }
 
 /// The running container, for Exec.
@@ -97,6 +101,7 @@ struct Inner {
     boots: u32,
     reboots: u32,
     oom_kills: u64,
+    disk: String,
     container: Option<Container>,
     layers: BTreeMap<String, LayerState>,
     restart_requested: bool,
@@ -143,6 +148,7 @@ impl StateHandle {
                 boots: 0,
                 reboots: 0,
                 oom_kills: 0,
+                disk: String::new(),
                 container: None,
                 layers: BTreeMap::new(),
                 restart_requested: false,
@@ -235,6 +241,36 @@ impl StateHandle {
     /// The host checks cvmd ran at start.
     pub fn set_preflight(&self, checks: Vec<crate::preflight::Check>) {
         self.lock().preflight = checks;
+    }
+
+    /// What this start did with the disk; `event`: also a `disk` event
+    /// and a log line (an image change).
+    pub fn set_disk(&self, what: &str, event: bool) {
+        let phase = {
+            let mut inner = self.lock();
+            inner.disk = what.to_string();
+            inner.lifecycle.phase()
+        };
+        if event {
+            tracing::warn!("the workspace's disk was made on another image: {what}");
+            let _ = self.0.events.send(Event {
+                time: SystemTime::now(),
+                kind: EventKind::Disk,
+                phase,
+                message: what.to_string(),
+            });
+        }
+    }
+
+    /// A `disk` event and a warning, e.g. the disk is full.
+    pub fn disk_event(&self, message: &str) {
+        tracing::warn!("{message}");
+        let _ = self.0.events.send(Event {
+            time: SystemTime::now(),
+            kind: EventKind::Disk,
+            phase: self.phase(),
+            message: message.to_string(),
+        });
     }
 
     pub fn set_rootfs(&self, mode: &str, idmap_mode: &str) {
@@ -332,6 +368,7 @@ impl StateHandle {
             reboots: inner.reboots,
             oom_kills: inner.oom_kills,
             preflight: inner.preflight.clone(),
+            disk: inner.disk.clone(),
         }
     }
 

@@ -107,9 +107,14 @@ async fn run_with(
     let reference: Reference = image.parse()?;
     // Before anything is downloaded: a host that cannot run the workspace
     // says why at once, with the fixes (and Status shows the checks).
-    let report =
-        crate::preflight::at_start(&settings.preflight, &settings.backend, &settings.shiftfs)
-            .await?;
+    let report = crate::preflight::at_start(
+        &settings.preflight,
+        &settings.backend,
+        &settings.shiftfs,
+        &settings.disk,
+        &settings.state_dir,
+    )
+    .await?;
     state.set_preflight(report.checks);
     let ws_dir = settings
         .state_dir
@@ -150,16 +155,49 @@ async fn run_with(
 
     state.enter(Phase::Rootfs);
     let target = ws_dir.join("rootfs");
+    let disk = crate::disk::prepare(&settings.disk, &ws_dir, &ready.digest)?;
+    // From here on the persistent volume is where the disk really is (the
+    // mounted image file when the disk has a size).
+    let settings = &RunOptions {
+        disk: disk.effective.clone(),
+        ..settings.clone()
+    };
+    let watch = disk.bounded.as_ref().map(|b| {
+        tokio::spawn(crate::disk::watch_full(
+            b.mount.clone(),
+            b.size,
+            state.clone(),
+        ))
+    });
     let request = MountRequest {
         identity: &identity,
-        disk: ws_dir.join("disk"),
+        disk: disk.dir.clone(),
         target: target.clone(),
         options: settings.rootfs,
-        reset: false,
+        reset: disk.reset,
+        carry: disk.carry.clone(),
     };
-    let rootfs = backend
+    let rootfs = match backend
         .mount_rootfs(&settings.pull.cache_dir, &ready, &request)
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            end_disk(&disk, watch);
+            return Err(e.into());
+        }
+    };
+    // Recorded only once mounted: a start that failed before leaves the
+    // old record, and the next start decides again.
+    if let Err(e) = crate::disk::write_record(&disk.dir, &ready.digest) {
+        tracing::warn!(error = %e, "the next start cannot tell which image this disk was made on");
+    }
+    let described = disk.describe(&settings.disk, &ready.digest);
+    tracing::info!(disk = %disk.dir.display(), "disk: {described}");
+    state.set_disk(
+        &described,
+        matches!(disk.decision, crate::disk::Decision::Changed { .. }),
+    );
     let idmap = rootfs.idmap;
     state.set_rootfs(&rootfs.mode.to_string(), &rootfs.idmap_mode.to_string());
     // Only now, with this workspace's layers leased: a budget gc must never
@@ -180,7 +218,18 @@ async fn run_with(
     if let Err(e) = backend.release(rootfs).await {
         tracing::warn!(error = %e, backend = backend.name(), "cannot release the workspace rootfs");
     }
+    end_disk(&disk, watch);
     result
+}
+
+/// Stops watching the disk and unmounts its image file, if it has one.
+fn end_disk(disk: &crate::disk::Prepared, watch: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(w) = watch {
+        w.abort();
+    }
+    if let Some(b) = &disk.bounded {
+        b.unmount();
+    }
 }
 
 async fn boot(
@@ -418,7 +467,7 @@ fn write_bundle(
     input.outer_env = std::env::vars().collect::<BTreeMap<_, _>>();
     input.idmap = idmap;
     input.host_files = host_files;
-    input.mounts = user_mounts(wanted, flavor, idmap, ws_dir)?;
+    input.mounts = user_mounts(wanted, &settings.disk, flavor, idmap, ws_dir, rootfs_dir)?;
     // The control socket stays in the outer container (docs/ARCHITECTURE.md).
     if let Some(m) = input
         .mounts
@@ -464,14 +513,20 @@ async fn end_now(runtime: &Runtime, id: &str) {
 /// ID range (see `launch::mounts`).
 fn user_mounts(
     settings: &BundleOptions,
+    disk: &crate::disk::DiskSettings,
     flavor: RuntimeFlavor,
     idmap: Option<rootfs::IdMap>,
     ws_dir: &Path,
+    rootfs_dir: &Path,
 ) -> anyhow::Result<Vec<bundle::UserMount>> {
-    let mounts = match &settings.mounts {
-        Some(m) => bundle::parse_mounts(m, flavor)?,
-        None => return Ok(Vec::new()),
-    };
+    // The persistent paths first: a user mount beneath one still shows.
+    let mut mounts = crate::disk::persistent_mounts(disk, rootfs_dir, idmap.as_ref())?;
+    if let Some(m) = &settings.mounts {
+        mounts.extend(bundle::parse_mounts(m, flavor)?);
+    }
+    if mounts.is_empty() {
+        return Ok(mounts);
+    }
     let Some(map) = idmap else {
         return Ok(mounts);
     };

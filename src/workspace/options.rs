@@ -14,6 +14,8 @@ pub struct RunOptions {
     pub identity: Identity,
     /// This workspace's state (bundle, upper dir, runtime root).
     pub state_dir: PathBuf,
+    /// What persists, where, and what an image change does to it.
+    pub disk: crate::disk::DiskSettings,
     pub pull: PullOptions,
     pub backend: BackendOptions,
     pub rootfs: RootfsOptions,

@@ -15,3 +15,4 @@ mod preflight;
 mod run_cli;
 mod systemd_boot;
 mod terminal;
+mod vm_disk;

@@ -20,6 +20,12 @@ pub enum RootfsError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot keep {path:?} of the workspace's disk across the new image or ID range: {source}; check the persistent volume (CVMD_PERSIST_DIR), or set CVMD_ON_IMAGE_CHANGE=reset to start the disk fresh")]
+    Keep {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("layer directory {path:?} is missing or unreadable: {source}; re-unpack the image into the layer cache")]
     Layer {
         path: PathBuf,

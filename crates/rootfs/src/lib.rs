@@ -17,6 +17,7 @@ mod error;
 mod flat;
 mod fsx;
 mod idshift;
+mod keep;
 pub mod mountinfo;
 mod overlay;
 mod plan;
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 
 pub use error::RootfsError;
 pub use idshift::shift as shift_id;
+pub use keep::relative as keep_relative;
 pub use plan::OVERLAYFS_SUPER_MAGIC;
 pub use sys::{fs_magic, idmapped_clone, Kernel, Lower, MountOps, StepError};
 pub use userns::userns_fd;
@@ -162,6 +164,9 @@ pub struct Request {
     pub idmap: Option<IdMap>,
     /// Discard the workspace's disk first.
     pub reset: bool,
+    /// With `reset`: paths (absolute, as the workspace sees them) of the
+    /// old disk moved into the new one (a rebase on an image change).
+    pub carry: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +241,16 @@ pub fn assemble_with(ops: &dyn MountOps, req: &Request) -> Result<Assembled, Roo
     }
     ws_dir::prepare(ops, &ws)?;
     if req.reset {
+        if !req.carry.is_empty() {
+            let old = [ws_dir::UPPER, ws_dir::FLAT]
+                .iter()
+                .map(|n| ws.join(n))
+                .find(|p| p.is_dir());
+            if let Some(old) = old {
+                let kept = keep::stash(&ws, &old, &req.carry)?;
+                tracing::info!(kept = ?kept, "persistent paths set aside for the new disk");
+            }
+        }
         ws_dir::discard_disk(&ws)?;
     }
     let facts = plan::Facts {
@@ -286,7 +301,16 @@ pub fn assemble_with(ops: &dyn MountOps, req: &Request) -> Result<Assembled, Roo
             return ctx.flat(None, ph);
         }
         Mode::Overlay => {
+            let upper = ws.join(ws_dir::UPPER);
+            let kept = upper.exists();
             ws_dir::prepare_overlay(&ws, layers.last().map(PathBuf::as_path), req.idmap.as_ref())?;
+            if kept {
+                keep::follow_range(&ws, &upper, keep::UPPER_NOTE, req.idmap.as_ref())?;
+            } else {
+                ws_dir::write_named_note(&ws, keep::UPPER_NOTE, req.idmap.as_ref())?;
+            }
+            let top_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
+            keep::put_back(&ws, &upper, &req.carry, &top_first, req.idmap.as_ref())?;
             let lowers = if layers.is_empty() {
                 vec![ws.join(ws_dir::EMPTY)]
             } else {
@@ -347,7 +371,10 @@ impl Ctx<'_> {
         let want = ws_dir::flat_note(shift);
         if flat.exists() {
             let found = ws_dir::read_note(self.ws);
-            if found != want {
+            if found != want && keep::parse_note(&found).is_some() {
+                // A kept disk on another ID range: its owners follow.
+                keep::follow_range(self.ws, &flat, ws_dir::FLAT_NOTE, shift)?;
+            } else if found != want {
                 return Err(RootfsError::FlatMismatch {
                     path: flat,
                     found: found.trim().into(),
@@ -362,6 +389,8 @@ impl Ctx<'_> {
                 path: flat.clone(),
                 source,
             })?;
+            let top_first: Vec<PathBuf> = self.layers.iter().rev().cloned().collect();
+            keep::put_back(self.ws, &flat, &self.req.carry, &top_first, shift)?;
             tracing::info!(
                 entries = stats.entries,
                 bytes = stats.bytes,

@@ -55,7 +55,7 @@ pub fn prepare(ops: &dyn MountOps, ws: &Path) -> Result<(), RootfsError> {
 /// Discards the workspace's disk (reset): the overlay upper and work dirs
 /// and the flat copy.
 pub fn discard_disk(ws: &Path) -> Result<(), RootfsError> {
-    for name in [UPPER, WORK, FLAT, FLAT_NOTE] {
+    for name in [UPPER, WORK, FLAT, FLAT_NOTE, super::keep::UPPER_NOTE] {
         let path = ws.join(name);
         remove(&path).map_err(|source| RootfsError::Reset { path, source })?;
     }
@@ -124,4 +124,10 @@ pub fn read_note(ws: &Path) -> String {
 pub fn write_note(ws: &Path, note: &str) -> Result<(), RootfsError> {
     let p = ws.join(FLAT_NOTE);
     std::fs::write(&p, note).map_err(prep(&p))
+}
+
+/// Writes the note `name` of how a disk's owners are written.
+pub fn write_named_note(ws: &Path, name: &str, shift: Option<&IdMap>) -> Result<(), RootfsError> {
+    let p = ws.join(name);
+    std::fs::write(&p, flat_note(shift)).map_err(prep(&p))
 }

@@ -4,7 +4,7 @@
 use crate::common::prereq;
 use std::os::unix::fs::MetadataExt;
 
-use cvmd::rootfs::{self, assemble, assemble_with, teardown, IdMapMode, Mode, ModePreference};
+use cvmd::rootfs::{assemble, assemble_with, teardown, IdMapMode, Mode, ModePreference};
 
 use super::{layers, mounted_under, request, wrap, Mounted, MAP};
 
@@ -117,11 +117,19 @@ fn chowned_copy_shifts_owners_and_acls_needs_root() {
         assert_eq!(v, &layers::acl(101000, 100004), "{name}");
     }
     teardown(&a.target).unwrap();
-    // A plain request on the same (shifted) disk is refused, not double-mapped.
+    // A plain request on the same (shifted) disk is not double-mapped:
+    // the kept disk's owners follow it back to unshifted, as recorded.
     req.idmap = None;
-    assert!(matches!(
-        assemble(&req),
-        Err(rootfs::RootfsError::FlatMismatch { .. })
-    ));
+    let b = assemble(&req).unwrap();
+    let snap = layers::snapshot(&b.target);
+    assert_eq!((snap["etc/passwd"].uid, snap["hl/b"].gid), (0, 4));
+    assert_eq!(snap["home/user/file"].uid, 1000);
+    assert_eq!(snap["usr/bin/su"].mode, 0o4755, "setuid survives the chown");
+    let journal = &snap["var/log/journal"];
+    for name in ["system.posix_acl_access", "system.posix_acl_default"] {
+        let v = &journal.xattrs.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(v, &layers::acl(1000, 4), "{name} follows too");
+    }
+    teardown(&b.target).unwrap();
     assert!(mounted_under(tmp.path()).is_empty());
 }

@@ -28,6 +28,7 @@ fn request(base: &Path, layers: Vec<PathBuf>, ws: &str, mode: ModePreference) ->
         mode,
         idmap: None,
         reset: false,
+        carry: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "boots": s.boots,
         "reboots": s.reboots,
         "oom_kills": s.oom_kills,
+        "disk": (!s.disk.is_empty()).then_some(&s.disk),
         "preflight": s.preflight.iter().map(|c| json!({
             "name": c.name, "status": c.status, "detail": c.detail, "fix": c.fix,
         })).collect::<Vec<_>>(),
@@ -67,6 +68,9 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
     }
     if s.boots > 1 {
         out.push_str(&format!("boots      {}\n", s.boots));
+    }
+    if !s.disk.is_empty() {
+        out.push_str(&format!("disk       {}\n", s.disk));
     }
     if s.reboots > 0 {
         out.push_str(&format!("reboots    {}\n", s.reboots));
