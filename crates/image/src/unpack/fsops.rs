@@ -258,10 +258,10 @@ pub(super) fn creation_defaults(root: &File) -> Defaults {
             rustix::process::getegid().as_raw(),
         )
     });
-    let acl = match rustix::fs::fgetxattr(root, "system.posix_acl_default", &mut [0u8; 0]) {
-        Err(Errno::NODATA | Errno::OPNOTSUPP) => false,
-        _ => true,
-    };
+    let acl = !matches!(
+        rustix::fs::fgetxattr(root, "system.posix_acl_default", &mut [0u8; 0]),
+        Err(Errno::NODATA | Errno::OPNOTSUPP)
+    );
     let umask = if acl { None } else { read_umask() };
     Defaults { owner, umask }
 }
