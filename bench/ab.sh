@@ -12,8 +12,9 @@
 #   systemd  the example image (images/build.sh systemd --layout): one
 #            ~60 MB gzip layer, ~155 MB of tar
 #   big      bench/gen_image.py big: 5 layers, ~950 MB
-# Phases, each cold (new cache dir per run; trees deleted after each phase,
-# see run.sh's FRESH PATHS):
+# Phases, each cold (new cache dir per run, after one untimed warm-up pair
+# that brings the registry's blobs into the page cache; trees deleted after
+# each phase, see run.sh's FRESH PATHS):
 #   unpack      cvmd pull (verify + unpack into the layer cache), plain HTTP
 #   pull-http   cvmd pull --no-unpack over plain HTTP
 #   pull-https  the same over HTTPS (HTTP/2) from the same registry storage
@@ -62,10 +63,18 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # --- registries: one storage, plain and TLS
 if [[ ! -f $WORK/tls/cert.pem ]]; then
+  # A CA and a leaf it signed: rustls refuses a CA certificate as a server's.
   mkdir -p "$WORK/tls"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
-    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
-    -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null
+  (
+    cd "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=cvmd bench CA" -keyout ca.key -out ca.pem
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr
+    printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >leaf.ext
+    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile leaf.ext -out cert.pem
+  ) 2>/dev/null
 fi
 start_registry() {  # start_registry NAME PORT [TLS]
   local cfg=$RUN_DIR/$1.yml tls=
@@ -126,21 +135,20 @@ done
 # --- runs
 declare -A TIMES RSS CPU
 seq_no=0
-one() {  # one BIN PHASE IMAGE -> "elapsed rss_kib user sys"
-  local bin=$1 phase=$2 img=$3 port=$HTTP_PORT scheme=http args=()
-  seq_no=$((seq_no + 1))
-  local d=$RUN_DIR/r$seq_no
+one() {  # one BIN PHASE IMAGE DIR -> "elapsed rss_kib user sys"
+  local bin=$1 phase=$2 img=$3 d=$4 port=$HTTP_PORT scheme=http args=()
   mkdir -p "$d"
   case $phase in
     unpack) ;;
     pull-http) args=(--no-unpack) ;;
     pull-https) args=(--no-unpack); port=$HTTPS_PORT; scheme=https ;;
   esac
-  local reg=127.0.0.1:$port insecure=(--insecure-registries "$reg")
+  local reg=127.0.0.1:$port
+  local insecure=(--insecure-registries "$reg")
   [[ $scheme == https ]] && insecure=()
   sync
   # No cache reserve: a shared build machine's disk may sit below 10% free.
-  CVMD_CACHE_RESERVE=0 CVMD_EXTRA_CERTS=$WORK/tls/cert.pem /usr/bin/time -o "$d/time" -f '%e %M %U %S' \
+  CVMD_CACHE_RESERVE=0 CVMD_EXTRA_CERTS=$WORK/tls/ca.pem /usr/bin/time -o "$d/time" -f '%e %M %U %S' \
     "$bin" --cache-dir "$d/cache" --state-dir "$d/state" "${insecure[@]}" \
     pull "${args[@]}" "$reg/ab/$img:latest" >"$d/log" 2>&1 ||
     die "$bin $phase $img failed: $(tail -5 "$d/log")"
@@ -150,7 +158,7 @@ one() {  # one BIN PHASE IMAGE -> "elapsed rss_kib user sys"
 max() { printf '%s\n' "$@" | sort -g | tail -1; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-report=$RUN_DIR/report.md
+report=$RUN_DIR/table.md
 {
   echo "| image | phase | old median s | new median s | new/old | old peak RSS MiB | new peak RSS MiB | old user+sys s | new user+sys s | runs old / new (s) | load (1 min) before each pair |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
@@ -158,12 +166,18 @@ report=$RUN_DIR/report.md
 for img in "${IMAGES[@]}"; do
   for phase in "${PHASES[@]}"; do
     o_t=() n_t=() o_m=() n_m=() o_c=() n_c=() loads=()
+    # One untimed pair first: the registry's blobs into the page cache.
+    for bin in "$OLD" "$NEW"; do
+      seq_no=$((seq_no + 1))
+      one "$bin" "$phase" "$img" "$RUN_DIR/r$seq_no" >/dev/null
+    done
     for r in $(seq "$RUNS"); do
       loads+=("$(cut -d' ' -f1 /proc/loadavg)")
       order=(old new); ((r % 2 == 0)) && order=(new old)
       for which in "${order[@]}"; do
         bin=$OLD; [[ $which == new ]] && bin=$NEW
-        read -r t m u s < <(one "$bin" "$phase" "$img")
+        seq_no=$((seq_no + 1))
+        read -r t m u s < <(one "$bin" "$phase" "$img" "$RUN_DIR/r$seq_no")
         c=$(awk -v u="$u" -v s="$s" 'BEGIN {print u + s}')
         if [[ $which == old ]]; then o_t+=("$t"); o_m+=("$m"); o_c+=("$c")
         else n_t+=("$t"); n_m+=("$m"); n_c+=("$c"); fi
@@ -179,7 +193,7 @@ for img in "${IMAGES[@]}"; do
     # Between phases, not between runs: the disk's discard makes creating
     # files right after a big delete slower, and both binaries then pay it
     # in the next phase's first pair alike.
-    rm -rf "$RUN_DIR"/r*
+    rm -rf "$RUN_DIR"/r[0-9]*
   done
 done
 {
