@@ -177,8 +177,9 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 /// Decompressed bytes in flight between a layer's two threads: enough to
-/// keep both busy, little beside the 64 MiB a whole node's pull may use.
-const PIPE_CHUNK: usize = 128 << 10;
+/// keep both busy, little beside the 64 MiB a whole node's pull may use
+/// (below glibc's mmap threshold, so recycled buffers stay in the heap).
+const PIPE_CHUNK: usize = 64 << 10;
 const PIPE_DEPTH: usize = 4;
 
 /// Unpacks the tar that `stream` yields on a second thread while this one
