@@ -7,6 +7,7 @@
 #
 #   bench/ab.sh OLD_CVMD NEW_CVMD [--runs N] [--image systemd|big]...
 #               [--phase unpack|pull-http|pull-https]... [--out FILE.md]
+#               [--scratch DIR]
 #
 # Images (built once into $AB_WORK, default /var/tmp/cvmd-ab):
 #   systemd  the example image (images/build.sh systemd --layout): one
@@ -22,6 +23,11 @@
 # 127.0.0.1 sharing one storage dir; the HTTPS one has a self-signed cert
 # passed to cvmd with CVMD_EXTRA_CERTS.
 #
+# --scratch DIR puts the runs' caches in DIR (say a tmpfs, /dev/shm) and
+# deletes each run's right after it: on this shared machine's disk, run
+# times grew several-fold over a series as writeback of earlier runs (and
+# of other work) piled up, which hid the CPU-side differences.
+#
 # Output: a markdown table (medians, ratio new/old, peak RSS, user/sys
 # time, the load average before each pair) on stdout and in --out.
 set -euo pipefail
@@ -32,13 +38,14 @@ die() { echo "bench/ab.sh: $*" >&2; exit 1; }
 
 (($# >= 2)) || die "usage: bench/ab.sh OLD_CVMD NEW_CVMD [--runs N] [--image NAME]... [--phase P]... [--out FILE]"
 OLD=$(realpath "$1") NEW=$(realpath "$2"); shift 2
-RUNS=5 IMAGES=() PHASES=() OUT=
+RUNS=5 IMAGES=() PHASES=() OUT= SCRATCH=
 while (($#)); do
   case $1 in
     --runs) RUNS=$2; shift 2 ;;
     --image) IMAGES+=("$2"); shift 2 ;;
     --phase) PHASES+=("$2"); shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --scratch) SCRATCH=$2; shift 2 ;;
     *) die "unknown argument $1" ;;
   esac
 done
@@ -52,10 +59,12 @@ done
 WORK=${AB_WORK:-/var/tmp/cvmd-ab}
 mkdir -p "$WORK"
 RUN_DIR=$(mktemp -d "$WORK/run.XXXXXX")
+CACHES=$RUN_DIR
+[[ $SCRATCH ]] && CACHES=$(mktemp -d "$SCRATCH/cvmd-ab.XXXXXX")
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$RUN_DIR"
+  rm -rf "$RUN_DIR" "$CACHES"
 }
 trap cleanup EXIT
 
@@ -153,6 +162,8 @@ one() {  # one BIN PHASE IMAGE DIR -> "elapsed rss_kib user sys"
     pull "${args[@]}" "$reg/ab/$img:latest" >"$d/log" 2>&1 ||
     die "$bin $phase $img failed: $(tail -5 "$d/log")"
   cat "$d/time"
+  [[ $SCRATCH ]] && rm -rf "$d"
+  return 0
 }
 
 max() { printf '%s\n' "$@" | sort -g | tail -1; }
@@ -169,7 +180,7 @@ for img in "${IMAGES[@]}"; do
     # One untimed pair first: the registry's blobs into the page cache.
     for bin in "$OLD" "$NEW"; do
       seq_no=$((seq_no + 1))
-      one "$bin" "$phase" "$img" "$RUN_DIR/r$seq_no" >/dev/null
+      one "$bin" "$phase" "$img" "$CACHES/r$seq_no" >/dev/null
     done
     for r in $(seq "$RUNS"); do
       loads+=("$(cut -d' ' -f1 /proc/loadavg)")
@@ -177,7 +188,7 @@ for img in "${IMAGES[@]}"; do
       for which in "${order[@]}"; do
         bin=$OLD; [[ $which == new ]] && bin=$NEW
         seq_no=$((seq_no + 1))
-        read -r t m u s < <(one "$bin" "$phase" "$img" "$RUN_DIR/r$seq_no")
+        read -r t m u s < <(one "$bin" "$phase" "$img" "$CACHES/r$seq_no")
         c=$(awk -v u="$u" -v s="$s" 'BEGIN {print u + s}')
         if [[ $which == old ]]; then o_t+=("$t"); o_m+=("$m"); o_c+=("$c")
         else n_t+=("$t"); n_m+=("$m"); n_c+=("$c"); fi
@@ -193,7 +204,7 @@ for img in "${IMAGES[@]}"; do
     # Between phases, not between runs: the disk's discard makes creating
     # files right after a big delete slower, and both binaries then pay it
     # in the next phase's first pair alike.
-    rm -rf "$RUN_DIR"/r[0-9]*
+    rm -rf "$CACHES"/r[0-9]*
   done
 done
 {
