@@ -17,8 +17,10 @@ use crate::unpack::UnpackOptions;
 use cvmd_digest::Digest;
 
 /// Chunks in flight between the network and the disk, per layer: bounds
-/// memory while keeping both sides busy.
-const CHANNEL_CHUNKS: usize = 16;
+/// memory while keeping both sides busy. A chunk over HTTP/1.1 is up to
+/// hyper's ~400 KiB read buffer, so 8 of them per layer, with 4 layers at
+/// once, stay well inside the 64 MiB budget.
+const CHANNEL_CHUNKS: usize = 8;
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Puller {

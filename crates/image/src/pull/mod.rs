@@ -3,6 +3,7 @@
 //! verified, resumable, once per node.
 
 mod layer;
+mod pipe;
 mod sink;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use bytes::{Buf, Bytes};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc::Receiver;
 
+use super::pipe;
 use crate::registry::manifest::Compression;
 use crate::store::{BlobWriter, StoreError};
 use crate::unpack::{unpack_layer, UnpackError, UnpackOptions, UnpackStats};
@@ -175,6 +176,58 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Decompressed bytes in flight between a layer's two threads: enough to
+/// keep both busy, little beside the 64 MiB a whole node's pull may use
+/// (below glibc's mmap threshold, so recycled buffers stay in the heap).
+const PIPE_CHUNK: usize = 64 << 10;
+const PIPE_DEPTH: usize = 4;
+
+/// Unpacks the tar that `stream` yields on a second thread while this one
+/// reads `stream` (the network side, inflate and both hashes) to its end:
+/// one pass over the bytes, both cores busy. The outer error is a thread
+/// that could not start; the inner one is the unpack's, as if it had read
+/// `stream` itself.
+fn untar_beside(
+    stream: &mut dyn Read,
+    dest: &std::path::Path,
+    opts: &UnpackOptions,
+    what: &str,
+) -> Result<Result<UnpackStats, UnpackError>, SinkError> {
+    let span = tracing::Span::current();
+    std::thread::scope(|scope| {
+        let (mut tx, rx) = pipe::pipe(PIPE_DEPTH, PIPE_CHUNK);
+        let tar_side = std::thread::Builder::new()
+            .name("cvmd-untar".into())
+            .spawn_scoped(scope, move || {
+                span.in_scope(|| unpack_layer(rx, dest, opts))
+            })
+            .map_err(|source| SinkError::Read {
+                what: format!("{what}: starting the unpack thread"),
+                source,
+            })?;
+        let pumped = tx.pump(stream);
+        drop(tx);
+        let untarred = match tar_side.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        // The tar side reads to the stream's end before it succeeds, so a
+        // success with a failed pump cannot happen; were it to, the stream
+        // did not arrive whole.
+        if let (Ok(_), Err(e)) = (&untarred, &pumped) {
+            let source = match e {
+                pipe::PumpError::Read(kind) => io::Error::from(*kind),
+                pipe::PumpError::Closed => io::Error::other("the unpack thread stopped early"),
+            };
+            return Err(SinkError::Read {
+                what: what.to_string(),
+                source,
+            });
+        }
+        Ok(untarred)
+    })
+}
+
 /// Drains `feed` into its blob writer only (a content-only pull).
 pub fn store_only(mut feed: Feed) -> Result<BlobWriter, SinkError> {
     let drained = io::copy(&mut feed, &mut io::sink());
@@ -249,8 +302,8 @@ pub fn unpack(
             inner: decoded,
             hasher: Sha256::new(),
         };
-        unpack_layer(&mut hashing, dest, opts)
-            .map(|stats| (stats, Digest::from_hasher(hashing.hasher)))
+        let untarred = untar_beside(&mut hashing, dest, opts, what)?;
+        untarred.map(|stats| (stats, Digest::from_hasher(hashing.hasher)))
     };
     // A failure of the feed (disk full, restart) explains the unpack error.
     if let Some(f) = feed.failure.take() {

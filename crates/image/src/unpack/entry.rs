@@ -3,14 +3,15 @@
 
 use std::ffi::OsStr;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
 
 use rustix::fs::FileType;
 use rustix::io::Errno;
 
 use super::bounds::{self, Short, Space};
 use super::deferred::Deferred;
-use super::fsops::{self, Existing, ResolveError, Root, Slot, WriteError};
+use super::fsops::{self, Defaults, Existing, ResolveError, Root, Slot, WriteError};
 use super::kind::{kind_of, Kind};
 use super::member::Member;
 use super::meta::{self, Meta, MetaError, Object, SkippedXattr};
@@ -46,6 +47,17 @@ pub(super) struct Unpacker<'o> {
     since_stat: u64,
     finished: bool,
     buf: Vec<u8>,
+    /// The last parent resolved, by its components: tar lists a directory's
+    /// files together, and a name resolves to the same directory until
+    /// something is removed (creating never changes where an existing
+    /// path leads), so the cache is dropped on every removal.
+    parent_cache: Option<(Vec<Vec<u8>>, Rc<OwnedFd>)>,
+    /// Owner and umask that new objects get unasked: chown and chmod calls
+    /// that would set just these are skipped.
+    defaults: Defaults,
+    /// A `system.posix_acl_default` xattr in the layer: modes of files
+    /// created beneath it follow the ACL, not the umask.
+    acl_defaults: bool,
 }
 
 impl Drop for Unpacker<'_> {
@@ -60,6 +72,7 @@ impl Drop for Unpacker<'_> {
 
 impl<'o> Unpacker<'o> {
     pub(super) fn new(root: Root, fs: std::fs::File, opts: &'o UnpackOptions) -> Self {
+        let defaults = fsops::creation_defaults(&fs);
         Self {
             root,
             opts,
@@ -76,6 +89,9 @@ impl<'o> Unpacker<'o> {
             since_stat: 0,
             finished: false,
             buf: vec![0; COPY_BUF],
+            parent_cache: None,
+            defaults,
+            acl_defaults: false,
         }
     }
 
@@ -187,13 +203,20 @@ impl<'o> Unpacker<'o> {
             None => return Err(fail!(img, name, RootNotDirectory)),
         };
         let dir = parent.as_fd();
+        if meta
+            .xattrs
+            .iter()
+            .any(|(x, _)| x == b"system.posix_acl_default")
+        {
+            self.acl_defaults = true;
+        }
 
         if kind == Kind::Hardlink {
             return self.hardlink(member, &path, &parent, leaf, name);
         }
-        let slot = fsops::clear_slot(dir, leaf, kind == Kind::Dir)
-            .map_err(|e| fail!(img, name, Replace, source: e))?;
-        let chown = self.opts.preserve_ownership;
+        // Objects are created first and the name cleared only when taken
+        // (EEXIST): in a well-formed layer names are new, and a stat per
+        // entry to find that out would be wasted.
         let mut skipped = Vec::new();
         let applied = match kind {
             Kind::File => {
@@ -211,7 +234,21 @@ impl<'o> Unpacker<'o> {
                     short = bounds::fits(space, reserve, left).err();
                     short.is_none()
                 };
-                let written = fsops::write_file(dir, leaf, data, size, &mut self.buf, &mut check);
+                let mut written =
+                    fsops::write_file(dir, leaf, meta.mode, data, size, &mut self.buf, &mut check);
+                if matches!(&written, Err(WriteError::Create(e)) if e.raw_os_error() == Some(libc::EEXIST))
+                {
+                    self.replace(dir, leaf, false, name)?;
+                    written = fsops::write_file(
+                        dir,
+                        leaf,
+                        meta.mode,
+                        data,
+                        size,
+                        &mut self.buf,
+                        &mut check,
+                    );
+                }
                 if let Some(s) = short {
                     return Err(self.short(s, name));
                 }
@@ -227,12 +264,22 @@ impl<'o> Unpacker<'o> {
                 })?;
                 self.stats.file_bytes += n;
                 self.stats.files += 1;
-                meta::apply_file(&file, &meta, chown, &mut skipped)
+                let (chown, chmod) = (self.chown(&meta, true), self.chmod(meta.mode));
+                meta::apply_file(&file, &meta, chown, chmod, &mut skipped)
             }
             Kind::Dir => {
-                if slot != Slot::KeptDir {
-                    fsops::mkdir(dir, leaf).map_err(|e| fail!(img, name, CreateDir, source: e))?;
-                }
+                let slot = match fsops::mkdir(dir, leaf) {
+                    Ok(()) => Slot::Empty,
+                    Err(Errno::EXIST) => {
+                        let slot = self.replace(dir, leaf, true, name)?;
+                        if slot != Slot::KeptDir {
+                            fsops::mkdir(dir, leaf)
+                                .map_err(|e| fail!(img, name, CreateDir, source: e.into()))?;
+                        }
+                        slot
+                    }
+                    Err(e) => return Err(fail!(img, name, CreateDir, source: e.into())),
+                };
                 if slot == Slot::ReplacedWhiteout {
                     // The same layer whited out and recreated this dir: lower
                     // content must stay hidden (OCI "Whiteouts").
@@ -249,6 +296,8 @@ impl<'o> Unpacker<'o> {
                         broke: broke.to_string(),
                     })?;
                 self.stats.dirs += 1;
+                // A kept directory has whatever owner an earlier entry gave it.
+                let chown = self.chown(&meta, slot != Slot::KeptDir);
                 meta::apply_at(dir, leaf, Object::Dir, &meta, chown, &mut skipped)
             }
             Kind::Symlink => {
@@ -256,9 +305,10 @@ impl<'o> Unpacker<'o> {
                     .link
                     .as_deref()
                     .ok_or_else(|| fail!(img, name, MissingLinkName))?;
-                fsops::symlink(target, dir, leaf)
-                    .map_err(|e| fail!(img, name, CreateSymlink, source: e))?;
+                self.make(dir, leaf, name, |d, l| fsops::symlink(target, d, l))?
+                    .map_err(|e| fail!(img, name, CreateSymlink, source: e.into()))?;
                 self.stats.symlinks += 1;
+                let chown = self.chown(&meta, true);
                 meta::apply_at(dir, leaf, Object::Symlink, &meta, chown, &mut skipped)
             }
             Kind::CharDevice | Kind::BlockDevice | Kind::Fifo => {
@@ -269,7 +319,9 @@ impl<'o> Unpacker<'o> {
                 };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                match fsops::mknod(dir, leaf, file_type, major, minor) {
+                match self.make(dir, leaf, name, |d, l| {
+                    fsops::mknod(d, l, file_type, major, minor)
+                })? {
                     Ok(()) => {}
                     // Without CAP_MKNOD (rootless, user namespaces) device
                     // nodes cannot exist; runtimes bind-mount the needed ones.
@@ -281,6 +333,7 @@ impl<'o> Unpacker<'o> {
                     Err(e) => return Err(fail!(img, name, CreateNode, source: e.into())),
                 }
                 self.stats.nodes += 1;
+                let chown = self.chown(&meta, true);
                 meta::apply_at(dir, leaf, Object::Node, &meta, chown, &mut skipped)
             }
             Kind::Hardlink | Kind::Ignore | Kind::Unsupported(_) => unreachable!("handled above"),
@@ -288,10 +341,69 @@ impl<'o> Unpacker<'o> {
         self.meta_result(applied, skipped, name)
     }
 
-    fn parent(&self, comps: &[Vec<u8>], name: &str) -> Result<OwnedFd, UnpackError> {
-        self.root
+    fn parent(&mut self, comps: &[Vec<u8>], name: &str) -> Result<Rc<OwnedFd>, UnpackError> {
+        if let Some((cached, fd)) = &self.parent_cache {
+            if cached.as_slice() == comps {
+                return Ok(Rc::clone(fd));
+            }
+        }
+        let fd = self
+            .root
             .open_dir_create(comps)
-            .map_err(|e| resolve_error(&self.opts.image, name, e))
+            .map_err(|e| resolve_error(&self.opts.image, name, e))?;
+        let fd = Rc::new(fd);
+        self.parent_cache = Some((comps.to_vec(), Rc::clone(&fd)));
+        Ok(fd)
+    }
+
+    /// Makes `leaf` free for a new entry (see [`fsops::clear_slot`]).
+    fn replace(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        leaf: &OsStr,
+        want_dir: bool,
+        name: &str,
+    ) -> Result<Slot, UnpackError> {
+        // What goes may be a directory that the cached parent is, or lies
+        // beneath (a symlink entry replacing a directory, say).
+        self.parent_cache = None;
+        fsops::clear_slot(dir, leaf, want_dir)
+            .map_err(|e| fail!(self.opts.image, name, Replace, source: e))
+    }
+
+    /// Runs `create`, and once more after clearing the name if it was taken:
+    /// later entries win, as in docker. The inner result is the creation's.
+    fn make(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        leaf: &OsStr,
+        name: &str,
+        create: impl Fn(BorrowedFd<'_>, &OsStr) -> rustix::io::Result<()>,
+    ) -> Result<rustix::io::Result<()>, UnpackError> {
+        match create(dir, leaf) {
+            Err(Errno::EXIST) => {
+                self.replace(dir, leaf, false, name)?;
+                Ok(create(dir, leaf))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Whether the owner must be set: not when the layer wants the ids a
+    /// `fresh` object (created just now by this process) has already.
+    fn chown(&self, meta: &Meta, fresh: bool) -> bool {
+        self.opts.preserve_ownership
+            && !(fresh && self.defaults.owner == Some((meta.uid, meta.gid)))
+    }
+
+    /// Whether a file created with `mode`'s permission bits needs a chmod:
+    /// for setuid, setgid or sticky, for bits the umask took, or when an ACL
+    /// may have decided the mode.
+    fn chmod(&self, mode: u32) -> bool {
+        match self.defaults.umask {
+            Some(umask) if !self.acl_defaults => mode & 0o7000 != 0 || mode & umask != 0,
+            _ => true,
+        }
     }
 
     /// Hardlink targets are member names of this same layer (tar semantics):
@@ -332,9 +444,8 @@ impl<'o> Unpacker<'o> {
             Err(ResolveError::Missing | ResolveError::NotDir) => return Err(missing()),
             Err(ResolveError::Io(e)) => return Err(fail!(img, name, Resolve, source: e)),
         };
-        fsops::clear_slot(parent.as_fd(), leaf, false)
-            .map_err(|e| fail!(img, name, Replace, source: e))?;
-        match fsops::hardlink(from.as_fd(), target_leaf, parent.as_fd(), leaf) {
+        let link = |d: BorrowedFd<'_>, l: &OsStr| fsops::hardlink(from.as_fd(), target_leaf, d, l);
+        match self.make(parent.as_fd(), leaf, name, link)? {
             Ok(()) => {}
             // EPERM: the target is a directory.
             Err(Errno::NOENT | Errno::NOTDIR | Errno::PERM) => return Err(missing()),
@@ -466,10 +577,13 @@ impl<'o> Unpacker<'o> {
             let Ok(dir) = fsops::open_dir_nofollow(parent.as_fd(), leaf) else {
                 continue;
             };
-            if fsops::identity(&dir).ok() != Some(d.id) {
+            let Ok((id, mode)) = fsops::identity(&dir) else {
+                continue;
+            };
+            if id != d.id {
                 continue;
             }
-            meta::finish_dir(&dir, &d.meta).map_err(|e| meta_error(img, &entry, e))?;
+            meta::finish_dir(&dir, mode, &d.meta).map_err(|e| meta_error(img, &entry, e))?;
         }
         Ok(std::mem::take(&mut self.stats))
     }

@@ -232,13 +232,50 @@ pub(super) fn open_dir_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result
     )?))
 }
 
-pub(super) fn identity(file: &File) -> io::Result<(u64, u64)> {
+/// Identity and permission bits (with setuid, setgid, sticky) of an open file.
+pub(super) fn identity(file: &File) -> io::Result<((u64, u64), u32)> {
     let st = rustix::fs::fstat(file)?;
-    Ok((st.st_dev, st.st_ino))
+    Ok(((st.st_dev, st.st_ino), st.st_mode & 0o7777))
 }
 
-pub(super) fn mkdir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755)).map_err(Into::into)
+/// What an object created beneath the root gets without being asked, so the
+/// calls that would set just that can be skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Defaults {
+    /// The creating process's (uid, gid); None when the root is setgid
+    /// (new objects then take its group, and subdirectories its setgid).
+    pub owner: Option<(u32, u32)>,
+    /// The umask that `openat`'s mode goes through; None when not known, or
+    /// when a default ACL on the root decides the mode instead (acl(5)).
+    pub umask: Option<u32>,
+}
+
+pub(super) fn creation_defaults(root: &File) -> Defaults {
+    let setgid = rustix::fs::fstat(root).map_or(true, |st| st.st_mode & 0o2000 != 0);
+    let owner = (!setgid).then(|| {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    });
+    let acl = !matches!(
+        rustix::fs::fgetxattr(root, "system.posix_acl_default", &mut [0u8; 0]),
+        Err(Errno::NODATA | Errno::OPNOTSUPP)
+    );
+    let umask = if acl { None } else { read_umask() };
+    Defaults { owner, umask }
+}
+
+/// The process's umask from /proc (proc(5) `Umask`, Linux 4.7): reading it
+/// with umask(2) would set it, racing the daemon's other threads.
+fn read_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
+pub(super) fn mkdir(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
 }
 
 /// Opens a directory for fd-based calls (fsetxattr) without following.
@@ -247,8 +284,8 @@ pub(super) fn open_child_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Ow
     rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(Into::into)
 }
 
-pub(super) fn symlink(target: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name).map_err(Into::into)
+pub(super) fn symlink(target: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+    rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name)
 }
 
 pub(super) fn hardlink(
@@ -284,21 +321,23 @@ pub(super) enum WriteError {
     Stopped,
 }
 
-/// Creates `name` (O_EXCL|O_NOFOLLOW, mode 0600 until the final chmod, so a
-/// setuid bit never shows on a half-written file) and copies `src` into it
+/// Creates `name` (O_EXCL|O_NOFOLLOW, with the permission bits of `mode`
+/// only: setuid, setgid and sticky wait for the final chmod, so they never
+/// show on a half-written file) and copies `src` into it
 /// through `buf`, seeking over holes, failing once more than `size` bytes
 /// arrive. Every [`bounds::RECHECK_EVERY`] bytes written, `check` is asked
 /// (with the bytes still to come) whether to go on.
 pub(super) fn write_file(
     dir: BorrowedFd<'_>,
     name: &OsStr,
+    mode: u32,
     src: &mut dyn Holey,
     size: u64,
     buf: &mut [u8],
     check: &mut dyn FnMut(&File, u64) -> bool,
 ) -> Result<(File, u64), WriteError> {
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
+    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode & 0o777))
         .map_err(|e| WriteError::Create(e.into()))?;
     let mut file = File::from(fd);
     let mut written: u64 = 0;

@@ -169,18 +169,22 @@ pub(super) enum MetaError {
     Times(io::Error),
 }
 
-/// Applies owner, mode, xattrs and times to a regular file through its fd.
+/// Applies owner, mode, xattrs and times to a regular file through its fd;
+/// `chown` and `chmod` are false when the file got them at creation.
 pub(super) fn apply_file(
     file: &File,
     meta: &Meta,
     chown: bool,
+    chmod: bool,
     skipped: &mut Vec<SkippedXattr>,
 ) -> Result<(), MetaError> {
     if chown {
         let (u, g) = meta.owner();
         rustix::fs::fchown(file, u, g).map_err(|e| MetaError::Owner(e.into()))?;
     }
-    rustix::fs::fchmod(file, meta.raw_mode()).map_err(|e| MetaError::Mode(e.into()))?;
+    if chmod {
+        rustix::fs::fchmod(file, meta.raw_mode()).map_err(|e| MetaError::Mode(e.into()))?;
+    }
     for (name, value) in &meta.xattrs {
         let res = rustix::fs::fsetxattr(file, OsStr::from_bytes(name), value, XattrFlags::empty());
         xattr_result(name, res, skipped)?;
@@ -238,10 +242,12 @@ pub(super) fn apply_at(
     Ok(())
 }
 
-/// Deferred directory step on an fd opened without following: mode, then
-/// times.
-pub(super) fn finish_dir(dir: &File, meta: &Meta) -> Result<(), MetaError> {
-    rustix::fs::fchmod(dir, meta.raw_mode()).map_err(|e| MetaError::Mode(e.into()))?;
+/// Deferred directory step on an fd opened without following: mode (unless
+/// it has it already, `mode`), then times.
+pub(super) fn finish_dir(dir: &File, mode: u32, meta: &Meta) -> Result<(), MetaError> {
+    if mode != meta.mode {
+        rustix::fs::fchmod(dir, meta.raw_mode()).map_err(|e| MetaError::Mode(e.into()))?;
+    }
     rustix::fs::futimens(dir, &meta.timestamps()).map_err(|e| MetaError::Times(e.into()))
 }
 
