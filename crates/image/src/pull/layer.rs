@@ -1,13 +1,13 @@
 //! One layer, from registry to layer cache: lock the layer (then its blob),
 //! stream the blob from the network with resume and retries into the disk
-//! side (`sink`), verify both digests, publish.
+//! side (`to_disk`), verify both digests, publish.
 
 use std::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::sink::{self, Feed, Msg, SinkError};
+use super::to_disk::{self, Feed, Msg, ToDiskError};
 use super::{blocking, ProgressSink, PullError, PullEvent, Puller};
 use crate::registry::client::describe;
 use crate::registry::manifest::Layer;
@@ -69,13 +69,13 @@ impl Puller {
             // No prefix: nothing reads the stream but the blob writer, which
             // already hashed what is on disk.
             let disk = tokio::task::spawn_blocking(move || {
-                sink::store_only(Feed::download(writer, None, rx))
+                to_disk::store_only(Feed::download(writer, None, rx))
             });
             let net = self.download(reference, layer, offset, tx, progress).await;
             let disk = disk.await.map_err(|e| PullError::Internal(e.to_string()))?;
             let writer = match (net, disk) {
                 (Err(e), _) if !matches!(e, PullError::Internal(_)) => return Err(e),
-                (_, Err(SinkError::Restarted)) if round == 0 => continue,
+                (_, Err(ToDiskError::Restarted)) if round == 0 => continue,
                 (_, Err(e)) => return Err(e.in_context(&what).into()),
                 (_, Ok(writer)) => writer,
             };
@@ -150,7 +150,7 @@ impl Puller {
                     opts.clone(),
                 );
                 let result =
-                    blocking(move || sink::unpack(Feed::stored(file), c, &d, &dest, &o, &w))
+                    blocking(move || to_disk::unpack(Feed::stored(file), c, &d, &dest, &o, &w))
                         .await?;
                 (result, true)
             } else {
@@ -176,7 +176,7 @@ impl Puller {
                     opts.clone(),
                 );
                 let disk = tokio::task::spawn_blocking(move || {
-                    sink::unpack(Feed::download(writer, prefix, rx), c, &d, &dest, &o, &w)
+                    to_disk::unpack(Feed::download(writer, prefix, rx), c, &d, &dest, &o, &w)
                 });
                 let net = self.download(reference, layer, offset, tx, progress).await;
                 let disk = disk.await.map_err(|e| PullError::Internal(e.to_string()))?;
@@ -188,7 +188,7 @@ impl Puller {
                 }
             };
             let unpacked = match unpacked {
-                Err(SinkError::Restarted) if round == 0 => continue,
+                Err(ToDiskError::Restarted) if round == 0 => continue,
                 Err(e) => return Err(e.in_context(&what).into()),
                 Ok(u) => u,
             };

@@ -4,7 +4,7 @@
 
 mod layer;
 mod pipe;
-mod sink;
+mod to_disk;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,7 +26,7 @@ pub enum PullError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Layer(#[from] sink::SinkError),
+    Layer(#[from] to_disk::ToDiskError),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -23,7 +23,7 @@ pub enum Msg {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+pub enum ToDiskError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -62,7 +62,7 @@ pub struct Feed {
     rx: Option<Receiver<Msg>>,
     writer: Option<BlobWriter>,
     chunk: Bytes,
-    failure: Option<SinkError>,
+    failure: Option<ToDiskError>,
 }
 
 impl Feed {
@@ -88,7 +88,7 @@ impl Feed {
         }
     }
 
-    fn fail(&mut self, e: SinkError) -> io::Error {
+    fn fail(&mut self, e: ToDiskError) -> io::Error {
         let text = e.to_string();
         self.failure = Some(e);
         io::Error::other(text)
@@ -129,7 +129,7 @@ impl Read for Feed {
                             return Err(self.fail(e.into()));
                         }
                     }
-                    return Err(self.fail(SinkError::Restarted));
+                    return Err(self.fail(ToDiskError::Restarted));
                 }
                 // The network side is done (or gave up: it reports why).
                 None => return Ok(0),
@@ -144,12 +144,12 @@ impl Read for Feed {
 
 /// Hashes what passes through: the uncompressed stream's digest is the
 /// layer's diff_id.
-impl SinkError {
+impl ToDiskError {
     /// A store write that hit ENOSPC, said with the layer and image it was
     /// for (the store names only its own path).
-    pub fn in_context(self, what: &str) -> SinkError {
+    pub fn in_context(self, what: &str) -> ToDiskError {
         match self {
-            SinkError::Store(source) if is_no_space(&source) => SinkError::NoSpace {
+            ToDiskError::Store(source) if is_no_space(&source) => ToDiskError::NoSpace {
                 what: what.to_string(),
                 source,
             },
@@ -192,7 +192,7 @@ fn untar_beside(
     dest: &std::path::Path,
     opts: &UnpackOptions,
     what: &str,
-) -> Result<Result<UnpackStats, UnpackError>, SinkError> {
+) -> Result<Result<UnpackStats, UnpackError>, ToDiskError> {
     let span = tracing::Span::current();
     std::thread::scope(|scope| {
         let (mut tx, rx) = pipe::pipe(PIPE_DEPTH, PIPE_CHUNK);
@@ -201,7 +201,7 @@ fn untar_beside(
             .spawn_scoped(scope, move || {
                 span.in_scope(|| unpack_layer(rx, dest, opts))
             })
-            .map_err(|source| SinkError::Read {
+            .map_err(|source| ToDiskError::Read {
                 what: format!("{what}: starting the unpack thread"),
                 source,
             })?;
@@ -219,7 +219,7 @@ fn untar_beside(
                 pipe::PumpError::Read(kind) => io::Error::from(*kind),
                 pipe::PumpError::Closed => io::Error::other("the unpack thread stopped early"),
             };
-            return Err(SinkError::Read {
+            return Err(ToDiskError::Read {
                 what: what.to_string(),
                 source,
             });
@@ -229,12 +229,12 @@ fn untar_beside(
 }
 
 /// Drains `feed` into its blob writer only (a content-only pull).
-pub fn store_only(mut feed: Feed) -> Result<BlobWriter, SinkError> {
+pub fn store_only(mut feed: Feed) -> Result<BlobWriter, ToDiskError> {
     let drained = io::copy(&mut feed, &mut io::sink());
     if let Some(f) = feed.failure.take() {
         return Err(f);
     }
-    drained.map_err(|source| SinkError::Read {
+    drained.map_err(|source| ToDiskError::Read {
         what: "the layer's download".into(),
         source,
     })?;
@@ -245,7 +245,7 @@ pub fn store_only(mut feed: Feed) -> Result<BlobWriter, SinkError> {
 /// damaged on the way: the rest is read so the blob's digest can say so
 /// (the more useful message). Either way the download is not kept: its
 /// content is bad, not merely incomplete.
-fn classify_failure(mut feed: Feed, e: UnpackError) -> SinkError {
+fn classify_failure(mut feed: Feed, e: UnpackError) -> ToDiskError {
     let Some(mut writer) = feed.writer.take() else {
         return e.into();
     };
@@ -280,7 +280,7 @@ pub fn unpack(
     dest: &std::path::Path,
     opts: &UnpackOptions,
     what: &str,
-) -> Result<Unpacked, SinkError> {
+) -> Result<Unpacked, ToDiskError> {
     let result = {
         let decoded: Box<dyn Read + '_> = match compression {
             // Multi-member: a gzip stream may be several concatenated members
@@ -290,7 +290,7 @@ pub fn unpack(
             )),
             Compression::Zstd => {
                 Box::new(zstd::stream::read::Decoder::new(&mut feed).map_err(|e| {
-                    SinkError::Read {
+                    ToDiskError::Read {
                         what: what.to_string(),
                         source: e,
                     }
@@ -315,7 +315,7 @@ pub fn unpack(
     };
     // Whatever follows the compressed stream still belongs to the blob and
     // its digest.
-    io::copy(&mut feed, &mut io::sink()).map_err(|source| SinkError::Read {
+    io::copy(&mut feed, &mut io::sink()).map_err(|source| ToDiskError::Read {
         what: what.to_string(),
         source,
     })?;
@@ -323,7 +323,7 @@ pub fn unpack(
         return Err(f);
     }
     if &diff_id != expected_diff_id {
-        return Err(SinkError::DiffIdMismatch {
+        return Err(ToDiskError::DiffIdMismatch {
             what: what.to_string(),
             expected: expected_diff_id.clone(),
             actual: diff_id,
