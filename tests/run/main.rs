@@ -14,4 +14,5 @@ mod network;
 mod preflight;
 mod run_cli;
 mod systemd_boot;
+mod systemd_unit;
 mod terminal;

@@ -1,0 +1,376 @@
+//! `systemd/cvmd@.service` under a real systemd: the project's example
+//! systemd image (built by `images/build.sh`, see
+//! `crate::common::debootstrap`) boots as PID 1 of a runc container that
+//! shares the host's network namespace (so the test registry on 127.0.0.1
+//! is reachable) and holds the test's cvmd and cvmctl, the host's runc,
+//! the template unit as shipped and an instance env file. Inside it,
+//! `systemctl start cvmd@ws1` blocks until cvmd says READY=1 (Type=notify)
+//! with a busybox workspace running under the nested runc; the unit is
+//! active with a STATUS= naming the running phase; `cvmctl status` with
+//! the env file sourced and the state dir the unit gives finds the socket
+//! and reports it running; `systemctl stop cvmd@ws1` leaves the unit
+//! inactive (not failed) with cvmd's exit status 0.
+//!
+//! Needs root, runc, docker-registry and the build script's tools with a
+//! reachable Debian mirror; skips with a reason otherwise.
+
+use crate::common::prereq;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::busybox::busybox_image;
+use crate::common::layers::*;
+use crate::common::registry::push;
+use crate::common::{debootstrap, Registry};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+const INSTANCE: &str = "ws1";
+
+/// Every capability by its bit (linux/capability.h); the host container
+/// gets those in this process's bounding set (runc fails on any other).
+const CAPS: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+fn bounding_caps() -> Vec<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:\t"))
+        .expect("CapBnd in /proc/self/status");
+    let set = u64::from_str_radix(hex.trim(), 16).unwrap();
+    CAPS.iter()
+        .enumerate()
+        .filter(|(bit, _)| set & (1 << bit) != 0)
+        .map(|(_, name)| format!("CAP_{name}"))
+        .collect()
+}
+
+/// The host container ("the machine" systemd runs): no user namespace, the
+/// bounding set's capabilities, no seccomp, no masked /proc paths, all
+/// devices and read-write cgroups (the nested runc creates the
+/// workspace's below systemd's delegated unit), the host's network.
+fn host_config(rootfs: &Path, binds: &[(PathBuf, &str)], cgroup: &str) -> serde_json::Value {
+    let mut mounts = vec![
+        serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        serde_json::json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        serde_json::json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        serde_json::json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        serde_json::json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"]}),
+        serde_json::json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev"]}),
+        serde_json::json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "rw"]}),
+        serde_json::json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=755"]}),
+        serde_json::json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777"]}),
+    ];
+    for (src, dst) in binds {
+        mounts.push(serde_json::json!({"destination": dst, "type": "bind",
+            "source": src, "options": ["rbind", "ro"]}));
+    }
+    let caps = bounding_caps();
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/sbin/init"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "container=cvmd-test"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": false
+        },
+        "root": {"path": rootfs, "readonly": false},
+        "hostname": "sdunit",
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": cgroup,
+            "resources": {"devices": [{"allow": true, "access": "rwm"}]},
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "devices": [
+                {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438, "uid": 0, "gid": 0}
+            ]
+        }
+    })
+}
+
+struct Host<'a> {
+    runc: &'a Path,
+    root: PathBuf,
+    id: String,
+}
+
+impl Host<'_> {
+    fn runc(&self, args: &[&str]) -> Output {
+        Command::new(self.runc)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run runc")
+    }
+
+    /// A shell command inside the host container, with its output.
+    fn sh(&self, script: &str) -> Output {
+        self.runc(&["exec", &self.id, "sh", "-c", script])
+    }
+
+    fn sh_text(&self, script: &str) -> String {
+        let out = self.sh(script);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Why the unit did what it did, for assertion messages.
+    fn diagnosis(&self) -> String {
+        self.sh_text(&format!(
+            "systemctl status --no-pager cvmd@{INSTANCE}; journalctl --no-pager -n 60 -u cvmd@{INSTANCE}"
+        ))
+    }
+}
+
+impl Drop for Host<'_> {
+    fn drop(&mut self) {
+        let _ = self.runc(&["delete", "--force", &self.id]);
+    }
+}
+
+#[test]
+fn template_unit_runs_a_workspace_under_real_systemd_root() {
+    require!(can_run());
+    let runc = require!(prereq::runc());
+    require!(debootstrap::available());
+    let started = Instant::now();
+    let reg = Registry::plain().unwrap();
+    // Built (or taken from the cache) for its layer tar: the host's rootfs.
+    debootstrap::build_and_push("systemd", &format!("{}/examples", reg.host()), None);
+    let tar = std::fs::read_dir(debootstrap::cache_dir())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("bookworm-systemd-") && name.ends_with(".tar")
+        })
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .expect("images/build.sh left the systemd layer tar in its cache");
+    // A workspace that ends with 0 on cvmd's SIGTERM: a clean stop.
+    let reference = push(
+        &reg,
+        "sdunit/ws",
+        "v1",
+        &busybox_image(
+            &["sh", "sleep"],
+            &[
+                "/bin/sh",
+                "-c",
+                "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+            ],
+        ),
+    );
+
+    let work = tempfile::Builder::new()
+        .prefix("cvmd-sdunit-")
+        .tempdir()
+        .unwrap();
+    let rootfs = work.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let out = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"])
+        .output()
+        .unwrap();
+    assert_success(&out, "unpack the systemd image's layer");
+    for dir in ["usr/local/bin", "usr/local/sbin", "etc/cvmd", "etc/systemd/system"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    // The bind targets must exist as files.
+    for file in [
+        "usr/local/bin/cvmd",
+        "usr/local/bin/cvmctl",
+        "usr/local/sbin/runc",
+        "etc/systemd/system/cvmd@.service",
+        "etc/cvmd/ws1.env",
+    ] {
+        std::fs::write(rootfs.join(file), "").unwrap();
+    }
+    // As an operator would write it from systemd/cvmd-instance.env.
+    let env = work.path().join("ws1.env");
+    std::fs::write(
+        &env,
+        format!(
+            "CVMD_IMAGE={reference}\nCVMD_RUNTIME=runc\nCVMD_CACHE_DIR=/var/lib/cvmd\n\
+             CVMD_INSECURE_REGISTRIES={}\nCVMD_NETWORK=none\nCVMD_STOP_TIMEOUT=10\n\
+             CVMD_LOG_FORMAT=json\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/cvmd@.service");
+    let binds = [
+        (crate::common::cvmd_bin(), "/usr/local/bin/cvmd"),
+        (crate::common::cvmctl_bin(), "/usr/local/bin/cvmctl"),
+        (runc.clone(), "/usr/local/sbin/runc"),
+        (unit, "/etc/systemd/system/cvmd@.service"),
+        (env, "/etc/cvmd/ws1.env"),
+    ];
+    let id = format!("cvmd-sdunit-{}", std::process::id());
+    let bundle = work.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&host_config(&rootfs, &binds, &format!("/{id}"))).unwrap(),
+    )
+    .unwrap();
+    let host = Host {
+        runc: &runc,
+        root: work.path().join("runc"),
+        id,
+    };
+    let bundle_arg = bundle.to_str().unwrap();
+    let out = host.runc(&["run", "--detach", "--bundle", bundle_arg, &host.id]);
+    assert_success(&out, "runc run of the systemd host container");
+
+    let mut last = String::new();
+    let booted = crate::common::wait_until(BOOT_TIMEOUT, || {
+        last = host.sh_text("systemctl is-system-running").trim().to_string();
+        if last == "running" || last == "degraded" {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        false
+    });
+    assert!(booted, "systemd did not boot within {BOOT_TIMEOUT:?}: {last:?}");
+    eprintln!("host systemd is {last} after {:?}", started.elapsed());
+
+    let verify = host.sh_text("systemd-analyze verify /etc/systemd/system/cvmd@.service 2>&1");
+    eprintln!("systemd-analyze verify: {verify}");
+
+    // Type=notify: start returns once cvmd said READY=1, or fails.
+    let t0 = Instant::now();
+    let start = host.sh(&format!(
+        "systemctl daemon-reload && timeout 120 systemctl start cvmd@{INSTANCE}"
+    ));
+    assert!(
+        start.status.success(),
+        "systemctl start cvmd@{INSTANCE} failed: {}\n{}",
+        String::from_utf8_lossy(&start.stderr),
+        host.diagnosis()
+    );
+    eprintln!("systemctl start returned after {:?}", t0.elapsed());
+
+    let show = host.sh_text(&format!(
+        "systemctl show cvmd@{INSTANCE} -p ActiveState,SubState,StatusText,Type,MainPID"
+    ));
+    assert!(
+        show.lines().any(|l| l == "ActiveState=active"),
+        "unit not active after start:\n{show}\n{}",
+        host.diagnosis()
+    );
+    let status_text = show
+        .lines()
+        .find_map(|l| l.strip_prefix("StatusText="))
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        status_text.contains("running"),
+        "STATUS= does not name the running phase:\n{show}"
+    );
+
+    // The unit's state dir is what cvmctl needs beside the env file (the
+    // unit's own comment says so).
+    let ctl = host.sh(&format!(
+        "set -a; . /etc/cvmd/{INSTANCE}.env; CVMD_STATE_DIR=/var/lib/cvmd-state/{INSTANCE} cvmctl status"
+    ));
+    let ctl_out = String::from_utf8_lossy(&ctl.stdout).to_lowercase();
+    assert!(
+        ctl.status.success() && ctl_out.contains("running"),
+        "cvmctl status in the host: {}\n{ctl_out}\n{}",
+        ctl.status,
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+
+    let t0 = Instant::now();
+    let stop = host.sh(&format!("timeout 60 systemctl stop cvmd@{INSTANCE}"));
+    assert!(
+        stop.status.success(),
+        "systemctl stop failed: {}\n{}",
+        String::from_utf8_lossy(&stop.stderr),
+        host.diagnosis()
+    );
+    eprintln!("systemctl stop returned after {:?}", t0.elapsed());
+    let show = host.sh_text(&format!(
+        "systemctl show cvmd@{INSTANCE} -p ActiveState,Result,ExecMainStatus,ExecMainCode"
+    ));
+    for want in [
+        "ActiveState=inactive",
+        "Result=success",
+        "ExecMainStatus=0",
+    ] {
+        assert!(
+            show.lines().any(|l| l == want),
+            "after stop, not {want}:\n{show}\n{}",
+            host.diagnosis()
+        );
+    }
+    // The nested runtime's container went with it.
+    let left = host.sh_text(&format!(
+        "runc --root /var/lib/cvmd-state/{INSTANCE}/runtime list -q"
+    ));
+    assert!(left.trim().is_empty(), "runc still lists: {left}");
+    eprintln!("whole test took {:?}", started.elapsed());
+}
