@@ -235,7 +235,12 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         .output()
         .unwrap();
     assert_success(&out, "unpack the systemd image's layer");
-    for dir in ["usr/local/bin", "usr/local/sbin", "etc/cvmd", "etc/systemd/system"] {
+    for dir in [
+        "usr/local/bin",
+        "usr/local/sbin",
+        "etc/cvmd",
+        "etc/systemd/system",
+    ] {
         std::fs::create_dir_all(rootfs.join(dir)).unwrap();
     }
     // The bind targets must exist as files.
@@ -267,6 +272,10 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         (runc.clone(), "/usr/local/sbin/runc"),
         (unit, "/etc/systemd/system/cvmd@.service"),
         (env, "/etc/cvmd/ws1.env"),
+        // The example image is minbase (no ca-certificates), and cvmd's
+        // HTTP client wants the system's CAs even for a plain-HTTP
+        // registry; a real host has them.
+        (PathBuf::from("/etc/ssl/certs"), "/etc/ssl/certs"),
     ];
     let id = format!("cvmd-sdunit-{}", std::process::id());
     let bundle = work.path().join("bundle");
@@ -287,18 +296,33 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
 
     let mut last = String::new();
     let booted = crate::common::wait_until(BOOT_TIMEOUT, || {
-        last = host.sh_text("systemctl is-system-running").trim().to_string();
+        last = host
+            .sh_text("systemctl is-system-running")
+            .trim()
+            .to_string();
         if last == "running" || last == "degraded" {
             return true;
         }
         std::thread::sleep(Duration::from_millis(200));
         false
     });
-    assert!(booted, "systemd did not boot within {BOOT_TIMEOUT:?}: {last:?}");
+    assert!(
+        booted,
+        "systemd did not boot within {BOOT_TIMEOUT:?}: {last:?}"
+    );
     eprintln!("host systemd is {last} after {:?}", started.elapsed());
 
-    let verify = host.sh_text("systemd-analyze verify /etc/systemd/system/cvmd@.service 2>&1");
-    eprintln!("systemd-analyze verify: {verify}");
+    // The shipped template as systemd itself parses it: no unknown or
+    // misplaced settings.
+    let verify = host.sh(&format!(
+        "systemd-analyze verify /etc/systemd/system/cvmd@{INSTANCE}.service"
+    ));
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}\n{}",
+        verify.status,
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     // Type=notify: start returns once cvmd said READY=1, or fails.
     let t0 = Instant::now();
@@ -321,6 +345,8 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         "unit not active after start:\n{show}\n{}",
         host.diagnosis()
     );
+    eprintln!("{show}");
+    assert!(show.lines().any(|l| l == "Type=notify"), "{show}");
     let status_text = show
         .lines()
         .find_map(|l| l.strip_prefix("StatusText="))
@@ -344,6 +370,23 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         String::from_utf8_lossy(&ctl.stderr)
     );
 
+    eprintln!("cvmctl status: {ctl_out}");
+    // The workspace runs under the nested runc, in the unit's delegated
+    // cgroup (Delegate=yes), with its init a process of the unit.
+    let runtime = format!("/var/lib/cvmd-state/{INSTANCE}/runtime");
+    let state = host.sh_text(&format!("runc --root {runtime} state {INSTANCE}"));
+    let state: serde_json::Value = serde_json::from_str(&state)
+        .unwrap_or_else(|e| panic!("runc state {INSTANCE} inside: {e}: {state}"));
+    assert_eq!(state["status"], "running", "{state}");
+    let init = state["pid"].as_u64().unwrap();
+    let cgroup = host.sh_text(&format!("cat /proc/{init}/cgroup"));
+    assert!(
+        cgroup.contains(&format!(
+            "/system.slice/system-cvmd.slice/cvmd@{INSTANCE}.service/"
+        )),
+        "workspace init {init} is not below the unit's cgroup:\n{cgroup}"
+    );
+
     let t0 = Instant::now();
     let stop = host.sh(&format!("timeout 60 systemctl stop cvmd@{INSTANCE}"));
     assert!(
@@ -356,11 +399,7 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
     let show = host.sh_text(&format!(
         "systemctl show cvmd@{INSTANCE} -p ActiveState,Result,ExecMainStatus,ExecMainCode"
     ));
-    for want in [
-        "ActiveState=inactive",
-        "Result=success",
-        "ExecMainStatus=0",
-    ] {
+    for want in ["ActiveState=inactive", "Result=success", "ExecMainStatus=0"] {
         assert!(
             show.lines().any(|l| l == want),
             "after stop, not {want}:\n{show}\n{}",
@@ -368,9 +407,7 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         );
     }
     // The nested runtime's container went with it.
-    let left = host.sh_text(&format!(
-        "runc --root /var/lib/cvmd-state/{INSTANCE}/runtime list -q"
-    ));
+    let left = host.sh_text(&format!("runc --root {runtime} list -q"));
     assert!(left.trim().is_empty(), "runc still lists: {left}");
     eprintln!("whole test took {:?}", started.elapsed());
 }
