@@ -362,15 +362,19 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
     let ctl = host.sh(&format!(
         "set -a; . /etc/cvmd/{INSTANCE}.env; CVMD_STATE_DIR=/var/lib/cvmd-state/{INSTANCE} cvmctl status"
     ));
-    let ctl_out = String::from_utf8_lossy(&ctl.stdout).to_lowercase();
+    let ctl_out = String::from_utf8_lossy(&ctl.stdout).into_owned();
     assert!(
-        ctl.status.success() && ctl_out.contains("running"),
+        ctl.status.success(),
         "cvmctl status in the host: {}\n{ctl_out}\n{}",
         ctl.status,
         String::from_utf8_lossy(&ctl.stderr)
     );
+    // Not a terminal: one JSON object.
+    let ctl_status: serde_json::Value = serde_json::from_str(&ctl_out)
+        .unwrap_or_else(|e| panic!("cvmctl status is not JSON: {e}: {ctl_out}"));
+    assert_eq!(ctl_status["phase"], "running", "{ctl_out}");
+    assert_eq!(ctl_status["workspace"], INSTANCE, "{ctl_out}");
 
-    eprintln!("cvmctl status: {ctl_out}");
     // The workspace runs under the nested runc, in the unit's delegated
     // cgroup (Delegate=yes), with its init a process of the unit.
     let runtime = format!("/var/lib/cvmd-state/{INSTANCE}/runtime");
