@@ -3,13 +3,20 @@
 //! `crate::common::debootstrap`) boots as PID 1 of a runc container that
 //! shares the host's network namespace (so the test registry on 127.0.0.1
 //! is reachable) and holds the test's cvmd and cvmctl, the host's runc,
-//! the template unit as shipped and an instance env file. Inside it,
-//! `systemctl start cvmd@ws1` blocks until cvmd says READY=1 (Type=notify)
-//! with a busybox workspace running under the nested runc; the unit is
-//! active with a STATUS= naming the running phase; `cvmctl status` with
-//! the env file sourced and the state dir the unit gives finds the socket
-//! and reports it running; `systemctl stop cvmd@ws1` leaves the unit
-//! inactive (not failed) with cvmd's exit status 0.
+//! the template unit as shipped and one env file per instance. Inside it,
+//! `systemd-analyze verify` accepts the unit; `systemctl start cvmd@ws1
+//! cvmd@ws2` blocks until both cvmds said READY=1 (Type=notify), each with
+//! a busybox workspace running under the nested runc in its unit's
+//! delegated cgroup; each unit is active with a STATUS= naming the running
+//! phase; `cvmctl status` with the env file sourced and the unit's state
+//! dir finds that instance's socket and reports its workspace running;
+//! `systemctl stop` leaves both units inactive (result success, cvmd's exit
+//! status 0) and no nested runtime container behind.
+//!
+//! Not covered here: sysbox-runc (the env file's default; the host
+//! container has runc only), the veth network (`CVMD_NETWORK=none`: the
+//! host container shares the test machine's netns), `Restart=on-failure`
+//! and start at boot through `[Install]`.
 //!
 //! Needs root, runc, docker-registry and the build script's tools with a
 //! reachable Debian mirror; skips with a reason otherwise.
@@ -25,7 +32,9 @@ use crate::common::registry::push;
 use crate::common::{debootstrap, Registry};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
-const INSTANCE: &str = "ws1";
+/// Two instances at once: the template's point is several workspaces per
+/// host, each with its own env file and state dir over one shared cache.
+const INSTANCES: [&str; 2] = ["ws1", "ws2"];
 
 /// Every capability by its bit (linux/capability.h); the host container
 /// gets those in this process's bounding set (runc fails on any other).
@@ -175,9 +184,9 @@ impl Host<'_> {
 
     /// Why the unit did what it did, for assertion messages.
     fn diagnosis(&self) -> String {
-        self.sh_text(&format!(
-            "systemctl status --no-pager cvmd@{INSTANCE}; journalctl --no-pager -n 60 -u cvmd@{INSTANCE}"
-        ))
+        self.sh_text(
+            "systemctl status --no-pager 'cvmd@*'; journalctl --no-pager -n 80 -u 'cvmd@*'",
+        )
     }
 }
 
@@ -250,11 +259,12 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         "usr/local/sbin/runc",
         "etc/systemd/system/cvmd@.service",
         "etc/cvmd/ws1.env",
+        "etc/cvmd/ws2.env",
     ] {
         std::fs::write(rootfs.join(file), "").unwrap();
     }
     // As an operator would write it from systemd/cvmd-instance.env.
-    let env = work.path().join("ws1.env");
+    let env = work.path().join("instance.env");
     std::fs::write(
         &env,
         format!(
@@ -271,7 +281,8 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         (crate::common::cvmctl_bin(), "/usr/local/bin/cvmctl"),
         (runc.clone(), "/usr/local/sbin/runc"),
         (unit, "/etc/systemd/system/cvmd@.service"),
-        (env, "/etc/cvmd/ws1.env"),
+        (env.clone(), "/etc/cvmd/ws1.env"),
+        (env, "/etc/cvmd/ws2.env"),
         // The example image is minbase (no ca-certificates), and cvmd's
         // HTTP client wants the system's CAs even for a plain-HTTP
         // registry; a real host has them.
@@ -315,7 +326,7 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
     // The shipped template as systemd itself parses it: no unknown or
     // misplaced settings.
     let verify = host.sh(&format!(
-        "systemd-analyze verify /etc/systemd/system/cvmd@{INSTANCE}.service"
+        "systemd-analyze verify /etc/systemd/system/cvmd@ws1.service"
     ));
     assert!(
         verify.status.success() && verify.stderr.is_empty(),
@@ -324,75 +335,79 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         String::from_utf8_lossy(&verify.stderr)
     );
 
-    // Type=notify: start returns once cvmd said READY=1, or fails.
+    // Type=notify: start returns once both said READY=1, or fails.
+    let units = INSTANCES.map(|i| format!("cvmd@{i}")).join(" ");
     let t0 = Instant::now();
     let start = host.sh(&format!(
-        "systemctl daemon-reload && timeout 120 systemctl start cvmd@{INSTANCE}"
+        "systemctl daemon-reload && timeout 120 systemctl start {units}"
     ));
     assert!(
         start.status.success(),
-        "systemctl start cvmd@{INSTANCE} failed: {}\n{}",
+        "systemctl start {units} failed: {}\n{}",
         String::from_utf8_lossy(&start.stderr),
         host.diagnosis()
     );
-    eprintln!("systemctl start returned after {:?}", t0.elapsed());
+    eprintln!("systemctl start {units} returned after {:?}", t0.elapsed());
 
-    let show = host.sh_text(&format!(
-        "systemctl show cvmd@{INSTANCE} -p ActiveState,SubState,StatusText,Type,MainPID"
-    ));
-    assert!(
-        show.lines().any(|l| l == "ActiveState=active"),
-        "unit not active after start:\n{show}\n{}",
-        host.diagnosis()
-    );
-    eprintln!("{show}");
-    assert!(show.lines().any(|l| l == "Type=notify"), "{show}");
-    let status_text = show
-        .lines()
-        .find_map(|l| l.strip_prefix("StatusText="))
-        .unwrap_or_default()
-        .to_lowercase();
-    assert!(
-        status_text.contains("running"),
-        "STATUS= does not name the running phase:\n{show}"
-    );
+    // Each instance: its own workspace, state dir and socket.
+    for inst in INSTANCES {
+        let show = host.sh_text(&format!(
+            "systemctl show cvmd@{inst} -p ActiveState,SubState,StatusText,Type,MainPID"
+        ));
+        assert!(
+            show.lines().any(|l| l == "ActiveState=active"),
+            "unit not active after start:\n{show}\n{}",
+            host.diagnosis()
+        );
+        eprintln!("{show}");
+        assert!(show.lines().any(|l| l == "Type=notify"), "{show}");
+        let status_text = show
+            .lines()
+            .find_map(|l| l.strip_prefix("StatusText="))
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(
+            status_text.contains("running"),
+            "STATUS= does not name the running phase:\n{show}"
+        );
 
-    // The unit's state dir is what cvmctl needs beside the env file (the
-    // unit's own comment says so).
-    let ctl = host.sh(&format!(
-        "set -a; . /etc/cvmd/{INSTANCE}.env; CVMD_STATE_DIR=/var/lib/cvmd-state/{INSTANCE} cvmctl status"
-    ));
-    let ctl_out = String::from_utf8_lossy(&ctl.stdout).into_owned();
-    assert!(
-        ctl.status.success(),
-        "cvmctl status in the host: {}\n{ctl_out}\n{}",
-        ctl.status,
-        String::from_utf8_lossy(&ctl.stderr)
-    );
-    // Not a terminal: one JSON object.
-    let ctl_status: serde_json::Value = serde_json::from_str(&ctl_out)
-        .unwrap_or_else(|e| panic!("cvmctl status is not JSON: {e}: {ctl_out}"));
-    assert_eq!(ctl_status["phase"], "running", "{ctl_out}");
-    assert_eq!(ctl_status["workspace"], INSTANCE, "{ctl_out}");
+        // The unit's state dir is what cvmctl needs beside the env file (the
+        // unit's own comment says so).
+        let ctl = host.sh(&format!(
+            "set -a; . /etc/cvmd/{inst}.env; CVMD_STATE_DIR=/var/lib/cvmd-state/{inst} cvmctl status"
+        ));
+        let ctl_out = String::from_utf8_lossy(&ctl.stdout).into_owned();
+        assert!(
+            ctl.status.success(),
+            "cvmctl status in the host: {}\n{ctl_out}\n{}",
+            ctl.status,
+            String::from_utf8_lossy(&ctl.stderr)
+        );
+        // Not a terminal: one JSON object.
+        let ctl_status: serde_json::Value = serde_json::from_str(&ctl_out)
+            .unwrap_or_else(|e| panic!("cvmctl status is not JSON: {e}: {ctl_out}"));
+        assert_eq!(ctl_status["phase"], "running", "{ctl_out}");
+        assert_eq!(ctl_status["workspace"], inst, "{ctl_out}");
 
-    // The workspace runs under the nested runc, in the unit's delegated
-    // cgroup (Delegate=yes), with its init a process of the unit.
-    let runtime = format!("/var/lib/cvmd-state/{INSTANCE}/runtime");
-    let state = host.sh_text(&format!("runc --root {runtime} state {INSTANCE}"));
-    let state: serde_json::Value = serde_json::from_str(&state)
-        .unwrap_or_else(|e| panic!("runc state {INSTANCE} inside: {e}: {state}"));
-    assert_eq!(state["status"], "running", "{state}");
-    let init = state["pid"].as_u64().unwrap();
-    let cgroup = host.sh_text(&format!("cat /proc/{init}/cgroup"));
-    assert!(
-        cgroup.contains(&format!(
-            "/system.slice/system-cvmd.slice/cvmd@{INSTANCE}.service/"
-        )),
-        "workspace init {init} is not below the unit's cgroup:\n{cgroup}"
-    );
+        // The workspace runs under the nested runc, in the unit's delegated
+        // cgroup (Delegate=yes), with its init a process of the unit.
+        let runtime = format!("/var/lib/cvmd-state/{inst}/runtime");
+        let state = host.sh_text(&format!("runc --root {runtime} state {inst}"));
+        let state: serde_json::Value = serde_json::from_str(&state)
+            .unwrap_or_else(|e| panic!("runc state {inst} inside: {e}: {state}"));
+        assert_eq!(state["status"], "running", "{state}");
+        let init = state["pid"].as_u64().unwrap();
+        let cgroup = host.sh_text(&format!("cat /proc/{init}/cgroup"));
+        assert!(
+            cgroup.contains(&format!(
+                "/system.slice/system-cvmd.slice/cvmd@{inst}.service/"
+            )),
+            "workspace init {init} is not below the unit's cgroup:\n{cgroup}"
+        );
+    }
 
     let t0 = Instant::now();
-    let stop = host.sh(&format!("timeout 60 systemctl stop cvmd@{INSTANCE}"));
+    let stop = host.sh(&format!("timeout 60 systemctl stop {units}"));
     assert!(
         stop.status.success(),
         "systemctl stop failed: {}\n{}",
@@ -400,18 +415,22 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         host.diagnosis()
     );
     eprintln!("systemctl stop returned after {:?}", t0.elapsed());
-    let show = host.sh_text(&format!(
-        "systemctl show cvmd@{INSTANCE} -p ActiveState,Result,ExecMainStatus,ExecMainCode"
-    ));
-    for want in ["ActiveState=inactive", "Result=success", "ExecMainStatus=0"] {
-        assert!(
-            show.lines().any(|l| l == want),
-            "after stop, not {want}:\n{show}\n{}",
-            host.diagnosis()
-        );
+    for inst in INSTANCES {
+        let show = host.sh_text(&format!(
+            "systemctl show cvmd@{inst} -p ActiveState,Result,ExecMainStatus,ExecMainCode"
+        ));
+        for want in ["ActiveState=inactive", "Result=success", "ExecMainStatus=0"] {
+            assert!(
+                show.lines().any(|l| l == want),
+                "after stop, cvmd@{inst} not {want}:\n{show}\n{}",
+                host.diagnosis()
+            );
+        }
+        // The nested runtime's container went with it.
+        let left = host.sh_text(&format!(
+            "runc --root /var/lib/cvmd-state/{inst}/runtime list -q"
+        ));
+        assert!(left.trim().is_empty(), "{inst}: runc still lists: {left}");
     }
-    // The nested runtime's container went with it.
-    let left = host.sh_text(&format!("runc --root {runtime} list -q"));
-    assert!(left.trim().is_empty(), "runc still lists: {left}");
     eprintln!("whole test took {:?}", started.elapsed());
 }
