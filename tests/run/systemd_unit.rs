@@ -11,11 +11,13 @@
 //! phase; `cvmctl status` with the env file sourced and the unit's state
 //! dir finds that instance's socket and reports its workspace running;
 //! `systemctl stop` leaves both units inactive (result success, cvmd's exit
-//! status 0) and no nested runtime container behind.
+//! status 0) and no nested runtime container behind. Before that, a
+//! workspace killed from outside makes its unit restart (Restart=on-failure)
+//! back to running, the other instance untouched.
 //!
 //! Not covered here: sysbox-runc (the env file's default; the host
 //! container has runc only), the veth network (`CVMD_NETWORK=none`: the
-//! host container shares the test machine's netns), `Restart=on-failure`
+//! host container shares the test machine's netns), the start limit
 //! and start at boot through `[Install]`.
 //!
 //! Needs root, runc, docker-registry and the build script's tools with a
@@ -201,6 +203,7 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
     require!(can_run());
     let runc = require!(prereq::runc());
     require!(debootstrap::available());
+    let certs = require!(prereq::installed("/etc/ssl/certs"));
     let started = Instant::now();
     let reg = Registry::plain().unwrap();
     // Built (or taken from the cache) for its layer tar: the host's rootfs.
@@ -286,7 +289,7 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         // The example image is minbase (no ca-certificates), and cvmd's
         // HTTP client wants the system's CAs even for a plain-HTTP
         // registry; a real host has them.
-        (PathBuf::from("/etc/ssl/certs"), "/etc/ssl/certs"),
+        (certs, "/etc/ssl/certs"),
     ];
     let id = format!("cvmd-sdunit-{}", std::process::id());
     let bundle = work.path().join("bundle");
@@ -405,6 +408,45 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
             "workspace init {init} is not below the unit's cgroup:\n{cgroup}"
         );
     }
+
+    // Restart=on-failure: a workspace that dies (SIGKILL from outside)
+    // makes cvmd exit non-zero, and systemd starts it again after
+    // RestartSec (5 s) to READY=1; the other instance is untouched.
+    let killed = host.sh(&format!(
+        "runc --root /var/lib/cvmd-state/{0}/runtime kill {0} KILL",
+        INSTANCES[0]
+    ));
+    assert_success(&killed, "runc kill of ws1's workspace");
+    let t0 = Instant::now();
+    let mut show = String::new();
+    let restarted = crate::common::wait_until(Duration::from_secs(30), || {
+        show = host.sh_text(&format!(
+            "systemctl show cvmd@{} -p ActiveState,SubState,NRestarts,StatusText",
+            INSTANCES[0]
+        ));
+        if show.lines().any(|l| l == "NRestarts=1") && show.lines().any(|l| l == "SubState=running")
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        false
+    });
+    assert!(
+        restarted,
+        "cvmd@{} was not restarted after its workspace died:\n{show}\n{}",
+        INSTANCES[0],
+        host.diagnosis()
+    );
+    assert!(show.contains("StatusText=workspace running"), "{show}");
+    eprintln!("restarted after {:?}", t0.elapsed());
+    let other = host.sh_text(&format!(
+        "systemctl show cvmd@{} -p NRestarts,SubState",
+        INSTANCES[1]
+    ));
+    assert!(
+        other.lines().any(|l| l == "NRestarts=0") && other.lines().any(|l| l == "SubState=running"),
+        "{other}"
+    );
 
     let t0 = Instant::now();
     let stop = host.sh(&format!("timeout 60 systemctl stop {units}"));
