@@ -328,9 +328,7 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
 
     // The shipped template as systemd itself parses it: no unknown or
     // misplaced settings.
-    let verify = host.sh(&format!(
-        "systemd-analyze verify /etc/systemd/system/cvmd@ws1.service"
-    ));
+    let verify = host.sh("systemd-analyze verify /etc/systemd/system/cvmd@ws1.service");
     assert!(
         verify.status.success() && verify.stderr.is_empty(),
         "systemd-analyze verify: {}\n{}",
