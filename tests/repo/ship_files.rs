@@ -1,7 +1,8 @@
-//! The files that ship cvmd but cannot be exercised here: the outer
-//! image's Dockerfile (no Docker engine, no internet on this machine) and
-//! the host units `systemd/cvmd.service` and `systemd/cvmd@.service`
-//! (tests/api/systemd_notify.rs runs cvmd against a fake NOTIFY_SOCKET). Parsed and held to the
+//! The files that ship cvmd, parsed: the outer image's Dockerfile (no
+//! Docker engine, no internet on this machine) and the host units
+//! `systemd/cvmd.service` and `systemd/cvmd@.service` (which
+//! tests/run/systemd_unit.rs also runs under a real systemd, and
+//! tests/api/systemd_notify.rs against a fake NOTIFY_SOCKET). Parsed and held to the
 //! invariants that matter; the parts that can run (the example images,
 //! the manifests) have their own tests.
 

@@ -14,5 +14,6 @@ mod network;
 mod preflight;
 mod run_cli;
 mod systemd_boot;
+mod systemd_unit;
 mod terminal;
 mod vm_disk;
