@@ -73,6 +73,43 @@ fn anonymous_pull_from_a_plain_registry() {
     assert_pulled(&run, &cvmd, &reg.host(), "lib/anon", &img);
 }
 
+/// A minimal outer image has no CA bundle: cvmd still pulls from a
+/// plain-HTTP registry and from one CVMD_EXTRA_CERTS vouches for, and
+/// warns once that only those are trusted.
+#[test]
+fn pulls_work_on_a_host_without_system_ca_certificates() {
+    require!(prereq::registry());
+    let no_cas = |cvmd: &mut SealedCvmd| {
+        // Where rustls looks for the system's roots on Linux.
+        cvmd.env("SSL_CERT_FILE", "/nonexistent/ca.pem");
+        cvmd.env("SSL_CERT_DIR", "/nonexistent/certs");
+    };
+    let reg = Registry::plain().unwrap();
+    let img = small_image(Format::Oci, 1);
+    push(&reg, "lib/nocas", "v1", &img);
+    let mut cvmd = SealedCvmd::new();
+    no_cas(&mut cvmd);
+    let run = cvmd.pull(
+        &format!("{}/lib/nocas:v1", reg.host()),
+        &["--insecure-registries", &reg.host()],
+    );
+    assert_pulled(&run, &cvmd, &reg.host(), "lib/nocas", &img);
+    assert!(
+        run.stderr.contains("no system CA certificates"),
+        "{}",
+        run.stderr
+    );
+
+    let t = tls();
+    let mut cvmd = SealedCvmd::new();
+    no_cas(&mut cvmd);
+    cvmd.write_docker_config(
+        &json!({"auths": {t.reg.host(): {"auth": b64(&format!("{USER}:{PASS}"))}}}),
+    );
+    let run = cvmd.pull(&t.image, &["--extra-certs", &t.ca()]);
+    t.check(&run, &cvmd);
+}
+
 #[test]
 fn basic_over_tls_with_ca_file_and_config_json_auth_field() {
     require!(prereq::registry());

@@ -286,9 +286,9 @@ fn template_unit_runs_a_workspace_under_real_systemd_root() {
         (unit, "/etc/systemd/system/cvmd@.service"),
         (env.clone(), "/etc/cvmd/ws1.env"),
         (env, "/etc/cvmd/ws2.env"),
-        // The example image is minbase (no ca-certificates), and cvmd's
-        // HTTP client wants the system's CAs even for a plain-HTTP
-        // registry; a real host has them.
+        // The example image is minbase (no ca-certificates); a real host
+        // has them (without, cvmd trusts only CVMD_EXTRA_CERTS and warns:
+        // tests/pull/auth.rs).
         (certs, "/etc/ssl/certs"),
     ];
     let id = format!("cvmd-sdunit-{}", std::process::id());

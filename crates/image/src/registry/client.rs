@@ -112,22 +112,44 @@ impl RegistryClient {
         extra_cas: &[reqwest::Certificate],
         http1_only: bool,
     ) -> Result<reqwest::Client, RegistryError> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("cvmd/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(60))
-            .redirect(super::realm::redirect_policy())
-            .tls_backend_rustls();
-        for cert in extra_cas {
-            builder = builder.add_root_certificate(cert.clone());
+        let builder = |certs_only: bool| {
+            let mut builder = reqwest::Client::builder()
+                .user_agent(concat!("cvmd/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(15))
+                .read_timeout(Duration::from_secs(60))
+                .redirect(super::realm::redirect_policy())
+                .tls_backend_rustls();
+            builder = if certs_only {
+                builder.tls_certs_only(extra_cas.iter().cloned())
+            } else {
+                builder.tls_certs_merge(extra_cas.iter().cloned())
+            };
+            if http1_only {
+                builder = builder.http1_only();
+            }
+            builder.build()
+        };
+        match builder(false) {
+            Ok(client) => Ok(client),
+            // A minimal outer image without a CA bundle: the system's roots
+            // cannot be loaded, which must not stop a pull from a plain-HTTP
+            // registry or one CVMD_EXTRA_CERTS vouches for.
+            Err(system) => match builder(true) {
+                Ok(client) => {
+                    if !http1_only {
+                        tracing::warn!(
+                            error = %describe(&system),
+                            "no system CA certificates: only CVMD_EXTRA_CERTS are trusted (install ca-certificates in the outer image for public registries)"
+                        );
+                    }
+                    Ok(client)
+                }
+                Err(_) => Err(RegistryError::Invalid {
+                    what: "HTTP client settings".into(),
+                    why: describe(&system),
+                }),
+            },
         }
-        if http1_only {
-            builder = builder.http1_only();
-        }
-        builder.build().map_err(|e| RegistryError::Invalid {
-            what: "HTTP client settings".into(),
-            why: describe(&e),
-        })
     }
 
     pub fn retry_policy(&self) -> &RetryPolicy {
