@@ -227,13 +227,6 @@ pub fn decide(
     }
 }
 
-/// The disk dir holds a writable layer.
-pub fn has_disk(disk: &Path) -> bool {
-    ["upper", "flat"]
-        .iter()
-        .any(|n| disk.join(n).symlink_metadata().is_ok())
-}
-
 /// What the rootfs stage is asked to do with the disk.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -292,24 +285,8 @@ fn action_name(a: OnImageChange) -> &'static str {
     }
 }
 
-/// What the rootfs stage opens, writes or mounts in the disk dir: a
-/// symlink there (a hostile volume) would point the overlay's upper dir or
-/// a note's write at the outer container's files.
-const DISK_ENTRIES: &[&str] = &[
-    "upper",
-    "work",
-    "flat",
-    "flat.tmp",
-    "flat.idmap",
-    "upper.idmap",
-    "carry",
-    "empty",
-    "l",
-    "idmapped",
-];
-
 fn no_links(dir: &Path) -> Result<(), DiskError> {
-    for name in DISK_ENTRIES {
+    for name in crate::rootfs::ws_dir::ENTRIES {
         let path = dir.join(name);
         if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
             return Err(DiskError::Volume {
@@ -350,7 +327,12 @@ pub fn prepare(s: &DiskSettings, ws_dir: &Path, current: &Digest) -> Result<Prep
     if let Recorded::Unknown(why) = &recorded {
         tracing::warn!(record = %dir.join(RECORD).display(), why, "the disk's image record is unreadable: treating the disk as made on an unknown image");
     }
-    let decision = decide(has_disk(&dir), &recorded, current, s.on_image_change);
+    let decision = decide(
+        crate::rootfs::ws_dir::has_disk(&dir),
+        &recorded,
+        current,
+        s.on_image_change,
+    );
     let (reset, carry) = match &decision {
         Decision::Changed {
             action: OnImageChange::Reset,

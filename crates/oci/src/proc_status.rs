@@ -51,9 +51,9 @@ pub fn parent_of(pid: i32) -> Option<i32> {
 }
 
 /// A status text shaped as the kernel writes it, with these masks, ids and
-/// groups: the fixture for tests of code that reads one (here and in the
-/// crates above).
-#[doc(hidden)]
+/// groups: the fixture for tests of code that reads one (here and, through
+/// the `test-support` feature, in the crates above).
+#[cfg(any(test, feature = "test-support"))]
 pub fn sample(effective: u64, bounding: u64, uid: u32, groups: &[u32]) -> String {
     let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
     format!(

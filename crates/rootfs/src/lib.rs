@@ -25,7 +25,7 @@ pub mod probe;
 mod sys;
 mod userns;
 pub mod version;
-mod ws_dir;
+pub mod ws_dir;
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,30 @@ pub const FLAT_TMP: &str = "flat.tmp";
 pub const FLAT_NOTE: &str = "flat.idmap";
 pub const EMPTY: &str = "empty";
 
+/// Every name the rootfs stage opens, writes or mounts in a workspace dir.
+/// A caller that hands over a dir it does not own (a volume) refuses a
+/// symlink at any of them: it would point an upper dir or a note's write
+/// elsewhere.
+pub const ENTRIES: &[&str] = &[
+    UPPER,
+    WORK,
+    FLAT,
+    FLAT_TMP,
+    FLAT_NOTE,
+    super::keep::UPPER_NOTE,
+    super::keep::CARRY,
+    EMPTY,
+    LINKS_DIR,
+    HELPERS_DIR,
+];
+
+/// The dir holds a writable layer (an overlay upper or a flat copy).
+pub fn has_disk(ws: &Path) -> bool {
+    [UPPER, FLAT]
+        .iter()
+        .any(|n| ws.join(n).symlink_metadata().is_ok())
+}
+
 fn prep(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
     move |source| RootfsError::Prepare {
         path: path.to_owned(),
