@@ -4,8 +4,9 @@
 //! round now and one per interval until SIGTERM, serving the cache's
 //! metrics on CVMD_METRICS_ADDR.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -33,7 +34,7 @@ pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Resul
     // containerd with CVMD_IMAGE_BACKEND=containerd (or auto finding it).
     let backend = Backend::select(&settings.run.backend).await?;
     let Some(every) = args.every else {
-        let failed = round(settings, &backend, &args.images, &PlainLines).await;
+        let failed = round(settings, &backend, &args.images, &Counted::new(None)).await;
         return outcome(&failed, args.images.len());
     };
     let metrics = Arc::new(Metrics::new());
@@ -47,7 +48,7 @@ pub async fn prefetch(settings: &Settings, args: &PrefetchArgs) -> anyhow::Resul
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let progress = Counted(&metrics, &PlainLines);
+    let progress = Counted::new(Some(&metrics));
     loop {
         // A signal mid-round ends it there: a cut download resumes at the
         // next start, and nothing unverified was published.
@@ -74,13 +75,14 @@ async fn round<'a>(
     settings: &Settings,
     backend: &Backend,
     images: &'a [String],
-    progress: &dyn ProgressSink,
+    progress: &Counted<'_>,
 ) -> Vec<&'a str> {
     let pull = &settings.run.pull;
     let mut failed = Vec::new();
     for image in images {
         // Asking the registry for what the tag names now; printed pinned
         // to the digest pulled.
+        let began = Instant::now();
         let pulled = match image.parse::<Reference>() {
             Ok(reference) => backend
                 .prefetch(pull, &reference, progress)
@@ -90,7 +92,10 @@ async fn round<'a>(
             Err(e) => Err(anyhow::Error::from(e)),
         };
         match pulled {
-            Ok(reference) => println!("{reference}"),
+            Ok(reference) => {
+                progress.pulled(began.elapsed());
+                println!("{reference}");
+            }
             // One bad image must not keep the others from the node.
             Err(e) => {
                 eprintln!("cvmd: prefetch {image}: {}", super::error_line(&e));
@@ -120,8 +125,32 @@ fn outcome(failed: &[&str], asked: usize) -> anyhow::Result<()> {
     )
 }
 
-/// Counts each layer into the metrics, then shows it as `show` does.
-struct Counted<'a>(&'a Metrics, &'a dyn ProgressSink);
+/// Counts each layer into the metrics (with `--every`), then prints it as
+/// a plain line.
+struct Counted<'a> {
+    metrics: Option<&'a Metrics>,
+    /// A layer was downloaded since the last `pulled`: the image's time
+    /// then goes into the pull-duration histogram, as a workspace's does.
+    fetched: AtomicBool,
+}
+
+impl<'a> Counted<'a> {
+    fn new(metrics: Option<&'a Metrics>) -> Self {
+        Counted {
+            metrics,
+            fetched: AtomicBool::new(false),
+        }
+    }
+
+    /// One image is in the cache, `took` after it was asked for.
+    fn pulled(&self, took: Duration) {
+        if self.fetched.swap(false, Ordering::Relaxed) {
+            if let Some(m) = self.metrics {
+                m.pulled(took);
+            }
+        }
+    }
+}
 
 impl std::fmt::Debug for Counted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,7 +160,12 @@ impl std::fmt::Debug for Counted<'_> {
 
 impl ProgressSink for Counted<'_> {
     fn event(&self, event: PullEvent) {
-        self.0.pull_event(&event);
-        self.1.event(event);
+        if let PullEvent::LayerDone { cached: false, .. } = event {
+            self.fetched.store(true, Ordering::Relaxed);
+        }
+        if let Some(m) = self.metrics {
+            m.pull_event(&event);
+        }
+        PlainLines.event(event);
     }
 }

@@ -163,7 +163,8 @@ fn scrape_until(port: u16, what: &str, ready: impl Fn(&str) -> bool) -> String {
 /// The prefetch DaemonSet's loop (`cvmd prefetch --every`): it serves the
 /// cache's metrics while it runs, counts its rounds and the images that
 /// failed, and ends with 0 on SIGTERM. One image that cannot be pulled
-/// fails the round but not the others.
+/// fails the round but not the others; a pull that fetched layers is
+/// timed into the pull-duration histogram.
 #[test]
 fn prefetch_every_serves_cache_metrics_and_ends_on_sigterm() {
     require!(can_run());
@@ -207,6 +208,9 @@ fn prefetch_every_serves_cache_metrics_and_ends_on_sigterm() {
     );
     assert!(sample(&t, "cvmd_cache_hits_total{level=\"layer\"}") >= layers);
     assert!(sample(&t, "cvmd_cache_size_bytes") >= layer_bytes as f64);
+    // The one pull that fetched layers is timed; the rounds after it found
+    // the image cached.
+    assert_eq!(sample(&t, "cvmd_pull_duration_seconds_count"), 1.0);
     let began = std::time::Instant::now();
     let out = stop(child);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -227,6 +231,7 @@ fn prefetch_every_serves_cache_metrics_and_ends_on_sigterm() {
     assert_eq!(sample(&t, "cvmd_prefetch_failed_images"), 0.0);
     assert!(sample(&t, "cvmd_prefetch_last_success_seconds") > 1.7e9);
     assert_eq!(sample(&t, "cvmd_pull_bytes_total"), 0.0);
+    assert_eq!(sample(&t, "cvmd_pull_duration_seconds_count"), 0.0);
     let out = stop(child);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
