@@ -74,7 +74,7 @@ pub struct RegistryClient {
     /// server's one writer per connection (distribution's Go server): an
     /// HTTPS pull took 2.2x the plain one, waiting rather than working.
     /// Manifests, configs and tokens stay on `http`.
-    blobs: reqwest::Client,
+    pub(super) blobs: reqwest::Client,
     auth: Authenticator,
     options: ClientOptions,
 }
@@ -335,7 +335,7 @@ impl RegistryClient {
 
     /// Tries each endpoint with `http`; a mirror's failure falls through to
     /// the next.
-    async fn first_success_on(
+    pub(super) async fn first_success_on(
         &self,
         http: &reqwest::Client,
         r: &Reference,
@@ -508,7 +508,7 @@ async fn error_message(response: Response) -> Option<String> {
     Some(line.trim().to_string())
 }
 
-fn content_range_start(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn content_range_start(headers: &HeaderMap) -> Option<u64> {
     let v = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
     let range = v.strip_prefix("bytes ")?;
     range.split('-').next()?.trim().parse().ok()

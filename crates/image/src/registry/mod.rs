@@ -4,6 +4,7 @@ pub mod auth;
 pub mod client;
 pub mod credentials;
 pub mod manifest;
+pub mod range;
 pub mod realm;
 pub mod reference;
 
