@@ -226,6 +226,32 @@ def chain_id(diff_ids):
     return chain
 
 
+def stats_of(layout):
+    """bench-stats.json for an OCI layout made elsewhere (images/build.sh),
+    with its only manifest; reads each layer once to count its files."""
+    blob = lambda d: os.path.join(layout, "blobs", "sha256", d.split(":")[1])
+    with open(os.path.join(layout, "index.json")) as f:
+        mdig = json.load(f)["manifests"][0]["digest"]
+    with open(blob(mdig)) as f:
+        manifest = json.load(f)
+    with open(blob(manifest["config"]["digest"])) as f:
+        diff_ids = json.load(f)["rootfs"]["diff_ids"]
+    files = uncompressed = 0
+    for layer in manifest["layers"]:
+        with tarfile.open(blob(layer["digest"]), "r:*") as t:
+            for m in t:
+                files += 1
+                uncompressed += m.size
+    stats = {
+        "name": os.path.basename(layout.rstrip("/")), "manifest": mdig, "layers": len(manifest["layers"]),
+        "compressed_bytes": sum(l["size"] for l in manifest["layers"]),
+        "uncompressed_bytes": uncompressed, "files": files, "chain_id": chain_id(diff_ids),
+    }
+    with open(os.path.join(layout, "bench-stats.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+    return stats
+
+
 def stamp(name):
     """Changes whenever this generator or the image's spec changes."""
     with open(__file__, "rb") as f:
@@ -240,6 +266,8 @@ if __name__ == "__main__":
     elif len(sys.argv) == 3 and sys.argv[1] == "--chain-id":
         with open(os.path.join(sys.argv[2], "bench-stats.json")) as f:
             print(json.load(f)["chain_id"])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--stats-of":
+        print(json.dumps(stats_of(sys.argv[2])))
     elif len(sys.argv) == 3 and sys.argv[1] in IMAGES:
         print(json.dumps(generate(sys.argv[1], sys.argv[2])))
     else:

@@ -14,6 +14,7 @@ import subprocess
 
 PHASE_TITLES = {
     "pull": "pull (content only, cold)",
+    "slow": "pull through a slow link",
     "unpack": "pull + unpack (cold)",
     "warm": "rootfs from a warm cache",
     "start": "cvmd run (cold)",
@@ -22,6 +23,11 @@ PHASE_TITLES = {
 LABELS = {
     ("pull", "cvmd"): "cvmd pull",
     ("pull", "skopeo"): "skopeo copy",
+    ("pull", "cvmdtls"): "cvmd pull, HTTPS",
+    ("pull", "skopeotls"): "skopeo copy, HTTPS",
+    ("slow", "cvmd"): "cvmd pull",
+    ("slow", "skopeo"): "skopeo copy",
+    ("unpack", "curltar"): "curl | tar -xz, layer by layer",
     ("unpack", "umoci"): "skopeo copy + umoci unpack",
     ("unpack", "ctr"): "ctr images pull (containerd)",
     ("unpack", "cvmd"): "cvmd rootfs (cold)",
@@ -35,8 +41,9 @@ LABELS = {
 }
 # Ratios printed per phase: (numerator tool, denominator tool); < 1 means the first is faster.
 RATIOS = {
-    "pull": [("cvmd", "skopeo")],
-    "unpack": [("cvmd", "umoci"), ("cvmd", "ctr"), ("umoci", "ctr")],
+    "pull": [("cvmd", "skopeo"), ("cvmdtls", "skopeotls"), ("cvmdtls", "cvmd"), ("skopeotls", "skopeo")],
+    "slow": [("cvmd", "skopeo")],
+    "unpack": [("cvmd", "umoci"), ("cvmd", "ctr"), ("cvmd", "curltar"), ("umoci", "ctr")],
     "warm": [("cvmd", "ctr")],
     "start": [("containerd", "native"), ("transfer", "native"), ("transfer", "containerd")],
     "restart": [("containerd", "native")],
@@ -45,6 +52,7 @@ RSS_NOTES = {
     ("unpack", "ctr"): "containerd daemon's peak (fresh daemon per run)",
     ("warm", "ctr"): "ctr client (the daemon does the work)",
     ("unpack", "umoci"): "max of skopeo and umoci",
+    ("unpack", "curltar"): "tar only",
     ("start", "containerd"): "cvmd only (containerd unpacks)",
     ("start", "transfer"): "cvmd only (containerd pulls and unpacks)",
     ("restart", "containerd"): "cvmd only",
@@ -62,14 +70,15 @@ def load(path):
     runs = {}
     with open(path) as f:
         for line in f:
-            img, phase, tool, run, secs, rss = line.rstrip("\n").split("\t")
-            r = runs.setdefault((img, phase, tool), {"times": [], "rss": [], "status": "ok"})
+            img, phase, tool, run, secs, rss, load1 = line.rstrip("\n").split("\t")
+            r = runs.setdefault((img, phase, tool), {"times": [], "rss": [], "loads": [], "status": "ok"})
             if secs == "NA":
                 r["status"] = "not yet available"
             elif secs == "FAIL":
                 r["status"] = "failed"
             else:
                 r["times"].append(float(secs))
+                r["loads"].append(load1)
                 if rss != "NA":
                     r["rss"].append(int(rss))
     return runs
@@ -94,6 +103,7 @@ def main():
     ap.add_argument("--root", required=True)
     ap.add_argument("--selected", required=True)
     ap.add_argument("--load", default="")
+    ap.add_argument("--slow", default="")
     a = ap.parse_args()
 
     runs = load(a.results)
@@ -115,6 +125,7 @@ def main():
         "umoci": sh("umoci", "--version"),
         "containerd": sh(os.path.join(os.environ.get("CTRD_BIN", "/usr/bin"), "containerd"), "--version"),
         "load_average": a.load,
+        "slow_link": a.slow,
         "runs": a.runs,
         "elapsed_s": a.elapsed,
     }
@@ -135,6 +146,7 @@ def main():
                     "status": r["status"],
                     "median_s": med,
                     "runs_s": r["times"],
+                    "loads": r["loads"],
                     "peak_rss_kib": max(r["rss"]) if r["rss"] else None,
                 }
                 if (p, t) in RSS_NOTES:
@@ -158,11 +170,13 @@ def main():
 
     hdr = f"{'image':<7} {'phase':<26} {'tool':<31} {'median s':>9} {'peak RSS':>9}  runs"
     lines_txt += ["", "=" * len(hdr), hdr, "-" * len(hdr)]
-    lines_md += ["| image | phase | tool | median s | peak RSS | runs (s) |", "|---|---|---|---:|---:|---|"]
+    lines_md += ["| image | phase | tool | median s | peak RSS | runs (s) | load (1 min) before each run |",
+                 "|---|---|---|---:|---:|---|---|"]
     ratio_txt, ratio_md = [], ["", "## Ratios", "", "| image | phase | ratio | value |", "|---|---|---|---:|"]
     for img in images:
         for phase, ph in doc["images"][img]["phases"].items():
             for t, r in ph["tools"].items():
+                loads = " ".join(r["loads"]) if r["status"] == "ok" else ""
                 if r["status"] != "ok":
                     med, rss, rs = r["status"], "", ""
                 else:
@@ -170,7 +184,7 @@ def main():
                     rs = " ".join(fmt_s(x) for x in r["runs_s"])
                 note = f" ({r['rss_note']})" if r.get("rss_note") and r["status"] == "ok" else ""
                 lines_txt.append(f"{img:<7} {PHASE_TITLES[phase]:<26} {r['label']:<31} {med:>9} {rss:>9}  {rs}")
-                lines_md.append(f"| {img} | {PHASE_TITLES[phase]} | {r['label']} | {med} | {rss}{note} | {rs} |")
+                lines_md.append(f"| {img} | {PHASE_TITLES[phase]} | {r['label']} | {med} | {rss}{note} | {rs} | {loads} |")
             for name, v in ph["ratios"].items():
                 val = f"{v:.2f}" if v is not None else "n/a"
                 ratio_txt.append(f"{img:<7} {PHASE_TITLES[phase]:<26} {name:<14} {val:>6}")

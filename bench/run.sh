@@ -4,9 +4,12 @@
 #
 #   bench/run.sh                 # small, medium and big images, 3 runs each
 #   bench/run.sh --quick         # small + medium only
-#   bench/run.sh --image big     # one image (repeatable)
+#   bench/run.sh --image big     # one image (repeatable); also `systemd`,
+#                                # the example image (images/build.sh, one
+#                                # layer), not in the default set
 #   bench/run.sh --runs 5        # more runs (median is reported)
 #   bench/run.sh --no-build      # use target/release/cvmd as it is
+#   bench/run.sh --slow 20:50    # the slow link: ms per request : MB/s
 #   bench/run.sh --containerd bookworm|trixie|sid
 #                                # which Debian containerd (1.6, 1.7, 2.x) is
 #                                # the peer and the backend's daemon [default:
@@ -19,9 +22,14 @@
 #
 # Phases (each run is cold: the tool starts from an empty cache/store at a new
 # path, after an untimed `sync`; the page cache is kept):
-#   pull    content only: cvmd pull --no-unpack  vs  skopeo copy docker:// -> oci:
+#   pull    content only: cvmd pull --no-unpack  vs  skopeo copy docker:// -> oci:,
+#           each over plain HTTP and over HTTPS (a second docker-registry on
+#           the same storage, with a certificate of a private CA)
+#   slow    the same, plain HTTP, through bench/throttle.py: a link with a
+#           delay per request and a bandwidth cap (--slow)
 #   unpack  pull + unpack: skopeo copy + umoci unpack  vs  ctr images pull
 #           (private containerd, overlayfs snapshotter)  vs  cvmd rootfs
+#           vs  `curl | tar -xz` of each layer in turn (one core's worth)
 #   warm    everything cached, make a rootfs: ctr snapshots prepare of the
 #           image's chain ID + its mount  vs  cvmd rootfs
 #   start   `cvmd run` of a workspace that exits at once (busybox-static
@@ -45,6 +53,8 @@ RUNS=3
 BUILD=1
 SELECTED=()
 ALL_IMAGES=(small medium big)
+KNOWN_IMAGES=(small medium big systemd)
+SLOW=20:50
 CTRD_RELEASE=
 CTRD_TOOLS=${CVMD_TOOLS_CONTAINERD:-/opt/cvmd-tools/containerd}
 
@@ -55,6 +65,7 @@ while [[ $# -gt 0 ]]; do
     --image) SELECTED+=("$2"); shift ;;
     --runs) RUNS=$2; shift ;;
     --no-build) BUILD=0 ;;
+    --slow) SLOW=$2; shift ;;
     --containerd) CTRD_RELEASE=$2; shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
@@ -63,7 +74,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ ${#SELECTED[@]} -gt 0 ]] || SELECTED=("${ALL_IMAGES[@]}")
 for img in "${SELECTED[@]}"; do
-  [[ " ${ALL_IMAGES[*]} " == *" $img "* ]] || { echo "unknown image: $img (known: ${ALL_IMAGES[*]})" >&2; exit 2; }
+  [[ " ${KNOWN_IMAGES[*]} " == *" $img "* ]] || { echo "unknown image: $img (known: ${KNOWN_IMAGES[*]})" >&2; exit 2; }
 done
 if [[ -z $CTRD_RELEASE ]]; then
   if [[ -x $CTRD_TOOLS/sid/usr/bin/containerd ]]; then CTRD_RELEASE=sid; else CTRD_RELEASE=bookworm; fi
@@ -76,8 +87,9 @@ esac
 [[ -x $CTRD_BIN/containerd && -x $CTRD_BIN/ctr ]] || { echo "no containerd in $CTRD_BIN (bash scripts/deps.sh installs trixie's and sid's)" >&2; exit 2; }
 export CTRD_BIN  # report.py reads the version
 [[ $(id -u) == 0 ]] || { echo "bench/run.sh needs root (umoci unpack, containerd, mounts)" >&2; exit 2; }
-for tool in docker-registry skopeo umoci containerd ctr python3 curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install docker-registry skopeo umoci containerd time python3 curl)" >&2; exit 2; }
+[[ $SLOW =~ ^[0-9.]+:[0-9.]+$ ]] || { echo "--slow wants MS:MBPS, e.g. 20:50" >&2; exit 2; }
+for tool in docker-registry skopeo umoci containerd ctr python3 curl openssl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install docker-registry skopeo umoci containerd time python3 curl openssl)" >&2; exit 2; }
 done
 [[ -x /usr/bin/time ]] || { echo "missing GNU time (apt-get install time)" >&2; exit 2; }
 
@@ -91,11 +103,17 @@ CVMD=${CVMD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/cvmd}  # CVMD_BIN: tr
 mkdir -p "$CACHE/images" "$CACHE/registry"
 WORK=$(mktemp -d "$CACHE/work.XXXXXX")
 mkdir -p "$WORK/tmp" "$WORK/logs"
+# The workspace's root (a uid of its user namespace) must reach its rootfs
+# under $WORK: mktemp made it 0700.
+chmod 755 "$WORK"
+# No cache reserve: a shared build machine's disk may sit below 10% free,
+# and the benchmark deletes its trees only at the end (see FRESH PATHS).
+export CVMD_CACHE_RESERVE=0
 export TMPDIR=$WORK/tmp        # nothing goes to /tmp
 RESULTS=$WORK/results.tsv
 RSS_FILE=$WORK/rss  # timed runs outside a measured run (setups) write here
 : >"$RESULTS"
-REG_PID=
+REG_PIDS=()
 CTRD_PID=
 
 # ---------------------------------------------------------------- plumbing
@@ -110,7 +128,7 @@ unmount_under() {  # every mount under $1, deepest first
 cleanup() {
   set +e
   stop_containerd
-  if [[ -n $REG_PID ]]; then kill "$REG_PID" 2>/dev/null; wait "$REG_PID" 2>/dev/null; fi
+  for p in "${REG_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   unmount_under "$WORK"
   rm -rf "$WORK"
 }
@@ -124,19 +142,52 @@ timed() { /usr/bin/time -f %M -a -o "$RSS_FILE" "$@"; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+# One storage, three ways in: plain HTTP (REG), HTTPS (REG_TLS, a leaf
+# certificate of a private CA: rustls refuses a CA certificate as a
+# server's) and the slow link (REG_SLOW, bench/throttle.py before REG).
 start_registry() {
-  local port; port=$(free_port)
-  REG=127.0.0.1:$port
-  cat >"$WORK/registry.yml" <<YML
+  local port tls_port slow_port
+  port=$(free_port); tls_port=$(free_port); slow_port=$(free_port)
+  REG=127.0.0.1:$port REG_TLS=127.0.0.1:$tls_port REG_SLOW=127.0.0.1:$slow_port
+  TLS_DIR=$CACHE/tls
+  if [[ ! -f $TLS_DIR/ca.crt ]]; then
+    mkdir -p "$TLS_DIR"
+    (
+      cd "$TLS_DIR"
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=cvmd bench CA" -keyout ca.key -out ca.crt
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr
+      printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >leaf.ext
+      openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile leaf.ext -out cert.pem
+    ) >/dev/null 2>&1
+  fi
+  local name addr tls
+  for name in plain tls; do
+    addr=$REG tls=
+    if [[ $name == tls ]]; then
+      addr=$REG_TLS tls="  tls: {certificate: $TLS_DIR/cert.pem, key: $TLS_DIR/key.pem}"
+    fi
+    cat >"$WORK/registry-$name.yml" <<YML
 version: 0.1
 log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $CACHE/registry}}
-http: {addr: $REG}
+storage: {filesystem: {rootdirectory: $CACHE/registry}, maintenance: {uploadpurging: {enabled: false}}}
+http:
+  addr: $addr
+$tls
 YML
-  docker-registry serve "$WORK/registry.yml" >"$WORK/logs/registry.log" 2>&1 &
-  REG_PID=$!
-  for _ in $(seq 100); do curl -fs "http://$REG/v2/" >/dev/null && return 0; sleep 0.1; done
-  echo "docker-registry did not start:" >&2; cat "$WORK/logs/registry.log" >&2; exit 1
+    docker-registry serve "$WORK/registry-$name.yml" >"$WORK/logs/registry-$name.log" 2>&1 &
+    REG_PIDS+=($!)
+  done
+  python3 "$BENCH/throttle.py" "$slow_port" "$REG" --delay-ms "${SLOW%%:*}" --mbps "${SLOW##*:}" \
+    >"$WORK/logs/throttle.log" 2>&1 &
+  REG_PIDS+=($!)
+  local url
+  for url in "http://$REG/v2/" "https://$REG_TLS/v2/" "http://$REG_SLOW/v2/"; do
+    for _ in $(seq 100); do curl -fsk "$url" >/dev/null && continue 2; sleep 0.1; done
+    echo "the registry at $url did not start:" >&2; cat "$WORK"/logs/registry-*.log "$WORK/logs/throttle.log" >&2; exit 1
+  done
 }
 
 CTRD=$WORK/containerd
@@ -193,6 +244,17 @@ reset_containerd() {
 # storage is cached too) bench/NAME:latest.
 ensure_image() {
   local img=$1 dir=$CACHE/images/$1 stamp digest have
+  if [[ $img == systemd ]]; then
+    # The example image, from images/build.sh (its own cache makes a rebuild
+    # take seconds); its stats are read from the layout.
+    if [[ ! -f $dir/bench-stats.json ]]; then
+      echo "== building the example image systemd (once, cached in bench/.cache)"
+      rm -rf "$dir"
+      "$ROOT/images/build.sh" --layout "$dir" systemd >"$WORK/logs/systemd-build.log" 2>&1 ||
+        { tail "$WORK/logs/systemd-build.log" >&2; exit 1; }
+      python3 "$BENCH/gen_image.py" --stats-of "$dir" >/dev/null
+    fi
+  else
   stamp=$(python3 "$BENCH/gen_image.py" --stamp "$img")
   if [[ ! -f $dir/.stamp || $(cat "$dir/.stamp") != "$stamp" ]]; then
     echo "== generating image $img (once, cached in bench/.cache)"
@@ -201,13 +263,16 @@ ensure_image() {
     echo "$stamp" >"$dir.tmp/.stamp"
     mv "$dir.tmp" "$dir"
   fi
+  fi
   digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifest"])' "$dir/bench-stats.json")
   have=$(curl -fsI -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
     "http://$REG/v2/bench/$img/manifests/latest" 2>/dev/null | tr -d '\r' |
     awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}' || true)
   if [[ $have != "$digest" ]]; then
     echo "== pushing $img to the bench registry (once, cached in bench/.cache)"
-    skopeo copy -q --dest-tls-verify=false "oci:$dir:latest" "docker://$REG/bench/$img:latest"
+    local src="oci:$dir:latest"
+    [[ $img == systemd ]] && src="oci:$dir"
+    skopeo copy -q --dest-tls-verify=false "$src" "docker://$REG/bench/$img:latest"
   fi
 }
 
@@ -262,6 +327,25 @@ pull_cvmd_check() { have_blobs "$1" "$R/cvmd-cache/blobs/sha256"; }
 pull_skopeo_run() { timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$R/oci:latest"; }
 pull_skopeo_check() { have_blobs "$1" "$R/oci/blobs/sha256"; }
 
+# Over HTTPS: the CA is given to each tool the way its users would.
+pull_cvmdtls_run() {
+  CVMD_EXTRA_CERTS=$TLS_DIR/ca.crt timed "$CVMD" --cache-dir "$R/cvmd-cache" --state-dir "$R/cvmd-cache.state" \
+    --log-level warn --log-format text pull --no-unpack "${REF/$REG/$REG_TLS}"
+}
+pull_cvmdtls_check() { pull_cvmd_check "$@"; }
+pull_skopeotls_prepare() { mkdir -p "$R/certs" && cp "$TLS_DIR/ca.crt" "$R/certs/"; }
+pull_skopeotls_run() { timed skopeo copy -q --src-cert-dir "$R/certs" "docker://${REF/$REG/$REG_TLS}" "oci:$R/oci:latest"; }
+pull_skopeotls_check() { pull_skopeo_check "$@"; }
+
+# --- slow: content only through the slow link
+slow_cvmd_run() {
+  timed "$CVMD" --cache-dir "$R/cvmd-cache" --state-dir "$R/cvmd-cache.state" --insecure-registries "$REG_SLOW" \
+    --log-level warn --log-format text pull --no-unpack "${REF/$REG/$REG_SLOW}"
+}
+slow_cvmd_check() { pull_cvmd_check "$@"; }
+slow_skopeo_run() { timed skopeo copy -q --src-tls-verify=false "docker://${REF/$REG/$REG_SLOW}" "oci:$R/oci:latest"; }
+slow_skopeo_check() { pull_skopeo_check "$@"; }
+
 # --- unpack: pull + unpack, cold
 unpack_umoci_run() {
   timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$R/oci:latest" &&
@@ -280,6 +364,17 @@ unpack_ctr_check() {
   n=$("${CTR[@]}" snapshots ls | tail -n +2 | grep -c Committed || true)
   [[ $n == "$want" ]] || { echo "ctr: $n committed snapshots, want $want" >&2; return 1; }
 }
+
+# One layer after the other through curl and tar: what one core does with
+# the bytes, without verifying digests or handling whiteouts.
+unpack_curltar_prepare() { mkdir -p "$R/tree"; }
+unpack_curltar_run() {
+  local d
+  for d in $(layer_digests "$1" | tail -n +2); do
+    curl -fsS "http://$REG/v2/bench/$1/blobs/sha256:$d" | timed tar -xzf - -C "$R/tree" || return 1
+  done
+}
+unpack_curltar_check() { [[ -d $R/tree/usr ]] || { echo "curl | tar: no usr/" >&2; return 1; }; }
 
 unpack_cvmd_available() { cvmd_has_rootfs; }
 unpack_cvmd_prepare() { mkdir -p "$R/rootfs"; }
@@ -357,10 +452,11 @@ restart_containerd_setup() {
 }
 restart_containerd_run() { cvmd_run_with "$R/cvmd-cache" "$R/state" containerd; }
 
-PHASES=(pull unpack warm start restart)
+PHASES=(pull slow unpack warm start restart)
 declare -A PHASE_TOOLS=(
-  [pull]="cvmd skopeo"
-  [unpack]="umoci ctr cvmd"
+  [pull]="cvmd skopeo cvmdtls skopeotls"
+  [slow]="cvmd skopeo"
+  [unpack]="umoci ctr cvmd curltar"
   [warm]="ctr cvmd"
   [start]="native containerd transfer"
   [restart]="native containerd"
@@ -368,6 +464,11 @@ declare -A PHASE_TOOLS=(
 declare -A TOOL_LABEL=(
   [pull_cvmd]="cvmd pull --no-unpack"
   [pull_skopeo]="skopeo copy"
+  [pull_cvmdtls]="cvmd pull --no-unpack, HTTPS"
+  [pull_skopeotls]="skopeo copy, HTTPS"
+  [slow_cvmd]="cvmd pull --no-unpack"
+  [slow_skopeo]="skopeo copy"
+  [unpack_curltar]="curl | tar -xz, layer by layer"
   [unpack_umoci]="skopeo copy + umoci unpack"
   [unpack_ctr]="ctr images pull (containerd)"
   [unpack_cvmd]="cvmd rootfs (cold)"
@@ -393,7 +494,8 @@ run_cleanup() {  # the tool's own cleanup and unmounts; R itself stays (see FRES
 # measure_phase IMAGE PHASE: RUNS cold runs of each of the phase's tools,
 # interleaved (A B C A B C ...) so that a change in the machine's background
 # load hits every tool alike. One results line per run.
-result() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+# The 1-minute load average before each run goes with it (7th field).
+result() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "${LOAD1:-NA}" >>"$RESULTS"; }
 measure_phase() {
   local img=$1 phase=$2 tool base t0 t1 secs rss log
   local -A TIMES=() DEAD=()
@@ -422,6 +524,7 @@ measure_phase() {
       # Write back what earlier runs left dirty (untimed), so a run does not
       # pay for its predecessor's writeback.
       sync
+      LOAD1=$(cut -d' ' -f1 /proc/loadavg)
       t0=$(date +%s%N)
       if ! "${base}_run" "$img" >>"$log" 2>&1; then
         note "${TOOL_LABEL[$base]}: run $RUN FAILED; its log:"; tail -n 15 "$log" | sed 's/^/      /'
@@ -472,4 +575,5 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 mkdir -p "$BENCH/results"
 python3 "$BENCH/report.py" --results "$RESULTS" --images "$CACHE/images" --out "$BENCH/results" \
   --runs "$RUNS" --elapsed "$elapsed" --cvmd "$CVMD" --root "$ROOT" --selected "${SELECTED[*]}" \
-  --load "start $load_start, end $load_end (1/5/15 min; 2 cores)"
+  --load "start $load_start, end $load_end (1/5/15 min; 2 cores)" \
+  --slow "${SLOW%%:*} ms per request, ${SLOW##*:} MB/s shared by all connections (bench/throttle.py)"
