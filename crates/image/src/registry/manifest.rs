@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use oci_spec::image::{Arch, MediaType, Os, Platform as OciPlatform};
+
 use super::RegistryError;
 use cvmd_digest::Digest;
 
@@ -12,6 +14,8 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// The Accept header: every kind we can read, so that the registry never
 /// falls back to schema 1.
@@ -32,27 +36,43 @@ pub struct Descriptor {
     pub digest: Digest,
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
+    pub platform: Option<OciPlatform>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub urls: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+/// The platform a pull asks for: oci-spec's [`OciPlatform`], with the
+/// `os/arch[/variant]` text users write (CVMD_PLATFORM) and the host's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform(OciPlatform);
+
+impl std::ops::Deref for Platform {
+    type Target = OciPlatform;
+    fn deref(&self) -> &OciPlatform {
+        &self.0
+    }
+}
+
+impl From<OciPlatform> for Platform {
+    fn from(p: OciPlatform) -> Self {
+        Platform(p)
+    }
 }
 
 impl std::fmt::Display for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
+        f.write_str(&platform_text(&self.0))
     }
+}
+
+/// `os/arch[/variant]`, as docker and containerd print a platform.
+pub fn platform_text(p: &OciPlatform) -> String {
+    let mut s = format!("{}/{}", p.os(), p.architecture());
+    if let Some(v) = p.variant() {
+        s.push('/');
+        s.push_str(v);
+    }
+    s
 }
 
 impl std::str::FromStr for Platform {
@@ -66,15 +86,19 @@ impl std::str::FromStr for Platform {
                 "platform {s:?} is not os/arch[/variant], e.g. linux/amd64"
             ));
         }
-        Ok(Platform {
-            os: parts[0].to_string(),
-            architecture: parts[1].to_string(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        })
+        Ok(Platform::new(parts[0], parts[1], parts.get(2).copied()))
     }
 }
 
 impl Platform {
+    pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
+        let mut p = OciPlatform::default();
+        p.set_os(Os::from(os));
+        p.set_architecture(Arch::from(architecture));
+        p.set_variant(variant.map(str::to_string));
+        Platform(p)
+    }
+
     /// The platform this binary runs on, in OCI's GOARCH names.
     pub fn host() -> Self {
         let (architecture, variant) = match std::env::consts::ARCH {
@@ -87,20 +111,16 @@ impl Platform {
             "riscv64" => ("riscv64", None),
             other => (other, None),
         };
-        Platform {
-            os: "linux".into(),
-            architecture: architecture.into(),
-            variant: variant.map(Into::into),
-        }
+        Platform::new("linux", architecture, variant)
     }
 
     /// OCI image-index platform matching: os and architecture equal; a
     /// variant is compared only when both name one (arm64's `v8` is the
     /// default and often left out).
-    fn matches(&self, candidate: &Platform) -> bool {
-        self.os == candidate.os
-            && self.architecture == candidate.architecture
-            && match (&self.variant, &candidate.variant) {
+    fn matches(&self, candidate: &OciPlatform) -> bool {
+        self.os() == candidate.os()
+            && self.architecture() == candidate.architecture()
+            && match (self.variant(), candidate.variant()) {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
             }
@@ -212,7 +232,7 @@ pub fn parse(
                     raw.layers.len()
                 )));
             }
-            if !matches!(raw.config.media_type.as_str(), OCI_CONFIG | DOCKER_CONFIG) {
+            if !is_config(&MediaType::from(raw.config.media_type.as_str())) {
                 return Err(RegistryError::UnsupportedMediaType {
                     what: format!("the config of {what}"),
                     media_type: raw.config.media_type,
@@ -236,6 +256,14 @@ pub fn parse(
     }
 }
 
+fn is_config(media_type: &MediaType) -> bool {
+    match media_type {
+        MediaType::ImageConfig => true,
+        MediaType::Other(other) => other == DOCKER_CONFIG,
+        _ => false,
+    }
+}
+
 fn is_known(media_type: &str) -> bool {
     matches!(
         media_type,
@@ -243,24 +271,30 @@ fn is_known(media_type: &str) -> bool {
     )
 }
 
+/// How a layer's media type says it is compressed; None for a type that
+/// is no layer cvmd can unpack.
+fn compression(media_type: &MediaType) -> Option<Compression> {
+    Some(match media_type {
+        MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Compression::None,
+        MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Compression::Gzip,
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Compression::Zstd,
+        MediaType::Other(other) => match other.as_str() {
+            // Docker's uncompressed layer type: not in the schema 2 spec, but
+            // written by some tools and accepted by containerd.
+            DOCKER_LAYER => Compression::None,
+            DOCKER_LAYER_GZIP => Compression::Gzip,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
 fn layer(d: Descriptor, what: &str) -> Result<Layer, RegistryError> {
-    let compression = match d.media_type.as_str() {
-        // Docker's uncompressed layer type: not in the schema 2 spec, but
-        // written by some tools and accepted by containerd.
-        "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-        | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Compression::Gzip,
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
-        other => {
-            return Err(RegistryError::UnsupportedMediaType {
-                what: format!("layer {} of {what}", d.digest),
-                media_type: other.to_string(),
-            })
-        }
+    let Some(compression) = compression(&MediaType::from(d.media_type.as_str())) else {
+        return Err(RegistryError::UnsupportedMediaType {
+            what: format!("layer {} of {what}", d.digest),
+            media_type: d.media_type,
+        });
     };
     Ok(Layer {
         digest: d.digest,
@@ -284,13 +318,13 @@ pub fn select_platform<'a>(
     };
     // An exact variant match beats a match that ignored the variant.
     candidates()
-        .find(|d| d.platform.as_ref().map(|p| &p.variant) == Some(&wanted.variant))
+        .find(|d| d.platform.as_ref().map(|p| p.variant()) == Some(wanted.variant()))
         .or_else(|| candidates().next())
         .ok_or_else(|| {
             let mut available: Vec<String> = entries
                 .iter()
                 .filter_map(|d| d.platform.as_ref())
-                .map(|p| p.to_string())
+                .map(platform_text)
                 .filter(|p| p != "unknown/unknown")
                 .collect();
             available.dedup();
@@ -433,7 +467,7 @@ mod tests {
             media_type: OCI_MANIFEST.into(),
             digest: D1.parse().unwrap(),
             size: 1,
-            platform: Some(p.parse().unwrap()),
+            platform: Some(OciPlatform::clone(&p.parse::<Platform>().unwrap())),
             urls: None,
         }
     }
@@ -450,9 +484,9 @@ mod tests {
             select_platform(&entries, &p.parse().unwrap(), "r")
                 .unwrap()
                 .platform
-                .clone()
+                .as_ref()
+                .map(platform_text)
                 .unwrap()
-                .to_string()
         };
         assert_eq!(pick("linux/arm/v7"), "linux/arm/v7");
         assert_eq!(pick("linux/amd64"), "linux/amd64");
