@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use oci_spec::image::{Arch, MediaType, Os, Platform as OciPlatform};
+use std::collections::HashMap;
+
+use oci_spec::image::{Arch, Descriptor as OciDescriptor, MediaType, Os, Platform as OciPlatform};
 
 use super::RegistryError;
 use cvmd_digest::Digest;
@@ -29,16 +31,86 @@ pub enum Compression {
     Zstd,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// A descriptor as oci-spec reads it, with its digest checked to be one
+/// cvmd verifies (sha256): the digest callers fetch and compare by.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
     pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<OciPlatform>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub urls: Option<Vec<String>>,
+    // Boxed: oci-spec's descriptor is some 300 bytes, most of them options
+    // a registry rarely fills.
+    oci: Box<OciDescriptor>,
+}
+
+impl Descriptor {
+    /// Converts at the boundary: oci-spec accepts sha384/sha512 and other
+    /// algorithms, cvmd's store and checks know sha256 only.
+    pub fn from_oci(oci: OciDescriptor, what: &str) -> Result<Self, RegistryError> {
+        let digest =
+            oci.digest()
+                .as_ref()
+                .parse::<Digest>()
+                .map_err(|e| RegistryError::Invalid {
+                    what: what.to_string(),
+                    why: format!("descriptor {}: {e}", oci.digest()),
+                })?;
+        Ok(Descriptor {
+            digest,
+            oci: Box::new(oci),
+        })
+    }
+
+    /// None when the registry left it out (see [`default_media_types`]).
+    pub fn media_type(&self) -> Option<&MediaType> {
+        match self.oci.media_type() {
+            MediaType::Other(m) if m.is_empty() => None,
+            m => Some(m),
+        }
+    }
+
+    fn media_type_str(&self) -> &str {
+        self.media_type().map_or("", AsRef::as_ref)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.oci.size()
+    }
+
+    pub fn platform(&self) -> Option<&OciPlatform> {
+        self.oci.platform().as_ref()
+    }
+
+    /// The descriptor's annotations (e.g. eStargz's
+    /// `containerd.io/snapshot/stargz/toc.digest` on a layer).
+    pub fn annotations(&self) -> Option<&HashMap<String, String>> {
+        self.oci.annotations().as_ref()
+    }
+
+    /// The descriptor as the registry sent it.
+    pub fn oci(&self) -> &OciDescriptor {
+        &self.oci
+    }
+}
+
+/// oci-spec requires every descriptor's `mediaType`; some registries leave
+/// it out of index entries. An empty one stands for "not said" (as before
+/// oci-spec): an index entry's kind is then read from the document it
+/// points at, and a config or layer without one is refused by name.
+fn default_media_types(document: &mut serde_json::Value) {
+    let fill = |d: &mut serde_json::Value| {
+        if let Some(o) = d.as_object_mut() {
+            o.entry("mediaType").or_insert_with(|| "".into());
+        }
+    };
+    for key in ["config", "subject"] {
+        if let Some(d) = document.get_mut(key) {
+            fill(d);
+        }
+    }
+    for key in ["layers", "manifests"] {
+        if let Some(serde_json::Value::Array(ds)) = document.get_mut(key) {
+            ds.iter_mut().for_each(fill);
+        }
+    }
 }
 
 /// The platform a pull asks for: oci-spec's [`OciPlatform`], with the
@@ -133,26 +205,30 @@ struct RawImageManifest {
     schema_version: u32,
     #[serde(rename = "mediaType", default)]
     media_type: Option<String>,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
+    config: OciDescriptor,
+    layers: Vec<OciDescriptor>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 struct RawIndex {
     #[serde(rename = "schemaVersion")]
     schema_version: u32,
-    manifests: Vec<Descriptor>,
+    manifests: Vec<OciDescriptor>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A layer cvmd can unpack: its descriptor's digest (sha256), size, media
+/// type and annotations, and the compression its media type says.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
     pub compression: Compression,
+    /// Lazy pulling reads e.g. `containerd.io/snapshot/stargz/toc.digest`.
+    pub annotations: HashMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageManifest {
     pub media_type: String,
     pub config: Descriptor,
@@ -180,7 +256,7 @@ pub fn parse(
         what: what.to_string(),
         why,
     };
-    let value: serde_json::Value =
+    let mut value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON ({e})")))?;
     let declared = value
         .get("mediaType")
@@ -195,6 +271,7 @@ pub fn parse(
         _ if value.get("layers").is_some() => OCI_MANIFEST.to_string(),
         _ => content_type.unwrap_or("unknown").to_string(),
     };
+    default_media_types(&mut value);
     match media_type.as_str() {
         OCI_INDEX | DOCKER_LIST => {
             let raw: RawIndex =
@@ -208,7 +285,12 @@ pub fn parse(
             if raw.manifests.len() > MAX_INDEX_ENTRIES {
                 return Err(invalid(format!("{} index entries", raw.manifests.len())));
             }
-            Ok(Manifest::Index(raw.manifests))
+            let entries = raw
+                .manifests
+                .into_iter()
+                .map(|d| Descriptor::from_oci(d, what))
+                .collect::<Result<_, _>>()?;
+            Ok(Manifest::Index(entries))
         }
         OCI_MANIFEST | DOCKER_MANIFEST => {
             let raw: RawImageManifest = serde_json::from_value(value)
@@ -232,10 +314,11 @@ pub fn parse(
                     raw.layers.len()
                 )));
             }
-            if !is_config(&MediaType::from(raw.config.media_type.as_str())) {
+            let config = Descriptor::from_oci(raw.config, what)?;
+            if !config.media_type().is_some_and(is_config) {
                 return Err(RegistryError::UnsupportedMediaType {
                     what: format!("the config of {what}"),
-                    media_type: raw.config.media_type,
+                    media_type: config.media_type_str().to_string(),
                 });
             }
             let layers = raw
@@ -245,7 +328,7 @@ pub fn parse(
                 .collect::<Result<_, _>>()?;
             Ok(Manifest::Image(ImageManifest {
                 media_type,
-                config: raw.config,
+                config,
                 layers,
             }))
         }
@@ -289,18 +372,20 @@ fn compression(media_type: &MediaType) -> Option<Compression> {
     })
 }
 
-fn layer(d: Descriptor, what: &str) -> Result<Layer, RegistryError> {
-    let Some(compression) = compression(&MediaType::from(d.media_type.as_str())) else {
+fn layer(d: OciDescriptor, what: &str) -> Result<Layer, RegistryError> {
+    let d = Descriptor::from_oci(d, what)?;
+    let Some(compression) = d.media_type().and_then(compression) else {
         return Err(RegistryError::UnsupportedMediaType {
             what: format!("layer {} of {what}", d.digest),
-            media_type: d.media_type,
+            media_type: d.media_type_str().to_string(),
         });
     };
     Ok(Layer {
-        digest: d.digest,
-        size: d.size,
-        media_type: d.media_type,
+        size: d.size(),
+        media_type: d.oci.media_type().clone(),
         compression,
+        annotations: d.annotations().cloned().unwrap_or_default(),
+        digest: d.digest,
     })
 }
 
@@ -313,17 +398,17 @@ pub fn select_platform<'a>(
     let candidates = || {
         entries
             .iter()
-            .filter(|d| is_known(&d.media_type) || d.media_type.is_empty())
-            .filter(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)))
+            .filter(|d| d.media_type().is_none_or(|m| is_known(m.as_ref())))
+            .filter(|d| d.platform().is_some_and(|p| wanted.matches(p)))
     };
     // An exact variant match beats a match that ignored the variant.
     candidates()
-        .find(|d| d.platform.as_ref().map(|p| p.variant()) == Some(wanted.variant()))
+        .find(|d| d.platform().map(|p| p.variant()) == Some(wanted.variant()))
         .or_else(|| candidates().next())
         .ok_or_else(|| {
             let mut available: Vec<String> = entries
                 .iter()
-                .filter_map(|d| d.platform.as_ref())
+                .filter_map(|d| d.platform())
                 .map(platform_text)
                 .filter(|p| p != "unknown/unknown")
                 .collect();
@@ -386,6 +471,7 @@ pub fn parse_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oci_spec::image::Digest as OciDigest;
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -463,13 +549,13 @@ mod tests {
     }
 
     fn entry(p: &str) -> Descriptor {
-        Descriptor {
-            media_type: OCI_MANIFEST.into(),
-            digest: D1.parse().unwrap(),
-            size: 1,
-            platform: Some(OciPlatform::clone(&p.parse::<Platform>().unwrap())),
-            urls: None,
-        }
+        let mut d = OciDescriptor::new(
+            MediaType::ImageManifest,
+            1,
+            D1.parse::<OciDigest>().unwrap(),
+        );
+        d.set_platform(Some(OciPlatform::clone(&p.parse::<Platform>().unwrap())));
+        Descriptor::from_oci(d, "x").unwrap()
     }
 
     #[test]
@@ -483,8 +569,7 @@ mod tests {
         let pick = |p: &str| {
             select_platform(&entries, &p.parse().unwrap(), "r")
                 .unwrap()
-                .platform
-                .as_ref()
+                .platform()
                 .map(platform_text)
                 .unwrap()
         };
@@ -499,6 +584,67 @@ mod tests {
                 && e.contains("linux/arm/v6, linux/arm/v7, linux/amd64, linux/arm64/v8"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn index_entries_without_media_type_are_read_and_selected() {
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"digest":"{D1}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+        );
+        let Manifest::Index(entries) = parse(index.as_bytes(), Some(OCI_INDEX), "x").unwrap()
+        else {
+            panic!("not an index")
+        };
+        let entry = select_platform(&entries, &"linux/amd64".parse().unwrap(), "x").unwrap();
+        assert_eq!(
+            (entry.media_type(), entry.digest.to_string()),
+            (None, D1.to_string())
+        );
+        // With no type said, the document fetched decides its kind.
+        let child = manifest(DOCKER_MANIFEST, DOCKER_LAYER_GZIP);
+        let content_type = entry.media_type().map(AsRef::as_ref);
+        assert!(matches!(
+            parse(child.as_bytes(), content_type, "x").unwrap(),
+            Manifest::Image(ImageManifest { ref media_type, .. }) if media_type == DOCKER_MANIFEST
+        ));
+    }
+
+    #[test]
+    fn layer_annotations_are_readable() {
+        let toc = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{D1}","size":10}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{D2}","size":20,"annotations":{{"containerd.io/snapshot/stargz/toc.digest":"{toc}"}}}}]}}"#
+        );
+        let Manifest::Image(m) = parse(m.as_bytes(), None, "x").unwrap() else {
+            panic!("not an image manifest")
+        };
+        assert_eq!(
+            m.layers[0]
+                .annotations
+                .get("containerd.io/snapshot/stargz/toc.digest")
+                .map(String::as_str),
+            Some(toc)
+        );
+    }
+
+    #[test]
+    fn digests_other_than_sha256_are_refused() {
+        let sha512 = format!("sha512:{}", "4".repeat(128));
+        let m =
+            manifest(OCI_MANIFEST, "application/vnd.oci.image.layer.v1.tar").replace(D2, &sha512);
+        let e = parse(m.as_bytes(), None, "img").unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid img: descriptor sha512:")
+                && e.contains("is not supported (only sha256)"),
+            "{e}"
+        );
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{sha512}","size":1}}]}}"#
+        );
+        let e = parse(index.as_bytes(), None, "img")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only sha256"), "{e}");
     }
 
     #[test]
