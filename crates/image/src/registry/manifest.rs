@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
-use oci_spec::image::{Arch, Descriptor as OciDescriptor, MediaType, Os, Platform as OciPlatform};
+use oci_spec::image::{
+    Arch, Descriptor as OciDescriptor, ImageIndex, ImageManifest as OciImageManifest, MediaType,
+    Os, Platform as OciPlatform,
+};
 
 use super::RegistryError;
 use cvmd_digest::Digest;
@@ -199,23 +202,6 @@ impl Platform {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct RawImageManifest {
-    #[serde(rename = "schemaVersion")]
-    schema_version: u32,
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    config: OciDescriptor,
-    layers: Vec<OciDescriptor>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct RawIndex {
-    #[serde(rename = "schemaVersion")]
-    schema_version: u32,
-    manifests: Vec<OciDescriptor>,
-}
-
 /// A layer cvmd can unpack: its descriptor's digest (sha256), size, media
 /// type and annotations, and the compression its media type says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,58 +257,43 @@ pub fn parse(
         _ if value.get("layers").is_some() => OCI_MANIFEST.to_string(),
         _ => content_type.unwrap_or("unknown").to_string(),
     };
-    default_media_types(&mut value);
     match media_type.as_str() {
         OCI_INDEX | DOCKER_LIST => {
-            let raw: RawIndex =
+            check_limits(&value, "manifests", MAX_INDEX_ENTRIES, &invalid, |n| {
+                format!("{n} index entries")
+            })?;
+            default_media_types(&mut value);
+            let index: ImageIndex =
                 serde_json::from_value(value).map_err(|e| invalid(format!("bad index ({e})")))?;
-            if raw.schema_version != 2 {
-                return Err(invalid(format!(
-                    "schemaVersion {} (expected 2)",
-                    raw.schema_version
-                )));
-            }
-            if raw.manifests.len() > MAX_INDEX_ENTRIES {
-                return Err(invalid(format!("{} index entries", raw.manifests.len())));
-            }
-            let entries = raw
-                .manifests
-                .into_iter()
-                .map(|d| Descriptor::from_oci(d, what))
+            let entries = index
+                .manifests()
+                .iter()
+                .map(|d| Descriptor::from_oci(d.clone(), what))
                 .collect::<Result<_, _>>()?;
             Ok(Manifest::Index(entries))
         }
         OCI_MANIFEST | DOCKER_MANIFEST => {
-            let raw: RawImageManifest = serde_json::from_value(value)
+            check_limits(&value, "layers", MAX_LAYERS, &invalid, |n| {
+                format!("{n} layers (at most {MAX_LAYERS})")
+            })?;
+            default_media_types(&mut value);
+            let mut raw: OciImageManifest = serde_json::from_value(value)
                 .map_err(|e| invalid(format!("bad image manifest ({e})")))?;
-            if raw.schema_version != 2 {
-                return Err(invalid(format!(
-                    "schemaVersion {} (expected 2)",
-                    raw.schema_version
-                )));
-            }
-            if let Some(m) = &raw.media_type {
-                if m != &media_type && is_known(m) {
+            if let Some(m) = raw.media_type().as_ref().map(AsRef::<str>::as_ref) {
+                if m != media_type && is_known(m) {
                     return Err(invalid(format!(
                         "Content-Type {media_type} but mediaType {m}"
                     )));
                 }
             }
-            if raw.layers.len() > MAX_LAYERS {
-                return Err(invalid(format!(
-                    "{} layers (at most {MAX_LAYERS})",
-                    raw.layers.len()
-                )));
-            }
-            let config = Descriptor::from_oci(raw.config, what)?;
+            let config = Descriptor::from_oci(raw.config().clone(), what)?;
             if !config.media_type().is_some_and(is_config) {
                 return Err(RegistryError::UnsupportedMediaType {
                     what: format!("the config of {what}"),
                     media_type: config.media_type_str().to_string(),
                 });
             }
-            let layers = raw
-                .layers
+            let layers = std::mem::take(raw.layers_mut())
                 .into_iter()
                 .map(|d| layer(d, what))
                 .collect::<Result<_, _>>()?;
@@ -336,6 +307,28 @@ pub fn parse(
             what: what.to_string(),
             media_type: other.to_string(),
         }),
+    }
+}
+
+/// The bounds checked on the raw JSON, before oci-spec builds a
+/// descriptor for each of a hostile document's entries: schemaVersion 2
+/// (a missing or non-numeric one is left to the typed parse to name) and
+/// at most `max` entries under `list`.
+fn check_limits(
+    document: &serde_json::Value,
+    list: &str,
+    max: usize,
+    invalid: &impl Fn(String) -> RegistryError,
+    too_many: impl FnOnce(usize) -> String,
+) -> Result<(), RegistryError> {
+    if let Some(version) = document.get("schemaVersion").and_then(|v| v.as_u64()) {
+        if version != 2 {
+            return Err(invalid(format!("schemaVersion {version} (expected 2)")));
+        }
+    }
+    match document.get(list).and_then(|l| l.as_array()) {
+        Some(entries) if entries.len() > max => Err(invalid(too_many(entries.len()))),
+        _ => Ok(()),
     }
 }
 
@@ -645,6 +638,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("only sha256"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_checked_before_parsing() {
+        let layer = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{D2}","size":1}}"#
+        );
+        let layers = vec![layer; MAX_LAYERS + 1].join(",");
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{OCI_CONFIG}","digest":"{D1}","size":1}},"layers":[{layers}]}}"#
+        );
+        let e = parse(m.as_bytes(), Some(OCI_MANIFEST), "img").unwrap_err();
+        assert_eq!(e.to_string(), "invalid img: 1025 layers (at most 1024)");
+        let entries = vec!["{}"; MAX_INDEX_ENTRIES + 1].join(",");
+        let index = format!(r#"{{"schemaVersion":2,"manifests":[{entries}]}}"#);
+        let e = parse(index.as_bytes(), Some(DOCKER_LIST), "img").unwrap_err();
+        assert_eq!(e.to_string(), "invalid img: 4097 index entries");
+        for (body, ct) in [
+            (
+                manifest(OCI_MANIFEST, "application/vnd.oci.image.layer.v1.tar"),
+                OCI_MANIFEST,
+            ),
+            (
+                r#"{"schemaVersion":3,"manifests":[]}"#.to_string(),
+                OCI_INDEX,
+            ),
+        ] {
+            let body = body.replace(r#""schemaVersion":2"#, r#""schemaVersion":3"#);
+            let e = parse(body.as_bytes(), Some(ct), "img").unwrap_err();
+            assert_eq!(e.to_string(), "invalid img: schemaVersion 3 (expected 2)");
+        }
+        let e = parse(br#"{"manifests":[]}"#, Some(OCI_INDEX), "img").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("bad index (missing field `schemaVersion`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn docker_lists_select_docker_manifests() {
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{D1}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#
+        );
+        let Manifest::Index(entries) = parse(index.as_bytes(), None, "x").unwrap() else {
+            panic!("not an index")
+        };
+        let entry = select_platform(&entries, &"linux/arm64".parse().unwrap(), "x").unwrap();
+        assert_eq!(entry.media_type().map(AsRef::as_ref), Some(DOCKER_MANIFEST));
+        let m = manifest(DOCKER_MANIFEST, DOCKER_LAYER).replace(OCI_CONFIG, DOCKER_CONFIG);
+        let Manifest::Image(m) = parse(m.as_bytes(), Some(DOCKER_MANIFEST), "x").unwrap() else {
+            panic!("not an image manifest")
+        };
+        assert_eq!(
+            (
+                m.config.media_type().map(AsRef::as_ref),
+                &m.layers[0].compression
+            ),
+            (Some(DOCKER_CONFIG), &Compression::None)
+        );
     }
 
     #[test]
