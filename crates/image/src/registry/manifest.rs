@@ -1,9 +1,11 @@
 //! Manifests, indexes and their media types (OCI image spec and Docker
-//! schema 2), and choosing the manifest for a platform.
-
-use serde::{Deserialize, Serialize};
+//! schema 2), and choosing the manifest for a platform. The documents are
+//! oci-spec's types; this module adds cvmd's bounds, its sha256-only
+//! digests and the platform text users write.
 
 use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
 
 use oci_spec::image::{
     Arch, Descriptor as OciDescriptor, ImageIndex, ImageManifest as OciImageManifest, MediaType,
@@ -39,8 +41,8 @@ pub enum Compression {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     pub digest: Digest,
-    // Boxed: oci-spec's descriptor is some 300 bytes, most of them options
-    // a registry rarely fills.
+    // Boxed: oci-spec's descriptor is a few hundred bytes, most of them
+    // options a registry rarely fills, and an index holds thousands.
     oci: Box<OciDescriptor>,
 }
 
@@ -62,7 +64,8 @@ impl Descriptor {
         })
     }
 
-    /// None when the registry left it out (see [`default_media_types`]).
+    /// None when the registry left it out (index entries of some
+    /// registries do).
     pub fn media_type(&self) -> Option<&MediaType> {
         match self.oci.media_type() {
             MediaType::Other(m) if m.is_empty() => None,
