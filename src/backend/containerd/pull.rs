@@ -318,7 +318,7 @@ impl Containerd {
                 let Some(bytes) = self.read_small(&entry.digest).await? else {
                     return Ok(None);
                 };
-                match manifest::parse(&bytes, Some(&entry.media_type), name)? {
+                match manifest::parse(&bytes, entry.media_type().map(AsRef::as_ref), name)? {
                     Manifest::Image(m) => Ok(Some((entry.digest.clone(), m))),
                     Manifest::Index(_) => Err(RegistryError::Invalid {
                         what: name.to_string(),

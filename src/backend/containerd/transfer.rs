@@ -476,9 +476,9 @@ fn decode<T: Message + Name + Default>(any: &Any) -> Option<T> {
 
 fn api_platform(p: &Platform) -> ApiPlatform {
     ApiPlatform {
-        os: p.os.clone(),
-        architecture: p.architecture.clone(),
-        variant: p.variant.clone().unwrap_or_default(),
+        os: p.os().to_string(),
+        architecture: p.architecture().to_string(),
+        variant: p.variant().clone().unwrap_or_default(),
         os_version: String::new(),
     }
 }

@@ -88,7 +88,7 @@ impl Containerd {
     ) -> Result<String, ContainerdError> {
         let request = ApplyRequest {
             diff: Some(Descriptor {
-                media_type: layer.media_type.clone(),
+                media_type: layer.media_type.to_string(),
                 digest: layer.digest.to_string(),
                 size: i64::try_from(layer.size).unwrap_or(i64::MAX),
                 annotations: HashMap::new(),

@@ -1,7 +1,16 @@
 //! Manifests, indexes and their media types (OCI image spec and Docker
-//! schema 2), and choosing the manifest for a platform.
+//! schema 2), and choosing the manifest for a platform. The documents are
+//! oci-spec's types; this module adds cvmd's bounds, its sha256-only
+//! digests and the platform text users write.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+
+use oci_spec::image::{
+    Arch, Descriptor as OciDescriptor, ImageIndex, ImageManifest as OciImageManifest, MediaType,
+    Os, Platform as OciPlatform,
+};
 
 use super::RegistryError;
 use cvmd_digest::Digest;
@@ -12,6 +21,8 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// The Accept header: every kind we can read, so that the registry never
 /// falls back to schema 1.
@@ -25,34 +36,121 @@ pub enum Compression {
     Zstd,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// A descriptor as oci-spec reads it, with its digest checked to be one
+/// cvmd verifies (sha256): the digest callers fetch and compare by.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
     pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub urls: Option<Vec<String>>,
+    // Boxed: oci-spec's descriptor is a few hundred bytes, most of them
+    // options a registry rarely fills, and an index holds thousands.
+    oci: Box<OciDescriptor>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+impl Descriptor {
+    /// Converts at the boundary: oci-spec accepts sha384/sha512 and other
+    /// algorithms, cvmd's store and checks know sha256 only.
+    pub fn from_oci(oci: OciDescriptor, what: &str) -> Result<Self, RegistryError> {
+        let digest =
+            oci.digest()
+                .as_ref()
+                .parse::<Digest>()
+                .map_err(|e| RegistryError::Invalid {
+                    what: what.to_string(),
+                    why: format!("descriptor {}: {e}", oci.digest()),
+                })?;
+        Ok(Descriptor {
+            digest,
+            oci: Box::new(oci),
+        })
+    }
+
+    /// None when the registry left it out (index entries of some
+    /// registries do).
+    pub fn media_type(&self) -> Option<&MediaType> {
+        match self.oci.media_type() {
+            MediaType::Other(m) if m.is_empty() => None,
+            m => Some(m),
+        }
+    }
+
+    fn media_type_str(&self) -> &str {
+        self.media_type().map_or("", AsRef::as_ref)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.oci.size()
+    }
+
+    pub fn platform(&self) -> Option<&OciPlatform> {
+        self.oci.platform().as_ref()
+    }
+
+    /// The descriptor's annotations (e.g. eStargz's
+    /// `containerd.io/snapshot/stargz/toc.digest` on a layer).
+    pub fn annotations(&self) -> Option<&HashMap<String, String>> {
+        self.oci.annotations().as_ref()
+    }
+
+    /// The descriptor as the registry sent it.
+    pub fn oci(&self) -> &OciDescriptor {
+        &self.oci
+    }
+}
+
+/// oci-spec requires every descriptor's `mediaType`; some registries leave
+/// it out of index entries. An empty one stands for "not said" (as before
+/// oci-spec): an index entry's kind is then read from the document it
+/// points at, and a config or layer without one is refused by name.
+fn default_media_types(document: &mut serde_json::Value) {
+    let fill = |d: &mut serde_json::Value| {
+        if let Some(o) = d.as_object_mut() {
+            o.entry("mediaType").or_insert_with(|| "".into());
+        }
+    };
+    for key in ["config", "subject"] {
+        if let Some(d) = document.get_mut(key) {
+            fill(d);
+        }
+    }
+    for key in ["layers", "manifests"] {
+        if let Some(serde_json::Value::Array(ds)) = document.get_mut(key) {
+            ds.iter_mut().for_each(fill);
+        }
+    }
+}
+
+/// The platform a pull asks for: oci-spec's [`OciPlatform`], with the
+/// `os/arch[/variant]` text users write (CVMD_PLATFORM) and the host's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform(OciPlatform);
+
+impl std::ops::Deref for Platform {
+    type Target = OciPlatform;
+    fn deref(&self) -> &OciPlatform {
+        &self.0
+    }
+}
+
+impl From<OciPlatform> for Platform {
+    fn from(p: OciPlatform) -> Self {
+        Platform(p)
+    }
 }
 
 impl std::fmt::Display for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
+        f.write_str(&platform_text(&self.0))
     }
+}
+
+/// `os/arch[/variant]`, as docker and containerd print a platform.
+pub fn platform_text(p: &OciPlatform) -> String {
+    let mut s = format!("{}/{}", p.os(), p.architecture());
+    if let Some(v) = p.variant() {
+        s.push('/');
+        s.push_str(v);
+    }
+    s
 }
 
 impl std::str::FromStr for Platform {
@@ -66,15 +164,19 @@ impl std::str::FromStr for Platform {
                 "platform {s:?} is not os/arch[/variant], e.g. linux/amd64"
             ));
         }
-        Ok(Platform {
-            os: parts[0].to_string(),
-            architecture: parts[1].to_string(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        })
+        Ok(Platform::new(parts[0], parts[1], parts.get(2).copied()))
     }
 }
 
 impl Platform {
+    pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
+        let mut p = OciPlatform::default();
+        p.set_os(Os::from(os));
+        p.set_architecture(Arch::from(architecture));
+        p.set_variant(variant.map(str::to_string));
+        Platform(p)
+    }
+
     /// The platform this binary runs on, in OCI's GOARCH names.
     pub fn host() -> Self {
         let (architecture, variant) = match std::env::consts::ARCH {
@@ -87,52 +189,35 @@ impl Platform {
             "riscv64" => ("riscv64", None),
             other => (other, None),
         };
-        Platform {
-            os: "linux".into(),
-            architecture: architecture.into(),
-            variant: variant.map(Into::into),
-        }
+        Platform::new("linux", architecture, variant)
     }
 
     /// OCI image-index platform matching: os and architecture equal; a
     /// variant is compared only when both name one (arm64's `v8` is the
     /// default and often left out).
-    fn matches(&self, candidate: &Platform) -> bool {
-        self.os == candidate.os
-            && self.architecture == candidate.architecture
-            && match (&self.variant, &candidate.variant) {
+    fn matches(&self, candidate: &OciPlatform) -> bool {
+        self.os() == candidate.os()
+            && self.architecture() == candidate.architecture()
+            && match (self.variant(), candidate.variant()) {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
             }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct RawImageManifest {
-    #[serde(rename = "schemaVersion")]
-    schema_version: u32,
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct RawIndex {
-    #[serde(rename = "schemaVersion")]
-    schema_version: u32,
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A layer cvmd can unpack: its descriptor's digest (sha256), size, media
+/// type and annotations, and the compression its media type says.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
     pub compression: Compression,
+    /// Lazy pulling reads e.g. `containerd.io/snapshot/stargz/toc.digest`.
+    pub annotations: HashMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageManifest {
     pub media_type: String,
     pub config: Descriptor,
@@ -160,7 +245,7 @@ pub fn parse(
         what: what.to_string(),
         why,
     };
-    let value: serde_json::Value =
+    let mut value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON ({e})")))?;
     let declared = value
         .get("mediaType")
@@ -177,55 +262,47 @@ pub fn parse(
     };
     match media_type.as_str() {
         OCI_INDEX | DOCKER_LIST => {
-            let raw: RawIndex =
+            check_limits(&value, "manifests", MAX_INDEX_ENTRIES, &invalid, |n| {
+                format!("{n} index entries")
+            })?;
+            default_media_types(&mut value);
+            let index: ImageIndex =
                 serde_json::from_value(value).map_err(|e| invalid(format!("bad index ({e})")))?;
-            if raw.schema_version != 2 {
-                return Err(invalid(format!(
-                    "schemaVersion {} (expected 2)",
-                    raw.schema_version
-                )));
-            }
-            if raw.manifests.len() > MAX_INDEX_ENTRIES {
-                return Err(invalid(format!("{} index entries", raw.manifests.len())));
-            }
-            Ok(Manifest::Index(raw.manifests))
+            let entries = index
+                .manifests()
+                .iter()
+                .map(|d| Descriptor::from_oci(d.clone(), what))
+                .collect::<Result<_, _>>()?;
+            Ok(Manifest::Index(entries))
         }
         OCI_MANIFEST | DOCKER_MANIFEST => {
-            let raw: RawImageManifest = serde_json::from_value(value)
+            check_limits(&value, "layers", MAX_LAYERS, &invalid, |n| {
+                format!("{n} layers (at most {MAX_LAYERS})")
+            })?;
+            default_media_types(&mut value);
+            let mut raw: OciImageManifest = serde_json::from_value(value)
                 .map_err(|e| invalid(format!("bad image manifest ({e})")))?;
-            if raw.schema_version != 2 {
-                return Err(invalid(format!(
-                    "schemaVersion {} (expected 2)",
-                    raw.schema_version
-                )));
-            }
-            if let Some(m) = &raw.media_type {
-                if m != &media_type && is_known(m) {
+            if let Some(m) = raw.media_type().as_ref().map(AsRef::<str>::as_ref) {
+                if m != media_type && is_known(m) {
                     return Err(invalid(format!(
                         "Content-Type {media_type} but mediaType {m}"
                     )));
                 }
             }
-            if raw.layers.len() > MAX_LAYERS {
-                return Err(invalid(format!(
-                    "{} layers (at most {MAX_LAYERS})",
-                    raw.layers.len()
-                )));
-            }
-            if !matches!(raw.config.media_type.as_str(), OCI_CONFIG | DOCKER_CONFIG) {
+            let config = Descriptor::from_oci(raw.config().clone(), what)?;
+            if !config.media_type().is_some_and(is_config) {
                 return Err(RegistryError::UnsupportedMediaType {
                     what: format!("the config of {what}"),
-                    media_type: raw.config.media_type,
+                    media_type: config.media_type_str().to_string(),
                 });
             }
-            let layers = raw
-                .layers
+            let layers = std::mem::take(raw.layers_mut())
                 .into_iter()
                 .map(|d| layer(d, what))
                 .collect::<Result<_, _>>()?;
             Ok(Manifest::Image(ImageManifest {
                 media_type,
-                config: raw.config,
+                config,
                 layers,
             }))
         }
@@ -236,6 +313,36 @@ pub fn parse(
     }
 }
 
+/// The bounds checked on the raw JSON, before oci-spec builds a
+/// descriptor for each of a hostile document's entries: schemaVersion 2
+/// (a missing or non-numeric one is left to the typed parse to name) and
+/// at most `max` entries under `list`.
+fn check_limits(
+    document: &serde_json::Value,
+    list: &str,
+    max: usize,
+    invalid: &impl Fn(String) -> RegistryError,
+    too_many: impl FnOnce(usize) -> String,
+) -> Result<(), RegistryError> {
+    if let Some(version) = document.get("schemaVersion").and_then(|v| v.as_u64()) {
+        if version != 2 {
+            return Err(invalid(format!("schemaVersion {version} (expected 2)")));
+        }
+    }
+    match document.get(list).and_then(|l| l.as_array()) {
+        Some(entries) if entries.len() > max => Err(invalid(too_many(entries.len()))),
+        _ => Ok(()),
+    }
+}
+
+fn is_config(media_type: &MediaType) -> bool {
+    match media_type {
+        MediaType::ImageConfig => true,
+        MediaType::Other(other) => other == DOCKER_CONFIG,
+        _ => false,
+    }
+}
+
 fn is_known(media_type: &str) -> bool {
     matches!(
         media_type,
@@ -243,30 +350,38 @@ fn is_known(media_type: &str) -> bool {
     )
 }
 
-fn layer(d: Descriptor, what: &str) -> Result<Layer, RegistryError> {
-    let compression = match d.media_type.as_str() {
-        // Docker's uncompressed layer type: not in the schema 2 spec, but
-        // written by some tools and accepted by containerd.
-        "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-        | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Compression::Gzip,
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
-        other => {
-            return Err(RegistryError::UnsupportedMediaType {
-                what: format!("layer {} of {what}", d.digest),
-                media_type: other.to_string(),
-            })
-        }
+/// How a layer's media type says it is compressed; None for a type that
+/// is no layer cvmd can unpack.
+fn compression(media_type: &MediaType) -> Option<Compression> {
+    Some(match media_type {
+        MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Compression::None,
+        MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Compression::Gzip,
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Compression::Zstd,
+        MediaType::Other(other) => match other.as_str() {
+            // Docker's uncompressed layer type: not in the schema 2 spec, but
+            // written by some tools and accepted by containerd.
+            DOCKER_LAYER => Compression::None,
+            DOCKER_LAYER_GZIP => Compression::Gzip,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+fn layer(d: OciDescriptor, what: &str) -> Result<Layer, RegistryError> {
+    let d = Descriptor::from_oci(d, what)?;
+    let Some(compression) = d.media_type().and_then(compression) else {
+        return Err(RegistryError::UnsupportedMediaType {
+            what: format!("layer {} of {what}", d.digest),
+            media_type: d.media_type_str().to_string(),
+        });
     };
     Ok(Layer {
-        digest: d.digest,
-        size: d.size,
-        media_type: d.media_type,
+        size: d.size(),
+        media_type: d.oci.media_type().clone(),
         compression,
+        annotations: d.annotations().cloned().unwrap_or_default(),
+        digest: d.digest,
     })
 }
 
@@ -279,18 +394,18 @@ pub fn select_platform<'a>(
     let candidates = || {
         entries
             .iter()
-            .filter(|d| is_known(&d.media_type) || d.media_type.is_empty())
-            .filter(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)))
+            .filter(|d| d.media_type().is_none_or(|m| is_known(m.as_ref())))
+            .filter(|d| d.platform().is_some_and(|p| wanted.matches(p)))
     };
     // An exact variant match beats a match that ignored the variant.
     candidates()
-        .find(|d| d.platform.as_ref().map(|p| &p.variant) == Some(&wanted.variant))
+        .find(|d| d.platform().map(|p| p.variant()) == Some(wanted.variant()))
         .or_else(|| candidates().next())
         .ok_or_else(|| {
             let mut available: Vec<String> = entries
                 .iter()
-                .filter_map(|d| d.platform.as_ref())
-                .map(|p| p.to_string())
+                .filter_map(|d| d.platform())
+                .map(platform_text)
                 .filter(|p| p != "unknown/unknown")
                 .collect();
             available.dedup();
@@ -352,6 +467,7 @@ pub fn parse_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oci_spec::image::Digest as OciDigest;
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -429,13 +545,13 @@ mod tests {
     }
 
     fn entry(p: &str) -> Descriptor {
-        Descriptor {
-            media_type: OCI_MANIFEST.into(),
-            digest: D1.parse().unwrap(),
-            size: 1,
-            platform: Some(p.parse().unwrap()),
-            urls: None,
-        }
+        let mut d = OciDescriptor::new(
+            MediaType::ImageManifest,
+            1,
+            D1.parse::<OciDigest>().unwrap(),
+        );
+        d.set_platform(Some(OciPlatform::clone(&p.parse::<Platform>().unwrap())));
+        Descriptor::from_oci(d, "x").unwrap()
     }
 
     #[test]
@@ -449,10 +565,9 @@ mod tests {
         let pick = |p: &str| {
             select_platform(&entries, &p.parse().unwrap(), "r")
                 .unwrap()
-                .platform
-                .clone()
+                .platform()
+                .map(platform_text)
                 .unwrap()
-                .to_string()
         };
         assert_eq!(pick("linux/arm/v7"), "linux/arm/v7");
         assert_eq!(pick("linux/amd64"), "linux/amd64");
@@ -464,6 +579,127 @@ mod tests {
             e.contains("linux/s390x")
                 && e.contains("linux/arm/v6, linux/arm/v7, linux/amd64, linux/arm64/v8"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn index_entries_without_media_type_are_read_and_selected() {
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"digest":"{D1}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+        );
+        let Manifest::Index(entries) = parse(index.as_bytes(), Some(OCI_INDEX), "x").unwrap()
+        else {
+            panic!("not an index")
+        };
+        let entry = select_platform(&entries, &"linux/amd64".parse().unwrap(), "x").unwrap();
+        assert_eq!(
+            (entry.media_type(), entry.digest.to_string()),
+            (None, D1.to_string())
+        );
+        // With no type said, the document fetched decides its kind.
+        let child = manifest(DOCKER_MANIFEST, DOCKER_LAYER_GZIP);
+        let content_type = entry.media_type().map(AsRef::as_ref);
+        assert!(matches!(
+            parse(child.as_bytes(), content_type, "x").unwrap(),
+            Manifest::Image(ImageManifest { ref media_type, .. }) if media_type == DOCKER_MANIFEST
+        ));
+    }
+
+    #[test]
+    fn layer_annotations_are_readable() {
+        let toc = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{D1}","size":10}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{D2}","size":20,"annotations":{{"containerd.io/snapshot/stargz/toc.digest":"{toc}"}}}}]}}"#
+        );
+        let Manifest::Image(m) = parse(m.as_bytes(), None, "x").unwrap() else {
+            panic!("not an image manifest")
+        };
+        assert_eq!(
+            m.layers[0]
+                .annotations
+                .get("containerd.io/snapshot/stargz/toc.digest")
+                .map(String::as_str),
+            Some(toc)
+        );
+    }
+
+    #[test]
+    fn digests_other_than_sha256_are_refused() {
+        let sha512 = format!("sha512:{}", "4".repeat(128));
+        let m =
+            manifest(OCI_MANIFEST, "application/vnd.oci.image.layer.v1.tar").replace(D2, &sha512);
+        let e = parse(m.as_bytes(), None, "img").unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid img: descriptor sha512:")
+                && e.contains("is not supported (only sha256)"),
+            "{e}"
+        );
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{sha512}","size":1}}]}}"#
+        );
+        let e = parse(index.as_bytes(), None, "img")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only sha256"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_checked_before_parsing() {
+        let layer = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{D2}","size":1}}"#
+        );
+        let layers = vec![layer; MAX_LAYERS + 1].join(",");
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{OCI_CONFIG}","digest":"{D1}","size":1}},"layers":[{layers}]}}"#
+        );
+        let e = parse(m.as_bytes(), Some(OCI_MANIFEST), "img").unwrap_err();
+        assert_eq!(e.to_string(), "invalid img: 1025 layers (at most 1024)");
+        let entries = vec!["{}"; MAX_INDEX_ENTRIES + 1].join(",");
+        let index = format!(r#"{{"schemaVersion":2,"manifests":[{entries}]}}"#);
+        let e = parse(index.as_bytes(), Some(DOCKER_LIST), "img").unwrap_err();
+        assert_eq!(e.to_string(), "invalid img: 4097 index entries");
+        for (body, ct) in [
+            (
+                manifest(OCI_MANIFEST, "application/vnd.oci.image.layer.v1.tar"),
+                OCI_MANIFEST,
+            ),
+            (
+                r#"{"schemaVersion":3,"manifests":[]}"#.to_string(),
+                OCI_INDEX,
+            ),
+        ] {
+            let body = body.replace(r#""schemaVersion":2"#, r#""schemaVersion":3"#);
+            let e = parse(body.as_bytes(), Some(ct), "img").unwrap_err();
+            assert_eq!(e.to_string(), "invalid img: schemaVersion 3 (expected 2)");
+        }
+        let e = parse(br#"{"manifests":[]}"#, Some(OCI_INDEX), "img").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("bad index (missing field `schemaVersion`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn docker_lists_select_docker_manifests() {
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{D1}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#
+        );
+        let Manifest::Index(entries) = parse(index.as_bytes(), None, "x").unwrap() else {
+            panic!("not an index")
+        };
+        let entry = select_platform(&entries, &"linux/arm64".parse().unwrap(), "x").unwrap();
+        assert_eq!(entry.media_type().map(AsRef::as_ref), Some(DOCKER_MANIFEST));
+        let m = manifest(DOCKER_MANIFEST, DOCKER_LAYER).replace(OCI_CONFIG, DOCKER_CONFIG);
+        let Manifest::Image(m) = parse(m.as_bytes(), Some(DOCKER_MANIFEST), "x").unwrap() else {
+            panic!("not an image manifest")
+        };
+        assert_eq!(
+            (
+                m.config.media_type().map(AsRef::as_ref),
+                &m.layers[0].compression
+            ),
+            (Some(DOCKER_CONFIG), &Compression::None)
         );
     }
 
