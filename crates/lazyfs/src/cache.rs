@@ -50,7 +50,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
 /// Why a chunk could not be had.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ChunkError {
-    #[error("fetch failed: {0}")]
+    #[error("{0}")]
     Fetch(#[from] FetchError),
     #[error("fetched bytes do not match the chunk's digest (got {got}, {len} bytes); not cached")]
     Corrupt { got: Digest, len: usize },

@@ -55,7 +55,8 @@ pub struct MountOptions {
     pub read_threads: usize,
     /// At most this many chunk fetches from the source at once.
     pub max_fetches: usize,
-    /// The mount's source in the mount table (e.g. the layer's digest).
+    /// The mount's source in the mount table and its name in log lines
+    /// (e.g. the layer's short digest).
     pub fsname: String,
 }
 
@@ -129,7 +130,13 @@ pub fn mount(
     options: &MountOptions,
     mountpoint: &Path,
 ) -> Result<Mounted, MountError> {
-    let inner = Arc::new(Inner::new(tree, source, cache, options.max_fetches));
+    let inner = Arc::new(Inner::new(
+        options.fsname.clone(),
+        tree,
+        source,
+        cache,
+        options.max_fetches,
+    ));
     let fs = LazyFs {
         inner: inner.clone(),
         pool: Pool::new(options.read_threads).map_err(MountError::Workers)?,

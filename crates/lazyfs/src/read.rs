@@ -20,6 +20,8 @@ use crate::tree::{Chunk, Kind, Node, Tree};
 /// [`LazyHandle`](crate::LazyHandle)s.
 #[derive(Debug)]
 pub(crate) struct Inner {
+    /// The mount's name in log lines (e.g. the layer's digest).
+    pub name: String,
     pub tree: Tree,
     pub source: Arc<dyn ChunkSource>,
     pub cache: Arc<ChunkCache>,
@@ -31,12 +33,6 @@ pub(crate) struct Inner {
     pub next_fh: AtomicU64,
     /// Per file not yet fully present: which chunks were served.
     present: Mutex<HashMap<u64, Vec<bool>>>,
-}
-
-impl std::fmt::Debug for dyn ChunkSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChunkSource")
-    }
 }
 
 /// The complete local copy of the layer, once there is one.
@@ -56,6 +52,7 @@ pub(crate) struct OpenFile {
 
 impl Inner {
     pub fn new(
+        name: String,
         tree: Tree,
         source: Arc<dyn ChunkSource>,
         cache: Arc<ChunkCache>,
@@ -72,6 +69,7 @@ impl Inner {
             }
         }
         Inner {
+            name,
             tree,
             source,
             cache,
@@ -116,11 +114,9 @@ impl Inner {
             if let Err(e) = self.chunk_range(c, lo, hi, &mut out) {
                 Stats::add(&self.stats.failed_reads, 1);
                 tracing::warn!(
-                    path = %node.path.display(),
                     chunk = %c.digest,
-                    file_offset = c.file_offset,
-                    size = c.size,
-                    "lazy layer: reading {} failed (EIO) at its chunk {} (file bytes {}..{}): {e}",
+                    "lazy layer {}: reading {} failed (EIO) at its chunk {} (file bytes {}..{}): {e}",
+                    self.name,
                     node.path.display(),
                     c.digest.short(),
                     c.file_offset,

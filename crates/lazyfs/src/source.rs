@@ -13,6 +13,12 @@ pub trait ChunkSource: Send + Sync {
     fn fetch(&self, chunk: &Chunk) -> Result<Vec<u8>, FetchError>;
 }
 
+impl std::fmt::Debug for dyn ChunkSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChunkSource")
+    }
+}
+
 /// Why a chunk could not be fetched; it goes into the read's log line.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

@@ -97,17 +97,19 @@ pub struct Entry {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TreeError {
-    #[error("layer entry {0:?} is not a plain relative path inside the layer (absolute, `..`, `.` or empty component)")]
+    #[error("lazy layer entry {0:?} is not a plain relative path inside the layer (absolute, `..`, `.` or empty component)")]
     BadPath(PathBuf),
-    #[error("layer entry {0:?} appears twice")]
+    #[error("lazy layer entry {0:?} appears twice")]
     Duplicate(PathBuf),
-    #[error("layer entry {path:?} has no parent directory {parent:?} before it")]
+    #[error("lazy layer entry {path:?} has no parent directory {parent:?} before it")]
     MissingParent { path: PathBuf, parent: PathBuf },
-    #[error("layer entry {path:?}: its parent {parent:?} is not a directory")]
+    #[error("lazy layer entry {path:?}: its parent {parent:?} is not a directory")]
     ParentNotDir { path: PathBuf, parent: PathBuf },
-    #[error("hardlink {path:?} points to {target:?}, which is not an earlier non-directory entry")]
+    #[error("lazy layer hardlink {path:?} points to {target:?}, which is not an earlier non-directory entry")]
     BadHardlink { path: PathBuf, target: PathBuf },
-    #[error("file {path:?}: its chunks do not tile its {size} bytes in order (at byte {at})")]
+    #[error(
+        "lazy layer file {path:?}: its chunks do not tile its {size} bytes in order (at byte {at})"
+    )]
     BadChunks { path: PathBuf, size: u64, at: u64 },
 }
 
