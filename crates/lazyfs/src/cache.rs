@@ -56,6 +56,9 @@ pub(crate) enum ChunkError {
     Corrupt { got: Digest, len: usize },
     #[error("chunk cache {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// The failure of the fetch this read waited on.
+    #[error("{0}")]
+    Shared(String),
 }
 
 /// Where a chunk's bytes are.
@@ -74,8 +77,9 @@ pub struct ChunkCache {
     dir: PathBuf,
     chunks: PathBuf,
     locks: PathBuf,
-    /// In-process single flight: one mutex per chunk being fetched.
-    flights: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// In-process single flight: one mutex per chunk being fetched,
+    /// holding why the fetch failed, if it did.
+    flights: Mutex<HashMap<Digest, Arc<Mutex<Option<String>>>>>,
     /// Chunks whose mtime this process already refreshed (first 8 bytes of
     /// the digest; a collision only skips one refresh).
     touched: Mutex<HashSet<u64>>,
@@ -145,8 +149,16 @@ impl ChunkCache {
             flights.entry(chunk.digest.clone()).or_default().clone()
         };
         let result = {
-            let _one_here = flight.lock().unwrap_or_else(|e| e.into_inner());
-            self.fetch_locked(chunk, fetch)
+            let mut failed = flight.lock().unwrap_or_else(|e| e.into_inner());
+            match failed.as_ref() {
+                // Readers that waited on a failed fetch share its failure
+                // rather than each waiting out the source's deadline again;
+                // the next read after them tries afresh.
+                Some(why) => Err(ChunkError::Shared(why.clone())),
+                None => self.fetch_locked(chunk, fetch).inspect_err(|e| {
+                    *failed = Some(e.to_string());
+                }),
+            }
         };
         let mut flights = self.flights.lock().expect("flights lock");
         // Two holders (the map and us) means nobody else waits on it; a
@@ -354,6 +366,53 @@ mod tests {
         });
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(cache.flights.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn waiters_share_a_failed_fetch_and_the_next_read_retries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(tmp.path()).unwrap();
+        let calls = AtomicUsize::new(0);
+        let c = chunk(b"flaky");
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let r = cache.get_or_fetch(&c, || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(100));
+                        Err(FetchError::msg("registry down"))
+                    });
+                    assert!(r.unwrap_err().to_string().contains("registry down"));
+                });
+            }
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        cache.get_or_fetch(&c, || Ok(b"flaky".to_vec())).unwrap();
+    }
+
+    /// Two caches on one dir have their own open files, so they exclude
+    /// each other by flock exactly as two processes do.
+    #[test]
+    fn two_openers_of_one_dir_fetch_a_chunk_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = ChunkCache::open(tmp.path()).unwrap();
+        let b = ChunkCache::open(tmp.path()).unwrap();
+        let calls = AtomicUsize::new(0);
+        let c = chunk(b"node-wide");
+        std::thread::scope(|s| {
+            for cache in [&a, &b, &a, &b] {
+                s.spawn(|| {
+                    cache
+                        .get_or_fetch(&c, || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(100));
+                            Ok(b"node-wide".to_vec())
+                        })
+                        .unwrap();
+                });
+            }
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[test]

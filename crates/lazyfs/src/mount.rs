@@ -19,9 +19,11 @@ use crate::source::ChunkSource;
 use crate::stats::StatsSnapshot;
 use crate::tree::Tree;
 
-/// How long dropping a [`Mounted`] waits for its session to end before
-/// leaving it to end on its own (a detached mount still in use).
-const JOIN_WAIT: Duration = Duration::from_secs(5);
+/// How long unmounting waits for the session to end. A mount that is
+/// still an overlay's lower layer leaves the mount table at once but lives
+/// on in the overlay, and its server must keep answering until the overlay
+/// goes: then the session thread is left to end by itself.
+const JOIN_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {

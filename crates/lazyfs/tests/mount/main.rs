@@ -10,6 +10,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{FileExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +27,8 @@ struct FakeSource {
     calls: Mutex<HashMap<Digest, usize>>,
     delay: Duration,
     fail: Option<&'static str>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl ChunkSource for FakeSource {
@@ -36,7 +39,10 @@ impl ChunkSource for FakeSource {
             .unwrap()
             .entry(chunk.digest.clone())
             .or_default() += 1;
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         std::thread::sleep(self.delay);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if let Some(why) = self.fail {
             return Err(FetchError::msg(why));
         }
@@ -440,6 +446,49 @@ fn concurrent_readers_fetch_each_chunk_once_needs_root_and_fuse() {
     let calls = source.calls.lock().unwrap();
     assert_eq!(calls.len(), 8);
     assert!(calls.values().all(|&n| n == 1), "{calls:?}");
+}
+
+#[test]
+fn fetches_are_bounded_and_never_block_metadata_needs_root_and_fuse() {
+    require!(prereq::fuse());
+    let source = Arc::new(FakeSource {
+        delay: Duration::from_millis(300),
+        ..FakeSource::default()
+    });
+    let names: Vec<String> = (0..6).map(|i| format!("slow{i}")).collect();
+    let f = mount_tree(
+        |b| {
+            for (i, n) in names.iter().enumerate() {
+                b.add(file(&source, n, &pattern(1000, i as u64 + 100), 1000))
+                    .unwrap();
+            }
+        },
+        source.clone(),
+        None,
+        MountOptions {
+            max_fetches: 2,
+            ..MountOptions::default()
+        },
+    );
+    std::thread::scope(|s| {
+        for n in &names {
+            let p = f.path(n);
+            s.spawn(move || fs::read(p).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        // While six reads wait on the source, the session loop still
+        // answers lookups and directory listings at once.
+        let started = Instant::now();
+        assert_eq!(fs::read_dir(f.path("")).unwrap().count(), 6);
+        assert_eq!(fs::metadata(f.path("slow5")).unwrap().len(), 1000);
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+    assert_eq!(source.total_calls(), 6);
+    assert_eq!(source.max_in_flight.load(Ordering::SeqCst), 2);
 }
 
 #[test]
