@@ -15,6 +15,11 @@ use std::time::SystemTime;
 
 use cvmd_digest::Digest;
 
+/// The largest chunk a tree may hold: a chunk is held whole in memory
+/// while it is fetched and verified, so a hostile table of contents must
+/// not make one huge (eStargz writers cut files into 4 MiB chunks or less).
+pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
+
 /// Inode number of the root directory (FUSE's fixed root id).
 pub(crate) const ROOT: u64 = 1;
 
@@ -111,6 +116,8 @@ pub enum TreeError {
         "lazy layer file {path:?}: its chunks do not tile its {size} bytes in order (at byte {at})"
     )]
     BadChunks { path: PathBuf, size: u64, at: u64 },
+    #[error("lazy layer file {path:?}: its chunk at byte {at} is {size} bytes, over the limit of {MAX_CHUNK_SIZE} (rewrite the image with smaller chunks)")]
+    ChunkTooBig { path: PathBuf, at: u64, size: u64 },
 }
 
 /// One inode of the built tree.
@@ -331,6 +338,13 @@ fn normalize(path: &Path) -> Result<PathBuf, TreeError> {
 fn check_chunks(path: &Path, size: u64, chunks: &[Chunk]) -> Result<(), TreeError> {
     let mut at = 0u64;
     for c in chunks {
+        if c.size > MAX_CHUNK_SIZE {
+            return Err(TreeError::ChunkTooBig {
+                path: path.to_path_buf(),
+                at,
+                size: c.size,
+            });
+        }
         if c.file_offset != at || c.size == 0 {
             return Err(TreeError::BadChunks {
                 path: path.to_path_buf(),
@@ -459,5 +473,10 @@ mod tests {
         }
         assert!(matches!(b.add(e), Err(TreeError::BadChunks { .. })));
         b.add(file("empty", &[])).unwrap();
+        assert!(matches!(
+            b.add(file("huge", &[MAX_CHUNK_SIZE + 1])),
+            Err(TreeError::ChunkTooBig { .. })
+        ));
+        b.add(file("max", &[MAX_CHUNK_SIZE])).unwrap();
     }
 }

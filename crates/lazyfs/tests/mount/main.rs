@@ -526,6 +526,48 @@ fn a_second_mount_with_the_same_cache_fetches_nothing_needs_root_and_fuse() {
 }
 
 #[test]
+fn two_mounts_reading_one_file_at_once_fetch_each_chunk_once_per_node_needs_root_and_fuse() {
+    require!(prereq::fuse());
+    let cache = tempfile::tempdir().unwrap();
+    let content = pattern(400_000, 11);
+    let sources: Vec<Arc<FakeSource>> = (0..2)
+        .map(|_| {
+            Arc::new(FakeSource {
+                delay: Duration::from_millis(50),
+                ..FakeSource::default()
+            })
+        })
+        .collect();
+    // Two pods: two mounts of the same layer, each with its own source,
+    // sharing the node's chunk cache.
+    let mounts: Vec<Fixture> = sources
+        .iter()
+        .map(|s| {
+            let e = file(s, "f", &content, 100_000);
+            mount_tree(
+                |b| b.add(e).unwrap(),
+                s.clone(),
+                Some(cache.path()),
+                MountOptions::default(),
+            )
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for m in &mounts {
+            s.spawn(|| assert_eq!(fs::read(m.path("f")).unwrap(), content));
+        }
+    });
+    let mut per_chunk: HashMap<Digest, usize> = HashMap::new();
+    for src in &sources {
+        for (d, n) in src.calls.lock().unwrap().iter() {
+            *per_chunk.entry(d.clone()).or_default() += n;
+        }
+    }
+    assert_eq!(per_chunk.len(), 4);
+    assert!(per_chunk.values().all(|&n| n == 1), "{per_chunk:?}");
+}
+
+#[test]
 fn owners_are_shifted_by_the_mount_offset_needs_root_and_fuse() {
     require!(prereq::fuse());
     let source = Arc::new(FakeSource::default());
