@@ -155,6 +155,7 @@ impl Inner {
             Got::Fetched(bytes) => {
                 Stats::add(&self.stats.chunks_fetched, 1);
                 Stats::add(&self.stats.bytes_fetched, c.size);
+                Stats::add(&self.stats.compressed_bytes_fetched, c.compressed_len);
                 let (lo, hi) = (as_index(lo), as_index(hi));
                 out.extend_from_slice(&bytes[lo..hi]);
                 Ok(())

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Stats {
     pub(crate) bytes_fetched: AtomicU64,
+    pub(crate) compressed_bytes_fetched: AtomicU64,
     pub(crate) chunks_fetched: AtomicU64,
     pub(crate) cache_hits: AtomicU64,
     pub(crate) failed_reads: AtomicU64,
@@ -19,6 +20,9 @@ pub struct Stats {
 pub struct StatsSnapshot {
     /// Uncompressed bytes of the chunks this mount fetched from its source.
     pub bytes_fetched: u64,
+    /// The same chunks' compressed spans (`compressed_len`), what the
+    /// registry sent.
+    pub compressed_bytes_fetched: u64,
     /// Chunks fetched from the source (not found in the node's cache).
     pub chunks_fetched: u64,
     /// Chunk reads served from the node's cache.
@@ -42,6 +46,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             bytes_fetched: get(&self.bytes_fetched),
+            compressed_bytes_fetched: get(&self.compressed_bytes_fetched),
             chunks_fetched: get(&self.chunks_fetched),
             cache_hits: get(&self.cache_hits),
             failed_reads: get(&self.failed_reads),

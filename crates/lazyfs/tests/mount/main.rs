@@ -94,7 +94,7 @@ fn file(source: &FakeSource, path: &str, content: &[u8], chunk_size: usize) -> E
             file_offset: (i * chunk_size) as u64,
             size: piece.len() as u64,
             blob_offset: 0,
-            compressed_len: 0,
+            compressed_len: piece.len() as u64 / 2,
             inner_offset: 0,
             digest,
         });
@@ -339,6 +339,10 @@ fn serves_metadata_links_xattrs_and_contents_needs_root_and_fuse() {
     assert_eq!(stats.files_present, 3);
     assert_eq!(stats.chunks_fetched, 5 + 3);
     assert_eq!(stats.bytes_fetched, big.len() as u64 + 12);
+    assert_eq!(
+        stats.compressed_bytes_fetched,
+        4 * 32_768 + (big.len() as u64 - 4 * 65_536) / 2 + 3 * 2
+    );
     assert_eq!(statvfs_files(&f.path("")), 9);
 }
 
