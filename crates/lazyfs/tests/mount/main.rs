@@ -572,6 +572,49 @@ fn two_mounts_reading_one_file_at_once_fetch_each_chunk_once_per_node_needs_root
 }
 
 #[test]
+fn other_users_get_in_and_the_kernel_checks_modes_needs_root_and_fuse() {
+    require!(prereq::fuse());
+    let cat = require!(["/usr/bin/cat", "/bin/cat"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| "cat is not installed (apt-get install coreutils)".to_string()));
+    let source = Arc::new(FakeSource::default());
+    let f = mount_tree(
+        |b| {
+            let mut e = file(&source, "private", b"secret", 4);
+            e.meta.mode = 0o600;
+            b.add(e).unwrap();
+            b.add(file(&source, "public", b"hello", 4)).unwrap();
+        },
+        source.clone(),
+        None,
+        MountOptions::default(),
+    );
+    use std::os::unix::process::CommandExt as _;
+    let cat_as = |uid: u32, name: &str| {
+        std::process::Command::new(&cat)
+            .arg(f.path(name))
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap()
+    };
+    // The mount sits in a 0700 temp dir: let other users walk to it.
+    fs::set_permissions(f.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let owner = cat_as(1000, "private");
+    assert!(owner.status.success(), "{owner:?}");
+    assert_eq!(owner.stdout, b"secret");
+    let other = cat_as(2000, "private");
+    assert!(
+        !other.status.success(),
+        "uid 2000 read a 0600 file of uid 1000"
+    );
+    assert!(String::from_utf8_lossy(&other.stderr).contains("Permission denied"));
+    assert_eq!(cat_as(2000, "public").stdout, b"hello");
+}
+
+#[test]
 fn owners_are_shifted_by_the_mount_offset_needs_root_and_fuse() {
     require!(prereq::fuse());
     let source = Arc::new(FakeSource::default());
