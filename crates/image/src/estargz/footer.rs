@@ -31,13 +31,12 @@ pub enum FooterError {
     Short { size: u64 },
     #[error("blob does not end in an eStargz footer: {why}")]
     NotEstargz { why: &'static str },
-    #[error("eStargz footer puts the TOC at offset {offset}, outside the blob's first {limit} bytes")]
+    #[error(
+        "eStargz footer puts the TOC at offset {offset}, outside the blob's first {limit} bytes"
+    )]
     OffsetOutOfRange { offset: u64, limit: u64 },
     #[error("eStargz TOC member at offset {offset} is unreadable: {source}")]
-    Unreadable {
-        offset: u64,
-        source: std::io::Error,
-    },
+    Unreadable { offset: u64, source: std::io::Error },
     #[error("eStargz TOC member at offset {offset} starts with entry {found:?}, not {TOC_NAME}")]
     NotToc { offset: u64, found: String },
     #[error("eStargz TOC has digest {actual}, but the layer's {TOC_DIGEST_ANNOTATION} annotation says {expected}")]
@@ -99,12 +98,9 @@ pub fn annotated_toc_digest(
 ) -> Result<Option<Digest>, FooterError> {
     match annotations.and_then(|a| a.get(TOC_DIGEST_ANNOTATION)) {
         None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| FooterError::BadAnnotation {
-                value: v.chars().take(100).collect(),
-            }),
+        Some(v) => v.parse().map(Some).map_err(|_| FooterError::BadAnnotation {
+            value: v.chars().take(100).collect(),
+        }),
     }
 }
 

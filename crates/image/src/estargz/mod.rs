@@ -20,4 +20,4 @@ pub use toc::{
     is_metadata_name, Chunk, Entry, EntryKind, RawEntry, RawToc, TocError, TocIndex, TocLimits,
     NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_NAME,
 };
-pub use writer::{write_estargz, WriteOptions, Written, WriterError};
+pub use writer::{write_estargz, WriteOptions, WriterError, Written};

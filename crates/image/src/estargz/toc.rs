@@ -160,7 +160,11 @@ pub enum TocError {
         found: u64,
     },
     #[error("eStargz TOC entry {name:?}: its chunks cover {covered} of its {size} bytes")]
-    ChunksShort { name: String, covered: u64, size: u64 },
+    ChunksShort {
+        name: String,
+        covered: u64,
+        size: u64,
+    },
     #[error("eStargz TOC entry {name:?} has a chunk of {size} bytes, over the bound of {limit}")]
     ChunkTooLarge { name: String, size: u64, limit: u64 },
     #[error("eStargz TOC entry {name:?} has a chunk at blob offset {offset}, outside the data before the TOC (at {toc_offset})")]

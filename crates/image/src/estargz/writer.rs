@@ -77,7 +77,11 @@ pub enum WriterError {
     #[error("layer entry {name:?} has tar type {kind:?}, which eStargz cannot hold")]
     Unsupported { name: String, kind: char },
     #[error("layer entry {name:?} declares {expected} bytes but holds {got}")]
-    Truncated { name: String, expected: u64, got: u64 },
+    Truncated {
+        name: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("the eStargz TOC written for this layer does not check (a cvmd bug, or a layer eStargz cannot express): {0}")]
     Toc(#[from] TocError),
 }
@@ -186,11 +190,7 @@ pub fn write_estargz<R: Read, W: Write>(
         w.landmark(NO_PREFETCH_LANDMARK)?;
         w.pass(open().map_err(read_err)?, &|_| true)?;
     } else {
-        let first: HashSet<String> = opts
-            .prefetch
-            .iter()
-            .filter_map(|p| clean(p).ok())
-            .collect();
+        let first: HashSet<String> = opts.prefetch.iter().filter_map(|p| clean(p).ok()).collect();
         let prioritized = |path: &str, kind: tar::EntryType| {
             first.contains(path) && (kind.is_file() || kind == tar::EntryType::Continuous)
         };
@@ -244,11 +244,10 @@ impl<W: Write> Writer<W> {
             if !take(&(path.clone(), kind)) {
                 continue;
             }
-            self.entry(&mut entry, &name, path)
-                .map_err(|e| match e {
-                    WriterError::Read { source, .. } => read_err(&name, source),
-                    e => e,
-                })?;
+            self.entry(&mut entry, &name, path).map_err(|e| match e {
+                WriterError::Read { source, .. } => read_err(&name, source),
+                e => e,
+            })?;
         }
         Ok(())
     }
@@ -304,7 +303,9 @@ impl<W: Write> Writer<W> {
             }
         }
         let pax_num = |key: &str| -> Option<&[u8]> {
-            pax.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
+            pax.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_slice())
         };
         let num = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u64>().ok();
         let uid = pax_num("uid").and_then(num).or(h.uid().ok()).unwrap_or(0);
@@ -314,11 +315,13 @@ impl<W: Write> Writer<W> {
             .unwrap_or((i64::try_from(h.mtime().unwrap_or(0)).unwrap_or(0), 0));
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let link = match entry.link_name_bytes() {
-            Some(l) => Some(String::from_utf8(l.into_owned()).map_err(|_| {
-                WriterError::NotUtf8 {
-                    name: name.to_string(),
-                }
-            })?),
+            Some(l) => {
+                Some(
+                    String::from_utf8(l.into_owned()).map_err(|_| WriterError::NotUtf8 {
+                        name: name.to_string(),
+                    })?,
+                )
+            }
             None => None,
         };
         let link = match (toc_kind, link) {
@@ -415,11 +418,15 @@ impl<W: Write> Writer<W> {
             ph.set_mode(0o644);
             ph.set_size(data.len() as u64);
             ph.set_cksum();
-            self.sink.write_all(ph.as_bytes()).map_err(Self::write_err)?;
+            self.sink
+                .write_all(ph.as_bytes())
+                .map_err(Self::write_err)?;
             self.sink.write_all(&data).map_err(Self::write_err)?;
             self.pad(data.len() as u64)?;
         }
-        self.sink.write_all(out.as_bytes()).map_err(Self::write_err)?;
+        self.sink
+            .write_all(out.as_bytes())
+            .map_err(Self::write_err)?;
         if size > 0 {
             self.data(entry, name, size, &mut raw)?;
         } else {
@@ -462,7 +469,11 @@ impl<W: Write> Writer<W> {
             file_hash.update(&self.buf);
             let chunk_digest = Digest::of(&self.buf).to_string();
             let last = at + len == size;
-            let chunk_size = if last { 0 } else { i64::try_from(len).unwrap_or(0) };
+            let chunk_size = if last {
+                0
+            } else {
+                i64::try_from(len).unwrap_or(0)
+            };
             let mut e = if at == 0 {
                 raw.clone()
             } else {
@@ -529,9 +540,7 @@ impl<W: Write> Writer<W> {
         self.sink.write_all(h.as_bytes()).map_err(Self::write_err)?;
         self.sink.write_all(&json).map_err(Self::write_err)?;
         self.pad(json.len() as u64)?;
-        self.sink
-            .write_all(&[0u8; 1024])
-            .map_err(Self::write_err)?;
+        self.sink.write_all(&[0u8; 1024]).map_err(Self::write_err)?;
         let (mut counter, tar_hash, tar_size) = self.sink.finish().map_err(Self::write_err)?;
         counter
             .write_all(&footer_bytes(toc_offset))
