@@ -21,3 +21,26 @@ pub use toc::{
     NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_NAME,
 };
 pub use writer::{write_estargz, WriteOptions, WriterError, Written};
+
+/// For each layer of an image manifest (its JSON as stored), whether its
+/// descriptor carries [`TOC_DIGEST_ANNOTATION`], i.e. whether it is an
+/// eStargz layer whose metadata files the unpacker skips. Read from the raw
+/// JSON so that no manifest type needs to carry annotations for it.
+pub fn estargz_layers(manifest_json: &[u8]) -> Vec<bool> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(manifest_json) else {
+        return Vec::new();
+    };
+    v.get("layers")
+        .and_then(|l| l.as_array())
+        .map(|layers| {
+            layers
+                .iter()
+                .map(|l| {
+                    l.get("annotations")
+                        .and_then(|a| a.get(TOC_DIGEST_ANNOTATION))
+                        .is_some()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
