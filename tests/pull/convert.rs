@@ -158,3 +158,63 @@ fn convert_writes_an_estargz_copy_whose_full_pull_is_the_same_tree() {
     assert!(converted.contains_key("usr/bin/big") && !converted.contains_key("etc/shadow"));
     assert_same_tree("eStargz copy against the original", &converted, &original);
 }
+
+/// A token-auth registry: with credentials the push gets its own
+/// `pull,push` token; anonymously (the source public) the push is refused
+/// in one line that names the push scope, and the password is never shown.
+#[test]
+fn convert_pushes_with_a_push_token_and_says_when_it_has_none() {
+    use crate::common::cli::SealedCvmd;
+    use crate::common::token::TokenConfig;
+    const USER: &str = "alice";
+    const PASS: &str = "pw-Convert-never-shown";
+    require!(crate::common::prereq::registry());
+    let reg = Registry::token(TokenConfig::new().user(USER, PASS).public_repo("team/src"))
+        .expect("registry");
+    let img = ImageBuilder::new(Format::Docker)
+        .layer(
+            LayerBuilder::new()
+                .file("f", &pseudo_random(16 << 10, 3), 0o644)
+                .build(Compression::Gzip),
+        )
+        .build();
+    let source = push(&reg, "team/src", "v1", &img);
+    let target = format!("{}/team/dst:v1", reg.host());
+    let insecure = ["--insecure-registries", &reg.host()];
+
+    let anonymous = SealedCvmd::new();
+    let mut args = vec!["convert", source.as_str(), target.as_str()];
+    args.extend_from_slice(&insecure);
+    let line = anonymous.run(&args).error_line();
+    assert!(
+        line.contains("repository:team/dst:pull,push"),
+        "the refusal names the push scope: {line}"
+    );
+
+    let cvmd = SealedCvmd::new();
+    cvmd.write_docker_config(
+        &serde_json::json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}),
+    );
+    let run = cvmd.run(&args);
+    run.assert_ok();
+    run.assert_never_shows(PASS);
+    assert!(
+        run.stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!("{target}@sha256:")),
+        "{run}"
+    );
+    // Docker media types stay Docker's, the layer gzip.
+    let (status, media_type, _) = crate::common::block_on(reg.client().get_manifest(
+        "team/dst",
+        "v1",
+        Some("application/vnd.docker.distribution.manifest.v2+json"),
+    ))
+    .unwrap();
+    assert_eq!(
+        (status, media_type.as_str()),
+        (200, "application/vnd.docker.distribution.manifest.v2+json")
+    );
+}
