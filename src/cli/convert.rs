@@ -14,7 +14,9 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::estargz::{write_estargz, WriteOptions, Written, TOC_DIGEST_ANNOTATION};
+use crate::estargz::{
+    write_estargz, WriteOptions, Written, TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION,
+};
 use crate::progress::PlainLines;
 use crate::registry::manifest::{Compression, Layer, OCI_MANIFEST};
 use crate::registry::{Reference, RegistryClient};
@@ -95,6 +97,8 @@ pub async fn convert(settings: &Settings, args: &ConvertArgs) -> anyhow::Result<
             obj.remove("urls");
         }
         desc["annotations"][TOC_DIGEST_ANNOTATION] = Value::from(written.toc_digest.to_string());
+        desc["annotations"][UNCOMPRESSED_SIZE_ANNOTATION] =
+            Value::from(written.tar_size.to_string());
         config["rootfs"]["diff_ids"][i] = Value::from(written.diff_id.to_string());
         println!(
             "{what}: {} bytes -> {} ({} bytes, toc {}){}",

@@ -134,12 +134,23 @@ fn convert_writes_an_estargz_copy_whose_full_pull_is_the_same_tree() {
             .parse()
             .unwrap();
         let digest = layer["digest"].as_str().unwrap();
+        let tar_size: u64 = layer["annotations"][estargz::UNCOMPRESSED_SIZE_ANNOTATION]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("layer {i} lacks the uncompressed size annotation"));
         let blob = crate::common::block_on(client.get_blob("convert/dst", digest)).unwrap();
         let toc_offset = estargz::parse_footer(&blob, blob.len() as u64).unwrap();
         let member = &blob[usize::try_from(toc_offset).unwrap()..blob.len() - 51];
         let (index, _) =
             estargz::read_toc(member, toc_offset, Some(&toc_digest), &TocLimits::default())
                 .unwrap();
+        let mut inflated = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::MultiGzDecoder::new(&blob[..]),
+            &mut inflated,
+        )
+        .unwrap();
+        assert_eq!(inflated.len() as u64, tar_size, "layer {i}");
         if i == 0 {
             let EntryKind::File { chunks, .. } = &index.get("usr/bin/big").unwrap().kind else {
                 panic!("usr/bin/big is not a file in the TOC")

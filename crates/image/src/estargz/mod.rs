@@ -19,6 +19,7 @@ pub use footer::{parse_footer, read_toc, FooterError, FOOTER_SIZE};
 pub use toc::{
     is_metadata_name, Chunk, Entry, EntryKind, RawEntry, RawToc, TocError, TocIndex, TocLimits,
     NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_NAME,
+    UNCOMPRESSED_SIZE_ANNOTATION,
 };
 pub use writer::{write_estargz, WriteOptions, WriterError, Written};
 

@@ -19,6 +19,10 @@ pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
 pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
 /// The layer descriptor annotation holding the sha256 of the TOC JSON.
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// The layer's decompressed size, as a decimal string: not in
+/// docs/estargz.md, but set by the reference converter for
+/// containers/storage, which needs it to mount a layer lazily.
+pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
 
 /// Whether `name` (a root-level member name) is eStargz metadata rather than
 /// layer content: the TOC and the landmarks.
