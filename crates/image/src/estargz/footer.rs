@@ -9,7 +9,8 @@ use std::io::Read;
 
 use sha2::{Digest as _, Sha256};
 
-use super::toc::{TocError, TocIndex, TocLimits, TOC_DIGEST_ANNOTATION, TOC_NAME};
+use super::raw::{TOC_DIGEST_ANNOTATION, TOC_NAME};
+use super::toc::{TocError, TocIndex, TocLimits};
 use cvmd_digest::Digest;
 
 /// The footer's fixed size.

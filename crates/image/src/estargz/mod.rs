@@ -7,8 +7,11 @@
 //! - `footer`: finding and reading the TOC from the blob's tail;
 //! - `writer`: a layer tar into an eStargz blob (`cvmd convert`).
 
+mod error;
 pub mod footer;
 mod modtime;
+pub mod raw;
+mod sink;
 pub mod toc;
 pub mod writer;
 
@@ -16,11 +19,11 @@ pub mod writer;
 mod tests;
 
 pub use footer::{parse_footer, read_toc, FooterError, FOOTER_SIZE};
-pub use toc::{
-    is_metadata_name, Chunk, Entry, EntryKind, RawEntry, RawToc, TocError, TocIndex, TocLimits,
-    NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_NAME,
-    UNCOMPRESSED_SIZE_ANNOTATION,
+pub use raw::{
+    is_metadata_name, RawEntry, RawToc, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
+    TOC_DIGEST_ANNOTATION, TOC_NAME, UNCOMPRESSED_SIZE_ANNOTATION,
 };
+pub use toc::{Chunk, Entry, EntryKind, TocError, TocIndex, TocLimits};
 pub use writer::{write_estargz, WriteOptions, WriterError, Written};
 
 /// For each layer of an image manifest (its JSON as stored), whether its

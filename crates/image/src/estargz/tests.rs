@@ -7,6 +7,7 @@ use flate2::read::MultiGzDecoder;
 use serde_json::json;
 
 use super::footer::{footer_bytes, parse_footer, read_toc, FooterError, FOOTER_SIZE};
+use super::raw::*;
 use super::toc::*;
 use super::writer::{write_estargz, WriteOptions};
 use cvmd_digest::Digest;

@@ -4,96 +4,12 @@
 //! layer root, every regular file's bytes covered by verifiable chunks
 //! whose compressed spans lie inside the blob before the TOC.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
+pub use super::error::TocError;
 use super::modtime::{self, Timestamp};
+use super::raw::{RawEntry, RawToc, PREFETCH_LANDMARK};
 use cvmd_digest::Digest;
-
-/// The TOC's name in the tar stream, its last entry.
-pub const TOC_NAME: &str = "stargz.index.json";
-/// Marks the end of the prioritized files ("Prioritized Files and Landmark Files").
-pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
-/// Says no file is prioritized.
-pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
-/// The layer descriptor annotation holding the sha256 of the TOC JSON.
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
-/// The layer's decompressed size, as a decimal string: not in
-/// docs/estargz.md, but set by the reference converter for
-/// containers/storage, which needs it to mount a layer lazily.
-pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
-
-/// Whether `name` (a root-level member name) is eStargz metadata rather than
-/// layer content: the TOC and the landmarks.
-pub fn is_metadata_name(name: &str) -> bool {
-    let name = name.strip_prefix("./").unwrap_or(name);
-    matches!(name, TOC_NAME | PREFETCH_LANDMARK | NO_PREFETCH_LANDMARK)
-}
-
-/// The TOC as serialized. Unknown fields (`NumLink`, ...) are ignored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RawToc {
-    pub version: i64,
-    #[serde(default)]
-    pub entries: Vec<RawEntry>,
-}
-
-fn is_zero(n: &i64) -> bool {
-    *n == 0
-}
-
-fn is_zero_u(n: &u64) -> bool {
-    *n == 0
-}
-
-/// One TOCEntry. Integers are as wide as the spec's and signed where it
-/// says so, so a hostile value parses and is refused by name, not as a JSON
-/// error.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RawEntry {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "is_zero_u")]
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub modtime: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub link_name: String,
-    #[serde(default)]
-    pub mode: i64,
-    #[serde(default)]
-    pub uid: u64,
-    #[serde(default)]
-    pub gid: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub user_name: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub group_name: String,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub dev_major: i64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub dev_minor: i64,
-    /// Values base64 (Go's `[]byte` in JSON).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub xattrs: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub digest: String,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub offset: i64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub chunk_offset: i64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub chunk_size: i64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub chunk_digest: String,
-    /// Where the chunk starts inside its gzip member's inflated bytes (a
-    /// member shared by several small chunks); 0 when it starts the member.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub inner_offset: i64,
-}
 
 /// Bounds on a TOC, far above real layers; each is a refusal, not a cut.
 #[derive(Debug, Clone, Copy)]
@@ -114,75 +30,6 @@ impl Default for TocLimits {
             max_chunk_bytes: 16 << 20,
         }
     }
-}
-
-/// Why a TOC was refused; each names the entry and what was wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum TocError {
-    #[error("eStargz TOC is larger than the {limit} bytes cvmd accepts")]
-    TooLarge { limit: u64 },
-    #[error("eStargz TOC is not valid TOC JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("eStargz TOC has version {0}; only version 1 is supported")]
-    Version(i64),
-    #[error("eStargz TOC has {count} entries, over the bound of {limit}")]
-    TooManyEntries { count: usize, limit: usize },
-    #[error("eStargz TOC entry {name:?} has a bad name: {why}")]
-    BadName { name: String, why: &'static str },
-    #[error("eStargz TOC entry {name:?} has unknown type {kind:?}")]
-    UnknownType { name: String, kind: String },
-    #[error("eStargz TOC names {name:?} twice")]
-    Duplicate { name: String },
-    #[error("eStargz TOC entry {name:?} has parent {parent:?}, which is not a directory")]
-    ParentNotDir { name: String, parent: String },
-    #[error("eStargz TOC entry {name:?} is a hardlink to {target:?}, which {why}")]
-    HardlinkTarget {
-        name: String,
-        target: String,
-        why: &'static str,
-    },
-    #[error("eStargz TOC entry {name:?} lacks {field}")]
-    Missing { name: String, field: &'static str },
-    #[error("eStargz TOC entry {name:?} has {field} {value}, out of range")]
-    OutOfRange {
-        name: String,
-        field: &'static str,
-        value: i128,
-    },
-    #[error("eStargz TOC entry {name:?} has a malformed {field}: {value:?}")]
-    Malformed {
-        name: String,
-        field: &'static str,
-        value: String,
-    },
-    #[error("eStargz TOC entry {name:?} is a chunk that follows no regular file of that name")]
-    OrphanChunk { name: String },
-    #[error("eStargz TOC entry {name:?}: a chunk starts at file offset {found}, expected {expected} (chunks must cover the file contiguously)")]
-    ChunkGap {
-        name: String,
-        expected: u64,
-        found: u64,
-    },
-    #[error("eStargz TOC entry {name:?}: its chunks cover {covered} of its {size} bytes")]
-    ChunksShort {
-        name: String,
-        covered: u64,
-        size: u64,
-    },
-    #[error("eStargz TOC entry {name:?} has a chunk of {size} bytes, over the bound of {limit}")]
-    ChunkTooLarge { name: String, size: u64, limit: u64 },
-    #[error("eStargz TOC entry {name:?} has a chunk at blob offset {offset}, outside the data before the TOC (at {toc_offset})")]
-    SpanOutOfRange {
-        name: String,
-        offset: u64,
-        toc_offset: u64,
-    },
-    #[error("eStargz TOC entries {name:?} and {other:?} claim overlapping bytes of the gzip member at blob offset {offset}")]
-    SpansOverlap {
-        name: String,
-        other: String,
-        offset: u64,
-    },
 }
 
 /// A regular file's bytes `[file_offset, file_offset + size)`: inflate the

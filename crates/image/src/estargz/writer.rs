@@ -11,15 +11,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
 
-use flate2::write::GzEncoder;
 use sha2::{Digest as _, Sha256};
 
 use super::footer::footer_bytes;
 use super::modtime;
-use super::toc::{
-    is_metadata_name, RawEntry, RawToc, TocError, TocIndex, TocLimits, NO_PREFETCH_LANDMARK,
-    PREFETCH_LANDMARK, TOC_NAME,
+use super::raw::{
+    is_metadata_name, RawEntry, RawToc, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME,
 };
+use super::sink::{pax_record, set_field, Sink};
+use super::toc::{TocError, TocIndex, TocLimits};
 use cvmd_digest::Digest;
 
 /// What the spec's reference writer uses, and what a lazy read inflates at most.
@@ -84,87 +84,6 @@ pub enum WriterError {
     },
     #[error("the eStargz TOC written for this layer does not check (a cvmd bug, or a layer eStargz cannot express): {0}")]
     Toc(#[from] TocError),
-}
-
-/// Counts and hashes the blob as it leaves.
-struct Counter<W> {
-    inner: W,
-    count: u64,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for Counter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// The tar stream going into gzip members, which a caller starts where the
-/// spec wants a gzip header.
-struct Sink<W: Write> {
-    enc: Option<GzEncoder<Counter<W>>>,
-    level: flate2::Compression,
-    member_start: u64,
-    /// Whether the current member holds any byte yet.
-    dirty: bool,
-    tar_hash: Sha256,
-    tar_size: u64,
-}
-
-impl<W: Write> Sink<W> {
-    fn new(out: W, level: flate2::Compression) -> Self {
-        let counter = Counter {
-            inner: out,
-            count: 0,
-            hash: Sha256::new(),
-        };
-        Sink {
-            enc: Some(GzEncoder::new(counter, level)),
-            level,
-            member_start: 0,
-            dirty: false,
-            tar_hash: Sha256::new(),
-            tar_size: 0,
-        }
-    }
-
-    /// Starts a new gzip member (unless the current one is still empty)
-    /// and returns its offset in the blob.
-    fn new_member(&mut self) -> io::Result<u64> {
-        if self.dirty {
-            let counter = self.enc.take().expect("encoder present").finish()?;
-            self.member_start = counter.count;
-            self.enc = Some(GzEncoder::new(counter, self.level));
-            self.dirty = false;
-        }
-        Ok(self.member_start)
-    }
-
-    fn finish(mut self) -> io::Result<(Counter<W>, Sha256, u64)> {
-        let counter = self.enc.take().expect("encoder present").finish()?;
-        Ok((counter, self.tar_hash, self.tar_size))
-    }
-}
-
-impl<W: Write> Write for Sink<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.enc.as_mut().expect("encoder present").write(buf)?;
-        if n > 0 {
-            self.dirty = true;
-            self.tar_hash.update(&buf[..n]);
-            self.tar_size += n as u64;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.enc.as_mut().expect("encoder present").flush()
-    }
 }
 
 /// Converts the layer tar `open()` yields into an eStargz blob on `out`.
@@ -554,29 +473,6 @@ impl<W: Write> Writer<W> {
             tar_size,
         })
     }
-}
-
-/// Writes `value` into a NUL-padded header field when it fits as ASCII.
-fn set_field(field: &mut [u8], value: &str) -> bool {
-    let fits = value.len() <= field.len() && value.is_ascii();
-    let bytes = value.as_bytes();
-    let n = bytes.len().min(field.len());
-    field.fill(0);
-    field[..n].copy_from_slice(&bytes[..n]);
-    fits
-}
-
-/// One PAX record, `"<len> <key>=<value>\n"` where len counts itself.
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len.to_string().len() + body != len {
-        len = body + len.to_string().len();
-    }
-    let mut out = format!("{len} {key}=").into_bytes();
-    out.extend_from_slice(value);
-    out.push(b'\n');
-    out
 }
 
 /// A PAX time, `secs[.frac]`.
