@@ -23,7 +23,7 @@ pub use raw::{
     is_metadata_name, RawEntry, RawToc, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
     TOC_DIGEST_ANNOTATION, TOC_NAME, UNCOMPRESSED_SIZE_ANNOTATION,
 };
-pub use toc::{Chunk, Entry, EntryKind, TocError, TocIndex, TocLimits};
+pub use toc::{Chunk, Entry, EntryKind, TocError, TocIndex, TocLimits, Whiteout};
 pub use writer::{write_estargz, WriteOptions, WriterError, Written};
 
 /// For each layer of an image manifest (its JSON as stored), whether its

@@ -82,6 +82,8 @@ fn entries_outside_the_root_are_refused() {
         json!([reg("f", 1, 1), {"name": "l", "type": "hardlink", "linkName": "../f"}]),
         "'..' component",
     );
+    refused(json!([reg("a/.wh.b/c", 1, 1)]), "not its last component");
+    refused(json!([reg("a/.wh..", 1, 1)]), "whiteout of nothing");
 }
 
 #[test]
@@ -391,7 +393,12 @@ fn written_blobs_read_back_through_footer_toc_and_chunks() {
             chunks: vec![]
         }
     );
-    assert!(idx.get("opt/.wh..wh..opq").is_some());
+    assert_eq!(
+        idx.get("opt/.wh..wh..opq").unwrap().whiteout(),
+        Whiteout::Opaque
+    );
+    assert_eq!(e("var/.wh.gone").whiteout(), Whiteout::Remove("gone"));
+    assert_eq!(e("etc/hostname").whiteout(), Whiteout::None);
     assert_eq!(
         e("etc/xattr").xattrs,
         [("user.note".into(), b"hello".to_vec())]

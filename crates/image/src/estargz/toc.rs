@@ -74,6 +74,22 @@ pub enum EntryKind {
     Fifo,
 }
 
+/// What an entry's name makes it in overlayfs terms (OCI image-spec
+/// "Whiteouts"), whatever its type: a lazy tree shows `Remove` as a 0:0
+/// character device named by the target and `Opaque` as
+/// `trusted.overlay.opaque=y` on the parent, as the unpacker writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteout<'a> {
+    None,
+    /// `DIR/.wh..wh..opq`: DIR hides its lower layers' content.
+    Opaque,
+    /// `DIR/.wh.NAME`: NAME of lower layers is deleted.
+    Remove(&'a str),
+}
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
 /// A checked TOC entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -91,6 +107,26 @@ pub struct Entry {
     /// A directory the TOC names no entry for, only children under it:
     /// 0755, owned by 0:0, as an unpacker creates a missing parent.
     pub implied: bool,
+}
+
+impl Entry {
+    /// The last component of the path (`""` for the root).
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or("")
+    }
+
+    /// Whether this entry is a whiteout or an opaque marker (names were
+    /// checked at parse time: the target is never empty, `.` or `..`).
+    pub fn whiteout(&self) -> Whiteout<'_> {
+        let name = self.name();
+        if name == OPAQUE_MARKER {
+            Whiteout::Opaque
+        } else if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            Whiteout::Remove(target)
+        } else {
+            Whiteout::None
+        }
+    }
 }
 
 /// A TOC that passed every check in [`TocIndex::parse`].
@@ -128,11 +164,18 @@ fn normalize(name: &str) -> Result<String, TocError> {
         return Ok(String::new());
     }
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    for comp in rest.split('/') {
-        match comp {
+    let comps: Vec<&str> = rest.split('/').collect();
+    for (i, comp) in comps.iter().enumerate() {
+        match *comp {
             "" => return Err(bad("it has an empty component")),
             "." => return Err(bad("it has a '.' component")),
             ".." => return Err(bad("it has a '..' component")),
+            // As the unpacker refuses them: a whiteout reaching into a
+            // subdirectory, or naming nothing.
+            c if c.starts_with(WHITEOUT_PREFIX) && i + 1 < comps.len() => {
+                return Err(bad("a whiteout (.wh.) is not its last component"))
+            }
+            ".wh." | ".wh.." | ".wh..." => return Err(bad("it is a whiteout of nothing")),
             _ => {}
         }
     }
