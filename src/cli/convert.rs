@@ -32,7 +32,9 @@ pub struct ConvertArgs {
     #[arg(value_name = "TARGET")]
     pub target: String,
     /// Uncompressed bytes per chunk (a gzip member a lazy read fetches whole).
-    #[arg(long, default_value_t = crate::estargz::writer::DEFAULT_CHUNK_SIZE)]
+    /// Between 4 KiB and the 16 MiB a reader accepts.
+    #[arg(long, default_value_t = crate::estargz::writer::DEFAULT_CHUNK_SIZE,
+          value_parser = clap::value_parser!(u64).range(4096..=16 << 20))]
     pub chunk_size: u64,
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::ops::Range;
 
 use sha2::{Digest as _, Sha256};
 
@@ -161,4 +162,38 @@ pub fn read_toc<R: Read>(
     }
     let index = TocIndex::parse(&json, toc_offset, limits)?;
     Ok((index, actual))
+}
+
+/// What the blob's tail gave: the TOC, or the range still to fetch.
+#[derive(Debug)]
+pub enum TailToc {
+    /// The tail held the footer and the whole TOC member.
+    Read { index: TocIndex, digest: Digest },
+    /// The TOC member starts before the tail: fetch this range (from the
+    /// TOC's offset to the footer) and call [`read_toc`] with it.
+    Fetch { toc_offset: u64, range: Range<u64> },
+}
+
+/// Reads the TOC from the last `tail.len()` bytes of a blob of `blob_size`
+/// bytes, so one range request (say the last 1 MiB) serves most layers;
+/// when the TOC begins earlier, says which range to fetch.
+pub fn read_toc_from_tail(
+    tail: &[u8],
+    blob_size: u64,
+    expected: Option<&Digest>,
+    limits: &TocLimits,
+) -> Result<TailToc, FooterError> {
+    let toc_offset = parse_footer(tail, blob_size)?;
+    let end = blob_size - FOOTER_SIZE;
+    let tail_start = blob_size.saturating_sub(tail.len() as u64);
+    if toc_offset < tail_start {
+        return Ok(TailToc::Fetch {
+            toc_offset,
+            range: toc_offset..end,
+        });
+    }
+    let from = usize::try_from(toc_offset - tail_start).unwrap_or(usize::MAX);
+    let to = tail.len() - 51;
+    let (index, digest) = read_toc(&tail[from..to], toc_offset, expected, limits)?;
+    Ok(TailToc::Read { index, digest })
 }

@@ -18,7 +18,10 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use footer::{parse_footer, read_toc, FooterError, FOOTER_SIZE};
+pub use footer::{
+    annotated_toc_digest, parse_footer, read_toc, read_toc_from_tail, FooterError, TailToc,
+    FOOTER_SIZE,
+};
 pub use raw::{
     is_metadata_name, RawEntry, RawToc, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
     TOC_DIGEST_ANNOTATION, TOC_NAME, UNCOMPRESSED_SIZE_ANNOTATION,

@@ -6,7 +6,9 @@ use std::io::Read;
 use flate2::read::MultiGzDecoder;
 use serde_json::json;
 
-use super::footer::{footer_bytes, parse_footer, read_toc, FooterError, FOOTER_SIZE};
+use super::footer::{
+    footer_bytes, parse_footer, read_toc, read_toc_from_tail, FooterError, TailToc, FOOTER_SIZE,
+};
 use super::raw::*;
 use super::toc::*;
 use super::writer::{write_estargz, WriteOptions};
@@ -323,6 +325,22 @@ fn written_blobs_read_back_through_footer_toc_and_chunks() {
     let wrong = Digest::of(b"other");
     let err = read_toc(member, toc_offset, Some(&wrong), &TocLimits::default()).unwrap_err();
     assert!(matches!(err, FooterError::DigestMismatch { .. }), "{err}");
+
+    // From a tail that holds it all, and from one that does not.
+    let tail = &blob[blob.len() - (blob.len() - usize::try_from(toc_offset).unwrap())..];
+    match read_toc_from_tail(tail, size, Some(&written.toc_digest), &TocLimits::default()) {
+        Ok(TailToc::Read { digest, .. }) => assert_eq!(digest, written.toc_digest),
+        other => panic!("{other:?}"),
+    }
+    match read_toc_from_tail(&tail[1..], size, None, &TocLimits::default()) {
+        Ok(TailToc::Fetch {
+            toc_offset: at,
+            range,
+        }) => {
+            assert_eq!((at, range), (toc_offset, toc_offset..size - 51))
+        }
+        other => panic!("{other:?}"),
+    }
 
     // Every regular file, read chunk by chunk from its span alone.
     let expect = |path: &str, data: &[u8]| {
