@@ -24,6 +24,8 @@ enum Command {
     Pull(cli::pull::PullArgs),
     /// Assemble a workspace rootfs at DIR from the node cache, for inspection.
     Rootfs(cli::rootfs::RootfsArgs),
+    /// Write an eStargz copy of IMAGE (lazily startable) and push it as TARGET.
+    Convert(cli::convert::ConvertArgs),
     /// Pull images into the node cache ahead of the workspaces that use them.
     Prefetch(cli::prefetch::PrefetchArgs),
     /// Remove cached blobs and layers no image needs (never ones in use).
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
             Command::Run => cli::run::run(&settings).await,
             Command::Pull(args) => cli::pull::pull(&settings, &args).await.map(|()| 0),
             Command::Rootfs(args) => cli::rootfs::rootfs(&settings, &args).await.map(|()| 0),
+            Command::Convert(args) => cli::convert::convert(&settings, &args).await.map(|()| 0),
             Command::Prefetch(args) => cli::prefetch::prefetch(&settings, &args).await.map(|()| 0),
             Command::Gc(args) => cli::gc::gc(&settings, &args).await.map(|()| 0),
             Command::Preflight(args) => cli::preflight::preflight(&settings, &args).await,

@@ -1,6 +1,7 @@
 //! The subcommands of the `cvmd` binary, one module each; the binary only
 //! parses and dispatches.
 
+pub mod convert;
 pub mod gc;
 pub mod logging;
 pub mod prefetch;

@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod containerd_backend;
+mod convert;
 mod errors;
 mod faults;
 mod harness_selftest;

@@ -4,6 +4,7 @@
 //! layer into a directory in overlayfs form (`unpack`).
 //! docs/ARCHITECTURE.md describes the cache format and its locks.
 
+pub mod estargz;
 pub mod pull;
 pub mod registry;
 pub mod store;

@@ -101,6 +101,7 @@ impl Puller {
         reference: &Reference,
         layer: &Layer,
         diff_id: &Digest,
+        estargz: bool,
         meter: std::sync::Arc<crate::unpack::ImageMeter>,
         progress: &dyn ProgressSink,
     ) -> Result<(), PullError> {
@@ -133,6 +134,7 @@ impl Puller {
             image_meter: Some(meter),
             cache_reserve: self.cache_reserve,
             limits: Default::default(),
+            skip_estargz_metadata: estargz,
         };
         // A resumed prefix that turns out corrupt, or a registry that
         // ignored a Range request, costs one fresh download.

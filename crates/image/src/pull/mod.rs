@@ -95,12 +95,23 @@ impl Puller {
                 }
             }
         }
-        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        // eStargz layers unpack without their TOC and landmark files.
+        let estargz = match self.store.read_blob(&manifest_digest) {
+            Ok(raw) => crate::estargz::estargz_layers(&raw),
+            Err(_) => Vec::new(),
+        };
+        for (i, (layer, diff_id)) in manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .enumerate()
+        {
             let pinned = pinned_ref;
             let meter = Arc::clone(&meter);
+            let estargz = estargz.get(i).copied().unwrap_or(false);
             fetches.push(async move {
                 if self.unpack {
-                    self.fetch_layer(pinned, layer, diff_id, meter, progress)
+                    self.fetch_layer(pinned, layer, diff_id, estargz, meter, progress)
                         .await
                 } else {
                     self.fetch_blob(pinned, layer, progress).await

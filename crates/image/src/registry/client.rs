@@ -395,7 +395,7 @@ impl RegistryClient {
         let mut attempt = 0;
         loop {
             let result = self
-                .authorized_send(http, ep, &scope, &method, &url, &headers, what)
+                .authorized_send(http, ep, &scope, &method, &url, &headers, what, None)
                 .await;
             match result {
                 Err(e) if e.is_transient() && attempt + 1 < policy.attempts => {
@@ -419,17 +419,23 @@ impl RegistryClient {
         url: &Url,
         headers: &HeaderMap,
         what: &str,
+        body: Option<&BodyMaker<'_>>,
     ) -> Result<Response, RegistryError> {
-        let send = |auth: Option<String>| {
+        // A body is made afresh per send: a 401 answered, or a retry,
+        // sends it again.
+        let send = |auth: Option<String>| -> Result<_, RegistryError> {
             let mut req = http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             if let Some(a) = auth {
                 req = req.header(AUTHORIZATION, a);
             }
-            req.send()
+            if let Some(make) = body {
+                req = req.body(make()?);
+            }
+            Ok(req.send())
         };
-        let mut response = send(self.auth.cached_header(&ep.host, scope))
+        let mut response = send(self.auth.cached_header(&ep.host, scope))?
             .await
             .map_err(|e| classify(&ep.host, &e))?;
         if response.status() == StatusCode::UNAUTHORIZED {
@@ -443,7 +449,7 @@ impl RegistryClient {
                 None => None,
             };
             if let Some(header) = header {
-                response = send(Some(header))
+                response = send(Some(header))?
                     .await
                     .map_err(|e| classify(&ep.host, &e))?;
             }
@@ -463,7 +469,8 @@ impl RegistryClient {
                 registry: ep.host.clone(),
                 repository: scope
                     .trim_start_matches("repository:")
-                    .trim_end_matches(":pull")
+                    .rsplit_once(':')
+                    .map_or(scope, |(repository, _)| repository)
                     .to_string(),
                 credential_source,
             },
@@ -474,6 +481,57 @@ impl RegistryClient {
                 message: error_message(response).await,
             },
         })
+    }
+}
+
+/// Makes a request body, once per attempt.
+pub(super) type BodyMaker<'a> = dyn Fn() -> Result<reqwest::Body, RegistryError> + Send + Sync + 'a;
+
+impl RegistryClient {
+    /// The registry itself, never a mirror: where pushes go.
+    pub(super) fn origin(&self, r: &Reference) -> Result<Endpoint, RegistryError> {
+        self.endpoint(r.api_host(), false)
+            .ok_or_else(|| RegistryError::Invalid {
+                what: format!("registry of {r}"),
+                why: "cannot form its URL".into(),
+            })
+    }
+
+    /// One request to `url` on the origin under `scope` (e.g.
+    /// `repository:x:pull,push`), with auth and retries like every other;
+    /// `body` makes the body for each attempt.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_scoped(
+        &self,
+        ep: &Endpoint,
+        scope: &str,
+        method: Method,
+        url: &Url,
+        headers: HeaderMap,
+        body: Option<&BodyMaker<'_>>,
+        what: &str,
+    ) -> Result<Response, RegistryError> {
+        let http = if body.is_some() {
+            &self.blobs
+        } else {
+            &self.http
+        };
+        let policy = &self.options.retry;
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .authorized_send(http, ep, scope, &method, url, &headers, what, body)
+                .await;
+            match result {
+                Err(e) if e.is_transient() && attempt + 1 < policy.attempts => {
+                    let delay = policy.delay(attempt);
+                    tracing::warn!(host = %ep.host, %what, error = %e, attempt = attempt + 1, ?delay, "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 }
 

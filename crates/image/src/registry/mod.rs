@@ -4,6 +4,7 @@ pub mod auth;
 pub mod client;
 pub mod credentials;
 pub mod manifest;
+pub mod push;
 pub mod range;
 pub mod realm;
 pub mod reference;
@@ -27,6 +28,12 @@ pub enum RegistryError {
     },
     #[error("{}", denied_message(registry, repository, credential_source.as_deref()))]
     Denied {
+        registry: String,
+        repository: String,
+        credential_source: Option<String>,
+    },
+    #[error("{}", push_denied_message(registry, repository, credential_source.as_deref()))]
+    PushDenied {
         registry: String,
         repository: String,
         credential_source: Option<String>,
@@ -134,6 +141,13 @@ fn denied_message(registry: &str, repository: &str, source: Option<&str>) -> Str
     match source {
         None => format!("registry {registry} denied access to {repository} without credentials: {SECRET_HINT}"),
         Some(src) => format!("registry {registry} denied access to {repository} with the credentials from {src}: they lack pull permission on it"),
+    }
+}
+
+fn push_denied_message(registry: &str, repository: &str, source: Option<&str>) -> String {
+    match source {
+        None => format!("registry {registry} denied pushing to {repository} without credentials: pass credentials with push permission in CVMD_PULL_SECRET or the docker config"),
+        Some(src) => format!("registry {registry} denied pushing to {repository} with the credentials from {src}: they lack push permission on it"),
     }
 }
 

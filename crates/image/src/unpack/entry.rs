@@ -174,6 +174,14 @@ impl<'o> Unpacker<'o> {
             PathError::Escapes => fail!(img, name, Escapes),
             PathError::Invalid => fail!(img, name, InvalidName),
         })?;
+        if opts.skip_estargz_metadata
+            && kind == Kind::File
+            && path.split_last().is_some_and(|(parents, leaf)| {
+                parents.is_empty() && leaf.to_str().is_some_and(crate::estargz::is_metadata_name)
+            })
+        {
+            return Ok(());
+        }
         // OCI: a whiteout is recognised by name whatever its type flag.
         match classify(&path).map_err(|_| fail!(img, name, BadWhiteout))? {
             Whiteout::Opaque => return self.opaque(&path, name),

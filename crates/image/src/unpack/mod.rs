@@ -99,6 +99,11 @@ pub struct UnpackOptions {
     pub cache_reserve: Option<Reserve>,
     /// Header counts, extension bytes and deferred-metadata memory.
     pub limits: UnpackLimits,
+    /// The layer is eStargz (its descriptor carries the TOC digest
+    /// annotation): its root-level `stargz.index.json` and landmark files
+    /// are format metadata, skipped so the unpacked tree is the one its TOC
+    /// describes (and a lazy mount of it shows).
+    pub skip_estargz_metadata: bool,
 }
 
 /// What an unpack did.

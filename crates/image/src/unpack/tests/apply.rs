@@ -349,3 +349,42 @@ fn ownership_is_left_alone_when_not_preserved() {
     );
     sb.assert_contained();
 }
+
+#[test]
+fn estargz_metadata_is_skipped_only_at_the_root_and_only_when_asked() {
+    let tar = Layer::new()
+        .file(".no.prefetch.landmark", b"\x0f")
+        .file("./.prefetch.landmark", b"\x0f")
+        .dir("sub/")
+        .file("sub/stargz.index.json", b"{}")
+        .file("keep", b"data")
+        .file("stargz.index.json", b"{\"version\":1}")
+        .bytes();
+    let names = |skip: bool| {
+        let sb = Sandbox::new();
+        let mut o = opts();
+        o.preserve_ownership = false;
+        o.skip_estargz_metadata = skip;
+        unpack_layer(&tar[..], &sb.dest, &o).unwrap();
+        let mut names: Vec<String> = fs::read_dir(&sb.dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let nested = sb.dest.join("sub/stargz.index.json").exists();
+        (names, nested)
+    };
+    assert_eq!(names(true), (vec!["keep".into(), "sub".into()], true));
+    let (all, nested) = names(false);
+    assert_eq!(
+        all,
+        [
+            ".no.prefetch.landmark",
+            ".prefetch.landmark",
+            "keep",
+            "stargz.index.json",
+            "sub"
+        ]
+    );
+    assert!(nested);
+}

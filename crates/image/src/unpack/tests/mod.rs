@@ -27,6 +27,7 @@ pub(super) fn opts() -> UnpackOptions {
         image_meter: None,
         cache_reserve: None,
         limits: Default::default(),
+        skip_estargz_metadata: false,
     }
 }
 

@@ -1,0 +1,162 @@
+//! `cvmd convert IMAGE TARGET`: an eStargz copy of IMAGE pushed as TARGET,
+//! so an image can be started lazily without other tools. IMAGE's blobs are
+//! pulled into the content store (verified, as every pull); each layer is
+//! rewritten into a temp file under the cache dir, pushed, and the config
+//! (new diff_ids) and manifest (new layer descriptors with the TOC digest
+//! annotation) follow. One platform: an index resolves to this machine's
+//! (or CVMD_PLATFORM's) manifest.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::estargz::{
+    write_estargz, WriteOptions, Written, TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION,
+};
+use crate::progress::PlainLines;
+use crate::registry::manifest::{Compression, Layer, OCI_MANIFEST};
+use crate::registry::{Reference, RegistryClient};
+use crate::store::ContentStore;
+
+#[derive(Debug, clap::Args)]
+pub struct ConvertArgs {
+    /// The image to convert.
+    #[arg(id = "image_ref", value_name = "IMAGE")]
+    pub image: String,
+    /// Where to push the eStargz copy (a registry reference; tag `latest`
+    /// when none is given).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// Uncompressed bytes per chunk (a gzip member a lazy read fetches whole).
+    /// Between 4 KiB and the 16 MiB a reader accepts.
+    #[arg(long, default_value_t = crate::estargz::writer::DEFAULT_CHUNK_SIZE,
+          value_parser = clap::value_parser!(u64).range(4096..=16 << 20))]
+    pub chunk_size: u64,
+}
+
+const OCI_GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const DOCKER_GZIP_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+pub async fn convert(settings: &Settings, args: &ConvertArgs) -> anyhow::Result<()> {
+    let source: Reference = args.image.parse()?;
+    let mut target: Reference = args.target.parse()?;
+    if target.digest.is_some() {
+        bail!("convert target {target} names a digest: give a tag (the new image's digest is printed)");
+    }
+    if target.tag.is_none() {
+        target.tag = Some("latest".into());
+    }
+    let pull = &settings.run.pull;
+    let pulled = crate::image::pull(pull, &source, false, &PlainLines)
+        .await
+        .with_context(|| format!("pulling {source}"))?;
+    let store = ContentStore::open(&pull.cache_dir)?;
+    let client = RegistryClient::new(pull.registry.client_options()?)?;
+
+    let manifest_bytes = store.read_blob(&pulled.manifest_digest)?;
+    let mut manifest: Value = serde_json::from_slice(&manifest_bytes)
+        .with_context(|| format!("manifest of {}", pulled.reference))?;
+    let config_digest = &pulled.manifest.config.digest;
+    let mut config: Value = serde_json::from_slice(&store.read_blob(config_digest)?)
+        .with_context(|| format!("config of {}", pulled.reference))?;
+    let oci = manifest.get("mediaType").and_then(Value::as_str)
+        != Some(crate::registry::manifest::DOCKER_MANIFEST);
+    let count = pulled.manifest.layers.len();
+    let scratch = pull.cache_dir.join("ingest");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+
+    for (i, layer) in pulled.manifest.layers.iter().enumerate() {
+        let what = format!("layer {}/{count} ({})", i + 1, layer.digest);
+        let blob = store.blob_path(&layer.digest);
+        let out = tempfile::Builder::new()
+            .prefix("estargz-")
+            .tempfile_in(&scratch)
+            .with_context(|| format!("{what}: creating a temp file in {}", scratch.display()))?;
+        let (layer_c, out_path, chunk_size) =
+            (layer.clone(), out.path().to_path_buf(), args.chunk_size);
+        let written =
+            tokio::task::spawn_blocking(move || rewrite(&blob, &layer_c, &out_path, chunk_size))
+                .await?
+                .with_context(|| format!("{what}: rewriting into eStargz"))?;
+        let pushed = client
+            .push_blob_file(&target, &written.blob_digest, written.blob_size, out.path())
+            .await
+            .with_context(|| format!("{what}: pushing to {target}"))?;
+        drop(out);
+        let desc = &mut manifest["layers"][i];
+        desc["mediaType"] = Value::from(if oci {
+            OCI_GZIP_LAYER
+        } else {
+            DOCKER_GZIP_LAYER
+        });
+        desc["digest"] = Value::from(written.blob_digest.to_string());
+        desc["size"] = Value::from(written.blob_size);
+        if let Some(obj) = desc.as_object_mut() {
+            obj.remove("urls");
+        }
+        desc["annotations"][TOC_DIGEST_ANNOTATION] = Value::from(written.toc_digest.to_string());
+        desc["annotations"][UNCOMPRESSED_SIZE_ANNOTATION] =
+            Value::from(written.tar_size.to_string());
+        config["rootfs"]["diff_ids"][i] = Value::from(written.diff_id.to_string());
+        println!(
+            "{what}: {} bytes -> {} ({} bytes, toc {}){}",
+            layer.size,
+            written.blob_digest,
+            written.blob_size,
+            written.toc_digest,
+            if pushed {
+                ""
+            } else {
+                ", already in the target"
+            }
+        );
+    }
+
+    let config_bytes = serde_json::to_vec(&config)?;
+    let config_size = config_bytes.len() as u64;
+    let (config_digest, _) = client
+        .push_blob_bytes(&target, config_bytes.into())
+        .await
+        .with_context(|| format!("pushing the config to {target}"))?;
+    manifest["config"]["digest"] = Value::from(config_digest.to_string());
+    manifest["config"]["size"] = Value::from(config_size);
+    let media_type = manifest
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .unwrap_or(OCI_MANIFEST)
+        .to_string();
+    let manifest_bytes = serde_json::to_vec(&manifest)?;
+    let digest = client
+        .push_manifest(&target, &media_type, manifest_bytes.into())
+        .await
+        .with_context(|| format!("pushing the manifest to {target}"))?;
+    println!("{target}@{digest}");
+    Ok(())
+}
+
+/// The stored blob at `blob`, decompressed, rewritten as eStargz into `out`.
+fn rewrite(blob: &Path, layer: &Layer, out: &Path, chunk_size: u64) -> anyhow::Result<Written> {
+    let compression = layer.compression;
+    let open = || -> io::Result<Box<dyn Read>> {
+        let file = io::BufReader::new(File::open(blob)?);
+        Ok(match compression {
+            Compression::None => Box::new(file),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+            Compression::Zstd => Box::new(zstd::Decoder::with_buffer(file)?),
+        })
+    };
+    let file = File::create(out).with_context(|| format!("writing {}", out.display()))?;
+    let mut w = io::BufWriter::new(file);
+    let opts = WriteOptions {
+        chunk_size,
+        ..WriteOptions::default()
+    };
+    let written = write_estargz(open, &mut w, &opts)?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(written)
+}
