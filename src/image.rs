@@ -150,6 +150,26 @@ pub async fn pull(
     Ok(puller.pull(reference, progress).await?)
 }
 
+/// The manifest (this platform's) and config of `reference`, checked and
+/// stored, and the client that fetched them: a lazy start reads its
+/// layers' TOCs and spans with it.
+pub async fn head(
+    settings: &PullOptions,
+    reference: &Reference,
+) -> Result<
+    (
+        Arc<RegistryClient>,
+        crate::digest::Digest,
+        crate::registry::manifest::ImageManifest,
+        crate::registry::manifest::ImageConfigHead,
+    ),
+    ImageError,
+> {
+    let puller = puller(settings)?;
+    let (digest, manifest, config) = puller.head(reference).await?;
+    Ok((puller.client, digest, manifest, config))
+}
+
 /// Collects garbage down to the cache budget, if one is set, sparing the
 /// images in `spare` (what this command just pulled) beside everything
 /// leased. Never fails its caller: a gc that cannot run is a warning, and

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod idmap;
 pub mod image;
 pub mod launch;
+pub mod lazy;
 pub mod metrics;
 pub mod network;
 pub mod preflight;

@@ -111,6 +111,8 @@ pub enum BackendError {
     Rootfs(#[from] crate::rootfs::RootfsError),
     #[error(transparent)]
     Containerd(#[from] containerd::ContainerdError),
+    #[error("lazy start: {0}; set CVMD_LAZY=off to pull images whole")]
+    Lazy(String),
     #[error("image config of {reference} is not valid: {why}; rebuild and push the image")]
     Config { reference: String, why: String },
 }
@@ -138,6 +140,8 @@ enum Source {
     Native {
         record: crate::store::images::ImageRecord,
         lease: std::sync::Arc<crate::store::lease::Lease>,
+        /// Served before its layers are downloaded (`crate::lazy`).
+        lazy: Option<std::sync::Arc<crate::lazy::LazyImage>>,
     },
     /// The chain ID of the top layer: the parent of the workspace snapshot.
     Containerd { chain_id: Option<Digest> },
@@ -155,10 +159,25 @@ pub struct Rootfs {
     hold: Hold,
 }
 
+impl Rootfs {
+    /// The lazy layers (by diff_id), to switch each to its published dir
+    /// once the background pull has it; empty unless started lazily.
+    pub fn lazy_handles(&self) -> Vec<(Digest, cvmd_lazyfs::LazyHandle)> {
+        match &self.hold {
+            Hold::Native(_, Some(mounts)) => mounts.handles(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Hold {
-    /// Keeps the layers from cvmd's gc while mounted.
-    Native(#[allow(dead_code)] std::sync::Arc<crate::store::lease::Lease>),
+    /// Keeps the layers from cvmd's gc while mounted; a lazy image's FUSE
+    /// mounts, unmounted after the rootfs.
+    Native(
+        #[allow(dead_code)] std::sync::Arc<crate::store::lease::Lease>,
+        Option<crate::lazy::LazyMounts>,
+    ),
     Containerd(containerd::WorkspaceSnapshot),
 }
 
@@ -227,10 +246,13 @@ impl Backend {
         reference: &Reference,
         policy: PullPolicy,
         holder: Holder<'_>,
+        lazy: Option<&crate::lazy::LazyOptions>,
         progress: &dyn ProgressSink,
     ) -> Result<ReadyImage, BackendError> {
         match self {
-            Backend::Native => native::ensure(pull, reference, policy, holder, progress).await,
+            Backend::Native => {
+                native::ensure(pull, reference, policy, holder, lazy, progress).await
+            }
             Backend::Containerd(c, route) => {
                 let request = containerd::PullRequest {
                     image: pull,
@@ -302,8 +324,15 @@ impl Backend {
         request: &MountRequest<'_>,
     ) -> Result<Rootfs, BackendError> {
         match (self, &image.source) {
-            (Backend::Native, Source::Native { record, lease }) => {
-                native::mount_rootfs(cache_dir, record, lease.clone(), request).await
+            (
+                Backend::Native,
+                Source::Native {
+                    record,
+                    lease,
+                    lazy,
+                },
+            ) => {
+                native::mount_rootfs(cache_dir, record, lease.clone(), lazy.as_ref(), request).await
             }
             (Backend::Containerd(c, _), Source::Containerd { chain_id }) => {
                 let (snapshot, dirs) = c
@@ -322,11 +351,20 @@ impl Backend {
         // The image shares the lease; the rootfs's is the last one then.
         drop(image);
         match rootfs.hold {
-            Hold::Native(lease) => match std::sync::Arc::try_unwrap(lease) {
-                Ok(lease) => lease.keep_while_mounted(),
-                // Still shared: never dropped, so never removed either.
-                Err(shared) => std::mem::forget(shared),
-            },
+            Hold::Native(lease, lazy) => {
+                if lazy.is_some() {
+                    // Never asked for: only `cvmd run` starts lazily, and it
+                    // serves the mounts until it unmounts the rootfs.
+                    tracing::warn!(
+                        "a lazily started rootfs outlives cvmd: its files stop answering"
+                    );
+                }
+                match std::sync::Arc::try_unwrap(lease) {
+                    Ok(lease) => lease.keep_while_mounted(),
+                    // Still shared: never dropped, so never removed either.
+                    Err(shared) => std::mem::forget(shared),
+                }
+            }
             // containerd keeps the view and its lease until they are removed.
             Hold::Containerd(snapshot) => drop(snapshot),
         }
@@ -372,7 +410,12 @@ impl Backend {
 async fn release_hold(hold: Hold) -> Result<(), BackendError> {
     match hold {
         Hold::Containerd(snapshot) => snapshot.release().await?,
-        Hold::Native(lease) => drop(lease),
+        Hold::Native(lease, lazy) => {
+            if let Some(mounts) = lazy {
+                mounts.unmount();
+            }
+            drop(lease);
+        }
     }
     Ok(())
 }

@@ -3,9 +3,11 @@
 //! under a lease that keeps them from cvmd's gc.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{BackendError, Hold, Holder, MountRequest, ReadyImage, Rootfs, Source};
 use crate::image::{PullOptions, PullPolicy};
+use crate::lazy::{LazyImage, LazyOptions};
 use crate::pull::ProgressSink;
 use crate::registry::Reference;
 use crate::store::images::ImageRecord;
@@ -18,8 +20,14 @@ pub async fn ensure(
     reference: &Reference,
     policy: PullPolicy,
     holder: Holder<'_>,
+    lazy: Option<&LazyOptions>,
     progress: &dyn ProgressSink,
 ) -> Result<ReadyImage, BackendError> {
+    if let Some(options) = lazy.filter(|_| policy != PullPolicy::Never) {
+        if let Some(ready) = ensure_lazily(pull, reference, policy, &holder, options).await? {
+            return Ok(ready);
+        }
+    }
     let (ready, lease) = crate::image::ensure_leased(
         pull,
         reference,
@@ -46,24 +54,93 @@ pub async fn ensure(
         pulled: ready.pulled,
         source: Source::Native {
             record: ready.record,
-            lease: std::sync::Arc::new(lease),
+            lease: Arc::new(lease),
+            lazy: None,
         },
     })
 }
 
+/// The image made ready to boot before its layers are downloaded, when
+/// it is not in the cache and its missing layers are eStargz; `None` for
+/// the usual way (the reason was logged).
+async fn ensure_lazily(
+    pull: &PullOptions,
+    reference: &Reference,
+    policy: PullPolicy,
+    holder: &Holder<'_>,
+    options: &LazyOptions,
+) -> Result<Option<ReadyImage>, BackendError> {
+    // A warm start stays one.
+    if policy != PullPolicy::Always && crate::image::cached(pull, reference)?.is_some() {
+        return Ok(None);
+    }
+    crate::store::create_private_dir(&pull.cache_dir)?;
+    let _no_gc = crate::store::lease::pull_lock(&pull.cache_dir).await?;
+    let Some(image) = crate::lazy::prepare(pull, options, reference).await? else {
+        return Ok(None);
+    };
+    let record = ImageRecord::new(
+        reference,
+        &image.manifest_digest,
+        &image.manifest,
+        &image.config,
+    );
+    let lease = Lease::acquire(
+        &pull.cache_dir,
+        holder.identity,
+        &record.reference,
+        &record.diff_ids(),
+        holder.mount,
+    )
+    .await?;
+    let store = ContentStore::open(&pull.cache_dir)?;
+    let config = super::parse_config(&store.read_blob(&record.config)?, &record.reference)?;
+    let (lazy, all) = (image.lazy_layers(), record.layers.len());
+    tracing::info!(
+        image = %reference,
+        digest = %image.manifest_digest,
+        "lazy start: {lazy} of {all} layers are served on demand while they download"
+    );
+    Ok(Some(ReadyImage {
+        reference: record.reference.clone(),
+        digest: record.manifest.clone(),
+        config,
+        origin: format!(
+            "registry, lazily: {lazy} of {all} layers served on demand while they download"
+        ),
+        pulled: true,
+        source: Source::Native {
+            record,
+            lease: Arc::new(lease),
+            lazy: Some(Arc::new(image)),
+        },
+    }))
+}
+
 /// Mounts the rootfs over the layers `lease` (taken by [`ensure`]) keeps
-/// from gc.
+/// from gc; a lazy image's layers that are not cached yet are FUSE mounts
+/// under the workspace's dir.
 pub async fn mount_rootfs(
     cache_dir: &Path,
     record: &ImageRecord,
-    lease: std::sync::Arc<Lease>,
+    lease: Arc<Lease>,
+    lazy: Option<&Arc<LazyImage>>,
     request: &MountRequest<'_>,
 ) -> Result<Rootfs, BackendError> {
     let layers = LayerCache::open(cache_dir)?;
-    let dirs = record
-        .layers
-        .iter()
-        .map(|l| layers.tree(&l.diff_id))
-        .collect();
-    super::assemble(cache_dir, dirs, request, Hold::Native(lease)).await
+    let Some(image) = lazy else {
+        let dirs = record
+            .layers
+            .iter()
+            .map(|l| layers.tree(&l.diff_id))
+            .collect();
+        return super::assemble(cache_dir, dirs, request, Hold::Native(lease, None)).await;
+    };
+    let at = request
+        .target
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join("lazy");
+    let (mounts, dirs) = crate::lazy::mount(image, cache_dir, &at).map_err(BackendError::Lazy)?;
+    super::assemble(cache_dir, dirs, request, Hold::Native(lease, Some(mounts))).await
 }

@@ -85,7 +85,14 @@ pub async fn rootfs(settings: &Settings, args: &RootfsArgs) -> anyhow::Result<()
         mount: Some(&dir),
     };
     let ready = backend
-        .ensure(&run.pull, &reference, run.pull.policy, holder, &PlainLines)
+        .ensure(
+            &run.pull,
+            &reference,
+            run.pull.policy,
+            holder,
+            None,
+            &PlainLines,
+        )
         .await?;
     let resolved = started.elapsed();
     backend.keep_within_budget(&run.pull, &[]).await;

@@ -56,6 +56,8 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "containerd_pull", env: "CVMD_CONTAINERD_PULL", envbox: None, default: Some("auto"), help: "how the containerd backend pulls: transfer (containerd 1.7+ fetches and unpacks, asking cvmd for credentials), content (cvmd fetches into containerd's content store), or auto (transfer where containerd has it and the pull needs no CVMD_EXTRA_CERTS, CVMD_MIRRORS or bare registry token)" },
     Spec { key: "containerd_hosts_dir", env: "CVMD_CONTAINERD_HOSTS_DIR", envbox: None, default: None, help: "folder of hosts.toml files on the node (e.g. /etc/containerd/certs.d) that containerd's transfer service applies: the node's mirrors, CAs and plain-HTTP registries" },
     Spec { key: "pull_policy", env: "CVMD_PULL_POLICY", envbox: None, default: Some("IfNotPresent"), help: "when to ask the registry before starting: Always, IfNotPresent (start from the node cache when it has the image), Never" },
+    Spec { key: "lazy", env: "CVMD_LAZY", envbox: None, default: Some("auto"), help: "lazy start: auto (an image not in the node cache whose missing layers are eStargz boots before it is downloaded, its files fetched on first read, when FUSE works) or off (pull every image whole first)" },
+    Spec { key: "lazy_deadline", env: "CVMD_LAZY_DEADLINE", envbox: None, default: Some("30"), help: "seconds a lazily started workspace's read waits for the registry before it fails with EIO (1-3600)" },
     Spec { key: "pull_concurrency", env: "CVMD_PULL_CONCURRENCY", envbox: None, default: Some("4"), help: "layers downloaded at once (1-64)" },
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
     Spec { key: "max_layer_size", env: "CVMD_MAX_LAYER_SIZE", envbox: None, default: Some("64GiB"), help: "refuse a layer whose unpacked files exceed this (bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
@@ -257,12 +259,17 @@ fn run_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> RunOpt
         termination_log: r.get("termination_log", absolute),
     };
     let api = api_options(r, &state_dir);
+    let lazy = crate::lazy::LazyOptions {
+        mode: r.get("lazy", str::parse),
+        deadline: std::time::Duration::from_secs(r.get("lazy_deadline", |v| whole(v, 1, 3600))),
+    };
     RunOptions {
         image,
         identity,
         state_dir,
         disk,
         pull,
+        lazy,
         backend,
         rootfs,
         preflight,

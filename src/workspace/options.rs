@@ -17,6 +17,8 @@ pub struct RunOptions {
     /// What persists, where, and what an image change does to it.
     pub disk: crate::disk::DiskSettings,
     pub pull: PullOptions,
+    /// Whether and how a cold start boots before its image is downloaded.
+    pub lazy: crate::lazy::LazyOptions,
     pub backend: BackendOptions,
     pub rootfs: RootfsOptions,
     pub preflight: crate::preflight::Options,

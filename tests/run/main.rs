@@ -10,6 +10,7 @@ mod bundle_runc;
 mod escape;
 mod example_images;
 mod launch;
+mod lazy;
 mod network;
 mod preflight;
 mod run_cli;

@@ -131,7 +131,10 @@ impl fuser::Filesystem for LazyFs {
             InitFlags::FUSE_DO_READDIRPLUS
                 | InitFlags::FUSE_READDIRPLUS_AUTO
                 | InitFlags::FUSE_CACHE_SYMLINKS
-                | InitFlags::FUSE_PARALLEL_DIROPS,
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                // The workspace's user namespace ID-maps each lower dir of its
+                // overlay; the kernel (6.12+) allows it on FUSE only when asked.
+                | InitFlags::FUSE_ALLOW_IDMAP,
         );
         Ok(())
     }

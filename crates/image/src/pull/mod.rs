@@ -143,6 +143,21 @@ impl Puller {
         })
     }
 
+    /// The manifest (this platform's) and config of `reference`, fetched,
+    /// checked and stored as a pull does, without any layer: what a lazy
+    /// start needs to decide which layers it can serve before they are
+    /// downloaded.
+    pub async fn head(
+        &self,
+        reference: &Reference,
+    ) -> Result<(Digest, ImageManifest, ImageConfigHead), PullError> {
+        let (digest, manifest) = self.resolve(reference).await?;
+        let config = self
+            .config(&reference.with_digest(digest.clone()), &manifest)
+            .await?;
+        Ok((digest, manifest, config))
+    }
+
     /// Follows an index to this platform's manifest; every manifest fetched
     /// by digest is checked against that digest and stored.
     async fn resolve(&self, reference: &Reference) -> Result<(Digest, ImageManifest), PullError> {

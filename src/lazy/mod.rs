@@ -1,0 +1,311 @@
+//! Lazy start (docs/features.md, "Lazy start"): a workspace whose image is
+//! not yet in the node cache, and whose missing layers are eStargz, boots
+//! from FUSE mounts that serve each layer's files from its TOC, fetching a
+//! file's chunks with Range requests on first read (verified, kept in the
+//! node's chunk cache). Meanwhile the normal pull downloads and publishes
+//! the layers; each mount then serves from the published dir, and the
+//! next start is a warm one.
+//!
+//! Anything a lazy start cannot do (a layer without a TOC, a registry
+//! without Range requests, a TOC that fails a check, no FUSE) makes it a
+//! full pull, with one line saying why: the full pull checks every digest,
+//! so nothing unverified is ever booted or published.
+
+mod source;
+mod tree;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cvmd_lazyfs::{ChunkCache, LazyHandle, MountOptions, Mounted, Tree};
+
+use crate::digest::Digest;
+use crate::estargz::{self, TocLimits};
+use crate::image::{ImageError, PullOptions};
+use crate::registry::manifest::{Compression, ImageConfigHead, ImageManifest};
+use crate::registry::{Reference, RegistryClient};
+use crate::store::layers::LayerCache;
+
+pub use source::RegistrySpans;
+
+/// The `lazy` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LazyMode {
+    /// Lazy when every missing layer has a TOC and FUSE works.
+    Auto,
+    Off,
+}
+
+impl FromStr for LazyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(LazyMode::Auto),
+            "off" => Ok(LazyMode::Off),
+            _ => Err(format!("{s:?} is not auto or off")),
+        }
+    }
+}
+
+impl fmt::Display for LazyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LazyMode::Auto => "auto",
+            LazyMode::Off => "off",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LazyOptions {
+    pub mode: LazyMode,
+    /// How long a read waits for the registry before it fails with EIO.
+    pub deadline: Duration,
+}
+
+/// The chunk cache's place in the node cache.
+pub fn chunk_dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("chunks")
+}
+
+/// Whether this process can serve FUSE mounts.
+pub fn fuse_works() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map(drop)
+        .map_err(|e| format!("cannot open /dev/fuse: {e}"))
+}
+
+/// One layer served lazily, until mounted.
+#[derive(Debug)]
+struct LazyLayer {
+    index: usize,
+    blob: Digest,
+    diff_id: Digest,
+    tree: Mutex<Option<Tree>>,
+}
+
+/// An image a start serves lazily: its head, and the layers (by index)
+/// whose files come from their TOCs.
+#[derive(Debug)]
+pub struct LazyImage {
+    pub reference: Reference,
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub config: ImageConfigHead,
+    client: Arc<RegistryClient>,
+    layers: Vec<LazyLayer>,
+    deadline: Duration,
+}
+
+impl LazyImage {
+    /// How many of the image's layers are served lazily.
+    pub fn lazy_layers(&self) -> usize {
+        self.layers.len()
+    }
+}
+
+/// The lazy plan for `reference`, or `None` when it is to be pulled whole
+/// (said in one line, unless lazy start is off or nothing is missing).
+/// Errors are those a full pull would have given too (auth, not found).
+pub async fn prepare(
+    pull: &PullOptions,
+    options: &LazyOptions,
+    reference: &Reference,
+) -> Result<Option<LazyImage>, ImageError> {
+    if options.mode == LazyMode::Off {
+        return Ok(None);
+    }
+    if let Err(why) = fuse_works() {
+        tracing::info!(why, "lazy start unavailable; pulling the image whole");
+        return Ok(None);
+    }
+    let (client, manifest_digest, manifest, config) = crate::image::head(pull, reference).await?;
+    let layers = LayerCache::open(&pull.cache_dir)?;
+    let mut wanted = Vec::new();
+    for (index, (layer, diff_id)) in manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .enumerate()
+    {
+        if layers.has(diff_id) {
+            continue;
+        }
+        let toc = estargz::footer::annotated_toc_digest(Some(&layer.annotations));
+        match toc {
+            Ok(Some(toc)) if layer.compression == Compression::Gzip => wanted.push((
+                index,
+                layer.digest.clone(),
+                layer.size,
+                diff_id.clone(),
+                toc,
+            )),
+            Ok(_) => {
+                tracing::info!(layer = %layer.digest, "lazy start: a missing layer has no eStargz TOC; pulling the image whole");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!(layer = %layer.digest, error = %e, "lazy start: refused; pulling the image whole");
+                return Ok(None);
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let pinned = reference.with_digest(manifest_digest.clone());
+    let reads = wanted.into_iter().map(|(index, blob, size, diff_id, toc)| {
+        let client = client.clone();
+        let pinned = pinned.clone();
+        async move {
+            let tree = read_tree(&client, &pinned, &blob, size, &toc).await;
+            (index, blob, diff_id, tree)
+        }
+    });
+    let mut lazy = Vec::new();
+    for (index, blob, diff_id, tree) in futures_util::future::join_all(reads).await {
+        match tree {
+            Ok(tree) => lazy.push(LazyLayer {
+                index,
+                blob,
+                diff_id,
+                tree: Mutex::new(Some(tree)),
+            }),
+            Err(why) => {
+                tracing::warn!(layer = %blob, why, "lazy start: refused; pulling the image whole");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(LazyImage {
+        reference: pinned,
+        manifest_digest,
+        manifest,
+        config,
+        client,
+        layers: lazy,
+        deadline: options.deadline,
+    }))
+}
+
+/// A layer's tree from the TOC at the end of its blob: the footer, then
+/// the TOC member, checked against the TOC digest the manifest promised.
+async fn read_tree(
+    client: &RegistryClient,
+    reference: &Reference,
+    blob: &Digest,
+    size: u64,
+    toc: &Digest,
+) -> Result<Tree, String> {
+    let footer_at = size
+        .checked_sub(estargz::FOOTER_SIZE)
+        .ok_or("the blob is smaller than an eStargz footer")?;
+    let tail = client
+        .get_blob_range(reference, blob, footer_at, estargz::FOOTER_SIZE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let toc_offset = estargz::parse_footer(&tail, size).map_err(|e| e.to_string())?;
+    let member = client
+        .get_blob_range(reference, blob, toc_offset, footer_at - toc_offset)
+        .await
+        .map_err(|e| e.to_string())?;
+    let limits = TocLimits::default();
+    let toc = toc.clone();
+    let (index, _) = tokio::task::spawn_blocking(move || {
+        estargz::read_toc(member.as_ref(), toc_offset, Some(&toc), &limits)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    tree::build(&index).map_err(|e| format!("its TOC: {e}"))
+}
+
+/// A lazy image's FUSE mounts: one per lazy layer, in layer order.
+#[derive(Debug)]
+pub struct LazyMounts {
+    mounts: Vec<(Digest, Mounted)>,
+}
+
+impl LazyMounts {
+    /// Handles to switch each layer (by diff_id) to its published dir.
+    pub fn handles(&self) -> Vec<(Digest, LazyHandle)> {
+        self.mounts
+            .iter()
+            .map(|(d, m)| (d.clone(), m.handle()))
+            .collect()
+    }
+
+    /// Unmounts every layer; the overlay above them must be gone first.
+    pub fn unmount(self) {
+        for (diff_id, m) in self.mounts {
+            if let Err(e) = m.unmount() {
+                tracing::warn!(layer = %diff_id, error = %e, "cannot unmount a lazy layer");
+            }
+        }
+    }
+}
+
+/// Mounts each lazy layer under `dir` (`dir/<index>`), clearing what a
+/// killed run left there; returns the mounts and, for every layer of the
+/// image, the dir the rootfs takes as its lower: the FUSE mount or the
+/// cached layer.
+pub fn mount(
+    image: &LazyImage,
+    cache_dir: &Path,
+    dir: &Path,
+) -> Result<(LazyMounts, Vec<PathBuf>), String> {
+    let layers = LayerCache::open(cache_dir).map_err(|e| e.to_string())?;
+    let mut dirs: Vec<PathBuf> = image
+        .config
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| layers.tree(d))
+        .collect();
+    let chunks = Arc::new(ChunkCache::open(chunk_dir(cache_dir)).map_err(|e| e.to_string())?);
+    let runtime = tokio::runtime::Handle::current();
+    let mut mounts = Vec::new();
+    for layer in &image.layers {
+        let at = dir.join(layer.index.to_string());
+        // A killed cvmd leaves its mounts answering ENOTCONN.
+        if let Err(e) = cvmd_lazyfs::detach_stale(&at) {
+            tracing::debug!(error = %e, at = %at.display(), "no stale lazy mount to detach");
+        }
+        std::fs::create_dir_all(&at).map_err(|e| format!("{}: {e}", at.display()))?;
+        let tree = layer
+            .tree
+            .lock()
+            .map_err(|_| "a lazy layer's tree was poisoned".to_string())?
+            .take()
+            .ok_or("a lazy layer was mounted twice")?;
+        let source = Arc::new(RegistrySpans {
+            client: image.client.clone(),
+            reference: image.reference.clone(),
+            blob: layer.blob.clone(),
+            runtime: runtime.clone(),
+            deadline: image.deadline,
+        });
+        let options = MountOptions {
+            fsname: format!("cvmd-lazy:{}", layer.blob.short()),
+            read_threads: 4,
+            ..MountOptions::default()
+        };
+        match cvmd_lazyfs::mount(tree, source, chunks.clone(), &options, &at) {
+            Ok(m) => {
+                dirs[layer.index] = at;
+                mounts.push((layer.diff_id.clone(), m));
+            }
+            Err(e) => {
+                LazyMounts { mounts }.unmount();
+                return Err(format!("mounting lazy layer {}: {e}", layer.blob));
+            }
+        }
+    }
+    Ok((LazyMounts { mounts }, dirs))
+}

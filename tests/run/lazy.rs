@@ -1,0 +1,302 @@
+//! Lazy start under real runc: an eStargz image (made by `cvmd convert`
+//! on a real registry) boots from FUSE lower dirs before it is downloaded,
+//! reads the same bytes a full pull gives, completes in the background so
+//! the next start is warm; a corrupted chunk is EIO (never wrong bytes,
+//! nothing published) and a vanished registry is a bounded EIO, with the
+//! workspace still stoppable.
+//!
+//! Needs root, runc, busybox-static, /dev/fuse and docker-registry; skips
+//! with a reason otherwise (panics under CI=true).
+
+use std::time::Duration;
+
+use crate::common::api::{start_cvmd, text, Running};
+use crate::common::busybox::busybox_layer;
+use crate::common::image::{pseudo_random, Compression, Format, Image, ImageBuilder, LayerBuilder};
+use crate::common::layers::*;
+use crate::common::prereq;
+use crate::common::proxy::FaultProxy;
+use crate::common::Registry;
+
+fn prerequisites() -> prereq::Need {
+    can_run()?;
+    prereq::runc()?;
+    prereq::busybox()?;
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return Err(format!("needs /dev/fuse: {e}"));
+    }
+    Ok(())
+}
+
+/// busybox, a big file in chunks, and a second layer with a whiteout and
+/// an opaque dir: what the overlay must honour over FUSE lowers.
+fn image(big: &[u8]) -> Image {
+    ImageBuilder::new(Format::Oci)
+        .layer(
+            busybox_layer(&["sh", "sleep", "cat", "ls", "md5sum", "stat", "wc", "cut"])
+                .dir("etc", 0o755)
+                .file("etc/os-release", b"ID=cvmd-lazy\n", 0o644)
+                .file("etc/shadow", b"root:*:1::::::\n", 0o600)
+                .dir("tmp", 0o1777)
+                .dir("var", 0o755)
+                .dir("var/cache", 0o755)
+                .file("var/cache/old", b"old", 0o644)
+                .dir("data", 0o755)
+                .owner(1000, 1000)
+                .file("data/big", big, 0o640)
+                .owner(0, 0)
+                .build(Compression::Gzip),
+        )
+        .layer(
+            LayerBuilder::new()
+                .whiteout("etc/shadow")
+                .opaque("var/cache")
+                .file("var/cache/new", b"new", 0o644)
+                .build(Compression::Gzip),
+        )
+        .entrypoint(&[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 1; done",
+        ])
+        .build()
+}
+
+/// Pushes the image and its eStargz copy (small chunks: the big file spans
+/// many); returns the copy's reference.
+fn converted(reg: &Registry, big: &[u8]) -> String {
+    let source = push(reg, "lazy/src", "v1", &image(big));
+    let target = format!("{}/lazy/estargz:v1", reg.host());
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+    let out = cvmd.run(&["convert", &source, &target, "--chunk-size", "65536"]);
+    assert_success(&out, "cvmd convert");
+    target
+}
+
+fn sh(ws: &Running, script: &str) -> std::process::Output {
+    ws.run(&["exec", "--", "/bin/sh", "-c", script])
+}
+
+fn ok(ws: &Running, script: &str) -> String {
+    let out = sh(ws, script);
+    assert_eq!(out.status.code(), Some(0), "{script}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn md5(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, data).unwrap();
+    let out = std::process::Command::new("md5sum")
+        .arg(&path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn source_of(ws: &Running) -> String {
+    ws.status()["image"]["source"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn an_estargz_image_boots_lazily_reads_true_bytes_and_completes_in_the_cache() {
+    require!(prerequisites());
+    let reg = Registry::plain().unwrap();
+    let big = pseudo_random(3 << 20, 11);
+    let reference = converted(&reg, &big);
+    // A slow link (each blob answer at 1 MB/s): the whole image takes
+    // seconds, the files a start reads far less.
+    let proxy = FaultProxy::start(&reg.url());
+    proxy.throttle_blobs(1 << 20);
+    let reference = reference.replace(&reg.host(), &proxy.host());
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+
+    let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    ws.wait_for("running", |s| s["phase"] == "running");
+    assert!(
+        source_of(&ws).contains("lazily: 2 of 2 layers"),
+        "running before the download ended: {}",
+        ws.status()
+    );
+    // Only spans were asked for so far, beside the full download.
+    assert!(proxy.saw_range(), "no Range request");
+    // Through the workspace's user namespace (ID-mapped FUSE lowers).
+    assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    assert_eq!(
+        ok(&ws, "stat -c '%u:%g %a %s' /data/big"),
+        format!("1000:1000 640 {}", big.len())
+    );
+    assert_eq!(ok(&ws, "cat /etc/os-release"), "ID=cvmd-lazy");
+    assert_eq!(ok(&ws, "ls /var/cache"), "new", "opaque dir over FUSE");
+    assert_ne!(
+        sh(&ws, "ls /etc/shadow").status.code(),
+        Some(0),
+        "whiteout over FUSE"
+    );
+    assert_eq!(ok(&ws, "ls /"), ok(&ws, "ls /"), "stable listing");
+    // The rest downloads while it runs, then the layers are the cache's.
+    assert!(
+        crate::common::wait_until(Duration::from_secs(60), || {
+            source_of(&ws).contains("complete in cvmd's cache")
+        }),
+        "never completed: {}",
+        ws.status()
+    );
+    assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "stopped on SIGTERM: {stderr}");
+    assert!(
+        stderr.contains("lazy start: 2 of 2 layers"),
+        "says it: {stderr}"
+    );
+
+    // The next start on this node is a warm one.
+    let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    ws.wait_for("running", |s| s["phase"] == "running");
+    assert_eq!(source_of(&ws), "cvmd's cache");
+    assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// One corrupted byte in the registry's copy of the eStargz blob, inside
+/// the big file's data: reading that file is EIO, never other bytes; the
+/// rest of the image reads; the background pull refuses the blob, so the
+/// layer never reaches the cache; the workspace still stops cleanly.
+#[test]
+fn a_corrupted_chunk_is_an_io_error_and_nothing_is_published() {
+    require!(prerequisites());
+    let reg = Registry::plain().unwrap();
+    let big = pseudo_random(1 << 20, 12);
+    let reference = converted(&reg, &big);
+    // The copy's first layer, in the registry's storage.
+    let (_, _, manifest) = crate::common::block_on(reg.client().get_manifest(
+        "lazy/estargz",
+        "v1",
+        Some("application/vnd.oci.image.manifest.v1+json"),
+    ))
+    .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let hex = manifest["layers"][0]["digest"].as_str().unwrap()[7..].to_string();
+    let blob = reg
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    // The big file comes last in the layer, before the TOC: 400 KiB
+    // before the end is inside its data.
+    let at = bytes.len() - (400 << 10);
+    bytes[at] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+    let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    ws.wait_for("running", |s| s["phase"] == "running");
+    let read = sh(&ws, "cat /data/big | wc -c");
+    let seen = String::from_utf8_lossy(&read.stdout).trim().to_string();
+    assert!(
+        read.status.code() != Some(0) || seen != big.len().to_string(),
+        "the corrupted file read whole: {}",
+        text(&read)
+    );
+    assert!(
+        text(&read).contains("I/O error") || text(&read).contains("Input/output error"),
+        "EIO: {}",
+        text(&read)
+    );
+    assert_eq!(ok(&ws, "cat /etc/os-release"), "ID=cvmd-lazy");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !source_of(&ws).contains("complete"),
+        "a corrupt blob completed: {}",
+        ws.status()
+    );
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "stopped on SIGTERM: {stderr}");
+    assert!(
+        stderr.contains("data/big") && stderr.contains("EIO"),
+        "one line names the file: {stderr}"
+    );
+    assert!(
+        stderr.contains("background download failed"),
+        "the full pull refused the blob: {stderr}"
+    );
+    let layers = sandbox.cache().join("layers");
+    let published = walk_files(&layers).iter().any(|p| p.ends_with("data/big"));
+    assert!(!published, "the corrupt layer was published");
+}
+
+/// The registry goes away after the start: a file never read is EIO
+/// within the deadline (not a hang), and the workspace stops.
+#[test]
+fn a_vanished_registry_is_a_bounded_io_error() {
+    require!(prerequisites());
+    let mut reg = Registry::plain().unwrap();
+    let big = pseudo_random(1 << 20, 13);
+    let reference = converted(&reg, &big);
+    // Slow enough that the background download is far from done.
+    let proxy = FaultProxy::start(&reg.url());
+    proxy.throttle_blobs(256 << 10);
+    let reference = reference.replace(&reg.host(), &proxy.host());
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let ws = start_cvmd(
+        &cvmd,
+        &reference,
+        &["--cache-reserve", "0", "--lazy-deadline", "3"],
+    );
+    ws.wait_for("running", |s| s["phase"] == "running");
+    reg.stop();
+    let began = std::time::Instant::now();
+    let read = sh(&ws, "cat /data/big > /dev/null");
+    assert_ne!(read.status.code(), Some(0), "{}", text(&read));
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        began.elapsed()
+    );
+    // The stop must still work. The workspace's own programs may die of
+    // a page they can no longer fetch (SIGBUS/SIGSEGV), as on a machine
+    // whose disk failed: cvmd reports that status and ends.
+    let began = std::time::Instant::now();
+    let (code, stderr) = ws.finish();
+    assert!(
+        matches!(code, Some(0 | 135 | 139)),
+        "stopped: {code:?}: {stderr}"
+    );
+    assert!(began.elapsed() < Duration::from_secs(30), "stop hung");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("data/big"), "names the file: {stderr}");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(walk_files(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
