@@ -43,7 +43,7 @@ fn a_plain_toc_is_indexed_with_implied_parents_and_spans() {
         {"name": "big", "type": "chunk", "offset": 300, "chunkOffset": 10, "chunkSize": 10, "chunkDigest": D},
         {"name": "big", "type": "chunk", "offset": 400, "chunkOffset": 20, "chunkDigest": D},
         {"name": "dev/null", "type": "char", "devMajor": 1, "devMinor": 3, "mode": 0o666},
-        {"name": "x", "type": "reg", "mode": 0o644, "xattrs": {"user.a": "aGk="}},
+        {"name": "x", "type": "reg", "mode": 0o644, "xattrs": {"user.a": "aGk=", "trusted.overlay.opaque": "eQ=="}},
     ]))
     .unwrap();
     assert_eq!(idx.get("bin").unwrap().mode, 0o755);

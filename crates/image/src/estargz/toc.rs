@@ -102,7 +102,8 @@ pub struct Entry {
     pub uid: u32,
     pub gid: u32,
     pub mtime: Option<Timestamp>,
-    /// Names and raw values.
+    /// Names and raw values; never `trusted.overlay.*` (dropped, as the
+    /// unpacker drops them).
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// A directory the TOC names no entry for, only children under it:
     /// 0755, owned by 0:0, as an unpacker creates a missing parent.
@@ -382,7 +383,11 @@ impl TocIndex {
                     value: key.clone(),
                 });
             }
-            xattrs.push((key.clone(), bytes));
+            // As the unpacker does: overlayfs obeys these on a lower layer,
+            // so a layer may not bring its own.
+            if !key.starts_with("trusted.overlay.") {
+                xattrs.push((key.clone(), bytes));
+            }
         }
         Ok(Entry {
             path,
