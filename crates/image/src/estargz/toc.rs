@@ -134,7 +134,7 @@ impl Entry {
 #[derive(Debug, Clone)]
 pub struct TocIndex {
     /// In TOC order, implied directories where first needed; the root first.
-    pub entries: Vec<Entry>,
+    entries: Vec<Entry>,
     by_path: HashMap<String, usize>,
     toc_offset: u64,
     /// Entries (by index) before the prefetch landmark, and the blob
@@ -567,6 +567,13 @@ impl TocIndex {
             }
         }
         Ok(())
+    }
+
+    /// Every entry, the root first, then in TOC order (an implied
+    /// directory just before its first child); a directory named twice
+    /// appears once, with its last metadata.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
     }
 
     /// The entry at `path` (normalized as in [`Entry::path`]).
