@@ -500,3 +500,17 @@ fn the_writer_refuses_what_a_toc_cannot_hold() {
     let err = write_estargz(|| Ok(&layer[..]), Vec::new(), &WriteOptions::default()).unwrap_err();
     assert!(err.to_string().contains("escapes the layer root"), "{err}");
 }
+
+#[test]
+fn estargz_layers_are_those_whose_descriptor_has_the_toc_digest() {
+    let manifest = json!({"layers": [
+        {"digest": D, "annotations": {TOC_DIGEST_ANNOTATION: D}},
+        {"digest": D},
+        {"digest": D, "annotations": {"other": "x"}},
+    ]});
+    assert_eq!(
+        super::estargz_layers(manifest.to_string().as_bytes()),
+        [true, false, false]
+    );
+    assert!(super::estargz_layers(b"not json").is_empty());
+}
