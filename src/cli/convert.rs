@@ -36,6 +36,10 @@ pub struct ConvertArgs {
     #[arg(long, default_value_t = crate::estargz::writer::DEFAULT_CHUNK_SIZE,
           value_parser = clap::value_parser!(u64).range(4096..=16 << 20))]
     pub chunk_size: u64,
+    /// A file to put first in its layer, before the prefetch landmark (a
+    /// lazy start fetches those first); repeat for more, in order of use.
+    #[arg(long = "prefetch", value_name = "PATH")]
+    pub prefetch: Vec<String>,
 }
 
 const OCI_GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -76,10 +80,14 @@ pub async fn convert(settings: &Settings, args: &ConvertArgs) -> anyhow::Result<
             .prefix("estargz-")
             .tempfile_in(&scratch)
             .with_context(|| format!("{what}: creating a temp file in {}", scratch.display()))?;
-        let (layer_c, out_path, chunk_size) =
-            (layer.clone(), out.path().to_path_buf(), args.chunk_size);
+        let opts = WriteOptions {
+            chunk_size: args.chunk_size,
+            prefetch: args.prefetch.clone(),
+            ..WriteOptions::default()
+        };
+        let (layer_c, out_path) = (layer.clone(), out.path().to_path_buf());
         let written =
-            tokio::task::spawn_blocking(move || rewrite(&blob, &layer_c, &out_path, chunk_size))
+            tokio::task::spawn_blocking(move || rewrite(&blob, &layer_c, &out_path, &opts))
                 .await?
                 .with_context(|| format!("{what}: rewriting into eStargz"))?;
         let pushed = client
@@ -139,7 +147,8 @@ pub async fn convert(settings: &Settings, args: &ConvertArgs) -> anyhow::Result<
 }
 
 /// The stored blob at `blob`, decompressed, rewritten as eStargz into `out`.
-fn rewrite(blob: &Path, layer: &Layer, out: &Path, chunk_size: u64) -> anyhow::Result<Written> {
+/// With a prefetch list the blob is read twice (prioritized files first).
+fn rewrite(blob: &Path, layer: &Layer, out: &Path, opts: &WriteOptions) -> anyhow::Result<Written> {
     let compression = layer.compression;
     let open = || -> io::Result<Box<dyn Read>> {
         let file = io::BufReader::new(File::open(blob)?);
@@ -151,11 +160,7 @@ fn rewrite(blob: &Path, layer: &Layer, out: &Path, chunk_size: u64) -> anyhow::R
     };
     let file = File::create(out).with_context(|| format!("writing {}", out.display()))?;
     let mut w = io::BufWriter::new(file);
-    let opts = WriteOptions {
-        chunk_size,
-        ..WriteOptions::default()
-    };
-    let written = write_estargz(open, &mut w, &opts)?;
+    let written = write_estargz(open, &mut w, opts)?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(written)

@@ -95,7 +95,17 @@ fn convert_writes_an_estargz_copy_whose_full_pull_is_the_same_tree() {
 
     let sandbox = Sandbox::new();
     let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
-    let out = cvmd.run(&["convert", &source, &target, "--chunk-size", "65536"]);
+    let out = cvmd.run(&[
+        "convert",
+        &source,
+        &target,
+        "--chunk-size",
+        "65536",
+        "--prefetch",
+        "/etc/os-release",
+        "--prefetch",
+        "usr/bin/big",
+    ]);
     assert_success(&out, "cvmd convert");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -151,6 +161,15 @@ fn convert_writes_an_estargz_copy_whose_full_pull_is_the_same_tree() {
         )
         .unwrap();
         assert_eq!(inflated.len() as u64, tar_size, "layer {i}");
+        let first: Option<Vec<String>> = index
+            .prefetch_entries()
+            .map(|e| e.map(|e| e.path.clone()).collect());
+        if i == 0 {
+            assert_eq!(first.unwrap(), ["etc/os-release", "usr/bin/big"]);
+        } else {
+            assert_eq!(first, None, "layer 2 has none of the prefetch files");
+            assert!(index.get(estargz::NO_PREFETCH_LANDMARK).is_some());
+        }
         if i == 0 {
             let EntryKind::File { chunks, .. } = &index.get("usr/bin/big").unwrap().kind else {
                 panic!("usr/bin/big is not a file in the TOC")

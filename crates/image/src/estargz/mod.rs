@@ -3,9 +3,11 @@
 //! with a table of contents (TOC) and a footer pointing at it at the end,
 //! so one file's bytes can be fetched and verified alone.
 //!
-//! - `toc`: the TOC's JSON and the checked index a lazy tree trusts;
+//! - `raw`: the TOC's JSON as serialized, the format's names and annotations;
+//! - `toc`: the checked index a lazy tree trusts (`error`: its refusals);
 //! - `footer`: finding and reading the TOC from the blob's tail;
-//! - `writer`: a layer tar into an eStargz blob (`cvmd convert`).
+//! - `writer`: a layer tar into an eStargz blob (`cvmd convert`), through
+//!   `sink`'s gzip members.
 
 mod error;
 pub mod footer;

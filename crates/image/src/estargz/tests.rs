@@ -43,7 +43,7 @@ fn a_plain_toc_is_indexed_with_implied_parents_and_spans() {
         {"name": "big", "type": "chunk", "offset": 300, "chunkOffset": 10, "chunkSize": 10, "chunkDigest": D},
         {"name": "big", "type": "chunk", "offset": 400, "chunkOffset": 20, "chunkDigest": D},
         {"name": "dev/null", "type": "char", "devMajor": 1, "devMinor": 3, "mode": 0o666},
-        {"name": "x", "type": "reg", "mode": 0o644, "xattrs": {"user.a": "aGk="}},
+        {"name": "x", "type": "reg", "mode": 0o644, "xattrs": {"user.a": "aGk=", "trusted.overlay.opaque": "eQ=="}},
     ]))
     .unwrap();
     assert_eq!(idx.get("bin").unwrap().mode, 0o755);
@@ -499,4 +499,18 @@ fn the_writer_refuses_what_a_toc_cannot_hold() {
     layer.extend_from_slice(&[0; 1024]);
     let err = write_estargz(|| Ok(&layer[..]), Vec::new(), &WriteOptions::default()).unwrap_err();
     assert!(err.to_string().contains("escapes the layer root"), "{err}");
+}
+
+#[test]
+fn estargz_layers_are_those_whose_descriptor_has_the_toc_digest() {
+    let manifest = json!({"layers": [
+        {"digest": D, "annotations": {TOC_DIGEST_ANNOTATION: D}},
+        {"digest": D},
+        {"digest": D, "annotations": {"other": "x"}},
+    ]});
+    assert_eq!(
+        super::estargz_layers(manifest.to_string().as_bytes()),
+        [true, false, false]
+    );
+    assert!(super::estargz_layers(b"not json").is_empty());
 }

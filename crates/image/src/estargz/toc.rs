@@ -102,7 +102,8 @@ pub struct Entry {
     pub uid: u32,
     pub gid: u32,
     pub mtime: Option<Timestamp>,
-    /// Names and raw values.
+    /// Names and raw values; never `trusted.overlay.*` (dropped, as the
+    /// unpacker drops them).
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// A directory the TOC names no entry for, only children under it:
     /// 0755, owned by 0:0, as an unpacker creates a missing parent.
@@ -133,7 +134,7 @@ impl Entry {
 #[derive(Debug, Clone)]
 pub struct TocIndex {
     /// In TOC order, implied directories where first needed; the root first.
-    pub entries: Vec<Entry>,
+    entries: Vec<Entry>,
     by_path: HashMap<String, usize>,
     toc_offset: u64,
     /// Entries (by index) before the prefetch landmark, and the blob
@@ -382,7 +383,11 @@ impl TocIndex {
                     value: key.clone(),
                 });
             }
-            xattrs.push((key.clone(), bytes));
+            // As the unpacker does: overlayfs obeys these on a lower layer,
+            // so a layer may not bring its own.
+            if !key.starts_with("trusted.overlay.") {
+                xattrs.push((key.clone(), bytes));
+            }
         }
         Ok(Entry {
             path,
@@ -562,6 +567,13 @@ impl TocIndex {
             }
         }
         Ok(())
+    }
+
+    /// Every entry, the root first, then in TOC order (an implied
+    /// directory just before its first child); a directory named twice
+    /// appears once, with its last metadata.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
     }
 
     /// The entry at `path` (normalized as in [`Entry::path`]).

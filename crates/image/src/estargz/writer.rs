@@ -114,7 +114,12 @@ pub fn write_estargz<R: Read, W: Write>(
             first.contains(path) && (kind.is_file() || kind == tar::EntryType::Continuous)
         };
         w.pass(open().map_err(read_err)?, &|e| prioritized(&e.0, e.1))?;
-        w.landmark(PREFETCH_LANDMARK)?;
+        // None of them in this layer: the spec's "no files in A" case.
+        w.landmark(if w.entries.is_empty() {
+            NO_PREFETCH_LANDMARK
+        } else {
+            PREFETCH_LANDMARK
+        })?;
         w.pass(open().map_err(read_err)?, &|e| !prioritized(&e.0, e.1))?;
     }
     w.finish()
