@@ -28,14 +28,14 @@ fn split(path: &str) -> (&str, &str) {
 pub fn build(index: &TocIndex) -> Result<Tree, TreeError> {
     // Opaque markers come after their dir in TOC order: found first.
     let opaque: HashSet<&str> = index
-        .entries
+        .entries()
         .iter()
         .filter(|e| split(&e.path).1 == OPAQUE)
         .map(|e| split(&e.path).0)
         .collect();
     let mut builder = TreeBuilder::new();
     let mut links = Vec::new();
-    for e in &index.entries {
+    for e in index.entries() {
         let (dir, name) = split(&e.path);
         if dir.is_empty() && is_metadata_name(name) || name == OPAQUE {
             continue;
