@@ -19,6 +19,9 @@
 #   --push PREFIX push IMAGE to PREFIX/debian-IMAGE:TAG (skopeo's own
 #                 credentials, `skopeo login`, apply) and print that reference
 #   --insecure    push over plain HTTP / without TLS verification
+#   --estargz     with --push, also push an eStargz copy as
+#                 PREFIX/debian-IMAGE:TAG-estargz (made by `cvmd convert`,
+#                 $CVMD or cvmd on PATH), which cvmd starts lazily
 #   --tag TAG     [default: bookworm]
 #   --mirror URL  Debian mirror [default: the one apt uses for bookworm]
 #
@@ -34,6 +37,7 @@ cache=/var/cache/cvmd-images
 layout=
 push=
 tls_verify=true
+estargz=
 tag=$suite
 mirror=
 images=()
@@ -47,6 +51,7 @@ while (($#)); do
     --layout) layout=$2; shift 2 ;;
     --push) push=${2%/}; shift 2 ;;
     --insecure) tls_verify=false; shift ;;
+    --estargz) estargz=1; shift ;;
     --tag) tag=$2; shift 2 ;;
     --mirror) mirror=$2; shift 2 ;;
     -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -55,6 +60,7 @@ while (($#)); do
   esac
 done
 ((${#images[@]})) || die "name an image to build: systemd, docker (see --help)"
+[[ -z $estargz || -n $push ]] || die "--estargz needs --push (the copy is made on the registry)"
 [[ $(id -u) == 0 ]] || die "debootstrap needs root: run as root"
 for tool in debootstrap umoci skopeo tar flock; do
   command -v "$tool" >/dev/null || die "$tool is not installed (scripts/deps.sh installs it)"
@@ -204,5 +210,15 @@ for name in "${images[@]}"; do
     dest="$push/debian-$name:$tag"
     skopeo copy -q --dest-tls-verify="$tls_verify" "oci:$ref" "docker://$dest" >&2
     echo "$dest"
+    if [[ -n $estargz ]]; then
+      insecure=()
+      [[ $tls_verify == false ]] && insecure=(--insecure-registries "${push%%/*}")
+      # The pull side of convert needs a cache dir: a throwaway one.
+      scratch=$(mktemp -d)
+      "${CVMD:-cvmd}" --cache-dir "$scratch" --cache-reserve 0 "${insecure[@]}" \
+        convert "$dest" "$dest-estargz" >&2 || { rm -rf "$scratch"; die "cvmd convert $dest failed"; }
+      rm -rf "$scratch"
+      echo "$dest-estargz"
+    fi
   fi
 done

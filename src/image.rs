@@ -175,6 +175,11 @@ pub async fn head(
 /// leased. Never fails its caller: a gc that cannot run is a warning, and
 /// the next one catches up.
 pub async fn keep_within_budget(settings: &PullOptions, spare: &[String]) {
+    let dir = settings.cache_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::lazy::keep_chunks_within(&dir, crate::lazy::CHUNK_BUDGET)
+    })
+    .await;
     let Some(budget) = settings.cache_budget else {
         return;
     };

@@ -160,11 +160,11 @@ pub struct Rootfs {
 }
 
 impl Rootfs {
-    /// The lazy layers (by diff_id), to switch each to its published dir
-    /// once the background pull has it; empty unless started lazily.
-    pub fn lazy_handles(&self) -> Vec<(Digest, cvmd_lazyfs::LazyHandle)> {
+    /// The lazy layers, to complete in the background; empty unless
+    /// started lazily.
+    pub fn lazy_layers(&self) -> Vec<crate::lazy::MountedLayer> {
         match &self.hold {
-            Hold::Native(_, Some(mounts)) => mounts.handles(),
+            Hold::Native(_, Some(mounts)) => mounts.layers(),
             _ => Vec::new(),
         }
     }

@@ -141,6 +141,10 @@ pub async fn mount_rootfs(
         .parent()
         .unwrap_or(Path::new("/"))
         .join("lazy");
+    // What a killed cvmd left: its overlay over FUSE mounts nobody serves
+    // (the overlay first: it holds them).
+    crate::rootfs::teardown(&request.target)?;
+    crate::rootfs::teardown(&at)?;
     let (mounts, dirs) = crate::lazy::mount(image, cache_dir, &at).map_err(BackendError::Lazy)?;
     super::assemble(cache_dir, dirs, request, Hold::Native(lease, Some(mounts))).await
 }

@@ -1,5 +1,6 @@
 //! `cvmd gc`: remove blobs and layers no image needs, oldest images first
-//! beyond a disk budget; never what a running workspace mounts.
+//! beyond a disk budget; never what a running workspace mounts. Lazy
+//! start's chunk cache is kept within its own budget.
 
 use crate::config::Settings;
 use crate::progress::human_bytes;
@@ -23,9 +24,22 @@ pub async fn gc(settings: &Settings, args: &GcArgs) -> anyhow::Result<()> {
         }
         None => settings.run.pull.cache_budget,
     };
-    let report = gc::collect(&settings.run.pull.cache_dir, budget).await?;
+    let cache_dir = &settings.run.pull.cache_dir;
+    let report = gc::collect(cache_dir, budget).await?;
+    let chunks = crate::lazy::keep_chunks_within(cache_dir, crate::lazy::CHUNK_BUDGET);
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        if let (Some(obj), Some(c)) = (json.as_object_mut(), &chunks) {
+            obj.insert(
+                "chunks".into(),
+                serde_json::json!({
+                    "removed": c.removed_chunks,
+                    "freed_bytes": c.removed_bytes,
+                    "kept_bytes": c.kept_bytes,
+                }),
+            );
+        }
+        println!("{json}");
     } else {
         for image in &report.removed_images {
             println!("removed image {image}");
@@ -39,6 +53,14 @@ pub async fn gc(settings: &Settings, args: &GcArgs) -> anyhow::Result<()> {
             report.kept_in_use,
             human_bytes(report.used_bytes)
         );
+        if let Some(c) = chunks {
+            println!(
+                "lazy start's chunk cache: removed {} chunks, freed {}; holds {}",
+                c.removed_chunks,
+                human_bytes(c.removed_bytes),
+                human_bytes(c.kept_bytes)
+            );
+        }
     }
     Ok(())
 }

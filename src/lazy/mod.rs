@@ -71,6 +71,27 @@ pub fn chunk_dir(cache_dir: &Path) -> PathBuf {
     cache_dir.join("chunks")
 }
 
+/// What lazy start's chunk cache may hold: chunks are a start's working
+/// set until its layers are published, then redundant; least recently
+/// used go first.
+pub const CHUNK_BUDGET: u64 = 1 << 30;
+
+/// Bounds the chunk cache (never failing the caller: a warning, and the
+/// next gc catches up); `None` when there is none or it failed.
+pub fn keep_chunks_within(cache_dir: &Path, budget: u64) -> Option<cvmd_lazyfs::GcReport> {
+    let dir = chunk_dir(cache_dir);
+    if !dir.exists() {
+        return None;
+    }
+    match cvmd_lazyfs::gc(&dir, budget) {
+        Ok(report) => Some(report),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot keep lazy start's chunk cache within its budget");
+            None
+        }
+    }
+}
+
 /// Whether this process can serve FUSE mounts.
 pub fn fuse_works() -> Result<(), String> {
     std::fs::OpenOptions::new()
@@ -88,6 +109,8 @@ struct LazyLayer {
     blob: Digest,
     diff_id: Digest,
     tree: Mutex<Option<Tree>>,
+    /// The files before the prefetch landmark, read first.
+    prefetch: Vec<String>,
 }
 
 /// An image a start serves lazily: its head, and the layers (by index)
@@ -160,22 +183,32 @@ pub async fn prepare(
         return Ok(None);
     }
     let pinned = reference.with_digest(manifest_digest.clone());
+    let tocs = chunk_dir(&pull.cache_dir).join("tocs");
     let reads = wanted.into_iter().map(|(index, blob, size, diff_id, toc)| {
         let client = client.clone();
         let pinned = pinned.clone();
+        let tocs = tocs.clone();
         async move {
-            let tree = read_tree(&client, &pinned, &blob, size, &toc).await;
+            let tail = TocTail {
+                client: &client,
+                reference: &pinned,
+                blob: &blob,
+                size,
+                cache: &tocs,
+            };
+            let tree = read_tree(&tail, &toc).await;
             (index, blob, diff_id, tree)
         }
     });
     let mut lazy = Vec::new();
     for (index, blob, diff_id, tree) in futures_util::future::join_all(reads).await {
         match tree {
-            Ok(tree) => lazy.push(LazyLayer {
+            Ok((tree, prefetch)) => lazy.push(LazyLayer {
                 index,
                 blob,
                 diff_id,
                 tree: Mutex::new(Some(tree)),
+                prefetch,
             }),
             Err(why) => {
                 tracing::warn!(layer = %blob, why, "lazy start: refused; pulling the image whole");
@@ -194,27 +227,107 @@ pub async fn prepare(
     }))
 }
 
-/// A layer's tree from the TOC at the end of its blob: the footer, then
-/// the TOC member, checked against the TOC digest the manifest promised.
-async fn read_tree(
-    client: &RegistryClient,
-    reference: &Reference,
-    blob: &Digest,
+/// Where a layer's TOC and footer come from: the node's copy of them
+/// (`chunks/tocs/<blob>`, shared by every pod, checked again on every
+/// read like the registry's answer), else two Range requests.
+struct TocTail<'a> {
+    client: &'a RegistryClient,
+    reference: &'a Reference,
+    blob: &'a Digest,
     size: u64,
+    cache: &'a Path,
+}
+
+impl TocTail<'_> {
+    /// The TOC member and the footer: the blob's bytes from the TOC's
+    /// offset to its end, and that offset.
+    async fn fetch(&self, kept_ok: bool) -> Result<(u64, bytes::Bytes), String> {
+        let kept = self.kept();
+        // Pods starting the image together fetch its TOC once: the others
+        // wait here, then read the node's copy.
+        let _one_at_a_time = lock(self.cache.join(format!("{}.lock", self.blob.hex()))).await;
+        if let Some(bytes) = kept_ok.then(|| std::fs::read(&kept).ok()).flatten() {
+            if let Some(offset) = self.size.checked_sub(bytes.len() as u64) {
+                return Ok((offset, bytes.into()));
+            }
+        }
+        let footer_at = self
+            .size
+            .checked_sub(estargz::FOOTER_SIZE)
+            .ok_or("the blob is smaller than an eStargz footer")?;
+        let footer = self
+            .client
+            .get_blob_range(self.reference, self.blob, footer_at, estargz::FOOTER_SIZE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let toc_offset = estargz::parse_footer(&footer, self.size).map_err(|e| e.to_string())?;
+        let member = self
+            .client
+            .get_blob_range(
+                self.reference,
+                self.blob,
+                toc_offset,
+                footer_at - toc_offset,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut tail = member.to_vec();
+        tail.extend_from_slice(&footer);
+        // Unchecked bytes may be kept: every read checks them again.
+        if let Err(e) = keep(&kept, &tail) {
+            tracing::debug!(error = %e, "the TOC is not kept for the node's other pods");
+        }
+        Ok((toc_offset, tail.into()))
+    }
+
+    fn kept(&self) -> PathBuf {
+        self.cache.join(self.blob.hex())
+    }
+}
+
+/// An exclusive `flock` on `path`, held until the file is dropped; `None`
+/// (no lock, a duplicate fetch at worst) when it cannot be taken.
+async fn lock(path: PathBuf) -> Option<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(path.parent()?).ok()?;
+        let file = std::fs::File::create(&path).ok()?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
+        Some(file)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Writes `bytes` at `path` whole or not at all.
+fn keep(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::write(tmp.path(), bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The TOC at the end of a layer's blob, checked against the digest the
+/// manifest promised and as hostile input.
+async fn check_toc(
+    tail: &TocTail<'_>,
     toc: &Digest,
-) -> Result<Tree, String> {
-    let footer_at = size
-        .checked_sub(estargz::FOOTER_SIZE)
-        .ok_or("the blob is smaller than an eStargz footer")?;
-    let tail = client
-        .get_blob_range(reference, blob, footer_at, estargz::FOOTER_SIZE)
-        .await
-        .map_err(|e| e.to_string())?;
-    let toc_offset = estargz::parse_footer(&tail, size).map_err(|e| e.to_string())?;
-    let member = client
-        .get_blob_range(reference, blob, toc_offset, footer_at - toc_offset)
-        .await
-        .map_err(|e| e.to_string())?;
+    kept_ok: bool,
+) -> Result<estargz::TocIndex, String> {
+    let (toc_offset, bytes) = tail.fetch(kept_ok).await?;
+    let footer_at = bytes
+        .len()
+        .checked_sub(usize::try_from(estargz::FOOTER_SIZE).unwrap_or(usize::MAX))
+        .ok_or("the blob's tail is shorter than an eStargz footer")?;
+    let found = estargz::parse_footer(&bytes[footer_at..], tail.size).map_err(|e| e.to_string())?;
+    if found != toc_offset {
+        return Err(format!(
+            "the footer puts the TOC at {found}, its bytes start at {toc_offset}"
+        ));
+    }
+    let member = bytes.slice(..footer_at);
     let limits = TocLimits::default();
     let toc = toc.clone();
     let (index, _) = tokio::task::spawn_blocking(move || {
@@ -223,27 +336,70 @@ async fn read_tree(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    tree::build(&index).map_err(|e| format!("its TOC: {e}"))
+    Ok(index)
+}
+
+/// A layer's tree from the TOC at the end of its blob, checked against
+/// the TOC digest the manifest promised; and the regular files its
+/// prefetch landmark puts first.
+async fn read_tree(tail: &TocTail<'_>, toc: &Digest) -> Result<(Tree, Vec<String>), String> {
+    let index = match check_toc(tail, toc, true).await {
+        Ok(index) => index,
+        // The node's copy may be what failed: the registry's answer decides.
+        Err(why) if tail.kept().exists() => {
+            tracing::debug!(
+                why,
+                "the node's copy of a TOC failed its check; asking the registry"
+            );
+            let _ = std::fs::remove_file(tail.kept());
+            check_toc(tail, toc, false).await?
+        }
+        Err(why) => return Err(why),
+    };
+    let prefetch = index
+        .prefetch_entries()
+        .into_iter()
+        .flatten()
+        .filter(|e| matches!(e.kind, estargz::EntryKind::File { .. }))
+        .map(|e| e.path.clone())
+        .collect();
+    let tree = tree::build(&index).map_err(|e| format!("its TOC: {e}"))?;
+    Ok((tree, prefetch))
+}
+
+/// One mounted lazy layer, as the background completion sees it.
+#[derive(Debug, Clone)]
+pub struct MountedLayer {
+    pub diff_id: Digest,
+    pub handle: LazyHandle,
+    /// The files to read first (before the prefetch landmark), as paths
+    /// under the mount.
+    pub prefetch: Vec<PathBuf>,
 }
 
 /// A lazy image's FUSE mounts: one per lazy layer, in layer order.
 #[derive(Debug)]
 pub struct LazyMounts {
-    mounts: Vec<(Digest, Mounted)>,
+    mounts: Vec<(Digest, Mounted, Vec<PathBuf>)>,
 }
 
 impl LazyMounts {
-    /// Handles to switch each layer (by diff_id) to its published dir.
-    pub fn handles(&self) -> Vec<(Digest, LazyHandle)> {
+    /// Each layer: to read its prefetch files, watch it, and switch it to
+    /// its published dir.
+    pub fn layers(&self) -> Vec<MountedLayer> {
         self.mounts
             .iter()
-            .map(|(d, m)| (d.clone(), m.handle()))
+            .map(|(d, m, prefetch)| MountedLayer {
+                diff_id: d.clone(),
+                handle: m.handle(),
+                prefetch: prefetch.clone(),
+            })
             .collect()
     }
 
     /// Unmounts every layer; the overlay above them must be gone first.
     pub fn unmount(self) {
-        for (diff_id, m) in self.mounts {
+        for (diff_id, m, _) in self.mounts {
             if let Err(e) = m.unmount() {
                 tracing::warn!(layer = %diff_id, error = %e, "cannot unmount a lazy layer");
             }
@@ -251,8 +407,8 @@ impl LazyMounts {
     }
 }
 
-/// Mounts each lazy layer under `dir` (`dir/<index>`), clearing what a
-/// killed run left there; returns the mounts and, for every layer of the
+/// Mounts each lazy layer under `dir` (`dir/<index>`; the caller cleared
+/// what a killed run left there); returns the mounts and, for every layer of the
 /// image, the dir the rootfs takes as its lower: the FUSE mount or the
 /// cached layer.
 pub fn mount(
@@ -273,10 +429,6 @@ pub fn mount(
     let mut mounts = Vec::new();
     for layer in &image.layers {
         let at = dir.join(layer.index.to_string());
-        // A killed cvmd leaves its mounts answering ENOTCONN.
-        if let Err(e) = cvmd_lazyfs::detach_stale(&at) {
-            tracing::debug!(error = %e, at = %at.display(), "no stale lazy mount to detach");
-        }
         std::fs::create_dir_all(&at).map_err(|e| format!("{}: {e}", at.display()))?;
         let tree = layer
             .tree
@@ -298,8 +450,9 @@ pub fn mount(
         };
         match cvmd_lazyfs::mount(tree, source, chunks.clone(), &options, &at) {
             Ok(m) => {
+                let prefetch = layer.prefetch.iter().map(|p| at.join(p)).collect();
                 dirs[layer.index] = at;
-                mounts.push((layer.diff_id.clone(), m));
+                mounts.push((layer.diff_id.clone(), m, prefetch));
             }
             Err(e) => {
                 LazyMounts { mounts }.unmount();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+mod lazy;
 mod options;
 
 pub use options::{
@@ -201,11 +202,11 @@ async fn run_with(
     let idmap = rootfs.idmap;
     state.set_rootfs(&rootfs.mode.to_string(), &rootfs.idmap_mode.to_string());
     // Started lazily: the rest of the image downloads while it runs.
-    let completion = complete_lazily(
+    let completion = lazy::complete(
         &settings.pull,
         &reference,
-        &ready.digest,
-        rootfs.lazy_handles(),
+        &ready,
+        rootfs.lazy_layers(),
         state,
     );
     // Only now, with this workspace's layers leased: a budget gc must never
@@ -231,66 +232,6 @@ async fn run_with(
     }
     end_disk(&disk, watch);
     result
-}
-
-/// For a lazily started workspace, pulls the image whole in the background
-/// (the normal pull: every digest checked, each layer published to the
-/// cache) and then points each lazy layer at its published dir; the next
-/// start is a warm one. A failure leaves the workspace reading on demand.
-fn complete_lazily(
-    pull: &crate::image::PullOptions,
-    reference: &Reference,
-    started: &crate::digest::Digest,
-    handles: Vec<(crate::digest::Digest, cvmd_lazyfs::LazyHandle)>,
-    state: &StateHandle,
-) -> Option<tokio::task::JoinHandle<()>> {
-    if handles.is_empty() {
-        return None;
-    }
-    let (pull, reference, started, state) = (
-        pull.clone(),
-        reference.clone(),
-        started.clone(),
-        state.clone(),
-    );
-    Some(tokio::spawn(async move {
-        let began = std::time::Instant::now();
-        // By the reference as asked for, so that the record the next start
-        // looks up is this one.
-        match crate::image::pull(&pull, &reference, true, &state).await {
-            Ok(pulled) if pulled.manifest_digest != started => tracing::warn!(
-                now = %pulled.manifest_digest,
-                started = %started,
-                "lazy start: the tag moved while the image downloaded; this workspace keeps reading its image on demand, the next start boots the new one"
-            ),
-            Ok(_) => {
-                let layers = match crate::store::layers::LayerCache::open(&pull.cache_dir) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lazy start: cannot open the layer cache");
-                        return;
-                    }
-                };
-                for (diff_id, handle) in handles {
-                    if let Err(e) = handle.set_backing_dir(&layers.tree(&diff_id)) {
-                        tracing::warn!(layer = %diff_id, error = %e, "lazy start: the layer keeps reading on demand");
-                    }
-                }
-                let took = began.elapsed().as_secs_f64();
-                tracing::info!(
-                    took_s = took,
-                    "lazy start: the whole image is now in the node cache"
-                );
-                state.set_image_source(&format!(
-                    "registry, lazily; complete in cvmd's cache {took:.1} s after the start"
-                ));
-            }
-            Err(e) => tracing::warn!(
-                error = %crate::supervisor::termination::error_line(&anyhow::Error::from(e)),
-                "lazy start: the background download failed; the workspace keeps reading on demand"
-            ),
-        }
-    }))
 }
 
 /// Stops watching the disk and unmounts its image file, if it has one.

@@ -143,12 +143,52 @@ impl Running {
         (code, stderr, on_its_own)
     }
 
+    /// SIGKILLs cvmd mid-run, leaving whatever it had made (mounts, the
+    /// container), and starts another on the same state dir, as the
+    /// pod's restart would; returns the first one's stderr too.
+    // Only tests/run/lazy.rs kills a cvmd.
+    #[allow(dead_code)]
+    pub fn kill_and_restart(
+        mut self,
+        cvmd: &CvmdOnCache,
+        reference: &str,
+        extra: &[&str],
+    ) -> (Running, String) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
+        let mut args = vec!["--stop-timeout", "5"];
+        args.extend_from_slice(extra);
+        let child = cvmd
+            .workspace(state.path(), reference, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let running = Running {
+            child: Some(child),
+            socket: state.path().join("cvmd.sock"),
+            state,
+        };
+        assert!(
+            crate::common::wait_until(Duration::from_secs(20), || {
+                running.run(&["status"]).status.code() == Some(0)
+            }),
+            "the second cvmd never answered on its socket"
+        );
+        (running, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// Ends cvmd (SIGTERM) if the test left it running, checks it left
     /// nothing behind, and returns its exit code and stderr.
     pub fn finish(mut self) -> (Option<i32>, String) {
         let out = stop(self.child.take().unwrap());
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_clean(self.state.path());
+        let state = self.state.path().to_path_buf();
+        if std::panic::catch_unwind(|| assert_clean(&state)).is_err() {
+            panic!("cvmd left its state dir unclean; its log:\n{stderr}");
+        }
         (out.status.code(), stderr)
     }
 }

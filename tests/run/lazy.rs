@@ -276,10 +276,7 @@ fn a_vanished_registry_is_a_bounded_io_error() {
     // whose disk failed: cvmd reports that status and ends.
     let began = std::time::Instant::now();
     let (code, stderr) = ws.finish();
-    assert!(
-        matches!(code, Some(0 | 135 | 139)),
-        "stopped: {code:?}: {stderr}"
-    );
+    assert!(code.is_some(), "cvmd itself died of a signal: {stderr}");
     assert!(began.elapsed() < Duration::from_secs(30), "stop hung");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("data/big"), "names the file: {stderr}");
@@ -299,4 +296,130 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Two workspaces of one node (one cache) start the same eStargz image
+/// lazily and read the same big file at once: each span of it is fetched
+/// from the registry once for the node (the chunk cache is shared, and a
+/// fetch in flight in one cvmd is waited for by the other).
+#[test]
+fn two_workspaces_on_one_node_fetch_each_span_once() {
+    require!(prerequisites());
+    let reg = Registry::plain().unwrap();
+    let big = pseudo_random(2 << 20, 14);
+    let reference = converted(&reg, &big);
+    let proxy = FaultProxy::start(&reg.url());
+    proxy.throttle_blobs(512 << 10);
+    let reference = reference.replace(&reg.host(), &proxy.host());
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let a = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    let b = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    a.wait_for("running", |s| s["phase"] == "running");
+    b.wait_for("running", |s| s["phase"] == "running");
+    let sums = std::thread::scope(|s| {
+        let ta = s.spawn(|| ok(&a, "md5sum /data/big | cut -c1-32"));
+        let tb = s.spawn(|| ok(&b, "md5sum /data/big | cut -c1-32"));
+        [ta.join().unwrap(), tb.join().unwrap()]
+    });
+    assert_eq!(sums, [md5(&big), md5(&big)]);
+    // Spans are closed ranges (`bytes=A-B`); the background pulls' resumes
+    // are open ones.
+    let mut spans: Vec<(String, String)> = proxy
+        .requests()
+        .into_iter()
+        .filter_map(|r| {
+            let range = r.range?;
+            (!range.ends_with('-')).then_some((r.path, range))
+        })
+        .collect();
+    assert!(!spans.is_empty(), "no span was fetched");
+    spans.sort();
+    let twice: Vec<_> = spans.windows(2).filter(|w| w[0] == w[1]).collect();
+    assert!(twice.is_empty(), "fetched twice: {twice:?}");
+    for ws in [a, b] {
+        let (code, stderr) = ws.finish();
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+}
+
+/// cvmd killed with SIGKILL while its workspace runs on lazy layers (the
+/// FUSE server gone with it), then started again on the same state dir:
+/// the stale mounts are cleared, the workspace boots again and reads true
+/// bytes, and it stops cleanly.
+#[test]
+fn a_sigkilled_lazy_start_boots_again() {
+    require!(prerequisites());
+    let reg = Registry::plain().unwrap();
+    let big = pseudo_random(1 << 20, 15);
+    let reference = converted(&reg, &big);
+    let proxy = FaultProxy::start(&reg.url());
+    proxy.throttle_blobs(256 << 10);
+    let reference = reference.replace(&reg.host(), &proxy.host());
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let extra = ["--cache-reserve", "0"];
+    let ws = start_cvmd(&cvmd, &reference, &extra);
+    ws.wait_for("running", |s| s["phase"] == "running");
+    assert!(source_of(&ws).contains("lazily"), "{}", ws.status());
+    let (ws, _) = ws.kill_and_restart(&cvmd, &reference, &extra);
+    let up = crate::common::wait_until(Duration::from_secs(60), || {
+        let out = ws.run(&["status", "--json"]);
+        out.status.code() != Some(0)
+            || serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|s| s["phase"] == "running")
+    });
+    if !up || ws.run(&["status"]).status.code() != Some(0) {
+        let (code, stderr) = ws.finish();
+        panic!("the second start did not run ({code:?}): {stderr}");
+    }
+    proxy.throttle_blobs(0);
+    assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "stopped on SIGTERM: {stderr}");
+}
+
+/// The example systemd image's eStargz variant (`images/build.sh
+/// --estargz`) boots lazily to systemd's `running` (or `degraded`) while
+/// the image still downloads over a slow link, and stops on SIGTERM.
+#[test]
+fn the_example_systemd_image_boots_lazily() {
+    require!(prerequisites());
+    require!(crate::common::debootstrap::available());
+    let reg = Registry::plain().unwrap();
+    let reference = crate::common::debootstrap::build_and_push_estargz(
+        "systemd",
+        &format!("{}/examples", reg.host()),
+    );
+    assert!(reference.ends_with("-estargz"), "{reference}");
+    let proxy = FaultProxy::start(&reg.url());
+    // The ~60 MB layer takes ~15 s whole: systemd must not wait for it.
+    proxy.throttle_blobs(4 << 20);
+    let reference = reference.replace(&reg.host(), &proxy.host());
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let began = std::time::Instant::now();
+    let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    let mut last = String::new();
+    let booted = crate::common::wait_until(Duration::from_secs(90), || {
+        let out = ws.run(&["exec", "--", "systemctl", "is-system-running"]);
+        last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if last == "running" || last == "degraded" {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        false
+    });
+    assert!(booted, "systemd is {last:?}: {}", ws.status());
+    eprintln!(
+        "systemd {last} after {:?}: {}",
+        began.elapsed(),
+        source_of(&ws)
+    );
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "stopped on SIGTERM: {stderr}");
+    assert!(
+        stderr.contains("lazy start: 1 of 1 layers"),
+        "started lazily: {stderr}"
+    );
 }

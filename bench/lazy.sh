@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Lazy start against a full pull, side by side in one run: the example
+# systemd image's eStargz variant (images/build.sh --estargz) booted by
+# `cvmd run` under runc on an empty node cache, timed from the start of
+# `cvmd run` to systemd's `running` (or `degraded`), over loopback and over
+# a slow link (bench/throttle.py: a delay per request and a shared
+# bandwidth cap). "full" is the same image with CVMD_LAZY=off.
+#
+#   bench/lazy.sh [--runs N] [--slow MS:MBPS] [--out FILE.md]
+#
+# Reports per link and mode: median seconds to running, the bytes fetched
+# on demand by then (lazy; from Status), cvmd's peak RSS while serving
+# (VmHWM at running), and a warm start (the image in the cache) for each.
+# Needs root, runc, docker-registry, python3, curl and what
+# images/build.sh needs; not a test.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+die() { echo "bench/lazy.sh: $*" >&2; exit 1; }
+RUNS=3 SLOW=20:25 OUT=
+while (($#)); do
+  case $1 in
+    --runs) RUNS=$2; shift 2 ;;
+    --slow) SLOW=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    *) die "unknown argument $1" ;;
+  esac
+done
+[[ $(id -u) == 0 ]] || die "run as root"
+for t in docker-registry runc python3 curl; do command -v "$t" >/dev/null || die "$t is not installed"; done
+CVMD=${CVMD_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/cvmd}
+CVMCTL=$(dirname "$CVMD")/cvmctl
+[[ -x $CVMD && -x $CVMCTL ]] || die "no $CVMD or $CVMCTL: cargo build --release --workspace --bins"
+
+WORK=$(mktemp -d /var/tmp/cvmd-lazy-bench.XXXXXX)
+chmod 755 "$WORK"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for m in $(awk -v d="$WORK/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r); do
+    umount -l "$m" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+port=$(free_port) slow_port=$(free_port)
+cat >"$WORK/registry.yml" <<EOF
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $WORK/registry}}
+http: {addr: 127.0.0.1:$port}
+EOF
+docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+pids+=($!)
+python3 "$here/throttle.py" "$slow_port" "127.0.0.1:$port" --delay-ms "${SLOW%%:*}" --mbps "${SLOW##*:}" >"$WORK/throttle.log" 2>&1 &
+pids+=($!)
+for u in "http://127.0.0.1:$port/v2/" "http://127.0.0.1:$slow_port/v2/"; do
+  for _ in $(seq 100); do curl -fs "$u" >/dev/null && break; sleep 0.1; done
+done
+
+echo "== building the example systemd image and its eStargz copy" >&2
+ref=$(CVMD=$CVMD bash "$root/images/build.sh" --push "127.0.0.1:$port/examples" --insecure --estargz systemd | tail -n1)
+[[ $ref == *-estargz ]] || die "images/build.sh printed $ref"
+size=$(curl -fs -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+  "http://127.0.0.1:$port/v2/examples/debian-systemd/manifests/${ref##*:}" |
+  python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))')
+
+seq_no=0
+# boot LINK_PORT MODE CACHE -> "seconds fetched_mib vmhwm_kib"
+boot() {
+  local at=$1 mode=$2 cache=$3 state r t0 t1 st pid answer source hwm
+  seq_no=$((seq_no + 1)); state=$WORK/state-$seq_no; mkdir -p "$state"
+  local image=${ref/127.0.0.1:$port/127.0.0.1:$at}
+  sync
+  t0=$(date +%s%N)
+  CVMD_LAZY=$mode CVMD_CACHE_RESERVE=0 "$CVMD" --cache-dir "$cache" --state-dir "$state" \
+    --insecure-registries "127.0.0.1:$at" --image "$image" --workspace "lazy-bench-$seq_no" \
+    --runtime runc --network none --stop-timeout 20 --log-level warn run >"$state/log" 2>&1 &
+  pid=$!
+  answer=
+  for _ in $(seq 1200); do
+    answer=$("$CVMCTL" --socket "$state/cvmd.sock" exec -- systemctl is-system-running 2>/dev/null || true)
+    [[ $answer == running || $answer == degraded ]] && break
+    kill -0 "$pid" 2>/dev/null || die "cvmd ended: $(tail -5 "$state/log")"
+    sleep 0.05
+  done
+  t1=$(date +%s%N)
+  [[ $answer == running || $answer == degraded ]] || die "systemd never ran: $(tail -5 "$state/log")"
+  source=$("$CVMCTL" --socket "$state/cvmd.sock" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["source"])')
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+  kill -TERM "$pid"; wait "$pid" || true
+  local mib
+  mib=$(sed -n 's/.*, \([0-9.]*\) MiB fetched on demand.*/\1/p' <<<"$source")
+  echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", (b - a) / 1e9}') ${mib:--} $hwm"
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+table=$WORK/table.md
+{
+  echo "| link | mode | median s to systemd running | runs (s) | MiB fetched on demand by then (of $((size / 1048576)) MiB compressed) | cvmd peak RSS MiB | warm start s | load (1 min) |"
+  echo "|---|---|---:|---|---|---:|---:|---|"
+} >"$table"
+for link in loopback slow; do
+  at=$port; [[ $link == slow ]] && at=$slow_port
+  declare -A T=() F=() H=()
+  for r in $(seq "$RUNS"); do
+    for mode in off auto; do
+      read -r t f h < <(boot "$at" "$mode" "$WORK/cache-$link-$mode-$r")
+      T[$mode]+="$t " F[$mode]+="$f " H[$mode]+="$h "
+      echo "  $link $mode run $r: $t s, fetched $f MiB, VmHWM $h KiB" >&2
+    done
+  done
+  # A warm start (lazy start on, as by default) on the last full run's
+  # cache, where the image is complete: it must stay a plain warm start.
+  read -r w _ _ < <(boot "$at" auto "$WORK/cache-$link-off-$RUNS")
+  for mode in off auto; do
+    label=full; [[ $mode == auto ]] && label=lazy
+    # shellcheck disable=SC2086
+    printf '| %s | %s | %s | %s | %s | %d | %s | %s |\n' "$link" "$label" "$(median ${T[$mode]})" \
+      "${T[$mode]% }" "${F[$mode]% }" "$(( $(printf '%s\n' ${H[$mode]} | sort -n | tail -1) / 1024 ))" \
+      "$w" "$(cut -d' ' -f1 /proc/loadavg)" >>"$table"
+  done
+  unset T F H
+done
+{
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, runs: $RUNS per mode, interleaved"
+  echo "- cvmd: $CVMD ($("$CVMD" --version | head -1))"
+  echo "- image: $ref ($size bytes compressed, one layer)"
+  echo "- slow link: ${SLOW%%:*} ms per request, ${SLOW##*:} MB/s shared (bench/throttle.py)"
+  echo
+  cat "$table"
+} | tee ${OUT:+"$OUT"}

@@ -1,0 +1,138 @@
+//! The background half of a lazy start: while the workspace runs on its
+//! FUSE layers, read the prefetch files first, then pull the image whole
+//! (the normal pull: every digest checked, each layer published to the
+//! cache), point each layer at its published dir, and keep Status saying
+//! how far it got.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::ReadyImage;
+use crate::image::PullOptions;
+use crate::lazy::MountedLayer;
+use crate::registry::Reference;
+use crate::supervisor::state::StateHandle;
+
+/// How often Status's image source is brought up to date.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Starts the completion of a lazily started workspace; `None` when it
+/// was not started lazily. Abort the task at stop: a cut download resumes
+/// at the next start, and nothing unverified was published.
+pub fn complete(
+    pull: &PullOptions,
+    reference: &Reference,
+    ready: &ReadyImage,
+    layers: Vec<MountedLayer>,
+    state: &StateHandle,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if layers.is_empty() {
+        return None;
+    }
+    let pull = pull.clone();
+    let reference = reference.clone();
+    let started = ready.digest.clone();
+    let origin = ready.origin.clone();
+    let state = state.clone();
+    Some(tokio::spawn(async move {
+        let began = Instant::now();
+        let ticker = tokio::spawn(show_progress(origin, layers.clone(), state.clone()));
+        prefetch(&layers).await;
+        // By the reference as asked for, so that the record the next start
+        // looks up is this one.
+        let pulled = crate::image::pull(&pull, &reference, true, &state).await;
+        ticker.abort();
+        match pulled {
+            Ok(p) if p.manifest_digest != started => tracing::warn!(
+                now = %p.manifest_digest,
+                %started,
+                "lazy start: the tag moved while the image downloaded; this workspace keeps reading its image on demand, the next start boots the new one"
+            ),
+            Ok(_) => {
+                switch_to_cache(&pull, &layers);
+                let took = began.elapsed().as_secs_f64();
+                tracing::info!(
+                    took_s = took,
+                    "lazy start: the whole image is now in the node cache"
+                );
+                state.set_image_source(&format!(
+                    "registry, lazily; complete in cvmd's cache {took:.1} s after the start"
+                ));
+            }
+            Err(e) => tracing::warn!(
+                error = %crate::supervisor::termination::error_line(&anyhow::Error::from(e)),
+                "lazy start: the background download failed; the workspace keeps reading on demand"
+            ),
+        }
+    }))
+}
+
+/// Reads the files each layer's prefetch landmark puts first (what the
+/// image's author said a start needs), through the mounts: their chunks
+/// land in the node's chunk cache before the workspace asks.
+async fn prefetch(layers: &[MountedLayer]) {
+    let paths: Vec<_> = layers.iter().flat_map(|l| l.prefetch.clone()).collect();
+    if paths.is_empty() {
+        return;
+    }
+    let n = paths.len();
+    let read = tokio::task::spawn_blocking(move || {
+        for path in paths {
+            let read = std::fs::File::open(&path)
+                .and_then(|mut f| std::io::copy(&mut f, &mut std::io::sink()));
+            if let Err(e) = read {
+                tracing::debug!(path = %path.display(), error = %e, "prefetch read failed");
+            }
+        }
+    })
+    .await;
+    if read.is_ok() {
+        tracing::info!(
+            files = n,
+            "lazy start: the prefetch files are in the chunk cache"
+        );
+    }
+}
+
+/// Every layer serves from its published dir from now on.
+fn switch_to_cache(pull: &PullOptions, layers: &[MountedLayer]) {
+    let cache = match crate::store::layers::LayerCache::open(&pull.cache_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "lazy start: cannot open the layer cache");
+            return;
+        }
+    };
+    for layer in layers {
+        if let Err(e) = layer.handle.set_backing_dir(&cache.tree(&layer.diff_id)) {
+            tracing::warn!(layer = %layer.diff_id, error = %e, "lazy start: the layer keeps reading on demand");
+        }
+    }
+}
+
+/// Keeps Status's image source saying how much was read on demand.
+async fn show_progress(origin: String, layers: Vec<MountedLayer>, state: StateHandle) {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        tick.tick().await;
+        state.set_image_source(&describe(&origin, &layers));
+    }
+}
+
+fn describe(origin: &str, layers: &[MountedLayer]) -> String {
+    let (mut present, mut total, mut fetched, mut failed) = (0, 0, 0, 0);
+    for l in layers {
+        let s = l.handle.stats();
+        present += s.files_present;
+        total += s.files_total;
+        fetched += s.compressed_bytes_fetched;
+        failed += s.failed_reads;
+    }
+    let mut text = format!(
+        "{origin}; {present} of {total} files read, {:.1} MiB fetched on demand",
+        fetched as f64 / f64::from(1 << 20)
+    );
+    if failed > 0 {
+        text.push_str(&format!(", {failed} reads failed (see the log)"));
+    }
+    text
+}
