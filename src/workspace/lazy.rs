@@ -1,5 +1,8 @@
 //! The background half of a lazy start: while the workspace runs on its
-//! FUSE layers, read the prefetch files first, then pull the image whole
+//! FUSE layers, read the prefetch files first, let the boot's own reads
+//! settle (they would otherwise share the link with the whole image's
+//! download, which made a lazy boot slower than a full pull on a slow
+//! link, bench/lazy.sh), then pull the image whole
 //! (the normal pull: every digest checked, each layer published to the
 //! cache), point each layer at its published dir, and keep Status saying
 //! how far it got.
@@ -14,6 +17,13 @@ use crate::supervisor::state::StateHandle;
 
 /// How often Status's image source is brought up to date.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// The whole-image download waits for the boot's reads to settle (no
+/// chunk read for this long), so that it does not compete with them for
+/// the link...
+const SETTLED_AFTER: Duration = Duration::from_secs(1);
+/// ...but not longer than this: a workspace that never stops reading
+/// would otherwise never get its image.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(30);
 
 /// Starts the completion of a lazily started workspace; `None` when it
 /// was not started lazily. Abort the task at stop: a cut download resumes
@@ -37,6 +47,7 @@ pub fn complete(
         let began = Instant::now();
         let ticker = tokio::spawn(show_progress(origin, layers.clone(), state.clone()));
         prefetch(&layers).await;
+        settle(&layers).await;
         // By the reference as asked for, so that the record the next start
         // looks up is this one.
         let pulled = crate::image::pull(&pull, &reference, true, &state).await;
@@ -90,6 +101,29 @@ async fn prefetch(layers: &[MountedLayer]) {
             files = n,
             "lazy start: the prefetch files are in the chunk cache"
         );
+    }
+}
+
+/// Waits until no chunk was read for [`SETTLED_AFTER`] (the boot is
+/// done with its first reads), at most [`SETTLE_AT_MOST`].
+async fn settle(layers: &[MountedLayer]) {
+    let reads = || {
+        layers
+            .iter()
+            .map(|l| {
+                let s = l.handle.stats();
+                s.chunks_fetched + s.cache_hits
+            })
+            .sum::<u64>()
+    };
+    let began = Instant::now();
+    let (mut last, mut quiet_since) = (reads(), Instant::now());
+    while began.elapsed() < SETTLE_AT_MOST && quiet_since.elapsed() < SETTLED_AFTER {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = reads();
+        if now != last {
+            (last, quiet_since) = (now, Instant::now());
+        }
     }
 }
 
