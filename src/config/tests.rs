@@ -47,7 +47,7 @@ fn the_host_user_namespace_only_by_its_unsafe_name_and_only_under_runc() {
 fn defaults_apply() {
     let s = resolve(&[], &[]).unwrap();
     assert_eq!(s.run.pull.cache_dir, PathBuf::from("/var/lib/cvmd"));
-    assert_eq!(s.run.pull.concurrency, 4);
+    assert_eq!(s.run.pull.concurrency, 8);
     assert_eq!(
         s.run.pull.registry.docker_config,
         PathBuf::from("/root/.docker/config.json")
@@ -100,14 +100,14 @@ fn file_values_are_below_env() {
     let path = dir.path().join("cvmd.toml");
     std::fs::write(
         &path,
-        "image = \"f:1\"\ninsecure_registries = [\"a:5000\", \"b\"]\npull_concurrency = 8\n",
+        "image = \"f:1\"\ninsecure_registries = [\"a:5000\", \"b\"]\npull_concurrency = 6\n",
     )
     .unwrap();
     let p = path.to_str().unwrap();
     let s = resolve(&["--config", p], &[]).unwrap();
     assert_eq!(s.run.image.as_deref(), Some("f:1"));
     assert_eq!(s.run.pull.registry.insecure_registries, ["a:5000", "b"]);
-    assert_eq!(s.run.pull.concurrency, 8);
+    assert_eq!(s.run.pull.concurrency, 6);
     let s = resolve(&[], &[("CVMD_CONFIG", p), ("CVMD_IMAGE", "e:1")]).unwrap();
     assert_eq!(s.run.image.as_deref(), Some("e:1"));
 }

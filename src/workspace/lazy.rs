@@ -16,7 +16,7 @@ use crate::registry::Reference;
 use crate::supervisor::state::StateHandle;
 
 /// How often Status's image source is brought up to date.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// The whole-image download waits for the boot's reads to settle (no
 /// chunk read for this long), so that it does not compete with them for
 /// the link...
