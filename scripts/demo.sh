@@ -8,7 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cargo build --release --locked --workspace --bins
+# The dev profile (inflate and sha256 optimised even there, see Cargo.toml):
+# the same build the tests use, so running both compiles once. Release
+# builds for shipping are images/outer/Dockerfile's (docs/shipping.md).
+cargo build --locked --workspace --bins
 
 work=$(mktemp -d /tmp/cvmd-demo.XXXXXX)
 # The workspace's root is an unprivileged host ID: it must be able to
@@ -17,7 +20,7 @@ work=$(mktemp -d /tmp/cvmd-demo.XXXXXX)
 chmod 0711 "$work"
 port=${CVMD_DEMO_PORT:-5055}
 # Where cargo put it (CARGO_TARGET_DIR moves the target dir).
-cvmd=${CARGO_TARGET_DIR:-$PWD/target}/release/cvmd
+cvmd=${CARGO_TARGET_DIR:-$PWD/target}/debug/cvmd
 runc=$(command -v runc)
 ws=demo-$$
 runtime_root=$work/state/runtime
@@ -58,7 +61,7 @@ t0=$EPOCHREALTIME
   --runtime runc --log-format text run >"$work/cvmd.log" 2>&1 &
 cvmd_pid=$!
 
-cvmctl=${CARGO_TARGET_DIR:-$PWD/target}/release/cvmctl
+cvmctl=${CARGO_TARGET_DIR:-$PWD/target}/debug/cvmctl
 # cvmctl reaches cvmd through CVMD_SOCKET (exported above): first the
 # readiness probe Kubernetes would use, then systemd itself.
 state=
