@@ -65,7 +65,8 @@ pub fn build(index: &TocIndex) -> Result<Tree, TreeError> {
             } else {
                 format!("{dir}/{hidden}")
             };
-            meta.mode = 0;
+            // As the unpacker makes one: 0600, the unpacking root's.
+            (meta.mode, meta.uid, meta.gid) = (0o600, 0, 0);
             meta.xattrs.clear();
             (path, Kind::CharDev { major: 0, minor: 0 })
         } else {

@@ -423,3 +423,110 @@ fn the_example_systemd_image_boots_lazily() {
         "started lazily: {stderr}"
     );
 }
+
+/// Every layer as the lazy mount serves it (files read through FUSE,
+/// chunk by chunk from the registry) equals the same layer as the full
+/// pull unpacked it: kinds, modes, owners, xattrs (the opaque marker
+/// too), device numbers, hardlinks and every file's sha256.
+#[test]
+fn each_lazy_layer_is_the_full_unpacks_tree() {
+    require!(prerequisites());
+    let reg = Registry::plain().unwrap();
+    let big = pseudo_random(600 << 10, 16);
+    let image = ImageBuilder::new(Format::Oci)
+        .layer(
+            busybox_layer(&["sh", "sleep"])
+                .dir("etc", 0o755)
+                .file("etc/os-release", b"ID=cvmd-lazy\n", 0o644)
+                .file("etc/shadow", b"root:*:1::::::\n", 0o600)
+                .dir("usr", 0o755)
+                .dir("usr/bin", 0o755)
+                .file("usr/bin/big", &big, 0o4755)
+                .hardlink("usr/bin/big-alias", "usr/bin/big")
+                .symlink("sbin", "usr/bin")
+                .dir("dev", 0o755)
+                .char_device("dev/null", 1, 3, 0o666)
+                .block_device("dev/loop0", 7, 0, 0o660)
+                .dir("run", 0o755)
+                .fifo("run/initctl", 0o600)
+                .dir("tmp", 0o1777)
+                .dir("var", 0o755)
+                .dir("var/cache", 0o755)
+                .file("var/cache/old", b"old", 0o644)
+                .owner(1000, 100)
+                .dir("home", 0o750)
+                .file_with_xattrs("home/notes", b"hi", 0o640, &[("user.lang", b"en")])
+                .owner(0, 0)
+                .build(Compression::Gzip),
+        )
+        .layer(
+            LayerBuilder::new()
+                .whiteout("etc/shadow")
+                .opaque("var/cache")
+                .file("var/cache/new", b"new", 0o644)
+                .file("etc/motd", b"hello\n", 0o644)
+                .build(Compression::Gzip),
+        )
+        .entrypoint(&[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 1; done",
+        ])
+        .build();
+    let source = push(&reg, "lazy/tree", "v1", &image);
+    let target = format!("{}/lazy/tree-estargz:v1", reg.host());
+    {
+        let sandbox = Sandbox::new();
+        let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+        let out = cvmd.run(&["convert", &source, &target, "--chunk-size", "65536"]);
+        assert_success(&out, "cvmd convert");
+    }
+    let proxy = FaultProxy::start(&reg.url());
+    proxy.throttle_blobs(1 << 20);
+    let reference = target.replace(&reg.host(), &proxy.host());
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    ws.wait_for("running", |s| s["phase"] == "running");
+    let lazy_dir = ws
+        .state
+        .path()
+        .join("workspaces")
+        .join(crate::common::layers::workspace_name(ws.state.path()))
+        .join("lazy");
+    let lazy: Vec<_> = (0..2)
+        .map(|i| snapshot(&lazy_dir.join(i.to_string()), Xattrs::All))
+        .collect();
+    assert!(
+        !source_of(&ws).contains("complete"),
+        "the layers were read before the download ended: {}",
+        ws.status()
+    );
+    assert!(
+        crate::common::wait_until(Duration::from_secs(60), || {
+            source_of(&ws).contains("complete in cvmd's cache")
+        }),
+        "never completed: {}",
+        ws.status()
+    );
+    let cache = sandbox.cache();
+    let full: Vec<_> = published(&cache)
+        .iter()
+        .map(|hex| {
+            snapshot(
+                &cache.join("layers/sha256").join(hex).join("root"),
+                Xattrs::All,
+            )
+        })
+        .collect();
+    assert_eq!(full.len(), 2, "two layers published");
+    for (i, tree) in lazy.iter().enumerate() {
+        assert!(tree.contains_key("usr/bin/big") || tree.contains_key("var/cache/new"));
+        assert!(
+            full.contains(tree),
+            "lazy layer {i} differs from every unpacked layer:\nlazy {tree:#?}\nfull {full:#?}"
+        );
+    }
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+}
