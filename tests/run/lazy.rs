@@ -530,3 +530,56 @@ fn each_lazy_layer_is_the_full_unpacks_tree() {
     let (code, stderr) = ws.finish();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// A manifest whose TOC digest annotation does not match the layer's TOC
+/// (tampered, or a broken converter): no lazy mount, one warning line
+/// naming the layer and why, and the start goes on as a full pull, which
+/// checks every digest.
+#[test]
+fn a_toc_that_is_not_the_promised_one_falls_back_to_a_full_pull() {
+    require!(prerequisites());
+    let reg = Registry::plain().unwrap();
+    let big = pseudo_random(256 << 10, 17);
+    let reference = converted(&reg, &big);
+    let client = reg.client();
+    let (_, _, manifest) = crate::common::block_on(client.get_manifest(
+        "lazy/estargz",
+        "v1",
+        Some("application/vnd.oci.image.manifest.v1+json"),
+    ))
+    .unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let forged = format!("sha256:{}", "ab".repeat(32));
+    manifest["layers"][0]["annotations"]["containerd.io/snapshot/stargz/toc.digest"] =
+        serde_json::Value::String(forged.clone());
+    crate::common::block_on(client.push_manifest_raw(
+        "lazy/estargz",
+        "forged",
+        "application/vnd.oci.image.manifest.v1+json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    ))
+    .unwrap();
+    let reference = reference.replace(":v1", ":forged");
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+    let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    ws.wait_for("running", |s| s["phase"] == "running");
+    assert_eq!(source_of(&ws), "registry, into cvmd's cache");
+    assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let refused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("lazy start: refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "one line: {stderr}");
+    assert!(
+        refused[0].contains(&forged[7..19]) || refused[0].contains("digest"),
+        "says why: {}",
+        refused[0]
+    );
+    assert!(
+        !stderr.contains("served on demand"),
+        "mounted lazily: {stderr}"
+    );
+}
