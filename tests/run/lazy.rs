@@ -583,3 +583,61 @@ fn a_toc_that_is_not_the_promised_one_falls_back_to_a_full_pull() {
         "mounted lazily: {stderr}"
     );
 }
+
+/// A token-auth registry whose tokens die after 2 s: the credentials are
+/// checked before anything is mounted, and a read long after the start
+/// renews the token instead of failing.
+#[test]
+fn a_lazy_workspace_renews_its_token_while_it_reads() {
+    use crate::common::token::TokenConfig;
+    const USER: &str = "lazy";
+    const PASS: &str = "pw-Lazy-never-shown";
+    require!(prerequisites());
+    let cfg = TokenConfig::new()
+        .user(USER, PASS)
+        .expires_in(2)
+        .enforce_expiry(true);
+    let reg = Registry::token(cfg).expect("registry");
+    let big = pseudo_random(1 << 20, 18);
+    let source = push(&reg, "team/src", "v1", &image(&big));
+    let target = format!("{}/team/lazy:v1", reg.host());
+    let proxy = FaultProxy::start(&reg.url());
+    proxy.throttle_blobs(256 << 10);
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("config.json");
+    let auth = serde_json::json!({"username": USER, "password": PASS});
+    std::fs::write(
+        &secret,
+        serde_json::json!({"auths": {reg.host(): auth, proxy.host(): auth}}).to_string(),
+    )
+    .unwrap();
+    let secret = secret.to_str().unwrap();
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+    let out = cvmd.run(&["convert", &source, &target, "--pull-secret", secret]);
+    assert_success(&out, "cvmd convert");
+
+    // Without credentials: refused before anything is mounted.
+    let reference = target.replace(&reg.host(), &proxy.host());
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    let (code, stderr, ended) = ws.wait_exit(Duration::from_secs(30));
+    assert!(ended, "a start without credentials kept running: {stderr}");
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("requires authentication"), "{stderr}");
+    assert!(!stderr.contains("Mounting"), "mounted: {stderr}");
+
+    let ws = start_cvmd(
+        &cvmd,
+        &reference,
+        &["--cache-reserve", "0", "--pull-secret", secret],
+    );
+    ws.wait_for("running", |s| s["phase"] == "running");
+    assert!(source_of(&ws).contains("lazily"), "{}", ws.status());
+    // Every token issued so far has expired.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains(PASS), "the password was logged");
+}
