@@ -44,6 +44,8 @@ IMAGES = {
     ],
     # ~900 MB, ~40k files
     "big": [(7900, 10 * KB, 100, 1 * MB)] * 5,
+    # one 100 MB file (and one small one): bench/lazy.sh reads it lazily
+    "onefile": [(1, 1 * KB, 1, 100 * MB)],
 }
 
 WORDS_SEED = 4242
@@ -148,7 +150,9 @@ def _layer(args):
                     ext = rnd.choice([".py", ".h", ".c", ".txt", ".json", ".conf", ".md"])
                     add_file(f"{rnd.choice(dirs)}/f{i:05d}{ext}", data, 0o644)
                 for i in range(n_bin):
-                    data = rnd.randbytes(_size(rnd, bin_mean)).translate(_SQUEEZE)
+                    # onefile's one file is exactly its size (bench/lazy.sh).
+                    size = bin_mean if name == "onefile" else _size(rnd, bin_mean)
+                    data = rnd.randbytes(size).translate(_SQUEEZE)
                     add_file(f"{rnd.choice(dirs)}/bin{i:04d}.so", data, 0o755)
                 for i in range(5):
                     ti = tarfile.TarInfo(f"{dirs[0]}/link{i}")

@@ -6,11 +6,16 @@
 # a slow link (bench/throttle.py: a delay per request and a shared
 # bandwidth cap). "full" is the same image with CVMD_LAZY=off.
 #
-#   bench/lazy.sh [--runs N] [--slow MS:MBPS] [--out FILE.md]
+#   bench/lazy.sh [--runs N] [--slow MS:MBPS] [--out FILE.md] [--only systemd|onefile]
 #
 # Reports per link and mode: median seconds to running, the bytes fetched
 # on demand by then (lazy; from Status), cvmd's peak RSS while serving
 # (VmHWM at running), and a warm start (the image in the cache) for each.
+# Then, per link, on bench/gen_image.py's `onefile` image (one 100 MB file,
+# eStargz): a lazily started workspace reads that never-read file whole
+# (its throughput against the full pull's) and opens a small cold file
+# (its extra time over an exec that reads nothing, against the link's
+# delay per request).
 # Needs root, runc, docker-registry, python3, curl and what
 # images/build.sh needs; not a test.
 set -euo pipefail
@@ -18,17 +23,18 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 die() { echo "bench/lazy.sh: $*" >&2; exit 1; }
-RUNS=3 SLOW=20:25 OUT=
+RUNS=3 SLOW=20:25 OUT= ONLY=
 while (($#)); do
   case $1 in
     --runs) RUNS=$2; shift 2 ;;
     --slow) SLOW=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
     *) die "unknown argument $1" ;;
   esac
 done
 [[ $(id -u) == 0 ]] || die "run as root"
-for t in docker-registry runc python3 curl; do command -v "$t" >/dev/null || die "$t is not installed"; done
+for t in docker-registry runc python3 curl skopeo; do command -v "$t" >/dev/null || die "$t is not installed"; done
 CVMD=${CVMD_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/cvmd}
 CVMCTL=$(dirname "$CVMD")/cvmctl
 [[ -x $CVMD && -x $CVMCTL ]] || die "no $CVMD or $CVMCTL: cargo build --release --workspace --bins"
@@ -61,6 +67,11 @@ for u in "http://127.0.0.1:$port/v2/" "http://127.0.0.1:$slow_port/v2/"; do
   for _ in $(seq 100); do curl -fs "$u" >/dev/null && break; sleep 0.1; done
 done
 
+seq_no=0
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+table=$WORK/table.md onefile_table=$WORK/onefile.md
+: >"$table"; : >"$onefile_table"
+if [[ $ONLY != onefile ]]; then
 echo "== building the example systemd image and its eStargz copy" >&2
 ref=$(CVMD=$CVMD bash "$root/images/build.sh" --push "127.0.0.1:$port/examples" --insecure --estargz systemd | tail -n1)
 [[ $ref == *-estargz ]] || die "images/build.sh printed $ref"
@@ -68,7 +79,6 @@ size=$(curl -fs -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
   "http://127.0.0.1:$port/v2/examples/debian-systemd/manifests/${ref##*:}" |
   python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))')
 
-seq_no=0
 # boot LINK_PORT MODE CACHE -> "seconds fetched_mib vmhwm_kib"
 boot() {
   local at=$1 mode=$2 cache=$3 state r t0 t1 st pid answer source hwm
@@ -96,9 +106,7 @@ boot() {
   mib=$(sed -n 's/.*, \([0-9.]*\) MiB fetched on demand.*/\1/p' <<<"$source")
   echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", (b - a) / 1e9}') ${mib:--} $hwm"
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-table=$WORK/table.md
 {
   echo "| link | mode | median s to systemd running | runs (s) | MiB fetched on demand by then (of $((size / 1048576)) MiB compressed) | cvmd peak RSS MiB | warm start s | load (1 min) |"
   echo "|---|---|---:|---|---|---:|---:|---|"
@@ -125,11 +133,64 @@ for link in loopback slow; do
   done
   unset T F H
 done
+fi
+
+# ---- the 100 MB file
+if [[ $ONLY != systemd ]]; then
+onefile=$WORK/onefile
+python3 "$here/gen_image.py" onefile "$onefile" >/dev/null
+skopeo copy -q --dest-tls-verify=false "oci:$onefile:latest" "docker://127.0.0.1:$port/bench/onefile:latest"
+CVMD_CACHE_RESERVE=0 "$CVMD" --cache-dir "$WORK/convert-cache" --insecure-registries "127.0.0.1:$port" \
+  --log-level warn convert "127.0.0.1:$port/bench/onefile:latest" "127.0.0.1:$port/bench/onefile:estargz" >&2
+one_ref=127.0.0.1:$port/bench/onefile:estargz
+big_path= small_path=
+secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b - a) / 1e9}'; }
+{
+  echo "| link | full pull s | lazy read of the 100 MB file s | read throughput / full pull's | first small cold file: ms over an empty exec | delay per request ms |"
+  echo "|---|---:|---:|---:|---:|---:|"
+} >"$onefile_table"
+for link in loopback slow; do
+  at=$port delay=0; [[ $link == slow ]] && at=$slow_port delay=${SLOW%%:*}
+  image=${one_ref/127.0.0.1:$port/127.0.0.1:$at}
+  seq_no=$((seq_no + 1))
+  sync; t0=$(date +%s%N)
+  CVMD_CACHE_RESERVE=0 "$CVMD" --cache-dir "$WORK/one-full-$seq_no" --insecure-registries "127.0.0.1:$at" \
+    --log-level warn pull "$image" >/dev/null 2>&1 || die "full pull of $image failed"
+  full=$(secs "$t0" "$(date +%s%N)")
+  seq_no=$((seq_no + 1)); state=$WORK/state-$seq_no; mkdir -p "$state"
+  CVMD_CACHE_RESERVE=0 "$CVMD" --cache-dir "$WORK/one-lazy-$seq_no" --state-dir "$state" \
+    --insecure-registries "127.0.0.1:$at" --image "$image" --workspace "lazy-bench-$seq_no" \
+    --runtime runc --network none --mounts /bin/busybox:/busybox:ro \
+    --command "/busybox sleep 100000" --log-level warn run >"$state/log" 2>&1 &
+  pid=$!
+  ex() { "$CVMCTL" --socket "$state/cvmd.sock" exec -- /busybox "$@"; }
+  for _ in $(seq 600); do ex true 2>/dev/null && break; sleep 0.05; done
+  if [[ -z $big_path ]]; then
+    # Found by name: listing reads no file's bytes.
+    big_path=$(ex find / -xdev -type f -name 'bin0000.so')
+    small_path=$(ex find / -xdev -type f -name 'f00000.*')
+  fi
+  # The small file first, never read before: what it costs beyond an
+  # exec that reads nothing (the reads stay inside the workspace).
+  t0=$(date +%s%N); ex sh -c true; t1=$(date +%s%N)
+  ex sh -c "cat '$small_path' >/dev/null"; t2=$(date +%s%N)
+  extra=$(awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN {printf "%.1f", ((c - b) - (b - a)) / 1e6}')
+  t0=$(date +%s%N); ex sh -c "cat '$big_path' >/dev/null"; read_s=$(secs "$t0" "$(date +%s%N)")
+  kill -TERM "$pid"; wait "$pid" || true
+  printf '| %s | %s | %s | %.2f | %s | %s |\n' "$link" "$full" "$read_s" \
+    "$(awk -v f="$full" -v r="$read_s" 'BEGIN {print f / r}')" "$extra" "$delay" >>"$onefile_table"
+done
+fi
+
 {
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, runs: $RUNS per mode, interleaved"
   echo "- cvmd: $CVMD ($("$CVMD" --version | head -1))"
-  echo "- image: $ref ($size bytes compressed, one layer)"
+  [[ -z ${ref:-} ]] || echo "- image: $ref ($size bytes compressed, one layer)"
   echo "- slow link: ${SLOW%%:*} ms per request, ${SLOW##*:} MB/s shared (bench/throttle.py)"
   echo
   cat "$table"
+  echo
+  echo "The 100 MB file (bench/gen_image.py onefile, eStargz, one chunk per 4 MiB):"
+  echo
+  cat "$onefile_table"
 } | tee ${OUT:+"$OUT"}
