@@ -247,7 +247,11 @@ impl Inner {
                 }
             }
         });
-        result.unwrap_or_else(|| Err(FetchError::msg("the chunk source gave no bytes for the chunk")))
+        result.unwrap_or_else(|| {
+            Err(FetchError::msg(
+                "the chunk source gave no bytes for the chunk",
+            ))
+        })
     }
 
     fn mark_present(&self, ino: u64, chunk: usize, chunks: usize) {

@@ -36,9 +36,10 @@ impl BlobOrder {
         for (n, node) in tree.nodes.iter().enumerate() {
             if let Kind::File { chunks, .. } = &node.kind {
                 let n = u32::try_from(n).expect("fewer than 2^32 inodes");
-                order.extend((0..chunks.len()).map(|c| {
-                    (n, u32::try_from(c).expect("fewer than 2^32 chunks a file"))
-                }));
+                order.extend(
+                    (0..chunks.len())
+                        .map(|c| (n, u32::try_from(c).expect("fewer than 2^32 chunks a file"))),
+                );
             }
         }
         let key = |&(n, c): &(u32, u32)| {

@@ -22,7 +22,11 @@ pub trait ChunkSource: Send + Sync {
     /// inflated chunk in memory at a time beside the span.
     ///
     /// The default fetches the chunks one by one.
-    fn fetch_run(&self, chunks: &[Chunk], each: &mut dyn FnMut(usize, Result<Vec<u8>, FetchError>)) {
+    fn fetch_run(
+        &self,
+        chunks: &[Chunk],
+        each: &mut dyn FnMut(usize, Result<Vec<u8>, FetchError>),
+    ) {
         for (i, c) in chunks.iter().enumerate() {
             each(i, self.fetch(c));
         }
