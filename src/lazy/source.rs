@@ -23,25 +23,86 @@ pub struct RegistrySpans {
     pub deadline: Duration,
 }
 
-impl ChunkSource for RegistrySpans {
-    fn fetch(&self, chunk: &Chunk) -> Result<Vec<u8>, FetchError> {
+impl RegistrySpans {
+    /// Bytes `start .. start + len` of the blob, within the deadline.
+    fn span(&self, start: u64, len: u64) -> Result<bytes::Bytes, FetchError> {
         let span = self.runtime.block_on(async {
             tokio::time::timeout(
                 self.deadline,
-                self.client.get_blob_range(
-                    &self.reference,
-                    &self.blob,
-                    chunk.blob_offset,
-                    chunk.compressed_len,
-                ),
+                self.client
+                    .get_blob_range(&self.reference, &self.blob, start, len),
             )
             .await
         });
-        let span = span
-            .map_err(|_| FetchError::Deadline(self.deadline))?
-            .map_err(|e| FetchError::msg(e.to_string()))?;
+        span.map_err(|_| FetchError::Deadline(self.deadline))?
+            .map_err(|e| FetchError::msg(e.to_string()))
+    }
+}
+
+impl ChunkSource for RegistrySpans {
+    fn fetch(&self, chunk: &Chunk) -> Result<Vec<u8>, FetchError> {
+        let span = self.span(chunk.blob_offset, chunk.compressed_len)?;
         inflate(&span, chunk.inner_offset, chunk.size)
     }
+
+    /// One request for the span from the first chunk's start to the
+    /// furthest chunk's end (chunks left out between them come along
+    /// unused); each chunk is inflated from its own part of it, so chunks
+    /// of one gzip member (one `blob_offset`, several `inner_offset`s)
+    /// each inflate the member from its start.
+    fn fetch_run(
+        &self,
+        chunks: &[Chunk],
+        each: &mut dyn FnMut(usize, Result<Vec<u8>, FetchError>),
+    ) {
+        let start = chunks.iter().map(|c| c.blob_offset).min().unwrap_or(0);
+        let end = chunks
+            .iter()
+            .map(|c| c.blob_offset.saturating_add(c.compressed_len))
+            .max()
+            .unwrap_or(0);
+        match self.span(start, end - start) {
+            Ok(span) => inflate_run(&span, start, chunks, each),
+            Err(e) => {
+                for i in 0..chunks.len() {
+                    each(i, Err(e.again()));
+                }
+            }
+        }
+    }
+}
+
+/// Inflates each of `chunks` from its part of `span`, the blob's bytes
+/// from `start`, handing each over as soon as it is done.
+fn inflate_run(
+    span: &[u8],
+    start: u64,
+    chunks: &[Chunk],
+    each: &mut dyn FnMut(usize, Result<Vec<u8>, FetchError>),
+) {
+    for (i, c) in chunks.iter().enumerate() {
+        let got = c
+            .blob_offset
+            .checked_sub(start)
+            .ok_or_else(|| FetchError::msg("a chunk starts before its run"))
+            .and_then(|at| part(span, at, c.compressed_len))
+            .and_then(|part| inflate(part, c.inner_offset, c.size));
+        each(i, got);
+    }
+}
+
+/// `len` bytes at `at` of `span`, or an error if the registry sent fewer.
+fn part(span: &[u8], at: u64, len: u64) -> Result<&[u8], FetchError> {
+    usize::try_from(at)
+        .ok()
+        .zip(usize::try_from(len).ok())
+        .and_then(|(at, len)| span.get(at..at.checked_add(len)?))
+        .ok_or_else(|| {
+            FetchError::msg(format!(
+                "the registry's answer holds {} bytes, short of the chunk's span at {at}+{len}",
+                span.len()
+            ))
+        })
 }
 
 /// `size` bytes after `skip` of the gzip members in `span`. The caller
@@ -86,6 +147,64 @@ mod tests {
         span.extend(gz(b"next tar header"));
         assert_eq!(inflate(&span, 8, 5).unwrap(), b"chunk");
         assert_eq!(inflate(&span, 0, 8).unwrap(), b"header--");
+    }
+
+    fn chunk(blob_offset: u64, compressed_len: u64, inner_offset: u64, data: &[u8]) -> Chunk {
+        Chunk {
+            file_offset: 0,
+            size: data.len() as u64,
+            blob_offset,
+            compressed_len,
+            inner_offset,
+            digest: Digest::of(data),
+        }
+    }
+
+    #[test]
+    fn a_run_inflates_each_chunk_from_its_own_part_of_one_span() {
+        // A blob: some bytes before the run, a member holding two chunks
+        // (by inner offset), a member holding one, then a member between
+        // them left out of the run, then a last one.
+        let mut blob = b"earlier bytes".to_vec();
+        let shared = gz(b"firstsecond");
+        let one = gz(b"third");
+        let skipped = gz(b"not in the run");
+        let last = gz(b"fourth");
+        let at = |blob: &Vec<u8>| blob.len() as u64;
+        let run_start = at(&blob);
+        blob.extend(&shared);
+        let one_at = at(&blob);
+        blob.extend(&one);
+        blob.extend(&skipped);
+        let last_at = at(&blob);
+        blob.extend(&last);
+        let chunks = [
+            chunk(run_start, shared.len() as u64, 0, b"first"),
+            chunk(run_start, shared.len() as u64, 5, b"second"),
+            chunk(one_at, one.len() as u64, 0, b"third"),
+            chunk(last_at, last.len() as u64, 0, b"fourth"),
+        ];
+        let span = &blob[usize::try_from(run_start).unwrap()..];
+        let mut got = Vec::new();
+        inflate_run(span, run_start, &chunks, &mut |i, r| {
+            got.push((i, String::from_utf8(r.unwrap()).unwrap()));
+        });
+        assert_eq!(
+            got,
+            [
+                (0, "first".to_string()),
+                (1, "second".to_string()),
+                (2, "third".to_string()),
+                (3, "fourth".to_string())
+            ]
+        );
+        // An answer cut short fails the chunks past its end only.
+        let short = &span[..span.len() - 3];
+        let mut ok = Vec::new();
+        inflate_run(short, run_start, &chunks, &mut |i, r| {
+            ok.push((i, r.is_ok()))
+        });
+        assert_eq!(ok, [(0, true), (1, true), (2, true), (3, false)]);
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl ChunkCache {
         if let Some(f) = self.lookup(chunk) {
             return Ok(Got::Hit(f));
         }
-        let lock_path = self.locks.join(format!("{}.lock", chunk.digest.hex()));
+        let lock_path = self.lock_path(&chunk.digest);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ChunkError::Io { path, source }
@@ -195,25 +195,82 @@ impl ChunkCache {
             return Ok(Got::Hit(f));
         }
         let bytes = fetch()?;
-        let got = Digest::of(&bytes);
+        self.verify_and_store(chunk, &bytes)?;
+        Ok(Got::Fetched(bytes))
+    }
+
+    fn lock_path(&self, digest: &Digest) -> PathBuf {
+        self.locks.join(format!("{}.lock", digest.hex()))
+    }
+
+    /// Checks `bytes` against the chunk's digest and size, then stores
+    /// them; the caller holds the chunk's lock.
+    fn verify_and_store(&self, chunk: &Chunk, bytes: &[u8]) -> Result<(), ChunkError> {
+        let got = Digest::of(bytes);
         if got != chunk.digest || u64::try_from(bytes.len()) != Ok(chunk.size) {
             return Err(ChunkError::Corrupt {
                 got,
                 len: bytes.len(),
             });
         }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ChunkError::Io { path, source }
+        };
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp")
             .tempfile_in(&self.chunks)
             .map_err(io(&self.chunks))?;
-        tmp.write_all(&bytes).map_err(io(tmp.path()))?;
+        tmp.write_all(bytes).map_err(io(tmp.path()))?;
         let path = self.chunk_path(&chunk.digest);
         tmp.persist(&path).map_err(|e| ChunkError::Io {
             path: path.clone(),
             source: e.error,
         })?;
-        Ok(Got::Fetched(bytes))
+        Ok(())
     }
+
+    /// Takes the chunk's lock for a read-ahead if it is free and the chunk
+    /// is not cached: `None` when it is cached, being fetched (its lock is
+    /// held, in this process or another on the node), or the lock cannot
+    /// be had at all. Never waits, so a read-ahead never holds up a read.
+    pub(crate) fn try_claim(&self, chunk: &Chunk) -> Option<Claim> {
+        if self.lookup(chunk).is_some() {
+            return None;
+        }
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.lock_path(&chunk.digest))
+            .ok()?;
+        // The same flock `fetch_locked` waits on: a reader of this chunk
+        // in any process waits for the claim, then finds the chunk.
+        lock.try_lock().ok()?;
+        if self.lookup(chunk).is_some() {
+            return None;
+        }
+        Some(Claim { _lock: lock })
+    }
+
+    /// Verifies and stores a claimed chunk, then lets the claim go.
+    pub(crate) fn store_claimed(
+        &self,
+        claim: Claim,
+        chunk: &Chunk,
+        bytes: &[u8],
+    ) -> Result<(), ChunkError> {
+        let stored = self.verify_and_store(chunk, bytes);
+        drop(claim);
+        stored
+    }
+}
+
+/// A chunk's lock, held from a read-ahead's choice of the chunk until it
+/// is stored or given up (dropping it releases the lock).
+#[derive(Debug)]
+pub(crate) struct Claim {
+    _lock: File,
 }
 
 /// What [`gc`] did.

@@ -18,6 +18,7 @@ mod cache;
 mod fs;
 mod mount;
 mod read;
+mod readahead;
 mod source;
 mod stats;
 mod tree;

@@ -57,6 +57,11 @@ pub struct MountOptions {
     pub read_threads: usize,
     /// At most this many chunk fetches from the source at once.
     pub max_fetches: usize,
+    /// A read that misses a chunk fetches, in the same request, the chunks
+    /// that follow it in the blob (other files of its directory, mostly)
+    /// up to this many compressed bytes, and caches them for later reads;
+    /// 0 fetches each chunk alone.
+    pub readahead_bytes: u64,
     /// The mount's source in the mount table and its name in log lines
     /// (e.g. the layer's short digest).
     pub fsname: String,
@@ -69,6 +74,7 @@ impl Default for MountOptions {
             gid_offset: 0,
             read_threads: 16,
             max_fetches: 8,
+            readahead_bytes: 1 << 20,
             fsname: "cvmd-lazy".into(),
         }
     }
@@ -138,6 +144,7 @@ pub fn mount(
         source,
         cache,
         options.max_fetches,
+        options.readahead_bytes,
     ));
     let fs = LazyFs {
         inner: inner.clone(),

@@ -12,7 +12,8 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::cache::{ChunkCache, ChunkError, Got};
-use crate::source::ChunkSource;
+use crate::readahead::{BlobOrder, MAX_NEIGHBOURS};
+use crate::source::{ChunkSource, FetchError};
 use crate::stats::Stats;
 use crate::tree::{Chunk, Kind, Node, Tree};
 
@@ -27,6 +28,9 @@ pub(crate) struct Inner {
     pub cache: Arc<ChunkCache>,
     pub stats: Stats,
     pub fetches: Semaphore,
+    /// Every chunk in blob order, and the read-ahead budget (compressed
+    /// bytes per request); `None` when read-ahead is off.
+    readahead: Option<(BlobOrder, u64)>,
     pub backing: RwLock<Option<Backing>>,
     /// Open file handles (the `fh` the kernel passes back on read).
     pub handles: Mutex<HashMap<u64, OpenFile>>,
@@ -57,6 +61,7 @@ impl Inner {
         source: Arc<dyn ChunkSource>,
         cache: Arc<ChunkCache>,
         max_fetches: usize,
+        readahead_bytes: u64,
     ) -> Self {
         let mut files_total = 0;
         let mut files_present = 0;
@@ -68,8 +73,10 @@ impl Inner {
                 }
             }
         }
+        let readahead = (readahead_bytes > 0).then(|| (BlobOrder::new(&tree), readahead_bytes));
         Inner {
             name,
+            readahead,
             tree,
             source,
             cache,
@@ -141,7 +148,7 @@ impl Inner {
             Some(f) => Got::Hit(f),
             None => self.cache.get_or_fetch(c, || {
                 let _permit = self.fetches.acquire();
-                self.source.fetch(c)
+                self.fetch_with_neighbours(c)
             })?,
         };
         match got {
@@ -161,6 +168,90 @@ impl Inner {
                 Ok(())
             }
         }
+    }
+
+    /// `c`'s bytes, fetched (under its lock) in one request with the
+    /// uncached chunks after it in the blob, which are verified and stored
+    /// for later reads. A neighbour that fails is not stored and does not
+    /// fail this read; only `c`'s bytes are kept in memory.
+    fn fetch_with_neighbours(&self, c: &Chunk) -> Result<Vec<u8>, FetchError> {
+        let Some((order, budget)) = &self.readahead else {
+            return self.source.fetch(c);
+        };
+        let mut run = Vec::new();
+        let mut claims = Vec::new();
+        let mut needed = None;
+        for p in order.run(&self.tree, c, *budget) {
+            if p.chunk.digest == c.digest {
+                // `c` itself, or a copy of its bytes elsewhere: fetched once.
+                if needed.is_none() {
+                    needed = Some(run.len());
+                    run.push(c.clone());
+                    claims.push(None);
+                }
+                continue;
+            }
+            if claims.len() > MAX_NEIGHBOURS {
+                break;
+            }
+            // A chunk twice in one run is claimed once: the second claim
+            // finds the lock held.
+            if let Some(claim) = self.cache.try_claim(p.chunk) {
+                run.push(p.chunk.clone());
+                claims.push(Some((claim, p)));
+            }
+        }
+        let Some(needed) = needed else {
+            // Not in the blob order (cannot happen for a chunk of this
+            // tree): fetch it alone.
+            return self.source.fetch(c);
+        };
+        if run.len() == 1 {
+            return self.source.fetch(c);
+        }
+        let mut result = None;
+        self.source.fetch_run(&run, &mut |i, got| {
+            if i == needed {
+                result = Some(got);
+                return;
+            }
+            let Some((claim, p)) = claims.get_mut(i).and_then(Option::take) else {
+                return;
+            };
+            let bytes = match got {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::debug!(chunk = %p.chunk.digest, "lazy layer {}: read-ahead fetch failed: {e}", self.name);
+                    return;
+                }
+            };
+            match self.cache.store_claimed(claim, p.chunk, &bytes) {
+                Ok(()) => {
+                    Stats::add(&self.stats.chunks_fetched, 1);
+                    Stats::add(&self.stats.chunks_read_ahead, 1);
+                    Stats::add(&self.stats.bytes_fetched, p.chunk.size);
+                    Stats::add(&self.stats.compressed_bytes_fetched, p.chunk.compressed_len);
+                    self.mark_present(p.ino, p.index, p.of);
+                }
+                Err(e) => {
+                    let path = self.tree.node(p.ino).map(|n| n.path.display().to_string());
+                    tracing::warn!(
+                        chunk = %p.chunk.digest,
+                        "lazy layer {}: read-ahead of {} skipped its chunk {} (file bytes {}..{}): {e}",
+                        self.name,
+                        path.unwrap_or_default(),
+                        p.chunk.digest.short(),
+                        p.chunk.file_offset,
+                        p.chunk.file_offset + p.chunk.size,
+                    );
+                }
+            }
+        });
+        result.unwrap_or_else(|| {
+            Err(FetchError::msg(
+                "the chunk source gave no bytes for the chunk",
+            ))
+        })
     }
 
     fn mark_present(&self, ino: u64, chunk: usize, chunks: usize) {

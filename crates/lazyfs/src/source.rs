@@ -11,6 +11,26 @@ use crate::tree::Chunk;
 /// bytes are verified against the chunk's digest by the caller.
 pub trait ChunkSource: Send + Sync {
     fn fetch(&self, chunk: &Chunk) -> Result<Vec<u8>, FetchError>;
+
+    /// Fetches `chunks`, sorted by `(blob_offset, inner_offset)` and close
+    /// together in the blob (a read-ahead run: the chunk a read needs and
+    /// the ones after it), and calls `each(i, bytes of chunks[i])` exactly
+    /// once per chunk, in order. A source over one blob answers with one
+    /// request for the span from the first chunk's `blob_offset` to the
+    /// end of the furthest one's, gaps included, so a run costs one round
+    /// trip. Handing each chunk over as soon as it is inflated keeps one
+    /// inflated chunk in memory at a time beside the span.
+    ///
+    /// The default fetches the chunks one by one.
+    fn fetch_run(
+        &self,
+        chunks: &[Chunk],
+        each: &mut dyn FnMut(usize, Result<Vec<u8>, FetchError>),
+    ) {
+        for (i, c) in chunks.iter().enumerate() {
+            each(i, self.fetch(c));
+        }
+    }
 }
 
 impl std::fmt::Debug for dyn ChunkSource {
@@ -32,5 +52,14 @@ impl FetchError {
     /// An error from a message.
     pub fn msg(msg: impl Into<String>) -> Self {
         FetchError::Other(msg.into().into())
+    }
+
+    /// The same failure again, for every chunk of a run whose one request
+    /// failed (the source error itself is not `Clone`).
+    pub fn again(&self) -> Self {
+        match self {
+            FetchError::Deadline(d) => FetchError::Deadline(*d),
+            FetchError::Other(e) => FetchError::msg(e.to_string()),
+        }
     }
 }

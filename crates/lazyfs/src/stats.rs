@@ -9,6 +9,7 @@ pub struct Stats {
     pub(crate) bytes_fetched: AtomicU64,
     pub(crate) compressed_bytes_fetched: AtomicU64,
     pub(crate) chunks_fetched: AtomicU64,
+    pub(crate) chunks_read_ahead: AtomicU64,
     pub(crate) cache_hits: AtomicU64,
     pub(crate) failed_reads: AtomicU64,
     pub(crate) files_present: AtomicU64,
@@ -25,6 +26,9 @@ pub struct StatsSnapshot {
     pub compressed_bytes_fetched: u64,
     /// Chunks fetched from the source (not found in the node's cache).
     pub chunks_fetched: u64,
+    /// Of those, the ones fetched beside a chunk a read needed, in the
+    /// same request, before any read asked for them.
+    pub chunks_read_ahead: u64,
     /// Chunk reads served from the node's cache.
     pub cache_hits: u64,
     /// Reads answered with EIO.
@@ -48,6 +52,7 @@ impl Stats {
             bytes_fetched: get(&self.bytes_fetched),
             compressed_bytes_fetched: get(&self.compressed_bytes_fetched),
             chunks_fetched: get(&self.chunks_fetched),
+            chunks_read_ahead: get(&self.chunks_read_ahead),
             cache_hits: get(&self.cache_hits),
             failed_reads: get(&self.failed_reads),
             files_present: get(&self.files_present),

@@ -3,6 +3,7 @@
 //! into, faked here to count and break fetches.
 
 mod prereq;
+mod readahead;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -10,7 +11,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{FileExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,11 +21,16 @@ use cvmd_lazyfs::{
     MountOptions, Mounted, TreeBuilder,
 };
 
-/// Serves chunks from memory; counts fetches per chunk.
+/// Serves chunks from memory; counts fetches per chunk, and requests
+/// (a read-ahead run is one).
 #[derive(Default)]
 struct FakeSource {
     chunks: Mutex<HashMap<Digest, Vec<u8>>>,
     calls: Mutex<HashMap<Digest, usize>>,
+    /// Per request, the chunks it asked for and the blob span it covered.
+    requests: Mutex<Vec<(usize, u64)>>,
+    /// Where the next chunk added goes in the fake blob.
+    blob_end: AtomicU64,
     delay: Duration,
     fail: Option<&'static str>,
     in_flight: AtomicUsize,
@@ -33,29 +39,62 @@ struct FakeSource {
 
 impl ChunkSource for FakeSource {
     fn fetch(&self, chunk: &Chunk) -> Result<Vec<u8>, FetchError> {
-        *self
-            .calls
-            .lock()
+        self.fetch_run_vec(std::slice::from_ref(chunk))
+            .pop()
             .unwrap()
-            .entry(chunk.digest.clone())
-            .or_default() += 1;
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        std::thread::sleep(self.delay);
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if let Some(why) = self.fail {
-            return Err(FetchError::msg(why));
+    }
+
+    fn fetch_run(
+        &self,
+        chunks: &[Chunk],
+        each: &mut dyn FnMut(usize, Result<Vec<u8>, FetchError>),
+    ) {
+        for (i, got) in self.fetch_run_vec(chunks).into_iter().enumerate() {
+            each(i, got);
         }
-        self.chunks
-            .lock()
-            .unwrap()
-            .get(&chunk.digest)
-            .cloned()
-            .ok_or_else(|| FetchError::msg("no such chunk"))
     }
 }
 
 impl FakeSource {
+    /// One request (one delay) for `chunks`.
+    fn fetch_run_vec(&self, chunks: &[Chunk]) -> Vec<Result<Vec<u8>, FetchError>> {
+        let start = chunks.iter().map(|c| c.blob_offset).min().unwrap();
+        let end = chunks
+            .iter()
+            .map(|c| c.blob_offset + c.compressed_len)
+            .max()
+            .unwrap();
+        self.requests
+            .lock()
+            .unwrap()
+            .push((chunks.len(), end - start));
+        for c in chunks {
+            *self
+                .calls
+                .lock()
+                .unwrap()
+                .entry(c.digest.clone())
+                .or_default() += 1;
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        chunks
+            .iter()
+            .map(|c| match self.fail {
+                Some(why) => Err(FetchError::msg(why)),
+                None => self
+                    .chunks
+                    .lock()
+                    .unwrap()
+                    .get(&c.digest)
+                    .cloned()
+                    .ok_or_else(|| FetchError::msg("no such chunk")),
+            })
+            .collect()
+    }
+
     fn total_calls(&self) -> usize {
         self.calls.lock().unwrap().values().sum()
     }
@@ -80,7 +119,8 @@ fn dir(path: &str) -> Entry {
 }
 
 /// A file entry of `content` cut into `chunk_size` chunks, whose bytes go
-/// into `source`.
+/// into `source`; each chunk's span (half its size) follows the previous
+/// chunk's in the fake blob, as a layer writer lays them out.
 fn file(source: &FakeSource, path: &str, content: &[u8], chunk_size: usize) -> Entry {
     let mut chunks = Vec::new();
     for (i, piece) in content.chunks(chunk_size).enumerate() {
@@ -90,11 +130,12 @@ fn file(source: &FakeSource, path: &str, content: &[u8], chunk_size: usize) -> E
             .lock()
             .unwrap()
             .insert(digest.clone(), piece.to_vec());
+        let compressed_len = piece.len() as u64 / 2;
         chunks.push(Chunk {
             file_offset: (i * chunk_size) as u64,
             size: piece.len() as u64,
-            blob_offset: 0,
-            compressed_len: piece.len() as u64 / 2,
+            blob_offset: source.blob_end.fetch_add(compressed_len, Ordering::SeqCst),
+            compressed_len,
             inner_offset: 0,
             digest,
         });
@@ -471,6 +512,8 @@ fn fetches_are_bounded_and_never_block_metadata_needs_root_and_fuse() {
         None,
         MountOptions {
             max_fetches: 2,
+            // Each read its own fetch, so six wait on the source at once.
+            readahead_bytes: 0,
             ..MountOptions::default()
         },
     );
