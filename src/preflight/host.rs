@@ -130,16 +130,61 @@ impl Host for RealHost {
     }
 
     fn probe_idmapped(&self, dir: &Path) -> Probe {
-        with_probe_dir(dir, crate::rootfs::probe::idmapped_mount)
+        remembered(dir, "idmapped", crate::rootfs::probe::idmapped_mount)
     }
 
     fn probe_overlay_idmapped(&self, dir: &Path) -> Probe {
-        with_probe_dir(dir, crate::rootfs::probe::overlay_on_idmapped)
+        remembered(
+            dir,
+            "overlay-idmapped",
+            crate::rootfs::probe::overlay_on_idmapped,
+        )
     }
 
     fn version(&self, program: &Path) -> Result<String, String> {
         super::version::run_with(self.spawner.as_ref(), program, self.version_timeout)
     }
+}
+
+/// Where the probes that worked on this boot are remembered.
+const WORKED: &str = ".preflight-worked";
+
+/// A probe that worked on this boot and on `dir`'s file system is not run
+/// again: a kernel feature does not come and go without a reboot, and the
+/// probes' mounts cost tens of milliseconds on every start (a warm start
+/// is ~0.2 s). A failure is always probed again.
+fn remembered(
+    dir: &Path,
+    name: &str,
+    probe: fn(&Path) -> Result<(), crate::rootfs::StepError>,
+) -> Probe {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let dev = std::fs::create_dir_all(dir).and_then(|()| std::fs::metadata(dir));
+    let (Ok(boot), Ok(dev)) = (boot, dev) else {
+        return with_probe_dir(dir, probe);
+    };
+    let boot = boot.trim();
+    let key = format!("{boot} {} {name}", dev.dev());
+    let file = dir.join(WORKED);
+    let known = std::fs::read_to_string(&file).unwrap_or_default();
+    if known.lines().any(|l| l == key) {
+        return Probe::Works;
+    }
+    let result = with_probe_dir(dir, probe);
+    if matches!(result, Probe::Works) {
+        // Only this boot's lines: older ones can never match again.
+        let mut lines: Vec<&str> = known.lines().filter(|l| l.starts_with(boot)).collect();
+        lines.push(&key);
+        let write = tempfile::NamedTempFile::new_in(dir).and_then(|tmp| {
+            std::fs::write(tmp.path(), lines.join("\n") + "\n")?;
+            tmp.persist(&file).map(drop).map_err(|e| e.error)
+        });
+        if let Err(e) = write {
+            tracing::debug!(error = %e, "the probe's result is not remembered");
+        }
+    }
+    result
 }
 
 /// Runs `probe` in a fresh dir under `dir` (created with its parents; the
@@ -168,4 +213,54 @@ fn with_probe_dir(dir: &Path, probe: fn(&Path) -> Result<(), crate::rootfs::Step
         tracing::warn!(dir = %probe_dir.display(), error = %e, "cannot remove the preflight probe dir");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static WORKS: AtomicUsize = AtomicUsize::new(0);
+    static FAILS: AtomicUsize = AtomicUsize::new(0);
+
+    fn works(_: &Path) -> Result<(), crate::rootfs::StepError> {
+        WORKS.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn fails(_: &Path) -> Result<(), crate::rootfs::StepError> {
+        FAILS.fetch_add(1, Ordering::SeqCst);
+        Err(crate::rootfs::StepError {
+            step: "mount",
+            error: std::io::Error::from_raw_os_error(libc::EPERM),
+            log: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_probe_that_worked_is_not_run_again_a_failed_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..3 {
+            assert!(matches!(remembered(dir.path(), "w", works), Probe::Works));
+            assert!(matches!(
+                remembered(dir.path(), "f", fails),
+                Probe::Failed {
+                    errno: libc::EPERM,
+                    ..
+                }
+            ));
+        }
+        assert_eq!(WORKS.load(Ordering::SeqCst), 1);
+        assert_eq!(FAILS.load(Ordering::SeqCst), 3);
+        // Another file system (here: another dir's record) probes again.
+        let other = tempfile::tempdir().unwrap();
+        remembered(other.path(), "w", works);
+        assert_eq!(WORKS.load(Ordering::SeqCst), 2);
+        // A record of another boot never matches.
+        std::fs::write(dir.path().join(WORKED), "another-boot 1 w\n").unwrap();
+        remembered(dir.path(), "w", works);
+        assert_eq!(WORKS.load(Ordering::SeqCst), 3);
+        let kept = std::fs::read_to_string(dir.path().join(WORKED)).unwrap();
+        assert!(!kept.contains("another-boot"), "{kept}");
+    }
 }
