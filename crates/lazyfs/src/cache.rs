@@ -473,6 +473,40 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_is_had_only_for_an_uncached_chunk_nobody_fetches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(tmp.path()).unwrap();
+        let other = ChunkCache::open(tmp.path()).unwrap();
+        let c = chunk(b"neighbour");
+        let claim = cache.try_claim(&c).expect("free and uncached");
+        // Held: not for a second read-ahead, here or in another process.
+        assert!(cache.try_claim(&c).is_none());
+        assert!(other.try_claim(&c).is_none());
+        let bad = cache.store_claimed(claim, &c, b"neighbouR");
+        assert!(matches!(bad, Err(ChunkError::Corrupt { .. })));
+        assert!(cache.lookup(&c).is_none());
+        // Given up with the failed store: free again.
+        let claim = other.try_claim(&c).expect("released");
+        other.store_claimed(claim, &c, b"neighbour").unwrap();
+        assert!(cache.lookup(&c).is_some());
+        assert!(cache.try_claim(&c).is_none(), "cached");
+    }
+
+    #[test]
+    fn a_read_waits_for_a_claimed_chunk_and_finds_it_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(tmp.path()).unwrap();
+        let c = chunk(b"read ahead");
+        let claim = cache.try_claim(&c).unwrap();
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| cache.get_or_fetch(&c, || panic!("fetched a claimed chunk")));
+            std::thread::sleep(Duration::from_millis(100));
+            cache.store_claimed(claim, &c, b"read ahead").unwrap();
+            assert!(matches!(reader.join().unwrap(), Ok(Got::Hit(_))));
+        });
+    }
+
+    #[test]
     fn gc_removes_least_recently_used_beyond_the_budget_but_not_locked_ones() {
         let tmp = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(tmp.path()).unwrap();

@@ -6,7 +6,10 @@
 //! [`Tree`] with a [`TreeBuilder`] from the layer's table of contents and
 //! gives a [`ChunkSource`] that fetches one chunk's bytes. Chunks are
 //! verified against their digest and kept in a node-wide [`ChunkCache`]
-//! (bounded by [`gc`]), so every span is fetched once per node. Once the
+//! (bounded by [`gc`]), so every span is fetched once per node. A read
+//! that misses a chunk also fetches the uncached chunks after it in the
+//! blob, in one [`ChunkSource::fetch_run`] (read-ahead, bounded by
+//! [`MountOptions::readahead_bytes`]). Once the
 //! whole layer is unpacked locally, [`LazyHandle::set_backing_dir`] makes
 //! reads come from it.
 //!

@@ -74,7 +74,7 @@ impl Default for MountOptions {
             gid_offset: 0,
             read_threads: 16,
             max_fetches: 8,
-            readahead_bytes: 1 << 20,
+            readahead_bytes: 256 << 10,
             fsname: "cvmd-lazy".into(),
         }
     }
