@@ -85,6 +85,8 @@ impl Sandbox {
                     "idranges.json",
                     "idranges.lock",
                     "idranges.d",
+                    // Host probes that worked on this boot (preflight).
+                    ".preflight-worked",
                 ]
                 .contains(&&*n),
                 "unexpected {n} in the cache dir"

@@ -257,7 +257,7 @@ fn boots_then_starts_warm(release: Release) {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with("idranges."))
+                .filter(|n| !n.starts_with("idranges.") && n != ".preflight-worked")
                 .collect()
         })
         .unwrap_or_default();
