@@ -108,10 +108,24 @@ pub fn leftovers(node: &super::Node) -> Vec<String> {
     for c in node.cgroups() {
         out.push(format!("cgroup left: {c}"));
     }
-    for l in node.sh("ip -o link show master nb0").lines() {
-        if !l.contains("vreg@") {
-            out.push(format!("veth left on the bridge: {l}"));
-        }
+    // A dead pod's veth goes with its network namespace, which the kernel
+    // tears down asynchronously after the pod's last process: give it a
+    // few seconds before calling it left.
+    let pod_veths = || -> Vec<String> {
+        node.sh("ip -o link show master nb0")
+            .lines()
+            .filter(|l| !l.contains("vreg@"))
+            .map(str::to_string)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut veths = pod_veths();
+    while !veths.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        veths = pod_veths();
+    }
+    for l in veths {
+        out.push(format!("veth left on the bridge: {l}"));
     }
     let rules = node.sh("iptables-save");
     if rules.contains("cvm") {
