@@ -65,9 +65,18 @@ pub fn start_cvmd(cvmd: &CvmdOnCache, reference: &str, extra: &[&str]) -> Runnin
     // Reachable for the non-root peer of the permission test; the socket's
     // own mode is what guards it.
     std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let socket = state.path().join("cvmd.sock");
     // What a crashed cvmd leaves: a socket file nobody listens on.
-    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    drop(std::os::unix::net::UnixListener::bind(state.path().join("cvmd.sock")).unwrap());
+    spawn_on(cvmd, state, reference, extra)
+}
+
+/// Starts `cvmd run` on `state` and waits for its socket to answer.
+fn spawn_on(
+    cvmd: &CvmdOnCache,
+    state: tempfile::TempDir,
+    reference: &str,
+    extra: &[&str],
+) -> Running {
     let mut args = vec!["--stop-timeout", "5"];
     args.extend_from_slice(extra);
     let child = cvmd
@@ -78,8 +87,8 @@ pub fn start_cvmd(cvmd: &CvmdOnCache, reference: &str, extra: &[&str]) -> Runnin
         .unwrap();
     let running = Running {
         child: Some(child),
+        socket: state.path().join("cvmd.sock"),
         state,
-        socket,
     };
     assert!(
         crate::common::wait_until(Duration::from_secs(20), || {
@@ -158,25 +167,7 @@ impl Running {
         child.kill().unwrap();
         let out = child.wait_with_output().unwrap();
         let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
-        let mut args = vec!["--stop-timeout", "5"];
-        args.extend_from_slice(extra);
-        let child = cvmd
-            .workspace(state.path(), reference, &args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let running = Running {
-            child: Some(child),
-            socket: state.path().join("cvmd.sock"),
-            state,
-        };
-        assert!(
-            crate::common::wait_until(Duration::from_secs(20), || {
-                running.run(&["status"]).status.code() == Some(0)
-            }),
-            "the second cvmd never answered on its socket"
-        );
+        let running = spawn_on(cvmd, state, reference, extra);
         (running, String::from_utf8_lossy(&out.stderr).into_owned())
     }
 

@@ -71,11 +71,40 @@ fn image(big: &[u8]) -> Image {
 fn converted(reg: &Registry, big: &[u8]) -> String {
     let source = push(reg, "lazy/src", "v1", &image(big));
     let target = format!("{}/lazy/estargz:v1", reg.host());
+    convert(reg, &source, &target);
+    target
+}
+
+/// `cvmd convert SOURCE TARGET` with 64 KiB chunks, on a cache of its own.
+fn convert(reg: &Registry, source: &str, target: &str) {
     let sandbox = Sandbox::new();
     let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
-    let out = cvmd.run(&["convert", &source, &target, "--chunk-size", "65536"]);
+    let out = cvmd.run(&["convert", source, target, "--chunk-size", "65536"]);
     assert_success(&out, "cvmd convert");
-    target
+}
+
+/// A node reaching the registry through a slow link: the fault proxy
+/// answering blobs at `bytes_per_sec`, and a fresh cache behind it.
+struct SlowLink {
+    proxy: FaultProxy,
+    /// `reference` as reached through the proxy.
+    reference: String,
+    sandbox: Sandbox,
+    cvmd: CvmdOnCache,
+}
+
+fn slow_link(reg: &Registry, reference: &str, bytes_per_sec: u64) -> SlowLink {
+    let proxy = FaultProxy::start(&reg.url());
+    proxy.throttle_blobs(bytes_per_sec);
+    let reference = reference.replace(&reg.host(), &proxy.host());
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    SlowLink {
+        proxy,
+        reference,
+        sandbox,
+        cvmd,
+    }
 }
 
 fn sh(ws: &Running, script: &str) -> std::process::Output {
@@ -118,11 +147,12 @@ fn an_estargz_image_boots_lazily_reads_true_bytes_and_completes_in_the_cache() {
     let reference = converted(&reg, &big);
     // A slow link (each blob answer at 1 MB/s): the whole image takes
     // seconds, the files a start reads far less.
-    let proxy = FaultProxy::start(&reg.url());
-    proxy.throttle_blobs(1 << 20);
-    let reference = reference.replace(&reg.host(), &proxy.host());
-    let sandbox = Sandbox::new();
-    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let SlowLink {
+        proxy,
+        reference,
+        sandbox: _sandbox,
+        cvmd,
+    } = slow_link(&reg, &reference, 1 << 20);
 
     let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
     ws.wait_for("running", |s| s["phase"] == "running");
@@ -254,11 +284,12 @@ fn a_vanished_registry_is_a_bounded_io_error() {
     let reference = converted(&reg, &big);
     // Slow enough that the background download (which waits for the
     // boot's reads to settle) is not done when the registry goes.
-    let proxy = FaultProxy::start(&reg.url());
-    proxy.throttle_blobs(1 << 20);
-    let reference = reference.replace(&reg.host(), &proxy.host());
-    let sandbox = Sandbox::new();
-    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let SlowLink {
+        proxy: _proxy,
+        reference,
+        sandbox: _sandbox,
+        cvmd,
+    } = slow_link(&reg, &reference, 1 << 20);
     let ws = start_cvmd(
         &cvmd,
         &reference,
@@ -333,11 +364,12 @@ fn two_workspaces_on_one_node_fetch_each_span_once() {
     let reg = Registry::plain().unwrap();
     let big = pseudo_random(2 << 20, 14);
     let reference = converted(&reg, &big);
-    let proxy = FaultProxy::start(&reg.url());
-    proxy.throttle_blobs(512 << 10);
-    let reference = reference.replace(&reg.host(), &proxy.host());
-    let sandbox = Sandbox::new();
-    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let SlowLink {
+        proxy,
+        reference,
+        sandbox: _sandbox,
+        cvmd,
+    } = slow_link(&reg, &reference, 512 << 10);
     let a = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
     let b = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
     a.wait_for("running", |s| s["phase"] == "running");
@@ -378,11 +410,12 @@ fn a_sigkilled_lazy_start_boots_again() {
     let reg = Registry::plain().unwrap();
     let big = pseudo_random(1 << 20, 15);
     let reference = converted(&reg, &big);
-    let proxy = FaultProxy::start(&reg.url());
-    proxy.throttle_blobs(256 << 10);
-    let reference = reference.replace(&reg.host(), &proxy.host());
-    let sandbox = Sandbox::new();
-    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let SlowLink {
+        proxy,
+        reference,
+        sandbox: _sandbox,
+        cvmd,
+    } = slow_link(&reg, &reference, 256 << 10);
     let extra = ["--cache-reserve", "0"];
     let ws = start_cvmd(&cvmd, &reference, &extra);
     ws.wait_for("running", |s| s["phase"] == "running");
@@ -417,12 +450,13 @@ fn the_example_systemd_image_boots_lazily() {
         &format!("{}/examples", reg.host()),
     );
     assert!(reference.ends_with("-estargz"), "{reference}");
-    let proxy = FaultProxy::start(&reg.url());
     // The ~60 MB layer takes ~15 s whole: systemd must not wait for it.
-    proxy.throttle_blobs(4 << 20);
-    let reference = reference.replace(&reg.host(), &proxy.host());
-    let sandbox = Sandbox::new();
-    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    let SlowLink {
+        proxy: _proxy,
+        reference,
+        sandbox: _sandbox,
+        cvmd,
+    } = slow_link(&reg, &reference, 4 << 20);
     let began = std::time::Instant::now();
     let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
     let mut last = String::new();
@@ -500,17 +534,13 @@ fn each_lazy_layer_is_the_full_unpacks_tree() {
         .build();
     let source = push(&reg, "lazy/tree", "v1", &image);
     let target = format!("{}/lazy/tree-estargz:v1", reg.host());
-    {
-        let sandbox = Sandbox::new();
-        let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
-        let out = cvmd.run(&["convert", &source, &target, "--chunk-size", "65536"]);
-        assert_success(&out, "cvmd convert");
-    }
-    let proxy = FaultProxy::start(&reg.url());
-    proxy.throttle_blobs(1 << 20);
-    let reference = target.replace(&reg.host(), &proxy.host());
-    let sandbox = Sandbox::new();
-    let cvmd = CvmdOnCache::new(&sandbox.cache(), &proxy.host());
+    convert(&reg, &source, &target);
+    let SlowLink {
+        proxy: _proxy,
+        reference,
+        sandbox,
+        cvmd,
+    } = slow_link(&reg, &target, 1 << 20);
     let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
     ws.wait_for("running", |s| s["phase"] == "running");
     let lazy_dir = ws
