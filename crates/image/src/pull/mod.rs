@@ -31,6 +31,16 @@ pub enum PullError {
     Internal(String),
 }
 
+/// An image's manifest (this platform's) and config, fetched, checked and
+/// stored: what a pull resolves before its layers. A pull given one does
+/// not ask the registry for them again.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub config: ImageConfigHead,
+}
+
 #[derive(Debug, Clone)]
 pub struct PulledImage {
     /// The reference pinned to the manifest digest that was pulled.
@@ -62,18 +72,35 @@ pub struct Puller {
 }
 
 impl Puller {
-    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     pub async fn pull(
         &self,
         reference: &Reference,
         progress: &dyn ProgressSink,
     ) -> Result<PulledImage, PullError> {
+        self.pull_resolved(reference, None, progress).await
+    }
+
+    /// [`Puller::pull`], from `head` when it was resolved already (by
+    /// [`Puller::head`], for the same reference).
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
+    pub async fn pull_resolved(
+        &self,
+        reference: &Reference,
+        head: Option<Head>,
+        progress: &dyn ProgressSink,
+    ) -> Result<PulledImage, PullError> {
         let started = Instant::now();
         // Held until the image record names everything this pull stores.
         let _no_gc = crate::store::lease::pull_lock(self.store.root()).await?;
-        let (manifest_digest, manifest) = self.resolve(reference).await?;
+        let Head {
+            manifest_digest,
+            manifest,
+            config,
+        } = match head {
+            Some(head) => head,
+            None => self.head(reference).await?,
+        };
         let pinned = reference.with_digest(manifest_digest.clone());
-        let config = self.config(&pinned, &manifest).await?;
         progress.event(PullEvent::Resolved {
             reference: reference.to_string(),
             digest: manifest_digest.clone(),
@@ -147,15 +174,16 @@ impl Puller {
     /// checked and stored as a pull does, without any layer: what a lazy
     /// start needs to decide which layers it can serve before they are
     /// downloaded.
-    pub async fn head(
-        &self,
-        reference: &Reference,
-    ) -> Result<(Digest, ImageManifest, ImageConfigHead), PullError> {
-        let (digest, manifest) = self.resolve(reference).await?;
+    pub async fn head(&self, reference: &Reference) -> Result<Head, PullError> {
+        let (manifest_digest, manifest) = self.resolve(reference).await?;
         let config = self
-            .config(&reference.with_digest(digest.clone()), &manifest)
+            .config(&reference.with_digest(manifest_digest.clone()), &manifest)
             .await?;
-        Ok((digest, manifest, config))
+        Ok(Head {
+            manifest_digest,
+            manifest,
+            config,
+        })
     }
 
     /// Follows an index to this platform's manifest; every manifest fetched
