@@ -87,6 +87,9 @@ pub struct PullOptions {
     pub policy: PullPolicy,
     /// Layers downloaded at once.
     pub concurrency: usize,
+    /// Bytes per second this process's layer downloads use together; 0:
+    /// the link's speed.
+    pub bandwidth: u64,
     pub max_layer_size: u64,
     pub max_image_size: u64,
     pub cache_reserve: crate::unpack::Reserve,
@@ -131,6 +134,7 @@ fn puller(settings: &PullOptions) -> Result<Puller, ImageError> {
         preserve_ownership: nix::unistd::geteuid().is_root(),
         platform: settings.platform.clone(),
         concurrency: settings.concurrency,
+        bandwidth: crate::pull::Bandwidth::new(settings.bandwidth).map(Arc::new),
         unpack: true,
     })
 }

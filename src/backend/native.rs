@@ -91,7 +91,12 @@ async fn ensure_lazily(
         Plan::Whole(resolved) => return Ok(Start::Whole(resolved)),
     };
     let head = &image.resolved.head;
-    let record = ImageRecord::new(reference, &head.manifest_digest, &head.manifest, &head.config);
+    let record = ImageRecord::new(
+        reference,
+        &head.manifest_digest,
+        &head.manifest,
+        &head.config,
+    );
     let lease = Lease::acquire(
         &pull.cache_dir,
         holder.identity,

@@ -2,6 +2,7 @@
 //! platform), fetch the config, and stream every layer to disk in parallel,
 //! verified, resumable, once per node.
 
+mod bandwidth;
 mod layer;
 mod pipe;
 mod to_disk;
@@ -16,6 +17,7 @@ use crate::registry::{Reference, RegistryClient, RegistryError};
 use crate::store::images::ImageRecord;
 use crate::store::layers::LayerCache;
 use crate::store::{ContentStore, StoreError};
+pub use bandwidth::Bandwidth;
 use cvmd_digest::Digest;
 pub use cvmd_progress::{NoProgress, ProgressSink, PullEvent};
 
@@ -58,6 +60,8 @@ pub struct Puller {
     pub platform: Platform,
     /// Layers fetched and unpacked at once.
     pub concurrency: usize,
+    /// How fast the layers may download together; `None`: the link's speed.
+    pub bandwidth: Option<Arc<Bandwidth>>,
     /// Bound on one layer's unpacked size (a gzip bomb stops here); 0: none.
     pub max_layer_bytes: u64,
     /// Bound on the unpacked size of an image's layers together (those in
