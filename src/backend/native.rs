@@ -26,7 +26,7 @@ pub async fn ensure(
     let mut resolved = None;
     if let Some(options) = lazy.filter(|_| policy != PullPolicy::Never) {
         match ensure_lazily(pull, reference, policy, &holder, options).await? {
-            Start::Lazy(ready) => return Ok(ready),
+            Start::Lazy(ready) => return Ok(*ready),
             Start::Whole(head) => resolved = head,
         }
     }
@@ -65,7 +65,7 @@ pub async fn ensure(
 
 /// How [`ensure_lazily`] went.
 enum Start {
-    Lazy(ReadyImage),
+    Lazy(Box<ReadyImage>),
     /// The usual way (the reason was logged), from what lazy start
     /// resolved when it got that far.
     Whole(Option<Resolved>),
@@ -113,7 +113,7 @@ async fn ensure_lazily(
         digest = %head.manifest_digest,
         "lazy start: {lazy} of {all} layers are served on demand while they download"
     );
-    Ok(Start::Lazy(ReadyImage {
+    Ok(Start::Lazy(Box::new(ReadyImage {
         reference: record.reference.clone(),
         digest: record.manifest.clone(),
         config,
@@ -126,7 +126,7 @@ async fn ensure_lazily(
             lease: Arc::new(lease),
             lazy: Some(Arc::new(image)),
         },
-    }))
+    })))
 }
 
 /// Mounts the rootfs over the layers `lease` (taken by [`ensure`]) keeps
