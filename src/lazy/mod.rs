@@ -20,7 +20,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cvmd_lazyfs::{ChunkCache, LazyHandle, MountOptions, Mounted, Tree};
+use cvmd_lazyfs::{ChunkCache, LazyHandle, MountOptions, Mounted, ReadPool, Tree};
 
 use crate::digest::Digest;
 use crate::estargz::{self, TocLimits};
@@ -70,6 +70,9 @@ pub struct LazyOptions {
 pub fn chunk_dir(cache_dir: &Path) -> PathBuf {
     cache_dir.join("chunks")
 }
+
+/// Reads a lazy image's layers serve at once, together.
+const READ_THREADS: usize = 4;
 
 /// What lazy start's chunk cache may hold: chunks are a start's working
 /// set until its layers are published, then redundant; least recently
@@ -441,6 +444,11 @@ pub fn mount(
         .collect();
     let chunks = Arc::new(ChunkCache::open(chunk_dir(cache_dir)).map_err(|e| e.to_string())?);
     let runtime = tokio::runtime::Handle::current();
+    // One pool for every layer: memory in flight (a read holds its chunk,
+    // up to 4 MiB) stays that of READ_THREADS reads however many layers
+    // the image has; an image of 6 layers with a pool each peaked at
+    // 137-170 MiB (bench/lazy.sh --image big).
+    let pool = ReadPool::new(READ_THREADS).map_err(|e| format!("lazy layer read threads: {e}"))?;
     let mut mounts = Vec::new();
     for layer in &image.layers {
         let at = dir.join(layer.index.to_string());
@@ -460,7 +468,7 @@ pub fn mount(
         });
         let options = MountOptions {
             fsname: format!("cvmd-lazy:{}", layer.blob.short()),
-            read_threads: 4,
+            read_pool: Some(pool.clone()),
             ..MountOptions::default()
         };
         match cvmd_lazyfs::mount(tree, source, chunks.clone(), &options, &at) {

@@ -3,6 +3,7 @@
 //! verified, resumable, once per node.
 
 mod bandwidth;
+mod coalesce;
 mod layer;
 mod pipe;
 mod to_disk;
