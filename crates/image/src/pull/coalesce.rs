@@ -51,10 +51,8 @@ mod tests {
     use super::*;
     use futures_util::stream;
 
-    fn chunks(n: usize, len: usize) -> Vec<Result<Bytes, String>> {
-        (0..n)
-            .map(|i| Ok(Bytes::from(vec![i as u8; len])))
-            .collect()
+    fn chunks(n: u8, len: usize) -> Vec<Result<Bytes, String>> {
+        (0..n).map(|i| Ok(Bytes::from(vec![i; len]))).collect()
     }
 
     #[tokio::test]
