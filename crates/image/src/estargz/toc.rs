@@ -3,6 +3,12 @@
 //! index a lazy file system may trust ([`TocIndex`]): every name inside the
 //! layer root, every regular file's bytes covered by verifiable chunks
 //! whose compressed spans lie inside the blob before the TOC.
+//!
+//! zstd:chunked (containers/storage) writes the same CRFS-style entries;
+//! [`TocFormat`] says which rules of the two apply: an eStargz chunk's span
+//! runs to the next gzip member any chunk starts at, a zstd:chunked
+//! chunk's is its own zstd frame, up to the file's next chunk or its
+//! `endOffset`.
 
 use std::collections::HashMap;
 
@@ -10,6 +16,13 @@ pub use super::error::TocError;
 use super::modtime::{self, Timestamp};
 use super::raw::{RawEntry, RawToc, PREFETCH_LANDMARK};
 use cvmd_digest::Digest;
+
+/// Which format's TOC this is: the entries are alike, the spans are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TocFormat {
+    Estargz,
+    ZstdChunked,
+}
 
 /// Bounds on a TOC, far above real layers; each is a refusal, not a cut.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +150,7 @@ pub struct TocIndex {
     entries: Vec<Entry>,
     by_path: HashMap<String, usize>,
     toc_offset: u64,
+    format: TocFormat,
     /// Entries (by index) before the prefetch landmark, and the blob
     /// offset of the landmark's data.
     prefetch: Option<(Vec<usize>, u64)>,
@@ -221,23 +235,48 @@ struct OpenFile {
     name: String,
     size: u64,
     next: u64,
+    /// zstd:chunked: the `reg` entry's `endOffset`, where its last
+    /// chunk's frame ends.
+    end_offset: i64,
 }
 
 impl TocIndex {
     /// Parses and checks TOC JSON. `toc_offset` is where the TOC's gzip
     /// member starts in the blob (the footer's value).
     pub fn parse(json: &[u8], toc_offset: u64, limits: &TocLimits) -> Result<Self, TocError> {
+        Self::parse_as(TocFormat::Estargz, json, toc_offset, limits)
+    }
+
+    /// Parses and checks TOC JSON of `format`; `toc_offset` is where the
+    /// TOC starts in the blob, the end of the file data (zstd:chunked: its
+    /// skippable frame's header).
+    pub fn parse_as(
+        format: TocFormat,
+        json: &[u8],
+        toc_offset: u64,
+        limits: &TocLimits,
+    ) -> Result<Self, TocError> {
         if json.len() as u64 > limits.max_toc_bytes {
             return Err(TocError::TooLarge {
                 limit: limits.max_toc_bytes,
             });
         }
         let raw: RawToc = serde_json::from_slice(json)?;
-        Self::check(raw, toc_offset, limits)
+        Self::check_as(format, raw, toc_offset, limits)
     }
 
-    /// Checks an already deserialized TOC.
+    /// Checks an already deserialized eStargz TOC.
     pub fn check(raw: RawToc, toc_offset: u64, limits: &TocLimits) -> Result<Self, TocError> {
+        Self::check_as(TocFormat::Estargz, raw, toc_offset, limits)
+    }
+
+    /// Checks an already deserialized TOC of `format`.
+    pub fn check_as(
+        format: TocFormat,
+        raw: RawToc,
+        toc_offset: u64,
+        limits: &TocLimits,
+    ) -> Result<Self, TocError> {
         if raw.version != 1 {
             return Err(TocError::Version(raw.version));
         }
@@ -251,6 +290,7 @@ impl TocIndex {
             entries: vec![implied_dir(String::new())],
             by_path: HashMap::from([(String::new(), 0)]),
             toc_offset,
+            format,
             prefetch: None,
         };
         let mut open: Option<OpenFile> = None;
@@ -261,7 +301,7 @@ impl TocIndex {
                 continue;
             }
             if let Some(file) = open.take() {
-                close(&file)?;
+                index.close(&file)?;
             }
             let path = normalize(name)?;
             let entry = index.entry(raw, path.clone())?;
@@ -274,20 +314,23 @@ impl TocIndex {
                     name: name.to_string(),
                     size,
                     next: 0,
+                    end_offset: raw.end_offset,
                 };
                 if size > 0 {
                     index.chunk(raw, Some(&mut file), toc_offset, limits)?;
                 }
                 open = Some(file);
             }
-            if path == PREFETCH_LANDMARK && index.prefetch.is_none() {
+            // zstd:chunked has no landmarks: such a file is content.
+            if path == PREFETCH_LANDMARK && format == TocFormat::Estargz && index.prefetch.is_none()
+            {
                 let before = (1..at).filter(|&i| !index.entries[i].implied).collect();
                 let landmark_offset = non_negative(name, "offset", raw.offset)?;
                 index.prefetch = Some((before, landmark_offset));
             }
         }
         if let Some(file) = open.take() {
-            close(&file)?;
+            index.close(&file)?;
         }
         index.check_hardlinks()?;
         index.measure_spans()?;
@@ -476,13 +519,27 @@ impl TocIndex {
                 limit: limits.max_chunk_bytes,
             });
         }
-        if raw.chunk_digest.is_empty() {
-            return Err(TocError::Missing {
+        let zstd = self.format == TocFormat::ZstdChunked;
+        // containers/storage gives a file of one chunk only its `digest`.
+        let whole_file = zstd && raw.kind == "reg" && size == file.size;
+        let digest = match (raw.chunk_digest.as_str(), raw.digest.as_str()) {
+            ("", d) if whole_file && !d.is_empty() => digest_field(name, "digest", d)?,
+            ("", _) => {
+                return Err(TocError::Missing {
+                    name: name.to_string(),
+                    field: "chunkDigest",
+                })
+            }
+            (d, _) => digest_field(name, "chunkDigest", d)?,
+        };
+        // A run of zeros is still stored in its frame, with its digest:
+        // read like data.
+        if zstd && !matches!(raw.chunk_type.as_str(), "" | "zeros") {
+            return Err(TocError::ChunkType {
                 name: name.to_string(),
-                field: "chunkDigest",
+                kind: raw.chunk_type.chars().take(32).collect(),
             });
         }
-        let digest = digest_field(name, "chunkDigest", &raw.chunk_digest)?;
         let blob_offset = non_negative(name, "offset", raw.offset)?;
         if blob_offset >= toc_offset {
             return Err(TocError::SpanOutOfRange {
@@ -491,9 +548,25 @@ impl TocIndex {
                 toc_offset,
             });
         }
-        let inner_offset = non_negative(name, "innerOffset", raw.inner_offset)?;
+        let inner_offset = if zstd {
+            0
+        } else {
+            non_negative(name, "innerOffset", raw.inner_offset)?
+        };
         file.next = file_offset + size;
         if let EntryKind::File { chunks, .. } = &mut self.entries[file.index].kind {
+            // A zstd:chunked chunk's frame ends where the file's next one starts.
+            if let Some(prev) = chunks.last_mut().filter(|_| zstd) {
+                if blob_offset <= prev.blob_offset {
+                    return Err(TocError::SpanEnd {
+                        name: name.to_string(),
+                        offset: prev.blob_offset,
+                        end: blob_offset,
+                        toc_offset,
+                    });
+                }
+                prev.compressed_len = blob_offset - prev.blob_offset;
+            }
             chunks.push(Chunk {
                 blob_offset,
                 compressed_len: 0,
@@ -526,10 +599,62 @@ impl TocIndex {
         Ok(())
     }
 
+    /// Ends a regular file: its chunks must cover it; a zstd:chunked
+    /// file's last frame ends at its `endOffset`, before the TOC.
+    fn close(&mut self, file: &OpenFile) -> Result<(), TocError> {
+        close(file)?;
+        if self.format != TocFormat::ZstdChunked {
+            return Ok(());
+        }
+        let toc_offset = self.toc_offset;
+        if let EntryKind::File { chunks, .. } = &mut self.entries[file.index].kind {
+            if let Some(last) = chunks.last_mut() {
+                let end = u64::try_from(file.end_offset).unwrap_or(0);
+                if end <= last.blob_offset || end > toc_offset {
+                    return Err(TocError::SpanEnd {
+                        name: file.name.clone(),
+                        offset: last.blob_offset,
+                        end,
+                        toc_offset,
+                    });
+                }
+                last.compressed_len = end - last.blob_offset;
+            }
+        }
+        Ok(())
+    }
+
+    /// zstd:chunked: refuses chunks whose frames overlap (each chunk is a
+    /// frame of its own, so no two may share a byte).
+    fn check_frames(&self) -> Result<(), TocError> {
+        // (blob offset, compressed length, entry index)
+        let mut all: Vec<(u64, u64, usize)> = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if let EntryKind::File { chunks, .. } = &e.kind {
+                all.extend(chunks.iter().map(|c| (c.blob_offset, c.compressed_len, i)));
+            }
+        }
+        all.sort_unstable();
+        for pair in all.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if a.0.saturating_add(a.1) > b.0 {
+                return Err(TocError::SpansOverlap {
+                    name: self.entries[a.2].path.clone(),
+                    other: self.entries[b.2].path.clone(),
+                    offset: b.0,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Gives each chunk its compressed length (to the next member a chunk
     /// starts at, or the TOC) and refuses chunks sharing a member whose
     /// inflated ranges overlap.
     fn measure_spans(&mut self) -> Result<(), TocError> {
+        if self.format == TocFormat::ZstdChunked {
+            return self.check_frames();
+        }
         // (blob offset, inner offset, size, entry index)
         let mut all: Vec<(u64, u64, u64, usize)> = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
@@ -581,9 +706,15 @@ impl TocIndex {
         self.by_path.get(path).map(|&i| &self.entries[i])
     }
 
-    /// Where the TOC's gzip member starts: the end of the file data.
+    /// Where the TOC starts (its gzip member, or its skippable frame):
+    /// the end of the file data.
     pub fn toc_offset(&self) -> u64 {
         self.toc_offset
+    }
+
+    /// Which format's rules it was checked by.
+    pub fn format(&self) -> TocFormat {
+        self.format
     }
 
     /// The prioritized files (those before `.prefetch.landmark`, in TOC

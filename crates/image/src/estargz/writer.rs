@@ -4,6 +4,11 @@
 //! tar entry in a member of its own, and the footer. Streamed: one chunk of
 //! one file is in memory at a time, plus the TOC's entries.
 //!
+//! The same walk writes zstd:chunked ([`Layout::ZstdChunked`], through
+//! `crate::zstd_chunked::writer`): zstd frames instead of gzip members,
+//! each chunk a frame of its own ending with its data, no landmarks, and
+//! the TOC in a skippable frame after the tar.
+//!
 //! Names are written cleaned (relative, no `.`/`..`), so the tar and the
 //! TOC say the same thing; an entry a TOC cannot hold (a non-UTF-8 name, a
 //! name given twice) is refused rather than silently changed.
@@ -18,9 +23,18 @@ use super::modtime;
 use super::raw::{
     is_metadata_name, RawEntry, RawToc, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME,
 };
-use super::sink::{pax_record, set_field, Sink};
+use super::raw::{TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION};
+use super::sink::{pax_record, set_field, Codec, Sink};
 use super::toc::{TocError, TocIndex, TocLimits};
+use crate::zstd_chunked::{TocPosition, CHECKSUM_ANNOTATION, POSITION_ANNOTATION};
 use cvmd_digest::Digest;
+
+/// Which seekable format a layer is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Estargz,
+    ZstdChunked,
+}
 
 /// What the spec's reference writer uses, and what a lazy read inflates at most.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
@@ -35,7 +49,10 @@ pub struct WriteOptions {
     /// Regular files (layer paths) to put first, before the prefetch
     /// landmark; empty: none, and a no-prefetch landmark.
     pub prefetch: Vec<String>,
+    /// eStargz's gzip level.
     pub level: flate2::Compression,
+    /// zstd:chunked's zstd level.
+    pub zstd_level: i32,
 }
 
 impl Default for WriteOptions {
@@ -44,6 +61,7 @@ impl Default for WriteOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             prefetch: Vec::new(),
             level: flate2::Compression::default(),
+            zstd_level: 3,
         }
     }
 }
@@ -51,8 +69,11 @@ impl Default for WriteOptions {
 /// What a conversion produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
-    /// sha256 of the TOC JSON: the layer's TOC digest annotation.
+    /// eStargz: sha256 of the TOC JSON; zstd:chunked: sha256 of the
+    /// compressed TOC. The layer's TOC annotation either way.
     pub toc_digest: Digest,
+    /// zstd:chunked: where the compressed TOC is.
+    pub toc_position: Option<TocPosition>,
     /// The blob's digest and size: the layer descriptor's.
     pub blob_digest: Digest,
     pub blob_size: u64,
@@ -62,11 +83,27 @@ pub struct Written {
     pub tar_size: u64,
 }
 
+impl Written {
+    /// The annotations the layer's descriptor carries for a lazy reader.
+    pub fn annotations(&self) -> Vec<(&'static str, String)> {
+        match &self.toc_position {
+            None => vec![
+                (TOC_DIGEST_ANNOTATION, self.toc_digest.to_string()),
+                (UNCOMPRESSED_SIZE_ANNOTATION, self.tar_size.to_string()),
+            ],
+            Some(position) => vec![
+                (CHECKSUM_ANNOTATION, self.toc_digest.to_string()),
+                (POSITION_ANNOTATION, position.to_string()),
+            ],
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
     #[error("reading the layer tar (after entry {after:?}): {source}")]
     Read { after: String, source: io::Error },
-    #[error("writing the eStargz blob: {0}")]
+    #[error("writing the converted blob: {0}")]
     Write(#[source] io::Error),
     #[error("layer entry {name:?} has a name that is not UTF-8, which an eStargz TOC cannot hold")]
     NotUtf8 { name: String },
@@ -82,7 +119,7 @@ pub enum WriterError {
         expected: u64,
         got: u64,
     },
-    #[error("the eStargz TOC written for this layer does not check (a cvmd bug, or a layer eStargz cannot express): {0}")]
+    #[error("the TOC written for this layer does not check (a cvmd bug, or a layer its format cannot express): {0}")]
     Toc(#[from] TocError),
 }
 
@@ -90,20 +127,36 @@ pub enum WriterError {
 /// With a prefetch list the tar is read twice (prioritized files first),
 /// so `open` must give the same stream each time.
 pub fn write_estargz<R: Read, W: Write>(
+    open: impl FnMut() -> io::Result<R>,
+    out: W,
+    opts: &WriteOptions,
+) -> Result<Written, WriterError> {
+    write_layer(open, out, opts, Layout::Estargz)
+}
+
+/// Converts the layer tar `open()` yields into a blob of `layout` on `out`.
+pub fn write_layer<R: Read, W: Write>(
     mut open: impl FnMut() -> io::Result<R>,
     out: W,
     opts: &WriteOptions,
+    layout: Layout,
 ) -> Result<Written, WriterError> {
     let read_err = |source| WriterError::Read {
         after: String::new(),
         source,
     };
+    let codec = match layout {
+        Layout::Estargz => Codec::Gzip(opts.level),
+        Layout::ZstdChunked => Codec::Zstd(opts.zstd_level),
+    };
     let mut w = Writer {
-        sink: Sink::new(out, opts.level),
+        sink: Sink::new(out, codec).map_err(WriterError::Write)?,
         entries: Vec::new(),
         seen: HashSet::new(),
         chunk_size: opts.chunk_size.max(1),
         buf: Vec::new(),
+        layout,
+        zstd_level: opts.zstd_level,
     };
     if opts.prefetch.is_empty() {
         w.landmark(NO_PREFETCH_LANDMARK)?;
@@ -131,6 +184,8 @@ struct Writer<W: Write> {
     seen: HashSet<String>,
     chunk_size: u64,
     buf: Vec<u8>,
+    layout: Layout,
+    zstd_level: i32,
 }
 
 /// A member's cleaned path and type, for the pass filter.
@@ -283,7 +338,11 @@ impl<W: Write> Writer<W> {
             size,
             modtime: modtime::format(mtime),
             link_name: link.clone().unwrap_or_default(),
-            mode: i64::from(mode | type_bits),
+            // containers/storage writes the tar header's mode as is.
+            mode: i64::from(match self.layout {
+                Layout::Estargz => mode | type_bits,
+                Layout::ZstdChunked => mode,
+            }),
             uid,
             gid,
             user_name: h.username().ok().flatten().unwrap_or("").to_string(),
@@ -393,7 +452,16 @@ impl<W: Write> Writer<W> {
             file_hash.update(&self.buf);
             let chunk_digest = Digest::of(&self.buf).to_string();
             let last = at + len == size;
-            let chunk_size = if last {
+            let zstd = self.layout == Layout::ZstdChunked;
+            // A zstd:chunked chunk's frame holds its data alone.
+            let end = if zstd {
+                self.sink.new_member().map_err(Self::write_err)?
+            } else {
+                0
+            };
+            // eStargz: 0 on the last chunk, "the rest"; zstd:chunked, as
+            // containers/storage reads it: each chunk's size.
+            let chunk_size = if last && !zstd {
                 0
             } else {
                 i64::try_from(len).unwrap_or(0)
@@ -413,6 +481,15 @@ impl<W: Write> Writer<W> {
             e.chunk_digest = chunk_digest;
             self.entries.push(e);
             at += len;
+            if zstd && last {
+                self.entries[first].end_offset = i64::try_from(end).unwrap_or(i64::MAX);
+                // A file of one chunk: only `digest`, as containers/storage
+                // writes it.
+                if self.entries.len() == first + 1 {
+                    self.entries[first].chunk_digest.clear();
+                    self.entries[first].chunk_size = 0;
+                }
+            }
         }
         self.entries[first].digest = Digest::from_hasher(file_hash).to_string();
         self.pad(size)
@@ -426,6 +503,9 @@ impl<W: Write> Writer<W> {
     }
 
     fn landmark(&mut self, name: &str) -> Result<(), WriterError> {
+        if self.layout == Layout::ZstdChunked {
+            return Ok(());
+        }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         set_field(&mut h.as_old_mut().name, name);
@@ -446,6 +526,11 @@ impl<W: Write> Writer<W> {
 
     /// The TOC entry in a member of its own, the end of the archive, the footer.
     fn finish(mut self) -> Result<Written, WriterError> {
+        if self.layout == Layout::ZstdChunked {
+            self.sink.write_all(&[0u8; 1024]).map_err(Self::write_err)?;
+            let entries = std::mem::take(&mut self.entries);
+            return crate::zstd_chunked::writer::finish(self.sink, entries, self.zstd_level);
+        }
         let toc_offset = self.sink.new_member().map_err(Self::write_err)?;
         let toc = RawToc {
             version: 1,
@@ -472,6 +557,7 @@ impl<W: Write> Writer<W> {
         counter.flush().map_err(Self::write_err)?;
         Ok(Written {
             toc_digest: Digest::of(&json),
+            toc_position: None,
             blob_digest: Digest::from_hasher(counter.hash),
             blob_size: counter.count,
             diff_id: Digest::from_hasher(tar_hash),
