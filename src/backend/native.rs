@@ -61,8 +61,8 @@ pub async fn ensure(
 }
 
 /// The image made ready to boot before its layers are downloaded, when
-/// it is not in the cache and its missing layers are eStargz; `None` for
-/// the usual way (the reason was logged).
+/// it is not in the cache and its missing layers are eStargz or
+/// zstd:chunked; `None` for the usual way (the reason was logged).
 async fn ensure_lazily(
     pull: &PullOptions,
     reference: &Reference,

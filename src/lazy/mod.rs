@@ -1,5 +1,6 @@
 //! Lazy start (docs/features.md, "Lazy start"): a workspace whose image is
-//! not yet in the node cache, and whose missing layers are eStargz, boots
+//! not yet in the node cache, and whose missing layers are eStargz or
+//! zstd:chunked (each layer's annotations say which), boots
 //! from FUSE mounts that serve each layer's files from its TOC, fetching a
 //! file's chunks with Range requests on first read (verified, kept in the
 //! node's chunk cache). Meanwhile the normal pull downloads and publishes
@@ -28,8 +29,9 @@ use crate::image::{ImageError, PullOptions};
 use crate::registry::manifest::{Compression, ImageConfigHead, ImageManifest};
 use crate::registry::{Reference, RegistryClient};
 use crate::store::layers::LayerCache;
+use crate::zstd_chunked;
 
-pub use source::RegistrySpans;
+pub use source::{RegistrySpans, SpanCodec};
 
 /// The `lazy` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +110,7 @@ struct LazyLayer {
     index: usize,
     blob: Digest,
     diff_id: Digest,
+    codec: SpanCodec,
     tree: Mutex<Option<Tree>>,
     /// The files before the prefetch landmark, read first.
     prefetch: Vec<String>,
@@ -160,17 +163,16 @@ pub async fn prepare(
         if layers.has(diff_id) {
             continue;
         }
-        let toc = estargz::footer::annotated_toc_digest(Some(&layer.annotations));
-        match toc {
-            Ok(Some(toc)) if layer.compression == Compression::Gzip => wanted.push((
+        match LayerToc::of(layer) {
+            Ok(Some(toc)) => wanted.push((
                 index,
                 layer.digest.clone(),
                 layer.size,
                 diff_id.clone(),
                 toc,
             )),
-            Ok(_) => {
-                tracing::info!(layer = %layer.digest, "lazy start: a missing layer has no eStargz TOC; pulling the image whole");
+            Ok(None) => {
+                tracing::info!(layer = %layer.digest, "lazy start: a missing layer has no eStargz or zstd:chunked TOC; pulling the image whole");
                 return Ok(None);
             }
             Err(e) => {
@@ -197,16 +199,17 @@ pub async fn prepare(
                 cache: &tocs,
             };
             let tree = read_tree(&tail, &toc).await;
-            (index, blob, diff_id, tree)
+            (index, blob, diff_id, toc.codec(), tree)
         }
     });
     let mut lazy = Vec::new();
-    for (index, blob, diff_id, tree) in futures_util::future::join_all(reads).await {
+    for (index, blob, diff_id, codec, tree) in futures_util::future::join_all(reads).await {
         match tree {
             Ok((tree, prefetch)) => lazy.push(LazyLayer {
                 index,
                 blob,
                 diff_id,
+                codec,
                 tree: Mutex::new(Some(tree)),
                 prefetch,
             }),
@@ -225,6 +228,37 @@ pub async fn prepare(
         layers: lazy,
         deadline: options.deadline,
     }))
+}
+
+/// What a layer's descriptor promises about its TOC, by format.
+#[derive(Debug, Clone)]
+enum LayerToc {
+    /// The sha256 of the TOC JSON.
+    Estargz(Digest),
+    ZstdChunked(zstd_chunked::Annotated),
+}
+
+impl LayerToc {
+    /// The layer's TOC by its annotations, if it is a seekable layer of a
+    /// compression that matches the format.
+    fn of(layer: &crate::registry::manifest::Layer) -> Result<Option<Self>, String> {
+        let annotations = Some(&layer.annotations);
+        let estargz =
+            estargz::footer::annotated_toc_digest(annotations).map_err(|e| e.to_string())?;
+        let zstd = zstd_chunked::annotated(annotations).map_err(|e| e.to_string())?;
+        Ok(match (estargz, zstd, layer.compression) {
+            (Some(toc), _, Compression::Gzip) => Some(LayerToc::Estargz(toc)),
+            (_, Some(promised), Compression::Zstd) => Some(LayerToc::ZstdChunked(promised)),
+            _ => None,
+        })
+    }
+
+    fn codec(&self) -> SpanCodec {
+        match self {
+            LayerToc::Estargz(_) => SpanCodec::Gzip,
+            LayerToc::ZstdChunked(_) => SpanCodec::Zstd,
+        }
+    }
 }
 
 /// Where a layer's TOC and footer come from: the node's copy of them
@@ -283,6 +317,55 @@ impl TocTail<'_> {
     fn kept(&self) -> PathBuf {
         self.cache.join(self.blob.hex())
     }
+
+    /// A zstd:chunked layer's compressed TOC and where it is: from the
+    /// position annotation, else the footer (one more request); the node's
+    /// copy when it has the length the position gives.
+    async fn fetch_zstd(
+        &self,
+        promised: &zstd_chunked::Annotated,
+        kept_ok: bool,
+    ) -> Result<(zstd_chunked::TocPosition, bytes::Bytes), String> {
+        let limits = TocLimits::default();
+        let _one_at_a_time = lock(self.cache.join(format!("{}.lock", self.blob.hex()))).await;
+        let position = match promised.position {
+            Some(p) => {
+                zstd_chunked::footer::check_position(&p, self.size, &limits)
+                    .map_err(|e| e.to_string())?;
+                p
+            }
+            None => {
+                let len = self.size.min(zstd_chunked::FOOTER_FRAME_SIZE);
+                let tail = self
+                    .client
+                    .get_blob_range(self.reference, self.blob, self.size - len, len)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                zstd_chunked::parse_footer(&tail, self.size, &limits).map_err(|e| e.to_string())?
+            }
+        };
+        let kept = self.kept();
+        if let Some(bytes) = kept_ok.then(|| std::fs::read(&kept).ok()).flatten() {
+            if bytes.len() as u64 == position.compressed_len {
+                return Ok((position, bytes.into()));
+            }
+        }
+        let toc = self
+            .client
+            .get_blob_range(
+                self.reference,
+                self.blob,
+                position.offset,
+                position.compressed_len,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        // Unchecked bytes may be kept: every read checks them again.
+        if let Err(e) = keep(&kept, &toc) {
+            tracing::debug!(error = %e, "the TOC is not kept for the node's other pods");
+        }
+        Ok((position, toc))
+    }
 }
 
 /// An exclusive `flock` on `path`, held until the file is dropped; `None`
@@ -313,9 +396,23 @@ fn keep(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// manifest promised and as hostile input.
 async fn check_toc(
     tail: &TocTail<'_>,
-    toc: &Digest,
+    toc: &LayerToc,
     kept_ok: bool,
 ) -> Result<estargz::TocIndex, String> {
+    let toc = match toc {
+        LayerToc::Estargz(digest) => digest,
+        LayerToc::ZstdChunked(promised) => {
+            let (position, bytes) = tail.fetch_zstd(promised, kept_ok).await?;
+            let checksum = promised.checksum.clone();
+            let limits = TocLimits::default();
+            return tokio::task::spawn_blocking(move || {
+                zstd_chunked::read_toc(&bytes, &position, &checksum, &limits)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string());
+        }
+    };
     let (toc_offset, bytes) = tail.fetch(kept_ok).await?;
     let footer_at = bytes
         .len()
@@ -342,7 +439,7 @@ async fn check_toc(
 /// A layer's tree from the TOC at the end of its blob, checked against
 /// the TOC digest the manifest promised; and the regular files its
 /// prefetch landmark puts first.
-async fn read_tree(tail: &TocTail<'_>, toc: &Digest) -> Result<(Tree, Vec<String>), String> {
+async fn read_tree(tail: &TocTail<'_>, toc: &LayerToc) -> Result<(Tree, Vec<String>), String> {
     let index = match check_toc(tail, toc, true).await {
         Ok(index) => index,
         // The node's copy may be what failed: the registry's answer decides.
@@ -440,6 +537,7 @@ pub fn mount(
             client: image.client.clone(),
             reference: image.reference.clone(),
             blob: layer.blob.clone(),
+            codec: layer.codec,
             runtime: runtime.clone(),
             deadline: image.deadline,
         });

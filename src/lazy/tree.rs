@@ -1,6 +1,7 @@
-//! A checked eStargz TOC as the tree a lazy layer serves: the layer's
-//! files as an overlay lower dir wants them (whiteouts as 0/0 character
-//! devices, opaque dirs marked by xattr), without eStargz's own metadata.
+//! A checked TOC (eStargz or zstd:chunked) as the tree a lazy layer
+//! serves: the layer's files as an overlay lower dir wants them (whiteouts
+//! as 0/0 character devices, opaque dirs marked by xattr), without
+//! eStargz's own metadata.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -9,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use cvmd_lazyfs::{Chunk, Entry as LazyEntry, Kind, Meta, Tree, TreeBuilder, TreeError};
 
-use crate::estargz::{is_metadata_name, EntryKind, TocIndex};
+use crate::estargz::{is_metadata_name, EntryKind, TocFormat, TocIndex};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
@@ -33,11 +34,13 @@ pub fn build(index: &TocIndex) -> Result<Tree, TreeError> {
         .filter(|e| split(&e.path).1 == OPAQUE)
         .map(|e| split(&e.path).0)
         .collect();
+    // The full pull unpacks a zstd:chunked layer's every file, landmarks too.
+    let estargz = index.format() == TocFormat::Estargz;
     let mut builder = TreeBuilder::new();
     let mut links = Vec::new();
     for e in index.entries() {
         let (dir, name) = split(&e.path);
-        if dir.is_empty() && is_metadata_name(name) || name == OPAQUE {
+        if estargz && dir.is_empty() && is_metadata_name(name) || name == OPAQUE {
             continue;
         }
         let mtime = e.mtime.map_or(SystemTime::UNIX_EPOCH, |(secs, nanos)| {

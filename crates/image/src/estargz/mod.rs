@@ -29,7 +29,7 @@ pub use raw::{
     TOC_DIGEST_ANNOTATION, TOC_NAME, UNCOMPRESSED_SIZE_ANNOTATION,
 };
 pub use toc::{Chunk, Entry, EntryKind, TocError, TocFormat, TocIndex, TocLimits, Whiteout};
-pub use writer::{write_estargz, Layout, WriteOptions, WriterError, Written};
+pub use writer::{write_estargz, write_layer, Layout, WriteOptions, WriterError, Written};
 
 /// For each layer of an image manifest (its JSON as stored), whether its
 /// descriptor carries [`TOC_DIGEST_ANNOTATION`], i.e. whether it is an
