@@ -522,7 +522,9 @@ fn the_example_systemd_image_boots_lazily() {
 #[test]
 fn each_lazy_layer_is_the_full_unpacks_tree() {
     require!(prerequisites());
-    lazy_layers_are_the_full_unpacks_trees("estargz");
+    lazy_layers_are_the_full_unpacks_trees("estargz", &|reg, source, target| {
+        convert(reg, source, target, "estargz")
+    });
 }
 
 /// The same for a zstd:chunked copy (each chunk a zstd frame, the TOC in
@@ -531,10 +533,39 @@ fn each_lazy_layer_is_the_full_unpacks_tree() {
 #[test]
 fn a_zstd_chunked_image_boots_lazily_and_each_layer_is_the_full_unpacks_tree() {
     require!(prerequisites());
-    lazy_layers_are_the_full_unpacks_trees("zstd:chunked");
+    lazy_layers_are_the_full_unpacks_trees("zstd:chunked", &|reg, source, target| {
+        convert(reg, source, target, "zstd:chunked")
+    });
 }
 
-fn lazy_layers_are_the_full_unpacks_trees(format: &str) {
+/// The same for a zstd:chunked copy written by another tool: skopeo's
+/// (containers/image), with the older annotation names, the 40-byte
+/// footer and content-defined chunks.
+#[test]
+fn a_zstd_chunked_image_from_skopeo_boots_lazily_and_each_layer_is_the_full_unpacks_tree() {
+    require!(prerequisites());
+    require!(prereq::tool("skopeo"));
+    lazy_layers_are_the_full_unpacks_trees("skopeo-zstd-chunked", &|_, source, target| {
+        let out = std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--dest-compress",
+                "--dest-compress-format",
+                "zstd:chunked",
+            ])
+            .arg(format!("docker://{source}"))
+            .arg(format!("docker://{target}"))
+            .output()
+            .expect("run skopeo");
+        assert_success(&out, "skopeo copy --dest-compress-format zstd:chunked");
+    });
+}
+
+/// `copy(registry, source, target)` makes the lazily startable copy.
+fn lazy_layers_are_the_full_unpacks_trees(format: &str, copy: &dyn Fn(&Registry, &str, &str)) {
     let reg = Registry::plain().unwrap();
     let big = pseudo_random(600 << 10, 16);
     let image = ImageBuilder::new(Format::Oci)
@@ -579,7 +610,7 @@ fn lazy_layers_are_the_full_unpacks_trees(format: &str) {
         .build();
     let source = push(&reg, "lazy/tree", "v1", &image);
     let target = format!("{}/lazy/tree-{}:v1", reg.host(), format.replace(':', "-"));
-    convert(&reg, &source, &target, format);
+    copy(&reg, &source, &target);
     let SlowLink {
         proxy: _proxy,
         reference,
