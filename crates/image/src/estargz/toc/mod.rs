@@ -13,9 +13,14 @@
 use std::collections::HashMap;
 
 pub use super::error::TocError;
+mod fields;
+mod spans;
+
 use super::modtime::{self, Timestamp};
 use super::raw::{RawEntry, RawToc, PREFETCH_LANDMARK};
 use cvmd_digest::Digest;
+use fields::{digest_field, non_negative, normalize, parent_of, small};
+use spans::OpenFile;
 
 /// Which format's TOC this is: the entries are alike, the spans are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,90 +159,6 @@ pub struct TocIndex {
     /// Entries (by index) before the prefetch landmark, and the blob
     /// offset of the landmark's data.
     prefetch: Option<(Vec<usize>, u64)>,
-}
-
-/// `name` made relative and clean, `""` for the root.
-fn normalize(name: &str) -> Result<String, TocError> {
-    let bad = |why| TocError::BadName {
-        name: name.to_string(),
-        why,
-    };
-    if name.is_empty() {
-        return Err(bad("it is empty"));
-    }
-    if name.contains('\0') {
-        return Err(bad("it contains NUL"));
-    }
-    if name.starts_with('/') {
-        return Err(bad("it is absolute"));
-    }
-    let mut rest = name;
-    while let Some(r) = rest.strip_prefix("./") {
-        rest = r;
-    }
-    if rest == "." || rest.is_empty() {
-        return Ok(String::new());
-    }
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let comps: Vec<&str> = rest.split('/').collect();
-    for (i, comp) in comps.iter().enumerate() {
-        match *comp {
-            "" => return Err(bad("it has an empty component")),
-            "." => return Err(bad("it has a '.' component")),
-            ".." => return Err(bad("it has a '..' component")),
-            // As the unpacker refuses them: a whiteout reaching into a
-            // subdirectory, or naming nothing.
-            c if c.starts_with(WHITEOUT_PREFIX) && i + 1 < comps.len() => {
-                return Err(bad("a whiteout (.wh.) is not its last component"))
-            }
-            ".wh." | ".wh.." | ".wh..." => return Err(bad("it is a whiteout of nothing")),
-            _ => {}
-        }
-    }
-    Ok(rest.to_string())
-}
-
-fn parent_of(path: &str) -> Option<&str> {
-    if path.is_empty() {
-        None
-    } else {
-        Some(path.rfind('/').map_or("", |i| &path[..i]))
-    }
-}
-
-fn non_negative(name: &str, field: &'static str, v: i64) -> Result<u64, TocError> {
-    u64::try_from(v).map_err(|_| TocError::OutOfRange {
-        name: name.to_string(),
-        field,
-        value: i128::from(v),
-    })
-}
-
-fn small<T: TryFrom<u64>>(name: &str, field: &'static str, v: u64) -> Result<T, TocError> {
-    T::try_from(v).map_err(|_| TocError::OutOfRange {
-        name: name.to_string(),
-        field,
-        value: i128::from(v),
-    })
-}
-
-fn digest_field(name: &str, field: &'static str, v: &str) -> Result<Digest, TocError> {
-    v.parse().map_err(|_| TocError::Malformed {
-        name: name.to_string(),
-        field,
-        value: v.chars().take(80).collect(),
-    })
-}
-
-/// A regular file whose chunk entries are still being read.
-struct OpenFile {
-    index: usize,
-    name: String,
-    size: u64,
-    next: u64,
-    /// zstd:chunked: the `reg` entry's `endOffset`, where its last
-    /// chunk's frame ends.
-    end_offset: i64,
 }
 
 impl TocIndex {
@@ -486,99 +407,6 @@ impl TocIndex {
         at
     }
 
-    /// Adds `raw` (a `reg` with data, or a `chunk`) as the next chunk of `file`.
-    fn chunk(
-        &mut self,
-        raw: &RawEntry,
-        file: Option<&mut OpenFile>,
-        toc_offset: u64,
-        limits: &TocLimits,
-    ) -> Result<(), TocError> {
-        let name = raw.name.as_str();
-        let Some(file) = file.filter(|f| f.name == name) else {
-            return Err(TocError::OrphanChunk {
-                name: name.to_string(),
-            });
-        };
-        let file_offset = non_negative(name, "chunkOffset", raw.chunk_offset)?;
-        if file_offset != file.next || file_offset >= file.size {
-            return Err(TocError::ChunkGap {
-                name: name.to_string(),
-                expected: file.next,
-                found: file_offset,
-            });
-        }
-        let size = match non_negative(name, "chunkSize", raw.chunk_size)? {
-            0 => file.size - file_offset,
-            n => n.min(file.size - file_offset),
-        };
-        if size > limits.max_chunk_bytes {
-            return Err(TocError::ChunkTooLarge {
-                name: name.to_string(),
-                size,
-                limit: limits.max_chunk_bytes,
-            });
-        }
-        let zstd = self.format == TocFormat::ZstdChunked;
-        // containers/storage gives a file of one chunk only its `digest`.
-        let whole_file = zstd && raw.kind == "reg" && size == file.size;
-        let digest = match (raw.chunk_digest.as_str(), raw.digest.as_str()) {
-            ("", d) if whole_file && !d.is_empty() => digest_field(name, "digest", d)?,
-            ("", _) => {
-                return Err(TocError::Missing {
-                    name: name.to_string(),
-                    field: "chunkDigest",
-                })
-            }
-            (d, _) => digest_field(name, "chunkDigest", d)?,
-        };
-        // A run of zeros is still stored in its frame, with its digest:
-        // read like data.
-        if zstd && !matches!(raw.chunk_type.as_str(), "" | "zeros") {
-            return Err(TocError::ChunkType {
-                name: name.to_string(),
-                kind: raw.chunk_type.chars().take(32).collect(),
-            });
-        }
-        let blob_offset = non_negative(name, "offset", raw.offset)?;
-        if blob_offset >= toc_offset {
-            return Err(TocError::SpanOutOfRange {
-                name: name.to_string(),
-                offset: blob_offset,
-                toc_offset,
-            });
-        }
-        let inner_offset = if zstd {
-            0
-        } else {
-            non_negative(name, "innerOffset", raw.inner_offset)?
-        };
-        file.next = file_offset + size;
-        if let EntryKind::File { chunks, .. } = &mut self.entries[file.index].kind {
-            // A zstd:chunked chunk's frame ends where the file's next one starts.
-            if let Some(prev) = chunks.last_mut().filter(|_| zstd) {
-                if blob_offset <= prev.blob_offset {
-                    return Err(TocError::SpanEnd {
-                        name: name.to_string(),
-                        offset: prev.blob_offset,
-                        end: blob_offset,
-                        toc_offset,
-                    });
-                }
-                prev.compressed_len = blob_offset - prev.blob_offset;
-            }
-            chunks.push(Chunk {
-                blob_offset,
-                compressed_len: 0,
-                inner_offset,
-                size,
-                file_offset,
-                digest,
-            });
-        }
-        Ok(())
-    }
-
     fn check_hardlinks(&self) -> Result<(), TocError> {
         for e in &self.entries {
             if let EntryKind::Hardlink { target } = &e.kind {
@@ -593,101 +421,6 @@ impl TocIndex {
                         target: target.clone(),
                         why,
                     });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Ends a regular file: its chunks must cover it; a zstd:chunked
-    /// file's last frame ends at its `endOffset`, before the TOC.
-    fn close(&mut self, file: &OpenFile) -> Result<(), TocError> {
-        close(file)?;
-        if self.format != TocFormat::ZstdChunked {
-            return Ok(());
-        }
-        let toc_offset = self.toc_offset;
-        if let EntryKind::File { chunks, .. } = &mut self.entries[file.index].kind {
-            if let Some(last) = chunks.last_mut() {
-                let end = u64::try_from(file.end_offset).unwrap_or(0);
-                if end <= last.blob_offset || end > toc_offset {
-                    return Err(TocError::SpanEnd {
-                        name: file.name.clone(),
-                        offset: last.blob_offset,
-                        end,
-                        toc_offset,
-                    });
-                }
-                last.compressed_len = end - last.blob_offset;
-            }
-        }
-        Ok(())
-    }
-
-    /// zstd:chunked: refuses chunks whose frames overlap (each chunk is a
-    /// frame of its own, so no two may share a byte).
-    fn check_frames(&self) -> Result<(), TocError> {
-        // (blob offset, compressed length, entry index)
-        let mut all: Vec<(u64, u64, usize)> = Vec::new();
-        for (i, e) in self.entries.iter().enumerate() {
-            if let EntryKind::File { chunks, .. } = &e.kind {
-                all.extend(chunks.iter().map(|c| (c.blob_offset, c.compressed_len, i)));
-            }
-        }
-        all.sort_unstable();
-        for pair in all.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            if a.0.saturating_add(a.1) > b.0 {
-                return Err(TocError::SpansOverlap {
-                    name: self.entries[a.2].path.clone(),
-                    other: self.entries[b.2].path.clone(),
-                    offset: b.0,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Gives each chunk its compressed length (to the next member a chunk
-    /// starts at, or the TOC) and refuses chunks sharing a member whose
-    /// inflated ranges overlap.
-    fn measure_spans(&mut self) -> Result<(), TocError> {
-        if self.format == TocFormat::ZstdChunked {
-            return self.check_frames();
-        }
-        // (blob offset, inner offset, size, entry index)
-        let mut all: Vec<(u64, u64, u64, usize)> = Vec::new();
-        for (i, e) in self.entries.iter().enumerate() {
-            if let EntryKind::File { chunks, .. } = &e.kind {
-                all.extend(
-                    chunks
-                        .iter()
-                        .map(|c| (c.blob_offset, c.inner_offset, c.size, i)),
-                );
-            }
-        }
-        all.sort_unstable();
-        for pair in all.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            if a.0 == b.0 && a.1.saturating_add(a.2) > b.1 {
-                return Err(TocError::SpansOverlap {
-                    name: self.entries[a.3].path.clone(),
-                    other: self.entries[b.3].path.clone(),
-                    offset: a.0,
-                });
-            }
-        }
-        let mut starts: Vec<u64> = all.iter().map(|c| c.0).collect();
-        starts.dedup();
-        let toc_offset = self.toc_offset;
-        let end_of = |offset: u64| -> u64 {
-            let next = starts.partition_point(|&s| s <= offset);
-            starts.get(next).copied().unwrap_or(toc_offset)
-        };
-        for e in &mut self.entries {
-            if let EntryKind::File { chunks, .. } = &mut e.kind {
-                for c in chunks {
-                    c.compressed_len = end_of(c.blob_offset) - c.blob_offset;
                 }
             }
         }
@@ -742,15 +475,4 @@ fn implied_dir(path: String) -> Entry {
         xattrs: Vec::new(),
         implied: true,
     }
-}
-
-fn close(file: &OpenFile) -> Result<(), TocError> {
-    if file.next != file.size {
-        return Err(TocError::ChunksShort {
-            name: file.name.clone(),
-            covered: file.next,
-            size: file.size,
-        });
-    }
-    Ok(())
 }
