@@ -482,13 +482,31 @@ fn the_example_systemd_image_boots_lazily() {
         &format!("{}/examples", reg.host()),
     );
     assert!(reference.ends_with("-estargz"), "{reference}");
+    systemd_boots_lazily(&reg, &reference);
+}
+
+/// The same for its zstd:chunked variant (`images/build.sh --zstd-chunked`).
+#[test]
+fn the_example_systemd_image_boots_lazily_from_zstd_chunked() {
+    require!(prerequisites());
+    require!(crate::common::debootstrap::available());
+    let reg = Registry::plain().unwrap();
+    let reference = crate::common::debootstrap::build_and_push_zstd_chunked(
+        "systemd",
+        &format!("{}/examples", reg.host()),
+    );
+    assert!(reference.ends_with("-zstd-chunked"), "{reference}");
+    systemd_boots_lazily(&reg, &reference);
+}
+
+fn systemd_boots_lazily(reg: &Registry, reference: &str) {
     // The ~60 MB layer takes ~15 s whole: systemd must not wait for it.
     let SlowLink {
         proxy: _proxy,
         reference,
         sandbox: _sandbox,
         cvmd,
-    } = slow_link(&reg, &reference, 4 << 20);
+    } = slow_link(reg, reference, 4 << 20);
     let began = std::time::Instant::now();
     let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
     let mut last = String::new();
