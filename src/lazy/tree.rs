@@ -124,3 +124,29 @@ pub fn build(index: &TocIndex) -> Result<Tree, TreeError> {
     }
     Ok(builder.build())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::estargz::TocLimits;
+
+    /// The full pull drops an eStargz layer's landmarks but unpacks every
+    /// file of a zstd:chunked one: the lazy tree must agree with each.
+    #[test]
+    fn a_landmark_is_estargz_metadata_but_zstd_chunked_content() {
+        let d = Digest::of(b"\x0f").to_string();
+        let json = serde_json::json!({"version": 1, "entries": [
+            {"name": ".prefetch.landmark", "type": "reg", "size": 1, "offset": 10,
+             "endOffset": 20, "chunkDigest": d},
+            {"name": "a", "type": "reg", "size": 1, "offset": 30, "endOffset": 40,
+             "chunkDigest": d},
+        ]})
+        .to_string();
+        for (format, files) in [(TocFormat::Estargz, 1), (TocFormat::ZstdChunked, 2)] {
+            let index =
+                TocIndex::parse_as(format, json.as_bytes(), 100, &TocLimits::default()).unwrap();
+            assert_eq!(build(&index).unwrap().files(), files, "{format:?}");
+        }
+    }
+}
