@@ -25,9 +25,8 @@ use std::time::Duration;
 use cvmd_lazyfs::{ChunkCache, LazyHandle, MountOptions, Mounted, Tree};
 
 use crate::digest::Digest;
-use crate::image::{ImageError, PullOptions};
-use crate::registry::manifest::{ImageConfigHead, ImageManifest};
-use crate::registry::{Reference, RegistryClient};
+use crate::image::{ImageError, PullOptions, Resolved};
+use crate::registry::Reference;
 use crate::store::layers::LayerCache;
 use toc::{read_tree, LayerToc, TocTail};
 
@@ -120,13 +119,21 @@ struct LazyLayer {
 /// whose files come from their TOCs.
 #[derive(Debug)]
 pub struct LazyImage {
+    /// Pinned to the manifest digest.
     pub reference: Reference,
-    pub manifest_digest: Digest,
-    pub manifest: ImageManifest,
-    pub config: ImageConfigHead,
-    client: Arc<RegistryClient>,
+    /// Its background completion pulls from this: the image started,
+    /// even if the tag has moved since.
+    pub resolved: Resolved,
     layers: Vec<LazyLayer>,
     deadline: Duration,
+}
+
+/// What a start does with an image that is not in the cache.
+#[derive(Debug)]
+pub enum Plan {
+    Lazy(LazyImage),
+    /// A full pull, from what lazy start resolved when it got that far.
+    Whole(Option<Resolved>),
 }
 
 impl LazyImage {
@@ -136,22 +143,29 @@ impl LazyImage {
     }
 }
 
-/// The lazy plan for `reference`, or `None` when it is to be pulled whole
-/// (said in one line, unless lazy start is off or nothing is missing).
-/// Errors are those a full pull would have given too (auth, not found).
+/// The plan for `reference`: lazy, or a full pull (said in one line,
+/// unless lazy start is off or nothing is missing). Errors are those a
+/// full pull would have given too (auth, not found).
 pub async fn prepare(
     pull: &PullOptions,
     options: &LazyOptions,
     reference: &Reference,
-) -> Result<Option<LazyImage>, ImageError> {
+) -> Result<Plan, ImageError> {
     if options.mode == LazyMode::Off {
-        return Ok(None);
+        return Ok(Plan::Whole(None));
     }
     if let Err(why) = fuse_works() {
         tracing::info!(why, "lazy start unavailable; pulling the image whole");
-        return Ok(None);
+        return Ok(Plan::Whole(None));
     }
-    let (client, manifest_digest, manifest, config) = crate::image::head(pull, reference).await?;
+    let resolved = crate::image::head(pull, reference).await?;
+    let whole = Plan::Whole(Some(resolved.clone()));
+    let client = resolved.client.clone();
+    let (manifest_digest, manifest, config) = (
+        &resolved.head.manifest_digest,
+        &resolved.head.manifest,
+        &resolved.head.config,
+    );
     let layers = LayerCache::open(&pull.cache_dir)?;
     let mut wanted = Vec::new();
     for (index, (layer, diff_id)) in manifest
@@ -172,17 +186,18 @@ pub async fn prepare(
                 toc,
             )),
             Ok(None) => {
-                tracing::info!(layer = %layer.digest, "lazy start: a missing layer has no eStargz or zstd:chunked TOC; pulling the image whole");
-                return Ok(None);
+                // Most images are plain gzip: this is the usual path, not news.
+                tracing::debug!(layer = %layer.digest, "lazy start: a missing layer has no eStargz or zstd:chunked TOC; pulling the image whole");
+                return Ok(whole);
             }
             Err(e) => {
                 tracing::warn!(layer = %layer.digest, error = %e, "lazy start: refused; pulling the image whole");
-                return Ok(None);
+                return Ok(whole);
             }
         }
     }
     if wanted.is_empty() {
-        return Ok(None);
+        return Ok(whole);
     }
     let pinned = reference.with_digest(manifest_digest.clone());
     let tocs = chunk_dir(&pull.cache_dir).join("tocs");
@@ -215,16 +230,13 @@ pub async fn prepare(
             }),
             Err(why) => {
                 tracing::warn!(layer = %blob, why, "lazy start: refused; pulling the image whole");
-                return Ok(None);
+                return Ok(whole);
             }
         }
     }
-    Ok(Some(LazyImage {
+    Ok(Plan::Lazy(LazyImage {
         reference: pinned,
-        manifest_digest,
-        manifest,
-        config,
-        client,
+        resolved,
         layers: lazy,
         deadline: options.deadline,
     }))
@@ -281,6 +293,8 @@ pub fn mount(
 ) -> Result<(LazyMounts, Vec<PathBuf>), String> {
     let layers = LayerCache::open(cache_dir).map_err(|e| e.to_string())?;
     let mut dirs: Vec<PathBuf> = image
+        .resolved
+        .head
         .config
         .rootfs
         .diff_ids
@@ -300,7 +314,7 @@ pub fn mount(
             .take()
             .ok_or("a lazy layer was mounted twice")?;
         let source = Arc::new(RegistrySpans {
-            client: image.client.clone(),
+            client: image.resolved.client.clone(),
             reference: image.reference.clone(),
             blob: layer.blob.clone(),
             codec: layer.codec,

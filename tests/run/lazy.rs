@@ -152,6 +152,15 @@ fn md5(data: &[u8]) -> String {
         .to_string()
 }
 
+/// GETs of a manifest through `proxy` (by tag or digest).
+fn manifest_gets(proxy: &FaultProxy) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/manifests/"))
+        .count()
+}
+
 fn source_of(ws: &Running) -> String {
     ws.status()["image"]["source"]
         .as_str()
@@ -206,6 +215,8 @@ fn an_estargz_image_boots_lazily_reads_true_bytes_and_completes_in_the_cache() {
         ws.status()
     );
     assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    // The background download completes the image the start resolved.
+    assert_eq!(manifest_gets(&proxy), 1, "{:?}", proxy.requests());
     let (code, stderr) = ws.finish();
     assert_eq!(code, Some(0), "stopped on SIGTERM: {stderr}");
     assert!(
@@ -799,4 +810,29 @@ fn a_lazy_workspace_renews_its_token_while_it_reads() {
     let (code, stderr) = ws.finish();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains(PASS), "the password was logged");
+}
+
+/// The usual cold start, an image without TOCs under `CVMD_LAZY=auto`:
+/// lazy start finds nothing to serve and the full pull starts from what it
+/// resolved, so the registry is asked for the manifest once.
+#[test]
+fn a_plain_image_is_resolved_once_when_lazy_start_declines_it() {
+    require!(prerequisites());
+    let reg = Registry::plain().unwrap();
+    let big = pseudo_random(64 << 10, 19);
+    let source = push(&reg, "lazy/plain", "v1", &image(&big));
+    let SlowLink {
+        proxy,
+        reference,
+        sandbox: _sandbox,
+        cvmd,
+    } = slow_link(&reg, &source, 64 << 20);
+    let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    ws.wait_for("running", |s| s["phase"] == "running");
+    assert_eq!(source_of(&ws), "registry, into cvmd's cache");
+    assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    assert_eq!(manifest_gets(&proxy), 1, "{:?}", proxy.requests());
+    assert!(!proxy.saw_range(), "a plain image was read in spans");
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -250,6 +250,9 @@ impl Puller {
                     while let Some(chunk) = body.next().await {
                         match chunk {
                             Ok(b) => {
+                                if let Some(cap) = &self.bandwidth {
+                                    cap.take(b.len()).await;
+                                }
                                 offset += b.len() as u64;
                                 tx.send(Msg::Data(b)).await.map_err(|_| disk_gone())?;
                                 if last_report.elapsed() >= PROGRESS_EVERY {
