@@ -72,7 +72,8 @@ enum Start {
 }
 
 /// The image made ready to boot before its layers are downloaded, when
-/// it is not in the cache and its missing layers are eStargz.
+/// it is not in the cache and its missing layers are eStargz or
+/// zstd:chunked.
 async fn ensure_lazily(
     pull: &PullOptions,
     reference: &Reference,

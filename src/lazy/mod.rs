@@ -1,5 +1,6 @@
 //! Lazy start (docs/features.md, "Lazy start"): a workspace whose image is
-//! not yet in the node cache, and whose missing layers are eStargz, boots
+//! not yet in the node cache, and whose missing layers are eStargz or
+//! zstd:chunked (each layer's annotations say which), boots
 //! from FUSE mounts that serve each layer's files from its TOC, fetching a
 //! file's chunks with Range requests on first read (verified, kept in the
 //! node's chunk cache). Meanwhile the normal pull downloads and publishes
@@ -12,6 +13,7 @@
 //! so nothing unverified is ever booted or published.
 
 mod source;
+mod toc;
 mod tree;
 
 use std::fmt;
@@ -23,13 +25,12 @@ use std::time::Duration;
 use cvmd_lazyfs::{ChunkCache, LazyHandle, MountOptions, Mounted, ReadPool, Tree};
 
 use crate::digest::Digest;
-use crate::estargz::{self, TocLimits};
 use crate::image::{ImageError, PullOptions, Resolved};
-use crate::registry::manifest::Compression;
-use crate::registry::{Reference, RegistryClient};
+use crate::registry::Reference;
 use crate::store::layers::LayerCache;
+use toc::{read_tree, LayerToc, TocTail};
 
-pub use source::RegistrySpans;
+pub use source::{RegistrySpans, SpanCodec};
 
 /// The `lazy` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +112,7 @@ struct LazyLayer {
     index: usize,
     blob: Digest,
     diff_id: Digest,
+    codec: SpanCodec,
     tree: Mutex<Option<Tree>>,
     /// The files before the prefetch landmark, read first.
     prefetch: Vec<String>,
@@ -178,18 +180,17 @@ pub async fn prepare(
         if layers.has(diff_id) {
             continue;
         }
-        let toc = estargz::footer::annotated_toc_digest(Some(&layer.annotations));
-        match toc {
-            Ok(Some(toc)) if layer.compression == Compression::Gzip => wanted.push((
+        match LayerToc::of(layer) {
+            Ok(Some(toc)) => wanted.push((
                 index,
                 layer.digest.clone(),
                 layer.size,
                 diff_id.clone(),
                 toc,
             )),
-            Ok(_) => {
+            Ok(None) => {
                 // Most images are plain gzip: this is the usual path, not news.
-                tracing::debug!(layer = %layer.digest, "lazy start: a missing layer has no eStargz TOC; pulling the image whole");
+                tracing::debug!(layer = %layer.digest, "lazy start: a missing layer has no eStargz or zstd:chunked TOC; pulling the image whole");
                 return Ok(whole);
             }
             Err(e) => {
@@ -216,16 +217,17 @@ pub async fn prepare(
                 cache: &tocs,
             };
             let tree = read_tree(&tail, &toc).await;
-            (index, blob, diff_id, tree)
+            (index, blob, diff_id, toc.codec(), tree)
         }
     });
     let mut lazy = Vec::new();
-    for (index, blob, diff_id, tree) in futures_util::future::join_all(reads).await {
+    for (index, blob, diff_id, codec, tree) in futures_util::future::join_all(reads).await {
         match tree {
             Ok((tree, prefetch)) => lazy.push(LazyLayer {
                 index,
                 blob,
                 diff_id,
+                codec,
                 tree: Mutex::new(Some(tree)),
                 prefetch,
             }),
@@ -241,146 +243,6 @@ pub async fn prepare(
         layers: lazy,
         deadline: options.deadline,
     }))
-}
-
-/// Where a layer's TOC and footer come from: the node's copy of them
-/// (`chunks/tocs/<blob>`, shared by every pod, checked again on every
-/// read like the registry's answer), else two Range requests.
-struct TocTail<'a> {
-    client: &'a RegistryClient,
-    reference: &'a Reference,
-    blob: &'a Digest,
-    size: u64,
-    cache: &'a Path,
-}
-
-impl TocTail<'_> {
-    /// The TOC member and the footer: the blob's bytes from the TOC's
-    /// offset to its end, and that offset.
-    async fn fetch(&self, kept_ok: bool) -> Result<(u64, bytes::Bytes), String> {
-        let kept = self.kept();
-        // Pods starting the image together fetch its TOC once: the others
-        // wait here, then read the node's copy.
-        let _one_at_a_time = lock(self.cache.join(format!("{}.lock", self.blob.hex()))).await;
-        if let Some(bytes) = kept_ok.then(|| std::fs::read(&kept).ok()).flatten() {
-            if let Some(offset) = self.size.checked_sub(bytes.len() as u64) {
-                return Ok((offset, bytes.into()));
-            }
-        }
-        let footer_at = self
-            .size
-            .checked_sub(estargz::FOOTER_SIZE)
-            .ok_or("the blob is smaller than an eStargz footer")?;
-        let footer = self
-            .client
-            .get_blob_range(self.reference, self.blob, footer_at, estargz::FOOTER_SIZE)
-            .await
-            .map_err(|e| e.to_string())?;
-        let toc_offset = estargz::parse_footer(&footer, self.size).map_err(|e| e.to_string())?;
-        let member = self
-            .client
-            .get_blob_range(
-                self.reference,
-                self.blob,
-                toc_offset,
-                footer_at - toc_offset,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut tail = member.to_vec();
-        tail.extend_from_slice(&footer);
-        // Unchecked bytes may be kept: every read checks them again.
-        if let Err(e) = keep(&kept, &tail) {
-            tracing::debug!(error = %e, "the TOC is not kept for the node's other pods");
-        }
-        Ok((toc_offset, tail.into()))
-    }
-
-    fn kept(&self) -> PathBuf {
-        self.cache.join(self.blob.hex())
-    }
-}
-
-/// An exclusive `flock` on `path`, held until the file is dropped; `None`
-/// (no lock, a duplicate fetch at worst) when it cannot be taken.
-async fn lock(path: PathBuf) -> Option<std::fs::File> {
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(path.parent()?).ok()?;
-        let file = std::fs::File::create(&path).ok()?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
-        Some(file)
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-/// Writes `bytes` at `path` whole or not at all.
-fn keep(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::write(tmp.path(), bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// The TOC at the end of a layer's blob, checked against the digest the
-/// manifest promised and as hostile input.
-async fn check_toc(
-    tail: &TocTail<'_>,
-    toc: &Digest,
-    kept_ok: bool,
-) -> Result<estargz::TocIndex, String> {
-    let (toc_offset, bytes) = tail.fetch(kept_ok).await?;
-    let footer_at = bytes
-        .len()
-        .checked_sub(usize::try_from(estargz::FOOTER_SIZE).unwrap_or(usize::MAX))
-        .ok_or("the blob's tail is shorter than an eStargz footer")?;
-    let found = estargz::parse_footer(&bytes[footer_at..], tail.size).map_err(|e| e.to_string())?;
-    if found != toc_offset {
-        return Err(format!(
-            "the footer puts the TOC at {found}, its bytes start at {toc_offset}"
-        ));
-    }
-    let member = bytes.slice(..footer_at);
-    let limits = TocLimits::default();
-    let toc = toc.clone();
-    let (index, _) = tokio::task::spawn_blocking(move || {
-        estargz::read_toc(member.as_ref(), toc_offset, Some(&toc), &limits)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    Ok(index)
-}
-
-/// A layer's tree from the TOC at the end of its blob, checked against
-/// the TOC digest the manifest promised; and the regular files its
-/// prefetch landmark puts first.
-async fn read_tree(tail: &TocTail<'_>, toc: &Digest) -> Result<(Tree, Vec<String>), String> {
-    let index = match check_toc(tail, toc, true).await {
-        Ok(index) => index,
-        // The node's copy may be what failed: the registry's answer decides.
-        Err(why) if tail.kept().exists() => {
-            tracing::debug!(
-                why,
-                "the node's copy of a TOC failed its check; asking the registry"
-            );
-            let _ = std::fs::remove_file(tail.kept());
-            check_toc(tail, toc, false).await?
-        }
-        Err(why) => return Err(why),
-    };
-    let prefetch = index
-        .prefetch_entries()
-        .into_iter()
-        .flatten()
-        .filter(|e| matches!(e.kind, estargz::EntryKind::File { .. }))
-        .map(|e| e.path.clone())
-        .collect();
-    let tree = tree::build(&index).map_err(|e| format!("its TOC: {e}"))?;
-    Ok((tree, prefetch))
 }
 
 /// One mounted lazy layer, as the background completion sees it.
@@ -463,6 +325,7 @@ pub fn mount(
             client: image.resolved.client.clone(),
             reference: image.reference.clone(),
             blob: layer.blob.clone(),
+            codec: layer.codec,
             runtime: runtime.clone(),
             deadline: image.deadline,
         });
