@@ -232,6 +232,7 @@ fn run_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> RunOpt
         host_userns: rootfs.idmap.host_userns(),
         add_fuse: bundle.fuse,
         add_tun: bundle.tun,
+        lazy: r.get("lazy", str::parse::<crate::lazy::LazyMode>) == crate::lazy::LazyMode::Auto,
         // The dir `cvmd run` looks in (launch::gpu), so both agree.
         usr_lib_dir: Some(
             usr_lib_dir

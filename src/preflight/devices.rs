@@ -25,6 +25,30 @@ pub fn device(host: &dyn Host, name: &str, path: &str, wanted: bool, setting: &s
     }
 }
 
+/// Lazy start serves layers from FUSE mounts of cvmd's own: without a
+/// `/dev/fuse` it can open, every image is pulled whole before it starts
+/// (a warning: slower, not broken).
+pub fn lazy_start(host: &dyn Host, wanted: bool) -> Check {
+    const NAME: &str = "lazy-start";
+    if !wanted {
+        return Check::skip(
+            NAME,
+            "CVMD_LAZY=off: images are pulled whole before they start",
+        );
+    }
+    match host.opens_read_write("/dev/fuse") {
+        Ok(()) => Check::ok(
+            NAME,
+            "/dev/fuse opens: an image not in the node cache whose layers carry a TOC (eStargz, zstd:chunked) starts before it is downloaded",
+        ),
+        Err(e) => Check::warn(
+            NAME,
+            format!("/dev/fuse does not open ({e}): every image is pulled whole before it starts"),
+            "run the outer container privileged (or add /dev/fuse as a device to it), or set CVMD_LAZY=off",
+        ),
+    }
+}
+
 /// `nvidia0`, `nvidia1`, ...: one per GPU (`nvidiactl`, `nvidia-uvm` are
 /// the driver's control devices).
 pub fn gpu_names(dev: &[String]) -> Vec<String> {

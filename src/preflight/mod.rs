@@ -94,6 +94,8 @@ pub struct Options {
     pub host_userns: bool,
     pub add_fuse: bool,
     pub add_tun: bool,
+    /// `CVMD_LAZY=auto`: lazy start serves layers through `/dev/fuse`.
+    pub lazy: bool,
     pub usr_lib_dir: Option<PathBuf>,
     /// The daemons `cvmd run` starts (names or paths), so preflight
     /// judges the same binaries.
@@ -261,6 +263,7 @@ pub fn collect(host: &dyn Host, opts: &Options) -> Report {
         opts.add_fuse,
         "CVMD_ADD_FUSE",
     ));
+    checks.push(devices::lazy_start(host, opts.lazy));
     checks.push(devices::device(
         host,
         "dev-net-tun",

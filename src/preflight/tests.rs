@@ -100,6 +100,7 @@ pub(super) fn opts(runtime: &str) -> Options {
         host_userns: false,
         add_fuse: false,
         add_tun: false,
+        lazy: false,
         usr_lib_dir: None,
         sysbox_mgr: "sysbox-mgr".into(),
         sysbox_fs: "sysbox-fs".into(),
@@ -136,6 +137,7 @@ fn every_check_is_reported_with_a_fix_when_not_ok() {
             "shiftfs",
             "cgroups",
             "dev-fuse",
+            "lazy-start",
             "dev-net-tun",
             "nvidia-gpus",
             "pod-proxy"
@@ -359,6 +361,26 @@ fn devices_fail_only_when_asked_for() {
     let c = get(&r, "dev-fuse");
     assert_eq!(c.status, Status::Fail);
     assert!(c.detail.contains("CVMD_ADD_FUSE"), "{c:?}");
+}
+
+#[test]
+fn lazy_start_wants_a_dev_fuse_that_opens() {
+    let h = FakeHost::new();
+    let mut o = opts("runc");
+    assert_eq!(get(&collect(&h, &o), "lazy-start").status, Status::Skip);
+    o.lazy = true;
+    let c = get(&collect(&h, &o), "lazy-start").clone();
+    assert_eq!(c.status, Status::Warn, "{c:?}");
+    assert!(c.detail.contains("pulled whole"), "{c:?}");
+    assert!(
+        c.fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("CVMD_LAZY=off"),
+        "{c:?}"
+    );
+    h.write("/dev/fuse", "");
+    assert_eq!(get(&collect(&h, &o), "lazy-start").status, Status::Ok);
 }
 
 #[test]

@@ -100,6 +100,14 @@ fn preflight_json_reports_this_machine() {
     let fuse = check(&r, "dev-fuse");
     let has_fuse = Path::new("/dev/fuse").exists();
     assert_eq!(fuse["status"] == "ok", has_fuse, "{fuse}");
+    // CVMD_LAZY defaults to auto: lazy start opens /dev/fuse itself.
+    let lazy = check(&r, "lazy-start");
+    let opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    assert_eq!(lazy["status"] == "ok", opens, "{lazy}");
     let tun = check(&r, "dev-net-tun");
     assert_eq!(
         tun["status"] == "ok",
