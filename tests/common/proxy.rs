@@ -61,6 +61,12 @@ pub fn blob_digest_of(path: &str) -> Option<&str> {
 impl FaultProxy {
     /// Proxies to `upstream` (e.g. `registry.url()`, plain HTTP only).
     pub fn start(upstream: &str) -> FaultProxy {
+        FaultProxy::start_on(upstream, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// As [`start`](Self::start), listening on `listen` (port 0: any) in
+    /// the caller's network namespace.
+    pub fn start_on(upstream: &str, listen: std::net::SocketAddr) -> FaultProxy {
         assert!(
             upstream.starts_with("http://"),
             "FaultProxy forwards to plain HTTP only"
@@ -76,14 +82,14 @@ impl FaultProxy {
             throttle: AtomicU64::new(0),
         });
         let sh = shared.clone();
-        let handle = server::spawn("fault-proxy", move |req| {
+        let handle = server::spawn_on("fault-proxy", listen, move |req| {
             let sh = sh.clone();
             async move { proxy(sh, req).await }
         });
         FaultProxy { shared, handle }
     }
 
-    /// `127.0.0.1:PORT`
+    /// `ADDR:PORT` (`127.0.0.1:PORT` unless started on another address)
     pub fn host(&self) -> String {
         self.handle.addr.to_string()
     }
