@@ -287,6 +287,13 @@ fn node_lazy_pod_stops_on_sigterm_while_a_read_waits_on_the_registry() {
         "{}",
         pod.log()
     );
+    // The image's init has been loaded (over FUSE) and set its trap: the
+    // stop tested here is the workspace's, not one of runc's init.
+    assert!(
+        wait_until(UP, || init_traps_sigterm(&pod)),
+        "the workspace's init never set its SIGTERM trap:\n{}",
+        pod.log()
+    );
     // 16 KiB/s from now on, streams in flight too: reading the 2 MiB of
     // data takes minutes.
     proxy.throttle_blobs(16 << 10);
@@ -395,6 +402,26 @@ fn node_sigkilled_lazy_pod_leaves_no_fuse_mount_and_restarts_on_its_state_dir() 
     problems.extend(checks::leftovers(&node));
     problems.extend(fuse_on_node(&node, &image.blobs));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Whether the workspace's init is the image's program (no longer runc's
+/// own init, which loads it through the lazy mount) and catches SIGTERM
+/// (the fixture's `trap`).
+fn init_traps_sigterm(pod: &Pod) -> bool {
+    let script = format!(
+        "p=$(cat /run/cvmd/workspaces/{}/init.pid) && cat /proc/$p/comm && grep SigCgt /proc/$p/status",
+        pod.name()
+    );
+    let out = pod.exec(&["sh", "-c", &script]);
+    let out = String::from_utf8_lossy(&out.stdout);
+    let mut lines = out.lines();
+    let comm = lines.next().unwrap_or_default();
+    let caught = lines
+        .next()
+        .and_then(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or(0);
+    !comm.starts_with("runc:") && !comm.is_empty() && caught >> (libc::SIGTERM - 1) & 1 == 1
 }
 
 /// The harness's prerequisites, and /dev/fuse on this machine (the pods'
