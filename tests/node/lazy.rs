@@ -404,10 +404,9 @@ fn node_sigkilled_lazy_pod_leaves_no_fuse_mount_and_restarts_on_its_state_dir() 
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Whether the workspace's init is the image's program (no longer runc's
-/// own init, which loads it through the lazy mount) and catches SIGTERM
-/// (the fixture's `trap`).
-fn init_traps_sigterm(pod: &Pod) -> bool {
+/// The workspace's init in the pod: its name and the signals it catches
+/// (`SigCgt`).
+fn init_of(pod: &Pod) -> (String, u64) {
     let script = format!(
         "p=$(cat /run/cvmd/workspaces/{}/init.pid) && cat /proc/$p/comm && grep SigCgt /proc/$p/status",
         pod.name()
@@ -415,13 +414,64 @@ fn init_traps_sigterm(pod: &Pod) -> bool {
     let out = pod.exec(&["sh", "-c", &script]);
     let out = String::from_utf8_lossy(&out.stdout);
     let mut lines = out.lines();
-    let comm = lines.next().unwrap_or_default();
+    let comm = lines.next().unwrap_or_default().to_string();
     let caught = lines
         .next()
         .and_then(|l| l.strip_prefix("SigCgt:"))
         .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
         .unwrap_or(0);
+    (comm, caught)
+}
+
+/// Whether the workspace's init is the image's program (no longer runc's
+/// own init, which loads it through the lazy mount) and catches SIGTERM
+/// (the fixture's `trap`).
+fn init_traps_sigterm(pod: &Pod) -> bool {
+    let (comm, caught) = init_of(pod);
     !comm.starts_with("runc:") && !comm.is_empty() && caught >> (libc::SIGTERM - 1) & 1 == 1
+}
+
+/// A pod stopped while its workspace's init is still runc's own, loading
+/// the image's program through the lazy mount over a slow link (cvmd
+/// already says running: the container started): cvmd kills it at once
+/// and ends with 0 within the grace period, a clean stop of a workspace
+/// that never ran. Sent SIGTERM, runc's init (a Go program, PID 1 of its
+/// namespace) exited 2, and so did the pod.
+#[test]
+fn node_lazy_pod_stopped_before_its_init_is_loaded_exits_0() {
+    require!(support_can_run());
+    let node = Node::new();
+    let image = estargz(&node);
+    let proxy = node.fault_proxy();
+    // The TOCs are a few KiB; busybox, read first by runc's init as it
+    // executes it, takes many seconds at this rate.
+    proxy.throttle_blobs(16 << 10);
+    let reference = node.proxied(&proxy, &image.reference);
+    let mut pod = node.start(PodConfig::run("lazy-early", &reference));
+    let up = pod.wait_running(UP);
+    assert!(up.is_ok(), "{up:?}\n{}", pod.log());
+    let (comm, _) = init_of(&pod);
+    assert!(
+        comm.starts_with("runc:["),
+        "the init is already the image's ({comm:?}): the link was not slow enough to test this"
+    );
+    let began = std::time::Instant::now();
+    let exit = pod.stop(GRACE);
+    let took = began.elapsed();
+    assert_eq!(exit, Exit::Code(0), "after {took:?}:\n{}", pod.log());
+    assert!(took < GRACE, "took {took:?}");
+    assert!(
+        pod.log().contains("has not started yet"),
+        "says why: {}",
+        pod.log()
+    );
+    assert!(checks::panics(&pod.log()).is_empty(), "{}", pod.log());
+    drop(pod);
+    let mut problems = checks::store_problems(&node.cache_dir());
+    problems.extend(checks::chunk_problems(&node.cache_dir()));
+    problems.extend(checks::leftovers(&node));
+    problems.extend(fuse_on_node(&node, &image.blobs));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// The harness's prerequisites, and /dev/fuse on this machine (the pods'
