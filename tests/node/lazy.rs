@@ -363,7 +363,7 @@ fn node_sigkilled_lazy_pod_leaves_no_fuse_mount_and_restarts_on_its_state_dir() 
     );
     assert!(!fuse_in_pod(&first).is_empty());
     // A read in flight when it dies.
-    let _reader = first.exec_spawn(&[
+    let mut reader = first.exec_spawn(&[
         "cvmctl",
         "exec",
         "--",
@@ -379,6 +379,15 @@ fn node_sigkilled_lazy_pod_leaves_no_fuse_mount_and_restarts_on_its_state_dir() 
     );
     let left = fuse_on_node(&node, &image.blobs);
     assert!(left.is_empty(), "FUSE mounts of a dead pod: {left:#?}");
+    // The reader's `runc exec` ends with the pod (its process died with
+    // the pod's PID namespace).
+    assert!(
+        wait_until(Duration::from_secs(10), || reader
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the reader outlived its pod"
+    );
     drop(first);
 
     let mut again = node.start(cfg.restarted(&state));
