@@ -18,7 +18,7 @@ use crate::common::prereq;
 use crate::common::proxy::FaultProxy;
 use crate::common::Registry;
 
-fn prerequisites() -> prereq::Need {
+pub(super) fn prerequisites() -> prereq::Need {
     can_run()?;
     prereq::runc()?;
     prereq::busybox()?;
@@ -76,7 +76,7 @@ fn converted(reg: &Registry, big: &[u8]) -> String {
 }
 
 /// `cvmd convert SOURCE TARGET` with 64 KiB chunks, on a cache of its own.
-fn convert(reg: &Registry, source: &str, target: &str) {
+pub(super) fn convert(reg: &Registry, source: &str, target: &str) {
     let sandbox = Sandbox::new();
     let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let out = cvmd.run(&["convert", source, target, "--chunk-size", "65536"]);
@@ -85,15 +85,15 @@ fn convert(reg: &Registry, source: &str, target: &str) {
 
 /// A node reaching the registry through a slow link: the fault proxy
 /// answering blobs at `bytes_per_sec`, and a fresh cache behind it.
-struct SlowLink {
-    proxy: FaultProxy,
+pub(super) struct SlowLink {
+    pub(super) proxy: FaultProxy,
     /// `reference` as reached through the proxy.
-    reference: String,
-    sandbox: Sandbox,
-    cvmd: CvmdOnCache,
+    pub(super) reference: String,
+    pub(super) sandbox: Sandbox,
+    pub(super) cvmd: CvmdOnCache,
 }
 
-fn slow_link(reg: &Registry, reference: &str, bytes_per_sec: u64) -> SlowLink {
+pub(super) fn slow_link(reg: &Registry, reference: &str, bytes_per_sec: u64) -> SlowLink {
     let proxy = FaultProxy::start(&reg.url());
     proxy.throttle_blobs(bytes_per_sec);
     let reference = reference.replace(&reg.host(), &proxy.host());
