@@ -323,6 +323,14 @@ fn node_lazy_pod_stops_on_sigterm_while_a_read_waits_on_the_registry() {
     assert_eq!(exit, Exit::Code(0), "after {took:?}:\n{}", pod.log());
     assert!(took < GRACE, "took {took:?}");
     assert!(checks::panics(&pod.log()).is_empty(), "{}", pod.log());
+    // The read the stop cut is no fault of the layer or the registry:
+    // no error, no EIO warning in a clean stop's log.
+    let log = pod.log();
+    let noise: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("failed (EIO)"))
+        .collect();
+    assert!(noise.is_empty(), "a clean stop logged: {noise:#?}");
     // The reader went with the workspace.
     assert!(
         wait_until(Duration::from_secs(10), || reader
@@ -331,6 +339,9 @@ fn node_lazy_pod_stops_on_sigterm_while_a_read_waits_on_the_registry() {
             .is_some()),
         "the reader outlived its pod"
     );
+    if std::env::var("XLOG").is_ok() {
+        eprintln!("XLOG {}", pod.log());
+    }
     drop(pod);
     let mut problems = checks::store_problems(&node.cache_dir());
     problems.extend(checks::chunk_problems(&node.cache_dir()));
@@ -475,6 +486,9 @@ fn node_lazy_pod_stopped_before_its_init_is_loaded_exits_0() {
         pod.log()
     );
     assert!(checks::panics(&pod.log()).is_empty(), "{}", pod.log());
+    if std::env::var("XLOG").is_ok() {
+        eprintln!("XLOG {}", pod.log());
+    }
     drop(pod);
     let mut problems = checks::store_problems(&node.cache_dir());
     problems.extend(checks::chunk_problems(&node.cache_dir()));
