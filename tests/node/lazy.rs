@@ -168,9 +168,11 @@ fn node_lazy_start_in_three_pods_fetches_each_span_once_per_node() {
     let node = Node::new();
     let image = estargz(&node);
     let proxy = node.fault_proxy();
-    // 256 KiB/s a request: the workspaces boot and read on spans long
-    // before the whole image is down.
+    // Spans at 256 KiB/s a request; the background pulls' whole-blob
+    // downloads held at 1 KiB/s until the reads are done: the workspaces
+    // boot and read on spans, however slowly the pods come up.
     proxy.throttle_blobs(256 << 10);
+    proxy.throttle_whole_blobs(1 << 10);
     let reference = node.proxied(&proxy, &image.reference);
     let mut pods: Vec<Pod> = (0..3)
         .map(|i| node.start(PodConfig::run(&format!("lazy{i}"), &reference)))
@@ -218,6 +220,7 @@ fn node_lazy_start_in_three_pods_fetches_each_span_once_per_node() {
         );
     }
 
+    proxy.throttle_whole_blobs(0);
     proxy.throttle_blobs(0);
     for pod in &pods {
         assert!(
