@@ -7,6 +7,11 @@
 # bandwidth cap). "full" is the same image with CVMD_LAZY=off.
 #
 #   bench/lazy.sh [--runs N] [--slow MS:MBPS] [--out FILE.md] [--only systemd|onefile]
+#                 [--image systemd|big]
+#
+# --image big boots the systemd image with bench/gen_image.py's `big`
+# layers on top (5 more layers, ~420 MB compressed): a workspace image of
+# a real size, where a full pull over the slow link takes over 20 s.
 #
 # Reports per link and mode: median seconds to running, the bytes fetched
 # on demand by then (lazy; from Status), cvmd's peak RSS while serving
@@ -23,13 +28,14 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 die() { echo "bench/lazy.sh: $*" >&2; exit 1; }
-RUNS=3 SLOW=20:25 OUT= ONLY=
+RUNS=3 SLOW=20:25 OUT= ONLY= IMAGE=systemd
 while (($#)); do
   case $1 in
     --runs) RUNS=$2; shift 2 ;;
     --slow) SLOW=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
+    --image) IMAGE=$2; shift 2 ;;
     *) die "unknown argument $1" ;;
   esac
 done
@@ -68,16 +74,76 @@ for u in "http://127.0.0.1:$port/v2/" "http://127.0.0.1:$slow_port/v2/"; do
 done
 
 seq_no=0
+# stack LAYOUT TAG EXTRA_LAYOUT NEW_TAG: LAYOUT:NEW_TAG is LAYOUT:TAG with
+# EXTRA_LAYOUT:latest's layers on top (blobs linked, config and manifest
+# rewritten).
+stack() {
+  python3 - "$@" <<'PY'
+import hashlib, json, os, sys
+base, tag, extra, new_tag = sys.argv[1:5]
+def path(layout, digest):
+    return os.path.join(layout, "blobs", "sha256", digest.split(":", 1)[1])
+def load(layout, digest):
+    with open(path(layout, digest), "rb") as f:
+        return json.load(f)
+def tagged(layout, name):
+    index = json.load(open(os.path.join(layout, "index.json")))
+    for m in index["manifests"]:
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == name:
+            return index, m
+    sys.exit(f"no {name} in {layout}")
+def put(data):
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with open(path(base, digest), "wb") as f:
+        f.write(data)
+    return digest, len(data)
+index, desc = tagged(base, tag)
+manifest = load(base, desc["digest"])
+config = load(base, manifest["config"]["digest"])
+_, extra_desc = tagged(extra, "latest")
+extra_manifest = load(extra, extra_desc["digest"])
+extra_config = load(extra, extra_manifest["config"]["digest"])
+for layer in extra_manifest["layers"]:
+    if not os.path.exists(path(base, layer["digest"])):
+        os.link(path(extra, layer["digest"]), path(base, layer["digest"]))
+manifest["layers"] += extra_manifest["layers"]
+config["rootfs"]["diff_ids"] += extra_config["rootfs"]["diff_ids"]
+config["history"] = config.get("history", []) + extra_config.get("history", [])
+digest, size = put(json.dumps(config).encode())
+manifest["config"].update(digest=digest, size=size)
+digest, size = put(json.dumps(manifest).encode())
+index["manifests"].append({"mediaType": desc["mediaType"], "digest": digest, "size": size,
+                           "annotations": {"org.opencontainers.image.ref.name": new_tag}})
+with open(os.path.join(base, "index.json"), "w") as f:
+    json.dump(index, f)
+PY
+}
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 table=$WORK/table.md onefile_table=$WORK/onefile.md
 : >"$table"; : >"$onefile_table"
 if [[ $ONLY != onefile ]]; then
-echo "== building the example systemd image and its eStargz copy" >&2
-ref=$(CVMD=$CVMD bash "$root/images/build.sh" --push "127.0.0.1:$port/examples" --insecure --estargz systemd | tail -n1)
-[[ $ref == *-estargz ]] || die "images/build.sh printed $ref"
-size=$(curl -fs -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-  "http://127.0.0.1:$port/v2/examples/debian-systemd/manifests/${ref##*:}" |
-  python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))')
+case $IMAGE in
+  systemd)
+    echo "== building the example systemd image and its eStargz copy" >&2
+    ref=$(CVMD=$CVMD bash "$root/images/build.sh" --push "127.0.0.1:$port/examples" --insecure --estargz systemd | tail -n1)
+    [[ $ref == *-estargz ]] || die "images/build.sh printed $ref" ;;
+  big)
+    echo "== building the systemd image with the big layers on top, and its eStargz copy" >&2
+    bash "$root/images/build.sh" --layout "$WORK/layout" systemd >&2
+    python3 "$here/gen_image.py" big "$WORK/big" >/dev/null
+    stack "$WORK/layout" debian-systemd-bookworm "$WORK/big" big
+    skopeo copy -q --dest-tls-verify=false "oci:$WORK/layout:big" "docker://127.0.0.1:$port/examples/debian-systemd:big"
+    rm -rf "$WORK/big"
+    CVMD_CACHE_RESERVE=0 "$CVMD" --cache-dir "$WORK/convert-cache" --insecure-registries "127.0.0.1:$port" \
+      --log-level warn convert "127.0.0.1:$port/examples/debian-systemd:big" "127.0.0.1:$port/examples/debian-systemd:big-estargz" >&2
+    rm -rf "$WORK/convert-cache" "$WORK/layout"
+    ref=127.0.0.1:$port/examples/debian-systemd:big-estargz ;;
+  *) die "--image is systemd or big" ;;
+esac
+manifest=$(curl -fs -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+  "http://127.0.0.1:$port/v2/examples/debian-systemd/manifests/${ref##*:}")
+size=$(python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))' <<<"$manifest")
+layers=$(python3 -c 'import json,sys; print(len(json.load(sys.stdin)["layers"]))' <<<"$manifest")
 
 # boot LINK_PORT MODE CACHE -> "seconds fetched_mib vmhwm_kib"
 boot() {
@@ -119,6 +185,8 @@ for link in loopback slow; do
       read -r t f h < <(boot "$at" "$mode" "$WORK/cache-$link-$mode-$r")
       T[$mode]+="$t " F[$mode]+="$f " H[$mode]+="$h "
       echo "  $link $mode run $r: $t s, fetched $f MiB, VmHWM $h KiB" >&2
+      # Only the last full run's cache is used again (the warm start).
+      [[ $mode == off && $r == "$RUNS" ]] || rm -rf "$WORK/cache-$link-$mode-$r"
     done
   done
   # A warm start (lazy start on, as by default) on the last full run's
@@ -185,7 +253,7 @@ fi
 {
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, runs: $RUNS per mode, interleaved"
   echo "- cvmd: $CVMD ($("$CVMD" --version | head -1))"
-  [[ -z ${ref:-} ]] || echo "- image: $ref ($size bytes compressed, one layer)"
+  [[ -z ${ref:-} ]] || echo "- image: $ref ($size bytes compressed, $layers layers)"
   echo "- slow link: ${SLOW%%:*} ms per request, ${SLOW##*:} MB/s shared (bench/throttle.py)"
   echo
   cat "$table"

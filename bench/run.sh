@@ -10,6 +10,7 @@
 #   bench/run.sh --runs 5        # more runs (median is reported)
 #   bench/run.sh --no-build      # use target/release/cvmd as it is
 #   bench/run.sh --slow 20:50    # the slow link: ms per request : MB/s
+#   bench/run.sh --phase pull    # only these phases (repeatable)
 #   bench/run.sh --containerd bookworm|trixie|sid
 #                                # which Debian containerd (1.6, 1.7, 2.x) is
 #                                # the peer and the backend's daemon [default:
@@ -52,6 +53,7 @@ CACHE=$BENCH/.cache
 RUNS=3
 BUILD=1
 SELECTED=()
+ONLY_PHASES=()
 ALL_IMAGES=(small medium big)
 KNOWN_IMAGES=(small medium big systemd)
 SLOW=20:50
@@ -66,6 +68,7 @@ while [[ $# -gt 0 ]]; do
     --runs) RUNS=$2; shift ;;
     --no-build) BUILD=0 ;;
     --slow) SLOW=$2; shift ;;
+    --phase) ONLY_PHASES+=("$2"); shift ;;
     --containerd) CTRD_RELEASE=$2; shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
@@ -453,6 +456,12 @@ restart_containerd_setup() {
 restart_containerd_run() { cvmd_run_with "$R/cvmd-cache" "$R/state" containerd; }
 
 PHASES=(pull slow unpack warm start restart)
+if [[ ${#ONLY_PHASES[@]} -gt 0 ]]; then
+  for p in "${ONLY_PHASES[@]}"; do
+    [[ " ${PHASES[*]} " == *" $p "* ]] || { echo "unknown phase: $p (known: ${PHASES[*]})" >&2; exit 2; }
+  done
+  PHASES=("${ONLY_PHASES[@]}")
+fi
 declare -A PHASE_TOOLS=(
   [pull]="cvmd skopeo cvmdtls skopeotls"
   [slow]="cvmd skopeo"

@@ -10,7 +10,8 @@
 # rather than Ubuntu: only Debian's mirror is reachable where we build.)
 #
 #   images/build.sh [--cache DIR] [--layout DIR] [--push PREFIX] [--insecure]
-#                   [--tag TAG] [--mirror URL] IMAGE...
+#                   [--estargz] [--zstd-chunked] [--tag TAG] [--mirror URL]
+#                   IMAGE...
 #
 #   --cache DIR   keep each image's layer tar (and debootstrap's .debs)
 #                 here and reuse it: a rebuild then takes seconds
@@ -22,6 +23,9 @@
 #   --estargz     with --push, also push an eStargz copy as
 #                 PREFIX/debian-IMAGE:TAG-estargz (made by `cvmd convert`,
 #                 $CVMD or cvmd on PATH), which cvmd starts lazily
+#   --zstd-chunked  with --push, also push a zstd:chunked copy as
+#                 PREFIX/debian-IMAGE:TAG-zstd-chunked (`cvmd convert
+#                 --format zstd:chunked`), which cvmd starts lazily too
 #   --tag TAG     [default: bookworm]
 #   --mirror URL  Debian mirror [default: the one apt uses for bookworm]
 #
@@ -38,6 +42,7 @@ layout=
 push=
 tls_verify=true
 estargz=
+zstd_chunked=
 tag=$suite
 mirror=
 images=()
@@ -52,15 +57,17 @@ while (($#)); do
     --push) push=${2%/}; shift 2 ;;
     --insecure) tls_verify=false; shift ;;
     --estargz) estargz=1; shift ;;
+    --zstd-chunked) zstd_chunked=1; shift ;;
     --tag) tag=$2; shift 2 ;;
     --mirror) mirror=$2; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     systemd|docker) images+=("$1"); shift ;;
     *) die "unknown argument '$1' (images: systemd, docker; see --help)" ;;
   esac
 done
 ((${#images[@]})) || die "name an image to build: systemd, docker (see --help)"
 [[ -z $estargz || -n $push ]] || die "--estargz needs --push (the copy is made on the registry)"
+[[ -z $zstd_chunked || -n $push ]] || die "--zstd-chunked needs --push (the copy is made on the registry)"
 [[ $(id -u) == 0 ]] || die "debootstrap needs root: run as root"
 for tool in debootstrap umoci skopeo tar flock; do
   command -v "$tool" >/dev/null || die "$tool is not installed (scripts/deps.sh installs it)"
@@ -210,15 +217,18 @@ for name in "${images[@]}"; do
     dest="$push/debian-$name:$tag"
     skopeo copy -q --dest-tls-verify="$tls_verify" "oci:$ref" "docker://$dest" >&2
     echo "$dest"
-    if [[ -n $estargz ]]; then
+    # Each lazily startable copy, made on the registry by `cvmd convert`.
+    for format in ${estargz:+estargz} ${zstd_chunked:+zstd:chunked}; do
       insecure=()
       [[ $tls_verify == false ]] && insecure=(--insecure-registries "${push%%/*}")
+      copy="$dest-${format/:/-}"
       # The pull side of convert needs a cache dir: a throwaway one.
       scratch=$(mktemp -d)
       "${CVMD:-cvmd}" --cache-dir "$scratch" --cache-reserve 0 "${insecure[@]}" \
-        convert "$dest" "$dest-estargz" >&2 || { rm -rf "$scratch"; die "cvmd convert $dest failed"; }
+        convert "$dest" "$copy" --format "$format" >&2 ||
+        { rm -rf "$scratch"; die "cvmd convert $dest --format $format failed"; }
       rm -rf "$scratch"
-      echo "$dest-estargz"
-    fi
+      echo "$copy"
+    done
   fi
 done

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::pull::{ProgressSink, PullError, Puller};
+use crate::pull::{Head, ProgressSink, PullError, Puller};
 use crate::registry::client::{ClientOptions, RetryPolicy};
 use crate::registry::credentials::{CredentialError, CredentialSource, Keychain};
 use crate::registry::manifest::Platform;
@@ -87,6 +87,9 @@ pub struct PullOptions {
     pub policy: PullPolicy,
     /// Layers downloaded at once.
     pub concurrency: usize,
+    /// Bytes per second this process's layer downloads use together; 0:
+    /// the link's speed.
+    pub bandwidth: u64,
     pub max_layer_size: u64,
     pub max_image_size: u64,
     pub cache_reserve: crate::unpack::Reserve,
@@ -131,6 +134,7 @@ fn puller(settings: &PullOptions) -> Result<Puller, ImageError> {
         preserve_ownership: nix::unistd::geteuid().is_root(),
         platform: settings.platform.clone(),
         concurrency: settings.concurrency,
+        bandwidth: crate::pull::Bandwidth::new(settings.bandwidth).map(Arc::new),
         unpack: true,
     })
 }
@@ -145,29 +149,45 @@ pub async fn pull(
     unpack: bool,
     progress: &dyn ProgressSink,
 ) -> Result<crate::pull::PulledImage, ImageError> {
-    let mut puller = puller(settings)?;
-    puller.unpack = unpack;
-    Ok(puller.pull(reference, progress).await?)
+    pull_resolved(settings, reference, unpack, None, progress).await
 }
 
-/// The manifest (this platform's) and config of `reference`, checked and
-/// stored, and the client that fetched them: a lazy start reads its
-/// layers' TOCs and spans with it.
-pub async fn head(
+/// [`pull`], from what [`head`] resolved already when there is that:
+/// neither the manifest nor a token is asked for again.
+pub async fn pull_resolved(
     settings: &PullOptions,
     reference: &Reference,
-) -> Result<
-    (
-        Arc<RegistryClient>,
-        crate::digest::Digest,
-        crate::registry::manifest::ImageManifest,
-        crate::registry::manifest::ImageConfigHead,
-    ),
-    ImageError,
-> {
+    unpack: bool,
+    resolved: Option<Resolved>,
+    progress: &dyn ProgressSink,
+) -> Result<crate::pull::PulledImage, ImageError> {
+    let mut puller = puller(settings)?;
+    puller.unpack = unpack;
+    let head = resolved.map(|r| {
+        puller.client = r.client;
+        r.head
+    });
+    Ok(puller.pull_resolved(reference, head, progress).await?)
+}
+
+/// An image's manifest and config, checked and stored, with the client
+/// that fetched them (and holds the registry's token).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub client: Arc<RegistryClient>,
+    pub head: Head,
+}
+
+/// Resolves `reference` without pulling its layers: a lazy start reads
+/// its layers' TOCs and spans with the client, and a pull that follows
+/// starts from it ([`pull_resolved`]).
+pub async fn head(settings: &PullOptions, reference: &Reference) -> Result<Resolved, ImageError> {
     let puller = puller(settings)?;
-    let (digest, manifest, config) = puller.head(reference).await?;
-    Ok((puller.client, digest, manifest, config))
+    let head = puller.head(reference).await?;
+    Ok(Resolved {
+        client: puller.client,
+        head,
+    })
 }
 
 /// Collects garbage down to the cache budget, if one is set, sparing the
@@ -216,10 +236,11 @@ pub async fn ensure_leased(
     progress: &dyn ProgressSink,
     lease_name: &str,
     target: Option<&std::path::Path>,
+    resolved: Option<Resolved>,
 ) -> Result<(CachedImage, crate::store::lease::Lease), ImageError> {
     crate::store::create_private_dir(&settings.cache_dir)?;
     let _no_gc = crate::store::lease::pull_lock(&settings.cache_dir).await?;
-    let ready = ensure(settings, reference, policy, progress).await?;
+    let ready = ensure(settings, reference, policy, resolved, progress).await?;
     let diff_ids = ready.record.diff_ids();
     let lease = crate::store::lease::Lease::acquire(
         &settings.cache_dir,
@@ -232,11 +253,13 @@ pub async fn ensure_leased(
     Ok((ready, lease))
 }
 
-/// Makes `reference` ready in the cache according to `policy`.
+/// Makes `reference` ready in the cache according to `policy` (a pull
+/// starting from `resolved` when it was resolved already).
 pub async fn ensure(
     settings: &PullOptions,
     reference: &Reference,
     policy: PullPolicy,
+    resolved: Option<Resolved>,
     progress: &dyn ProgressSink,
 ) -> Result<CachedImage, ImageError> {
     if policy != PullPolicy::Always {
@@ -251,7 +274,7 @@ pub async fn ensure(
             return Err(ImageError::NotCached(reference.to_string()));
         }
     }
-    let pulled = pull(settings, reference, true, progress).await?;
+    let pulled = pull_resolved(settings, reference, true, resolved, progress).await?;
     let record = ImageRecord::new(
         reference,
         &pulled.manifest_digest,

@@ -20,7 +20,7 @@ pub mod supervisor;
 pub mod workspace;
 
 pub use cvmd_digest as digest;
-pub use cvmd_image::{estargz, pull, registry, store, unpack};
+pub use cvmd_image::{estargz, pull, registry, store, unpack, zstd_chunked};
 pub use cvmd_oci::{bundle, exec, runtime};
 pub use cvmd_progress as progress;
 pub use cvmd_rootfs as rootfs;

@@ -133,6 +133,19 @@ pub struct ReadyImage {
     source: Source,
 }
 
+impl ReadyImage {
+    /// What a lazy start resolved: its background completion pulls that
+    /// image; `None` unless started lazily.
+    pub fn lazily_resolved(&self) -> Option<crate::image::Resolved> {
+        match &self.source {
+            Source::Native {
+                lazy: Some(image), ..
+            } => Some(image.resolved.clone()),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Source {
     /// The record, and the lease taken when it was found or pulled: the

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{BackendError, Hold, Holder, MountRequest, ReadyImage, Rootfs, Source};
-use crate::image::{PullOptions, PullPolicy};
-use crate::lazy::{LazyImage, LazyOptions};
+use crate::image::{PullOptions, PullPolicy, Resolved};
+use crate::lazy::{LazyImage, LazyOptions, Plan};
 use crate::pull::ProgressSink;
 use crate::registry::Reference;
 use crate::store::images::ImageRecord;
@@ -23,9 +23,11 @@ pub async fn ensure(
     lazy: Option<&LazyOptions>,
     progress: &dyn ProgressSink,
 ) -> Result<ReadyImage, BackendError> {
+    let mut resolved = None;
     if let Some(options) = lazy.filter(|_| policy != PullPolicy::Never) {
-        if let Some(ready) = ensure_lazily(pull, reference, policy, &holder, options).await? {
-            return Ok(ready);
+        match ensure_lazily(pull, reference, policy, &holder, options).await? {
+            Start::Lazy(ready) => return Ok(*ready),
+            Start::Whole(head) => resolved = head,
         }
     }
     let (ready, lease) = crate::image::ensure_leased(
@@ -35,6 +37,7 @@ pub async fn ensure(
         progress,
         holder.identity,
         holder.mount,
+        resolved,
     )
     .await?;
     let store = ContentStore::open(&pull.cache_dir)?;
@@ -60,30 +63,40 @@ pub async fn ensure(
     })
 }
 
+/// How [`ensure_lazily`] went.
+enum Start {
+    Lazy(Box<ReadyImage>),
+    /// The usual way (the reason was logged), from what lazy start
+    /// resolved when it got that far.
+    Whole(Option<Resolved>),
+}
+
 /// The image made ready to boot before its layers are downloaded, when
-/// it is not in the cache and its missing layers are eStargz; `None` for
-/// the usual way (the reason was logged).
+/// it is not in the cache and its missing layers are eStargz or
+/// zstd:chunked.
 async fn ensure_lazily(
     pull: &PullOptions,
     reference: &Reference,
     policy: PullPolicy,
     holder: &Holder<'_>,
     options: &LazyOptions,
-) -> Result<Option<ReadyImage>, BackendError> {
+) -> Result<Start, BackendError> {
     // A warm start stays one.
     if policy != PullPolicy::Always && crate::image::cached(pull, reference)?.is_some() {
-        return Ok(None);
+        return Ok(Start::Whole(None));
     }
     crate::store::create_private_dir(&pull.cache_dir)?;
     let _no_gc = crate::store::lease::pull_lock(&pull.cache_dir).await?;
-    let Some(image) = crate::lazy::prepare(pull, options, reference).await? else {
-        return Ok(None);
+    let image = match crate::lazy::prepare(pull, options, reference).await? {
+        Plan::Lazy(image) => image,
+        Plan::Whole(resolved) => return Ok(Start::Whole(resolved)),
     };
+    let head = &image.resolved.head;
     let record = ImageRecord::new(
         reference,
-        &image.manifest_digest,
-        &image.manifest,
-        &image.config,
+        &head.manifest_digest,
+        &head.manifest,
+        &head.config,
     );
     let lease = Lease::acquire(
         &pull.cache_dir,
@@ -98,10 +111,10 @@ async fn ensure_lazily(
     let (lazy, all) = (image.lazy_layers(), record.layers.len());
     tracing::info!(
         image = %reference,
-        digest = %image.manifest_digest,
+        digest = %head.manifest_digest,
         "lazy start: {lazy} of {all} layers are served on demand while they download"
     );
-    Ok(Some(ReadyImage {
+    Ok(Start::Lazy(Box::new(ReadyImage {
         reference: record.reference.clone(),
         digest: record.manifest.clone(),
         config,
@@ -114,7 +127,7 @@ async fn ensure_lazily(
             lease: Arc::new(lease),
             lazy: Some(Arc::new(image)),
         },
-    }))
+    })))
 }
 
 /// Mounts the rootfs over the layers `lease` (taken by [`ensure`]) keeps

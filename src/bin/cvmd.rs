@@ -24,7 +24,8 @@ enum Command {
     Pull(cli::pull::PullArgs),
     /// Assemble a workspace rootfs at DIR from the node cache, for inspection.
     Rootfs(cli::rootfs::RootfsArgs),
-    /// Write an eStargz copy of IMAGE (lazily startable) and push it as TARGET.
+    /// Write an eStargz (or zstd:chunked) copy of IMAGE (lazily startable)
+    /// and push it as TARGET.
     Convert(cli::convert::ConvertArgs),
     /// Pull images into the node cache ahead of the workspaces that use them.
     Prefetch(cli::prefetch::PrefetchArgs),

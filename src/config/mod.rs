@@ -56,9 +56,10 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "containerd_pull", env: "CVMD_CONTAINERD_PULL", envbox: None, default: Some("auto"), help: "how the containerd backend pulls: transfer (containerd 1.7+ fetches and unpacks, asking cvmd for credentials), content (cvmd fetches into containerd's content store), or auto (transfer where containerd has it and the pull needs no CVMD_EXTRA_CERTS, CVMD_MIRRORS or bare registry token)" },
     Spec { key: "containerd_hosts_dir", env: "CVMD_CONTAINERD_HOSTS_DIR", envbox: None, default: None, help: "folder of hosts.toml files on the node (e.g. /etc/containerd/certs.d) that containerd's transfer service applies: the node's mirrors, CAs and plain-HTTP registries" },
     Spec { key: "pull_policy", env: "CVMD_PULL_POLICY", envbox: None, default: Some("IfNotPresent"), help: "when to ask the registry before starting: Always, IfNotPresent (start from the node cache when it has the image), Never" },
-    Spec { key: "lazy", env: "CVMD_LAZY", envbox: None, default: Some("auto"), help: "lazy start: auto (an image not in the node cache whose missing layers are eStargz boots before it is downloaded, its files fetched on first read, when FUSE works) or off (pull every image whole first)" },
+    Spec { key: "lazy", env: "CVMD_LAZY", envbox: None, default: Some("auto"), help: "lazy start: auto (an image not in the node cache whose missing layers are eStargz or zstd:chunked boots before it is downloaded, its files fetched on first read, when FUSE works) or off (pull every image whole first)" },
     Spec { key: "lazy_deadline", env: "CVMD_LAZY_DEADLINE", envbox: None, default: Some("30"), help: "seconds a lazily started workspace's read waits for the registry before it fails with EIO (1-3600)" },
     Spec { key: "pull_concurrency", env: "CVMD_PULL_CONCURRENCY", envbox: None, default: Some("8"), help: "layers downloaded at once (1-64): on a high-latency link one connection does not fill it, and a layer left to download alone at the end was the slow part (bench/run.sh, slow phase)" },
+    Spec { key: "pull_bandwidth", env: "CVMD_PULL_BANDWIDTH", envbox: None, default: Some("0"), help: "bytes per second (or with KiB/MiB/GiB) that a pull's layers use together while they download, a lazy start's background download included (its on-demand reads are not held back); 0: the link's speed" },
     Spec { key: "pull_retries", env: "CVMD_PULL_RETRIES", envbox: None, default: Some("5"), help: "attempts per request before a transient error is final (1-100)" },
     Spec { key: "max_layer_size", env: "CVMD_MAX_LAYER_SIZE", envbox: None, default: Some("64GiB"), help: "refuse a layer whose unpacked files exceed this (bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
     Spec { key: "max_image_size", env: "CVMD_MAX_IMAGE_SIZE", envbox: None, default: Some("40GiB"), help: "refuse an image whose layers unpacked by one pull exceed this together (declared sizes, sparse holes included; bytes, or with KiB/MiB/GiB/TiB); 0: no bound" },
@@ -355,6 +356,7 @@ fn pull_options(r: &mut Resolver, env: &dyn Fn(&str) -> Option<String>) -> PullO
             .unwrap_or_else(Platform::host),
         policy: r.get("pull_policy", str::parse),
         concurrency: r.get("pull_concurrency", |v| whole(v, 1, 64)),
+        bandwidth: r.get("pull_bandwidth", parse_size),
         max_layer_size: r.get("max_layer_size", parse_size),
         // Under half of a 100 GB node disk: room for a second image, the
         // workspaces' upper dirs, sysbox and the kubelet beside the largest

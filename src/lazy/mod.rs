@@ -1,5 +1,6 @@
 //! Lazy start (docs/features.md, "Lazy start"): a workspace whose image is
-//! not yet in the node cache, and whose missing layers are eStargz, boots
+//! not yet in the node cache, and whose missing layers are eStargz or
+//! zstd:chunked (each layer's annotations say which), boots
 //! from FUSE mounts that serve each layer's files from its TOC, fetching a
 //! file's chunks with Range requests on first read (verified, kept in the
 //! node's chunk cache). Meanwhile the normal pull downloads and publishes
@@ -12,6 +13,7 @@
 //! so nothing unverified is ever booted or published.
 
 mod source;
+mod toc;
 mod tree;
 
 use std::fmt;
@@ -20,16 +22,15 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cvmd_lazyfs::{ChunkCache, LazyHandle, MountOptions, Mounted, Tree};
+use cvmd_lazyfs::{ChunkCache, LazyHandle, MountOptions, Mounted, ReadPool, Tree};
 
 use crate::digest::Digest;
-use crate::estargz::{self, TocLimits};
-use crate::image::{ImageError, PullOptions};
-use crate::registry::manifest::{Compression, ImageConfigHead, ImageManifest};
-use crate::registry::{Reference, RegistryClient};
+use crate::image::{ImageError, PullOptions, Resolved};
+use crate::registry::Reference;
 use crate::store::layers::LayerCache;
+use toc::{read_tree, LayerToc, TocTail};
 
-pub use source::RegistrySpans;
+pub use source::{RegistrySpans, SpanCodec};
 
 /// The `lazy` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub fn chunk_dir(cache_dir: &Path) -> PathBuf {
     cache_dir.join("chunks")
 }
 
+/// Reads a lazy image's layers serve at once, together.
+const READ_THREADS: usize = 4;
+
 /// What lazy start's chunk cache may hold: chunks are a start's working
 /// set until its layers are published, then redundant; least recently
 /// used go first.
@@ -108,6 +112,7 @@ struct LazyLayer {
     index: usize,
     blob: Digest,
     diff_id: Digest,
+    codec: SpanCodec,
     tree: Mutex<Option<Tree>>,
     /// The files before the prefetch landmark, read first.
     prefetch: Vec<String>,
@@ -117,13 +122,21 @@ struct LazyLayer {
 /// whose files come from their TOCs.
 #[derive(Debug)]
 pub struct LazyImage {
+    /// Pinned to the manifest digest.
     pub reference: Reference,
-    pub manifest_digest: Digest,
-    pub manifest: ImageManifest,
-    pub config: ImageConfigHead,
-    client: Arc<RegistryClient>,
+    /// Its background completion pulls from this: the image started,
+    /// even if the tag has moved since.
+    pub resolved: Resolved,
     layers: Vec<LazyLayer>,
     deadline: Duration,
+}
+
+/// What a start does with an image that is not in the cache.
+#[derive(Debug)]
+pub enum Plan {
+    Lazy(LazyImage),
+    /// A full pull, from what lazy start resolved when it got that far.
+    Whole(Option<Resolved>),
 }
 
 impl LazyImage {
@@ -133,22 +146,29 @@ impl LazyImage {
     }
 }
 
-/// The lazy plan for `reference`, or `None` when it is to be pulled whole
-/// (said in one line, unless lazy start is off or nothing is missing).
-/// Errors are those a full pull would have given too (auth, not found).
+/// The plan for `reference`: lazy, or a full pull (said in one line,
+/// unless lazy start is off or nothing is missing). Errors are those a
+/// full pull would have given too (auth, not found).
 pub async fn prepare(
     pull: &PullOptions,
     options: &LazyOptions,
     reference: &Reference,
-) -> Result<Option<LazyImage>, ImageError> {
+) -> Result<Plan, ImageError> {
     if options.mode == LazyMode::Off {
-        return Ok(None);
+        return Ok(Plan::Whole(None));
     }
     if let Err(why) = fuse_works() {
         tracing::info!(why, "lazy start unavailable; pulling the image whole");
-        return Ok(None);
+        return Ok(Plan::Whole(None));
     }
-    let (client, manifest_digest, manifest, config) = crate::image::head(pull, reference).await?;
+    let resolved = crate::image::head(pull, reference).await?;
+    let whole = Plan::Whole(Some(resolved.clone()));
+    let client = resolved.client.clone();
+    let (manifest_digest, manifest, config) = (
+        &resolved.head.manifest_digest,
+        &resolved.head.manifest,
+        &resolved.head.config,
+    );
     let layers = LayerCache::open(&pull.cache_dir)?;
     let mut wanted = Vec::new();
     for (index, (layer, diff_id)) in manifest
@@ -160,27 +180,27 @@ pub async fn prepare(
         if layers.has(diff_id) {
             continue;
         }
-        let toc = estargz::footer::annotated_toc_digest(Some(&layer.annotations));
-        match toc {
-            Ok(Some(toc)) if layer.compression == Compression::Gzip => wanted.push((
+        match LayerToc::of(layer) {
+            Ok(Some(toc)) => wanted.push((
                 index,
                 layer.digest.clone(),
                 layer.size,
                 diff_id.clone(),
                 toc,
             )),
-            Ok(_) => {
-                tracing::info!(layer = %layer.digest, "lazy start: a missing layer has no eStargz TOC; pulling the image whole");
-                return Ok(None);
+            Ok(None) => {
+                // Most images are plain gzip: this is the usual path, not news.
+                tracing::debug!(layer = %layer.digest, "lazy start: a missing layer has no eStargz or zstd:chunked TOC; pulling the image whole");
+                return Ok(whole);
             }
             Err(e) => {
                 tracing::warn!(layer = %layer.digest, error = %e, "lazy start: refused; pulling the image whole");
-                return Ok(None);
+                return Ok(whole);
             }
         }
     }
     if wanted.is_empty() {
-        return Ok(None);
+        return Ok(whole);
     }
     let pinned = reference.with_digest(manifest_digest.clone());
     let tocs = chunk_dir(&pull.cache_dir).join("tocs");
@@ -197,174 +217,32 @@ pub async fn prepare(
                 cache: &tocs,
             };
             let tree = read_tree(&tail, &toc).await;
-            (index, blob, diff_id, tree)
+            (index, blob, diff_id, toc.codec(), tree)
         }
     });
     let mut lazy = Vec::new();
-    for (index, blob, diff_id, tree) in futures_util::future::join_all(reads).await {
+    for (index, blob, diff_id, codec, tree) in futures_util::future::join_all(reads).await {
         match tree {
             Ok((tree, prefetch)) => lazy.push(LazyLayer {
                 index,
                 blob,
                 diff_id,
+                codec,
                 tree: Mutex::new(Some(tree)),
                 prefetch,
             }),
             Err(why) => {
                 tracing::warn!(layer = %blob, why, "lazy start: refused; pulling the image whole");
-                return Ok(None);
+                return Ok(whole);
             }
         }
     }
-    Ok(Some(LazyImage {
+    Ok(Plan::Lazy(LazyImage {
         reference: pinned,
-        manifest_digest,
-        manifest,
-        config,
-        client,
+        resolved,
         layers: lazy,
         deadline: options.deadline,
     }))
-}
-
-/// Where a layer's TOC and footer come from: the node's copy of them
-/// (`chunks/tocs/<blob>`, shared by every pod, checked again on every
-/// read like the registry's answer), else two Range requests.
-struct TocTail<'a> {
-    client: &'a RegistryClient,
-    reference: &'a Reference,
-    blob: &'a Digest,
-    size: u64,
-    cache: &'a Path,
-}
-
-impl TocTail<'_> {
-    /// The TOC member and the footer: the blob's bytes from the TOC's
-    /// offset to its end, and that offset.
-    async fn fetch(&self, kept_ok: bool) -> Result<(u64, bytes::Bytes), String> {
-        let kept = self.kept();
-        // Pods starting the image together fetch its TOC once: the others
-        // wait here, then read the node's copy.
-        let _one_at_a_time = lock(self.cache.join(format!("{}.lock", self.blob.hex()))).await;
-        if let Some(bytes) = kept_ok.then(|| std::fs::read(&kept).ok()).flatten() {
-            if let Some(offset) = self.size.checked_sub(bytes.len() as u64) {
-                return Ok((offset, bytes.into()));
-            }
-        }
-        let footer_at = self
-            .size
-            .checked_sub(estargz::FOOTER_SIZE)
-            .ok_or("the blob is smaller than an eStargz footer")?;
-        let footer = self
-            .client
-            .get_blob_range(self.reference, self.blob, footer_at, estargz::FOOTER_SIZE)
-            .await
-            .map_err(|e| e.to_string())?;
-        let toc_offset = estargz::parse_footer(&footer, self.size).map_err(|e| e.to_string())?;
-        let member = self
-            .client
-            .get_blob_range(
-                self.reference,
-                self.blob,
-                toc_offset,
-                footer_at - toc_offset,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut tail = member.to_vec();
-        tail.extend_from_slice(&footer);
-        // Unchecked bytes may be kept: every read checks them again.
-        if let Err(e) = keep(&kept, &tail) {
-            tracing::debug!(error = %e, "the TOC is not kept for the node's other pods");
-        }
-        Ok((toc_offset, tail.into()))
-    }
-
-    fn kept(&self) -> PathBuf {
-        self.cache.join(self.blob.hex())
-    }
-}
-
-/// An exclusive `flock` on `path`, held until the file is dropped; `None`
-/// (no lock, a duplicate fetch at worst) when it cannot be taken.
-async fn lock(path: PathBuf) -> Option<std::fs::File> {
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(path.parent()?).ok()?;
-        let file = std::fs::File::create(&path).ok()?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
-        Some(file)
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-/// Writes `bytes` at `path` whole or not at all.
-fn keep(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::write(tmp.path(), bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// The TOC at the end of a layer's blob, checked against the digest the
-/// manifest promised and as hostile input.
-async fn check_toc(
-    tail: &TocTail<'_>,
-    toc: &Digest,
-    kept_ok: bool,
-) -> Result<estargz::TocIndex, String> {
-    let (toc_offset, bytes) = tail.fetch(kept_ok).await?;
-    let footer_at = bytes
-        .len()
-        .checked_sub(usize::try_from(estargz::FOOTER_SIZE).unwrap_or(usize::MAX))
-        .ok_or("the blob's tail is shorter than an eStargz footer")?;
-    let found = estargz::parse_footer(&bytes[footer_at..], tail.size).map_err(|e| e.to_string())?;
-    if found != toc_offset {
-        return Err(format!(
-            "the footer puts the TOC at {found}, its bytes start at {toc_offset}"
-        ));
-    }
-    let member = bytes.slice(..footer_at);
-    let limits = TocLimits::default();
-    let toc = toc.clone();
-    let (index, _) = tokio::task::spawn_blocking(move || {
-        estargz::read_toc(member.as_ref(), toc_offset, Some(&toc), &limits)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    Ok(index)
-}
-
-/// A layer's tree from the TOC at the end of its blob, checked against
-/// the TOC digest the manifest promised; and the regular files its
-/// prefetch landmark puts first.
-async fn read_tree(tail: &TocTail<'_>, toc: &Digest) -> Result<(Tree, Vec<String>), String> {
-    let index = match check_toc(tail, toc, true).await {
-        Ok(index) => index,
-        // The node's copy may be what failed: the registry's answer decides.
-        Err(why) if tail.kept().exists() => {
-            tracing::debug!(
-                why,
-                "the node's copy of a TOC failed its check; asking the registry"
-            );
-            let _ = std::fs::remove_file(tail.kept());
-            check_toc(tail, toc, false).await?
-        }
-        Err(why) => return Err(why),
-    };
-    let prefetch = index
-        .prefetch_entries()
-        .into_iter()
-        .flatten()
-        .filter(|e| matches!(e.kind, estargz::EntryKind::File { .. }))
-        .map(|e| e.path.clone())
-        .collect();
-    let tree = tree::build(&index).map_err(|e| format!("its TOC: {e}"))?;
-    Ok((tree, prefetch))
 }
 
 /// One mounted lazy layer, as the background completion sees it.
@@ -418,6 +296,8 @@ pub fn mount(
 ) -> Result<(LazyMounts, Vec<PathBuf>), String> {
     let layers = LayerCache::open(cache_dir).map_err(|e| e.to_string())?;
     let mut dirs: Vec<PathBuf> = image
+        .resolved
+        .head
         .config
         .rootfs
         .diff_ids
@@ -426,6 +306,11 @@ pub fn mount(
         .collect();
     let chunks = Arc::new(ChunkCache::open(chunk_dir(cache_dir)).map_err(|e| e.to_string())?);
     let runtime = tokio::runtime::Handle::current();
+    // One pool for every layer: memory in flight (a read holds its chunk,
+    // up to 4 MiB) stays that of READ_THREADS reads however many layers
+    // the image has; an image of 6 layers with a pool each peaked at
+    // 137-170 MiB (bench/lazy.sh --image big).
+    let pool = ReadPool::new(READ_THREADS).map_err(|e| format!("lazy layer read threads: {e}"))?;
     let mut mounts = Vec::new();
     for layer in &image.layers {
         let at = dir.join(layer.index.to_string());
@@ -437,15 +322,16 @@ pub fn mount(
             .take()
             .ok_or("a lazy layer was mounted twice")?;
         let source = Arc::new(RegistrySpans {
-            client: image.client.clone(),
+            client: image.resolved.client.clone(),
             reference: image.reference.clone(),
             blob: layer.blob.clone(),
+            codec: layer.codec,
             runtime: runtime.clone(),
             deadline: image.deadline,
         });
         let options = MountOptions {
             fsname: format!("cvmd-lazy:{}", layer.blob.short()),
-            read_threads: 4,
+            read_pool: Some(pool.clone()),
             ..MountOptions::default()
         };
         match cvmd_lazyfs::mount(tree, source, chunks.clone(), &options, &at) {

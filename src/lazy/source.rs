@@ -1,5 +1,6 @@
 //! Where a lazy layer's bytes come from: HTTP Range requests for one
-//! chunk's compressed span, inflated, within a deadline.
+//! chunk's compressed span (gzip members, or a zstd frame), inflated,
+//! within a deadline.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -10,6 +11,15 @@ use cvmd_lazyfs::{Chunk, ChunkSource, FetchError};
 use crate::digest::Digest;
 use crate::registry::{Reference, RegistryClient};
 
+/// How a layer's spans are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanCodec {
+    /// eStargz: gzip members, a chunk at an offset into them.
+    Gzip,
+    /// zstd:chunked: a chunk is one zstd frame.
+    Zstd,
+}
+
 /// One layer blob of one image on its registry.
 #[derive(Debug)]
 pub struct RegistrySpans {
@@ -17,6 +27,7 @@ pub struct RegistrySpans {
     /// Pinned to the manifest digest.
     pub reference: Reference,
     pub blob: Digest,
+    pub codec: SpanCodec,
     /// The FUSE server's threads are not the runtime's: they block on it.
     pub runtime: tokio::runtime::Handle,
     /// How long one read waits for the registry before it is EIO.
@@ -80,7 +91,7 @@ fn on_runtime<T: Send + 'static>(
 impl ChunkSource for RegistrySpans {
     fn fetch(&self, chunk: &Chunk) -> Result<Vec<u8>, FetchError> {
         let span = self.span(chunk.blob_offset, chunk.compressed_len)?;
-        inflate(&span, chunk.inner_offset, chunk.size)
+        decode(self.codec, &span, chunk)
     }
 
     /// One request for the span from the first chunk's start to the
@@ -100,7 +111,7 @@ impl ChunkSource for RegistrySpans {
             .max()
             .unwrap_or(0);
         match self.span(start, end - start) {
-            Ok(span) => inflate_run(&span, start, chunks, each),
+            Ok(span) => inflate_run(self.codec, &span, start, chunks, each),
             Err(e) => {
                 for i in 0..chunks.len() {
                     each(i, Err(e.again()));
@@ -113,6 +124,7 @@ impl ChunkSource for RegistrySpans {
 /// Inflates each of `chunks` from its part of `span`, the blob's bytes
 /// from `start`, handing each over as soon as it is done.
 fn inflate_run(
+    codec: SpanCodec,
     span: &[u8],
     start: u64,
     chunks: &[Chunk],
@@ -124,7 +136,7 @@ fn inflate_run(
             .checked_sub(start)
             .ok_or_else(|| FetchError::msg("a chunk starts before its run"))
             .and_then(|at| part(span, at, c.compressed_len))
-            .and_then(|part| inflate(part, c.inner_offset, c.size));
+            .and_then(|part| decode(codec, part, c));
         each(i, got);
     }
 }
@@ -141,6 +153,37 @@ fn part(span: &[u8], at: u64, len: u64) -> Result<&[u8], FetchError> {
                 span.len()
             ))
         })
+}
+
+/// The chunk `c` from its compressed span.
+fn decode(codec: SpanCodec, span: &[u8], c: &Chunk) -> Result<Vec<u8>, FetchError> {
+    match codec {
+        SpanCodec::Gzip => inflate(span, c.inner_offset, c.size),
+        SpanCodec::Zstd => unzstd(span, c.size),
+    }
+}
+
+/// `size` bytes of the zstd frame in `span`, never more (the frame may
+/// claim any size: reading stops one byte past the chunk's).
+pub fn unzstd(span: &[u8], size: u64) -> Result<Vec<u8>, FetchError> {
+    let broken = |e: std::io::Error| FetchError::msg(format!("the span does not decompress: {e}"));
+    let zstd = zstd::stream::read::Decoder::with_buffer(span).map_err(broken)?;
+    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    zstd.take(size.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(broken)?;
+    if out.len() as u64 != size {
+        return Err(FetchError::msg(format!(
+            "the span decompresses to {} bytes{}, not the chunk's {size}",
+            out.len(),
+            if out.len() as u64 > size {
+                " or more"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(out)
 }
 
 /// `size` bytes after `skip` of the gzip members in `span`. The caller
@@ -224,7 +267,7 @@ mod tests {
         ];
         let span = &blob[usize::try_from(run_start).unwrap()..];
         let mut got = Vec::new();
-        inflate_run(span, run_start, &chunks, &mut |i, r| {
+        inflate_run(SpanCodec::Gzip, span, run_start, &chunks, &mut |i, r| {
             got.push((i, String::from_utf8(r.unwrap()).unwrap()));
         });
         assert_eq!(
@@ -239,7 +282,7 @@ mod tests {
         // An answer cut short fails the chunks past its end only.
         let short = &span[..span.len() - 3];
         let mut ok = Vec::new();
-        inflate_run(short, run_start, &chunks, &mut |i, r| {
+        inflate_run(SpanCodec::Gzip, short, run_start, &chunks, &mut |i, r| {
             ok.push((i, r.is_ok()))
         });
         assert_eq!(ok, [(0, true), (1, true), (2, true), (3, false)]);
@@ -287,6 +330,25 @@ mod tests {
             Err(Waited::Dropped)
         );
         assert!(began.elapsed() < second);
+    }
+
+    #[test]
+    fn a_zstd_frame_gives_its_chunk_and_never_more() {
+        let frame = zstd::bulk::compress(b"chunk bytes", 3).unwrap();
+        assert_eq!(unzstd(&frame, 11).unwrap(), b"chunk bytes");
+        // A frame holding more than the TOC says, or less, or a cut one.
+        assert!(unzstd(&frame, 5).is_err());
+        assert!(unzstd(&frame, 20).is_err());
+        assert!(unzstd(&frame[..frame.len() - 2], 11).is_err());
+        let mut run = b"before".to_vec();
+        let at = run.len() as u64;
+        run.extend(&frame);
+        let c = chunk(at, frame.len() as u64, 0, b"chunk bytes");
+        let mut got = Vec::new();
+        inflate_run(SpanCodec::Zstd, &run[6..], at, &[c], &mut |_, r| {
+            got.push(r.unwrap())
+        });
+        assert_eq!(got, [b"chunk bytes".to_vec()]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! A checked eStargz TOC as the tree a lazy layer serves: the layer's
-//! files as an overlay lower dir wants them (whiteouts as 0/0 character
-//! devices, opaque dirs marked by xattr), without eStargz's own metadata.
+//! A checked TOC (eStargz or zstd:chunked) as the tree a lazy layer
+//! serves: the layer's files as an overlay lower dir wants them (whiteouts
+//! as 0/0 character devices, opaque dirs marked by xattr), without
+//! eStargz's own metadata.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -9,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use cvmd_lazyfs::{Chunk, Entry as LazyEntry, Kind, Meta, Tree, TreeBuilder, TreeError};
 
-use crate::estargz::{is_metadata_name, EntryKind, TocIndex};
+use crate::estargz::{is_metadata_name, EntryKind, TocFormat, TocIndex};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
@@ -33,11 +34,13 @@ pub fn build(index: &TocIndex) -> Result<Tree, TreeError> {
         .filter(|e| split(&e.path).1 == OPAQUE)
         .map(|e| split(&e.path).0)
         .collect();
+    // The full pull unpacks a zstd:chunked layer's every file, landmarks too.
+    let estargz = index.format() == TocFormat::Estargz;
     let mut builder = TreeBuilder::new();
     let mut links = Vec::new();
     for e in index.entries() {
         let (dir, name) = split(&e.path);
-        if dir.is_empty() && is_metadata_name(name) || name == OPAQUE {
+        if estargz && dir.is_empty() && is_metadata_name(name) || name == OPAQUE {
             continue;
         }
         let mtime = e.mtime.map_or(SystemTime::UNIX_EPOCH, |(secs, nanos)| {
@@ -120,4 +123,30 @@ pub fn build(index: &TocIndex) -> Result<Tree, TreeError> {
         builder.add_hardlink(path, target)?;
     }
     Ok(builder.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::estargz::TocLimits;
+
+    /// The full pull drops an eStargz layer's landmarks but unpacks every
+    /// file of a zstd:chunked one: the lazy tree must agree with each.
+    #[test]
+    fn a_landmark_is_estargz_metadata_but_zstd_chunked_content() {
+        let d = Digest::of(b"\x0f").to_string();
+        let json = serde_json::json!({"version": 1, "entries": [
+            {"name": ".prefetch.landmark", "type": "reg", "size": 1, "offset": 10,
+             "endOffset": 20, "chunkDigest": d},
+            {"name": "a", "type": "reg", "size": 1, "offset": 30, "endOffset": 40,
+             "chunkDigest": d},
+        ]})
+        .to_string();
+        for (format, files) in [(TocFormat::Estargz, 1), (TocFormat::ZstdChunked, 2)] {
+            let index =
+                TocIndex::parse_as(format, json.as_bytes(), 100, &TocLimits::default()).unwrap();
+            assert_eq!(build(&index).unwrap().files(), files, "{format:?}");
+        }
+    }
 }

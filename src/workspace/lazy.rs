@@ -40,7 +40,7 @@ pub fn complete(
     }
     let pull = pull.clone();
     let reference = reference.clone();
-    let started = ready.digest.clone();
+    let resolved = ready.lazily_resolved();
     let origin = ready.origin.clone();
     let state = state.clone();
     Some(tokio::spawn(async move {
@@ -48,16 +48,12 @@ pub fn complete(
         let ticker = tokio::spawn(show_progress(origin, layers.clone(), state.clone()));
         prefetch(&layers).await;
         settle(&layers).await;
-        // By the reference as asked for, so that the record the next start
-        // looks up is this one.
-        let pulled = crate::image::pull(&pull, &reference, true, &state).await;
+        // The image started, under the reference as asked for (the record
+        // the next start looks up), even if the tag has moved since: the
+        // mounts switch to these layers.
+        let pulled = crate::image::pull_resolved(&pull, &reference, true, resolved, &state).await;
         ticker.abort();
         match pulled {
-            Ok(p) if p.manifest_digest != started => tracing::warn!(
-                now = %p.manifest_digest,
-                %started,
-                "lazy start: the tag moved while the image downloaded; this workspace keeps reading its image on demand, the next start boots the new one"
-            ),
             Ok(_) => {
                 switch_to_cache(&pull, &layers);
                 let took = began.elapsed().as_secs_f64();

@@ -37,26 +37,35 @@ pub fn available() -> super::prereq::Need {
 /// HTTP registry's `host:port/repo`) and returns the pushed reference.
 /// `layout`, when given, keeps the OCI layout there for inspection.
 pub fn build_and_push(kind: &str, prefix: &str, layout: Option<&Path>) -> String {
-    build(kind, prefix, layout, false)
+    build(kind, prefix, layout, None)
 }
 
 /// As [`build_and_push`], and its eStargz copy (`--estargz`, made by this
 /// build's cvmd): returns the copy's reference.
-// Only tests/run/lazy.rs boots the eStargz variant.
+// Only tests/run/lazy.rs boots the lazily startable variants.
 #[allow(dead_code)]
 pub fn build_and_push_estargz(kind: &str, prefix: &str) -> String {
-    build(kind, prefix, None, true)
+    build(kind, prefix, None, Some("--estargz"))
 }
 
-fn build(kind: &str, prefix: &str, layout: Option<&Path>, estargz: bool) -> String {
+/// As [`build_and_push`], and its zstd:chunked copy (`--zstd-chunked`):
+/// returns the copy's reference.
+#[allow(dead_code)]
+pub fn build_and_push_zstd_chunked(kind: &str, prefix: &str) -> String {
+    build(kind, prefix, None, Some("--zstd-chunked"))
+}
+
+/// `copy`: the flag for a lazily startable copy, whose reference is then
+/// the one returned.
+fn build(kind: &str, prefix: &str, layout: Option<&Path>, copy: Option<&str>) -> String {
     let started = std::time::Instant::now();
     let mut cmd = Command::new("bash");
     cmd.arg(script())
         .arg("--cache")
         .arg(cache_dir())
         .args(["--push", prefix, "--insecure"]);
-    if estargz {
-        cmd.arg("--estargz").env("CVMD", crate::common::cvmd_bin());
+    if let Some(flag) = copy {
+        cmd.arg(flag).env("CVMD", crate::common::cvmd_bin());
     }
     if let Some(dir) = layout {
         cmd.arg("--layout").arg(dir);

@@ -1,12 +1,14 @@
-//! `cvmd convert IMAGE TARGET` against a real registry: the eStargz copy
-//! carries a verifiable TOC per layer, and pulled fully (`cvmd rootfs`) it
-//! gives the original's tree, the TOC and landmark files left out.
+//! `cvmd convert IMAGE TARGET` against a real registry: the eStargz (or
+//! zstd:chunked) copy carries a verifiable TOC per layer, and pulled fully
+//! (`cvmd rootfs`) it gives the original's tree, the TOC and landmark files
+//! left out.
 //!
 //! Needs root and docker-registry; skips with a reason otherwise.
 
 use std::path::Path;
 
 use cvmd::estargz::{self, EntryKind, TocLimits, TOC_DIGEST_ANNOTATION};
+use cvmd::zstd_chunked;
 
 use crate::common::image::{pseudo_random, Compression, Format, Image, ImageBuilder, LayerBuilder};
 use crate::common::layers::*;
@@ -187,6 +189,168 @@ fn convert_writes_an_estargz_copy_whose_full_pull_is_the_same_tree() {
     );
     assert!(converted.contains_key("usr/bin/big") && !converted.contains_key("etc/shadow"));
     assert_same_tree("eStargz copy against the original", &converted, &original);
+}
+
+#[test]
+fn convert_writes_a_zstd_chunked_copy_whose_full_pull_is_the_same_tree() {
+    require!(can_run());
+    let reg = Registry::plain().unwrap();
+    let big = pseudo_random(300 << 10, 8);
+    let source = push(&reg, "convert/src", "v1", &image(&big));
+    let target = format!("{}/convert/zstd:v1", reg.host());
+    let original = {
+        let sandbox = Sandbox::new();
+        let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+        let work = tempfile::tempdir().unwrap();
+        rootfs_tree(
+            &cvmd,
+            &work.path().join("state"),
+            &source,
+            &work.path().join("root"),
+        )
+    };
+
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+    let refused = cvmd.run(&[
+        "convert",
+        &source,
+        &target,
+        "--format",
+        "zstd:chunked",
+        "--prefetch",
+        "etc/os-release",
+    ]);
+    assert!(
+        !refused.status.success(),
+        "--prefetch taken for zstd:chunked"
+    );
+    let out = cvmd.run(&[
+        "convert",
+        &source,
+        &target,
+        "--format",
+        "zstd:chunked",
+        "--chunk-size",
+        "65536",
+    ]);
+    assert_success(&out, "cvmd convert --format zstd:chunked");
+
+    // Each layer: zstd, annotated; the TOC at its annotated position has
+    // the annotated checksum; the blob decompresses (TOC and footer frames
+    // skipped) to the config's diff_id.
+    let client = reg.client();
+    let (_, _, manifest) = crate::common::block_on(client.get_manifest(
+        "convert/zstd",
+        "v1",
+        Some("application/vnd.oci.image.manifest.v1+json"),
+    ))
+    .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap();
+    let config = crate::common::block_on(client.get_blob("convert/zstd", config_digest)).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for (i, layer) in layers.iter().enumerate() {
+        assert_eq!(
+            layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+            "layer {i}"
+        );
+        assert!(layer["annotations"].get(TOC_DIGEST_ANNOTATION).is_none());
+        let annotations: std::collections::HashMap<String, String> =
+            serde_json::from_value(layer["annotations"].clone()).unwrap();
+        let promised = zstd_chunked::annotated(Some(&annotations))
+            .unwrap()
+            .unwrap_or_else(|| panic!("layer {i} lacks the zstd:chunked annotations"));
+        let position = promised.position.expect("a position annotation");
+        let blob = crate::common::block_on(
+            client.get_blob("convert/zstd", layer["digest"].as_str().unwrap()),
+        )
+        .unwrap();
+        let limits = TocLimits::default();
+        assert_eq!(
+            zstd_chunked::parse_footer(&blob, blob.len() as u64, &limits).unwrap(),
+            position,
+            "layer {i}: the footer and the annotation agree"
+        );
+        let at = usize::try_from(position.offset).unwrap();
+        let len = usize::try_from(position.compressed_len).unwrap();
+        let index =
+            zstd_chunked::read_toc(&blob[at..at + len], &position, &promised.checksum, &limits)
+                .unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(
+            &mut zstd::stream::read::Decoder::new(&blob[..]).unwrap(),
+            &mut tar,
+        )
+        .unwrap();
+        assert_eq!(
+            cvmd::digest::Digest::of(&tar).to_string(),
+            config["rootfs"]["diff_ids"][i],
+            "layer {i}: the decompressed blob is the diff_id's tar"
+        );
+        assert!(index.get(estargz::NO_PREFETCH_LANDMARK).is_none());
+        if i == 0 {
+            let EntryKind::File { chunks, .. } = &index.get("usr/bin/big").unwrap().kind else {
+                panic!("usr/bin/big is not a file in the TOC")
+            };
+            assert_eq!(chunks.len(), 5, "300 KiB in 64 KiB chunks");
+        }
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let converted = rootfs_tree(
+        &cvmd,
+        &work.path().join("state"),
+        &target,
+        &work.path().join("root"),
+    );
+    assert_same_tree(
+        "zstd:chunked copy against the original",
+        &converted,
+        &original,
+    );
+}
+
+/// Docker's schema 2 has no zstd layer: its zstd:chunked copy is an OCI
+/// image.
+#[test]
+fn convert_to_zstd_chunked_makes_a_docker_image_an_oci_one() {
+    require!(can_run());
+    let reg = Registry::plain().unwrap();
+    let img = ImageBuilder::new(Format::Docker)
+        .layer(
+            LayerBuilder::new()
+                .file("f", &pseudo_random(16 << 10, 4), 0o644)
+                .build(Compression::Gzip),
+        )
+        .build();
+    let source = push(&reg, "convert/docker", "v1", &img);
+    let target = format!("{}/convert/docker-zstd:v1", reg.host());
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+    let out = cvmd.run(&["convert", &source, &target, "--format", "zstd:chunked"]);
+    assert_success(&out, "cvmd convert --format zstd:chunked");
+    let (status, media_type, manifest) = crate::common::block_on(reg.client().get_manifest(
+        "convert/docker-zstd",
+        "v1",
+        Some("application/vnd.oci.image.manifest.v1+json"),
+    ))
+    .unwrap();
+    assert_eq!(
+        (status, media_type.as_str()),
+        (200, "application/vnd.oci.image.manifest.v1+json")
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    assert_eq!(
+        manifest["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
 }
 
 /// A token-auth registry: with credentials the push gets its own

@@ -331,3 +331,38 @@ fn a_mirror_that_is_down_falls_back_to_the_origin() {
     assert_eq!(proxy.blob_gets(&img.layers[0].digest), 1);
     assert_eq!(proxy.blob_gets(&img.config_digest), 1);
 }
+
+/// `--pull-bandwidth` holds a pull's layers, together, to the rate: two
+/// layers of 1.5 MiB at 1 MiB/s take at least about 2.5 s (the first
+/// tenth of a second's worth passes at once), where the proxy alone
+/// serves them at 64 MiB/s; and every byte still arrives, checked.
+#[test]
+fn pull_bandwidth_caps_the_layers_together() {
+    require!(prereq::registry());
+    let reg = Registry::plain().unwrap();
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(Layer::random("a.bin", 1, 8, Compression::None))
+        .layer(Layer::random("b.bin", 2, 9, Compression::None))
+        .build();
+    push(&reg, "faults/app", "v1", &img);
+    let proxy = FaultProxy::start(&reg.url());
+    proxy.throttle_blobs(64 * MIB);
+    let h = proxy.host();
+    let cvmd = SealedCvmd::new();
+    let started = std::time::Instant::now();
+    cvmd.pull(
+        &image(&proxy),
+        &["--insecure-registries", &h, "--pull-bandwidth", "1MiB"],
+    )
+    .assert_ok();
+    let took = started.elapsed();
+    cvmd.assert_stored(&img, &img.manifest_digest);
+    let bytes: u64 = img.layers.iter().map(|l| l.size).sum();
+    assert!(bytes > 3 * MIB, "{bytes}");
+    // The cap is a floor on the time: (bytes - one burst) / rate.
+    let floor = Duration::from_secs_f64((bytes - MIB / 10) as f64 / MIB as f64 * 0.95);
+    assert!(
+        took >= floor,
+        "{bytes} bytes in {took:?} under a 1 MiB/s cap"
+    );
+}

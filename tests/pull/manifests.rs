@@ -271,6 +271,7 @@ fn library_puller_fetches_each_blob_once_per_store() {
         unpack: true,
         platform: "linux/amd64".parse().unwrap(),
         concurrency: 2,
+        bandwidth: None,
     };
     let reference: Reference = format!("{}/kinds/lib:v1", proxy.host()).parse().unwrap();
     for round in 0..2 {

@@ -103,7 +103,7 @@ fn escapes_fail_from_a_lazily_started_busybox_image_root() {
         &busybox_image_with(Some(data)),
     );
     let target = format!("{}/escape/lazy:v1", reg.host());
-    super::lazy::convert(&reg, &source_ref, &target);
+    super::lazy::convert(&reg, &source_ref, &target, "estargz");
     // Spans at 1 MiB/s a request; the background pull's whole-blob
     // downloads held at 1 KiB/s until the end: the workspace is served on
     // demand throughout the attempts.

@@ -1,5 +1,6 @@
-//! Lazy start under real runc: an eStargz image (made by `cvmd convert`
-//! on a real registry) boots from FUSE lower dirs before it is downloaded,
+//! Lazy start under real runc: an eStargz or zstd:chunked image (made by
+//! `cvmd convert` on a real registry) boots from FUSE lower dirs before it
+//! is downloaded,
 //! reads the same bytes a full pull gives, completes in the background so
 //! the next start is warm; a corrupted chunk is EIO (never wrong bytes,
 //! nothing published) and a vanished registry is a bounded EIO, with the
@@ -69,17 +70,36 @@ fn image(big: &[u8]) -> Image {
 /// Pushes the image and its eStargz copy (small chunks: the big file spans
 /// many); returns the copy's reference.
 fn converted(reg: &Registry, big: &[u8]) -> String {
+    converted_as(reg, big, "estargz")
+}
+
+/// The image's copy in `format` (`estargz`, `zstd:chunked`), pushed as
+/// `lazy/<repo>:v1` (repo: the format, `:` as `-`).
+fn converted_as(reg: &Registry, big: &[u8], format: &str) -> String {
     let source = push(reg, "lazy/src", "v1", &image(big));
-    let target = format!("{}/lazy/estargz:v1", reg.host());
-    convert(reg, &source, &target);
+    let target = format!("{}/{}:v1", reg.host(), repo_of(format));
+    convert(reg, &source, &target, format);
     target
 }
 
-/// `cvmd convert SOURCE TARGET` with 64 KiB chunks, on a cache of its own.
-pub(super) fn convert(reg: &Registry, source: &str, target: &str) {
+fn repo_of(format: &str) -> String {
+    format!("lazy/{}", format.replace(':', "-"))
+}
+
+/// `cvmd convert SOURCE TARGET --format FORMAT` with 64 KiB chunks, on a
+/// cache of its own.
+pub(super) fn convert(reg: &Registry, source: &str, target: &str, format: &str) {
     let sandbox = Sandbox::new();
     let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
-    let out = cvmd.run(&["convert", source, target, "--chunk-size", "65536"]);
+    let out = cvmd.run(&[
+        "convert",
+        source,
+        target,
+        "--chunk-size",
+        "65536",
+        "--format",
+        format,
+    ]);
     assert_success(&out, "cvmd convert");
 }
 
@@ -130,6 +150,15 @@ fn md5(data: &[u8]) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// GETs of a manifest through `proxy` (by tag or digest).
+fn manifest_gets(proxy: &FaultProxy) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/manifests/"))
+        .count()
 }
 
 fn source_of(ws: &Running) -> String {
@@ -186,6 +215,8 @@ fn an_estargz_image_boots_lazily_reads_true_bytes_and_completes_in_the_cache() {
         ws.status()
     );
     assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    // The background download completes the image the start resolved.
+    assert_eq!(manifest_gets(&proxy), 1, "{:?}", proxy.requests());
     let (code, stderr) = ws.finish();
     assert_eq!(code, Some(0), "stopped on SIGTERM: {stderr}");
     assert!(
@@ -209,12 +240,24 @@ fn an_estargz_image_boots_lazily_reads_true_bytes_and_completes_in_the_cache() {
 #[test]
 fn a_corrupted_chunk_is_an_io_error_and_nothing_is_published() {
     require!(prerequisites());
+    corrupted_chunk_is_an_io_error("estargz");
+}
+
+/// The same for a zstd:chunked copy: the corrupted byte is inside one
+/// chunk's zstd frame.
+#[test]
+fn a_corrupted_zstd_chunked_chunk_is_an_io_error_and_nothing_is_published() {
+    require!(prerequisites());
+    corrupted_chunk_is_an_io_error("zstd:chunked");
+}
+
+fn corrupted_chunk_is_an_io_error(format: &str) {
     let reg = Registry::plain().unwrap();
     let big = pseudo_random(1 << 20, 12);
-    let reference = converted(&reg, &big);
+    let reference = converted_as(&reg, &big, format);
     // The copy's first layer, in the registry's storage.
     let (_, _, manifest) = crate::common::block_on(reg.client().get_manifest(
-        "lazy/estargz",
+        &repo_of(format),
         "v1",
         Some("application/vnd.oci.image.manifest.v1+json"),
     ))
@@ -450,13 +493,31 @@ fn the_example_systemd_image_boots_lazily() {
         &format!("{}/examples", reg.host()),
     );
     assert!(reference.ends_with("-estargz"), "{reference}");
+    systemd_boots_lazily(&reg, &reference);
+}
+
+/// The same for its zstd:chunked variant (`images/build.sh --zstd-chunked`).
+#[test]
+fn the_example_systemd_image_boots_lazily_from_zstd_chunked() {
+    require!(prerequisites());
+    require!(crate::common::debootstrap::available());
+    let reg = Registry::plain().unwrap();
+    let reference = crate::common::debootstrap::build_and_push_zstd_chunked(
+        "systemd",
+        &format!("{}/examples", reg.host()),
+    );
+    assert!(reference.ends_with("-zstd-chunked"), "{reference}");
+    systemd_boots_lazily(&reg, &reference);
+}
+
+fn systemd_boots_lazily(reg: &Registry, reference: &str) {
     // The ~60 MB layer takes ~15 s whole: systemd must not wait for it.
     let SlowLink {
         proxy: _proxy,
         reference,
         sandbox: _sandbox,
         cvmd,
-    } = slow_link(&reg, &reference, 4 << 20);
+    } = slow_link(reg, reference, 4 << 20);
     let began = std::time::Instant::now();
     let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
     let mut last = String::new();
@@ -490,6 +551,50 @@ fn the_example_systemd_image_boots_lazily() {
 #[test]
 fn each_lazy_layer_is_the_full_unpacks_tree() {
     require!(prerequisites());
+    lazy_layers_are_the_full_unpacks_trees("estargz", &|reg, source, target| {
+        convert(reg, source, target, "estargz")
+    });
+}
+
+/// The same for a zstd:chunked copy (each chunk a zstd frame, the TOC in
+/// a skippable frame the full pull's decoder skips): it boots lazily,
+/// reads true bytes, and each layer equals its full unpack.
+#[test]
+fn a_zstd_chunked_image_boots_lazily_and_each_layer_is_the_full_unpacks_tree() {
+    require!(prerequisites());
+    lazy_layers_are_the_full_unpacks_trees("zstd:chunked", &|reg, source, target| {
+        convert(reg, source, target, "zstd:chunked")
+    });
+}
+
+/// The same for a zstd:chunked copy written by another tool: skopeo's
+/// (containers/image), with the older annotation names, the 40-byte
+/// footer and content-defined chunks.
+#[test]
+fn a_zstd_chunked_image_from_skopeo_boots_lazily_and_each_layer_is_the_full_unpacks_tree() {
+    require!(prerequisites());
+    require!(prereq::tool("skopeo"));
+    lazy_layers_are_the_full_unpacks_trees("skopeo-zstd-chunked", &|_, source, target| {
+        let out = std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--dest-compress",
+                "--dest-compress-format",
+                "zstd:chunked",
+            ])
+            .arg(format!("docker://{source}"))
+            .arg(format!("docker://{target}"))
+            .output()
+            .expect("run skopeo");
+        assert_success(&out, "skopeo copy --dest-compress-format zstd:chunked");
+    });
+}
+
+/// `copy(registry, source, target)` makes the lazily startable copy.
+fn lazy_layers_are_the_full_unpacks_trees(format: &str, copy: &dyn Fn(&Registry, &str, &str)) {
     let reg = Registry::plain().unwrap();
     let big = pseudo_random(600 << 10, 16);
     let image = ImageBuilder::new(Format::Oci)
@@ -533,8 +638,8 @@ fn each_lazy_layer_is_the_full_unpacks_tree() {
         ])
         .build();
     let source = push(&reg, "lazy/tree", "v1", &image);
-    let target = format!("{}/lazy/tree-estargz:v1", reg.host());
-    convert(&reg, &source, &target);
+    let target = format!("{}/lazy/tree-{}:v1", reg.host(), format.replace(':', "-"));
+    copy(&reg, &source, &target);
     let SlowLink {
         proxy: _proxy,
         reference,
@@ -543,6 +648,16 @@ fn each_lazy_layer_is_the_full_unpacks_tree() {
     } = slow_link(&reg, &target, 1 << 20);
     let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
     ws.wait_for("running", |s| s["phase"] == "running");
+    assert!(
+        source_of(&ws).contains("lazily: 2 of 2 layers"),
+        "{format}: not lazy: {}",
+        ws.status()
+    );
+    // Through the workspace, not only the mount: the shell's builtin read.
+    assert_eq!(
+        ok(&ws, "read line < /etc/os-release; echo $line"),
+        "ID=cvmd-lazy"
+    );
     let lazy_dir = ws
         .state
         .path()
@@ -695,4 +810,29 @@ fn a_lazy_workspace_renews_its_token_while_it_reads() {
     let (code, stderr) = ws.finish();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains(PASS), "the password was logged");
+}
+
+/// The usual cold start, an image without TOCs under `CVMD_LAZY=auto`:
+/// lazy start finds nothing to serve and the full pull starts from what it
+/// resolved, so the registry is asked for the manifest once.
+#[test]
+fn a_plain_image_is_resolved_once_when_lazy_start_declines_it() {
+    require!(prerequisites());
+    let reg = Registry::plain().unwrap();
+    let big = pseudo_random(64 << 10, 19);
+    let source = push(&reg, "lazy/plain", "v1", &image(&big));
+    let SlowLink {
+        proxy,
+        reference,
+        sandbox: _sandbox,
+        cvmd,
+    } = slow_link(&reg, &source, 64 << 20);
+    let ws = start_cvmd(&cvmd, &reference, &["--cache-reserve", "0"]);
+    ws.wait_for("running", |s| s["phase"] == "running");
+    assert_eq!(source_of(&ws), "registry, into cvmd's cache");
+    assert_eq!(ok(&ws, "md5sum /data/big | cut -c1-32"), md5(&big));
+    assert_eq!(manifest_gets(&proxy), 1, "{:?}", proxy.requests());
+    assert!(!proxy.saw_range(), "a plain image was read in spans");
+    let (code, stderr) = ws.finish();
+    assert_eq!(code, Some(0), "{stderr}");
 }

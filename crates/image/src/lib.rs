@@ -9,3 +9,4 @@ pub mod pull;
 pub mod registry;
 pub mod store;
 pub mod unpack;
+pub mod zstd_chunked;

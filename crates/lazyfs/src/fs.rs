@@ -16,7 +16,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::read::{Inner, OpenFile, Pool};
+use crate::read::{Inner, OpenFile, ReadPool};
 use crate::tree::{Kind, Node};
 
 /// The tree never changes while mounted, so the kernel may cache what it
@@ -31,7 +31,7 @@ const BLOCK: u32 = 4096;
 #[derive(Debug)]
 pub(crate) struct LazyFs {
     pub inner: Arc<Inner>,
-    pub pool: Pool,
+    pub pool: ReadPool,
     pub uid_offset: u32,
     pub gid_offset: u32,
 }

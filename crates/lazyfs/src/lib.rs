@@ -28,6 +28,7 @@ mod tree;
 
 pub use cache::{gc, CacheError, ChunkCache, GcReport};
 pub use mount::{detach_stale, mount, LazyHandle, MountError, MountOptions, Mounted};
+pub use read::ReadPool;
 pub use source::{ChunkSource, FetchError};
 pub use stats::StatsSnapshot;
 pub use tree::{Chunk, Entry, Kind, Meta, Tree, TreeBuilder, TreeError, MAX_CHUNK_SIZE};

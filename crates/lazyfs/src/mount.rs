@@ -14,7 +14,7 @@ use rustix::mount::UnmountFlags;
 
 use crate::cache::ChunkCache;
 use crate::fs::LazyFs;
-use crate::read::{Backing, Inner, Pool};
+use crate::read::{Backing, Inner, ReadPool};
 use crate::source::ChunkSource;
 use crate::stats::StatsSnapshot;
 use crate::tree::Tree;
@@ -53,8 +53,10 @@ pub struct MountOptions {
     /// a FUSE mount).
     pub uid_offset: u32,
     pub gid_offset: u32,
-    /// Worker threads serving reads.
+    /// Worker threads serving reads, unless `read_pool` is given.
     pub read_threads: usize,
+    /// Workers shared with other mounts (see [`ReadPool`]).
+    pub read_pool: Option<ReadPool>,
     /// At most this many chunk fetches from the source at once.
     pub max_fetches: usize,
     /// A read that misses a chunk fetches, in the same request, the chunks
@@ -73,6 +75,7 @@ impl Default for MountOptions {
             uid_offset: 0,
             gid_offset: 0,
             read_threads: 16,
+            read_pool: None,
             max_fetches: 8,
             readahead_bytes: 256 << 10,
             fsname: "cvmd-lazy".into(),
@@ -148,7 +151,10 @@ pub fn mount(
     ));
     let fs = LazyFs {
         inner: inner.clone(),
-        pool: Pool::new(options.read_threads).map_err(MountError::Workers)?,
+        pool: match &options.read_pool {
+            Some(pool) => pool.clone(),
+            None => ReadPool::new(options.read_threads).map_err(MountError::Workers)?,
+        },
         uid_offset: options.uid_offset,
         gid_offset: options.gid_offset,
     };

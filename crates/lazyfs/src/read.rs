@@ -395,14 +395,17 @@ impl Drop for Permit<'_> {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Worker threads for reads, so a slow fetch never holds up the FUSE
-/// session loop (and so other files' lookups and cached reads). They exit
-/// once the pool is dropped and the queue is empty.
-#[derive(Debug)]
-pub(crate) struct Pool {
+/// session loop (and so other files' lookups and cached reads). Clones
+/// share the threads: mounts that share a pool have that many reads (and
+/// chunks in memory) in flight together, however many layers there are.
+/// The threads exit once every clone is dropped and the queue is empty.
+#[derive(Debug, Clone)]
+pub struct ReadPool {
     tx: mpsc::Sender<Job>,
 }
 
-impl Pool {
+impl ReadPool {
+    /// `threads` workers (at least one).
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -418,7 +421,7 @@ impl Pool {
                     }
                 })?;
         }
-        Ok(Pool { tx })
+        Ok(ReadPool { tx })
     }
 
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {

@@ -598,6 +598,7 @@ mod tests {
             platform: platform.parse().unwrap(),
             policy: crate::image::PullPolicy::IfNotPresent,
             concurrency: 1,
+            bandwidth: 0,
             max_layer_size: 0,
             max_image_size: 0,
             cache_reserve: crate::unpack::Reserve::Percent(0),

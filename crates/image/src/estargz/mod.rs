@@ -13,7 +13,7 @@ mod error;
 pub mod footer;
 mod modtime;
 pub mod raw;
-mod sink;
+pub(crate) mod sink;
 pub mod toc;
 pub mod writer;
 
@@ -28,8 +28,8 @@ pub use raw::{
     is_metadata_name, RawEntry, RawToc, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
     TOC_DIGEST_ANNOTATION, TOC_NAME, UNCOMPRESSED_SIZE_ANNOTATION,
 };
-pub use toc::{Chunk, Entry, EntryKind, TocError, TocIndex, TocLimits, Whiteout};
-pub use writer::{write_estargz, WriteOptions, WriterError, Written};
+pub use toc::{Chunk, Entry, EntryKind, TocError, TocFormat, TocIndex, TocLimits, Whiteout};
+pub use writer::{write_estargz, write_layer, Layout, WriteOptions, WriterError, Written};
 
 /// For each layer of an image manifest (its JSON as stored), whether its
 /// descriptor carries [`TOC_DIGEST_ANNOTATION`], i.e. whether it is an

@@ -88,4 +88,12 @@ pub struct RawEntry {
     /// member shared by several small chunks); 0 when it starts the member.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub inner_offset: i64,
+    /// zstd:chunked only: where the file's last zstd frame ends (on its
+    /// `reg` entry).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub end_offset: i64,
+    /// zstd:chunked only: `""` for data, `"zeros"` for a run of zeros
+    /// (still stored, compressed, in its frame).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chunk_type: String,
 }

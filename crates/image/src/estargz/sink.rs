@@ -1,7 +1,7 @@
-//! The writer's output side: the tar stream cut into gzip members where
-//! the caller asks (a chunk's start, the TOC), counted and hashed both
-//! compressed (the blob's digest and size) and not (the diff_id); and the
-//! two bits of tar framing the writer makes by hand.
+//! The writer's output side: the tar stream cut into gzip members (or zstd
+//! frames) where the caller asks (a chunk's start, the TOC), counted and
+//! hashed both compressed (the blob's digest and size) and not (the
+//! diff_id); and the two bits of tar framing the writer makes by hand.
 
 use std::io::{self, Write};
 
@@ -9,10 +9,47 @@ use flate2::write::GzEncoder;
 use sha2::{Digest as _, Sha256};
 
 /// Counts and hashes the blob as it leaves.
-pub(super) struct Counter<W> {
+pub(crate) struct Counter<W> {
     inner: W,
-    pub(super) count: u64,
-    pub(super) hash: Sha256,
+    pub(crate) count: u64,
+    pub(crate) hash: Sha256,
+}
+
+/// How the tar stream is compressed: each member or frame can be
+/// decompressed alone, and their concatenation is the whole stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Codec {
+    Gzip(flate2::Compression),
+    /// A zstd level.
+    Zstd(i32),
+}
+
+enum Encoder<W: Write> {
+    Gzip(GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(out: W, codec: Codec) -> io::Result<Self> {
+        Ok(match codec {
+            Codec::Gzip(level) => Encoder::Gzip(GzEncoder::new(out, level)),
+            Codec::Zstd(level) => Encoder::Zstd(zstd::stream::write::Encoder::new(out, level)?),
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+    }
+
+    fn get(&mut self) -> &mut dyn Write {
+        match self {
+            Encoder::Gzip(e) => e,
+            Encoder::Zstd(e) => e,
+        }
+    }
 }
 
 impl<W: Write> Write for Counter<W> {
@@ -27,11 +64,11 @@ impl<W: Write> Write for Counter<W> {
     }
 }
 
-/// The tar stream going into gzip members, which a caller starts where the
-/// spec wants a gzip header.
-pub(super) struct Sink<W: Write> {
-    enc: Option<GzEncoder<Counter<W>>>,
-    level: flate2::Compression,
+/// The tar stream going into gzip members (zstd frames), which a caller
+/// starts where the format wants one to start.
+pub(crate) struct Sink<W: Write> {
+    enc: Option<Encoder<Counter<W>>>,
+    codec: Codec,
     member_start: u64,
     /// Whether the current member holds any byte yet.
     dirty: bool,
@@ -40,35 +77,35 @@ pub(super) struct Sink<W: Write> {
 }
 
 impl<W: Write> Sink<W> {
-    pub(super) fn new(out: W, level: flate2::Compression) -> Self {
+    pub(crate) fn new(out: W, codec: Codec) -> io::Result<Self> {
         let counter = Counter {
             inner: out,
             count: 0,
             hash: Sha256::new(),
         };
-        Sink {
-            enc: Some(GzEncoder::new(counter, level)),
-            level,
+        Ok(Sink {
+            enc: Some(Encoder::new(counter, codec)?),
+            codec,
             member_start: 0,
             dirty: false,
             tar_hash: Sha256::new(),
             tar_size: 0,
-        }
+        })
     }
 
     /// Starts a new gzip member (unless the current one is still empty)
     /// and returns its offset in the blob.
-    pub(super) fn new_member(&mut self) -> io::Result<u64> {
+    pub(crate) fn new_member(&mut self) -> io::Result<u64> {
         if self.dirty {
             let counter = self.enc.take().expect("encoder present").finish()?;
             self.member_start = counter.count;
-            self.enc = Some(GzEncoder::new(counter, self.level));
+            self.enc = Some(Encoder::new(counter, self.codec)?);
             self.dirty = false;
         }
         Ok(self.member_start)
     }
 
-    pub(super) fn finish(mut self) -> io::Result<(Counter<W>, Sha256, u64)> {
+    pub(crate) fn finish(mut self) -> io::Result<(Counter<W>, Sha256, u64)> {
         let counter = self.enc.take().expect("encoder present").finish()?;
         Ok((counter, self.tar_hash, self.tar_size))
     }
@@ -76,7 +113,12 @@ impl<W: Write> Sink<W> {
 
 impl<W: Write> Write for Sink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.enc.as_mut().expect("encoder present").write(buf)?;
+        let n = self
+            .enc
+            .as_mut()
+            .expect("encoder present")
+            .get()
+            .write(buf)?;
         if n > 0 {
             self.dirty = true;
             self.tar_hash.update(&buf[..n]);
@@ -85,7 +127,7 @@ impl<W: Write> Write for Sink<W> {
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.enc.as_mut().expect("encoder present").flush()
+        self.enc.as_mut().expect("encoder present").get().flush()
     }
 }
 

@@ -164,11 +164,14 @@ fn spans_out_of_range_or_overlapping_are_refused() {
     refused(json!([neg]), "offset -5, out of range");
     refused(
         json!([reg("a", 5, 100), reg("b", 5, 100)]),
-        "claim overlapping bytes",
+        "claim overlapping compressed bytes",
     );
     let mut inner = reg("b", 5, 100);
     inner["innerOffset"] = json!(3);
-    refused(json!([reg("a", 5, 100), inner]), "claim overlapping bytes");
+    refused(
+        json!([reg("a", 5, 100), inner]),
+        "claim overlapping compressed bytes",
+    );
     // Two small files packed in one member, one after the other.
     let mut packed = reg("b", 5, 100);
     packed["innerOffset"] = json!(5);
@@ -185,10 +188,7 @@ fn huge_tocs_are_refused_before_or_after_parsing() {
         {"name": "a", "type": "dir"}, {"name": "b", "type": "dir"},
         {"name": "c", "type": "dir"}, {"name": "d", "type": "dir"}]});
     let err = TocIndex::parse(toc.to_string().as_bytes(), 1, &limits).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "eStargz TOC has 4 entries, over the bound of 3"
-    );
+    assert_eq!(err.to_string(), "TOC has 4 entries, over the bound of 3");
     let limits = TocLimits {
         max_toc_bytes: 10,
         ..TocLimits::default()

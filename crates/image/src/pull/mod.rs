@@ -2,6 +2,8 @@
 //! platform), fetch the config, and stream every layer to disk in parallel,
 //! verified, resumable, once per node.
 
+mod bandwidth;
+mod coalesce;
 mod layer;
 mod pipe;
 mod to_disk;
@@ -16,6 +18,7 @@ use crate::registry::{Reference, RegistryClient, RegistryError};
 use crate::store::images::ImageRecord;
 use crate::store::layers::LayerCache;
 use crate::store::{ContentStore, StoreError};
+pub use bandwidth::Bandwidth;
 use cvmd_digest::Digest;
 pub use cvmd_progress::{NoProgress, ProgressSink, PullEvent};
 
@@ -29,6 +32,16 @@ pub enum PullError {
     Layer(#[from] to_disk::ToDiskError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// An image's manifest (this platform's) and config, fetched, checked and
+/// stored: what a pull resolves before its layers. A pull given one does
+/// not ask the registry for them again.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub config: ImageConfigHead,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +61,8 @@ pub struct Puller {
     pub platform: Platform,
     /// Layers fetched and unpacked at once.
     pub concurrency: usize,
+    /// How fast the layers may download together; `None`: the link's speed.
+    pub bandwidth: Option<Arc<Bandwidth>>,
     /// Bound on one layer's unpacked size (a gzip bomb stops here); 0: none.
     pub max_layer_bytes: u64,
     /// Bound on the unpacked size of an image's layers together (those in
@@ -62,18 +77,35 @@ pub struct Puller {
 }
 
 impl Puller {
-    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     pub async fn pull(
         &self,
         reference: &Reference,
         progress: &dyn ProgressSink,
     ) -> Result<PulledImage, PullError> {
+        self.pull_resolved(reference, None, progress).await
+    }
+
+    /// [`Puller::pull`], from `head` when it was resolved already (by
+    /// [`Puller::head`], for the same reference).
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
+    pub async fn pull_resolved(
+        &self,
+        reference: &Reference,
+        head: Option<Head>,
+        progress: &dyn ProgressSink,
+    ) -> Result<PulledImage, PullError> {
         let started = Instant::now();
         // Held until the image record names everything this pull stores.
         let _no_gc = crate::store::lease::pull_lock(self.store.root()).await?;
-        let (manifest_digest, manifest) = self.resolve(reference).await?;
+        let Head {
+            manifest_digest,
+            manifest,
+            config,
+        } = match head {
+            Some(head) => head,
+            None => self.head(reference).await?,
+        };
         let pinned = reference.with_digest(manifest_digest.clone());
-        let config = self.config(&pinned, &manifest).await?;
         progress.event(PullEvent::Resolved {
             reference: reference.to_string(),
             digest: manifest_digest.clone(),
@@ -147,15 +179,16 @@ impl Puller {
     /// checked and stored as a pull does, without any layer: what a lazy
     /// start needs to decide which layers it can serve before they are
     /// downloaded.
-    pub async fn head(
-        &self,
-        reference: &Reference,
-    ) -> Result<(Digest, ImageManifest, ImageConfigHead), PullError> {
-        let (digest, manifest) = self.resolve(reference).await?;
+    pub async fn head(&self, reference: &Reference) -> Result<Head, PullError> {
+        let (manifest_digest, manifest) = self.resolve(reference).await?;
         let config = self
-            .config(&reference.with_digest(digest.clone()), &manifest)
+            .config(&reference.with_digest(manifest_digest.clone()), &manifest)
             .await?;
-        Ok((digest, manifest, config))
+        Ok(Head {
+            manifest_digest,
+            manifest,
+            config,
+        })
     }
 
     /// Follows an index to this platform's manifest; every manifest fetched

@@ -4,9 +4,18 @@
 //! tar entry in a member of its own, and the footer. Streamed: one chunk of
 //! one file is in memory at a time, plus the TOC's entries.
 //!
+//! The same walk writes zstd:chunked ([`Layout::ZstdChunked`], through
+//! `crate::zstd_chunked::writer`): zstd frames instead of gzip members,
+//! each chunk a frame of its own ending with its data, no landmarks, and
+//! the TOC in a skippable frame after the tar.
+//!
 //! Names are written cleaned (relative, no `.`/`..`), so the tar and the
 //! TOC say the same thing; an entry a TOC cannot hold (a non-UTF-8 name, a
 //! name given twice) is refused rather than silently changed.
+
+mod options;
+
+pub use options::{Layout, WriteOptions, WriterError, Written};
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
@@ -18,8 +27,8 @@ use super::modtime;
 use super::raw::{
     is_metadata_name, RawEntry, RawToc, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME,
 };
-use super::sink::{pax_record, set_field, Sink};
-use super::toc::{TocError, TocIndex, TocLimits};
+use super::sink::{pax_record, set_field, Codec, Sink};
+use super::toc::{TocIndex, TocLimits};
 use cvmd_digest::Digest;
 
 /// What the spec's reference writer uses, and what a lazy read inflates at most.
@@ -28,82 +37,40 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 /// The landmark files' one byte of content.
 const LANDMARK_CONTENT: u8 = 0x0f;
 
-#[derive(Debug, Clone)]
-pub struct WriteOptions {
-    /// Uncompressed bytes per chunk (a gzip member).
-    pub chunk_size: u64,
-    /// Regular files (layer paths) to put first, before the prefetch
-    /// landmark; empty: none, and a no-prefetch landmark.
-    pub prefetch: Vec<String>,
-    pub level: flate2::Compression,
-}
-
-impl Default for WriteOptions {
-    fn default() -> Self {
-        WriteOptions {
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            prefetch: Vec::new(),
-            level: flate2::Compression::default(),
-        }
-    }
-}
-
-/// What a conversion produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Written {
-    /// sha256 of the TOC JSON: the layer's TOC digest annotation.
-    pub toc_digest: Digest,
-    /// The blob's digest and size: the layer descriptor's.
-    pub blob_digest: Digest,
-    pub blob_size: u64,
-    /// sha256 of the decompressed blob: the config's diff_id.
-    pub diff_id: Digest,
-    /// Bytes of the decompressed blob.
-    pub tar_size: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WriterError {
-    #[error("reading the layer tar (after entry {after:?}): {source}")]
-    Read { after: String, source: io::Error },
-    #[error("writing the eStargz blob: {0}")]
-    Write(#[source] io::Error),
-    #[error("layer entry {name:?} has a name that is not UTF-8, which an eStargz TOC cannot hold")]
-    NotUtf8 { name: String },
-    #[error("layer entry {name:?} escapes the layer root")]
-    Escapes { name: String },
-    #[error("layer tar names {name:?} twice; an eStargz TOC holds one entry per name")]
-    Duplicate { name: String },
-    #[error("layer entry {name:?} has tar type {kind:?}, which eStargz cannot hold")]
-    Unsupported { name: String, kind: char },
-    #[error("layer entry {name:?} declares {expected} bytes but holds {got}")]
-    Truncated {
-        name: String,
-        expected: u64,
-        got: u64,
-    },
-    #[error("the eStargz TOC written for this layer does not check (a cvmd bug, or a layer eStargz cannot express): {0}")]
-    Toc(#[from] TocError),
-}
-
 /// Converts the layer tar `open()` yields into an eStargz blob on `out`.
 /// With a prefetch list the tar is read twice (prioritized files first),
 /// so `open` must give the same stream each time.
 pub fn write_estargz<R: Read, W: Write>(
+    open: impl FnMut() -> io::Result<R>,
+    out: W,
+    opts: &WriteOptions,
+) -> Result<Written, WriterError> {
+    write_layer(open, out, opts, Layout::Estargz)
+}
+
+/// Converts the layer tar `open()` yields into a blob of `layout` on `out`.
+pub fn write_layer<R: Read, W: Write>(
     mut open: impl FnMut() -> io::Result<R>,
     out: W,
     opts: &WriteOptions,
+    layout: Layout,
 ) -> Result<Written, WriterError> {
     let read_err = |source| WriterError::Read {
         after: String::new(),
         source,
     };
+    let codec = match layout {
+        Layout::Estargz => Codec::Gzip(opts.level),
+        Layout::ZstdChunked => Codec::Zstd(opts.zstd_level),
+    };
     let mut w = Writer {
-        sink: Sink::new(out, opts.level),
+        sink: Sink::new(out, codec).map_err(WriterError::Write)?,
         entries: Vec::new(),
         seen: HashSet::new(),
         chunk_size: opts.chunk_size.max(1),
         buf: Vec::new(),
+        layout,
+        zstd_level: opts.zstd_level,
     };
     if opts.prefetch.is_empty() {
         w.landmark(NO_PREFETCH_LANDMARK)?;
@@ -131,6 +98,8 @@ struct Writer<W: Write> {
     seen: HashSet<String>,
     chunk_size: u64,
     buf: Vec<u8>,
+    layout: Layout,
+    zstd_level: i32,
 }
 
 /// A member's cleaned path and type, for the pass filter.
@@ -283,7 +252,11 @@ impl<W: Write> Writer<W> {
             size,
             modtime: modtime::format(mtime),
             link_name: link.clone().unwrap_or_default(),
-            mode: i64::from(mode | type_bits),
+            // containers/storage writes the tar header's mode as is.
+            mode: i64::from(match self.layout {
+                Layout::Estargz => mode | type_bits,
+                Layout::ZstdChunked => mode,
+            }),
             uid,
             gid,
             user_name: h.username().ok().flatten().unwrap_or("").to_string(),
@@ -393,7 +366,16 @@ impl<W: Write> Writer<W> {
             file_hash.update(&self.buf);
             let chunk_digest = Digest::of(&self.buf).to_string();
             let last = at + len == size;
-            let chunk_size = if last {
+            let zstd = self.layout == Layout::ZstdChunked;
+            // A zstd:chunked chunk's frame holds its data alone.
+            let end = if zstd {
+                self.sink.new_member().map_err(Self::write_err)?
+            } else {
+                0
+            };
+            // eStargz: 0 on the last chunk, "the rest"; zstd:chunked, as
+            // containers/storage reads it: each chunk's size.
+            let chunk_size = if last && !zstd {
                 0
             } else {
                 i64::try_from(len).unwrap_or(0)
@@ -413,6 +395,15 @@ impl<W: Write> Writer<W> {
             e.chunk_digest = chunk_digest;
             self.entries.push(e);
             at += len;
+            if zstd && last {
+                self.entries[first].end_offset = i64::try_from(end).unwrap_or(i64::MAX);
+                // A file of one chunk: only `digest`, as containers/storage
+                // writes it.
+                if self.entries.len() == first + 1 {
+                    self.entries[first].chunk_digest.clear();
+                    self.entries[first].chunk_size = 0;
+                }
+            }
         }
         self.entries[first].digest = Digest::from_hasher(file_hash).to_string();
         self.pad(size)
@@ -426,6 +417,9 @@ impl<W: Write> Writer<W> {
     }
 
     fn landmark(&mut self, name: &str) -> Result<(), WriterError> {
+        if self.layout == Layout::ZstdChunked {
+            return Ok(());
+        }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         set_field(&mut h.as_old_mut().name, name);
@@ -446,6 +440,11 @@ impl<W: Write> Writer<W> {
 
     /// The TOC entry in a member of its own, the end of the archive, the footer.
     fn finish(mut self) -> Result<Written, WriterError> {
+        if self.layout == Layout::ZstdChunked {
+            self.sink.write_all(&[0u8; 1024]).map_err(Self::write_err)?;
+            let entries = std::mem::take(&mut self.entries);
+            return crate::zstd_chunked::writer::finish(self.sink, entries, self.zstd_level);
+        }
         let toc_offset = self.sink.new_member().map_err(Self::write_err)?;
         let toc = RawToc {
             version: 1,
@@ -472,6 +471,7 @@ impl<W: Write> Writer<W> {
         counter.flush().map_err(Self::write_err)?;
         Ok(Written {
             toc_digest: Digest::of(&json),
+            toc_position: None,
             blob_digest: Digest::from_hasher(counter.hash),
             blob_size: counter.count,
             diff_id: Digest::from_hasher(tar_hash),

@@ -3,13 +3,31 @@
 //! index a lazy file system may trust ([`TocIndex`]): every name inside the
 //! layer root, every regular file's bytes covered by verifiable chunks
 //! whose compressed spans lie inside the blob before the TOC.
+//!
+//! zstd:chunked (containers/storage) writes the same CRFS-style entries;
+//! [`TocFormat`] says which rules of the two apply: an eStargz chunk's span
+//! runs to the next gzip member any chunk starts at, a zstd:chunked
+//! chunk's is its own zstd frame, up to the file's next chunk or its
+//! `endOffset`.
 
 use std::collections::HashMap;
 
 pub use super::error::TocError;
+mod fields;
+mod spans;
+
 use super::modtime::{self, Timestamp};
 use super::raw::{RawEntry, RawToc, PREFETCH_LANDMARK};
 use cvmd_digest::Digest;
+use fields::{digest_field, non_negative, normalize, parent_of, small};
+use spans::OpenFile;
+
+/// Which format's TOC this is: the entries are alike, the spans are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TocFormat {
+    Estargz,
+    ZstdChunked,
+}
 
 /// Bounds on a TOC, far above real layers; each is a refusal, not a cut.
 #[derive(Debug, Clone, Copy)]
@@ -137,107 +155,49 @@ pub struct TocIndex {
     entries: Vec<Entry>,
     by_path: HashMap<String, usize>,
     toc_offset: u64,
+    format: TocFormat,
     /// Entries (by index) before the prefetch landmark, and the blob
     /// offset of the landmark's data.
     prefetch: Option<(Vec<usize>, u64)>,
-}
-
-/// `name` made relative and clean, `""` for the root.
-fn normalize(name: &str) -> Result<String, TocError> {
-    let bad = |why| TocError::BadName {
-        name: name.to_string(),
-        why,
-    };
-    if name.is_empty() {
-        return Err(bad("it is empty"));
-    }
-    if name.contains('\0') {
-        return Err(bad("it contains NUL"));
-    }
-    if name.starts_with('/') {
-        return Err(bad("it is absolute"));
-    }
-    let mut rest = name;
-    while let Some(r) = rest.strip_prefix("./") {
-        rest = r;
-    }
-    if rest == "." || rest.is_empty() {
-        return Ok(String::new());
-    }
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let comps: Vec<&str> = rest.split('/').collect();
-    for (i, comp) in comps.iter().enumerate() {
-        match *comp {
-            "" => return Err(bad("it has an empty component")),
-            "." => return Err(bad("it has a '.' component")),
-            ".." => return Err(bad("it has a '..' component")),
-            // As the unpacker refuses them: a whiteout reaching into a
-            // subdirectory, or naming nothing.
-            c if c.starts_with(WHITEOUT_PREFIX) && i + 1 < comps.len() => {
-                return Err(bad("a whiteout (.wh.) is not its last component"))
-            }
-            ".wh." | ".wh.." | ".wh..." => return Err(bad("it is a whiteout of nothing")),
-            _ => {}
-        }
-    }
-    Ok(rest.to_string())
-}
-
-fn parent_of(path: &str) -> Option<&str> {
-    if path.is_empty() {
-        None
-    } else {
-        Some(path.rfind('/').map_or("", |i| &path[..i]))
-    }
-}
-
-fn non_negative(name: &str, field: &'static str, v: i64) -> Result<u64, TocError> {
-    u64::try_from(v).map_err(|_| TocError::OutOfRange {
-        name: name.to_string(),
-        field,
-        value: i128::from(v),
-    })
-}
-
-fn small<T: TryFrom<u64>>(name: &str, field: &'static str, v: u64) -> Result<T, TocError> {
-    T::try_from(v).map_err(|_| TocError::OutOfRange {
-        name: name.to_string(),
-        field,
-        value: i128::from(v),
-    })
-}
-
-fn digest_field(name: &str, field: &'static str, v: &str) -> Result<Digest, TocError> {
-    v.parse().map_err(|_| TocError::Malformed {
-        name: name.to_string(),
-        field,
-        value: v.chars().take(80).collect(),
-    })
-}
-
-/// A regular file whose chunk entries are still being read.
-struct OpenFile {
-    index: usize,
-    name: String,
-    size: u64,
-    next: u64,
 }
 
 impl TocIndex {
     /// Parses and checks TOC JSON. `toc_offset` is where the TOC's gzip
     /// member starts in the blob (the footer's value).
     pub fn parse(json: &[u8], toc_offset: u64, limits: &TocLimits) -> Result<Self, TocError> {
+        Self::parse_as(TocFormat::Estargz, json, toc_offset, limits)
+    }
+
+    /// Parses and checks TOC JSON of `format`; `toc_offset` is where the
+    /// TOC starts in the blob, the end of the file data (zstd:chunked: its
+    /// skippable frame's header).
+    pub fn parse_as(
+        format: TocFormat,
+        json: &[u8],
+        toc_offset: u64,
+        limits: &TocLimits,
+    ) -> Result<Self, TocError> {
         if json.len() as u64 > limits.max_toc_bytes {
             return Err(TocError::TooLarge {
                 limit: limits.max_toc_bytes,
             });
         }
         let raw: RawToc = serde_json::from_slice(json)?;
-        Self::check(raw, toc_offset, limits)
+        Self::check_as(format, raw, toc_offset, limits)
     }
 
-    /// Checks an already deserialized TOC.
+    /// Checks an already deserialized eStargz TOC.
     pub fn check(raw: RawToc, toc_offset: u64, limits: &TocLimits) -> Result<Self, TocError> {
+        Self::check_as(TocFormat::Estargz, raw, toc_offset, limits)
+    }
+
+    /// Checks an already deserialized TOC of `format`.
+    pub fn check_as(
+        format: TocFormat,
+        raw: RawToc,
+        toc_offset: u64,
+        limits: &TocLimits,
+    ) -> Result<Self, TocError> {
         if raw.version != 1 {
             return Err(TocError::Version(raw.version));
         }
@@ -251,6 +211,7 @@ impl TocIndex {
             entries: vec![implied_dir(String::new())],
             by_path: HashMap::from([(String::new(), 0)]),
             toc_offset,
+            format,
             prefetch: None,
         };
         let mut open: Option<OpenFile> = None;
@@ -261,7 +222,7 @@ impl TocIndex {
                 continue;
             }
             if let Some(file) = open.take() {
-                close(&file)?;
+                index.close(&file)?;
             }
             let path = normalize(name)?;
             let entry = index.entry(raw, path.clone())?;
@@ -274,20 +235,23 @@ impl TocIndex {
                     name: name.to_string(),
                     size,
                     next: 0,
+                    end_offset: raw.end_offset,
                 };
                 if size > 0 {
                     index.chunk(raw, Some(&mut file), toc_offset, limits)?;
                 }
                 open = Some(file);
             }
-            if path == PREFETCH_LANDMARK && index.prefetch.is_none() {
+            // zstd:chunked has no landmarks: such a file is content.
+            if path == PREFETCH_LANDMARK && format == TocFormat::Estargz && index.prefetch.is_none()
+            {
                 let before = (1..at).filter(|&i| !index.entries[i].implied).collect();
                 let landmark_offset = non_negative(name, "offset", raw.offset)?;
                 index.prefetch = Some((before, landmark_offset));
             }
         }
         if let Some(file) = open.take() {
-            close(&file)?;
+            index.close(&file)?;
         }
         index.check_hardlinks()?;
         index.measure_spans()?;
@@ -443,69 +407,6 @@ impl TocIndex {
         at
     }
 
-    /// Adds `raw` (a `reg` with data, or a `chunk`) as the next chunk of `file`.
-    fn chunk(
-        &mut self,
-        raw: &RawEntry,
-        file: Option<&mut OpenFile>,
-        toc_offset: u64,
-        limits: &TocLimits,
-    ) -> Result<(), TocError> {
-        let name = raw.name.as_str();
-        let Some(file) = file.filter(|f| f.name == name) else {
-            return Err(TocError::OrphanChunk {
-                name: name.to_string(),
-            });
-        };
-        let file_offset = non_negative(name, "chunkOffset", raw.chunk_offset)?;
-        if file_offset != file.next || file_offset >= file.size {
-            return Err(TocError::ChunkGap {
-                name: name.to_string(),
-                expected: file.next,
-                found: file_offset,
-            });
-        }
-        let size = match non_negative(name, "chunkSize", raw.chunk_size)? {
-            0 => file.size - file_offset,
-            n => n.min(file.size - file_offset),
-        };
-        if size > limits.max_chunk_bytes {
-            return Err(TocError::ChunkTooLarge {
-                name: name.to_string(),
-                size,
-                limit: limits.max_chunk_bytes,
-            });
-        }
-        if raw.chunk_digest.is_empty() {
-            return Err(TocError::Missing {
-                name: name.to_string(),
-                field: "chunkDigest",
-            });
-        }
-        let digest = digest_field(name, "chunkDigest", &raw.chunk_digest)?;
-        let blob_offset = non_negative(name, "offset", raw.offset)?;
-        if blob_offset >= toc_offset {
-            return Err(TocError::SpanOutOfRange {
-                name: name.to_string(),
-                offset: blob_offset,
-                toc_offset,
-            });
-        }
-        let inner_offset = non_negative(name, "innerOffset", raw.inner_offset)?;
-        file.next = file_offset + size;
-        if let EntryKind::File { chunks, .. } = &mut self.entries[file.index].kind {
-            chunks.push(Chunk {
-                blob_offset,
-                compressed_len: 0,
-                inner_offset,
-                size,
-                file_offset,
-                digest,
-            });
-        }
-        Ok(())
-    }
-
     fn check_hardlinks(&self) -> Result<(), TocError> {
         for e in &self.entries {
             if let EntryKind::Hardlink { target } = &e.kind {
@@ -526,49 +427,6 @@ impl TocIndex {
         Ok(())
     }
 
-    /// Gives each chunk its compressed length (to the next member a chunk
-    /// starts at, or the TOC) and refuses chunks sharing a member whose
-    /// inflated ranges overlap.
-    fn measure_spans(&mut self) -> Result<(), TocError> {
-        // (blob offset, inner offset, size, entry index)
-        let mut all: Vec<(u64, u64, u64, usize)> = Vec::new();
-        for (i, e) in self.entries.iter().enumerate() {
-            if let EntryKind::File { chunks, .. } = &e.kind {
-                all.extend(
-                    chunks
-                        .iter()
-                        .map(|c| (c.blob_offset, c.inner_offset, c.size, i)),
-                );
-            }
-        }
-        all.sort_unstable();
-        for pair in all.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            if a.0 == b.0 && a.1.saturating_add(a.2) > b.1 {
-                return Err(TocError::SpansOverlap {
-                    name: self.entries[a.3].path.clone(),
-                    other: self.entries[b.3].path.clone(),
-                    offset: a.0,
-                });
-            }
-        }
-        let mut starts: Vec<u64> = all.iter().map(|c| c.0).collect();
-        starts.dedup();
-        let toc_offset = self.toc_offset;
-        let end_of = |offset: u64| -> u64 {
-            let next = starts.partition_point(|&s| s <= offset);
-            starts.get(next).copied().unwrap_or(toc_offset)
-        };
-        for e in &mut self.entries {
-            if let EntryKind::File { chunks, .. } = &mut e.kind {
-                for c in chunks {
-                    c.compressed_len = end_of(c.blob_offset) - c.blob_offset;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Every entry, the root first, then in TOC order (an implied
     /// directory just before its first child); a directory named twice
     /// appears once, with its last metadata.
@@ -581,9 +439,15 @@ impl TocIndex {
         self.by_path.get(path).map(|&i| &self.entries[i])
     }
 
-    /// Where the TOC's gzip member starts: the end of the file data.
+    /// Where the TOC starts (its gzip member, or its skippable frame):
+    /// the end of the file data.
     pub fn toc_offset(&self) -> u64 {
         self.toc_offset
+    }
+
+    /// Which format's rules it was checked by.
+    pub fn format(&self) -> TocFormat {
+        self.format
     }
 
     /// The prioritized files (those before `.prefetch.landmark`, in TOC
@@ -611,15 +475,4 @@ fn implied_dir(path: String) -> Entry {
         xattrs: Vec::new(),
         implied: true,
     }
-}
-
-fn close(file: &OpenFile) -> Result<(), TocError> {
-    if file.next != file.size {
-        return Err(TocError::ChunksShort {
-            name: file.name.clone(),
-            covered: file.next,
-            size: file.size,
-        });
-    }
-    Ok(())
 }
