@@ -37,16 +37,54 @@ pub struct RegistrySpans {
 impl RegistrySpans {
     /// Bytes `start .. start + len` of the blob, within the deadline.
     fn span(&self, start: u64, len: u64) -> Result<bytes::Bytes, FetchError> {
-        let span = self.runtime.block_on(async {
-            tokio::time::timeout(
-                self.deadline,
-                self.client
-                    .get_blob_range(&self.reference, &self.blob, start, len),
-            )
-            .await
-        });
-        span.map_err(|_| FetchError::Deadline(self.deadline))?
-            .map_err(|e| FetchError::msg(e.to_string()))
+        let (client, reference, blob) = (
+            self.client.clone(),
+            self.reference.clone(),
+            self.blob.clone(),
+        );
+        let fetch = async move { client.get_blob_range(&reference, &blob, start, len).await };
+        match on_runtime(&self.runtime, self.deadline, fetch) {
+            Ok(span) => span.map_err(|e| FetchError::msg(e.to_string())),
+            Err(Waited::Deadline) => Err(FetchError::Deadline(self.deadline)),
+            Err(Waited::Dropped) => Err(FetchError::msg(
+                "cvmd is stopping: the fetch was dropped with its runtime",
+            )),
+        }
+    }
+}
+
+/// Why [`on_runtime`] has no answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    Deadline,
+    /// The runtime dropped the task: it is shutting down (cvmd stops).
+    Dropped,
+}
+
+/// Runs `fut` on the runtime of `handle` and waits for its output on this
+/// thread (a FUSE worker, not the runtime's) at most `deadline`.
+///
+/// Spawned and waited for on a channel rather than `handle.block_on`: a
+/// read that comes while cvmd stops (the runtime shutting down, a stop
+/// with a read in flight) then fails as a dropped fetch, where block_on's
+/// timer panicked (tokio's "A Tokio 1.x context was found, but it is being
+/// shutdown"), killing the worker and leaving the read unanswered.
+fn on_runtime<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    deadline: Duration,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Waited> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let task = handle.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(out) => Ok(out),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            task.abort();
+            Err(Waited::Deadline)
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Waited::Dropped),
     }
 }
 
@@ -248,6 +286,50 @@ mod tests {
             ok.push((i, r.is_ok()))
         });
         assert_eq!(ok, [(0, true), (1, true), (2, true), (3, false)]);
+    }
+
+    #[test]
+    fn a_fetch_on_the_runtime_answers_times_out_or_is_dropped_never_panics() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        let second = Duration::from_secs(1);
+        assert_eq!(on_runtime(&handle, second, async { 7 }), Ok(7));
+        let began = std::time::Instant::now();
+        assert_eq!(
+            on_runtime(
+                &handle,
+                Duration::from_millis(100),
+                std::future::pending::<()>()
+            ),
+            Err(Waited::Deadline)
+        );
+        assert!(began.elapsed() < second);
+        // A fetch in flight when the runtime shuts down, and one asked
+        // for after: both are dropped, neither panics nor waits out the
+        // deadline.
+        let in_flight = {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                on_runtime(&handle, Duration::from_secs(30), async {
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        rt.shutdown_background();
+        assert_eq!(in_flight.join().unwrap(), Err(Waited::Dropped));
+        let began = std::time::Instant::now();
+        assert_eq!(
+            on_runtime(&handle, Duration::from_secs(30), async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }),
+            Err(Waited::Dropped)
+        );
+        assert!(began.elapsed() < second);
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub enum Phase {
 pub struct Stopper {
     policy: StopPolicy,
     phase: Phase,
+    /// Stopped before the workspace's program started ([`Stopper::on_stop_before_exec`]).
+    unstarted: bool,
 }
 
 impl Stopper {
@@ -133,6 +135,7 @@ impl Stopper {
         Stopper {
             policy,
             phase: Phase::Running,
+            unstarted: false,
         }
     }
 
@@ -185,12 +188,31 @@ impl Stopper {
         }
     }
 
+    /// A stop request while the container's init is still the runtime's
+    /// own, loading the image's program (which a lazily started image
+    /// reads over the network, for seconds on a slow link): nothing of
+    /// the workspace runs yet to be stopped gracefully, so the init is
+    /// killed at once and its end counts as a clean stop. Sent the stop
+    /// signal, runc's init (a Go program) would die of it with the Go
+    /// runtime's status 2: as PID 1 of its namespace, re-raising the
+    /// signal to itself does nothing, and Go then exits 2.
+    pub fn on_stop_before_exec(&mut self, signal: i32) -> Vec<Action> {
+        if self.phase != Phase::Running || !is_stop_request(signal) {
+            return self.on_signal(signal);
+        }
+        self.unstarted = true;
+        self.kill()
+    }
+
     /// The container's init exited (whatever the phase: it may stop on its own).
     pub fn on_exit(&mut self, exit: Exit) -> Vec<Action> {
         if self.phase == Phase::Exited {
             return Vec::new();
         }
         self.phase = Phase::Exited;
+        if self.unstarted {
+            return vec![Action::Delete, Action::Exit(0)];
+        }
         vec![
             Action::Delete,
             Action::Exit(exit_code(exit, self.policy.system_init)),
@@ -260,7 +282,15 @@ pub async fn supervise(
             signal = signals.recv(), if signals_open => match signal {
                 Some(signal) => {
                     tracing::info!(id, signal, "signal received");
-                    stopper.on_signal(signal)
+                    if is_stop_request(signal)
+                        && stopper.phase() == Phase::Running
+                        && runtime_init_still(init_pid)
+                    {
+                        tracing::info!(id, "the workspace's init has not started yet (the runtime is still loading it): killing it; a clean stop");
+                        stopper.on_stop_before_exec(signal)
+                    } else {
+                        stopper.on_signal(signal)
+                    }
                 }
                 None => {
                     signals_open = false;
@@ -303,6 +333,19 @@ pub async fn supervise(
 
 /// `runtime kill`, and the init's pidfd when that fails or hangs. The
 /// init may have exited meanwhile: its exit comes next.
+/// Whether `comm` (a process's name) is that of runc's (or sysbox-runc's)
+/// container init before it executes the container's program:
+/// `runc:[2:INIT]`; exec gives the process the program's name.
+pub fn is_runtime_init(comm: &str) -> bool {
+    comm.trim_end().starts_with("runc:[")
+}
+
+/// Whether the process `pid` is still the runtime's container init (see
+/// [`is_runtime_init`]); false when it cannot be told (gone already).
+fn runtime_init_still(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| is_runtime_init(&c))
+}
+
 async fn send(runtime: &Runtime, id: &str, init: Option<&Signaller>, signal: i32) {
     let failure = match tokio::time::timeout(KILL_CALL_TIMEOUT, runtime.kill(id, signal)).await {
         Ok(Ok(())) => return,
@@ -349,6 +392,39 @@ mod tests {
         assert_eq!(
             s.on_exit(Exit::signal(libc::SIGINT)),
             vec![Action::Delete, Action::Exit(0)]
+        );
+    }
+
+    #[test]
+    fn a_stop_before_the_init_is_executed_kills_it_and_is_clean() {
+        assert!(is_runtime_init("runc:[2:INIT]\n"));
+        assert!(!is_runtime_init("sh\n") && !is_runtime_init("systemd") && !is_runtime_init(""));
+        let mut s = Stopper::new(policy());
+        assert_eq!(
+            s.on_stop_before_exec(libc::SIGTERM),
+            vec![Action::Kill(libc::SIGKILL), Action::StartGrace(KILL_WAIT)]
+        );
+        assert_eq!(s.phase(), Phase::Killing);
+        // runc's init killed, or dead of the Go runtime's exit 2 on a
+        // signal that raced the kill: either way, the workspace never ran.
+        assert_eq!(
+            s.on_exit(Exit::code(2)),
+            vec![Action::Delete, Action::Exit(0)]
+        );
+        // Not a stop, or not running any more: as any signal.
+        let mut s = Stopper::new(policy());
+        assert_eq!(
+            s.on_stop_before_exec(libc::SIGHUP),
+            vec![Action::Kill(libc::SIGHUP)]
+        );
+        s.on_signal(libc::SIGTERM);
+        assert_eq!(
+            s.on_stop_before_exec(libc::SIGTERM),
+            vec![Action::Kill(libc::SIGKILL), Action::StartGrace(KILL_WAIT)]
+        );
+        assert_eq!(
+            s.on_exit(Exit::signal(libc::SIGKILL)),
+            vec![Action::Delete, Action::Exit(137)]
         );
     }
 

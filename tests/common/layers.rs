@@ -87,6 +87,8 @@ impl Sandbox {
                     "idranges.d",
                     // Host probes that worked on this boot (preflight).
                     ".preflight-worked",
+                    // Lazy start's chunk cache and TOC copies (src/lazy).
+                    "chunks",
                 ]
                 .contains(&&*n),
                 "unexpected {n} in the cache dir"

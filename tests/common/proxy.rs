@@ -44,6 +44,8 @@ struct Shared {
     log: Mutex<Vec<RecordedRequest>>,
     knobs: Mutex<Knobs>,
     throttle: AtomicU64,
+    /// The rate of whole-blob GETs (no Range, or an open one) when not 0.
+    throttle_whole: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -61,6 +63,12 @@ pub fn blob_digest_of(path: &str) -> Option<&str> {
 impl FaultProxy {
     /// Proxies to `upstream` (e.g. `registry.url()`, plain HTTP only).
     pub fn start(upstream: &str) -> FaultProxy {
+        FaultProxy::start_on(upstream, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// As [`start`](Self::start), listening on `listen` (port 0: any) in
+    /// the caller's network namespace.
+    pub fn start_on(upstream: &str, listen: std::net::SocketAddr) -> FaultProxy {
         assert!(
             upstream.starts_with("http://"),
             "FaultProxy forwards to plain HTTP only"
@@ -74,16 +82,17 @@ impl FaultProxy {
             log: Mutex::new(Vec::new()),
             knobs: Mutex::new(Knobs::default()),
             throttle: AtomicU64::new(0),
+            throttle_whole: AtomicU64::new(0),
         });
         let sh = shared.clone();
-        let handle = server::spawn("fault-proxy", move |req| {
+        let handle = server::spawn_on("fault-proxy", listen, move |req| {
             let sh = sh.clone();
             async move { proxy(sh, req).await }
         });
         FaultProxy { shared, handle }
     }
 
-    /// `127.0.0.1:PORT`
+    /// `ADDR:PORT` (`127.0.0.1:PORT` unless started on another address)
     pub fn host(&self) -> String {
         self.handle.addr.to_string()
     }
@@ -134,6 +143,23 @@ impl FaultProxy {
     pub fn throttle_blobs(&self, bytes_per_sec: u64) {
         self.shared.throttle.store(bytes_per_sec, Ordering::SeqCst);
     }
+
+    /// Limits the bodies of whole-blob GETs (no Range, or an open one: a
+    /// pull's download and its resumes) to `bytes_per_sec`, whatever
+    /// [`throttle_blobs`](Self::throttle_blobs) says; 0 puts them back
+    /// under it. Spans (closed ranges, a lazy start's reads) are not
+    /// affected: a test holds a background pull while reads go on.
+    pub fn throttle_whole_blobs(&self, bytes_per_sec: u64) {
+        self.shared
+            .throttle_whole
+            .store(bytes_per_sec, Ordering::SeqCst);
+    }
+}
+
+/// Whether a GET with this Range header asks for the whole blob or its
+/// rest (none, or `bytes=A-`), rather than a span (`bytes=A-B`).
+fn rec_is_whole(range: &Option<String>) -> bool {
+    range.as_deref().is_none_or(|r| r.ends_with('-'))
 }
 
 const HOP_BY_HOP: &[&str] = &[
@@ -170,6 +196,7 @@ async fn proxy(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         status: 0,
         fault: None,
     };
+    let whole = rec_is_whole(&rec.range);
 
     let (mut fail, mut cut, mut corrupt) = (None, None, false);
     if is_blob_get {
@@ -285,7 +312,16 @@ async fn proxy(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 // and a killed client is noticed promptly.
                 let mut rest = chunk;
                 while !rest.is_empty() {
-                    let rate = sh2.throttle.load(Ordering::SeqCst);
+                    let held = if whole {
+                        sh2.throttle_whole.load(Ordering::SeqCst)
+                    } else {
+                        0
+                    };
+                    let rate = if held > 0 {
+                        held
+                    } else {
+                        sh2.throttle.load(Ordering::SeqCst)
+                    };
                     let n = if rate == 0 {
                         rest.len()
                     } else {

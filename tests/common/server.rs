@@ -41,7 +41,19 @@ where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    spawn_on(name, "127.0.0.1:0".parse().unwrap(), handler)
+}
+
+/// Binds `listen` and serves `handler` until the handle is dropped. The
+/// socket and the serving threads are in the caller's network namespace
+/// (a thread inherits its creator's), so a caller inside
+/// `registry::in_netns` serves in that namespace.
+pub fn spawn_on<H, F>(name: &str, listen: SocketAddr, handler: H) -> ServerHandle
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let std_listener = std::net::TcpListener::bind(listen).expect("bind");
     std_listener.set_nonblocking(true).expect("nonblocking");
     let addr = std_listener.local_addr().expect("local_addr");
     let (tx, mut rx) = oneshot::channel::<()>();

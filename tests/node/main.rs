@@ -8,6 +8,7 @@
 #[macro_use]
 mod common;
 
+mod lazy;
 mod support;
 
 use std::time::Duration;

@@ -52,44 +52,56 @@ fn build_attempts(dir: &Path) -> Need {
 
 /// busybox-static with a shell and `sleep`, run as the workspace's command.
 fn busybox_image() -> crate::common::image::Image {
+    busybox_image_with(None)
+}
+
+/// [`busybox_image`], with `extra` as a second layer.
+pub(super) fn busybox_image_with(
+    extra: Option<crate::common::image::LayerBuilder>,
+) -> crate::common::image::Image {
     let layer = busybox_layer(&["sh", "sleep", "cat"])
         .dir("tmp", 0o1777)
         .dir("etc", 0o755)
         .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644);
-    ImageBuilder::new(Format::Oci)
-        .layer(layer.build(Compression::Gzip))
-        .entrypoint(&["/bin/sleep", "3600"])
-        .build()
+    let mut image = ImageBuilder::new(Format::Oci).layer(layer.build(Compression::Gzip));
+    if let Some(extra) = extra {
+        image = image.layer(extra.build(Compression::Gzip));
+    }
+    image.entrypoint(&["/bin/sleep", "3600"]).build()
 }
 
 /// A `cvmd run` workspace with the attempt program at /escape, killed and
 /// cleaned up when dropped.
-struct Workspace {
-    cvmd: Child,
+pub(super) struct Workspace {
+    pub(super) cvmd: Child,
     outside: Option<Child>,
     runc: PathBuf,
-    state: tempfile::TempDir,
+    pub(super) state: tempfile::TempDir,
     /// What lives outside the workspace and must stay out of reach.
-    secrets: Secrets,
+    pub(super) secrets: Secrets,
     _tools: tempfile::TempDir,
     _secret_dir: tempfile::TempDir,
 }
 
-struct Secrets {
+pub(super) struct Secrets {
     socket: PathBuf,
     cache: PathBuf,
     pull_secret: PathBuf,
     termination_log: PathBuf,
+    /// More, named: a lazy start's FUSE lower dirs and chunk cache.
+    pub(super) more: Vec<(&'static str, PathBuf)>,
 }
 
 impl Secrets {
-    fn all(&self) -> [(&'static str, &Path); 4] {
-        [
+    fn all(&self) -> Vec<(&'static str, &Path)> {
+        let mut all: Vec<(&'static str, &Path)> = vec![
             ("control socket", &self.socket),
             ("node cache", &self.cache),
             ("pull secret", &self.pull_secret),
             ("termination log", &self.termination_log),
-        ]
+        ];
+        all.extend(self.more.iter().map(|(what, p)| (*what, p.as_path())));
+        all
     }
 }
 
@@ -121,7 +133,14 @@ impl Drop for Workspace {
 impl Workspace {
     /// Starts `reference` and waits until its init runs (and, with
     /// `systemd`, until systemd answers `running` or `degraded`).
-    fn start(sandbox: &Sandbox, reg: &Registry, reference: &str, systemd: bool) -> Need<Self> {
+    /// `registry` is the `host:port` the reference names (the registry, or
+    /// a proxy in front of it).
+    pub(super) fn start(
+        sandbox: &Sandbox,
+        registry: &str,
+        reference: &str,
+        systemd: bool,
+    ) -> Need<Self> {
         let runc = prereq::runc()?;
         let tools = tempfile::Builder::new()
             .prefix("cvmd-escape-")
@@ -149,8 +168,9 @@ impl Workspace {
             cache: sandbox.cache(),
             pull_secret: pull_secret.clone(),
             termination_log: termination_log.clone(),
+            more: Vec::new(),
         };
-        let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+        let cvmd = CvmdOnCache::new(&sandbox.cache(), registry);
         let mounts = format!("{}:/escape:ro", tools.path().display());
         let child = cvmd
             .workspace(
@@ -221,13 +241,13 @@ impl Workspace {
         Ok(ws)
     }
 
-    fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         workspace_name(self.state.path())
     }
 
     /// `args` run as root inside the workspace (runc exec: the workspace's
     /// namespaces, capabilities and seccomp filter); stdout and stderr.
-    fn exec(&self, args: &[&str]) -> String {
+    pub(super) fn exec(&self, args: &[&str]) -> String {
         let out = Command::new(&self.runc)
             .arg("--root")
             .arg(self.state.path().join("runtime"))
@@ -243,7 +263,7 @@ impl Workspace {
         )
     }
 
-    fn attempt(&self, args: &[&str]) -> String {
+    pub(super) fn attempt(&self, args: &[&str]) -> String {
         let mut all = vec!["/escape/attempt"];
         all.extend_from_slice(args);
         let out = self.exec(&all);
@@ -253,7 +273,7 @@ impl Workspace {
 }
 
 /// The line of `out` that starts with `what: `, its answer.
-fn answer<'a>(out: &'a str, what: &str) -> &'a str {
+pub(super) fn answer<'a>(out: &'a str, what: &str) -> &'a str {
     out.lines()
         .find_map(|l| l.strip_prefix(what).and_then(|r| r.strip_prefix(": ")))
         .unwrap_or_else(|| panic!("no answer for {what:?} in:\n{out}"))
@@ -262,10 +282,10 @@ fn answer<'a>(out: &'a str, what: &str) -> &'a str {
 /// What went other than expected; all of them are reported at the end, so
 /// one run shows every way out.
 #[derive(Default)]
-struct Findings(Vec<String>);
+pub(super) struct Findings(pub(super) Vec<String>);
 
 impl Findings {
-    fn answer(&mut self, out: &str, what: &str, expected: &[&str]) {
+    pub(super) fn answer(&mut self, out: &str, what: &str, expected: &[&str]) {
         self.answer_about(out, what, what, expected);
     }
 
@@ -279,7 +299,7 @@ impl Findings {
         }
     }
 
-    fn check(&mut self, ok: bool, what: String) {
+    pub(super) fn check(&mut self, ok: bool, what: String) {
         if !ok {
             self.0.push(what);
         }
@@ -296,7 +316,7 @@ fn root_device() -> (u64, u64) {
 }
 
 /// Every attempt, against one workspace.
-fn try_every_way_out(ws: &Workspace) {
+pub(super) fn try_every_way_out(ws: &Workspace) {
     let mut f = Findings::default();
     // Confined at all: a user namespace of its own range, a seccomp
     // filter, capabilities that are the namespace's.
@@ -477,7 +497,7 @@ fn escapes_fail_from_the_systemd_example_image_root() {
     let reg = Registry::plain().unwrap();
     let reference =
         debootstrap::build_and_push("systemd", &format!("{}/examples", reg.host()), None);
-    let ws = require!(Workspace::start(&sandbox, &reg, &reference, true));
+    let ws = require!(Workspace::start(&sandbox, &reg.host(), &reference, true));
     try_every_way_out(&ws);
     drop(ws);
     sandbox.assert_outside_untouched();
@@ -490,7 +510,7 @@ fn escapes_fail_from_a_busybox_image_root() {
     let sandbox = Sandbox::new();
     let reg = Registry::plain().unwrap();
     let reference = push(&reg, "escape/busybox", "v1", &busybox_image());
-    let ws = require!(Workspace::start(&sandbox, &reg, &reference, false));
+    let ws = require!(Workspace::start(&sandbox, &reg.host(), &reference, false));
     try_every_way_out(&ws);
     drop(ws);
     sandbox.assert_outside_untouched();

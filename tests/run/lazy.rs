@@ -19,7 +19,7 @@ use crate::common::prereq;
 use crate::common::proxy::FaultProxy;
 use crate::common::Registry;
 
-fn prerequisites() -> prereq::Need {
+pub(super) fn prerequisites() -> prereq::Need {
     can_run()?;
     prereq::runc()?;
     prereq::busybox()?;
@@ -88,7 +88,7 @@ fn repo_of(format: &str) -> String {
 
 /// `cvmd convert SOURCE TARGET --format FORMAT` with 64 KiB chunks, on a
 /// cache of its own.
-fn convert(reg: &Registry, source: &str, target: &str, format: &str) {
+pub(super) fn convert(reg: &Registry, source: &str, target: &str, format: &str) {
     let sandbox = Sandbox::new();
     let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
     let out = cvmd.run(&[
@@ -105,15 +105,15 @@ fn convert(reg: &Registry, source: &str, target: &str, format: &str) {
 
 /// A node reaching the registry through a slow link: the fault proxy
 /// answering blobs at `bytes_per_sec`, and a fresh cache behind it.
-struct SlowLink {
-    proxy: FaultProxy,
+pub(super) struct SlowLink {
+    pub(super) proxy: FaultProxy,
     /// `reference` as reached through the proxy.
-    reference: String,
-    sandbox: Sandbox,
-    cvmd: CvmdOnCache,
+    pub(super) reference: String,
+    pub(super) sandbox: Sandbox,
+    pub(super) cvmd: CvmdOnCache,
 }
 
-fn slow_link(reg: &Registry, reference: &str, bytes_per_sec: u64) -> SlowLink {
+pub(super) fn slow_link(reg: &Registry, reference: &str, bytes_per_sec: u64) -> SlowLink {
     let proxy = FaultProxy::start(&reg.url());
     proxy.throttle_blobs(bytes_per_sec);
     let reference = reference.replace(&reg.host(), &proxy.host());

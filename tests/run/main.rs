@@ -8,6 +8,7 @@ mod common;
 
 mod bundle_runc;
 mod escape;
+mod escape_lazy;
 mod example_images;
 mod launch;
 mod lazy;

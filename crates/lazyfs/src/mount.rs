@@ -209,6 +209,10 @@ impl Mounted {
         let Some(mut unmounter) = self.unmounter.take() else {
             return Ok(());
         };
+        self.handle
+            .inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = unmounter.unmount() {
             if e.raw_os_error() != Some(libc::EBUSY) {
                 return Err(MountError::Unmount {

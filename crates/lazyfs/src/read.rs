@@ -37,6 +37,10 @@ pub(crate) struct Inner {
     pub next_fh: AtomicU64,
     /// Per file not yet fully present: which chunks were served.
     present: Mutex<HashMap<u64, Vec<bool>>>,
+    /// Set when unmounting begins: a read that fails from then on was cut
+    /// by the stop (its reader gone, the fetch dropped), not a fault of
+    /// the layer or the registry.
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 /// The complete local copy of the layer, once there is one.
@@ -76,6 +80,7 @@ impl Inner {
         let readahead = (readahead_bytes > 0).then(|| (BlobOrder::new(&tree), readahead_bytes));
         Inner {
             name,
+            closing: std::sync::atomic::AtomicBool::new(false),
             readahead,
             tree,
             source,
@@ -119,6 +124,14 @@ impl Inner {
             let lo = offset.max(c.file_offset) - c.file_offset;
             let hi = end.min(c.file_offset + c.size) - c.file_offset;
             if let Err(e) = self.chunk_range(c, lo, hi, &mut out) {
+                if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::debug!(
+                        "lazy layer {}: a read of {} was cut by the unmount: {e}",
+                        self.name,
+                        node.path.display()
+                    );
+                    return Err(());
+                }
                 Stats::add(&self.stats.failed_reads, 1);
                 tracing::warn!(
                     chunk = %c.digest,

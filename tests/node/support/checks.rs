@@ -192,3 +192,42 @@ fn overlay_lower_dirs_in_the_cache_are_found_in_both_option_forms() {
         ]
     );
 }
+
+/// Chunks in the node's chunk cache (lazy start's) whose bytes do not
+/// hash to their name: each must be the verified chunk it is named for.
+pub fn chunk_problems(cache: &Path) -> Vec<String> {
+    entries(&cache.join("chunks/sha256"))
+        .into_iter()
+        // A chunk being written (`.tmp*`) is not a chunk yet.
+        .filter(|(name, _)| !name.starts_with('.'))
+        .filter_map(|(hex, path)| {
+            let got = sha256_file(&path);
+            (got != hex)
+                .then(|| format!("chunk {} holds content with digest {got}", path.display()))
+        })
+        .collect()
+}
+
+/// FUSE mounts in `mountinfo` (a mount table's text): the lines whose file
+/// system type is `fuse` or `fuse.*`.
+pub fn fuse_mounts(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter(|l| {
+            l.split_once(" - ")
+                .and_then(|(_, after)| after.split(' ').next())
+                .is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn fuse_mounts_are_found_by_their_type() {
+    let info = "40 30 0:50 / /run/cvmd/workspaces/w/lazy/0 ro,nosuid - fuse.cvmd-lazy cvmd-lazy:sha256:0123456789ab ro,user_id=0\n\
+                41 30 0:51 / /x rw - overlay none rw,lowerdir=/fuse\n\
+                42 30 0:52 / /y rw - fuse /dev/fuse rw";
+    let found = fuse_mounts(info);
+    assert_eq!(found.len(), 2);
+    assert!(found[0].contains("lazy/0") && found[1].contains("/y"));
+}

@@ -126,3 +126,15 @@ pub fn check_at(dir: &str) -> Vec<String> {
         format!("cd {dir} && sha256sum -c --quiet check.sums"),
     ]
 }
+
+/// An image to convert to eStargz for lazy start: the base and 2 MiB of
+/// data in eight files (each many 64 KiB chunks), checkable by
+/// [`CHECK`] like the others.
+pub fn lazy_source_image(node: &Node) -> String {
+    let data = Part::new().data("data/big", 8, 256, 21);
+    node.push(
+        "node/lazy-src",
+        "v1",
+        &image(vec![base(), data], "lazy", 21),
+    )
+}

@@ -16,6 +16,7 @@ use super::netns::{self, Netns};
 use super::pod::{Pod, PodConfig};
 use super::spec::{self, Bind, PodSpec};
 use crate::common::image::Image;
+use crate::common::proxy::FaultProxy;
 use crate::common::registry::{in_netns, RegistryOptions};
 use crate::common::Registry;
 
@@ -28,6 +29,9 @@ pub struct Node {
     outer: PathBuf,
     registry: Mutex<Registry>,
     registry_ns: Netns,
+    /// Fault proxies on the bridge ([`Node::fault_proxy`]): pods reach
+    /// them over plain HTTP too.
+    proxies: Mutex<Vec<String>>,
     net: Netns,
     seq: AtomicU32,
     // Last: removed after everything in it is gone.
@@ -75,6 +79,7 @@ impl Node {
             outer,
             registry: Mutex::new(registry),
             registry_ns,
+            proxies: Mutex::new(Vec::new()),
             net,
             seq: AtomicU32::new(0),
             dir,
@@ -103,6 +108,46 @@ impl Node {
     /// `ADDR:PORT` of the registry on the bridge.
     pub fn registry_host(&self) -> String {
         format!("{REGISTRY_ADDR}:{REGISTRY_PORT}")
+    }
+
+    /// A fault proxy in the registry's namespace, on the bridge beside the
+    /// registry: a pod that pulls `reference` with
+    /// [`proxied`](Node::proxied) goes through it (throttled links, request
+    /// counts).
+    pub fn fault_proxy(&self) -> FaultProxy {
+        let upstream = format!("http://{}", self.registry_host());
+        let listen = SocketAddr::new(REGISTRY_ADDR.parse().unwrap(), 0);
+        let proxy = in_netns(Some(&self.registry_ns.path()), || {
+            FaultProxy::start_on(&upstream, listen)
+        });
+        self.proxies.lock().unwrap().push(proxy.host());
+        proxy
+    }
+
+    /// `reference` of this node's registry as reached through `proxy`.
+    pub fn proxied(&self, proxy: &FaultProxy, reference: &str) -> String {
+        reference.replacen(&self.registry_host(), &proxy.host(), 1)
+    }
+
+    /// What pods reach over plain HTTP: the registry and the proxies.
+    fn insecure_hosts(&self) -> String {
+        let mut hosts = vec![self.registry_host()];
+        hosts.extend(self.proxies.lock().unwrap().iter().cloned());
+        hosts.join(",")
+    }
+
+    /// The OCI manifest of `repo:tag` in the registry.
+    pub fn manifest(&self, repo: &str, tag: &str) -> serde_json::Value {
+        let client = self.registry.lock().unwrap().client();
+        let (_, _, bytes) = in_netns(Some(&self.registry_ns.path()), || {
+            crate::common::block_on(client.get_manifest(
+                repo,
+                tag,
+                Some("application/vnd.oci.image.manifest.v1+json"),
+            ))
+        })
+        .unwrap_or_else(|e| panic!("manifest of {repo}:{tag}: {e}"));
+        serde_json::from_slice(&bytes).unwrap()
     }
 
     /// Pushes `image` as `repo:tag` (from inside the registry's namespace);
@@ -181,7 +226,7 @@ impl Node {
 
         let termination_log = dir.join("termination-log");
         std::fs::write(&termination_log, "").unwrap();
-        let env = cfg.container_env(&self.registry_host());
+        let env = cfg.container_env(&self.insecure_hosts());
         let mut args = vec!["/usr/local/bin/cvmd".to_string()];
         args.extend(cfg.args.iter().cloned());
         let bin = |name: &str| match name {

@@ -58,6 +58,12 @@ impl PodConfig {
         c
     }
 
+    /// One-shot `cvmd convert SOURCE TARGET` into eStargz of 64 KiB chunks
+    /// (a big file spans many).
+    pub fn convert(name: &str, source: &str, target: &str) -> PodConfig {
+        PodConfig::new(name, &["convert", source, target, "--chunk-size", "65536"])
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> PodConfig {
         self.env.push((key.to_string(), value.to_string()));
         self
@@ -66,8 +72,9 @@ impl PodConfig {
     /// PID 1's environment: the outer image's defaults
     /// (images/outer/Dockerfile) with runc standing in for sysbox-runc, the
     /// pod's name as the workspace's (the downward API's metadata.name),
-    /// the registry on the bridge, then the pod's own settings.
-    pub fn container_env(&self, registry_host: &str) -> Vec<(String, String)> {
+    /// the registry (and any fault proxy) on the bridge, then the pod's
+    /// own settings.
+    pub fn container_env(&self, registry_hosts: &str) -> Vec<(String, String)> {
         let defaults = [
             (
                 "PATH",
@@ -78,7 +85,7 @@ impl PodConfig {
             ("CVMD_STATE_DIR", "/run/cvmd"),
             ("CVMD_LOG_FORMAT", "json"),
             ("CVMD_WORKSPACE", &self.name),
-            ("CVMD_INSECURE_REGISTRIES", registry_host),
+            ("CVMD_INSECURE_REGISTRIES", registry_hosts),
         ];
         defaults
             .iter()
@@ -153,6 +160,20 @@ impl Pod<'_> {
             .args(args)
             .stdin(Stdio::null())
             .output()
+            .expect("runc exec")
+    }
+
+    /// `runc exec` in the pod, not waited for (a read left in flight).
+    pub fn exec_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.node
+            .runc()
+            .arg("exec")
+            .arg(&self.id)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("runc exec")
     }
 

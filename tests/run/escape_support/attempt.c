@@ -11,7 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/xattr.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -163,9 +168,80 @@ static void outside(const char *marker, int npaths, char **paths) {
     }
 }
 
+/* A file the workspace's overlay takes from a lazily served (FUSE) lower
+ * layer: reads at absurd offsets and of absurd sizes, and calls a FUSE
+ * server may not implement. Each must answer, an errno or ok, rather
+ * than hang or take the server down; then eight readers read it whole at
+ * once. */
+static void lazy_reads(const char *path) {
+    int fd = open(path, O_RDONLY);
+    report("open the lazily served file", fd);
+    if (fd < 0)
+        return;
+    static char buf[1 << 20];
+    report("pread at 2^40", pread(fd, buf, 4096, 1LL << 40));
+    report("pread at 2^62", pread(fd, buf, 4096, 1LL << 62));
+    report("pread at -1", pread(fd, buf, 4096, -1));
+    report("lseek SEEK_DATA at 2^40", lseek(fd, 1LL << 40, SEEK_DATA));
+    report("lseek SEEK_HOLE at 0", lseek(fd, 0, SEEK_HOLE));
+    report("readahead of 2^40 bytes", readahead(fd, 0, 1LL << 40));
+    int r = posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+    if (r) {
+        errno = r;
+        r = -1;
+    }
+    report("posix_fadvise WILLNEED", r);
+    int flags = 0;
+    report("ioctl FS_IOC_GETFLAGS", ioctl(fd, FS_IOC_GETFLAGS, &flags));
+    report("ioctl FS_IOC_SETFLAGS immutable", (flags |= FS_IMMUTABLE_FL, ioctl(fd, FS_IOC_SETFLAGS, &flags)));
+    report("flock", flock(fd, LOCK_EX | LOCK_NB));
+    void *m = mmap(NULL, 1 << 20, PROT_READ, MAP_SHARED, fd, 0);
+    report("mmap shared", m == MAP_FAILED ? -1 : 0);
+    if (m != MAP_FAILED)
+        munmap(m, 1 << 20);
+    report("fsync", fsync(fd));
+    close(fd);
+    pid_t kids[8];
+    for (int i = 0; i < 8; i++) {
+        kids[i] = fork();
+        if (kids[i] == 0) {
+            int f = open(path, O_RDONLY);
+            ssize_t n;
+            while ((n = read(f, buf, sizeof buf)) > 0)
+                ;
+            _exit(f < 0 || n < 0);
+        }
+    }
+    int failed = 0;
+    for (int i = 0; i < 8; i++) {
+        int st = 1;
+        if (kids[i] < 0 || waitpid(kids[i], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
+            failed++;
+    }
+    printf("eight whole reads at once: %s\n", failed ? "EIO" : "ok");
+    fflush(stdout);
+}
+
+/* Writes to a lazily served file: they must land in the workspace's own
+ * upper dir (a copy-up), never in the lower layer, the chunk cache or the
+ * published layer. */
+static void clobber(const char *path) {
+    int fd = open(path, O_RDWR);
+    report("open the lazily served file for writing", fd);
+    if (fd >= 0) {
+        report("write over its first bytes", pwrite(fd, "hostile", 7, 0));
+        report("fchmod 06777", fchmod(fd, 06777));
+        report("fchown 0:0", fchown(fd, 0, 0));
+        report("fsetxattr user.cvmd", fsetxattr(fd, "user.cvmd", "x", 1, 0));
+        report("ftruncate to 7 bytes", ftruncate(fd, 7));
+        close(fd);
+    }
+    report("truncate by path to 3 bytes", truncate(path, 3));
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: attempt cgroup DIR | handle FILE | blockdev MAJ MIN DIR | open-w PATH | remount-rw PATH | syscalls | outside MARKER PATH... | read PATH\n");
+        fprintf(stderr, "usage: attempt cgroup DIR | handle FILE | blockdev MAJ MIN DIR | open-w PATH | remount-rw PATH | syscalls | outside MARKER PATH... | read PATH | lazy-reads PATH | clobber PATH\n");
         return 2;
     }
     const char *cmd = argv[1];
@@ -187,6 +263,10 @@ int main(int argc, char **argv) {
         syscalls();
     } else if (!strcmp(cmd, "outside") && argc >= 3) {
         outside(argv[2], argc - 3, argv + 3);
+    } else if (!strcmp(cmd, "lazy-reads") && argc == 3) {
+        lazy_reads(argv[2]);
+    } else if (!strcmp(cmd, "clobber") && argc == 3) {
+        clobber(argv[2]);
     } else if (!strcmp(cmd, "read") && argc == 3) {
         char what[4200];
         snprintf(what, sizeof what, "open %s", argv[2]);
