@@ -331,8 +331,6 @@ pub async fn supervise(
     }
 }
 
-/// `runtime kill`, and the init's pidfd when that fails or hangs. The
-/// init may have exited meanwhile: its exit comes next.
 /// Whether `comm` (a process's name) is that of runc's (or sysbox-runc's)
 /// container init before it executes the container's program:
 /// `runc:[2:INIT]`; exec gives the process the program's name.
@@ -346,6 +344,8 @@ fn runtime_init_still(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| is_runtime_init(&c))
 }
 
+/// `runtime kill`, and the init's pidfd when that fails or hangs. The
+/// init may have exited meanwhile: its exit comes next.
 async fn send(runtime: &Runtime, id: &str, init: Option<&Signaller>, signal: i32) {
     let failure = match tokio::time::timeout(KILL_CALL_TIMEOUT, runtime.kill(id, signal)).await {
         Ok(Ok(())) => return,
