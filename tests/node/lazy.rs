@@ -63,6 +63,16 @@ fn source(pod: &Pod) -> String {
 
 /// Whether cvmd's log says every layer was served on demand, and never
 /// that it fell back to a full pull.
+/// Once the pods are gone: the store and the chunk cache verify, nothing
+/// of theirs is left on the node, and no FUSE mount of the image.
+fn assert_node_clean(node: &Node, image: &Estargz) {
+    let mut problems = checks::store_problems(&node.cache_dir());
+    problems.extend(checks::chunk_problems(&node.cache_dir()));
+    problems.extend(checks::leftovers(node));
+    problems.extend(fuse_on_node(node, &image.blobs));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 fn started_lazily(log: &str, layers: usize) -> bool {
     log.contains(&format!(
         "lazy start: {layers} of {layers} layers are served on demand"
@@ -263,11 +273,7 @@ fn node_lazy_start_in_three_pods_fetches_each_span_once_per_node() {
         assert!(checks::panics(&pod.log()).is_empty(), "{}", pod.log());
     }
     drop(pods);
-    let mut problems = checks::store_problems(&node.cache_dir());
-    problems.extend(checks::chunk_problems(&node.cache_dir()));
-    problems.extend(checks::leftovers(&node));
-    problems.extend(fuse_on_node(&node, &image.blobs));
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_node_clean(&node, &image);
 }
 
 /// A pod stopped (SIGTERM) while its workspace is served on demand and a
@@ -342,15 +348,8 @@ fn node_lazy_pod_stops_on_sigterm_while_a_read_waits_on_the_registry() {
             .is_some()),
         "the reader outlived its pod"
     );
-    if std::env::var("XLOG").is_ok() {
-        eprintln!("XLOG {}", pod.log());
-    }
     drop(pod);
-    let mut problems = checks::store_problems(&node.cache_dir());
-    problems.extend(checks::chunk_problems(&node.cache_dir()));
-    problems.extend(checks::leftovers(&node));
-    problems.extend(fuse_on_node(&node, &image.blobs));
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_node_clean(&node, &image);
 }
 
 /// A pod SIGKILLed while its workspace is served on demand (cvmd, the
@@ -420,11 +419,7 @@ fn node_sigkilled_lazy_pod_leaves_no_fuse_mount_and_restarts_on_its_state_dir() 
     assert_eq!(again.stop(GRACE), Exit::Code(0), "{}", again.log());
     assert!(checks::panics(&again.log()).is_empty(), "{}", again.log());
     drop(again);
-    let mut problems = checks::store_problems(&node.cache_dir());
-    problems.extend(checks::chunk_problems(&node.cache_dir()));
-    problems.extend(checks::leftovers(&node));
-    problems.extend(fuse_on_node(&node, &image.blobs));
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_node_clean(&node, &image);
 }
 
 /// The workspace's init in the pod: its name and the signals it catches
@@ -489,15 +484,8 @@ fn node_lazy_pod_stopped_before_its_init_is_loaded_exits_0() {
         pod.log()
     );
     assert!(checks::panics(&pod.log()).is_empty(), "{}", pod.log());
-    if std::env::var("XLOG").is_ok() {
-        eprintln!("XLOG {}", pod.log());
-    }
     drop(pod);
-    let mut problems = checks::store_problems(&node.cache_dir());
-    problems.extend(checks::chunk_problems(&node.cache_dir()));
-    problems.extend(checks::leftovers(&node));
-    problems.extend(fuse_on_node(&node, &image.blobs));
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_node_clean(&node, &image);
 }
 
 /// The harness's prerequisites, and /dev/fuse on this machine (the pods'

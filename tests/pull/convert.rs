@@ -75,6 +75,19 @@ fn rootfs_tree(cvmd: &CvmdOnCache, state: &Path, reference: &str, dir: &Path) ->
 
 type Tree = std::collections::BTreeMap<String, Node>;
 
+/// The rootfs tree of `reference`, pulled into a cache of its own.
+fn tree_on_a_fresh_cache(reg: &Registry, reference: &str) -> Tree {
+    let sandbox = Sandbox::new();
+    let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
+    let work = tempfile::tempdir().unwrap();
+    rootfs_tree(
+        &cvmd,
+        &work.path().join("state"),
+        reference,
+        &work.path().join("root"),
+    )
+}
+
 #[test]
 fn convert_writes_an_estargz_copy_whose_full_pull_is_the_same_tree() {
     require!(can_run());
@@ -83,17 +96,7 @@ fn convert_writes_an_estargz_copy_whose_full_pull_is_the_same_tree() {
     let source = push(&reg, "convert/src", "v1", &image(&big));
     let target = format!("{}/convert/dst:v1", reg.host());
 
-    let original = {
-        let sandbox = Sandbox::new();
-        let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
-        let work = tempfile::tempdir().unwrap();
-        rootfs_tree(
-            &cvmd,
-            &work.path().join("state"),
-            &source,
-            &work.path().join("root"),
-        )
-    };
+    let original = tree_on_a_fresh_cache(&reg, &source);
 
     let sandbox = Sandbox::new();
     let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
@@ -198,17 +201,7 @@ fn convert_writes_a_zstd_chunked_copy_whose_full_pull_is_the_same_tree() {
     let big = pseudo_random(300 << 10, 8);
     let source = push(&reg, "convert/src", "v1", &image(&big));
     let target = format!("{}/convert/zstd:v1", reg.host());
-    let original = {
-        let sandbox = Sandbox::new();
-        let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
-        let work = tempfile::tempdir().unwrap();
-        rootfs_tree(
-            &cvmd,
-            &work.path().join("state"),
-            &source,
-            &work.path().join("root"),
-        )
-    };
+    let original = tree_on_a_fresh_cache(&reg, &source);
 
     let sandbox = Sandbox::new();
     let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
