@@ -204,10 +204,13 @@ pub async fn prepare(
     }
     let pinned = reference.with_digest(manifest_digest.clone());
     let tocs = chunk_dir(&pull.cache_dir).join("tocs");
+    // The TOCs are fetched together and parsed one at a time (check_toc).
+    let parsing = Arc::new(tokio::sync::Semaphore::new(1));
     let reads = wanted.into_iter().map(|(index, blob, size, diff_id, toc)| {
         let client = client.clone();
         let pinned = pinned.clone();
         let tocs = tocs.clone();
+        let parsing = parsing.clone();
         async move {
             let tail = TocTail {
                 client: &client,
@@ -216,7 +219,7 @@ pub async fn prepare(
                 size,
                 cache: &tocs,
             };
-            let tree = read_tree(&tail, &toc).await;
+            let tree = read_tree(&tail, &toc, &parsing).await;
             (index, blob, diff_id, toc.codec(), tree)
         }
     });
