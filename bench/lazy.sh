@@ -186,7 +186,8 @@ for link in loopback slow; do
       T[$mode]+="$t " F[$mode]+="$f " H[$mode]+="$h "
       echo "  $link $mode run $r: $t s, fetched $f MiB, VmHWM $h KiB" >&2
       # Only the last full run's cache is used again (the warm start).
-      [[ $mode == off && $r == "$RUNS" ]] || rm -rf "$WORK/cache-$link-$mode-$r"
+      # (and the removal's writeback done before the next run starts).
+      [[ $mode == off && $r == "$RUNS" ]] || { rm -rf "$WORK/cache-$link-$mode-$r"; sync; }
     done
   done
   # A warm start (lazy start on, as by default) on the last full run's
