@@ -21,9 +21,6 @@ use cvmd_digest::Digest;
 /// hyper's ~400 KiB read buffer, so 8 of them per layer, with 4 layers at
 /// once, stay well inside the 64 MiB budget.
 const CHANNEL_CHUNKS: usize = 8;
-/// What one message to the disk side carries at most, when the body's
-/// chunks arrive faster than it takes them (`coalesce`).
-const COALESCE_BYTES: usize = 256 << 10;
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Puller {
@@ -248,10 +245,7 @@ impl Puller {
                         tx.send(Msg::Restart).await.map_err(|_| disk_gone())?;
                         return Err(disk_gone());
                     }
-                    let mut body = Box::pin(super::coalesce::coalesce(
-                        blob.response.bytes_stream(),
-                        COALESCE_BYTES,
-                    ));
+                    let mut body = blob.response.bytes_stream();
                     let mut cut = None;
                     while let Some(chunk) = body.next().await {
                         match chunk {

@@ -3,7 +3,6 @@
 //! verified, resumable, once per node.
 
 mod bandwidth;
-mod coalesce;
 mod layer;
 mod pipe;
 mod to_disk;
