@@ -212,6 +212,12 @@ impl Inner {
             if let Some(claim) = self.cache.try_claim(p.chunk) {
                 run.push(p.chunk.clone());
                 claims.push(Some((claim, p)));
+            } else if p.chunk.blob_offset != c.blob_offset {
+                // Cached, or being fetched by another read (in this pod or
+                // another of the node): the request stops before it, or its
+                // span would carry those bytes again, unused. The chunks of
+                // `c`'s own gzip member come with it whatever they are.
+                break;
             }
         }
         let Some(needed) = needed else {

@@ -101,6 +101,58 @@ fn a_run_stays_within_its_budget_and_skips_cached_chunks_needs_root_and_fuse() {
     );
 }
 
+/// A cached chunk in the middle of a run ends it: the request never
+/// spans bytes the node has (or another read is fetching), so no byte of
+/// the blob is fetched twice on one node.
+#[test]
+fn a_run_stops_before_a_chunk_the_node_has_needs_root_and_fuse() {
+    require!(prereq::fuse());
+    let source = Arc::new(FakeSource::default());
+    let cache = tempfile::tempdir().unwrap();
+    {
+        // f004 alone into the node's cache.
+        let (names, entries) = small_files(&source, 8);
+        let f = mount_tree(
+            |b| {
+                b.add(dir("etc")).unwrap();
+                for e in entries {
+                    b.add(e).unwrap();
+                }
+            },
+            source.clone(),
+            Some(cache.path()),
+            MountOptions {
+                readahead_bytes: 0,
+                ..MountOptions::default()
+            },
+        );
+        assert_eq!(fs::read(f.path(&names[4])).unwrap(), content(4));
+    }
+    source.requests.lock().unwrap().clear();
+    let (names, entries) = small_files(&source, 8);
+    let f = mount_tree(
+        |b| {
+            b.add(dir("etc")).unwrap();
+            for e in entries {
+                b.add(e).unwrap();
+            }
+        },
+        source.clone(),
+        Some(cache.path()),
+        MountOptions {
+            readahead_bytes: 2000,
+            ..MountOptions::default()
+        },
+    );
+    // f003's run would reach f006; it stops at f004, which the node has.
+    assert_eq!(fs::read(f.path(&names[3])).unwrap(), content(3));
+    assert_eq!(source.requests.lock().unwrap().clone(), [(1, 500)]);
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(fs::read(f.path(n)).unwrap(), content(i), "{n}");
+    }
+    assert!(source.calls.lock().unwrap().values().all(|&n| n == 1));
+}
+
 #[test]
 fn readahead_zero_fetches_one_chunk_per_request_needs_root_and_fuse() {
     require!(prereq::fuse());
