@@ -20,6 +20,17 @@ fn mount_small_files(
     n: usize,
     options: MountOptions,
 ) -> (Fixture, Vec<String>) {
+    mount_small_files_on(source, n, None, options)
+}
+
+/// [`mount_small_files`] over the chunk cache in `cache_dir` (a node's,
+/// shared with other mounts) when given.
+fn mount_small_files_on(
+    source: &Arc<FakeSource>,
+    n: usize,
+    cache_dir: Option<&Path>,
+    options: MountOptions,
+) -> (Fixture, Vec<String>) {
     let (names, entries) = small_files(source, n);
     let f = mount_tree(
         |b| {
@@ -29,7 +40,7 @@ fn mount_small_files(
             }
         },
         source.clone(),
-        None,
+        cache_dir,
         options,
     );
     (f, names)
@@ -111,15 +122,9 @@ fn a_run_stops_before_a_chunk_the_node_has_needs_root_and_fuse() {
     let cache = tempfile::tempdir().unwrap();
     {
         // f004 alone into the node's cache.
-        let (names, entries) = small_files(&source, 8);
-        let f = mount_tree(
-            |b| {
-                b.add(dir("etc")).unwrap();
-                for e in entries {
-                    b.add(e).unwrap();
-                }
-            },
-            source.clone(),
+        let (f, names) = mount_small_files_on(
+            &source,
+            8,
             Some(cache.path()),
             MountOptions {
                 readahead_bytes: 0,
@@ -129,15 +134,9 @@ fn a_run_stops_before_a_chunk_the_node_has_needs_root_and_fuse() {
         assert_eq!(fs::read(f.path(&names[4])).unwrap(), content(4));
     }
     source.requests.lock().unwrap().clear();
-    let (names, entries) = small_files(&source, 8);
-    let f = mount_tree(
-        |b| {
-            b.add(dir("etc")).unwrap();
-            for e in entries {
-                b.add(e).unwrap();
-            }
-        },
-        source.clone(),
+    let (f, names) = mount_small_files_on(
+        &source,
+        8,
         Some(cache.path()),
         MountOptions {
             readahead_bytes: 2000,
