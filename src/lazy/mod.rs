@@ -98,12 +98,17 @@ pub fn keep_chunks_within(cache_dir: &Path, budget: u64) -> Option<cvmd_lazyfs::
 
 /// Whether this process can serve FUSE mounts.
 pub fn fuse_works() -> Result<(), String> {
+    fuse_opens(Path::new("/dev/fuse")).map_err(|e| format!("cannot open /dev/fuse: {e}"))
+}
+
+/// Whether `dev_fuse` opens as a FUSE server opens it (read and write);
+/// preflight asks the same of the machine it checks.
+pub fn fuse_opens(dev_fuse: &Path) -> std::io::Result<()> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/fuse")
+        .open(dev_fuse)
         .map(drop)
-        .map_err(|e| format!("cannot open /dev/fuse: {e}"))
 }
 
 /// One layer served lazily, until mounted.

@@ -36,7 +36,7 @@ pub fn lazy_start(host: &dyn Host, wanted: bool) -> Check {
             "CVMD_LAZY=off: images are pulled whole before they start",
         );
     }
-    match host.opens_read_write("/dev/fuse") {
+    match crate::lazy::fuse_opens(&host.path("/dev/fuse")) {
         Ok(()) => Check::ok(
             NAME,
             "/dev/fuse opens: an image not in the node cache whose layers carry a TOC (eStargz, zstd:chunked) starts before it is downloaded",

@@ -46,16 +46,6 @@ pub trait Host: Send + Sync {
     fn exists(&self, path: &str) -> bool {
         self.path(path).exists()
     }
-    /// Whether `path` opens for reading and writing, as a FUSE server
-    /// opens `/dev/fuse`.
-    fn opens_read_write(&self, path: &str) -> Result<(), String> {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.path(path))
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
     /// Names in a directory, sorted; empty when it is missing.
     fn list(&self, path: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.path(path))
