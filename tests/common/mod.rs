@@ -105,6 +105,7 @@ pub fn sha256_digest(data: &[u8]) -> String {
 /// A reqwest client that trusts `ca` (if given) and never follows redirects,
 /// so tests see exactly what the server said.
 pub fn http_client(ca: Option<&Path>) -> reqwest::Client {
+    cvmd_image::registry::client::tls_crypto();
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60));

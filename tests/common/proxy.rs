@@ -73,6 +73,7 @@ impl FaultProxy {
             upstream.starts_with("http://"),
             "FaultProxy forwards to plain HTTP only"
         );
+        cvmd_image::registry::client::tls_crypto();
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
             client: reqwest::Client::builder()

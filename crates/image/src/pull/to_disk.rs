@@ -12,6 +12,7 @@ use tokio::sync::mpsc::Receiver;
 
 use super::pipe;
 use crate::registry::manifest::Compression;
+use crate::store::writeback::Writeback;
 use crate::store::{BlobWriter, StoreError};
 use crate::unpack::{unpack_layer, UnpackError, UnpackOptions, UnpackStats};
 use cvmd_digest::Digest;
@@ -142,8 +143,6 @@ impl Read for Feed {
     }
 }
 
-/// Hashes what passes through: the uncompressed stream's digest is the
-/// layer's diff_id.
 impl ToDiskError {
     /// A store write that hit ENOSPC, said with the layer and image it was
     /// for (the store names only its own path).
@@ -163,6 +162,8 @@ fn is_no_space(e: &StoreError) -> bool {
         if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
 }
 
+/// Hashes what passes through: the uncompressed stream's digest is the
+/// layer's diff_id.
 struct Hashing<R> {
     inner: R,
     hasher: Sha256,
@@ -183,23 +184,30 @@ const PIPE_CHUNK: usize = 64 << 10;
 const PIPE_DEPTH: usize = 4;
 
 /// Unpacks the tar that `stream` yields on a second thread while this one
-/// reads `stream` (the network side, inflate and both hashes) to its end:
-/// one pass over the bytes, both cores busy. The outer error is a thread
-/// that could not start; the inner one is the unpack's, as if it had read
-/// `stream` itself.
+/// reads `stream` (the network side, the blob's hash and inflate) to its
+/// end: one pass over the bytes, both cores busy. The tar side also hashes
+/// what it reads (the diff_id; it reads to the stream's end), which evens
+/// the two threads' work out. The outer error is a thread that could not
+/// start; the inner one is the unpack's, as if it had read `stream` itself.
 fn untar_beside(
     stream: &mut dyn Read,
     dest: &std::path::Path,
     opts: &UnpackOptions,
     what: &str,
-) -> Result<Result<UnpackStats, UnpackError>, ToDiskError> {
+) -> Result<Result<(UnpackStats, Digest), UnpackError>, ToDiskError> {
     let span = tracing::Span::current();
+    let _writeback = Writeback::behind(dest);
     std::thread::scope(|scope| {
         let (mut tx, rx) = pipe::pipe(PIPE_DEPTH, PIPE_CHUNK);
         let tar_side = std::thread::Builder::new()
             .name("cvmd-untar".into())
             .spawn_scoped(scope, move || {
-                span.in_scope(|| unpack_layer(rx, dest, opts))
+                let mut hashing = Hashing {
+                    inner: rx,
+                    hasher: Sha256::new(),
+                };
+                let stats = span.in_scope(|| unpack_layer(&mut hashing, dest, opts))?;
+                Ok((stats, Digest::from_hasher(hashing.hasher)))
             })
             .map_err(|source| ToDiskError::Read {
                 what: format!("{what}: starting the unpack thread"),
@@ -282,7 +290,7 @@ pub fn unpack(
     what: &str,
 ) -> Result<Unpacked, ToDiskError> {
     let result = {
-        let decoded: Box<dyn Read + '_> = match compression {
+        let mut decoded: Box<dyn Read + '_> = match compression {
             // Multi-member: a gzip stream may be several concatenated members
             // (pigz, some registries' re-compression).
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
@@ -298,12 +306,7 @@ pub fn unpack(
             }
             Compression::None => Box::new(&mut feed),
         };
-        let mut hashing = Hashing {
-            inner: decoded,
-            hasher: Sha256::new(),
-        };
-        let untarred = untar_beside(&mut hashing, dest, opts, what)?;
-        untarred.map(|stats| (stats, Digest::from_hasher(hashing.hasher)))
+        untar_beside(&mut decoded, dest, opts, what)?
     };
     // A failure of the feed (disk full, restart) explains the unpack error.
     if let Some(f) = feed.failure.take() {

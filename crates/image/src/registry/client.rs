@@ -58,6 +58,17 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
 }
 
+/// Makes ring the process's TLS crypto, for every reqwest client built
+/// after (the tests' included). aws-lc, reqwest's default, seeds its random
+/// generator from CPU jitter at the first handshake: ~30 ms of CPU on the
+/// critical path of every cold start from an HTTPS registry. ring draws
+/// from the kernel's getrandom, and decrypts as fast here.
+pub fn tls_crypto() {
+    // An Err only says a provider is installed already: this one, or one
+    // the embedding program chose.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub base: Url,
@@ -97,6 +108,7 @@ pub struct BlobResponse {
 
 impl RegistryClient {
     pub fn new(options: ClientOptions) -> Result<Self, RegistryError> {
+        tls_crypto();
         let extra_cas = load_extra_cas(&options.extra_ca_paths)?;
         let http = Self::http_client(&extra_cas, false)?;
         let blobs = Self::http_client(&extra_cas, true)?;

@@ -10,6 +10,7 @@ mod ingest;
 pub mod layers;
 pub mod lease;
 pub mod lock;
+pub mod writeback;
 
 pub use ingest::{BlobWriter, IngestGuard};
 
