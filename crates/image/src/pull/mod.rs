@@ -149,6 +149,9 @@ impl Puller {
                 }
             });
         }
+        // Layers' bytes go to disk while the pull goes on, instead of all at
+        // the flush that makes each durable.
+        let writeback = crate::store::writeback::Writeback::behind(self.store.root());
         // Every layer runs to its end even when one fails: dropping a layer's
         // future mid-unpack would leave its blocking unpacker writing into a
         // staging dir being removed. The good layers stay cached.
@@ -156,6 +159,7 @@ impl Puller {
             .buffer_unordered(self.concurrency.max(1))
             .collect()
             .await;
+        drop(writeback);
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
         let record = ImageRecord::new(reference, &manifest_digest, &manifest, &config);
         self.store.images().save(&record)?;

@@ -12,7 +12,6 @@ use tokio::sync::mpsc::Receiver;
 
 use super::pipe;
 use crate::registry::manifest::Compression;
-use crate::store::writeback::Writeback;
 use crate::store::{BlobWriter, StoreError};
 use crate::unpack::{unpack_layer, UnpackError, UnpackOptions, UnpackStats};
 use cvmd_digest::Digest;
@@ -196,7 +195,6 @@ fn untar_beside(
     what: &str,
 ) -> Result<Result<(UnpackStats, Digest), UnpackError>, ToDiskError> {
     let span = tracing::Span::current();
-    let _writeback = Writeback::behind(dest);
     std::thread::scope(|scope| {
         let (mut tx, rx) = pipe::pipe(PIPE_DEPTH, PIPE_CHUNK);
         let tar_side = std::thread::Builder::new()

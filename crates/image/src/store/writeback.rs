@@ -1,12 +1,14 @@
-//! Writes an unpacking layer's data to disk behind it, so that the one
-//! `syncfs` that makes the layer durable before it is published finds
-//! little left to write. Without it every byte of the layer waited for
-//! that final flush: on this kind of disk about 0.15 s per 140 MB, after
-//! all the CPU work was done.
+//! Writes a pull's data to disk behind it, so that the flushes that make
+//! each blob and layer durable before they are published (an fsync per
+//! blob, a `syncfs` per layer) find little left to write. Without it every
+//! byte waited for those final flushes, after all the CPU work was done:
+//! 0.15 s for the 140 MB systemd layer, 0.4-0.8 s for the 950 MB image,
+//! on this kind of disk.
 //!
-//! A thread of its own calls `syncfs` at an interval while the layer
-//! unpacks: the kernel's flusher does the writing, off the unpacking
-//! threads, and only this thread waits for it.
+//! A thread of its own calls `syncfs` at an interval while the pull runs:
+//! the kernel's flusher does the writing, off the pull's threads, and only
+//! this thread waits for it. Pods that pull at once on one node share the
+//! work: a flush waits for what is dirty, whoever wrote it.
 
 use std::fs::File;
 use std::path::Path;
