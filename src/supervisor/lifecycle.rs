@@ -84,6 +84,9 @@ pub fn allowed(from: Phase, to: Phase) -> bool {
             | (Create, Network)
             | (Network, Start)
             | (Start, Running)
+            // The program never ran: its exec failed, or it was stopped
+            // while runc's init still loaded it.
+            | (Start, Exited)
             | (Running, Exited)
             | (Stopping, Create)
             | (Stopping, Exited)
@@ -214,6 +217,10 @@ mod tests {
         }
         assert!(allowed(Phase::Create, Phase::Failed));
         assert!(allowed(Phase::Running, Phase::Exited), "ended on its own");
+        assert!(
+            allowed(Phase::Start, Phase::Exited),
+            "its program never started"
+        );
         assert!(
             !allowed(Phase::Pull, Phase::Exited),
             "only through stopping"

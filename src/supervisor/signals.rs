@@ -338,6 +338,24 @@ pub fn is_runtime_init(comm: &str) -> bool {
     comm.trim_end().starts_with("runc:[")
 }
 
+/// Waits until the container's init has executed the workspace's program
+/// (its name is no longer that of runc's init): true then, false if the
+/// process went first. Under a lazy start runc's init reads the program
+/// over FUSE after `runtime start` has returned, for seconds on a slow
+/// link, and the workspace is not running until it has.
+pub async fn program_started(pid: i32) -> bool {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            Err(_) => return false,
+            Ok(comm) if !is_runtime_init(&comm) => return true,
+            Ok(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
 /// Whether the process `pid` is still the runtime's container init (see
 /// [`is_runtime_init`]); false when it cannot be told (gone already).
 fn runtime_init_still(pid: i32) -> bool {

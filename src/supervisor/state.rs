@@ -183,6 +183,21 @@ impl StateHandle {
     /// caller, logged and otherwise ignored rather than crashing PID 1.
     pub fn enter(&self, phase: Phase) {
         let mut inner = self.lock();
+        self.enter_locked(&mut inner, phase);
+    }
+
+    /// Enters `to` if the phase is still `from`, in one step: a stop that
+    /// came meanwhile is not undone. Whether it did.
+    pub fn advance(&self, from: Phase, to: Phase) -> bool {
+        let mut inner = self.lock();
+        if inner.lifecycle.phase() != from {
+            return false;
+        }
+        self.enter_locked(&mut inner, to);
+        true
+    }
+
+    fn enter_locked(&self, inner: &mut Inner, phase: Phase) {
         let now = self.0.started.elapsed();
         if let Err(e) = inner.lifecycle.enter(phase, now) {
             tracing::warn!(error = %e, "ignoring a phase change");

@@ -363,8 +363,20 @@ async fn boot(
                 },
                 pid,
             );
-            state.enter(Phase::Running);
-            tracing::info!(id, pid = pid, "workspace running");
+            tracing::info!(id, pid, "container started; its program is loading");
+            // Running (ready, for status, health and sd_notify) once the
+            // program is, not when `start` returns.
+            let running = {
+                let (state, id) = (state.clone(), id.to_string());
+                tokio::spawn(async move {
+                    if signals::program_started(pid).await
+                        && state.advance(Phase::Start, Phase::Running)
+                    {
+                        tracing::info!(id, pid, "workspace running");
+                    }
+                })
+            };
+            let _running = AbortOnDrop(running);
             // From here on `died` below watches the daemons; one that died
             // during create or start is reported now.
             if let Err(death) = daemons.check() {
@@ -634,5 +646,14 @@ async fn log_lines(source: Source, pipe: tokio::net::unix::pipe::Receiver, book:
             tracing::info!(target: "workspace", stream, "{line}");
         }
         book.push(source, tracing::Level::INFO, &line);
+    }
+}
+
+/// Aborts a task when its owner's scope ends, on every path out of it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -449,14 +449,15 @@ fn init_traps_sigterm(pod: &Pod) -> bool {
     !comm.starts_with("runc:") && !comm.is_empty() && caught >> (libc::SIGTERM - 1) & 1 == 1
 }
 
-/// A pod stopped while its workspace's init is still runc's own, loading
-/// the image's program through the lazy mount over a slow link (cvmd
-/// already says running: the container started): cvmd kills it at once
-/// and ends with 0 within the grace period, a clean stop of a workspace
-/// that never ran. Sent SIGTERM, runc's init (a Go program, PID 1 of its
-/// namespace) exited 2, and so did the pod.
+/// A pod whose workspace's init is still runc's own, loading the image's
+/// program through the lazy mount over a slow link: the container has
+/// started, but cvmd does not say running, and `cvmctl status --ready`
+/// fails, until the program runs. Stopped then, cvmd kills the init at
+/// once and ends with 0 within the grace period, a clean stop of a
+/// workspace that never ran. Sent SIGTERM, runc's init (a Go program, PID
+/// 1 of its namespace) exited 2, and so did the pod.
 #[test]
-fn node_lazy_pod_stopped_before_its_init_is_loaded_exits_0() {
+fn node_lazy_pod_loading_its_init_is_not_ready_and_stops_with_0() {
     require!(support_can_run());
     let node = Node::new();
     let image = estargz(&node);
@@ -466,13 +467,24 @@ fn node_lazy_pod_stopped_before_its_init_is_loaded_exits_0() {
     proxy.throttle_blobs(16 << 10);
     let reference = node.proxied(&proxy, &image.reference);
     let mut pod = node.start(PodConfig::run("lazy-early", &reference));
-    let up = pod.wait_running(UP);
-    assert!(up.is_ok(), "{up:?}\n{}", pod.log());
+    assert!(
+        wait_until(UP, || pod.log().contains("\"message\":\"container started")),
+        "the container never started:\n{}",
+        pod.log()
+    );
     let (comm, _) = init_of(&pod);
     assert!(
         comm.starts_with("runc:["),
         "the init is already the image's ({comm:?}): the link was not slow enough to test this"
     );
+    let ready = pod.exec(&["cvmctl", "status", "--ready"]);
+    let status = pod.exec(&["cvmctl", "status"]);
+    assert!(
+        !ready.status.success() && !pod.log().contains("\"message\":\"workspace running\""),
+        "ready while runc's init still loads the program:\n{}",
+        text(&status)
+    );
+    assert!(text(&status).contains("start"), "{}", text(&status));
     let began = std::time::Instant::now();
     let exit = pod.stop(GRACE);
     let took = began.elapsed();
