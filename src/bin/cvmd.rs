@@ -55,6 +55,13 @@ enum Command {
 ///   at 55-58 MiB. A cold pull and unpack of that image took the same time
 ///   either way (A/B medians 0.97-1.11 of wall time, user time 0.96-1.01):
 ///   each thread's small blocks come from its own tcache without locking.
+/// - Freed memory at the heap's top is given back to the kernel only past
+///   16 MiB. Setting the mmap threshold also fixes the trim threshold at
+///   glibc's 128 KiB, and a pull's network chunks (up to ~400 KiB each,
+///   allocated and freed all along) then had their pages returned and
+///   faulted in again, zeroed, for every chunk: 4-6% of an HTTPS pull's
+///   CPU in `clear_page` and page faults, gone with the higher threshold
+///   (perf). At most 16 MiB of freed heap stays resident between pulls.
 fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets allocator parameters; called first thing
@@ -62,6 +69,7 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
 }
 
