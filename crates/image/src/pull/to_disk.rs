@@ -4,7 +4,7 @@
 //! into a staging dir. One pass: nothing is read twice or held whole.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use bytes::{Buf, Bytes};
 use sha2::{Digest as _, Sha256};
@@ -56,20 +56,25 @@ pub enum ToDiskError {
 
 /// The compressed stream as the unpacker reads it: first what an earlier
 /// run left on disk (`prefix`), then chunks from the network, each written
-/// to the blob file before it is handed on.
+/// to the blob file before it is handed on. A [`BufRead`] whose buffer is
+/// the network chunk itself: the decoder reads the bytes where they
+/// arrived, without a copy into a buffer of its own.
 pub struct Feed {
-    prefix: Option<io::Take<File>>,
+    prefix: Option<io::BufReader<io::Take<File>>>,
     rx: Option<Receiver<Msg>>,
     writer: Option<BlobWriter>,
     chunk: Bytes,
     failure: Option<ToDiskError>,
 }
 
+/// Reads of a stored blob or a resumed prefix.
+const FILE_BUFFER: usize = 64 << 10;
+
 impl Feed {
     /// A download: `writer` already holds `prefix` bytes on disk.
     pub fn download(writer: BlobWriter, prefix: Option<io::Take<File>>, rx: Receiver<Msg>) -> Self {
         Feed {
-            prefix,
+            prefix: prefix.map(|p| io::BufReader::with_capacity(FILE_BUFFER, p)),
             rx: Some(rx),
             writer: Some(writer),
             chunk: Bytes::new(),
@@ -80,7 +85,10 @@ impl Feed {
     /// A blob already in the store, read back for unpacking.
     pub fn stored(file: File) -> Self {
         Feed {
-            prefix: Some(file.take(u64::MAX)),
+            prefix: Some(io::BufReader::with_capacity(
+                FILE_BUFFER,
+                file.take(u64::MAX),
+            )),
             rx: None,
             writer: None,
             chunk: Bytes::new(),
@@ -93,20 +101,16 @@ impl Feed {
         self.failure = Some(e);
         io::Error::other(text)
     }
-}
 
-impl Read for Feed {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(prefix) = &mut self.prefix {
-            let n = prefix.read(buf)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            self.prefix = None;
-        }
-        while self.chunk.is_empty() {
-            let Some(rx) = &mut self.rx else { return Ok(0) };
+    /// The next network chunk, written to the blob file first; empty at
+    /// the stream's end.
+    fn next_chunk(&mut self) -> io::Result<Bytes> {
+        loop {
+            let Some(rx) = &mut self.rx else {
+                return Ok(Bytes::new());
+            };
             match rx.blocking_recv() {
+                Some(Msg::Data(b)) if b.is_empty() => continue,
                 Some(Msg::Data(b)) => {
                     if let Some(w) = &mut self.writer {
                         if let Err(e) = w.write(&b) {
@@ -121,7 +125,7 @@ impl Read for Feed {
                             return Err(self.fail(e.into()));
                         }
                     }
-                    self.chunk = b;
+                    return Ok(b);
                 }
                 Some(Msg::Restart) => {
                     if let Some(w) = &mut self.writer {
@@ -132,12 +136,53 @@ impl Read for Feed {
                     return Err(self.fail(ToDiskError::Restarted));
                 }
                 // The network side is done (or gave up: it reports why).
-                None => return Ok(0),
+                None => return Ok(Bytes::new()),
             }
         }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        self.chunk.advance(n);
+    }
+
+    /// Reads the rest of the stream into the blob file only.
+    fn drain(&mut self) -> io::Result<()> {
+        loop {
+            let n = self.fill_buf()?.len();
+            if n == 0 {
+                return Ok(());
+            }
+            self.consume(n);
+        }
+    }
+}
+
+impl BufRead for Feed {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if let Some(prefix) = &mut self.prefix {
+            if !prefix.fill_buf()?.is_empty() {
+                // Borrowed again: returning the first borrow from inside
+                // the `if let` would keep `self` borrowed below.
+                return self.prefix.as_mut().expect("checked above").fill_buf();
+            }
+            self.prefix = None;
+        }
+        if self.chunk.is_empty() {
+            self.chunk = self.next_chunk()?;
+        }
+        Ok(&self.chunk)
+    }
+
+    fn consume(&mut self, n: usize) {
+        match &mut self.prefix {
+            Some(prefix) => prefix.consume(n),
+            None => self.chunk.advance(n),
+        }
+    }
+}
+
+impl Read for Feed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
@@ -236,7 +281,7 @@ fn untar_beside(
 
 /// Drains `feed` into its blob writer only (a content-only pull).
 pub fn store_only(mut feed: Feed) -> Result<BlobWriter, ToDiskError> {
-    let drained = io::copy(&mut feed, &mut io::sink());
+    let drained = feed.drain();
     if let Some(f) = feed.failure.take() {
         return Err(f);
     }
@@ -257,7 +302,7 @@ fn classify_failure(mut feed: Feed, e: UnpackError) -> ToDiskError {
     };
     if matches!(e, UnpackError::Read { .. }) {
         feed.writer = Some(writer);
-        let drained = io::copy(&mut feed, &mut io::sink());
+        let drained = feed.drain();
         if let Some(f) = feed.failure.take() {
             return f;
         }
@@ -291,17 +336,15 @@ pub fn unpack(
         let mut decoded: Box<dyn Read + '_> = match compression {
             // Multi-member: a gzip stream may be several concatenated members
             // (pigz, some registries' re-compression).
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
-                io::BufReader::with_capacity(64 << 10, &mut feed),
-            )),
-            Compression::Zstd => {
-                Box::new(zstd::stream::read::Decoder::new(&mut feed).map_err(|e| {
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut feed)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(&mut feed).map_err(|e| {
                     ToDiskError::Read {
                         what: what.to_string(),
                         source: e,
                     }
-                })?)
-            }
+                })?,
+            ),
             Compression::None => Box::new(&mut feed),
         };
         untar_beside(&mut decoded, dest, opts, what)?
@@ -316,7 +359,7 @@ pub fn unpack(
     };
     // Whatever follows the compressed stream still belongs to the blob and
     // its digest.
-    io::copy(&mut feed, &mut io::sink()).map_err(|source| ToDiskError::Read {
+    feed.drain().map_err(|source| ToDiskError::Read {
         what: what.to_string(),
         source,
     })?;
