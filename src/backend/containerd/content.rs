@@ -6,10 +6,12 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
     AbortRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
     WriteContentRequest,
 };
+use containerd_client::services::v1::{AddResourceRequest, Resource};
 use containerd_client::tonic::Code;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
@@ -22,7 +24,32 @@ use crate::registry::RegistryError;
 const MAX_SMALL_BLOB: usize = 4 << 20;
 
 impl Containerd {
-    pub(super) async fn has_content(&self, digest: &Digest) -> Result<bool, ContainerdError> {
+    /// Whether containerd has `digest`, which from now on `lease` holds.
+    /// Content the node already has may belong to nothing: an interrupted
+    /// pull's, whose lease went. Looked up without a hold, containerd's GC
+    /// could delete it before this pull labels or uses it ("labelling
+    /// content ...: not found" on the pull after a stopped one). Held
+    /// first, it is either gone already (and written again) or kept.
+    pub(super) async fn has_held_content(
+        &self,
+        lease: &str,
+        digest: &Digest,
+    ) -> Result<bool, ContainerdError> {
+        let request = AddResourceRequest {
+            id: lease.to_string(),
+            resource: Some(Resource {
+                id: digest.to_string(),
+                r#type: "content".into(),
+            }),
+        };
+        LeasesClient::new(self.channel.clone())
+            .add_resource(self.req(request, None))
+            .await
+            .map_err(self.failed(&format!("holding content {digest} under lease {lease}")))?;
+        self.has_content(digest).await
+    }
+
+    async fn has_content(&self, digest: &Digest) -> Result<bool, ContainerdError> {
         let request = InfoRequest {
             digest: digest.to_string(),
         };

@@ -24,7 +24,7 @@ impl Containerd {
         progress: &dyn ProgressSink,
     ) -> Result<(), ContainerdError> {
         let digest = &layer.digest;
-        if !self.has_content(digest).await? {
+        if !self.has_held_content(lease, digest).await? {
             progress.event(PullEvent::LayerStarted {
                 digest: digest.clone(),
                 size: layer.size,

@@ -460,7 +460,7 @@ impl Containerd {
         bytes: Bytes,
         labels: HashMap<String, String>,
     ) -> Result<(), ContainerdError> {
-        if self.has_content(digest).await? {
+        if self.has_held_content(lease, digest).await? {
             self.set_labels(digest, labels).await
         } else {
             self.write_bytes(lease, digest, bytes, labels).await
