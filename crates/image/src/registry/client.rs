@@ -109,9 +109,9 @@ pub struct BlobResponse {
 impl RegistryClient {
     pub fn new(options: ClientOptions) -> Result<Self, RegistryError> {
         tls_crypto();
-        let extra_cas = load_extra_cas(&options.extra_ca_paths)?;
-        let http = Self::http_client(&extra_cas, false)?;
-        let blobs = Self::http_client(&extra_cas, true)?;
+        let roots = trusted_roots(load_extra_cas(&options.extra_ca_paths)?);
+        let http = Self::http_client(&roots, false)?;
+        let blobs = Self::http_client(&roots, true)?;
         Ok(RegistryClient {
             http,
             blobs,
@@ -121,47 +121,23 @@ impl RegistryClient {
     }
 
     fn http_client(
-        extra_cas: &[reqwest::Certificate],
+        roots: &[reqwest::Certificate],
         http1_only: bool,
     ) -> Result<reqwest::Client, RegistryError> {
-        let builder = |certs_only: bool| {
-            let mut builder = reqwest::Client::builder()
-                .user_agent(concat!("cvmd/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(Duration::from_secs(15))
-                .read_timeout(Duration::from_secs(60))
-                .redirect(super::realm::redirect_policy())
-                .tls_backend_rustls();
-            builder = if certs_only {
-                builder.tls_certs_only(extra_cas.iter().cloned())
-            } else {
-                builder.tls_certs_merge(extra_cas.iter().cloned())
-            };
-            if http1_only {
-                builder = builder.http1_only();
-            }
-            builder.build()
-        };
-        match builder(false) {
-            Ok(client) => Ok(client),
-            // A minimal outer image without a CA bundle: the system's roots
-            // cannot be loaded, which must not stop a pull from a plain-HTTP
-            // registry or one CVMD_EXTRA_CERTS vouches for.
-            Err(system) => match builder(true) {
-                Ok(client) => {
-                    if !http1_only {
-                        tracing::warn!(
-                            error = %describe(&system),
-                            "no system CA certificates: only CVMD_EXTRA_CERTS are trusted (install ca-certificates in the outer image for public registries)"
-                        );
-                    }
-                    Ok(client)
-                }
-                Err(_) => Err(RegistryError::Invalid {
-                    what: "HTTP client settings".into(),
-                    why: describe(&system),
-                }),
-            },
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("cvmd/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .redirect(super::realm::redirect_policy())
+            .tls_backend_rustls()
+            .tls_certs_only(roots.iter().cloned());
+        if http1_only {
+            builder = builder.http1_only();
         }
+        builder.build().map_err(|e| RegistryError::Invalid {
+            what: "HTTP client settings".into(),
+            why: describe(&e),
+        })
     }
 
     pub fn retry_policy(&self) -> &RetryPolicy {
@@ -696,6 +672,31 @@ fn load_extra_cas(paths: &[PathBuf]) -> Result<Vec<reqwest::Certificate>, Regist
         certs.extend(found);
     }
     Ok(certs)
+}
+
+/// The CAs a registry's certificate may chain to: the system's and
+/// CVMD_EXTRA_CERTS. Read here once for both clients: left to reqwest,
+/// each client read the system's whole certificate dir (~5 ms apiece, on
+/// every cold pull). System certificates webpki cannot take as roots are
+/// skipped, as reqwest's own loading does; an extra one that is not a
+/// usable root fails the client's build, as it did there.
+fn trusted_roots(extra: Vec<reqwest::Certificate>) -> Vec<reqwest::Certificate> {
+    let system = rustls_native_certs::load_native_certs();
+    let mut roots: Vec<reqwest::Certificate> = system
+        .certs
+        .iter()
+        .filter(|der| rustls::RootCertStore::empty().add((*der).clone()).is_ok())
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+        .collect();
+    if roots.is_empty() {
+        // A minimal outer image without a CA bundle: that must not stop a
+        // pull from a plain-HTTP registry or one CVMD_EXTRA_CERTS vouches for.
+        tracing::warn!(
+            "no system CA certificates: only CVMD_EXTRA_CERTS are trusted (install ca-certificates in the outer image for public registries)"
+        );
+    }
+    roots.extend(extra);
+    roots
 }
 
 fn ca_error(path: &std::path::Path, why: String) -> RegistryError {
