@@ -346,10 +346,10 @@ pub fn is_runtime_init(comm: &str) -> bool {
 pub async fn program_started(pid: i32) -> bool {
     let mut pause = Duration::from_millis(1);
     loop {
-        match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-            Err(_) => return false,
-            Ok(comm) if !is_runtime_init(&comm) => return true,
-            Ok(_) => {}
+        match runtime_init(pid) {
+            None => return false,
+            Some(false) => return true,
+            Some(true) => {}
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
@@ -359,7 +359,14 @@ pub async fn program_started(pid: i32) -> bool {
 /// Whether the process `pid` is still the runtime's container init (see
 /// [`is_runtime_init`]); false when it cannot be told (gone already).
 fn runtime_init_still(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| is_runtime_init(&c))
+    runtime_init(pid) == Some(true)
+}
+
+/// Whether the process `pid` is the runtime's container init (see
+/// [`is_runtime_init`]); None when it is gone.
+fn runtime_init(pid: i32) -> Option<bool> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(is_runtime_init(&comm))
 }
 
 /// `runtime kill`, and the init's pidfd when that fails or hangs. The

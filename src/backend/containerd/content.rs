@@ -8,10 +8,9 @@ use bytes::Bytes;
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
-    AbortRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
-    WriteContentRequest,
+    AbortRequest, AddResourceRequest, Info, InfoRequest, ReadContentRequest, Resource,
+    UpdateRequest, WriteAction, WriteContentRequest,
 };
-use containerd_client::services::v1::{AddResourceRequest, Resource};
 use containerd_client::tonic::Code;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};

@@ -120,29 +120,20 @@ fn a_run_stops_before_a_chunk_the_node_has_needs_root_and_fuse() {
     require!(prereq::fuse());
     let source = Arc::new(FakeSource::default());
     let cache = tempfile::tempdir().unwrap();
+    let mount = |readahead_bytes| {
+        let options = MountOptions {
+            readahead_bytes,
+            ..MountOptions::default()
+        };
+        mount_small_files_on(&source, 8, Some(cache.path()), options)
+    };
     {
         // f004 alone into the node's cache.
-        let (f, names) = mount_small_files_on(
-            &source,
-            8,
-            Some(cache.path()),
-            MountOptions {
-                readahead_bytes: 0,
-                ..MountOptions::default()
-            },
-        );
+        let (f, names) = mount(0);
         assert_eq!(fs::read(f.path(&names[4])).unwrap(), content(4));
     }
     source.requests.lock().unwrap().clear();
-    let (f, names) = mount_small_files_on(
-        &source,
-        8,
-        Some(cache.path()),
-        MountOptions {
-            readahead_bytes: 2000,
-            ..MountOptions::default()
-        },
-    );
+    let (f, names) = mount(2000);
     // f003's run would reach f006; it stops at f004, which the node has.
     assert_eq!(fs::read(f.path(&names[3])).unwrap(), content(3));
     assert_eq!(source.requests.lock().unwrap().clone(), [(1, 500)]);
