@@ -134,6 +134,7 @@ cleanup() {
   for p in "${REG_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   unmount_under "$WORK"
   rm -rf "$WORK"
+  date +%s >"$CACHE/deleted-at"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -291,6 +292,27 @@ for l in [man["config"]] + man["layers"]:
 PY
 }
 
+# The last benchmark's trap deleted its trees (see FRESH PATHS): on a file
+# system whose inode allocator skips recently freed inodes, wait until they
+# count as old, so that the first runs do not pay for that delete.
+# BENCH_SETTLE=0 skips the wait.
+settle_after_deletes() {
+  local settle=${BENCH_SETTLE:-360} last left
+  last=$(cat "$CACHE/deleted-at" 2>/dev/null || echo 0)
+  left=$(( last + settle - $(date +%s) ))
+  if (( left > 0 )) && ! has_journal "$CACHE"; then
+    echo "== waiting ${left} s: the last benchmark deleted its trees less than ${settle} s ago, on ext4 without a journal"
+    sleep "$left"
+  fi
+}
+# Whether DIR's file system is anything but ext4 without a journal.
+has_journal() {
+  local src fstype
+  read -r src fstype < <(findmnt -no SOURCE,FSTYPE -T "$1")
+  [[ $fstype != ext4 ]] && return 0
+  compgen -G "/proc/fs/jbd2/$(basename "$src")-*" >/dev/null
+}
+
 # ------------------------------------------------------ tools per phase
 # Each PHASE_TOOL_* function gets the image name as $1. REF is the image's
 # reference in the bench registry; R is a directory new to each run, removed
@@ -298,11 +320,14 @@ PY
 #
 # FRESH PATHS, DEFERRED DELETION: every run writes under a path never used
 # before, and nothing a run wrote is deleted before the benchmark ends (the
-# trap removes it all). On this machine's ext4 (mounted with `discard`),
-# creating many files soon after deleting a big tree costs several times the
-# kernel time (umoci unpack of `big`: ~4.5 s of sys time on an undisturbed
-# file system, ~23 s after `rm -rf` of the previous unpack), which swamped
-# the differences between the tools. Needs free disk: ~12 GB for all images.
+# trap removes it all). Creating many files soon after deleting a big tree
+# costs several times the kernel time on this machine (umoci unpack of
+# `big`: ~4.5 s of sys time on an undisturbed file system, ~23 s after
+# `rm -rf` of the previous unpack), which swamped the differences between
+# the tools. The cause: its ext4 has no journal, and without one ext4's
+# inode allocator skips every inode freed in the last 60 s (360 s while its
+# inode table block is dirty), looking each one up (perf: recently_deleted,
+# find_inode_bit). Needs free disk: ~12 GB for all images.
 
 cvmd_with() {  # cvmd_with CACHE_DIR ARGS...
   local cache=$1; shift
@@ -560,6 +585,7 @@ measure_phase() {
 
 # ------------------------------------------------------------------ main
 
+settle_after_deletes
 start_registry
 echo "== registry at $REG (storage $CACHE/registry)"
 for img in "${SELECTED[@]}"; do ensure_image "$img"; done

@@ -224,8 +224,12 @@ impl<R: Read> Read for Hashing<R> {
 /// Decompressed bytes in flight between a layer's two threads: enough to
 /// keep both busy, little beside the 64 MiB a whole node's pull may use
 /// (below glibc's mmap threshold, so recycled buffers stay in the heap).
+/// 1 MiB rides out a big file's writes on the tar side, which had left the
+/// inflating side waiting on a full pipe at 256 KiB: the systemd image
+/// unpacked in 0.95 of the time, the 5-layer big image in 0.97, for 3 MiB
+/// more peak RSS (bench/results/2026-12-04-ab-pipe-depth.md).
 const PIPE_CHUNK: usize = 64 << 10;
-const PIPE_DEPTH: usize = 4;
+const PIPE_DEPTH: usize = 16;
 
 /// Unpacks the tar that `stream` yields on a second thread while this one
 /// reads `stream` (the network side, the blob's hash and inflate) to its
