@@ -12,6 +12,7 @@ pub mod idmap;
 pub mod image;
 pub mod launch;
 pub mod lazy;
+pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod preflight;

@@ -38,43 +38,8 @@ enum Command {
     Shiftfs(cli::shiftfs::ShiftfsArgs),
 }
 
-/// glibc's allocator, tuned for a long-lived daemon with many threads.
-///
-/// - Allocations of 8 MiB and more always come from their own mappings.
-///   glibc otherwise raises its mmap threshold to the size of each large
-///   block freed, and later large blocks then come from the heap, where
-///   `calloc` must zero them page by page. Each lazy layer's FUSE session
-///   (fuser) allocates a zeroed 16 MiB request buffer it barely touches:
-///   from the heap that made a 6-layer lazy start peak at 127-148 MiB of
-///   RSS. Below 8 MiB nothing changes: the pull's buffers (at most a 4 MiB
-///   chunk) are what the dynamic threshold left on the heap before.
-/// - One arena. glibc gives threads arenas of their own (up to 8 per
-///   core), and memory freed in one is kept there: with a FUSE session
-///   per layer, read workers, the runtime and the blocking pool, the same
-///   6-layer lazy start peaked anywhere from 65 to 97 MiB, with one arena
-///   at 55-58 MiB. A cold pull and unpack of that image took the same time
-///   either way (A/B medians 0.97-1.11 of wall time, user time 0.96-1.01):
-///   each thread's small blocks come from its own tcache without locking.
-/// - Freed memory at the heap's top is given back to the kernel only past
-///   16 MiB. Setting the mmap threshold also fixes the trim threshold at
-///   glibc's 128 KiB, and a pull's network chunks (up to ~400 KiB each,
-///   allocated and freed all along) then had their pages returned and
-///   faulted in again, zeroed, for every chunk: 4-6% of an HTTPS pull's
-///   CPU in `clear_page` and page faults, gone with the higher threshold
-///   (perf). At most 16 MiB of freed heap stays resident between pulls.
-fn tune_allocator() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets allocator parameters; called first thing
-    // in main, before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
+    cvmd::memory::tune_allocator();
     let matches = Cli::command().args(config::args()).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,

@@ -70,6 +70,7 @@ pub fn complete(
                 "lazy start: the background download failed; the workspace keeps reading on demand"
             ),
         }
+        crate::memory::give_back_freed();
     }))
 }
 

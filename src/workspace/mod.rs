@@ -373,6 +373,8 @@ async fn boot(
                         && state.advance(Phase::Start, Phase::Running)
                     {
                         tracing::info!(id, pid, "workspace running");
+                        // The pull's buffers are free by now.
+                        crate::memory::give_back_freed();
                     }
                 })
             };
