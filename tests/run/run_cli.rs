@@ -275,24 +275,38 @@ fn run_cache_budget_never_evicts_the_image_being_started() {
         assert_state_clean(state.path());
     }
 }
-/// The peak resident set of process `pid` (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
+/// A `kB` field of /proc/PID/status (`VmHWM`, `RssAnon`...), in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/PID/status");
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Anonymous memory of process `pid` (RssAnon: its heap and stacks), in KiB.
-fn rss_anon_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .expect("RssAnon in /proc/PID/status");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+/// Starts `cvmd run` in the background, its log to `state`/cvmd.log.
+fn spawn_logged(
+    cvmd: &CvmdOnCache,
+    state: &Path,
+    reference: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let log = state.join("cvmd.log");
+    let child = cvmd_run(cvmd, state, reference, &["--stop-timeout", "1"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
+/// SIGTERM, then waits for the end.
+fn stop(mut child: std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
 }
 
 /// cvmd lives as long as its workspace: the buffers its pull freed go back
@@ -322,23 +336,15 @@ fn run_gives_the_pulls_memory_back_once_the_workspace_runs() {
         &image.entrypoint(&["/bin/sleep", "1000"]).build(),
     );
     let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
-    let log = state.path().join("cvmd.log");
-    let mut child = cvmd_run(&cvmd, state.path(), &reference, &["--stop-timeout", "1"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (child, log) = spawn_logged(&cvmd, state.path(), &reference);
     let running = crate::common::wait_until(Duration::from_secs(120), || {
         tail_contains(&log, "workspace running")
     });
     // The give-back follows the log line.
     std::thread::sleep(Duration::from_millis(300));
-    let (peak, anon) = (peak_rss_kib(child.id()), rss_anon_kib(child.id()));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().cast_signed()),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
+    let peak = status_kib(child.id(), "VmHWM");
+    let anon = status_kib(child.id(), "RssAnon");
+    stop(child);
     eprintln!("cvmd while its workspace runs: {anon} KiB anonymous, peak RSS {peak} KiB");
     assert!(
         running,
@@ -389,21 +395,12 @@ fn run_a_workspace_writing_one_endless_line_keeps_cvmd_small() {
         ]),
     );
     let cvmd = CvmdOnCache::new(&sandbox.cache(), &reg.host());
-    let log = state.path().join("cvmd.log");
-    let mut child = cvmd_run(&cvmd, state.path(), &reference, &["--stop-timeout", "1"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (child, log) = spawn_logged(&cvmd, state.path(), &reference);
     let done = crate::common::wait_until(Duration::from_secs(120), || {
         tail_contains(&log, "flood-done-42")
     });
-    let peak = peak_rss_kib(child.id());
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().cast_signed()),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
+    let peak = status_kib(child.id(), "VmHWM");
+    stop(child);
     eprintln!("cvmd peak RSS during the flood: {peak} KiB");
     assert!(done, "the workspace's marker line never reached cvmd's log");
     assert!(
