@@ -81,6 +81,8 @@ impl Sandbox {
                     "layers",
                     "leases",
                     "gc.lock",
+                    // The node's one early flusher (store::writeback).
+                    "writeback.lock",
                     // Every workspace's host ID range (store::idranges).
                     "idranges.json",
                     "idranges.lock",
