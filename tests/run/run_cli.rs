@@ -300,15 +300,6 @@ fn spawn_logged(
     (child, log)
 }
 
-/// SIGTERM, then waits for the end.
-fn stop(mut child: std::process::Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().cast_signed()),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
-}
-
 /// cvmd lives as long as its workspace: the buffers its pull freed go back
 /// to the kernel once the workspace runs, rather than stay resident in
 /// every workspace's pod for its whole life.
@@ -344,7 +335,7 @@ fn run_gives_the_pulls_memory_back_once_the_workspace_runs() {
     std::thread::sleep(Duration::from_millis(300));
     let peak = status_kib(child.id(), "VmHWM");
     let anon = status_kib(child.id(), "RssAnon");
-    stop(child);
+    crate::common::api::stop(child);
     eprintln!("cvmd while its workspace runs: {anon} KiB anonymous, peak RSS {peak} KiB");
     assert!(
         running,
@@ -400,7 +391,7 @@ fn run_a_workspace_writing_one_endless_line_keeps_cvmd_small() {
         tail_contains(&log, "flood-done-42")
     });
     let peak = status_kib(child.id(), "VmHWM");
-    stop(child);
+    crate::common::api::stop(child);
     eprintln!("cvmd peak RSS during the flood: {peak} KiB");
     assert!(done, "the workspace's marker line never reached cvmd's log");
     assert!(
