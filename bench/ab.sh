@@ -201,9 +201,10 @@ for img in "${IMAGES[@]}"; do
       "$(( $(max "${o_m[@]}") / 1024 ))" "$(( $(max "${n_m[@]}") / 1024 ))" \
       "$(median "${o_c[@]}")" "$(median "${n_c[@]}")" \
       "${o_t[*]}" "${n_t[*]}" "${loads[*]}" >>"$report"
-    # Between phases, not between runs: the disk's discard makes creating
-    # files right after a big delete slower, and both binaries then pay it
-    # in the next phase's first pair alike.
+    # Between phases, not between runs: creating files right after a big
+    # delete is slower (see run.sh's FRESH PATHS: ext4 without a journal
+    # skips recently freed inodes), and both binaries then pay it in the
+    # next phase's pairs alike.
     rm -rf "$CACHES"/r[0-9]*
   done
 done
