@@ -44,8 +44,10 @@ pub fn tune_allocator() {
 /// the buffers of a pull that ended stayed resident for the workspace's
 /// whole life: after a start of the 5-layer bench image, 19 MiB of
 /// anonymous memory of which 2.5 MiB was in use. Called once a start's
-/// pull is done (and again when a lazy start's download is): it walks the
-/// heap once, well under a millisecond.
+/// pull is done (and again when a lazy start's download is), after the
+/// workspace is ready: the walk holds the allocator's lock for a few
+/// milliseconds (after that start: 47 `madvise` calls, 3.3 ms under
+/// strace).
 pub fn give_back_freed() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory; it takes the arena's
