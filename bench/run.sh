@@ -300,17 +300,16 @@ settle_after_deletes() {
   local settle=${BENCH_SETTLE:-360} last left
   last=$(cat "$CACHE/deleted-at" 2>/dev/null || echo 0)
   left=$(( last + settle - $(date +%s) ))
-  if (( left > 0 )) && ! has_journal "$CACHE"; then
+  if (( left > 0 )) && skips_freed_inodes "$CACHE"; then
     echo "== waiting ${left} s: the last benchmark deleted its trees less than ${settle} s ago, on ext4 without a journal"
     sleep "$left"
   fi
 }
-# Whether DIR's file system is anything but ext4 without a journal.
-has_journal() {
+# Whether DIR's file system is ext4 without a journal (no /proc/fs/jbd2 entry).
+skips_freed_inodes() {
   local src fstype
-  read -r src fstype < <(findmnt -no SOURCE,FSTYPE -T "$1")
-  [[ $fstype != ext4 ]] && return 0
-  compgen -G "/proc/fs/jbd2/$(basename "$src")-*" >/dev/null
+  read -r src fstype < <(findmnt -no SOURCE,FSTYPE -T "$1") || return 1
+  [[ $fstype == ext4 ]] && ! compgen -G "/proc/fs/jbd2/$(basename "$src")-*" >/dev/null
 }
 
 # ------------------------------------------------------ tools per phase
