@@ -332,19 +332,12 @@ fn pull_measured(
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
     let mut peak = 0u64;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        let hwm = std::fs::read_to_string(&status_file)
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
-                line.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-            .unwrap_or(0);
+        let hwm = crate::common::proc_status_kib(child.id(), "VmHWM").unwrap_or(0);
         peak = peak.max(hwm);
         std::thread::sleep(std::time::Duration::from_millis(20));
     };

@@ -275,14 +275,10 @@ fn run_cache_budget_never_evicts_the_image_being_started() {
         assert_state_clean(state.path());
     }
 }
-/// A `kB` field of /proc/PID/status (`VmHWM`, `RssAnon`...), in KiB.
+/// A `kB` field of cvmd's /proc/PID/status, which must be there.
 fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    crate::common::proc_status_kib(pid, field)
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 /// Starts `cvmd run` in the background, its log to `state`/cvmd.log.

@@ -267,14 +267,7 @@ impl Pod<'_> {
 
     /// Peak resident memory of PID 1 so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        crate::common::proc_status_kib(self.pid.as_raw().cast_unsigned(), "VmHWM")
     }
 }
 
