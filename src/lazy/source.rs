@@ -97,8 +97,8 @@ impl ChunkSource for RegistrySpans {
     /// One request for the span from the first chunk's start to the
     /// furthest chunk's end (the read-ahead hands over runs without gaps,
     /// so nothing comes along unused); each chunk is inflated from its
-    /// own part of it, so chunks of one gzip member (one `blob_offset`, several `inner_offset`s)
-    /// each inflate the member from its start.
+    /// own part of it, so chunks of one gzip member (one `blob_offset`,
+    /// several `inner_offset`s) each inflate the member from its start.
     fn fetch_run(
         &self,
         chunks: &[Chunk],
